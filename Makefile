@@ -1,0 +1,114 @@
+# tgwebhookd: plain make, pkg-config for every library, -MMD dependencies.
+#
+#   make               build build/tgwebhookd
+#   make test          install missing Debian packages, build, run every test
+#   make demo          run the Hello Bot demo offline against the emulator
+#   make test-sanitize the whole suite in an ASan+UBSan build (build-san/)
+#   make install       PREFIX=/usr/local DESTDIR=
+
+PREFIX ?= /usr/local
+SBINDIR ?= $(PREFIX)/sbin
+SYSCONFDIR ?= /etc
+CC ?= cc
+WERROR ?=
+SANITIZE ?=
+
+VERSION := $(shell cat VERSION 2>/dev/null || echo 0.0.0)
+PKGS := libmicrohttpd openssl jansson libcurl inih sqlite3
+
+ifneq ($(SANITIZE),)
+BUILD ?= build-san
+OPT := -O1 -g -fno-omit-frame-pointer -fsanitize=$(SANITIZE) \
+	-fno-sanitize-recover=all
+SANLD := -fsanitize=$(SANITIZE)
+else
+BUILD ?= build
+OPT := -O2 -g -D_FORTIFY_SOURCE=2
+SANLD :=
+endif
+
+WARN := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
+	-Wpointer-arith -Wcast-qual -Wformat=2 -Wundef -Wvla -fno-common
+ifeq ($(WERROR),1)
+WARN += -Werror
+endif
+
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+CMOCKA_LIBS := $(shell pkg-config --libs cmocka 2>/dev/null)
+
+CFLAGS_ALL := -std=c17 -D_GNU_SOURCE $(OPT) $(WARN) -fstack-protector-strong \
+	-fPIE -MMD -MP -Isrc -DTGW_VERSION='"$(VERSION)"' $(PKG_CFLAGS) $(CFLAGS)
+LDFLAGS_ALL := -pie -Wl,-z,relro,-z,now $(SANLD) $(LDFLAGS)
+LIBS := $(PKG_LIBS) -lpthread
+
+SRCS := $(wildcard src/*.c src/handlers/*.c)
+LIB_SRCS := $(filter-out src/main.c,$(SRCS))
+LIB_OBJS := $(LIB_SRCS:%.c=$(BUILD)/%.o)
+UNIT_SRCS := $(wildcard tests/unit/test_*.c)
+UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
+HELPER_SRCS := $(wildcard tests/helpers/*.c)
+HELPER_BINS := $(HELPER_SRCS:tests/helpers/%.c=$(BUILD)/tests/helpers/%)
+
+.PHONY: all deps test test-run test-sanitize demo demo-run clean install \
+	uninstall bench
+
+all: $(BUILD)/tgwebhookd
+
+deps:
+	@scripts/deps.sh
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -c -o $@ $<
+
+$(BUILD)/libtgw.a: $(LIB_OBJS)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/tgwebhookd: $(BUILD)/src/main.o $(BUILD)/libtgw.a
+	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS)
+
+$(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(BUILD)/libtgw.a
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS) $(CMOCKA_LIBS)
+
+$(BUILD)/tests/helpers/%: tests/helpers/%.c
+	@mkdir -p $(dir $@)
+	$(CC) -std=c17 -D_GNU_SOURCE -O2 $(WARN) -o $@ $<
+
+# `make test` and `make demo` first install what is missing, then re-enter
+# make so that pkg-config sees the new packages.
+test: deps
+	@$(MAKE) --no-print-directory test-run
+
+test-run: $(BUILD)/tgwebhookd $(UNIT_BINS) $(HELPER_BINS)
+	@BUILD=$(BUILD) tests/run.sh
+
+test-sanitize: deps
+	@$(MAKE) --no-print-directory SANITIZE=address,undefined test-run
+
+demo: deps
+	@$(MAKE) --no-print-directory demo-run
+
+demo-run: $(BUILD)/tgwebhookd
+	@python3 tests/emulator/demo.py --daemon $(BUILD)/tgwebhookd \
+	    --config conf/hello.conf
+
+clean:
+	rm -rf build build-san
+
+install: $(BUILD)/tgwebhookd
+	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(SYSCONFDIR)/tgwebhookd
+	install -m 0755 $(BUILD)/tgwebhookd $(DESTDIR)$(SBINDIR)/tgwebhookd
+	@if [ -e $(DESTDIR)$(SYSCONFDIR)/tgwebhookd/tgwebhookd.conf ]; then \
+	    echo "keeping the existing $(DESTDIR)$(SYSCONFDIR)/tgwebhookd/tgwebhookd.conf"; \
+	else \
+	    install -m 0640 conf/tgwebhookd.conf \
+		$(DESTDIR)$(SYSCONFDIR)/tgwebhookd/tgwebhookd.conf; \
+	fi
+
+uninstall:
+	rm -f $(DESTDIR)$(SBINDIR)/tgwebhookd
+
+-include $(SRCS:%.c=$(BUILD)/%.d) $(UNIT_SRCS:%.c=$(BUILD)/%.d)

@@ -1,0 +1,49 @@
+#!/bin/sh
+# Install the Debian packages tgwebhookd needs to build and test, but only
+# those missing: a machine that already has them is left alone, and no
+# network is touched.  Run by `make deps` (and so by `make test` and
+# `make demo`).
+set -eu
+
+# pkg-config module -> Debian package
+libs="libmicrohttpd:libmicrohttpd-dev openssl:libssl-dev jansson:libjansson-dev
+libcurl:libcurl4-openssl-dev inih:libinih-dev sqlite3:libsqlite3-dev
+cmocka:libcmocka-dev"
+# command -> Debian package
+cmds="pkg-config:pkg-config cc:gcc make:make python3:python3 openssl:openssl
+curl:curl"
+
+need=""
+for pair in $cmds; do
+	command -v "${pair%%:*}" >/dev/null 2>&1 || need="$need ${pair#*:}"
+done
+if command -v pkg-config >/dev/null 2>&1; then
+	for pair in $libs; do
+		pkg-config --exists "${pair%%:*}" || need="$need ${pair#*:}"
+	done
+else
+	for pair in $libs; do need="$need ${pair#*:}"; done
+fi
+# libcurl must be the OpenSSL build: the GnuTLS one has another .pc name
+# clash and different TLS behaviour.
+if command -v dpkg-query >/dev/null 2>&1 &&
+    ! dpkg-query -W -f='${Status}' libcurl4-openssl-dev 2>/dev/null |
+    grep -q 'ok installed'; then
+	need="$need libcurl4-openssl-dev"
+fi
+for extra in "$@"; do
+	dpkg-query -W -f='${Status}' "$extra" 2>/dev/null |
+	    grep -q 'ok installed' || need="$need $extra"
+done
+
+[ -z "$need" ] && exit 0
+echo "deps: installing$need"
+if [ "$(id -u)" -ne 0 ]; then
+	SUDO=sudo
+else
+	SUDO=
+fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+# shellcheck disable=SC2086
+$SUDO apt-get install -y -qq --no-install-recommends $need

@@ -1,0 +1,110 @@
+/*
+ * config.h: the INI file as a struct config.  Loading checks every key
+ * (type, range, cross-field rules) and reports every problem to a diag as
+ * "FILE:LINE: key: what is wrong".  Handler sections are kept as ordered
+ * key/value lists: each handler kind checks its own keys (dispatch.h).
+ */
+#ifndef TGW_CONFIG_H
+#define TGW_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "diag.h"
+
+#define CONFIG_DEFAULT_FILE "/etc/tgwebhookd/tgwebhookd.conf"
+
+struct conf_kv {
+	char *key;
+	char *value;
+	int line;
+	struct conf_kv *next;
+};
+
+/* One [handler.NAME] section, keys in file order. */
+struct conf_handler {
+	char *name;
+	int line;
+	struct conf_kv *kv;
+	struct conf_handler *next;
+};
+
+struct config {
+	char *file;
+
+	/* [bot] */
+	char *token_file;
+	char *token;		/* as written in the file; see config_token() */
+	char *api_url;
+	char *username;
+	unsigned api_timeout_ms;
+
+	/* [webhook] */
+	char *domain;
+	long port;
+	char *listen;
+	char *path;		/* without a leading '/'; empty: generated */
+	char *secret_token;	/* empty: generated */
+	bool tls;
+	char *certificate;
+	char *private_key;
+	bool self_signed;
+	long key_bits;
+	long cert_days;
+	bool register_webhook;
+	long max_connections;
+	char *allowed_updates;
+	bool drop_pending_updates;
+	char *ip_address;
+	char *trusted_networks;
+	char *trusted_proxies;
+	unsigned reply_deadline_ms;
+	size_t max_body;
+
+	/* [server] */
+	long threads;
+	long handler_threads;
+	long max_clients;
+	long per_ip_limit;
+	unsigned connection_timeout_ms;
+	unsigned shutdown_timeout_ms;
+	long dedup_size;
+
+	/* [store] */
+	char *store_dir;
+
+	/* [log] */
+	long log_level;
+
+	struct conf_handler *handlers;
+	struct conf_kv *seen;	/* every global key set, with its line */
+};
+
+/* Reads and checks file.  Returns the config, or NULL when any problem was
+ * found (all of them are in d). */
+struct config *config_load(const char *file, struct diag *d);
+void config_free(struct config *c);
+/* The line where [section] key was set, or 0 when it kept its default. */
+int config_line(const struct config *c, const char *section, const char *key);
+
+/* Finds the bot token: token_file, token, $CREDENTIALS_DIRECTORY/token or
+ * $TGWEBHOOKD_TOKEN, in that order.  Returns it (caller frees) or NULL
+ * with err saying where it looked; the token itself never appears in err. */
+char *config_token(const struct config *c, char *err, size_t errlen);
+/* True if s has the shape of a bot token (digits ':' 20-64 of
+ * [A-Za-z0-9_-]). */
+bool config_token_valid(const char *s);
+
+/* Value parsers shared with handler kinds.  Each returns 0, or -1 with a
+ * message in err. */
+int config_parse_bool(const char *s, bool *out, char *err, size_t errlen);
+int config_parse_long(const char *s, long min, long max, long *out,
+    char *err, size_t errlen);
+/* "2s", "500ms", "1m", "1h"; a bare number is seconds. */
+int config_parse_duration(const char *s, unsigned *ms, char *err,
+    size_t errlen);
+/* "1M", "64K", "1048576" (K, M, G are powers of 1024). */
+int config_parse_size(const char *s, size_t *out, char *err, size_t errlen);
+
+#endif

@@ -1,0 +1,47 @@
+/*
+ * log.h: levelled logging to stderr.  Under journald (JOURNAL_STREAM set)
+ * every line starts with a <N> priority prefix so that `journalctl -p`
+ * filters work; elsewhere it starts with a timestamp.  Every registered
+ * secret (the bot token, the webhook secret and path) is replaced by
+ * "[redacted]" in every line, whoever wrote it.
+ */
+#ifndef TGW_LOG_H
+#define TGW_LOG_H
+
+#include <stdarg.h>
+
+enum log_level {
+	LOG_LVL_ERR = 3,
+	LOG_LVL_WARN = 4,
+	LOG_LVL_NOTICE = 5,
+	LOG_LVL_INFO = 6,
+	LOG_LVL_DEBUG = 7,
+};
+
+/* Sets the lowest level written (default info) and picks the output
+ * format from the environment. */
+void log_init(enum log_level level);
+void log_set_level(enum log_level level);
+enum log_level log_get_level(void);
+/* Parses "error", "warning", "notice", "info", "debug"; -1 if unknown. */
+int log_level_parse(const char *s);
+/* Registers a string never to be written (copied; up to 8, at least 4
+ * bytes long). */
+void log_add_secret(const char *secret);
+/* Redacts every registered secret in s, in place, shrinking it. */
+void log_redact(char *s);
+
+void log_msg(enum log_level level, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+void log_vmsg(enum log_level level, const char *fmt, va_list ap);
+
+#define log_err(...) log_msg(LOG_LVL_ERR, __VA_ARGS__)
+#define log_warn(...) log_msg(LOG_LVL_WARN, __VA_ARGS__)
+#define log_notice(...) log_msg(LOG_LVL_NOTICE, __VA_ARGS__)
+#define log_info(...) log_msg(LOG_LVL_INFO, __VA_ARGS__)
+#define log_debug(...) log_msg(LOG_LVL_DEBUG, __VA_ARGS__)
+
+/* Logs at error level and exits 1: only before the daemon is ready. */
+void fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+
+#endif

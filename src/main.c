@@ -1,0 +1,7 @@
+/* placeholder replaced below */
+int main(void);
+int
+main(void)
+{
+	return 0;
+}

@@ -1,0 +1,56 @@
+/*
+ * update.h: an Update's JSON -> a small view of what handlers match on.
+ * Pure: no I/O, no global state; safe to fuzz and to call from any thread.
+ */
+#ifndef TGW_UPDATE_H
+#define TGW_UPDATE_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* The update types of Bot API 10.1, in the documentation's order. */
+#define UPDATE_TYPES_N 25
+
+/* Index of a known type name, or -1. */
+int update_type_index(const char *name);
+/* Name of the type at index i (0 <= i < UPDATE_TYPES_N). */
+const char *update_type_name(int i);
+
+struct update {
+	json_t *root;		/* owned: the whole Update */
+	int64_t id;		/* update_id */
+	const char *type;	/* "message", ..., an unknown key, or "" */
+	int type_index;		/* -1 for an unknown or missing type */
+	json_t *obj;		/* the type's object (lent by root), or NULL */
+	bool has_chat;
+	int64_t chat_id;
+	bool has_from;
+	int64_t from_id;	/* sender: from.id, else user.id */
+	const char *text;	/* text, caption, callback data or inline
+				 * query; lent by root; NULL if none */
+	size_t text_len;
+	char *command;		/* "start" (no '/', no @name), or NULL */
+	char *command_target;	/* "SomeBot" from /start@SomeBot, or NULL */
+	char *args;		/* what follows the command, or "" */
+};
+
+/* Parses an Update.  Returns the view (free with update_free) or NULL with
+ * err saying why: not JSON (with line and column), not an object, or no
+ * integer update_id.  An unknown type is not an error. */
+struct update *update_parse(const char *body, size_t len, char *err,
+    size_t errlen);
+void update_free(struct update *u);
+
+/* True if u carries a command meant for this bot: any /cmd, or /cmd@name
+ * where name equals username (case-insensitively).  A NULL username
+ * (not yet learned) matches only commands without @name. */
+bool update_command_is_ours(const struct update *u, const char *username);
+
+/* Byte offset in the UTF-8 string s (len bytes) of the position `units`
+ * UTF-16 code units from its start, or SIZE_MAX if that lies beyond the
+ * string or inside a character. */
+size_t utf16_to_byte_offset(const char *s, size_t len, size_t units);
+
+#endif

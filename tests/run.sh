@@ -1,0 +1,53 @@
+#!/bin/bash
+# Runs every test: the cmocka unit binaries (TAP output) and the
+# integration tests (Python, against the real binary and the Bot API
+# emulator).  Ends with the line "N passed, N failed".
+set -u
+cd "$(dirname "$0")/.."
+BUILD=${BUILD:-build}
+passed=0
+failed=0
+failures=()
+
+count() {	# count TAP lines from a file: $1 = file, $2 = suite name
+	local p f
+	p=$(grep -c '^ok ' "$1")
+	f=$(grep -c '^not ok ' "$1")
+	passed=$((passed + p))
+	failed=$((failed + f))
+	while IFS= read -r line; do failures+=("$2: $line"); done \
+	    < <(grep '^not ok ' "$1")
+}
+
+out=$(mktemp)
+trap 'rm -f "$out"' EXIT
+
+for t in "$BUILD"/tests/test_*; do
+	[ -x "$t" ] || continue
+	name=$(basename "$t")
+	CMOCKA_MESSAGE_OUTPUT=TAP "$t" > "$out" 2>&1
+	rc=$?
+	sed "s/^/[$name] /" "$out"
+	count "$out" "$name"
+	if [ $rc -ne 0 ] && ! grep -q '^not ok ' "$out"; then
+		failed=$((failed + 1))
+		failures+=("$name: exited $rc without a test failure (crash?)")
+	fi
+done
+
+python3 tests/integration/run.py --build "$BUILD" > "$out" 2>&1
+rc=$?
+cat "$out"
+count "$out" integration
+if [ $rc -ne 0 ] && ! grep -q '^not ok ' "$out"; then
+	failed=$((failed + 1))
+	failures+=("integration: runner exited $rc")
+fi
+
+if [ ${#failures[@]} -gt 0 ]; then
+	echo
+	echo "Failures:"
+	printf '  %s\n' "${failures[@]}"
+fi
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]

@@ -1,0 +1,259 @@
+/* Unit tests for config.c: defaults, every value type, FILE:LINE errors,
+ * continuation lines, token sources. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "util.h"
+
+#define TOKEN "123456:ABCdefGHIjklMNOpqrSTUvwxYZ012345678"
+
+static char path[64];
+
+static struct config *
+load_text(const char *text, struct diag *d)
+{
+	char err[128];
+
+	strcpy(path, "/tmp/tgw-config-test-XXXXXX");
+	int fd = mkstemp(path);
+
+	assert_true(fd >= 0);
+	close(fd);
+	assert_int_equal(file_write_atomic(path, text, strlen(text), 0600,
+	    err, sizeof(err)), 0);
+	return config_load(path, d);
+}
+
+static const char *const minimal =
+    "[bot]\n"
+    "token = " TOKEN "\n"
+    "[webhook]\n"
+    "domain = bot.example.com\n"
+    "[handler.start]\n"
+    "commands = /start\n"
+    "reply = hi\n";
+
+static void
+test_defaults(void **state)
+{
+	struct diag d = { 0 };
+	struct config *c = load_text(minimal, &d);
+
+	(void)state;
+	assert_non_null(c);
+	assert_int_equal(d.count, 0);
+	assert_int_equal(c->port, 8443);
+	assert_string_equal(c->listen, "0.0.0.0:8443");
+	assert_true(c->tls);
+	assert_true(c->self_signed);
+	assert_true(c->register_webhook);
+	assert_int_equal(c->max_connections, 40);
+	assert_int_equal(c->reply_deadline_ms, 2000);
+	assert_int_equal(c->max_body, 1 << 20);
+	assert_string_equal(c->certificate, "/var/lib/tgwebhookd/webhook.pem");
+	assert_string_equal(c->handlers->name, "start");
+	assert_string_equal(c->handlers->kv->key, "commands");
+	assert_int_equal(c->handlers->kv->line, 6);
+	assert_int_equal(config_line(c, "webhook", "domain"), 4);
+	assert_int_equal(config_line(c, "webhook", "port"), 0);
+	config_free(c);
+	unlink(path);
+}
+
+static void
+test_errors_name_file_and_line(void **state)
+{
+	struct diag d = { 0 };
+	struct config *c = load_text(
+	    "[bot]\n"
+	    "token = " TOKEN "\n"
+	    "[webhook]\n"
+	    "domain = bot.example.com\n"
+	    "port = 8080\n"
+	    "tls = maybe\n"
+	    "reply_deadline = 2 s\n"
+	    "max_body = 10\n"
+	    "colour = blue\n"
+	    "trusted_networks = 1.2.3.4/40\n"
+	    "allowed_updates = message, mesage\n"
+	    "secret_token = has space\n"
+	    "[nonsense]\n"
+	    "x = 1\n"
+	    "[handler.a]\n"
+	    "reply = hi\n"
+	    "reply = again\n"
+	    "this line is wrong\n", &d);
+	char want[256];
+
+	(void)state;
+	assert_null(c);
+#define HAS(line, msg)                                                   \
+	do {                                                              \
+		snprintf(want, sizeof(want), "%s:%d: %s", path, line, msg); \
+		if (strstr(d.text, want) == NULL)                         \
+			fail_msg("missing '%s' in:\n%s", want, d.text);   \
+	} while (0)
+	HAS(5, "port: 8080 is not one of 443, 80, 88, 8443");
+	HAS(6, "tls: 'maybe' is not on or off");
+	HAS(7, "reply_deadline: '2 s' is not a duration");
+	HAS(8, "max_body: 10 is out of range");
+	HAS(9, "colour: unknown key in [webhook]");
+	HAS(10, "trusted_networks: '1.2.3.4/40'");
+	HAS(11, "allowed_updates: 'mesage' is not an update type");
+	HAS(12, "secret_token: Telegram accepts");
+	HAS(13, "unknown section [nonsense]");
+	HAS(17, "reply: set twice in [handler.a] (first at line 16)");
+	HAS(18, "expected 'key = value'");
+	assert_int_equal(d.count, 11);
+	diag_free(&d);
+	unlink(path);
+}
+
+static void
+test_long_line_and_continuation(void **state)
+{
+	struct diag d = { 0 };
+	struct buf text = { 0 };
+	struct config *c;
+	char want[128];
+
+	(void)state;
+	buf_puts(&text, minimal);
+	buf_puts(&text, "params = {\"reply_markup\":\n"
+	    "    {\"keyboard\": [[\"Hello\", \"Hi\"]]}}\n");
+	c = load_text(text.data, &d);
+	assert_non_null(c);
+	assert_string_equal(c->handlers->kv->next->next->value,
+	    "{\"reply_markup\": {\"keyboard\": [[\"Hello\", \"Hi\"]]}}");
+	config_free(c);
+
+	buf_puts(&text, "text = ");
+	for (int i = 0; i < 300; i++)
+		buf_puts(&text, "x");
+	buf_puts(&text, "\n");
+	c = load_text(text.data, &d);
+	assert_null(c);
+	snprintf(want, sizeof(want), "%s:10: line longer than", path);
+	assert_non_null(strstr(d.text, want));
+	diag_free(&d);
+	buf_free(&text);
+	unlink(path);
+}
+
+static void
+test_values(void **state)
+{
+	char err[128];
+	unsigned ms;
+	size_t sz;
+	long l;
+	bool b;
+
+	(void)state;
+	assert_int_equal(config_parse_duration("2s", &ms, err, sizeof(err)), 0);
+	assert_int_equal(ms, 2000);
+	assert_int_equal(config_parse_duration("500ms", &ms, err, sizeof(err)),
+	    0);
+	assert_int_equal(ms, 500);
+	assert_int_equal(config_parse_duration("3", &ms, err, sizeof(err)), 0);
+	assert_int_equal(ms, 3000);
+	assert_int_equal(config_parse_duration("1h", &ms, err, sizeof(err)), 0);
+	assert_int_equal(ms, 3600000);
+	assert_int_equal(config_parse_duration("-1s", &ms, err, sizeof(err)),
+	    -1);
+	assert_int_equal(config_parse_duration("1d", &ms, err, sizeof(err)),
+	    -1);
+	assert_int_equal(config_parse_duration("99999999999h", &ms, err,
+	    sizeof(err)), -1);
+	assert_int_equal(config_parse_size("1M", &sz, err, sizeof(err)), 0);
+	assert_int_equal(sz, 1 << 20);
+	assert_int_equal(config_parse_size("64KiB", &sz, err, sizeof(err)), 0);
+	assert_int_equal(sz, 64 << 10);
+	assert_int_equal(config_parse_size("100", &sz, err, sizeof(err)), 0);
+	assert_int_equal(sz, 100);
+	assert_int_equal(config_parse_size("1X", &sz, err, sizeof(err)), -1);
+	assert_int_equal(config_parse_size("M", &sz, err, sizeof(err)), -1);
+	assert_int_equal(config_parse_long("42", 0, 100, &l, err, sizeof(err)),
+	    0);
+	assert_int_equal(config_parse_long("4 2", 0, 100, &l, err, sizeof(err)),
+	    -1);
+	assert_int_equal(config_parse_long("101", 0, 100, &l, err,
+	    sizeof(err)), -1);
+	assert_int_equal(config_parse_long("99999999999999999999", 0, 100, &l,
+	    err, sizeof(err)), -1);
+	assert_int_equal(config_parse_bool("On", &b, err, sizeof(err)), 0);
+	assert_true(b);
+	assert_int_equal(config_parse_bool("no", &b, err, sizeof(err)), 0);
+	assert_false(b);
+	assert_int_equal(config_parse_bool("2", &b, err, sizeof(err)), -1);
+}
+
+static void
+test_token_sources(void **state)
+{
+	struct diag d = { 0 };
+	struct config *c;
+	char err[256], tpath[] = "/tmp/tgw-token-XXXXXX";
+	char *t;
+	int fd;
+
+	(void)state;
+	c = load_text("[webhook]\ndomain = x.example\n[handler.a]\nreply = hi\n",
+	    &d);
+	assert_non_null(c);
+	unsetenv("CREDENTIALS_DIRECTORY");
+	unsetenv("TGWEBHOOKD_TOKEN");
+	assert_null(config_token(c, err, sizeof(err)));
+	assert_non_null(strstr(err, "no bot token"));
+
+	setenv("TGWEBHOOKD_TOKEN", "not-a-token", 1);
+	assert_null(config_token(c, err, sizeof(err)));
+	assert_null(strstr(err, "not-a-token"));
+	setenv("TGWEBHOOKD_TOKEN", TOKEN, 1);
+	t = config_token(c, err, sizeof(err));
+	assert_string_equal(t, TOKEN);
+	free(t);
+
+	fd = mkstemp(tpath);
+	assert_true(fd >= 0);
+	assert_int_equal(write(fd, TOKEN "\n", strlen(TOKEN) + 1),
+	    (int)strlen(TOKEN) + 1);
+	close(fd);
+	c->token_file = xstrdup(tpath);
+	unsetenv("TGWEBHOOKD_TOKEN");
+	t = config_token(c, err, sizeof(err));
+	assert_string_equal(t, TOKEN);
+	free(t);
+	unlink(tpath);
+	t = config_token(c, err, sizeof(err));
+	assert_null(t);
+	assert_non_null(strstr(err, tpath));
+	config_free(c);
+	assert_true(config_token_valid(TOKEN));
+	assert_false(config_token_valid("123:short"));
+	assert_false(config_token_valid(":ABCdefGHIjklMNOpqrSTUvwxYZ0123"));
+	unlink(path);
+}
+
+int
+main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_defaults),
+		cmocka_unit_test(test_errors_name_file_and_line),
+		cmocka_unit_test(test_long_line_and_continuation),
+		cmocka_unit_test(test_values),
+		cmocka_unit_test(test_token_sources),
+	};
+
+	return cmocka_run_group_tests_name("config", tests, NULL, NULL);
+}

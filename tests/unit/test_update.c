@@ -1,0 +1,326 @@
+/* Unit tests for update.c: types, chat/sender, text, commands (UTF-16
+ * offsets), and every file of the Update corpus. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <dirent.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "update.h"
+#include "util.h"
+
+static const char *
+corpus_dir(void)
+{
+	const char *d = getenv("TGW_CORPUS");
+
+	return d != NULL ? d : "tests/corpus/updates";
+}
+
+static struct update *
+load(const char *name)
+{
+	char path[512], err[256];
+	struct update *u;
+	size_t len;
+	char *body;
+
+	snprintf(path, sizeof(path), "%s/%s", corpus_dir(), name);
+	body = file_read(path, 1 << 20, &len, err, sizeof(err));
+	if (body == NULL)
+		fail_msg("%s", err);
+	u = update_parse(body, len, err, sizeof(err));
+	if (u == NULL)
+		fail_msg("%s: %s", name, err);
+	free(body);
+	return u;
+}
+
+static void
+test_every_corpus_file_parses(void **state)
+{
+	DIR *d = opendir(corpus_dir());
+	struct dirent *e;
+	int n = 0;
+
+	(void)state;
+	assert_non_null(d);
+	while ((e = readdir(d)) != NULL) {
+		struct update *u;
+		size_t l = strlen(e->d_name);
+
+		if (l < 5 || strcmp(e->d_name + l - 5, ".json") != 0)
+			continue;
+		u = load(e->d_name);
+		assert_non_null(u->obj);
+		assert_true(u->type[0] != '\0');
+		update_free(u);
+		n++;
+	}
+	closedir(d);
+	assert_int_equal(n, 30);
+}
+
+static void
+test_start_payload(void **state)
+{
+	struct update *u = load("010-private-command-start-payload.json");
+
+	(void)state;
+	assert_string_equal(u->type, "message");
+	assert_string_equal(u->command, "start");
+	assert_null(u->command_target);
+	assert_true(strlen(u->args) > 0);
+	assert_true(u->has_chat);
+	assert_true(u->has_from);
+	assert_true(update_command_is_ours(u, "AnyBot"));
+	update_free(u);
+}
+
+static void
+test_no_entities_legacy_start(void **state)
+{
+	struct update *u = load("011-private-command-guide-minimal.json");
+
+	(void)state;
+	assert_int_equal(u->id, 10000);
+	assert_string_equal(u->command, "start");
+	assert_string_equal(u->args, "");
+	assert_int_equal(u->chat_id, 1111111);
+	update_free(u);
+}
+
+static void
+test_command_with_botname(void **state)
+{
+	struct update *u = load("020-group-command-botname.json");
+
+	(void)state;
+	assert_string_equal(u->command, "start");
+	assert_string_equal(u->command_target, "SomeBot");
+	assert_string_equal(u->args, "hello");
+	assert_true(update_command_is_ours(u, "SomeBot"));
+	assert_true(update_command_is_ours(u, "somebot"));
+	assert_false(update_command_is_ours(u, "OtherBot"));
+	assert_false(update_command_is_ours(u, NULL));
+	assert_true(u->from_id > 4294967296LL);
+	update_free(u);
+}
+
+static void
+check_nonbmp(const char *file)
+{
+	struct update *u = load(file);
+
+	assert_string_equal(u->command, "help");
+	assert_string_equal(u->command_target, "SomeBot");
+	assert_true(strncmp(u->args, "for ", 4) == 0);
+	assert_int_equal(u->chat_id, -1001987654321LL);
+	update_free(u);
+}
+
+static void
+test_command_after_emoji(void **state)
+{
+	(void)state;
+	check_nonbmp("031-nonbmp-entities.json");
+	check_nonbmp("032-wire-format-ascii-escaped.json");
+}
+
+static void
+test_caption_and_callback(void **state)
+{
+	struct update *u = load("040-photo-caption-entities.json");
+
+	(void)state;
+	assert_non_null(u->text);
+	update_free(u);
+	u = load("070-callback-query.json");
+	assert_string_equal(u->type, "callback_query");
+	assert_true(u->has_chat);	/* from callback_query.message.chat */
+	assert_non_null(u->text);	/* the callback data */
+	assert_null(u->command);
+	update_free(u);
+	u = load("071-callback-query-inline-guide.json");
+	assert_false(u->has_chat);	/* inline message: no chat */
+	update_free(u);
+}
+
+static void
+test_types(void **state)
+{
+	static const struct {
+		const char *file, *type;
+	} cases[] = {
+		{ "050-edited-message-guide.json", "edited_message" },
+		{ "060-channel-post.json", "channel_post" },
+		{ "080-inline-query.json", "inline_query" },
+		{ "090-chosen-inline-result-guide.json",
+		    "chosen_inline_result" },
+		{ "100-my-chat-member-blocked.json", "my_chat_member" },
+		{ "102-chat-member-joined-via-link.json", "chat_member" },
+		{ "103-chat-join-request.json", "chat_join_request" },
+		{ "110-poll.json", "poll" },
+		{ "111-poll-answer.json", "poll_answer" },
+		{ "120-message-reaction.json", "message_reaction" },
+		{ "121-message-reaction-count.json", "message_reaction_count" },
+		{ "130-pre-checkout-query.json", "pre_checkout_query" },
+		{ "180-chat-boost.json", "chat_boost" },
+	};
+
+	(void)state;
+	for (size_t i = 0; i < nitems(cases); i++) {
+		struct update *u = load(cases[i].file);
+
+		assert_string_equal(u->type, cases[i].type);
+		assert_int_not_equal(u->type_index, -1);
+		update_free(u);
+	}
+}
+
+static void
+test_unknown_type(void **state)
+{
+	struct update *u = load("220-unknown-update-type.json");
+
+	(void)state;
+	assert_string_equal(u->type, "new_update_kind");
+	assert_int_equal(u->type_index, -1);
+	assert_int_equal(u->id, 1);
+	update_free(u);
+}
+
+static void
+test_large_message(void **state)
+{
+	struct update *u = load("160-very-large-message.json");
+
+	(void)state;
+	assert_string_equal(u->type, "message");
+	assert_true(u->text_len > 4096);
+	update_free(u);
+}
+
+static void
+test_rejects(void **state)
+{
+	static const char *const bad[] = {
+		"", "{", "[1,2]", "{\"message\":{}}", "{\"update_id\":\"1\"}",
+		"{\"update_id\":1.5}", "{\"update_id\":1,\"update_id\":2}",
+		"null",
+	};
+	char err[256];
+
+	(void)state;
+	for (size_t i = 0; i < nitems(bad); i++) {
+		err[0] = '\0';
+		assert_null(update_parse(bad[i], strlen(bad[i]), err,
+		    sizeof(err)));
+		assert_true(err[0] != '\0');
+	}
+}
+
+static void
+test_bare_update(void **state)
+{
+	const char *s = "{\"update_id\": 5}";
+	struct update *u = update_parse(s, strlen(s), NULL, 0);
+
+	(void)state;
+	assert_non_null(u);
+	assert_string_equal(u->type, "");
+	assert_null(u->obj);
+	update_free(u);
+}
+
+static void
+test_command_forms(void **state)
+{
+	static const struct {
+		const char *json;
+		const char *cmd, *target, *args;
+	} cases[] = {
+		/* not at the start, no entities: not a command */
+		{ "{\"update_id\":1,\"message\":{\"chat\":{\"id\":1},"
+		  "\"text\":\"hi /start\"}}", NULL, NULL, "" },
+		/* a path is not a command */
+		{ "{\"update_id\":1,\"message\":{\"chat\":{\"id\":1},"
+		  "\"text\":\"/usr/bin\"}}", NULL, NULL, "" },
+		{ "{\"update_id\":1,\"message\":{\"chat\":{\"id\":1},"
+		  "\"text\":\"/roll@DiceBot 2d6\"}}", "roll", "DiceBot",
+		  "2d6" },
+		/* entities present without a bot_command: no command */
+		{ "{\"update_id\":1,\"message\":{\"chat\":{\"id\":1},"
+		  "\"text\":\"/x\",\"entities\":[]}}", NULL, NULL, "" },
+		/* an entity past the end of the text is ignored */
+		{ "{\"update_id\":1,\"message\":{\"chat\":{\"id\":1},"
+		  "\"text\":\"/x\",\"entities\":[{\"offset\":5,\"length\":2,"
+		  "\"type\":\"bot_command\"}]}}", NULL, NULL, "" },
+		/* arguments over several lines are kept whole */
+		{ "{\"update_id\":1,\"message\":{\"chat\":{\"id\":1},"
+		  "\"text\":\"/note a\\nb\",\"entities\":[{\"offset\":0,"
+		  "\"length\":5,\"type\":\"bot_command\"}]}}", "note", NULL,
+		  "a\nb" },
+	};
+
+	(void)state;
+	for (size_t i = 0; i < nitems(cases); i++) {
+		struct update *u = update_parse(cases[i].json,
+		    strlen(cases[i].json), NULL, 0);
+
+		assert_non_null(u);
+		if (cases[i].cmd == NULL)
+			assert_null(u->command);
+		else
+			assert_string_equal(u->command, cases[i].cmd);
+		if (cases[i].target == NULL)
+			assert_null(u->command_target);
+		else
+			assert_string_equal(u->command_target,
+			    cases[i].target);
+		assert_string_equal(u->args, cases[i].args);
+		update_free(u);
+	}
+}
+
+static void
+test_utf16_offsets(void **state)
+{
+	/* "a😂b": a=1 unit/1 byte, 😂=2 units/4 bytes */
+	const char *s = "a\xF0\x9F\x98\x82" "b";
+
+	(void)state;
+	assert_int_equal(utf16_to_byte_offset(s, 6, 0), 0);
+	assert_int_equal(utf16_to_byte_offset(s, 6, 1), 1);
+	assert_int_equal(utf16_to_byte_offset(s, 6, 2), SIZE_MAX);
+	assert_int_equal(utf16_to_byte_offset(s, 6, 3), 5);
+	assert_int_equal(utf16_to_byte_offset(s, 6, 4), 6);
+	assert_int_equal(utf16_to_byte_offset(s, 6, 5), SIZE_MAX);
+}
+
+int
+main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_every_corpus_file_parses),
+		cmocka_unit_test(test_start_payload),
+		cmocka_unit_test(test_no_entities_legacy_start),
+		cmocka_unit_test(test_command_with_botname),
+		cmocka_unit_test(test_command_after_emoji),
+		cmocka_unit_test(test_caption_and_callback),
+		cmocka_unit_test(test_types),
+		cmocka_unit_test(test_unknown_type),
+		cmocka_unit_test(test_large_message),
+		cmocka_unit_test(test_rejects),
+		cmocka_unit_test(test_bare_update),
+		cmocka_unit_test(test_command_forms),
+		cmocka_unit_test(test_utf16_offsets),
+	};
+
+	return cmocka_run_group_tests_name("update", tests, NULL, NULL);
+}
