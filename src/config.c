@@ -856,3 +856,43 @@ bad:
 	errf(err, errlen, "'%s' is not a size like 1M, 64K or 1048576", s);
 	return -1;
 }
+
+char **
+config_split_argv(const char *s, char *err, size_t errlen)
+{
+	char **argv = xcalloc(strlen(s) / 2 + 2, sizeof(*argv));
+	size_t n = 0;
+
+	for (;;) {
+		struct buf w = { 0 };
+		char quote = 0;
+
+		while (isspace((unsigned char)*s))
+			s++;
+		if (*s == '\0')
+			break;
+		buf_append(&w, "", 0);
+		for (; *s != '\0'; s++) {
+			if (quote == 0 && isspace((unsigned char)*s))
+				break;
+			if (quote == 0 && (*s == '\'' || *s == '"')) {
+				quote = *s;
+			} else if (quote != 0 && *s == quote) {
+				quote = 0;
+			} else if (*s == '\\' && quote != '\'' && s[1] != '\0') {
+				buf_append(&w, ++s, 1);
+			} else {
+				buf_append(&w, s, 1);
+			}
+		}
+		if (quote != 0) {
+			errf(err, errlen, "unclosed %c quote", quote);
+			buf_free(&w);
+			strlist_free(argv);
+			return NULL;
+		}
+		argv[n++] = buf_steal(&w);
+	}
+	argv[n] = NULL;
+	return argv;
+}

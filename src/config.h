@@ -107,4 +107,10 @@ int config_parse_duration(const char *s, unsigned *ms, char *err,
 /* "1M", "64K", "1048576" (K, M, G are powers of 1024). */
 int config_parse_size(const char *s, size_t *out, char *err, size_t errlen);
 
+/* Splits a command line into argv the way a shell would split words,
+ * without running one: whitespace separates, '...' and "..." group, a
+ * backslash escapes the next character (outside single quotes).  NULL
+ * with err on an unclosed quote.  Free with strlist_free. */
+char **config_split_argv(const char *s, char *err, size_t errlen);
+
 #endif

@@ -1,0 +1,65 @@
+/*
+ * botapi.h: a Bot API client over libcurl.  One struct botapi per thread
+ * (it owns a curl easy handle, which keeps connections alive between
+ * calls).  JSON calls and multipart uploads; never follows redirects;
+ * responses are bounded; the token never appears in any error text.
+ */
+#ifndef TGW_BOTAPI_H
+#define TGW_BOTAPI_H
+
+#include <jansson.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Bot API answers are small; anything larger is refused. */
+#define BOTAPI_RESPONSE_MAX (4 << 20)
+
+enum botapi_status {
+	BOTAPI_OK,
+	BOTAPI_RETRY_AFTER,	/* 429: wait retry_after seconds */
+	BOTAPI_TRANSIENT,	/* network, timeout, 5xx, garbage: retry */
+	BOTAPI_PERMANENT,	/* 4xx: retrying the same call cannot help */
+};
+
+struct botapi_result {
+	enum botapi_status status;
+	long http_status;	/* 0 if no HTTP answer */
+	json_t *result;		/* "result" of an ok answer (owned), or NULL */
+	int error_code;
+	char description[512];	/* Telegram's, or ours saying what failed */
+	long retry_after;	/* seconds, for BOTAPI_RETRY_AFTER */
+	int64_t migrate_to_chat_id;	/* 0 if none */
+};
+
+/* A multipart field: a value, or a file given as data and a file name. */
+struct botapi_field {
+	const char *name;
+	const char *value;	/* NUL-terminated text */
+	size_t len;		/* for files: bytes of value */
+	const char *filename;	/* non-NULL: send as a file part */
+};
+
+struct botapi;
+
+/* api_url without a trailing '/'; token is copied. */
+struct botapi *botapi_new(const char *api_url, const char *token,
+    unsigned timeout_ms);
+void botapi_free(struct botapi *b);
+
+/* Calls method with a JSON object body (may be NULL for none).  Fills r;
+ * the caller frees r->result with botapi_result_clear(). */
+enum botapi_status botapi_call(struct botapi *b, const char *method,
+    const char *json_body, struct botapi_result *r);
+enum botapi_status botapi_call_json(struct botapi *b, const char *method,
+    json_t *params, struct botapi_result *r);
+enum botapi_status botapi_upload(struct botapi *b, const char *method,
+    const struct botapi_field *fields, size_t n, struct botapi_result *r);
+void botapi_result_clear(struct botapi_result *r);
+
+/* Decodes an HTTP answer into r (pure; for tests and fuzzing).
+ * retry_after_header is the Retry-After header in seconds, or -1. */
+enum botapi_status botapi_decode(long http_status, const char *body,
+    size_t len, long retry_after_header, struct botapi_result *r);
+const char *botapi_status_name(enum botapi_status s);
+
+#endif

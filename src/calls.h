@@ -1,0 +1,36 @@
+/*
+ * calls.h: Bot API calls made by handlers, as JSON objects
+ * {"method": "sendMessage", ...params}.  Parsing a handler's output,
+ * deciding whether a call may be the inline webhook answer, and the call's
+ * target chat (for logs and, later, rate limits).
+ */
+#ifndef TGW_CALLS_H
+#define TGW_CALLS_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* At most this many calls from one handler run. */
+#define CALLS_MAX 100
+/* Telegram reads at most 1 MiB of parameters from a webhook answer. */
+#define CALLS_INLINE_MAX (1 << 20)
+
+/* Parses zero or more JSON objects separated by whitespace (an exec
+ * handler's stdout).  Returns a new array of calls, or NULL with err
+ * saying which object is wrong and why. */
+json_t *calls_parse_stream(const char *buf, size_t len, char *err,
+    size_t errlen);
+/* Checks one call: an object whose "method" is a non-empty string of
+ * letters.  0 or -1 with err. */
+int calls_check(json_t *call, char *err, size_t errlen);
+/* True if Telegram runs this method when it is the webhook answer: not
+ * get*, setWebhook, deleteWebhook, close or logOut (case-insensitive). */
+bool calls_inline_allowed(const char *method);
+/* The call's method (lent). */
+const char *calls_method(json_t *call);
+/* The call's chat_id as text ("-100123", "@channel") into out, or "-". */
+void calls_chat(json_t *call, char *out, size_t len);
+
+#endif

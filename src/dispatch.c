@@ -1,0 +1,238 @@
+/*
+ * dispatch.c: builds handlers from [handler.NAME] sections and matches
+ * updates against them.  Each section names exactly one kind by its main
+ * key (reply = ..., exec = ...); the kind checks its own keys, and any key
+ * neither the match rules nor the kind knows is an error.
+ */
+#include "dispatch.h"
+
+#include <regex.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "update.h"
+#include "util.h"
+
+static const struct handler_kind *const kinds[] = { &handler_reply,
+	&handler_exec };
+static const char *const match_keys[] = { "updates", "commands", "text" };
+
+struct dispatch {
+	struct handler *handlers;
+	size_t n;
+};
+
+const char *
+handler_conf_get(const struct conf_handler *h, const char *key, int *line)
+{
+	for (const struct conf_kv *kv = h->kv; kv != NULL; kv = kv->next)
+		if (strcmp(kv->key, key) == 0) {
+			if (line != NULL)
+				*line = kv->line;
+			return kv->value;
+		}
+	if (line != NULL)
+		*line = h->line;
+	return NULL;
+}
+
+static bool
+key_in(const char *key, const char *const *keys, size_t n)
+{
+	for (size_t i = 0; n == 0 ? keys[i] != NULL : i < n; i++)
+		if (strcmp(keys[i], key) == 0)
+			return true;
+	return false;
+}
+
+static void
+handler_clear(struct handler *h)
+{
+	if (h->kind != NULL && h->state != NULL)
+		h->kind->destroy(h->state);
+	free(h->name);
+	strlist_free(h->updates);
+	strlist_free(h->commands);
+	if (h->text != NULL) {
+		regfree(h->text);
+		free(h->text);
+	}
+}
+
+static int
+build_rules(struct handler *h, const struct conf_handler *ch,
+    const struct config *c, struct diag *d)
+{
+	const char *v;
+	int line, rc = 0;
+
+	if ((v = handler_conf_get(ch, "updates", &line)) != NULL) {
+		h->updates = strlist_split(v, NULL);
+		if (h->updates[0] == NULL) {
+			diag_add(d, c->file, line, "updates", "empty list");
+			rc = -1;
+		}
+		for (char **p = h->updates; *p != NULL; p++)
+			if (update_type_index(*p) == -1) {
+				diag_add(d, c->file, line, "updates", "'%s' is "
+				    "not an update type of Bot API 10.1", *p);
+				rc = -1;
+			}
+	}
+	if ((v = handler_conf_get(ch, "commands", &line)) != NULL) {
+		h->commands = strlist_split(v, NULL);
+		if (h->commands[0] == NULL) {
+			diag_add(d, c->file, line, "commands", "empty list");
+			rc = -1;
+		}
+		for (char **p = h->commands; *p != NULL; p++) {
+			char *name = *p + (**p == '/');
+			size_t n = strlen(name);
+
+			memmove(*p, name, n + 1);
+			if (n == 0 || n > 64 || strspn(*p,
+			    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+			    "0123456789_") != n) {
+				diag_add(d, c->file, line, "commands", "'%s' is "
+				    "not a command: /name with 1-64 of A-Z a-z "
+				    "0-9 _", *p);
+				rc = -1;
+			}
+		}
+	}
+	if ((v = handler_conf_get(ch, "text", &line)) != NULL) {
+		int e;
+
+		h->text = xcalloc(1, sizeof(*h->text));
+		if ((e = regcomp(h->text, v, REG_EXTENDED | REG_NOSUB)) != 0) {
+			char msg[256];
+
+			regerror(e, h->text, msg, sizeof(msg));
+			diag_add(d, c->file, line, "text", "bad regular "
+			    "expression: %s", msg);
+			free(h->text);
+			h->text = NULL;
+			rc = -1;
+		}
+	}
+	return rc;
+}
+
+static int
+build_handler(struct handler *h, const struct conf_handler *ch,
+    const struct config *c, struct diag *d)
+{
+	const struct handler_kind *kind = NULL;
+	int before = d->count;
+
+	h->name = xstrdup(ch->name);
+	h->line = ch->line;
+	for (size_t i = 0; i < nitems(kinds); i++) {
+		int line;
+
+		if (handler_conf_get(ch, kinds[i]->name, &line) == NULL)
+			continue;
+		if (kind != NULL) {
+			diag_add(d, c->file, line, kinds[i]->name, "[handler.%s] "
+			    "already has `%s`: one kind per handler", ch->name,
+			    kind->name);
+			continue;
+		}
+		kind = kinds[i];
+	}
+	if (kind == NULL) {
+		diag_add(d, c->file, ch->line, NULL, "[handler.%s] says neither "
+		    "reply = TEXT nor exec = /path/to/program", ch->name);
+		return -1;
+	}
+	for (const struct conf_kv *kv = ch->kv; kv != NULL; kv = kv->next)
+		if (!key_in(kv->key, match_keys, nitems(match_keys)) &&
+		    strcmp(kv->key, kind->name) != 0 &&
+		    !key_in(kv->key, kind->keys, 0))
+			diag_add(d, c->file, kv->line, kv->key, "unknown key "
+			    "for a%s %s handler", kind->name[0] == 'e' ? "n" :
+			    "", kind->name);
+	build_rules(h, ch, c, d);
+	if (d->count > before)
+		return -1;
+	if ((h->state = kind->create(ch, c, d)) == NULL)
+		return -1;
+	h->kind = kind;
+	return 0;
+}
+
+struct dispatch *
+dispatch_new(const struct config *c, struct diag *d)
+{
+	struct dispatch *t = xcalloc(1, sizeof(*t));
+	size_t n = 0;
+	int bad = 0;
+
+	for (const struct conf_handler *h = c->handlers; h != NULL; h = h->next)
+		n++;
+	t->handlers = xcalloc(n, sizeof(*t->handlers));
+	for (const struct conf_handler *h = c->handlers; h != NULL; h = h->next)
+		if (build_handler(&t->handlers[t->n++], h, c, d) == -1)
+			bad = 1;
+	if (bad) {
+		dispatch_free(t);
+		return NULL;
+	}
+	return t;
+}
+
+void
+dispatch_free(struct dispatch *t)
+{
+	if (t == NULL)
+		return;
+	for (size_t i = 0; i < t->n; i++)
+		handler_clear(&t->handlers[i]);
+	free(t->handlers);
+	free(t);
+}
+
+static bool
+matches(const struct handler *h, const struct update *u, const char *username)
+{
+	if (h->updates != NULL) {
+		bool ok = false;
+
+		for (char **p = h->updates; *p != NULL && !ok; p++)
+			ok = strcmp(*p, u->type) == 0;
+		if (!ok)
+			return false;
+	}
+	if (h->commands != NULL) {
+		bool ok = false;
+
+		if (!update_command_is_ours(u, username))
+			return false;
+		for (char **p = h->commands; *p != NULL && !ok; p++)
+			ok = strcasecmp(*p, u->command) == 0;
+		if (!ok)
+			return false;
+	}
+	if (h->text != NULL &&
+	    (u->text == NULL || regexec(h->text, u->text, 0, NULL, 0) != 0))
+		return false;
+	return true;
+}
+
+const struct handler *
+dispatch_match(const struct dispatch *t, const struct update *u,
+    const char *username)
+{
+	for (size_t i = 0; i < t->n; i++)
+		if (matches(&t->handlers[i], u, username))
+			return &t->handlers[i];
+	return NULL;
+}
+
+int
+dispatch_run(const struct handler *h, const struct handler_input *in,
+    json_t *calls, char *err, size_t errlen)
+{
+	return h->kind->run(h->state, in, calls, err, errlen);
+}

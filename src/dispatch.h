@@ -1,0 +1,44 @@
+/*
+ * dispatch.h: the handler table.  Handlers are tried in file order; the
+ * first whose rules all match (updates, commands, text) handles the
+ * update.  Built once from the configuration; read-only afterwards, so
+ * any thread may match against it.
+ */
+#ifndef TGW_DISPATCH_H
+#define TGW_DISPATCH_H
+
+#include "config.h"
+#include "diag.h"
+#include "handler.h"
+
+#include <regex.h>
+
+struct update;
+
+struct handler {
+	char *name;
+	int line;
+	const struct handler_kind *kind;
+	void *state;
+	/* match rules; each absent rule matches everything */
+	char **updates;		/* type names */
+	char **commands;	/* without the '/' */
+	bool has_text;
+	regex_t *text;
+};
+
+struct dispatch;
+
+/* Builds the table.  NULL if any handler section is wrong (all problems
+ * in d, as FILE:LINE: key: ...). */
+struct dispatch *dispatch_new(const struct config *c, struct diag *d);
+void dispatch_free(struct dispatch *t);
+/* The first handler matching u, or NULL.  username is the bot's, for
+ * /command@username; may be NULL while unknown. */
+const struct handler *dispatch_match(const struct dispatch *t,
+    const struct update *u, const char *username);
+/* Runs h on in (for tests and non-blocking kinds). */
+int dispatch_run(const struct handler *h, const struct handler_input *in,
+    json_t *calls, char *err, size_t errlen);
+
+#endif

@@ -1,0 +1,51 @@
+/*
+ * handler.h: the one interface every handler kind implements (reply and
+ * exec today; plugin and worker slot in beside them).  A kind checks its
+ * own configuration keys, and its run() turns one update into zero or more
+ * Bot API calls.  Kinds know nothing of HTTP, the inline answer or the
+ * outbox: the runner (runner.h) decides where each call goes.
+ */
+#ifndef TGW_HANDLER_H
+#define TGW_HANDLER_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "config.h"
+#include "diag.h"
+
+struct update;
+
+/* What a handler gets: the parsed update and the body as received. */
+struct handler_input {
+	const struct update *u;
+	const char *body;
+	size_t len;
+};
+
+struct handler_kind {
+	const char *name;		/* "reply", "exec": also its main key */
+	const char *const *keys;	/* its other keys, NULL-terminated */
+	/* true: run() may take long (a process), so it runs on a handler
+	 * thread; false: run() is quick and runs on the server thread. */
+	bool blocking;
+	/* Builds the kind's state from its section.  Reports problems to d
+	 * as FILE:LINE: key: ...; returns NULL if there were any. */
+	void *(*create)(const struct conf_handler *h, const struct config *c,
+	    struct diag *d);
+	/* Appends calls to `calls` (a JSON array).  0, or -1 with err when
+	 * the handler failed: its update then becomes a dead letter. */
+	int (*run)(void *state, const struct handler_input *in, json_t *calls,
+	    char *err, size_t errlen);
+	void (*destroy)(void *state);
+};
+
+extern const struct handler_kind handler_reply;
+extern const struct handler_kind handler_exec;
+
+/* The value of key in h, or NULL; *line gets its line if not NULL. */
+const char *handler_conf_get(const struct conf_handler *h, const char *key,
+    int *line);
+
+#endif

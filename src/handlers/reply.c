@@ -1,0 +1,182 @@
+/*
+ * handlers/reply.c: the no-code handler.  `reply = TEXT` sends TEXT to the
+ * update's chat; `method` (default sendMessage) and `params` (a JSON
+ * object merged into the call, whose string values may hold placeholders
+ * too) shape the call.  Everything is compiled at start-up: running is a
+ * template expansion and a few JSON sets, quick enough for the server
+ * thread.
+ */
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "calls.h"
+#include "handler.h"
+#include "template.h"
+#include "update.h"
+#include "util.h"
+
+struct param {
+	char *key;
+	struct template *tmpl;	/* string values: expanded per update */
+	json_t *value;		/* other values: copied as they are */
+};
+
+struct reply {
+	struct template *text;	/* NULL when reply is empty */
+	char *method;
+	struct param *params;
+	size_t nparams;
+	bool params_chat;	/* params set chat_id themselves */
+};
+
+static const char *const reply_keys[] = { "method", "params", NULL };
+
+static void
+reply_destroy(void *arg)
+{
+	struct reply *r = arg;
+
+	if (r == NULL)
+		return;
+	template_free(r->text);
+	free(r->method);
+	for (size_t i = 0; i < r->nparams; i++) {
+		free(r->params[i].key);
+		template_free(r->params[i].tmpl);
+		json_decref(r->params[i].value);
+	}
+	free(r->params);
+	free(r);
+}
+
+static int
+compile_params(struct reply *r, const char *src, const char *file, int line,
+    struct diag *d)
+{
+	json_error_t jerr;
+	json_t *obj = json_loads(src, JSON_REJECT_DUPLICATES, &jerr), *v;
+	const char *k;
+	char err[256];
+	int rc = 0;
+
+	if (!json_is_object(obj)) {
+		diag_add(d, file, line, "params", "must be a JSON object: %s",
+		    obj == NULL ? jerr.text : "found another JSON value");
+		json_decref(obj);
+		return -1;
+	}
+	r->params = xcalloc(json_object_size(obj), sizeof(*r->params));
+	json_object_foreach(obj, k, v) {
+		struct param *p = &r->params[r->nparams++];
+
+		p->key = xstrdup(k);
+		if (strcmp(k, "method") == 0) {
+			diag_add(d, file, line, "params", "set the method with "
+			    "the `method` key, not inside params");
+			rc = -1;
+		}
+		if (strcmp(k, "chat_id") == 0)
+			r->params_chat = true;
+		if (json_is_string(v)) {
+			p->tmpl = template_compile(json_string_value(v), err,
+			    sizeof(err));
+			if (p->tmpl == NULL) {
+				diag_add(d, file, line, "params", "\"%s\": %s",
+				    k, err);
+				rc = -1;
+			}
+		} else {
+			p->value = json_incref(v);
+		}
+	}
+	json_decref(obj);
+	return rc;
+}
+
+static void *
+reply_create(const struct conf_handler *h, const struct config *c,
+    struct diag *d)
+{
+	struct reply *r = xcalloc(1, sizeof(*r));
+	const char *text, *method, *params;
+	int line, mline, pline;
+	char err[256];
+	bool bad = false;
+
+	text = handler_conf_get(h, "reply", &line);
+	method = handler_conf_get(h, "method", &mline);
+	params = handler_conf_get(h, "params", &pline);
+	r->method = xstrdup(method != NULL ? method : "sendMessage");
+	{
+		json_t *probe = json_pack("{ss}", "method", r->method);
+
+		if (calls_check(probe, err, sizeof(err)) == -1) {
+			diag_add(d, c->file, mline, "method", "%s", err);
+			bad = true;
+		}
+		json_decref(probe);
+	}
+	if (*text != '\0' && (r->text = template_compile(text, err,
+	    sizeof(err))) == NULL) {
+		diag_add(d, c->file, line, "reply", "%s", err);
+		bad = true;
+	}
+	if (params != NULL && compile_params(r, params, c->file, pline, d) ==
+	    -1)
+		bad = true;
+	if (bad) {
+		reply_destroy(r);
+		return NULL;
+	}
+	return r;
+}
+
+static int
+reply_run(void *arg, const struct handler_input *in, json_t *calls, char *err,
+    size_t errlen)
+{
+	struct reply *r = arg;
+	const struct update *u = in->u;
+	json_t *call;
+
+	if (!u->has_chat && !r->params_chat) {
+		errf(err, errlen, "a %s update has no chat to reply to (set "
+		    "chat_id in params, or narrow `updates`)", u->type);
+		return -1;
+	}
+	call = json_object();
+	json_object_set_new(call, "method", json_string(r->method));
+	if (u->has_chat)
+		json_object_set_new(call, "chat_id",
+		    json_integer((json_int_t)u->chat_id));
+	if (r->text != NULL) {
+		char *t = template_expand(r->text, u);
+
+		json_object_set_new(call, "text", json_string(t));
+		free(t);
+	}
+	for (size_t i = 0; i < r->nparams; i++) {
+		const struct param *p = &r->params[i];
+
+		if (p->tmpl != NULL) {
+			char *t = template_expand(p->tmpl, u);
+
+			json_object_set_new(call, p->key, json_string(t));
+			free(t);
+		} else {
+			json_object_set(call, p->key, p->value);
+		}
+	}
+	json_array_append_new(calls, call);
+	return 0;
+}
+
+const struct handler_kind handler_reply = {
+	.name = "reply",
+	.keys = reply_keys,
+	.blocking = false,
+	.create = reply_create,
+	.run = reply_run,
+	.destroy = reply_destroy,
+};

@@ -1,0 +1,371 @@
+/*
+ * runner.c: handler threads, the reply deadline, and the inline/follow-up
+ * split.
+ *
+ * A job is answered exactly once: by its handler thread when the handler
+ * finishes first, or by the deadline thread when the deadline comes first
+ * (then an empty 200, and every call the handler makes later becomes a
+ * follow-up).  `answered` under the runner's mutex decides the race.
+ * All jobs share one deadline length, so the deadline list is a FIFO in
+ * start order; jobs answered early stay in it until their deadline passes
+ * (a job is freed when the caller, the handler thread and the deadline
+ * list have all let go of it).
+ */
+#include "runner.h"
+
+#include <inttypes.h>
+#include <jansson.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "calls.h"
+#include "dispatch.h"
+#include "log.h"
+#include "outbox.h"
+#include "store.h"
+#include "update.h"
+#include "util.h"
+
+struct job {
+	struct runner *r;
+	const struct handler *h;
+	struct update *u;
+	char *body;
+	size_t len;
+	uint64_t start, deadline;
+	void (*ready)(void *);
+	void *arg;
+	int refs;
+	bool answered;
+	char *answer;
+	struct job *qnext;	/* handler queue */
+	struct job *dnext;	/* deadline list */
+};
+
+struct runner {
+	pthread_mutex_t mu;
+	pthread_cond_t work;	/* handler threads wait for jobs */
+	pthread_cond_t timer;	/* the deadline thread waits for deadlines */
+	pthread_t *threads;
+	unsigned nthreads;
+	pthread_t deadline_thread;
+	struct job *qhead, *qtail;
+	struct job *dhead, *dtail;
+	size_t pending, max_pending;	/* started and not yet run */
+	unsigned deadline_ms;
+	bool stopping;
+	struct outbox *outbox;
+	struct store *store;
+};
+
+static void
+job_unref_locked(struct job *j)
+{
+	if (--j->refs > 0)
+		return;
+	update_free(j->u);
+	free(j->body);
+	free(j->answer);
+	free(j);
+}
+
+static void
+dead_letter(struct runner *r, const struct handler *h, const struct update *u,
+    const char *body, size_t len, const char *why)
+{
+	char err[256];
+
+	log_err("update %" PRId64 ": handler %s failed: %s; the update is kept "
+	    "as a dead letter", u->id, h->name, why);
+	if (r->store != NULL && store_dead_update(r->store, u->id, h->name, why,
+	    body, len, err, sizeof(err)) == -1)
+		log_err("update %" PRId64 ": %s", u->id, err);
+}
+
+/*
+ * Sends the handler's calls where they belong.  Returns the inline answer
+ * (JSON text) or NULL.  `late` means the webhook was answered already.
+ */
+static char *
+route(struct runner *r, const struct handler *h, const struct update *u,
+    json_t *calls, bool late, uint64_t start)
+{
+	size_t i, followups = 0;
+	char *answer = NULL;
+	json_t *call;
+
+	json_array_foreach(calls, i, call) {
+		if (i == 0 && !late && calls_inline_allowed(calls_method(call))) {
+			char *s = json_dumps(call, JSON_COMPACT);
+
+			if (s != NULL && strlen(s) <= CALLS_INLINE_MAX) {
+				answer = s;
+				continue;
+			}
+			free(s);
+		}
+		outbox_put(r->outbox, call, u->id);
+		followups++;
+	}
+	log_info("update %" PRId64 ": %s: handler %s: %s%s%s%zu follow-up%s "
+	    "in %" PRIu64 "ms", u->id, u->type, h->name,
+	    answer != NULL ? "inline " : "",
+	    answer != NULL ? calls_method(json_array_get(calls, 0)) : "",
+	    answer != NULL ? ", " : "", followups, followups == 1 ? "" : "s",
+	    now_ms() - start);
+	return answer;
+}
+
+/* Runs h on the job's update; returns the calls, or NULL on failure. */
+static json_t *
+run_handler(struct runner *r, const struct handler *h, const struct update *u,
+    const char *body, size_t len)
+{
+	struct handler_input in = { u, body, len };
+	json_t *calls = json_array();
+	char err[512] = "";
+
+	if (dispatch_run(h, &in, calls, err, sizeof(err)) == -1) {
+		dead_letter(r, h, u, body, len, err[0] ? err : "failed");
+		json_decref(calls);
+		return NULL;
+	}
+	return calls;
+}
+
+enum runner_status
+runner_start(struct runner *r, const struct handler *h, struct update *u,
+    char *body, size_t len, char **answer, struct job **jobp)
+{
+	struct job *j;
+
+	*answer = NULL;
+	*jobp = NULL;
+	if (h == NULL || !h->kind->blocking) {
+		uint64_t start = now_ms();
+
+		if (h == NULL) {
+			log_debug("update %" PRId64 ": %s: no handler matches",
+			    u->id, u->type[0] ? u->type : "(no type)");
+		} else {
+			json_t *calls = run_handler(r, h, u, body, len);
+
+			if (calls != NULL) {
+				*answer = route(r, h, u, calls,
+				    r->deadline_ms == 0, start);
+				json_decref(calls);
+			}
+		}
+		update_free(u);
+		free(body);
+		return RUNNER_DONE;
+	}
+	pthread_mutex_lock(&r->mu);
+	if (r->pending >= r->max_pending || r->stopping) {
+		pthread_mutex_unlock(&r->mu);
+		log_warn("update %" PRId64 ": %zu handlers already waiting: "
+		    "answering 503 so that Telegram retries later", u->id,
+		    r->max_pending);
+		update_free(u);
+		free(body);
+		return RUNNER_BUSY;
+	}
+	r->pending++;
+	pthread_mutex_unlock(&r->mu);
+	j = xcalloc(1, sizeof(*j));
+	j->r = r;
+	j->h = h;
+	j->u = u;
+	j->body = body;
+	j->len = len;
+	j->refs = 3;	/* the caller, the handler thread, the deadline list */
+	*jobp = j;
+	return RUNNER_PENDING;
+}
+
+void
+runner_go(struct job *j, void (*ready)(void *), void *arg)
+{
+	struct runner *r = j->r;
+
+	j->ready = ready;
+	j->arg = arg;
+	j->start = now_ms();
+	j->deadline = j->start + r->deadline_ms;
+	pthread_mutex_lock(&r->mu);
+	if (r->qtail != NULL)
+		r->qtail->qnext = j;
+	else
+		r->qhead = j;
+	r->qtail = j;
+	if (r->dtail != NULL)
+		r->dtail->dnext = j;
+	else
+		r->dhead = j;
+	r->dtail = j;
+	pthread_cond_signal(&r->work);
+	pthread_cond_signal(&r->timer);
+	pthread_mutex_unlock(&r->mu);
+}
+
+char *
+runner_finish(struct job *j)
+{
+	struct runner *r = j->r;
+	char *answer;
+
+	pthread_mutex_lock(&r->mu);
+	answer = j->answer;
+	j->answer = NULL;
+	job_unref_locked(j);
+	pthread_mutex_unlock(&r->mu);
+	return answer;
+}
+
+static void *
+handler_thread(void *arg)
+{
+	struct runner *r = arg;
+
+	pthread_mutex_lock(&r->mu);
+	for (;;) {
+		struct job *j;
+		json_t *calls;
+		bool late;
+
+		while (r->qhead == NULL && !r->stopping)
+			pthread_cond_wait(&r->work, &r->mu);
+		if ((j = r->qhead) == NULL)
+			break;
+		r->qhead = j->qnext;
+		if (r->qhead == NULL)
+			r->qtail = NULL;
+		r->pending--;
+		pthread_mutex_unlock(&r->mu);
+
+		calls = run_handler(r, j->h, j->u, j->body, j->len);
+
+		pthread_mutex_lock(&r->mu);
+		late = j->answered;
+		j->answered = true;
+		pthread_mutex_unlock(&r->mu);
+		/* route() queues follow-ups: not under our lock. */
+		if (calls != NULL) {
+			char *answer = route(r, j->h, j->u, calls, late,
+			    j->start);
+
+			json_decref(calls);
+			pthread_mutex_lock(&r->mu);
+			j->answer = answer;
+			pthread_mutex_unlock(&r->mu);
+		}
+		if (!late)
+			j->ready(j->arg);
+		pthread_mutex_lock(&r->mu);
+		job_unref_locked(j);
+	}
+	pthread_mutex_unlock(&r->mu);
+	return NULL;
+}
+
+static void *
+deadline_thread(void *arg)
+{
+	struct runner *r = arg;
+
+	pthread_mutex_lock(&r->mu);
+	for (;;) {
+		struct job *j = r->dhead;
+		uint64_t now = now_ms();
+
+		if (j == NULL) {
+			if (r->stopping && r->qhead == NULL && r->pending == 0)
+				break;
+			pthread_cond_wait(&r->timer, &r->mu);
+			continue;
+		}
+		if (j->deadline > now && !(j->answered && r->stopping)) {
+			struct timespec ts;
+			uint64_t wait = j->deadline - now;
+
+			clock_gettime(CLOCK_MONOTONIC, &ts);
+			ts.tv_sec += (time_t)(wait / 1000);
+			ts.tv_nsec += (long)(wait % 1000) * 1000000;
+			if (ts.tv_nsec >= 1000000000) {
+				ts.tv_sec++;
+				ts.tv_nsec -= 1000000000;
+			}
+			pthread_cond_timedwait(&r->timer, &r->mu, &ts);
+			continue;
+		}
+		r->dhead = j->dnext;
+		if (r->dhead == NULL)
+			r->dtail = NULL;
+		if (!j->answered) {
+			j->answered = true;
+			log_info("update %" PRId64 ": handler %s still running "
+			    "at reply_deadline (%ums): answered 200, its calls "
+			    "will be follow-ups", j->u->id, j->h->name,
+			    r->deadline_ms);
+			pthread_mutex_unlock(&r->mu);
+			j->ready(j->arg);
+			pthread_mutex_lock(&r->mu);
+		}
+		job_unref_locked(j);
+	}
+	pthread_mutex_unlock(&r->mu);
+	return NULL;
+}
+
+struct runner *
+runner_new(unsigned threads, size_t max_queue, unsigned deadline_ms,
+    struct outbox *o, struct store *s)
+{
+	struct runner *r = xcalloc(1, sizeof(*r));
+	pthread_condattr_t ca;
+
+	pthread_mutex_init(&r->mu, NULL);
+	pthread_cond_init(&r->work, NULL);
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&r->timer, &ca);
+	pthread_condattr_destroy(&ca);
+	r->nthreads = threads;
+	r->max_pending = max_queue;
+	r->deadline_ms = deadline_ms;
+	r->outbox = o;
+	r->store = s;
+	r->threads = xcalloc(threads, sizeof(*r->threads));
+	for (unsigned i = 0; i < threads; i++)
+		if (pthread_create(&r->threads[i], NULL, handler_thread, r) != 0)
+			fatal("runner: cannot start handler thread %u", i);
+	if (pthread_create(&r->deadline_thread, NULL, deadline_thread, r) != 0)
+		fatal("runner: cannot start the deadline thread");
+	return r;
+}
+
+void
+runner_free(struct runner *r)
+{
+	if (r == NULL)
+		return;
+	pthread_mutex_lock(&r->mu);
+	r->stopping = true;
+	pthread_cond_broadcast(&r->work);
+	pthread_cond_broadcast(&r->timer);
+	pthread_mutex_unlock(&r->mu);
+	for (unsigned i = 0; i < r->nthreads; i++)
+		pthread_join(r->threads[i], NULL);
+	pthread_mutex_lock(&r->mu);
+	pthread_cond_broadcast(&r->timer);
+	pthread_mutex_unlock(&r->mu);
+	pthread_join(r->deadline_thread, NULL);
+	free(r->threads);
+	pthread_cond_destroy(&r->work);
+	pthread_cond_destroy(&r->timer);
+	pthread_mutex_destroy(&r->mu);
+	free(r);
+}

@@ -1,0 +1,405 @@
+/*
+ * server.c: libmicrohttpd with an internal thread pool over epoll.
+ *
+ * A request is checked in the order of DESIGN.md's edge table as soon as
+ * its headers are in (path, source, secret, method, then the declared
+ * size), so a stranger's body is never read.  The body is read up to
+ * max_body.  A handler that may be slow runs on the runner's threads while
+ * its connection is suspended (MHD_suspend_connection), so no handler can
+ * stall the other connections; the runner resumes it when the answer is
+ * known, at the latest at reply_deadline.  Never 410 (23 hours of 410
+ * make Telegram delete the webhook), never a redirect.
+ */
+#include "server.h"
+
+#include <inttypes.h>
+#include <microhttpd.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "dedup.h"
+#include "dispatch.h"
+#include "gate.h"
+#include "log.h"
+#include "runner.h"
+#include "update.h"
+#include "util.h"
+#include "webhook.h"
+
+/* TLS 1.2 and 1.3 only, as Telegram's guide asks. */
+#define TLS_PRIORITIES "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2"
+#define RETRY_AFTER_S "5"
+/* Rejected requests logged per window before the rest are counted. */
+#define REJECT_LOG_BURST 10
+#define REJECT_LOG_WINDOW_MS 10000
+
+struct request {
+	struct server *s;
+	struct MHD_Connection *conn;
+	struct buf body;
+	bool too_large;
+	struct job *job;
+	atomic_bool ready;
+};
+
+struct server {
+	struct MHD_Daemon *mhd;
+	struct server_opts o;
+	char *cert_pem, *key_pem;	/* our copies, wiped at stop */
+	atomic_bool quiescing;
+	atomic_uint inflight;
+	struct MHD_Response *empty200, *r400, *r403, *r404, *r405, *r413,
+	    *r503;
+	pthread_mutex_t log_mu;
+	uint64_t log_window;
+	unsigned log_count, log_suppressed;
+};
+
+static void
+log_rejected(struct server *s, const char *client, const char *method,
+    const char *why, unsigned status)
+{
+	uint64_t now = now_ms();
+	unsigned suppressed = 0;
+	bool show;
+
+	pthread_mutex_lock(&s->log_mu);
+	if (now - s->log_window >= REJECT_LOG_WINDOW_MS) {
+		suppressed = s->log_suppressed;
+		s->log_window = now;
+		s->log_count = 0;
+		s->log_suppressed = 0;
+	}
+	show = s->log_count++ < REJECT_LOG_BURST;
+	if (!show)
+		s->log_suppressed++;
+	pthread_mutex_unlock(&s->log_mu);
+	if (suppressed > 0)
+		log_warn("%u more rejected requests were not logged",
+		    suppressed);
+	if (show)
+		log_warn("rejected %s from %s: %s (%u)", method, client, why,
+		    status);
+}
+
+static struct MHD_Response *
+fixed(unsigned status)
+{
+	struct MHD_Response *r = MHD_create_response_from_buffer(0, (void *)"",
+	    MHD_RESPMEM_PERSISTENT);
+
+	if (status == 503) {
+		MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER,
+		    RETRY_AFTER_S);
+	}
+	return r;
+}
+
+static enum MHD_Result
+answer(struct MHD_Connection *c, unsigned status, struct MHD_Response *r)
+{
+	return MHD_queue_response(c, status, r);
+}
+
+static enum MHD_Result
+answer_json(struct MHD_Connection *c, char *json)
+{
+	struct MHD_Response *r = MHD_create_response_from_buffer(strlen(json),
+	    json, MHD_RESPMEM_MUST_FREE);
+	enum MHD_Result ret;
+
+	MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE,
+	    "application/json");
+	ret = MHD_queue_response(c, MHD_HTTP_OK, r);
+	MHD_destroy_response(r);
+	return ret;
+}
+
+static void
+on_ready(void *arg)
+{
+	struct request *rq = arg;
+
+	atomic_store(&rq->ready, true);
+	MHD_resume_connection(rq->conn);
+}
+
+static const char *
+peer_text(struct MHD_Connection *c, char *buf, size_t len)
+{
+	const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c,
+	    MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+	unsigned char a[16];
+
+	if (ci == NULL || gate_addr_from_sockaddr(ci->client_addr, a) == -1)
+		return "unknown";
+	gate_addr_format(a, buf, len);
+	return buf;
+}
+
+/* The whole body is in: parse, dedup, dispatch. */
+static enum MHD_Result
+handle_update(struct server *s, struct request *rq)
+{
+	struct MHD_Connection *c = rq->conn;
+	const struct handler *h;
+	struct update *u;
+	struct job *job;
+	char err[256], *inline_call, *username;
+	size_t len = rq->body.len;
+
+	u = update_parse(rq->body.data ? rq->body.data : "", len, err,
+	    sizeof(err));
+	if (u == NULL) {
+		char peer[64];
+
+		log_warn("bad update from %s (%zu bytes): %s", peer_text(c,
+		    peer, sizeof(peer)), len, err);
+		return answer(c, MHD_HTTP_BAD_REQUEST, s->r400);
+	}
+	if (dedup_seen(s->o.dedup, u->id)) {
+		log_info("update %" PRId64 ": already handled; answered 200 "
+		    "again", u->id);
+		update_free(u);
+		return answer(c, MHD_HTTP_OK, s->empty200);
+	}
+	if (u->type_index == -1)
+		log_debug("update %" PRId64 ": type '%s' is unknown to this "
+		    "version; answered 200", u->id, u->type);
+	username = atomic_load(&s->o.id->username);
+	h = dispatch_match(s->o.dispatch, u, username);
+	switch (runner_start(s->o.runner, h, u, buf_steal(&rq->body), len,
+	    &inline_call, &job)) {
+	case RUNNER_DONE:
+		if (inline_call != NULL)
+			return answer_json(c, inline_call);
+		return answer(c, MHD_HTTP_OK, s->empty200);
+	case RUNNER_BUSY:
+		/* Not handled: let Telegram's retry count as new. */
+		dedup_forget(s->o.dedup, u->id);
+		return answer(c, MHD_HTTP_SERVICE_UNAVAILABLE, s->r503);
+	case RUNNER_PENDING:
+		break;
+	}
+	rq->job = job;
+	MHD_suspend_connection(c);
+	runner_go(job, on_ready, rq);
+	return MHD_YES;
+}
+
+static enum MHD_Result
+on_request(void *cls, struct MHD_Connection *c, const char *url,
+    const char *method, const char *version, const char *upload,
+    size_t *upload_size, void **con_cls)
+{
+	struct server *s = cls;
+	struct request *rq = *con_cls;
+
+	(void)version;
+	if (rq == NULL) {
+		const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c,
+		    MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+		struct gate_request gr = {
+			.url = url,
+			.method = method,
+			.peer = ci != NULL ? ci->client_addr : NULL,
+			.secret_header = MHD_lookup_connection_value(c,
+			    MHD_HEADER_KIND, "X-Telegram-Bot-Api-Secret-Token"),
+			.forwarded_for = MHD_lookup_connection_value(c,
+			    MHD_HEADER_KIND, "X-Forwarded-For"),
+		};
+		const char *cl;
+		char client[64];
+		enum gate_verdict v = gate_check(s->o.gate, &gr, client,
+		    sizeof(client));
+		static const unsigned codes[] = {
+			[GATE_NOT_FOUND] = MHD_HTTP_NOT_FOUND,
+			[GATE_BAD_SOURCE] = MHD_HTTP_FORBIDDEN,
+			[GATE_BAD_SECRET] = MHD_HTTP_FORBIDDEN,
+			[GATE_BAD_METHOD] = MHD_HTTP_METHOD_NOT_ALLOWED,
+		};
+
+		if (v != GATE_OK) {
+			struct MHD_Response *r = v == GATE_NOT_FOUND ? s->r404 :
+			    v == GATE_BAD_METHOD ? s->r405 : s->r403;
+
+			log_rejected(s, client, method, gate_verdict_name(v),
+			    codes[v]);
+			return answer(c, codes[v], r);
+		}
+		if (atomic_load(&s->quiescing))
+			return answer(c, MHD_HTTP_SERVICE_UNAVAILABLE, s->r503);
+		cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND,
+		    MHD_HTTP_HEADER_CONTENT_LENGTH);
+		if (cl != NULL && strtoull(cl, NULL, 10) > s->o.max_body) {
+			log_rejected(s, client, method, "body over max_body",
+			    MHD_HTTP_CONTENT_TOO_LARGE);
+			return answer(c, MHD_HTTP_CONTENT_TOO_LARGE, s->r413);
+		}
+		rq = xcalloc(1, sizeof(*rq));
+		rq->s = s;
+		rq->conn = c;
+		*con_cls = rq;
+		atomic_fetch_add(&s->inflight, 1);
+		return MHD_YES;
+	}
+	if (rq->job != NULL) {
+		char *inline_call;
+
+		/* Resumed by the runner: the answer is known. */
+		if (!atomic_load(&rq->ready))
+			return MHD_YES;
+		inline_call = runner_finish(rq->job);
+		rq->job = NULL;
+		if (inline_call != NULL)
+			return answer_json(c, inline_call);
+		return answer(c, MHD_HTTP_OK, s->empty200);
+	}
+	if (*upload_size > 0) {
+		if (!rq->too_large && rq->body.len + *upload_size <=
+		    s->o.max_body)
+			buf_append(&rq->body, upload, *upload_size);
+		else
+			rq->too_large = true;	/* chunked, no length */
+		*upload_size = 0;
+		return MHD_YES;
+	}
+	if (rq->too_large) {
+		char peer[64];
+
+		log_rejected(s, peer_text(c, peer, sizeof(peer)), method,
+		    "body over max_body", MHD_HTTP_CONTENT_TOO_LARGE);
+		return answer(c, MHD_HTTP_CONTENT_TOO_LARGE, s->r413);
+	}
+	return handle_update(s, rq);
+}
+
+static void
+on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
+    enum MHD_RequestTerminationCode toe)
+{
+	struct server *s = cls;
+	struct request *rq = *con_cls;
+
+	(void)c;
+	(void)toe;
+	if (rq == NULL)
+		return;
+	if (rq->job != NULL)
+		free(runner_finish(rq->job));
+	buf_free(&rq->body);
+	free(rq);
+	*con_cls = NULL;
+	atomic_fetch_sub(&s->inflight, 1);
+}
+
+static void
+on_mhd_log(void *cls, const char *fmt, va_list ap)
+{
+	char line[512];
+
+	(void)cls;
+	vsnprintf(line, sizeof(line), fmt, ap);
+	line[strcspn(line, "\n")] = '\0';
+	log_debug("libmicrohttpd: %s", line);
+}
+
+struct server *
+server_start(const struct server_opts *o, char *err, size_t errlen)
+{
+	struct server *s = xcalloc(1, sizeof(*s));
+	unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL |
+	    MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
+	struct MHD_OptionItem opts[16];
+	size_t n = 0;
+
+	s->o = *o;
+	pthread_mutex_init(&s->log_mu, NULL);
+	s->empty200 = fixed(200);
+	s->r400 = fixed(400);
+	s->r403 = fixed(403);
+	s->r404 = fixed(404);
+	s->r405 = fixed(405);
+	s->r413 = fixed(413);
+	s->r503 = fixed(503);
+	if (o->addr.ss_family == AF_INET6)
+		flags |= MHD_USE_IPv6;
+	if (o->tls)
+		flags |= MHD_USE_TLS;
+#define OPT(o_, v_, p_) \
+	opts[n++] = (struct MHD_OptionItem){ (o_), (intptr_t)(v_), (p_) }
+	OPT(MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, NULL);
+	OPT(MHD_OPTION_SOCK_ADDR, 0, (void *)&s->o.addr);
+	OPT(MHD_OPTION_NOTIFY_COMPLETED, on_completed, s);
+	OPT(MHD_OPTION_CONNECTION_LIMIT, o->max_clients, NULL);
+	OPT(MHD_OPTION_CONNECTION_TIMEOUT, o->timeout_s, NULL);
+	OPT(MHD_OPTION_LISTENING_ADDRESS_REUSE, 1, NULL);
+	if (o->per_ip_limit > 0)
+		OPT(MHD_OPTION_PER_IP_CONNECTION_LIMIT, o->per_ip_limit, NULL);
+	if (o->threads > 1)
+		OPT(MHD_OPTION_THREAD_POOL_SIZE, o->threads, NULL);
+	if (o->tls) {
+		s->cert_pem = xstrdup(o->cert_pem);
+		s->key_pem = xstrdup(o->key_pem);
+		OPT(MHD_OPTION_HTTPS_MEM_CERT, 0, s->cert_pem);
+		OPT(MHD_OPTION_HTTPS_MEM_KEY, 0, s->key_pem);
+		OPT(MHD_OPTION_HTTPS_PRIORITIES, 0, (void *)TLS_PRIORITIES);
+	}
+	OPT(MHD_OPTION_END, 0, NULL);
+#undef OPT
+	s->mhd = MHD_start_daemon(flags, 0, NULL, NULL, on_request, s,
+	    MHD_OPTION_ARRAY, opts, MHD_OPTION_END);
+	if (s->mhd == NULL) {
+		errf(err, errlen, "cannot serve on the listen address (in use, "
+		    "not ours, or a port below 1024 without "
+		    "CAP_NET_BIND_SERVICE?), or the certificate and key are "
+		    "not usable by GnuTLS; run with [log] level = debug for "
+		    "libmicrohttpd's reason");
+		server_stop(s);
+		return NULL;
+	}
+	return s;
+}
+
+void
+server_quiesce(struct server *s)
+{
+	MHD_socket fd;
+
+	atomic_store(&s->quiescing, true);
+	if (s->mhd != NULL && (fd = MHD_quiesce_daemon(s->mhd)) != MHD_INVALID_SOCKET)
+		close(fd);
+}
+
+unsigned
+server_inflight(struct server *s)
+{
+	return atomic_load(&s->inflight);
+}
+
+void
+server_stop(struct server *s)
+{
+	if (s == NULL)
+		return;
+	if (s->mhd != NULL)
+		MHD_stop_daemon(s->mhd);
+	MHD_destroy_response(s->empty200);
+	MHD_destroy_response(s->r400);
+	MHD_destroy_response(s->r403);
+	MHD_destroy_response(s->r404);
+	MHD_destroy_response(s->r405);
+	MHD_destroy_response(s->r413);
+	MHD_destroy_response(s->r503);
+	pthread_mutex_destroy(&s->log_mu);
+	if (s->key_pem != NULL)
+		explicit_bzero(s->key_pem, strlen(s->key_pem));
+	free(s->key_pem);
+	free(s->cert_pem);
+	free(s);
+}

@@ -1,0 +1,50 @@
+/*
+ * server.h: the webhook endpoint, over libmicrohttpd.  Transport only: it
+ * runs the gate on each request, reads a bounded body, hands it to
+ * update_parse(), dedup and the runner, and answers.  It knows nothing of
+ * handlers' insides.
+ */
+#ifndef TGW_SERVER_H
+#define TGW_SERVER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/socket.h>
+
+struct bot_identity;
+struct dedup;
+struct dispatch;
+struct gate;
+struct runner;
+
+struct server_opts {
+	struct sockaddr_storage addr;
+	bool tls;
+	const char *cert_pem;	/* certificate (and chain), PEM */
+	const char *key_pem;
+	unsigned threads;
+	unsigned max_clients;
+	unsigned per_ip_limit;	/* 0: none */
+	unsigned timeout_s;	/* idle connection timeout */
+	size_t max_body;
+	const struct gate *gate;
+	struct dedup *dedup;
+	const struct dispatch *dispatch;
+	struct runner *runner;
+	struct bot_identity *id;
+};
+
+struct server;
+
+/* Binds and starts serving.  NULL with err on failure. */
+struct server *server_start(const struct server_opts *o, char *err,
+    size_t errlen);
+/* Stops accepting connections; requests that still arrive on open
+ * connections are answered 503 with Retry-After. */
+void server_quiesce(struct server *s);
+/* Requests being handled now. */
+unsigned server_inflight(struct server *s);
+/* Closes everything and frees s. */
+void server_stop(struct server *s);
+
+#endif

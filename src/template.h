@@ -1,0 +1,26 @@
+/*
+ * template.h: reply texts with placeholders.  "{from.first_name}" reads a
+ * path in the update's main object (numbers index arrays:
+ * "{photo.0.file_id}"), "{args}" the command's arguments, "{command}" the
+ * command, "{update_id}" and "{chat_id}" the ids; "{{" and "}}" are
+ * literal braces.  A missing value expands to nothing.
+ */
+#ifndef TGW_TEMPLATE_H
+#define TGW_TEMPLATE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+struct update;
+struct template;
+
+/* Compiles src.  Returns the template (free with template_free) or NULL
+ * with err naming the problem and its column. */
+struct template *template_compile(const char *src, char *err, size_t errlen);
+void template_free(struct template *t);
+/* True if the template has no placeholder (its text is fixed). */
+bool template_is_literal(const struct template *t);
+/* Expands t for u; the caller frees the result. */
+char *template_expand(const struct template *t, const struct update *u);
+
+#endif

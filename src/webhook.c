@@ -1,0 +1,300 @@
+/*
+ * webhook.c: setWebhook, getWebhookInfo, getMe.
+ *
+ * A successful setWebhook proves little (Telegram checks TLS and
+ * reachability only at the first delivery), so the thread reads
+ * getWebhookInfo right after and reports last_error_message with its date.
+ * That message is sticky on Telegram's side (a later success does not
+ * clear it), hence the date in every line.
+ */
+#include "webhook.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "log.h"
+#include "util.h"
+
+#define BACKOFF_MIN_MS 1000
+#define BACKOFF_MAX_MS 300000
+
+struct webhook {
+	pthread_t thread;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	bool stopping;
+	atomic_bool registered;
+	bool register_webhook;
+	struct botapi *api;
+	struct webhook_params p;
+	struct bot_identity *id;
+};
+
+static char *
+dup_or_null(const char *s)
+{
+	return s != NULL ? xstrdup(s) : NULL;
+}
+
+void
+webhook_params_free(struct webhook_params *p)
+{
+	free(p->url);
+	if (p->secret_token != NULL)
+		explicit_bzero(p->secret_token, strlen(p->secret_token));
+	free(p->secret_token);
+	free(p->cert_pem);
+	free(p->allowed_updates);
+	free(p->ip_address);
+	memset(p, 0, sizeof(*p));
+}
+
+/* allowed_updates as Telegram wants it: a JSON array of strings. */
+static char *
+allowed_json(const char *list)
+{
+	json_t *a = json_array();
+	char **items = strlist_split(list, NULL);
+	char *s;
+
+	for (char **p = items; *p != NULL; p++)
+		json_array_append_new(a, json_string(*p));
+	strlist_free(items);
+	s = json_dumps(a, JSON_COMPACT);
+	json_decref(a);
+	return s;
+}
+
+enum botapi_status
+webhook_set(struct botapi *api, const struct webhook_params *p,
+    struct botapi_result *r)
+{
+	struct botapi_field f[8];
+	char maxc[16];
+	char *allowed = NULL;
+	size_t n = 0;
+	enum botapi_status s;
+
+	snprintf(maxc, sizeof(maxc), "%ld", p->max_connections);
+	f[n++] = (struct botapi_field){ "url", p->url, 0, NULL };
+	f[n++] = (struct botapi_field){ "max_connections", maxc, 0, NULL };
+	if (p->secret_token != NULL && p->secret_token[0] != '\0')
+		f[n++] = (struct botapi_field){ "secret_token",
+			p->secret_token, 0, NULL };
+	if (p->allowed_updates != NULL && p->allowed_updates[0] != '\0') {
+		allowed = allowed_json(p->allowed_updates);
+		f[n++] = (struct botapi_field){ "allowed_updates", allowed, 0,
+			NULL };
+	}
+	if (p->drop_pending_updates)
+		f[n++] = (struct botapi_field){ "drop_pending_updates", "true",
+			0, NULL };
+	if (p->ip_address != NULL && p->ip_address[0] != '\0')
+		f[n++] = (struct botapi_field){ "ip_address", p->ip_address, 0,
+			NULL };
+	if (p->cert_pem != NULL)
+		f[n++] = (struct botapi_field){ "certificate", p->cert_pem,
+			strlen(p->cert_pem), "certificate.pem" };
+	s = botapi_upload(api, "setWebhook", f, n, r);
+	free(allowed);
+	return s;
+}
+
+static void
+fmt_date(json_int_t t, char *out, size_t len)
+{
+	time_t tt = (time_t)t;
+	struct tm tm;
+
+	gmtime_r(&tt, &tm);
+	strftime(out, len, "%Y-%m-%d %H:%M:%S UTC", &tm);
+}
+
+int
+webhook_log_info(struct botapi *api)
+{
+	struct botapi_result r;
+	const char *url, *msg;
+	json_t *res;
+	char date[64];
+
+	if (botapi_call(api, "getWebhookInfo", NULL, &r) != BOTAPI_OK) {
+		log_warn("getWebhookInfo failed: %s", r.description);
+		botapi_result_clear(&r);
+		return -1;
+	}
+	res = r.result;
+	url = json_string_value(json_object_get(res, "url"));
+	log_info("Telegram reports: url %s, %s certificate, %" JSON_INTEGER_FORMAT
+	    " pending update(s), max_connections %" JSON_INTEGER_FORMAT,
+	    url != NULL && *url ? url : "(none)",
+	    json_is_true(json_object_get(res, "has_custom_certificate")) ?
+	    "custom" : "no custom",
+	    json_integer_value(json_object_get(res, "pending_update_count")),
+	    json_integer_value(json_object_get(res, "max_connections")));
+	if ((msg = json_string_value(json_object_get(res,
+	    "last_error_message"))) != NULL) {
+		fmt_date(json_integer_value(json_object_get(res,
+		    "last_error_date")), date, sizeof(date));
+		log_warn("Telegram's last delivery error, at %s: %s (Telegram "
+		    "keeps this message after recovery; see the README's "
+		    "Troubleshooting)", date, msg);
+	}
+	botapi_result_clear(&r);
+	return 0;
+}
+
+int
+webhook_learn_username(struct botapi *api, struct bot_identity *id)
+{
+	struct botapi_result r;
+	const char *name;
+
+	if (botapi_call(api, "getMe", NULL, &r) != BOTAPI_OK) {
+		log_warn("getMe failed: %s%s", r.description,
+		    r.error_code == 401 ? " (the token is wrong or revoked)" :
+		    "");
+		botapi_result_clear(&r);
+		return -1;
+	}
+	name = json_string_value(json_object_get(r.result, "username"));
+	if (name != NULL) {
+		char *old = atomic_exchange(&id->username, xstrdup(name));
+
+		log_info("bot username @%s (from getMe)", name);
+		free(old);
+	}
+	botapi_result_clear(&r);
+	return name != NULL ? 0 : -1;
+}
+
+/* Sleeps ms, or less if stopping.  Returns true if stopping. */
+static bool
+nap(struct webhook *w, unsigned long ms)
+{
+	struct timespec ts;
+	bool stop;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	ts.tv_sec += (time_t)(ms / 1000);
+	ts.tv_nsec += (long)(ms % 1000) * 1000000;
+	if (ts.tv_nsec >= 1000000000) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000;
+	}
+	pthread_mutex_lock(&w->mu);
+	while (!w->stopping && pthread_cond_timedwait(&w->cv, &w->mu, &ts) == 0)
+		;
+	stop = w->stopping;
+	pthread_mutex_unlock(&w->mu);
+	return stop;
+}
+
+static unsigned long
+next_backoff(unsigned long *backoff, const struct botapi_result *r)
+{
+	unsigned long wait = *backoff;
+
+	if (r->status == BOTAPI_RETRY_AFTER && r->retry_after > 0)
+		wait = (unsigned long)r->retry_after * 1000;
+	else if (r->status == BOTAPI_PERMANENT)
+		wait = BACKOFF_MAX_MS;
+	*backoff = *backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : *backoff * 2;
+	return wait;
+}
+
+static void *
+webhook_thread(void *arg)
+{
+	struct webhook *w = arg;
+	unsigned long backoff = BACKOFF_MIN_MS;
+
+	while (atomic_load(&w->id->username) == NULL) {
+		if (webhook_learn_username(w->api, w->id) == 0)
+			break;
+		log_warn("retrying getMe in %lus; meanwhile /command@name is "
+		    "not matched (set username in [bot] to skip getMe)",
+		    backoff / 1000);
+		if (nap(w, backoff))
+			return NULL;
+		backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS :
+		    backoff * 2;
+	}
+	if (!w->register_webhook)
+		return NULL;
+	backoff = BACKOFF_MIN_MS;
+	for (;;) {
+		struct botapi_result r;
+		unsigned long wait;
+
+		if (webhook_set(w->api, &w->p, &r) == BOTAPI_OK) {
+			log_notice("webhook registered: %s%s", w->p.url,
+			    w->p.cert_pem ? " (certificate uploaded)" : "");
+			botapi_result_clear(&r);
+			atomic_store(&w->registered, true);
+			break;
+		}
+		wait = next_backoff(&backoff, &r);
+		log_err("setWebhook failed (%s): %s%s; serving anyway, retrying "
+		    "in %lus", botapi_status_name(r.status), r.description,
+		    r.error_code == 401 ? " (the token is wrong or revoked)" :
+		    "", wait / 1000);
+		botapi_result_clear(&r);
+		if (nap(w, wait))
+			return NULL;
+	}
+	webhook_log_info(w->api);
+	return NULL;
+}
+
+struct webhook *
+webhook_start(struct botapi *api, const struct webhook_params *p,
+    bool register_webhook, struct bot_identity *id)
+{
+	struct webhook *w = xcalloc(1, sizeof(*w));
+	pthread_condattr_t ca;
+
+	pthread_mutex_init(&w->mu, NULL);
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&w->cv, &ca);
+	pthread_condattr_destroy(&ca);
+	w->api = api;
+	w->id = id;
+	w->register_webhook = register_webhook;
+	w->p.url = dup_or_null(p->url);
+	w->p.secret_token = dup_or_null(p->secret_token);
+	w->p.cert_pem = dup_or_null(p->cert_pem);
+	w->p.max_connections = p->max_connections;
+	w->p.allowed_updates = dup_or_null(p->allowed_updates);
+	w->p.drop_pending_updates = p->drop_pending_updates;
+	w->p.ip_address = dup_or_null(p->ip_address);
+	if (pthread_create(&w->thread, NULL, webhook_thread, w) != 0)
+		fatal("webhook: cannot start the registration thread");
+	return w;
+}
+
+void
+webhook_stop(struct webhook *w)
+{
+	if (w == NULL)
+		return;
+	pthread_mutex_lock(&w->mu);
+	w->stopping = true;
+	pthread_cond_broadcast(&w->cv);
+	pthread_mutex_unlock(&w->mu);
+	pthread_join(w->thread, NULL);
+	botapi_free(w->api);
+	webhook_params_free(&w->p);
+	pthread_cond_destroy(&w->cv);
+	pthread_mutex_destroy(&w->mu);
+	free(w);
+}
+
+bool
+webhook_registered(struct webhook *w)
+{
+	return w != NULL && atomic_load(&w->registered);
+}

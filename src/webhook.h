@@ -1,0 +1,56 @@
+/*
+ * webhook.h: telling Telegram where to deliver.  At start (register = on)
+ * a background thread learns the bot's username (getMe) when the config
+ * does not give it, calls setWebhook (multipart, uploading the certificate
+ * only when it is self-signed), then reads getWebhookInfo and logs what
+ * Telegram reports, last_error_message included.  Unreachable or 429: it
+ * keeps serving and retries with backoff, honouring retry_after.
+ */
+#ifndef TGW_WEBHOOK_H
+#define TGW_WEBHOOK_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "botapi.h"
+
+struct webhook_params {
+	char *url;		/* https://domain:port/path */
+	char *secret_token;	/* may be empty */
+	char *cert_pem;		/* self-signed certificate to upload, or NULL */
+	long max_connections;
+	char *allowed_updates;	/* comma list, or NULL for Telegram's default */
+	bool drop_pending_updates;
+	char *ip_address;	/* or NULL */
+};
+
+/* The bot's username: set from the config or learned by getMe; read by
+ * the request path.  NULL until known. */
+struct bot_identity {
+	_Atomic(char *) username;
+};
+
+/* One setWebhook call (multipart).  Fills r. */
+enum botapi_status webhook_set(struct botapi *api,
+    const struct webhook_params *p, struct botapi_result *r);
+/* getWebhookInfo, logged at info (errors at warning).  0 or -1. */
+int webhook_log_info(struct botapi *api);
+/* Learns the username by getMe into id.  0 or -1 (logged). */
+int webhook_learn_username(struct botapi *api, struct bot_identity *id);
+
+struct webhook;
+
+/* Starts the registration thread.  api is owned by it; p is copied.
+ * register_webhook false: only learns the username if id has none. */
+struct webhook *webhook_start(struct botapi *api,
+    const struct webhook_params *p, bool register_webhook,
+    struct bot_identity *id);
+/* Stops the thread (at once, even in a backoff wait). */
+void webhook_stop(struct webhook *w);
+/* True once setWebhook succeeded. */
+bool webhook_registered(struct webhook *w);
+
+void webhook_params_free(struct webhook_params *p);
+
+#endif

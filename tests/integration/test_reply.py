@@ -1,0 +1,78 @@
+"""Reply handlers answered inline: Telegram's Hello Bot as config."""
+
+import json
+
+from harness import Daemon, message, corpus
+
+HELLO = """
+[handler.start]
+commands = /start
+reply = Hello, {from.first_name}! Pick one.
+params = {"reply_markup": {"keyboard": [["Hello", "Hi"]],
+          "resize_keyboard": true}}
+
+[handler.greet]
+text = ^(Hello|Hi)$
+reply = Hi there, {from.first_name}.
+
+[handler.args]
+commands = /echo
+reply = {args}
+
+[handler.other]
+updates = message
+reply = You said: {text}
+"""
+
+
+def test_start_inline_with_keyboard():
+    with Daemon(HELLO) as d:
+        status, reason, headers, body = d.deliver(message("/start", 1))
+        assert status == 200, (status, body)
+        assert headers["content-type"] == "application/json"
+        assert int(headers["content-length"]) == len(body)
+        call = json.loads(body)
+        assert call["method"] == "sendMessage"
+        assert call["chat_id"] == 42
+        assert call["text"] == "Hello, Ann! Pick one."
+        assert call["reply_markup"] == {"keyboard": [["Hello", "Hi"]],
+                                        "resize_keyboard": True}
+
+
+def test_first_match_wins_and_text_regex():
+    with Daemon(HELLO) as d:
+        call = json.loads(d.deliver(message("Hi", 2))[3])
+        assert call["text"] == "Hi there, Ann."
+        call = json.loads(d.deliver(message("Hi!", 3))[3])
+        assert call["text"] == "You said: Hi!"
+        call = json.loads(d.deliver(message("/echo a b  c", 4))[3])
+        assert call["text"] == "a b  c"
+
+
+def test_command_after_emoji_and_botname():
+    # corpus 032 is /help@SomeBot after an emoji, in wire format
+    with open(__import__("harness").CORPUS +
+              "/032-wire-format-ascii-escaped.json", "rb") as f:
+        wire = f.read()
+    handlers = "[handler.help]\ncommands = /help\nreply = help!\n"
+    with Daemon(handlers, username="SomeBot") as d:
+        status, _, _, body = d.deliver(wire)
+        assert status == 200
+        assert json.loads(body)["text"] == "help!"
+    with Daemon(handlers, username="OtherBot") as d:
+        status, _, _, body = d.deliver(wire)
+        assert status == 200 and body == b"", body
+
+
+def test_every_corpus_update_is_answered_200():
+    import glob
+    import os
+    from harness import CORPUS
+    with Daemon("[handler.any]\nupdates = message\nreply = ok\n") as d:
+        for path in sorted(glob.glob(os.path.join(CORPUS, "*.json"))):
+            with open(path, "rb") as f:
+                raw = f.read()
+            status, _, _, body = d.deliver(raw)
+            assert status == 200, (path, status, body)
+        log = d.log()
+        assert "new_update_kind" in log
