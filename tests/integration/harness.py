@@ -56,7 +56,7 @@ class Daemon:
 
     def __init__(self, handlers, webhook="", extra="", tls=True,
                  register=True, username="TestBot", env=None, start=True,
-                 emu=None, store=None):
+                 emu=None, store=None, trusted="127.0.0.0/8"):
         self.tmp = tempfile.TemporaryDirectory(prefix="tgw-it-")
         self.dir = self.tmp.name
         self.port = free_port()
@@ -69,13 +69,13 @@ class Daemon:
         self.proc = None
         text = ("[bot]\napi_url = %s\n%sapi_timeout = 3s\n"
                 "[webhook]\ndomain = localhost\nport = 8443\n"
-                "listen = 127.0.0.1:%d\ntrusted_networks = 127.0.0.0/8\n"
+                "listen = 127.0.0.1:%d\ntrusted_networks = %s\n"
                 "tls = %s\nregister = %s\n%s\n"
                 "[server]\nshutdown_timeout = 5s\n"
                 "[store]\ndir = %s\n[log]\nlevel = debug\n%s\n%s\n" % (
                     self.emu.url,
                     "username = %s\n" % username if username else "",
-                    self.port, "on" if tls else "off",
+                    self.port, trusted, "on" if tls else "off",
                     "on" if register else "off", webhook, self.store,
                     extra, handlers))
         with open(self.conf, "w") as f:

@@ -1,0 +1,190 @@
+"""Exec handlers: the protocol, follow-ups, the deadline, failures kept as
+dead letters, timeouts that kill the whole process group."""
+
+import json
+import os
+import sqlite3
+import stat
+import time
+
+from harness import Daemon, message
+
+
+def script(d, name, body):
+    path = os.path.join(d.dir, name)
+    with open(path, "w") as f:
+        f.write("#!/bin/sh\n" + body)
+    os.chmod(path, stat.S_IRWXU)
+    return path
+
+
+def exec_daemon(body, extra="", deadline="2s", name="h"):
+    d = Daemon("", webhook="reply_deadline = %s" % deadline, start=False)
+    path = script(d, name, body)
+    with open(d.conf, "a") as f:
+        f.write("[handler.%s]\nexec = %s\n%s\n" % (name, path, extra))
+    d.start()
+    return d
+
+
+def dead_letters(d):
+    db = sqlite3.connect(os.path.join(d.store, "tgwebhookd.db"))
+    try:
+        return db.execute("SELECT update_id, handler, reason, body FROM "
+                          "dead_updates ORDER BY id").fetchall()
+    finally:
+        db.close()
+
+
+PROTOCOL = r'''
+cat > "$0.stdin"
+env > "$0.env"
+printf '{"method":"sendMessage","chat_id":%s,"text":"first %s [%s]"}\n' \
+    "$TGW_CHAT_ID" "$TGW_COMMAND" "$TGW_ARGS"
+printf '{"method":"sendMessage","chat_id":%s,"text":"second"}' "$TGW_CHAT_ID"
+printf '{"method":"getChat","chat_id":1}'
+echo "a note from the handler" >&2
+'''
+
+
+def test_protocol_inline_then_followups():
+    d = exec_daemon(PROTOCOL)
+    with d:
+        update = message("/roll 2d6", 31)
+        status, _, headers, body = d.deliver(update)
+        assert status == 200
+        call = json.loads(body)
+        assert call == {"method": "sendMessage", "chat_id": 42,
+                        "text": "first roll [2d6]"}
+        sent = d.emu.wait_calls("sendMessage", 1)
+        assert sent[0].params == {"chat_id": 42, "text": "second"}
+        d.emu.wait_calls("getChat", 1)  # never inline: a follow-up
+        # stdin is the update as received
+        stdin = open(os.path.join(d.dir, "h.stdin"), "rb").read()
+        assert json.loads(stdin) == update
+        env = dict(l.split("=", 1) for l in
+                   open(os.path.join(d.dir, "h.env")).read().splitlines()
+                   if "=" in l)
+        assert env["TGW_UPDATE_TYPE"] == "message"
+        assert env["TGW_UPDATE_ID"] == "31"
+        assert env["TGW_CHAT_ID"] == "42"
+        assert env["TGW_HANDLER"] == "h"
+        assert "TGWEBHOOKD_TOKEN" not in env   # a small environment
+        assert not any(v for k, v in env.items() if "AAtest" in v)
+        d.wait_log("update 31: handler h: stderr: a note from the handler")
+
+
+def test_inline_only_for_allowed_methods():
+    d = exec_daemon("printf '{\"method\":\"getMe\"}{\"method\":"
+                    "\"sendMessage\",\"chat_id\":1,\"text\":\"x\"}'\n")
+    with d:
+        status, _, _, body = d.deliver(message("hi", 1))
+        assert status == 200 and body == b""
+        d.emu.wait_calls("getMe", 1)   # a follow-up, never inline
+        d.emu.wait_calls("sendMessage", 1)
+
+
+def test_late_handler_answered_at_deadline_calls_follow_up():
+    d = exec_daemon("sleep 1.5\nprintf '{\"method\":\"sendMessage\","
+                    "\"chat_id\":%s,\"text\":\"late\"}' \"$TGW_CHAT_ID\"\n",
+                    deadline="300ms")
+    with d:
+        t0 = time.time()
+        status, _, _, body = d.deliver(message("hi", 5))
+        took = time.time() - t0
+        assert status == 200 and body == b""
+        assert took < 1.2, took
+        sent = d.emu.wait_calls("sendMessage", 1, timeout=10)
+        assert sent[0].params["text"] == "late"
+        d.wait_log("still running at reply_deadline")
+
+
+def test_failure_is_dead_letter_and_200():
+    d = exec_daemon("echo 'something broke' >&2\nexit 3\n")
+    with d:
+        update = message("hi", 66)
+        status, _, _, body = d.deliver(update)
+        assert status == 200 and body == b""
+        d.wait_log("handler h failed: exited with status 3")
+        d.wait_log("stderr: something broke")
+        rows = dead_letters(d)
+        assert len(rows) == 1
+        assert rows[0][0] == 66 and rows[0][1] == "h"
+        assert "status 3" in rows[0][2]
+        assert json.loads(rows[0][3]) == update
+
+
+def test_bad_output_is_dead_letter():
+    d = exec_daemon("echo '{\"method\": \"sendMessage\"} not json'\n")
+    with d:
+        assert d.deliver(message("hi", 8))[0] == 200
+        d.wait_log("bad output on stdout: call 2: not JSON")
+        assert len(dead_letters(d)) == 1
+
+
+def test_timeout_kills_process_group():
+    d = exec_daemon("sleep 30 &\necho $! > \"$0.child\"\nsleep 30\n",
+                    extra="timeout = 500ms", deadline="2s")
+    with d:
+        t0 = time.time()
+        status, _, _, body = d.deliver(message("hi", 9))
+        assert status == 200 and body == b""
+        assert time.time() - t0 < 1.8
+        d.wait_log("timed out after 500ms")
+        child = int(open(os.path.join(d.dir, "h.child")).read())
+        deadline = time.time() + 3
+        while time.time() < deadline:
+            try:
+                os.kill(child, 0)
+            except ProcessLookupError:
+                break
+            # a zombie of init is gone from our point of view too
+            try:
+                st = open("/proc/%d/stat" % child).read().split()[2]
+                if st == "Z":
+                    break
+            except FileNotFoundError:
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError("the handler's child %d survived" % child)
+        assert len(dead_letters(d)) == 1
+
+
+def test_stdout_is_bounded():
+    d = exec_daemon("head -c 3000000 /dev/zero | tr '\\0' 'a'\n")
+    with d:
+        assert d.deliver(message("hi", 10))[0] == 200
+        d.wait_log("printed more than 1048576 bytes on stdout")
+
+
+def test_slow_handler_does_not_stall_others():
+    d = Daemon("", webhook="reply_deadline = 10s", start=False)
+    slow = script(d, "slow", "sleep 3\n")
+    with open(d.conf, "a") as f:
+        f.write("[handler.slow]\ncommands = /slow\nexec = %s\ntimeout = 5s\n"
+                "[handler.fast]\nreply = fast\n" % slow)
+    d.start()
+    with d:
+        import threading
+        results = []
+        t = threading.Thread(target=lambda: results.append(
+            d.deliver(message("/slow", 1))))
+        t.start()
+        time.sleep(0.3)
+        # another connection, as Telegram opens one per chat queue
+        from botapi_emu import Emulator  # noqa: F401
+        other = d.emu._connect()
+        other.request("POST", "/" + d.emu.webhook["url"].split("/", 3)[3],
+                      body=json.dumps(message("hello", 2, chat_id=9)),
+                      headers={"X-Telegram-Bot-Api-Secret-Token":
+                               d.emu.webhook["secret"],
+                               "Content-Type": "application/json"})
+        t0 = time.time()
+        resp = other.getresponse()
+        body = resp.read()
+        assert time.time() - t0 < 1.0
+        assert json.loads(body)["text"] == "fast"
+        other.close()
+        t.join()
+        assert results[0][0] == 200
