@@ -119,6 +119,9 @@ botapi_decode(long http, const char *body, size_t len, long retry_header,
 		    BOTAPI_PERMANENT : BOTAPI_TRANSIENT;
 	}
 	if (json_is_true(ok)) {
+		desc = json_string_value(json_object_get(root, "description"));
+		snprintf(r->description, sizeof(r->description), "%s",
+		    desc != NULL ? desc : "");
 		r->result = json_incref(json_object_get(root, "result"));
 		json_decref(root);
 		return r->status = BOTAPI_OK;

@@ -619,6 +619,7 @@ config_load(const char *file, struct diag *d)
 	int before = d->count;
 	int rc;
 
+
 	l.c = config_new(file);
 	l.d = d;
 	if ((l.f = fopen(file, "r")) == NULL) {
@@ -631,10 +632,6 @@ config_load(const char *file, struct diag *d)
 	if (rc > 0 && d->count == before)
 		diag_add(d, file, rc, NULL, "syntax error");
 	config_check(l.c, d);
-	if (d->count > before) {
-		config_free(l.c);
-		return NULL;
-	}
 	return l.c;
 }
 

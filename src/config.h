@@ -81,8 +81,9 @@ struct config {
 	struct conf_kv *seen;	/* every global key set, with its line */
 };
 
-/* Reads and checks file.  Returns the config, or NULL when any problem was
- * found (all of them are in d). */
+/* Reads and checks file.  Returns the config (NULL only when the file
+ * cannot be read); every problem found is in d, so the config is usable
+ * only if d->count did not grow. */
 struct config *config_load(const char *file, struct diag *d);
 void config_free(struct config *c);
 /* The line where [section] key was set, or 0 when it kept its default. */

@@ -402,16 +402,17 @@ main(int argc, char **argv)
 	}
 	umask(027);
 	log_init(LOG_LVL_INFO);
-	if ((c = config_load(file, &d)) == NULL) {
+	c = config_load(file, &d);
+	if (c != NULL && (mode == MODE_TEST || d.count > 0))
+		dispatch_free(dispatch_new(c, &d));	/* its problems too */
+	if (c == NULL || (d.count > 0 && mode != MODE_TEST)) {
 		fputs(d.text, stderr);
 		diag_free(&d);
+		config_free(c);
 		return 1;
 	}
 	log_set_level((enum log_level)c->log_level);
 	if (mode == MODE_TEST) {
-		struct dispatch *t = dispatch_new(c, &d);
-
-		dispatch_free(t);
 		rc = check_only(c, &d);
 		diag_free(&d);
 		config_free(c);

@@ -95,7 +95,8 @@ test_errors_name_file_and_line(void **state)
 	char want[256];
 
 	(void)state;
-	assert_null(c);
+	assert_non_null(c);
+	config_free(c);
 #define HAS(line, msg)                                                   \
 	do {                                                              \
 		snprintf(want, sizeof(want), "%s:%d: %s", path, line, msg); \
@@ -141,7 +142,8 @@ test_long_line_and_continuation(void **state)
 		buf_puts(&text, "x");
 	buf_puts(&text, "\n");
 	c = load_text(text.data, &d);
-	assert_null(c);
+	assert_int_equal(d.count, 1);
+	config_free(c);
 	snprintf(want, sizeof(want), "%s:10: line longer than", path);
 	assert_non_null(strstr(d.text, want));
 	diag_free(&d);
