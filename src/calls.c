@@ -58,7 +58,8 @@ calls_parse_stream(const char *buf, size_t len, char *err, size_t errlen)
 			goto fail;
 		}
 		call = json_loadb(buf + off, len - off,
-		    JSON_DISABLE_EOF_CHECK | JSON_REJECT_DUPLICATES, &jerr);
+		    JSON_DISABLE_EOF_CHECK | JSON_REJECT_DUPLICATES |
+		    JSON_DECODE_ANY, &jerr);
 		if (call == NULL) {
 			errf(err, errlen, "call %zu: not JSON: %s (byte %zu)",
 			    n, jerr.text, off + (size_t)jerr.position);

@@ -185,7 +185,7 @@ fingerprint(X509 *x, char *out, size_t len)
 	size_t o = 0;
 
 	X509_digest(x, EVP_sha256(), md, &n);
-	for (unsigned i = 0; i < n && o + 4 < len; i++)
+	for (unsigned i = 0; i < n && o + 4 <= len; i++)
 		o += (size_t)snprintf(out + o, len - o, "%s%02X", i ? ":" : "",
 		    md[i]);
 }

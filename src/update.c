@@ -200,6 +200,7 @@ update_view(struct update *u)
 		{ "query", NULL },	/* inline_query */
 	};
 	json_t *obj = u->obj, *t = NULL, *entities = NULL;
+	bool message_text = false;
 
 	u->has_chat = json_int_at(obj, "chat", "id", &u->chat_id) ||
 	    json_int_at(json_object_get(obj, "message"), "chat", "id",
@@ -208,7 +209,8 @@ update_view(struct update *u)
 	    json_int_at(obj, "user", "id", &u->from_id);
 	for (size_t i = 0; i < nitems(texts); i++) {
 		if (json_is_string(t = json_object_get(obj, texts[i].text))) {
-			if (texts[i].entities != NULL)
+			message_text = texts[i].entities != NULL;
+			if (message_text)
 				entities = json_object_get(obj,
 				    texts[i].entities);
 			break;
@@ -219,13 +221,11 @@ update_view(struct update *u)
 		return;
 	u->text = json_string_value(t);
 	u->text_len = json_string_length(t);
+	/* Commands live in messages (of any kind: new, edited, channel,
+	 * business); callback data and inline queries are not commands. */
 	if (json_is_array(entities))
 		command_from_entities(u, entities);
-	else if (entities == NULL && u->type_index != -1 &&
-	    (strcmp(u->type, "message") == 0 ||
-	    strcmp(u->type, "channel_post") == 0 ||
-	    strcmp(u->type, "business_message") == 0 ||
-	    strcmp(u->type, "guest_message") == 0))
+	else if (entities == NULL && message_text)
 		command_from_text(u);
 	if (u->args == NULL)
 		u->args = xstrdup("");

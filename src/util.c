@@ -143,8 +143,10 @@ buf_steal(struct buf *b)
 {
 	char *p;
 
-	if (b->data == NULL)
+	if (b->data == NULL) {
 		buf_reserve(b, 0);
+		b->data[0] = '\0';
+	}
 	p = b->data;
 	b->data = NULL;
 	b->len = b->cap = 0;

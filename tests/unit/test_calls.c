@@ -1,0 +1,129 @@
+/* Unit tests for calls.c: handler (exec) output parsing and the inline
+ * rules. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <string.h>
+
+#include "calls.h"
+#include "util.h"
+
+static json_t *
+parse(const char *s, char *err)
+{
+	return calls_parse_stream(s, strlen(s), err, 256);
+}
+
+static void
+test_stream(void **state)
+{
+	char err[256];
+	json_t *c;
+
+	(void)state;
+	c = parse("", err);
+	assert_int_equal(json_array_size(c), 0);
+	json_decref(c);
+	c = parse("  \n\t ", err);
+	assert_int_equal(json_array_size(c), 0);
+	json_decref(c);
+	c = parse("{\"method\":\"sendMessage\",\"chat_id\":1,\"text\":\"a\"}\n"
+	    "{\"method\":\"sendPhoto\",\"chat_id\":2}{\"method\":\"x\"}", err);
+	assert_non_null(c);
+	assert_int_equal(json_array_size(c), 3);
+	assert_string_equal(calls_method(json_array_get(c, 1)), "sendPhoto");
+	json_decref(c);
+}
+
+static void
+test_stream_errors(void **state)
+{
+	static const struct {
+		const char *out, *want;
+	} cases[] = {
+		{ "{\"method\":\"a\"} nonsense", "call 2: not JSON" },
+		{ "[{\"method\":\"a\"}]", "call 1: a call must be a JSON object" },
+		{ "{\"text\":\"no method\"}", "call 1: a call needs \"method\"" },
+		{ "{\"method\":1}", "call 1: a call needs \"method\"" },
+		{ "{\"method\":\"\"}", "call 1: \"method\" must be 1-64" },
+		{ "{\"method\":\"send Message\"}", "must be letters only" },
+		{ "{\"method\":\"a\",\"method\":\"b\"}", "call 1: not JSON" },
+		{ "{\"method\":\"a\"", "call 1: not JSON" },
+		{ "\"just a string\"", "call 1: a call must be a JSON object" },
+	};
+	char err[256];
+
+	(void)state;
+	for (size_t i = 0; i < nitems(cases); i++) {
+		err[0] = '\0';
+		assert_null(parse(cases[i].out, err));
+		if (strstr(err, cases[i].want) == NULL)
+			fail_msg("'%s': got '%s', want '%s'", cases[i].out, err,
+			    cases[i].want);
+	}
+}
+
+static void
+test_stream_count_capped(void **state)
+{
+	struct buf b = { 0 };
+	char err[256];
+
+	(void)state;
+	for (int i = 0; i < CALLS_MAX + 1; i++)
+		buf_puts(&b, "{\"method\":\"a\"}");
+	assert_null(calls_parse_stream(b.data, b.len, err, sizeof(err)));
+	assert_non_null(strstr(err, "more than"));
+	buf_free(&b);
+}
+
+static void
+test_inline_allowed(void **state)
+{
+	(void)state;
+	assert_true(calls_inline_allowed("sendMessage"));
+	assert_true(calls_inline_allowed("answerCallbackQuery"));
+	assert_true(calls_inline_allowed("editMessageText"));
+	assert_false(calls_inline_allowed("getMe"));
+	assert_false(calls_inline_allowed("getChat"));
+	assert_false(calls_inline_allowed("GETUPDATES"));
+	assert_false(calls_inline_allowed("setWebhook"));
+	assert_false(calls_inline_allowed("deletewebhook"));
+	assert_false(calls_inline_allowed("close"));
+	assert_false(calls_inline_allowed("logOut"));
+}
+
+static void
+test_chat(void **state)
+{
+	char out[64];
+	json_t *c = json_pack("{ss si}", "method", "a", "chat_id", -100123);
+
+	(void)state;
+	calls_chat(c, out, sizeof(out));
+	assert_string_equal(out, "-100123");
+	json_object_set_new(c, "chat_id", json_string("@chan"));
+	calls_chat(c, out, sizeof(out));
+	assert_string_equal(out, "@chan");
+	json_object_del(c, "chat_id");
+	calls_chat(c, out, sizeof(out));
+	assert_string_equal(out, "-");
+	json_decref(c);
+}
+
+int
+main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_stream),
+		cmocka_unit_test(test_stream_errors),
+		cmocka_unit_test(test_stream_count_capped),
+		cmocka_unit_test(test_inline_allowed),
+		cmocka_unit_test(test_chat),
+	};
+
+	return cmocka_run_group_tests_name("calls", tests, NULL, NULL);
+}
