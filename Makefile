@@ -47,8 +47,6 @@ LIB_SRCS := $(filter-out src/main.c,$(SRCS))
 LIB_OBJS := $(LIB_SRCS:%.c=$(BUILD)/%.o)
 UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
-HELPER_SRCS := $(wildcard tests/helpers/*.c)
-HELPER_BINS := $(HELPER_SRCS:tests/helpers/%.c=$(BUILD)/tests/helpers/%)
 
 .PHONY: all deps test test-run test-sanitize demo demo-run clean install \
 	uninstall bench
@@ -58,31 +56,39 @@ all: $(BUILD)/tgwebhookd
 deps:
 	@scripts/deps.sh
 
+# `make V=1` shows the commands.
+ifeq ($(V),1)
+Q :=
+else
+Q := @
+endif
+
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS_ALL) -c -o $@ $<
+	@[ "$(V)" = 1 ] || echo "  CC      $<"
+	$(Q)$(CC) $(CFLAGS_ALL) -c -o $@ $<
 
 $(BUILD)/libtgw.a: $(LIB_OBJS)
 	@rm -f $@
-	ar rcs $@ $^
+	$(Q)ar rcs $@ $^
 
 $(BUILD)/tgwebhookd: $(BUILD)/src/main.o $(BUILD)/libtgw.a
-	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS)
+	@[ "$(V)" = 1 ] || echo "  LD      $@"
+	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS)
 
 $(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(BUILD)/libtgw.a
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS) $(CMOCKA_LIBS)
+	@[ "$(V)" = 1 ] || echo "  LD      $@"
+	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS) $(CMOCKA_LIBS)
 
-$(BUILD)/tests/helpers/%: tests/helpers/%.c
-	@mkdir -p $(dir $@)
-	$(CC) -std=c17 -D_GNU_SOURCE -O2 $(WARN) -o $@ $<
+.SECONDARY:
 
 # `make test` and `make demo` first install what is missing, then re-enter
 # make so that pkg-config sees the new packages.
 test: deps
 	@$(MAKE) --no-print-directory test-run
 
-test-run: $(BUILD)/tgwebhookd $(UNIT_BINS) $(HELPER_BINS)
+test-run: $(BUILD)/tgwebhookd $(UNIT_BINS)
 	@BUILD=$(BUILD) tests/run.sh
 
 test-sanitize: deps

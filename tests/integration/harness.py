@@ -144,10 +144,21 @@ class Daemon:
     def __enter__(self):
         return self
 
+    def check_clean(self, rc):
+        """A stop by SIGTERM must exit 0 with no sanitizer report (a leak
+        found by LeakSanitizer makes the exit code non-zero too)."""
+        log = self.log()
+        for bad in ("AddressSanitizer", "runtime error:",
+                    "LeakSanitizer", "UndefinedBehaviorSanitizer"):
+            assert bad not in log, "sanitizer report:\n" + log
+        assert rc == 0, "daemon exited %s:\n%s" % (rc, log[-3000:])
+
     def __exit__(self, *exc):
         try:
             if self.proc is not None:
-                self.stop()
+                rc = self.stop()
+                if exc[0] is None:
+                    self.check_clean(rc)
         finally:
             self.close()
 
