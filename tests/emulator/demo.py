@@ -1,0 +1,162 @@
+"""make demo: Telegram's Hello Bot as configuration, run offline.
+
+Starts the Bot API emulator and tgwebhookd with conf/hello.conf (api_url,
+listen and the store pointed at the emulator, a free port and a temporary
+directory), lets the emulator play Telegram: registration with the
+uploaded certificate, then a short conversation delivered over TLS that
+trusts only that certificate.  Prints what came in, what was answered
+inline and what went out as a follow-up, then stops everything."""
+
+import argparse
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import botapi_emu  # noqa: E402
+
+TOKEN = "110201543:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw"   # Telegram's example
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def set_key(text, key, value):
+    return re.sub(r"(?m)^%s\s*=.*$" % re.escape(key),
+                  "%s = %s" % (key, value), text, count=1)
+
+
+def short(s, n=70):
+    return s if len(s) <= n else s[:n - 1] + "…"
+
+
+def describe(call):
+    text = call.get("text")
+    out = "%s" % call.get("method")
+    if text is not None:
+        out += ': "%s"' % short(text)
+    markup = call.get("reply_markup")
+    if isinstance(markup, str):
+        markup = json.loads(markup)
+    if markup and "keyboard" in markup:
+        out += "  keyboard: " + " ".join(
+            "[%s]" % b if isinstance(b, str) else "[%s]" % b.get("text")
+            for row in markup["keyboard"] for b in row)
+    if markup and markup.get("remove_keyboard"):
+        out += "  (keyboard removed)"
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--daemon", default=os.path.join(ROOT, "build",
+                                                     "tgwebhookd"))
+    ap.add_argument("--config", default=os.path.join(ROOT, "conf",
+                                                     "hello.conf"))
+    args = ap.parse_args()
+
+    tmp = tempfile.TemporaryDirectory(prefix="tgw-demo-")
+    port = free_port()
+    emu = botapi_emu.Emulator(TOKEN, username="HelloDemoBot",
+                              forward=("127.0.0.1", port)).start()
+    with open(args.config) as f:
+        text = f.read()
+    text = set_key(text, "api_url", emu.url)
+    text = set_key(text, "listen", "127.0.0.1:%d" % port)
+    text = set_key(text, "dir", os.path.join(tmp.name, "store"))
+    # Handlers match in file order: the demo's script goes first.
+    about = ("; added by the demo: a script whose second call is a "
+             "follow-up\n[handler.about]\ncommands = /about\nexec = %s\n\n"
+             % os.path.join(ROOT, "examples", "about-bot"))
+    first = text.index("[handler.")
+    text = text[:first] + about + text[first:]
+    conf = os.path.join(tmp.name, "hello.conf")
+    with open(conf, "w") as f:
+        f.write(text)
+    logpath = os.path.join(tmp.name, "tgwebhookd.log")
+    log = open(logpath, "wb")
+    env = dict(os.environ, TGWEBHOOKD_TOKEN=TOKEN)
+    env.pop("JOURNAL_STREAM", None)
+
+    print("tgwebhookd demo: Telegram's Hello Bot as configuration (%s)\n" %
+          os.path.relpath(args.config, ROOT))
+    proc = subprocess.Popen([args.daemon, "-c", conf], stdout=log,
+                            stderr=log, env=env)
+    rc = 1
+    try:
+        calls = emu.wait_calls("setWebhook", 1, timeout=20)
+        sw = calls[0]
+        url = sw.params["url"]
+        pem = sw.files.get("certificate", (None, b""))[1]
+        print("[start]   tgwebhookd serves HTTPS on 127.0.0.1:%d; the Bot "
+              "API emulator plays Telegram on %s" % (port, emu.url))
+        print("[register] setWebhook url=%s/<secret path, %d chars>" % (
+            url.rsplit("/", 1)[0], len(url.rsplit("/", 1)[1])))
+        print("           secret_token=<%d chars>, max_connections=%s, "
+              "certificate uploaded: %d bytes of PEM" % (
+                  len(sw.params.get("secret_token", "")),
+                  sw.params.get("max_connections"), len(pem)))
+        emu.wait_calls("getWebhookInfo", 1, timeout=10)
+        print("[register] getWebhookInfo read back; deliveries now go over "
+              "TLS that trusts only that certificate, host name checked\n")
+
+        conversation = ["/start", "Hello", "Hi", "What's up?", "/about",
+                        "/stop"]
+        for i, said in enumerate(conversation):
+            update = {"update_id": 500000 + i, "message": {
+                "message_id": 10 + i,
+                "from": {"id": 31337, "is_bot": False, "first_name": "Ann",
+                         "language_code": "en"},
+                "chat": {"id": 31337, "first_name": "Ann",
+                         "type": "private"},
+                "date": int(time.time()), "text": said}}
+            if said.startswith("/"):
+                update["message"]["entities"] = [
+                    {"offset": 0, "length": len(said), "type": "bot_command"}]
+            before = len(emu.calls)
+            status, _, _, body = emu.deliver(update)
+            print("Ann   -> bot  %s" % said)
+            if body:
+                print("  inline     %s" % describe(json.loads(body)))
+            else:
+                print("  (answered %d with an empty body)" % status)
+            if said == "/about":    # its script makes a second call
+                emu.wait_calls("sendMessage", 1, timeout=10)
+            for c in emu.calls[before:]:
+                print("  follow-up  %s" % describe(dict(c.params,
+                                                        method=c.method)))
+        print()
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(20)
+        print("[stop]    SIGTERM: tgwebhookd finished and exited %d" % rc)
+    except Exception as e:
+        print("demo failed: %s" % e, file=sys.stderr)
+        proc.kill()
+        proc.wait()
+        rc = 1
+    finally:
+        emu.stop()
+        log.close()
+        print("\nThe daemon's log:")
+        with open(logpath) as f:
+            for line in f:
+                print("  " + line.rstrip())
+        tmp.cleanup()
+    return 0 if rc == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
