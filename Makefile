@@ -9,6 +9,8 @@
 PREFIX ?= /usr/local
 SBINDIR ?= $(PREFIX)/sbin
 SYSCONFDIR ?= /etc
+LIBEXECDIR ?= $(PREFIX)/libexec
+UNITDIR ?= /etc/systemd/system
 CC ?= cc
 WERROR ?=
 SANITIZE ?=
@@ -105,16 +107,24 @@ clean:
 	rm -rf build build-san
 
 install: $(BUILD)/tgwebhookd
-	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(SYSCONFDIR)/tgwebhookd
+	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(SYSCONFDIR)/tgwebhookd \
+	    $(DESTDIR)$(LIBEXECDIR)/tgwebhookd $(DESTDIR)$(UNITDIR)
 	install -m 0755 $(BUILD)/tgwebhookd $(DESTDIR)$(SBINDIR)/tgwebhookd
+	install -m 0755 examples/echo-bot examples/about-bot \
+	    $(DESTDIR)$(LIBEXECDIR)/tgwebhookd/
+	sed -e 's|/usr/local/sbin|$(SBINDIR)|g' \
+	    -e 's|/etc/tgwebhookd|$(SYSCONFDIR)/tgwebhookd|g' \
+	    systemd/tgwebhookd.service > $(DESTDIR)$(UNITDIR)/tgwebhookd.service
 	@if [ -e $(DESTDIR)$(SYSCONFDIR)/tgwebhookd/tgwebhookd.conf ]; then \
 	    echo "keeping the existing $(DESTDIR)$(SYSCONFDIR)/tgwebhookd/tgwebhookd.conf"; \
 	else \
-	    install -m 0640 conf/tgwebhookd.conf \
+	    install -m 0644 conf/tgwebhookd.conf \
 		$(DESTDIR)$(SYSCONFDIR)/tgwebhookd/tgwebhookd.conf; \
 	fi
 
 uninstall:
-	rm -f $(DESTDIR)$(SBINDIR)/tgwebhookd
+	rm -f $(DESTDIR)$(SBINDIR)/tgwebhookd $(DESTDIR)$(UNITDIR)/tgwebhookd.service
+	rm -rf $(DESTDIR)$(LIBEXECDIR)/tgwebhookd
+	@echo "kept $(DESTDIR)$(SYSCONFDIR)/tgwebhookd (configuration and token)"
 
 -include $(SRCS:%.c=$(BUILD)/%.d) $(UNIT_SRCS:%.c=$(BUILD)/%.d)

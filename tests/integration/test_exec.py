@@ -188,3 +188,18 @@ def test_slow_handler_does_not_stall_others():
         other.close()
         t.join()
         assert results[0][0] == 200
+
+
+def test_readme_example_handler():
+    """The README's Python handler, as shipped in examples/echo-bot."""
+    from harness import ROOT
+    d = Daemon("[handler.echo]\nupdates = message\nexec = %s\n" %
+               os.path.join(ROOT, "examples", "echo-bot"))
+    with d:
+        status, _, _, body = d.deliver(message("one two three", 12))
+        assert json.loads(body) == {"method": "sendMessage", "chat_id": 42,
+                                    "text": "one two three",
+                                    "reply_to_message_id": 12}
+        sent = d.emu.wait_calls("sendMessage", 1)
+        assert sent[0].params["text"] == "3 word(s)"
+        d.wait_log("update 12: handler echo: stderr: echoed update 12")
