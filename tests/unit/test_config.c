@@ -239,6 +239,25 @@ test_token_sources(void **state)
 	t = config_token(c, err, sizeof(err));
 	assert_null(t);
 	assert_non_null(strstr(err, tpath));
+	/* a systemd credential */
+	free(c->token_file);
+	c->token_file = NULL;
+	{
+		char cdir[] = "/tmp/tgw-cred-XXXXXX", cpath[64];
+
+		assert_non_null(mkdtemp(cdir));
+		snprintf(cpath, sizeof(cpath), "%s/token", cdir);
+		assert_int_equal(file_write_atomic(cpath, TOKEN "\n",
+		    strlen(TOKEN) + 1, 0600, err, sizeof(err)), 0);
+		setenv("CREDENTIALS_DIRECTORY", cdir, 1);
+		t = config_token(c, err, sizeof(err));
+		assert_non_null(t);
+		assert_string_equal(t, TOKEN);
+		free(t);
+		unsetenv("CREDENTIALS_DIRECTORY");
+		unlink(cpath);
+		rmdir(cdir);
+	}
 	config_free(c);
 	assert_true(config_token_valid(TOKEN));
 	assert_false(config_token_valid("123:short"));
