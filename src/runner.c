@@ -288,16 +288,8 @@ deadline_thread(void *arg)
 			continue;
 		}
 		if (j->deadline > now && !(j->answered && r->stopping)) {
-			struct timespec ts;
-			uint64_t wait = j->deadline - now;
+			struct timespec ts = deadline_after(j->deadline - now);
 
-			clock_gettime(CLOCK_MONOTONIC, &ts);
-			ts.tv_sec += (time_t)(wait / 1000);
-			ts.tv_nsec += (long)(wait % 1000) * 1000000;
-			if (ts.tv_nsec >= 1000000000) {
-				ts.tv_sec++;
-				ts.tv_nsec -= 1000000000;
-			}
 			pthread_cond_timedwait(&r->timer, &r->mu, &ts);
 			continue;
 		}
@@ -325,14 +317,10 @@ runner_new(unsigned threads, size_t max_queue, unsigned deadline_ms,
     struct outbox *o, struct store *s)
 {
 	struct runner *r = xcalloc(1, sizeof(*r));
-	pthread_condattr_t ca;
 
 	pthread_mutex_init(&r->mu, NULL);
 	pthread_cond_init(&r->work, NULL);
-	pthread_condattr_init(&ca);
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	pthread_cond_init(&r->timer, &ca);
-	pthread_condattr_destroy(&ca);
+	cond_init_monotonic(&r->timer);
 	r->nthreads = threads;
 	r->max_pending = max_queue;
 	r->deadline_ms = deadline_ms;

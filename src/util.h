@@ -5,10 +5,12 @@
 #ifndef TGW_UTIL_H
 #define TGW_UTIL_H
 
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 #define nitems(a) (sizeof(a) / sizeof((a)[0]))
 
@@ -43,6 +45,11 @@ void errf(char *err, size_t errlen, const char *fmt, ...)
 /* Monotonic and wall clocks in milliseconds. */
 uint64_t now_ms(void);
 int64_t wall_ms(void);
+
+/* A condition variable timed on the monotonic clock (immune to the wall
+ * clock being set), and the absolute time `ms` from now for its waits. */
+void cond_init_monotonic(pthread_cond_t *cv);
+struct timespec deadline_after(uint64_t ms);
 
 /* Reads a whole file of at most max bytes into a NUL-terminated buffer.
  * Returns it (caller frees) or NULL with err filled. */

@@ -174,16 +174,9 @@ webhook_learn_username(struct botapi *api, struct bot_identity *id)
 static bool
 nap(struct webhook *w, unsigned long ms)
 {
-	struct timespec ts;
+	struct timespec ts = deadline_after(ms);
 	bool stop;
 
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	ts.tv_sec += (time_t)(ms / 1000);
-	ts.tv_nsec += (long)(ms % 1000) * 1000000;
-	if (ts.tv_nsec >= 1000000000) {
-		ts.tv_sec++;
-		ts.tv_nsec -= 1000000000;
-	}
 	pthread_mutex_lock(&w->mu);
 	while (!w->stopping && pthread_cond_timedwait(&w->cv, &w->mu, &ts) == 0)
 		;
@@ -254,13 +247,9 @@ webhook_start(struct botapi *api, const struct webhook_params *p,
     bool register_webhook, struct bot_identity *id)
 {
 	struct webhook *w = xcalloc(1, sizeof(*w));
-	pthread_condattr_t ca;
 
 	pthread_mutex_init(&w->mu, NULL);
-	pthread_condattr_init(&ca);
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	pthread_cond_init(&w->cv, &ca);
-	pthread_condattr_destroy(&ca);
+	cond_init_monotonic(&w->cv);
 	w->api = api;
 	w->id = id;
 	w->register_webhook = register_webhook;

@@ -32,6 +32,15 @@ SECRET_CHARS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
                    "0123456789_-")
 
 
+def free_port():
+    """A TCP port free on loopback now."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
 def wire_format(update):
     """Telegram's byte-exact body: {"update_id":N,\\n"type":{...}}."""
     if isinstance(update, (bytes, bytearray)):

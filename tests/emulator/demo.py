@@ -26,12 +26,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def set_key(text, key, value):
@@ -69,7 +63,7 @@ def main():
     args = ap.parse_args()
 
     tmp = tempfile.TemporaryDirectory(prefix="tgw-demo-")
-    port = free_port()
+    port = botapi_emu.free_port()
     emu = botapi_emu.Emulator(TOKEN, username="HelloDemoBot",
                               forward=("127.0.0.1", port)).start()
     with open(args.config) as f:

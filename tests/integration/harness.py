@@ -24,12 +24,6 @@ def binary():
     return os.path.join(BUILD, "tgwebhookd")
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def corpus(name):
@@ -59,7 +53,7 @@ class Daemon:
                  emu=None, store=None, trusted="127.0.0.0/8"):
         self.tmp = tempfile.TemporaryDirectory(prefix="tgw-it-")
         self.dir = self.tmp.name
-        self.port = free_port()
+        self.port = botapi_emu.free_port()
         self.emu = emu or botapi_emu.Emulator(
             TOKEN, forward=("127.0.0.1", self.port)).start()
         self.emu.forward = ("127.0.0.1", self.port)

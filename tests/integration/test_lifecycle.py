@@ -103,7 +103,6 @@ def test_username_from_getme():
 
 def test_api_429_and_502_retried_while_serving():
     import botapi_emu
-    from harness import free_port  # noqa: F401
     emu = botapi_emu.Emulator(TOKEN).start()
     emu.script("setWebhook",
                (429, {"ok": False, "error_code": 429, "description":
