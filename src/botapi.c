@@ -18,14 +18,19 @@
 
 #include "util.h"
 
+/* Where one transfer's answer goes. */
+struct sink {
+	struct buf body;
+	long retry_after_header;
+	char errbuf[CURL_ERROR_SIZE];
+};
+
 struct botapi {
 	CURL *curl;
 	char *base;		/* api_url "/bot" token "/" */
 	size_t base_len;
 	unsigned timeout_ms;
-	struct buf body;
-	long retry_after_header;
-	char errbuf[CURL_ERROR_SIZE];
+	struct sink sink;
 };
 
 static pthread_once_t botapi_once = PTHREAD_ONCE_INIT;
@@ -58,7 +63,7 @@ botapi_free(struct botapi *b)
 	curl_easy_cleanup(b->curl);
 	explicit_bzero(b->base, b->base_len);
 	free(b->base);
-	buf_free(&b->body);
+	buf_free(&b->sink.body);
 	free(b);
 }
 
@@ -152,58 +157,58 @@ botapi_decode(long http, const char *body, size_t len, long retry_header,
 static size_t
 on_body(char *p, size_t size, size_t n, void *arg)
 {
-	struct botapi *b = arg;
+	struct sink *k = arg;
 
-	if (b->body.len + size * n > BOTAPI_RESPONSE_MAX)
+	if (k->body.len + size * n > BOTAPI_RESPONSE_MAX)
 		return 0;	/* makes curl fail with CURLE_WRITE_ERROR */
-	buf_append(&b->body, p, size * n);
+	buf_append(&k->body, p, size * n);
 	return size * n;
 }
 
 static size_t
 on_header(char *p, size_t size, size_t n, void *arg)
 {
-	struct botapi *b = arg;
+	struct sink *k = arg;
 	size_t len = size * n;
 
 	if (len > 12 && strncasecmp(p, "Retry-After:", 12) == 0)
-		b->retry_after_header = strtol(p + 12, NULL, 10);
+		k->retry_after_header = strtol(p + 12, NULL, 10);
 	return len;
 }
 
-static enum botapi_status
-perform(struct botapi *b, const char *method, struct curl_slist *headers,
-    struct botapi_result *r)
+/* The options every call shares: no redirects, http(s) only, bounded
+ * answer, timeouts.  The URL (which holds the token) is set by the caller
+ * and wiped by it. */
+static void
+setup_easy(CURL *c, struct sink *k, unsigned timeout_ms)
 {
-	char url[2048];
-	long http = 0;
-	CURLcode rc;
-	CURL *c = b->curl;
-
-	snprintf(url, sizeof(url), "%s%s", b->base, method);
-	buf_free(&b->body);
-	b->retry_after_header = -1;
-	b->errbuf[0] = '\0';
-	curl_easy_setopt(c, CURLOPT_URL, url);
-	curl_easy_setopt(c, CURLOPT_HTTPHEADER, headers);
+	buf_free(&k->body);
+	k->retry_after_header = -1;
+	k->errbuf[0] = '\0';
 	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
-	curl_easy_setopt(c, CURLOPT_WRITEDATA, b);
+	curl_easy_setopt(c, CURLOPT_WRITEDATA, k);
 	curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
-	curl_easy_setopt(c, CURLOPT_HEADERDATA, b);
-	curl_easy_setopt(c, CURLOPT_ERRORBUFFER, b->errbuf);
+	curl_easy_setopt(c, CURLOPT_HEADERDATA, k);
+	curl_easy_setopt(c, CURLOPT_ERRORBUFFER, k->errbuf);
 	curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 0L);
 	curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
 	curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-	curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, (long)b->timeout_ms);
+	curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, (long)timeout_ms);
 	curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS,
-	    (long)(b->timeout_ms < 5000 ? b->timeout_ms : 5000));
+	    (long)(timeout_ms < 5000 ? timeout_ms : 5000));
 	curl_easy_setopt(c, CURLOPT_MAXFILESIZE_LARGE,
 	    (curl_off_t)BOTAPI_RESPONSE_MAX);
 	curl_easy_setopt(c, CURLOPT_USERAGENT, "tgwebhookd/" TGW_VERSION);
 	curl_easy_setopt(c, CURLOPT_ACCEPT_ENCODING, "");
-	rc = curl_easy_perform(c);
-	/* The URL holds the token: drop it from the handle at once. */
-	explicit_bzero(url, sizeof(url));
+}
+
+/* The call's outcome from curl's code and the sink. */
+static enum botapi_status
+finish(CURL *c, CURLcode rc, struct sink *k, const char *method,
+    struct botapi_result *r)
+{
+	long http = 0;
+
 	if (rc != CURLE_OK) {
 		memset(r, 0, sizeof(*r));
 		if (rc == CURLE_WRITE_ERROR || rc == CURLE_FILESIZE_EXCEEDED)
@@ -212,13 +217,30 @@ perform(struct botapi *b, const char *method, struct curl_slist *headers,
 			    method, BOTAPI_RESPONSE_MAX);
 		else
 			snprintf(r->description, sizeof(r->description),
-			    "%s: %s", method, b->errbuf[0] ? b->errbuf :
+			    "%s: %s", method, k->errbuf[0] ? k->errbuf :
 			    curl_easy_strerror(rc));
 		return r->status = BOTAPI_TRANSIENT;
 	}
 	curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &http);
-	return botapi_decode(http, b->body.data ? b->body.data : "",
-	    b->body.len, b->retry_after_header, r);
+	return botapi_decode(http, k->body.data ? k->body.data : "",
+	    k->body.len, k->retry_after_header, r);
+}
+
+static enum botapi_status
+perform(struct botapi *b, const char *method, struct curl_slist *headers,
+    struct botapi_result *r)
+{
+	char url[2048];
+	CURLcode rc;
+
+	snprintf(url, sizeof(url), "%s%s", b->base, method);
+	setup_easy(b->curl, &b->sink, b->timeout_ms);
+	curl_easy_setopt(b->curl, CURLOPT_URL, url);
+	curl_easy_setopt(b->curl, CURLOPT_HTTPHEADER, headers);
+	rc = curl_easy_perform(b->curl);
+	/* The URL holds the token: wipe our copy at once. */
+	explicit_bzero(url, sizeof(url));
+	return finish(b->curl, rc, &b->sink, method, r);
 }
 
 enum botapi_status
@@ -278,4 +300,170 @@ botapi_upload(struct botapi *b, const char *method,
 	curl_mime_free(mime);
 	curl_slist_free_all(h);
 	return s;
+}
+
+/* One call in flight. */
+struct transfer {
+	CURL *easy;
+	uint64_t tag;
+	char *method;
+	char *body;
+	struct curl_slist *headers;
+	struct sink sink;
+	struct transfer *next;
+};
+
+struct botapi_multi {
+	CURLM *multi;
+	char *base;
+	size_t base_len;
+	unsigned timeout_ms;
+	unsigned running;
+	struct transfer *active;	/* in flight */
+	struct transfer *idle;		/* easy handles kept for reuse */
+};
+
+struct botapi_multi *
+botapi_multi_new(const char *api_url, const char *token, unsigned timeout_ms)
+{
+	struct botapi_multi *m = xcalloc(1, sizeof(*m));
+
+	pthread_once(&botapi_once, botapi_global_init);
+	m->base = xasprintf("%s/bot%s/", api_url, token);
+	m->base_len = strlen(m->base);
+	m->timeout_ms = timeout_ms;
+	if ((m->multi = curl_multi_init()) == NULL)
+		abort();
+	/* HTTP/2 multiplexing when the server offers it; otherwise a small
+	 * pool of kept-alive HTTP/1.1 connections. */
+	curl_multi_setopt(m->multi, CURLMOPT_PIPELINING,
+	    (long)CURLPIPE_MULTIPLEX);
+	curl_multi_setopt(m->multi, CURLMOPT_MAX_HOST_CONNECTIONS, 16L);
+	return m;
+}
+
+static void
+transfer_free(struct transfer *t)
+{
+	curl_easy_cleanup(t->easy);
+	free(t->method);
+	free(t->body);
+	curl_slist_free_all(t->headers);
+	buf_free(&t->sink.body);
+	free(t);
+}
+
+void
+botapi_multi_free(struct botapi_multi *m)
+{
+	if (m == NULL)
+		return;
+	/* Abandon what is in flight (the outbox still holds those calls). */
+	while (m->active != NULL) {
+		struct transfer *t = m->active;
+
+		m->active = t->next;
+		curl_multi_remove_handle(m->multi, t->easy);
+		transfer_free(t);
+	}
+	while (m->idle != NULL) {
+		struct transfer *t = m->idle;
+
+		m->idle = t->next;
+		transfer_free(t);
+	}
+	curl_multi_cleanup(m->multi);
+	explicit_bzero(m->base, m->base_len);
+	free(m->base);
+	free(m);
+}
+
+void
+botapi_multi_start(struct botapi_multi *m, uint64_t tag, const char *method,
+    const char *json_body)
+{
+	struct transfer *t = m->idle;
+	char url[2048];
+
+	if (t != NULL) {
+		m->idle = t->next;
+	} else {
+		t = xcalloc(1, sizeof(*t));
+		if ((t->easy = curl_easy_init()) == NULL)
+			abort();
+		t->headers = curl_slist_append(NULL,
+		    "Content-Type: application/json");
+		t->headers = curl_slist_append(t->headers, "Expect:");
+	}
+	t->tag = tag;
+	t->method = xstrdup(method);
+	t->body = xstrdup(json_body != NULL ? json_body : "{}");
+	setup_easy(t->easy, &t->sink, m->timeout_ms);
+	snprintf(url, sizeof(url), "%s%s", m->base, method);
+	curl_easy_setopt(t->easy, CURLOPT_URL, url);	/* curl copies it */
+	explicit_bzero(url, sizeof(url));
+	curl_easy_setopt(t->easy, CURLOPT_HTTPHEADER, t->headers);
+	curl_easy_setopt(t->easy, CURLOPT_POSTFIELDS, t->body);
+	curl_easy_setopt(t->easy, CURLOPT_POSTFIELDSIZE, (long)strlen(t->body));
+	curl_easy_setopt(t->easy, CURLOPT_PRIVATE, t);
+	curl_easy_setopt(t->easy, CURLOPT_PIPEWAIT, 1L);
+	curl_multi_add_handle(m->multi, t->easy);
+	t->next = m->active;
+	m->active = t;
+	m->running++;
+}
+
+unsigned
+botapi_multi_running(struct botapi_multi *m)
+{
+	return m->running;
+}
+
+void
+botapi_multi_wait(struct botapi_multi *m, int timeout_ms)
+{
+	int still;
+
+	curl_multi_poll(m->multi, NULL, 0, timeout_ms, NULL);
+	curl_multi_perform(m->multi, &still);
+}
+
+void
+botapi_multi_wakeup(struct botapi_multi *m)
+{
+	curl_multi_wakeup(m->multi);
+}
+
+bool
+botapi_multi_done(struct botapi_multi *m, uint64_t *tag,
+    struct botapi_result *r)
+{
+	struct transfer *t;
+	CURLMsg *msg;
+	int left;
+
+	while ((msg = curl_multi_info_read(m->multi, &left)) != NULL) {
+		if (msg->msg != CURLMSG_DONE)
+			continue;
+		curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE,
+		    (char **)&t);
+		finish(t->easy, msg->data.result, &t->sink, t->method, r);
+		curl_multi_remove_handle(m->multi, t->easy);
+		for (struct transfer **p = &m->active; *p != NULL;
+		    p = &(*p)->next)
+			if (*p == t) {
+				*p = t->next;
+				break;
+			}
+		*tag = t->tag;
+		free(t->method);
+		free(t->body);
+		t->method = t->body = NULL;
+		buf_free(&t->sink.body);
+		t->next = m->idle;
+		m->idle = t;
+		m->running--;
+		return true;
+	}
+	return false;
 }

@@ -8,6 +8,7 @@
 #define TGW_BOTAPI_H
 
 #include <jansson.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -55,6 +56,30 @@ enum botapi_status botapi_call_json(struct botapi *b, const char *method,
 enum botapi_status botapi_upload(struct botapi *b, const char *method,
     const struct botapi_field *fields, size_t n, struct botapi_result *r);
 void botapi_result_clear(struct botapi_result *r);
+
+/*
+ * Many calls in flight over curl's multi interface, for one thread (the
+ * outbox sender): connections are kept and reused, HTTP/2 multiplexing is
+ * used where the server offers it.  Each call carries a caller's tag.
+ */
+struct botapi_multi;
+
+struct botapi_multi *botapi_multi_new(const char *api_url, const char *token,
+    unsigned timeout_ms);
+void botapi_multi_free(struct botapi_multi *m);
+/* Starts method with a JSON body (copied). */
+void botapi_multi_start(struct botapi_multi *m, uint64_t tag,
+    const char *method, const char *json_body);
+/* Calls in flight. */
+unsigned botapi_multi_running(struct botapi_multi *m);
+/* Waits up to timeout_ms for network activity or a wakeup, and moves
+ * transfers along. */
+void botapi_multi_wait(struct botapi_multi *m, int timeout_ms);
+/* Wakes botapi_multi_wait() from another thread. */
+void botapi_multi_wakeup(struct botapi_multi *m);
+/* A finished call: true with its tag and result (clear it), or false. */
+bool botapi_multi_done(struct botapi_multi *m, uint64_t *tag,
+    struct botapi_result *r);
 
 /* Decodes an HTTP answer into r (pure; for tests and fuzzing).
  * retry_after_header is the Retry-After header in seconds, or -1. */

@@ -81,6 +81,18 @@ static const struct ckey ckeys[] = {
 	{ "server", "dedup_size", C_LONG, 16, 10000000, O(dedup_size) },
 
 	{ "store", "dir", C_STR, 0, 0, O(store_dir) },
+	{ "store", "sync", C_STR, 0, 0, O(store_sync) },
+
+	{ "outbox", "rate", C_LONG, 1, 1000, O(outbox_rate) },
+	{ "outbox", "chat_interval", C_DURATION, 0, 60000,
+	    O(outbox_chat_interval_ms) },
+	{ "outbox", "group_per_minute", C_LONG, 1, 1000,
+	    O(outbox_group_per_minute) },
+	{ "outbox", "max_inflight", C_LONG, 1, 1000, O(outbox_inflight) },
+	{ "outbox", "max_age", C_DURATION, 1000, 7 * 86400000U,
+	    O(outbox_max_age_ms) },
+	{ "outbox", "keep_delivered", C_DURATION, 0, 7 * 86400000U,
+	    O(outbox_keep_ms) },
 
 	{ "log", "level", C_LOGLEVEL, 0, 0, O(log_level) },
 };
@@ -200,7 +212,8 @@ loader_section(struct loader *l, const char *s)
 	if (!section_known(name)) {
 		diag_add(l->d, l->c->file, l->line, NULL,
 		    "unknown section [%s]: sections are [bot], [webhook], "
-		    "[server], [store], [log] and [handler.NAME]", name);
+		    "[server], [store], [outbox], [log] and [handler.NAME]",
+		    name);
 		return;
 	}
 	l->hcur = NULL;
@@ -453,6 +466,13 @@ config_new(const char *file)
 	c->shutdown_timeout_ms = 10000;
 	c->dedup_size = 16384;
 	c->store_dir = xstrdup("/var/lib/tgwebhookd");
+	c->store_sync = xstrdup("normal");
+	c->outbox_rate = 30;
+	c->outbox_chat_interval_ms = 1000;
+	c->outbox_group_per_minute = 20;
+	c->outbox_inflight = 64;
+	c->outbox_max_age_ms = 86400000;
+	c->outbox_keep_ms = 86400000;
 	c->log_level = LOG_LVL_INFO;
 	return c;
 }
@@ -604,6 +624,10 @@ config_check(struct config *c, struct diag *d)
 	}
 	if (c->username != NULL && c->username[0] == '@')
 		memmove(c->username, c->username + 1, strlen(c->username));
+	if (strcmp(c->store_sync, "normal") != 0 &&
+	    strcmp(c->store_sync, "full") != 0)
+		diag_add(d, f, config_line(c, "store", "sync"), "sync",
+		    "'%s' is not normal or full", c->store_sync);
 	if (str_empty(c->store_dir) || c->store_dir[0] != '/')
 		diag_add(d, f, config_line(c, "store", "dir"), "dir",
 		    "must be an absolute path");
@@ -786,7 +810,7 @@ config_parse_duration(const char *s, unsigned *ms, char *err, size_t errlen)
 		unsigned long long mult;
 	} units[] = {
 		{ "", 1000 }, { "ms", 1 }, { "s", 1000 }, { "m", 60000 },
-		{ "min", 60000 }, { "h", 3600000 },
+		{ "min", 60000 }, { "h", 3600000 }, { "d", 86400000 },
 	};
 	unsigned long long v;
 	char *end;
@@ -806,7 +830,8 @@ config_parse_duration(const char *s, unsigned *ms, char *err, size_t errlen)
 		return 0;
 	}
 bad:
-	errf(err, errlen, "'%s' is not a duration like 2s, 500ms, 5m or 1h", s);
+	errf(err, errlen, "'%s' is not a duration like 2s, 500ms, 5m, 1h or 7d",
+	    s);
 	return -1;
 }
 

@@ -73,6 +73,15 @@ struct config {
 
 	/* [store] */
 	char *store_dir;
+	char *store_sync;	/* "normal" or "full" */
+
+	/* [outbox] */
+	long outbox_rate;		/* calls per second, all chats */
+	unsigned outbox_chat_interval_ms;	/* between calls to one chat */
+	long outbox_group_per_minute;	/* calls per minute to one group */
+	long outbox_inflight;		/* calls in flight at once */
+	unsigned outbox_max_age_ms;	/* retrying stops; then dead letter */
+	unsigned outbox_keep_ms;	/* delivered calls kept (dedup keys) */
 
 	/* [log] */
 	long log_level;

@@ -21,6 +21,7 @@
 #include "dispatch.h"
 #include "gate.h"
 #include "log.h"
+#include "ops.h"
 #include "outbox.h"
 #include "runner.h"
 #include "server.h"
@@ -28,32 +29,38 @@
 #include "util.h"
 #include "webhook.h"
 
-#define OUTBOX_QUEUE_MAX 100000
 #define CERT_WARN_DAYS 30
 
-enum mode { MODE_RUN, MODE_TEST, MODE_INFO, MODE_DELETE };
+/* Modes from MODE_OUTBOX on work on the store alone. */
+enum mode { MODE_RUN, MODE_TEST, MODE_INFO, MODE_DELETE, MODE_OUTBOX,
+	MODE_RETRY_DEAD, MODE_PURGE_DEAD, MODE_BROADCAST };
 
 static void
 usage(FILE *f)
 {
 	fprintf(f,
-	    "usage: tgwebhookd [-c FILE] [-t] [--webhook-info] "
-	    "[--delete-webhook]\n"
-	    "                  [--version] [--help]\n"
+	    "usage: tgwebhookd [-c FILE] [-t | --webhook-info | --delete-webhook |\n"
+	    "                  --outbox | --retry-dead ID|all | --purge-dead AGE |\n"
+	    "                  --broadcast FILE [--text TEXT] [--over DURATION]]\n"
+	    "       tgwebhookd --version | --help\n"
 	    "\n"
 	    "Receives Telegram Bot API webhooks over HTTPS and runs the bot's\n"
 	    "handlers, as configured in one INI file.\n"
 	    "\n"
-	    "  -c FILE            configuration (default %s)\n"
-	    "  -t                 check the configuration and certificate, "
-	    "print every\n"
-	    "                     problem, exit 1 on any (else: configuration "
-	    "OK)\n"
-	    "  --webhook-info     print what Telegram reports "
-	    "(getWebhookInfo) and exit\n"
-	    "  --delete-webhook   remove the webhook (deleteWebhook) and exit\n"
-	    "  --version          print the version and exit\n"
-	    "  --help             this text\n",
+	    "  -c FILE             configuration (default %s)\n"
+	    "  -t                  check the configuration and certificate, print\n"
+	    "                      every problem, exit 1 on any (else: configuration OK)\n"
+	    "  --webhook-info      print what Telegram reports (getWebhookInfo)\n"
+	    "  --delete-webhook    remove the webhook (deleteWebhook)\n"
+	    "  --outbox            list pending follow-up calls and dead letters\n"
+	    "  --retry-dead ID|all queue dead letters again\n"
+	    "  --purge-dead AGE    delete dead letters older than AGE (e.g. 7d)\n"
+	    "  --broadcast FILE    queue one call per line: a JSON call, or a chat\n"
+	    "                      id that gets --text; --over 8h spreads them evenly;\n"
+	    "                      run again after an interruption, it queues only\n"
+	    "                      what is missing\n"
+	    "  --version           print the version\n"
+	    "  --help              this text\n",
 	    CONFIG_DEFAULT_FILE);
 }
 
@@ -180,6 +187,47 @@ webhook_command(const struct config *c, const char *token, enum mode mode)
 	return rc;
 }
 
+/* The operator commands: the store only, no token needed. */
+static int
+store_command(const struct config *c, enum mode mode, const char *arg,
+    const char *text, const char *over)
+{
+	unsigned ms = 0;
+	char err[512];
+	struct store *s;
+	int rc = 1;
+
+	if ((mode == MODE_PURGE_DEAD || over != NULL) &&
+	    config_parse_duration(mode == MODE_PURGE_DEAD ? arg : over, &ms,
+	    err, sizeof(err)) == -1) {
+		fprintf(stderr, "tgwebhookd: %s\n", err);
+		return 2;
+	}
+	if ((s = store_open(c->store_dir, err, sizeof(err))) == NULL) {
+		fprintf(stderr, "tgwebhookd: [store] dir: %s\n", err);
+		return 1;
+	}
+	store_set_sync_full(s, strcmp(c->store_sync, "full") == 0);
+	switch (mode) {
+	case MODE_OUTBOX:
+		rc = ops_outbox(s, stdout);
+		break;
+	case MODE_RETRY_DEAD:
+		rc = ops_retry_dead(s, arg, stdout);
+		break;
+	case MODE_PURGE_DEAD:
+		rc = ops_purge_dead(s, ms, stdout);
+		break;
+	case MODE_BROADCAST:
+		rc = ops_broadcast(s, arg, text, ms, stdout);
+		break;
+	default:
+		break;
+	}
+	store_close(s);
+	return rc;
+}
+
 static char *
 webhook_url(const struct config *c, const char *path)
 {
@@ -253,6 +301,7 @@ run(struct config *c, const char *token)
 		fatal("%s", d.text);
 	if ((store = store_open(c->store_dir, err, sizeof(err))) == NULL)
 		fatal("[store] dir: %s", err);
+	store_set_sync_full(store, strcmp(c->store_sync, "full") == 0);
 	/* Empty path and secret_token: generated once, kept in the store,
 	 * so restarts (and Telegram) keep using the same ones. */
 	path = c->path != NULL && c->path[0] != '\0' ? xstrdup(c->path) :
@@ -289,8 +338,17 @@ run(struct config *c, const char *token)
 	    NULL, 0));
 	if (c->username != NULL && c->username[0] != '\0')
 		atomic_store(&id.username, xstrdup(c->username));
-	outbox = outbox_start(botapi_new(c->api_url, token, c->api_timeout_ms),
-	    OUTBOX_QUEUE_MAX);
+	outbox = outbox_start(store, &(struct outbox_opts){
+	    .api_url = c->api_url,
+	    .token = token,
+	    .timeout_ms = c->api_timeout_ms,
+	    .rate = c->outbox_rate,
+	    .chat_interval_ms = c->outbox_chat_interval_ms,
+	    .group_per_minute = c->outbox_group_per_minute,
+	    .max_inflight = c->outbox_inflight,
+	    .max_age_ms = c->outbox_max_age_ms,
+	    .keep_ms = c->outbox_keep_ms,
+	});
 	runner = runner_new((unsigned)c->handler_threads,
 	    (size_t)c->handler_threads * 32, c->reply_deadline_ms, outbox,
 	    store);
@@ -360,11 +418,18 @@ main(int argc, char **argv)
 	static const struct option longopts[] = {
 		{ "webhook-info", no_argument, NULL, 'I' },
 		{ "delete-webhook", no_argument, NULL, 'D' },
+		{ "outbox", no_argument, NULL, 'O' },
+		{ "retry-dead", required_argument, NULL, 'R' },
+		{ "purge-dead", required_argument, NULL, 'P' },
+		{ "broadcast", required_argument, NULL, 'B' },
+		{ "text", required_argument, NULL, 'T' },
+		{ "over", required_argument, NULL, 'W' },
 		{ "version", no_argument, NULL, 'V' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
-	const char *file = CONFIG_DEFAULT_FILE;
+	const char *file = CONFIG_DEFAULT_FILE, *arg = NULL, *text = NULL;
+	const char *over = NULL;
 	enum mode mode = MODE_RUN;
 	struct config *c;
 	struct diag d = { 0 };
@@ -385,6 +450,27 @@ main(int argc, char **argv)
 		case 'D':
 			mode = MODE_DELETE;
 			break;
+		case 'O':
+			mode = MODE_OUTBOX;
+			break;
+		case 'R':
+			mode = MODE_RETRY_DEAD;
+			arg = optarg;
+			break;
+		case 'P':
+			mode = MODE_PURGE_DEAD;
+			arg = optarg;
+			break;
+		case 'B':
+			mode = MODE_BROADCAST;
+			arg = optarg;
+			break;
+		case 'T':
+			text = optarg;
+			break;
+		case 'W':
+			over = optarg;
+			break;
 		case 'V':
 			printf("tgwebhookd %s\n", TGW_VERSION);
 			return 0;
@@ -396,7 +482,8 @@ main(int argc, char **argv)
 			return 2;
 		}
 	}
-	if (optind != argc) {
+	if (optind != argc || ((text != NULL || over != NULL) &&
+	    mode != MODE_BROADCAST)) {
 		usage(stderr);
 		return 2;
 	}
@@ -414,6 +501,12 @@ main(int argc, char **argv)
 	log_set_level((enum log_level)c->log_level);
 	if (mode == MODE_TEST) {
 		rc = check_only(c, &d);
+		diag_free(&d);
+		config_free(c);
+		return rc;
+	}
+	if (mode >= MODE_OUTBOX) {
+		rc = store_command(c, mode, arg, text, over);
 		diag_free(&d);
 		config_free(c);
 		return rc;

@@ -41,6 +41,7 @@ struct job {
 	int refs;
 	bool answered;
 	char *answer;
+	bool retry;		/* the store failed: answer 503 */
 	struct job *qnext;	/* handler queue */
 	struct job *dnext;	/* deadline list */
 };
@@ -86,37 +87,54 @@ dead_letter(struct runner *r, const struct handler *h, const struct update *u,
 }
 
 /*
- * Sends the handler's calls where they belong.  Returns the inline answer
- * (JSON text) or NULL.  `late` means the webhook was answered already.
+ * Sends the handler's calls where they belong: the first inline when it
+ * may be (and `late` is false: the webhook is not answered yet), the rest
+ * durably into the outbox.  Returns 0 with *answer set (JSON text, or
+ * NULL), or -1 when the store could not take the follow-ups: then nothing
+ * is answered inline and the webhook must get 503, so that Telegram
+ * retries the update (or, when late, the calls are logged as lost).
  */
-static char *
+static int
 route(struct runner *r, const struct handler *h, const struct update *u,
-    json_t *calls, bool late, uint64_t start)
+    json_t *calls, bool late, uint64_t start, char **answer)
 {
-	size_t i, followups = 0;
-	char *answer = NULL;
-	json_t *call;
+	size_t n = json_array_size(calls), from = 0, i;
+	json_t *first = json_array_get(calls, 0);
+	char err[512];
 
-	json_array_foreach(calls, i, call) {
-		if (i == 0 && !late && calls_inline_allowed(calls_method(call))) {
-			char *s = json_dumps(call, JSON_COMPACT);
+	*answer = NULL;
+	if (n > 0 && !late && calls_inline_allowed(calls_method(first))) {
+		char *s = json_dumps(first, JSON_COMPACT);
 
-			if (s != NULL && strlen(s) <= CALLS_INLINE_MAX) {
-				answer = s;
-				continue;
-			}
+		if (s != NULL && strlen(s) <= CALLS_INLINE_MAX) {
+			*answer = s;
+			from = 1;
+		} else {
 			free(s);
 		}
-		outbox_put(r->outbox, call, u->id);
-		followups++;
+	}
+	if (outbox_add(r->outbox, calls, from, u->id, err, sizeof(err)) == -1) {
+		log_err("update %" PRId64 ": handler %s: its follow-ups cannot "
+		    "be queued: %s; %s", u->id, h->name, err, late ?
+		    "they are lost:" : "answering 503 so that Telegram retries");
+		for (i = from; late && i < n; i++) {
+			char chat[64];
+
+			calls_chat(json_array_get(calls, i), chat, sizeof(chat));
+			log_err("update %" PRId64 ": lost %s to chat %s", u->id,
+			    calls_method(json_array_get(calls, i)), chat);
+		}
+		free(*answer);
+		*answer = NULL;
+		return -1;
 	}
 	log_info("update %" PRId64 ": %s: handler %s: %s%s%s%zu follow-up%s "
 	    "in %" PRIu64 "ms", u->id, u->type, h->name,
-	    answer != NULL ? "inline " : "",
-	    answer != NULL ? calls_method(json_array_get(calls, 0)) : "",
-	    answer != NULL ? ", " : "", followups, followups == 1 ? "" : "s",
+	    *answer != NULL ? "inline " : "",
+	    *answer != NULL ? calls_method(first) : "",
+	    *answer != NULL ? ", " : "", n - from, n - from == 1 ? "" : "s",
 	    now_ms() - start);
-	return answer;
+	return 0;
 }
 
 /* Runs h on the job's update; returns the calls, or NULL on failure. */
@@ -152,11 +170,17 @@ runner_start(struct runner *r, const struct handler *h, struct update *u,
 			    u->id, u->type[0] ? u->type : "(no type)");
 		} else {
 			json_t *calls = run_handler(r, h, u, body, len);
+			int rc = 0;
 
 			if (calls != NULL) {
-				*answer = route(r, h, u, calls,
-				    r->deadline_ms == 0, start);
+				rc = route(r, h, u, calls, r->deadline_ms == 0,
+				    start, answer);
 				json_decref(calls);
+			}
+			if (rc == -1) {
+				update_free(u);
+				free(body);
+				return RUNNER_BUSY;
 			}
 		}
 		update_free(u);
@@ -211,18 +235,19 @@ runner_go(struct job *j, void (*ready)(void *), void *arg)
 	pthread_mutex_unlock(&r->mu);
 }
 
-char *
-runner_finish(struct job *j)
+int
+runner_finish(struct job *j, char **answer)
 {
 	struct runner *r = j->r;
-	char *answer;
+	int rc;
 
 	pthread_mutex_lock(&r->mu);
-	answer = j->answer;
+	*answer = j->answer;
 	j->answer = NULL;
+	rc = j->retry ? -1 : 0;
 	job_unref_locked(j);
 	pthread_mutex_unlock(&r->mu);
-	return answer;
+	return rc;
 }
 
 static void *
@@ -254,12 +279,14 @@ handler_thread(void *arg)
 		pthread_mutex_unlock(&r->mu);
 		/* route() queues follow-ups: not under our lock. */
 		if (calls != NULL) {
-			char *answer = route(r, j->h, j->u, calls, late,
-			    j->start);
+			char *answer;
+			int rc = route(r, j->h, j->u, calls, late, j->start,
+			    &answer);
 
 			json_decref(calls);
 			pthread_mutex_lock(&r->mu);
 			j->answer = answer;
+			j->retry = rc == -1;
 			pthread_mutex_unlock(&r->mu);
 		}
 		if (!late)

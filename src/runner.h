@@ -28,7 +28,8 @@ void runner_free(struct runner *r);
 enum runner_status {
 	RUNNER_DONE,	/* *answer holds the inline call (or NULL) */
 	RUNNER_PENDING,	/* *job must be started with runner_go() */
-	RUNNER_BUSY,	/* too many handlers waiting: answer 503 */
+	RUNNER_BUSY,	/* too many handlers waiting, or the store failed:
+			 * answer 503 so that Telegram retries */
 };
 
 /* Takes ownership of u and body.  h == NULL means no handler matched. */
@@ -40,7 +41,8 @@ enum runner_status runner_start(struct runner *r, const struct handler *h,
  * is ready to be told (a suspended connection). */
 void runner_go(struct job *j, void (*ready)(void *arg), void *arg);
 /* After ready: hands over the inline call (or NULL) and releases the job
- * for the caller. */
-char *runner_finish(struct job *j);
+ * for the caller.  Returns 0, or -1 when the answer must be 503 (the
+ * store could not take the follow-ups). */
+int runner_finish(struct job *j, char **answer);
 
 #endif

@@ -44,6 +44,7 @@ struct request {
 	struct buf body;
 	bool too_large;
 	struct job *job;
+	int64_t update_id;
 	atomic_bool ready;
 };
 
@@ -173,6 +174,8 @@ handle_update(struct server *s, struct request *rq)
 		    "version; answered 200", u->id, u->type);
 	username = atomic_load(&s->o.id->username);
 	h = dispatch_match(s->o.dispatch, u, username);
+	/* runner_start() takes u: keep its id. */
+	rq->update_id = u->id;
 	switch (runner_start(s->o.runner, h, u, buf_steal(&rq->body), len,
 	    &inline_call, &job)) {
 	case RUNNER_DONE:
@@ -181,7 +184,7 @@ handle_update(struct server *s, struct request *rq)
 		return answer(c, MHD_HTTP_OK, s->empty200);
 	case RUNNER_BUSY:
 		/* Not handled: let Telegram's retry count as new. */
-		dedup_forget(s->o.dedup, u->id);
+		dedup_forget(s->o.dedup, rq->update_id);
 		return answer(c, MHD_HTTP_SERVICE_UNAVAILABLE, s->r503);
 	case RUNNER_PENDING:
 		break;
@@ -254,7 +257,11 @@ on_request(void *cls, struct MHD_Connection *c, const char *url,
 		/* Resumed by the runner: the answer is known. */
 		if (!atomic_load(&rq->ready))
 			return MHD_YES;
-		inline_call = runner_finish(rq->job);
+		if (runner_finish(rq->job, &inline_call) == -1) {
+			rq->job = NULL;
+			dedup_forget(s->o.dedup, rq->update_id);
+			return answer(c, MHD_HTTP_SERVICE_UNAVAILABLE, s->r503);
+		}
 		rq->job = NULL;
 		if (inline_call != NULL)
 			return answer_json(c, inline_call);
@@ -290,8 +297,12 @@ on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
 	(void)toe;
 	if (rq == NULL)
 		return;
-	if (rq->job != NULL)
-		free(runner_finish(rq->job));
+	if (rq->job != NULL) {
+		char *unused = NULL;
+
+		runner_finish(rq->job, &unused);
+		free(unused);
+	}
 	buf_free(&rq->body);
 	free(rq);
 	*con_cls = NULL;

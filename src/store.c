@@ -19,6 +19,9 @@
 
 #include "util.h"
 
+#define COLS "id, key, method, chat, params, attempts, created, not_before, " \
+    "last_error, state"
+
 #define STORE_FILE "tgwebhookd.db"
 
 struct store {
@@ -35,7 +38,20 @@ static const char schema[] =
     " handler TEXT NOT NULL,"
     " reason TEXT NOT NULL,"
     " body BLOB NOT NULL,"
-    " created INTEGER NOT NULL);";
+    " created INTEGER NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS calls ("
+    " id INTEGER PRIMARY KEY AUTOINCREMENT,"
+    " key TEXT UNIQUE,"
+    " method TEXT NOT NULL,"
+    " chat TEXT,"
+    " params TEXT NOT NULL,"
+    " state INTEGER NOT NULL DEFAULT 0,"
+    " attempts INTEGER NOT NULL DEFAULT 0,"
+    " created INTEGER NOT NULL,"
+    " not_before INTEGER NOT NULL,"
+    " finished INTEGER,"
+    " last_error TEXT);"
+    "CREATE INDEX IF NOT EXISTS calls_state ON calls(state, id);";
 
 struct store *
 store_open(const char *dir, char *err, size_t errlen)
@@ -213,4 +229,331 @@ store_dead_count(struct store *s)
 	sqlite3_finalize(st);
 	pthread_mutex_unlock(&s->mu);
 	return n;
+}
+
+void
+store_set_sync_full(struct store *s, bool full)
+{
+	pthread_mutex_lock(&s->mu);
+	sqlite3_exec(s->db, full ? "PRAGMA synchronous=FULL" :
+	    "PRAGMA synchronous=NORMAL", NULL, NULL, NULL);
+	pthread_mutex_unlock(&s->mu);
+}
+
+void
+store_call_clear(struct store_call *c)
+{
+	free(c->key);
+	free(c->method);
+	free(c->chat);
+	free(c->params);
+	free(c->last_error);
+	memset(c, 0, sizeof(*c));
+}
+
+void
+store_calls_free(struct store_call *calls, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		store_call_clear(&calls[i]);
+	free(calls);
+}
+
+static char *
+col_text(sqlite3_stmt *st, int i)
+{
+	const unsigned char *t = sqlite3_column_text(st, i);
+
+	return t != NULL ? xstrdup((const char *)t) : NULL;
+}
+
+static void
+row_to_call(sqlite3_stmt *st, struct store_call *c)
+{
+	c->id = sqlite3_column_int64(st, 0);
+	c->key = col_text(st, 1);
+	c->method = col_text(st, 2);
+	c->chat = col_text(st, 3);
+	c->params = col_text(st, 4);
+	c->attempts = sqlite3_column_int(st, 5);
+	c->created_ms = sqlite3_column_int64(st, 6);
+	c->not_before_ms = sqlite3_column_int64(st, 7);
+	c->last_error = col_text(st, 8);
+	c->state = (enum store_call_state)sqlite3_column_int(st, 9);
+}
+
+/* Runs a query that yields call rows; returns the count or -1. */
+static long
+query_calls(struct store *s, const char *sql, int64_t a, int64_t b,
+    size_t max, struct store_call **out, char *err, size_t errlen)
+{
+	sqlite3_stmt *st = NULL;
+	struct store_call *calls = NULL;
+	size_t n = 0, cap = 0;
+	int rc;
+
+	*out = NULL;
+	pthread_mutex_lock(&s->mu);
+	if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK)
+		goto fail;
+	sqlite3_bind_int64(st, 1, a);
+	sqlite3_bind_int64(st, 2, b);
+	sqlite3_bind_int64(st, 3, (sqlite3_int64)max);
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		if (n == cap) {
+			cap = cap ? cap * 2 : 64;
+			calls = xrealloc(calls, cap * sizeof(*calls));
+		}
+		memset(&calls[n], 0, sizeof(calls[n]));
+		row_to_call(st, &calls[n++]);
+	}
+	if (rc != SQLITE_DONE)
+		goto fail;
+	sqlite3_finalize(st);
+	pthread_mutex_unlock(&s->mu);
+	*out = calls;
+	return (long)n;
+fail:
+	errf(err, errlen, "store: %s", sqlite3_errmsg(s->db));
+	sqlite3_finalize(st);
+	pthread_mutex_unlock(&s->mu);
+	store_calls_free(calls, n);
+	return -1;
+}
+
+/* BEGIN IMMEDIATE takes the write lock at once, so a second process (a
+ * broadcast being queued) makes us wait for busy_timeout rather than fail
+ * half-way. */
+static int
+begin(struct store *s)
+{
+	return sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) ==
+	    SQLITE_OK ? 0 : -1;
+}
+
+static int
+commit(struct store *s, int ok)
+{
+	if (ok == 0 && sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL) ==
+	    SQLITE_OK)
+		return 0;
+	sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+	return -1;
+}
+
+int
+store_calls_add(struct store *s, const struct store_call *calls, size_t n,
+    size_t *added, char *err, size_t errlen)
+{
+	sqlite3_stmt *st = NULL;
+	size_t count = 0;
+	int ok = -1;
+
+	pthread_mutex_lock(&s->mu);
+	if (begin(s) == -1)
+		goto out;
+	if (sqlite3_prepare_v2(s->db, "INSERT OR IGNORE INTO calls(key, "
+	    "method, chat, params, created, not_before) VALUES (?, ?, ?, ?, "
+	    "?, ?)", -1, &st, NULL) != SQLITE_OK)
+		goto out;
+	for (size_t i = 0; i < n; i++) {
+		const struct store_call *c = &calls[i];
+
+		sqlite3_reset(st);
+		sqlite3_bind_text(st, 1, c->key, -1, SQLITE_STATIC);
+		sqlite3_bind_text(st, 2, c->method, -1, SQLITE_STATIC);
+		sqlite3_bind_text(st, 3, c->chat, -1, SQLITE_STATIC);
+		sqlite3_bind_text(st, 4, c->params, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(st, 5, c->created_ms);
+		sqlite3_bind_int64(st, 6, c->not_before_ms);
+		if (sqlite3_step(st) != SQLITE_DONE)
+			goto out;
+		count += (size_t)sqlite3_changes(s->db);
+	}
+	ok = 0;
+out:
+	if (ok == -1)
+		errf(err, errlen, "store: queueing %zu call(s): %s", n,
+		    sqlite3_errmsg(s->db));
+	sqlite3_finalize(st);
+	if (commit(s, ok) == -1 && ok == 0) {
+		errf(err, errlen, "store: commit: %s", sqlite3_errmsg(s->db));
+		ok = -1;
+	}
+	pthread_mutex_unlock(&s->mu);
+	if (added != NULL)
+		*added = ok == 0 ? count : 0;
+	return ok;
+}
+
+long
+store_calls_pending(struct store *s, int64_t after, size_t max,
+    struct store_call **out, char *err, size_t errlen)
+{
+	return query_calls(s, "SELECT " COLS " FROM calls WHERE state = 0 AND "
+	    "id > ?1 AND ?2 = ?2 ORDER BY id LIMIT ?3", after, 0, max, out,
+	    err, errlen);
+}
+
+int
+store_calls_update(struct store *s, const struct store_outcome *o, size_t n,
+    char *err, size_t errlen)
+{
+	sqlite3_stmt *st = NULL;
+	int ok = -1;
+
+	if (n == 0)
+		return 0;
+	pthread_mutex_lock(&s->mu);
+	if (begin(s) == -1)
+		goto out;
+	if (sqlite3_prepare_v2(s->db, "UPDATE calls SET state = ?, attempts = "
+	    "?, not_before = ?, last_error = coalesce(?, last_error), "
+	    "finished = CASE WHEN ?1 = 0 THEN NULL ELSE ? END WHERE id = ?",
+	    -1, &st, NULL) != SQLITE_OK)
+		goto out;
+	for (size_t i = 0; i < n; i++) {
+		sqlite3_reset(st);
+		sqlite3_bind_int(st, 1, (int)o[i].state);
+		sqlite3_bind_int(st, 2, o[i].attempts);
+		sqlite3_bind_int64(st, 3, o[i].not_before_ms);
+		sqlite3_bind_text(st, 4, o[i].error, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(st, 5, wall_ms());
+		sqlite3_bind_int64(st, 6, o[i].id);
+		if (sqlite3_step(st) != SQLITE_DONE)
+			goto out;
+	}
+	ok = 0;
+out:
+	if (ok == -1)
+		errf(err, errlen, "store: recording %zu outcome(s): %s", n,
+		    sqlite3_errmsg(s->db));
+	sqlite3_finalize(st);
+	if (commit(s, ok) == -1 && ok == 0) {
+		errf(err, errlen, "store: commit: %s", sqlite3_errmsg(s->db));
+		ok = -1;
+	}
+	pthread_mutex_unlock(&s->mu);
+	return ok;
+}
+
+/* One statement with int64 bindings; returns changes or -1. */
+static long
+exec_changes(struct store *s, const char *sql, const char *text, int64_t a,
+    int64_t b, char *err, size_t errlen)
+{
+	sqlite3_stmt *st = NULL;
+	long n = -1;
+
+	pthread_mutex_lock(&s->mu);
+	if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) == SQLITE_OK) {
+		sqlite3_bind_text(st, 1, text, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(st, 2, a);
+		sqlite3_bind_int64(st, 3, b);
+		if (sqlite3_step(st) == SQLITE_DONE)
+			n = sqlite3_changes(s->db);
+	}
+	if (n == -1)
+		errf(err, errlen, "store: %s", sqlite3_errmsg(s->db));
+	sqlite3_finalize(st);
+	pthread_mutex_unlock(&s->mu);
+	return n;
+}
+
+long
+store_calls_rechat(struct store *s, const char *from, int64_t to, char *err,
+    size_t errlen)
+{
+	return exec_changes(s, "UPDATE calls SET chat = CAST(?2 AS TEXT), "
+	    "params = json_set(params, '$.chat_id', ?2) WHERE state = 0 AND "
+	    "chat = ?1 AND ?3 = ?3", from, to, 0, err, errlen);
+}
+
+long
+store_calls_list(struct store *s, enum store_call_state state, size_t max,
+    struct store_call **out, char *err, size_t errlen)
+{
+	return query_calls(s, "SELECT " COLS " FROM calls WHERE state = ?1 AND "
+	    "?2 = ?2 ORDER BY id LIMIT ?3", state, 0, max, out, err, errlen);
+}
+
+long
+store_calls_count(struct store *s, enum store_call_state state,
+    int64_t *oldest_ms)
+{
+	sqlite3_stmt *st = NULL;
+	long n = -1;
+
+	pthread_mutex_lock(&s->mu);
+	if (sqlite3_prepare_v2(s->db, "SELECT count(*), coalesce(min(created), "
+	    "0) FROM calls WHERE state = ?", -1, &st, NULL) == SQLITE_OK) {
+		sqlite3_bind_int(st, 1, (int)state);
+		if (sqlite3_step(st) == SQLITE_ROW) {
+			n = (long)sqlite3_column_int64(st, 0);
+			if (oldest_ms != NULL)
+				*oldest_ms = sqlite3_column_int64(st, 1);
+		}
+	}
+	sqlite3_finalize(st);
+	pthread_mutex_unlock(&s->mu);
+	return n;
+}
+
+long
+store_calls_retry_dead(struct store *s, int64_t id, char *err, size_t errlen)
+{
+	/* Dead calls come back as new rows (new ids), so that a running
+	 * sender, which reads pending calls by increasing id, sees them; the
+	 * dead row goes first, as it holds the call's unique key. */
+	static const char *const steps[] = {
+		"DROP TABLE IF EXISTS temp.retry",
+		"CREATE TEMP TABLE retry AS SELECT id, key, method, chat, params "
+		"FROM calls WHERE state = 2 AND (?1 = 0 OR id = ?1)",
+		"DELETE FROM calls WHERE id IN (SELECT id FROM temp.retry)",
+		"INSERT INTO calls(key, method, chat, params, created, "
+		"not_before) SELECT key, method, chat, params, ?2, ?2 FROM "
+		"temp.retry ORDER BY id",
+	};
+	long n = -1;
+	int ok = -1;
+
+	pthread_mutex_lock(&s->mu);
+	if (begin(s) == -1)
+		goto out;
+	for (size_t i = 0; i < nitems(steps); i++) {
+		sqlite3_stmt *st = NULL;
+		int idx, rc;
+
+		if (sqlite3_prepare_v2(s->db, steps[i], -1, &st, NULL) !=
+		    SQLITE_OK)
+			goto out;
+		if ((idx = sqlite3_bind_parameter_index(st, "?1")) > 0)
+			sqlite3_bind_int64(st, idx, id);
+		if ((idx = sqlite3_bind_parameter_index(st, "?2")) > 0)
+			sqlite3_bind_int64(st, idx, wall_ms());
+		rc = sqlite3_step(st);
+		sqlite3_finalize(st);
+		if (rc != SQLITE_DONE)
+			goto out;
+		n = sqlite3_changes(s->db);
+	}
+	ok = 0;
+out:
+	if (ok == -1)
+		errf(err, errlen, "store: %s", sqlite3_errmsg(s->db));
+	sqlite3_exec(s->db, "DROP TABLE IF EXISTS temp.retry", NULL, NULL,
+	    NULL);
+	if (commit(s, ok) == -1)
+		n = -1;
+	pthread_mutex_unlock(&s->mu);
+	return n;
+}
+
+long
+store_calls_purge(struct store *s, enum store_call_state state,
+    int64_t before_ms, char *err, size_t errlen)
+{
+	return exec_changes(s, "DELETE FROM calls WHERE ?1 IS NULL AND "
+	    "state = ?2 AND finished < ?3", NULL, state, before_ms, err,
+	    errlen);
 }

@@ -8,6 +8,7 @@
 #ifndef TGW_STORE_H
 #define TGW_STORE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -29,6 +30,79 @@ int store_secret_put(struct store *s, const char *name, const char *value,
  * returns it.  NULL with err on failure. */
 char *store_secret_ensure(struct store *s, const char *name, size_t bytes,
     char *err, size_t errlen);
+
+/* Durability of each commit: false = WAL with synchronous=NORMAL (survives
+ * a crash of the process), true = FULL (survives power loss: every commit
+ * is fsynced before it returns). */
+void store_set_sync_full(struct store *s, bool full);
+
+/*
+ * The outbox: Bot API calls waiting to be delivered.
+ */
+enum store_call_state {
+	STORE_CALL_PENDING = 0,
+	STORE_CALL_DELIVERED = 1,
+	STORE_CALL_DEAD = 2,
+};
+
+struct store_call {
+	int64_t id;
+	char *key;		/* idempotency key ("u:<update>:<n>"), or NULL */
+	char *method;
+	char *chat;		/* the chat_id as text, or NULL */
+	char *params;		/* JSON object without "method" */
+	int attempts;
+	int64_t created_ms;	/* wall clock */
+	int64_t not_before_ms;	/* no attempt before this (wall clock) */
+	char *last_error;	/* or NULL */
+	enum store_call_state state;
+};
+
+void store_call_clear(struct store_call *c);
+void store_calls_free(struct store_call *calls, size_t n);
+
+/* Adds calls in one transaction; a call whose key is already queued (or
+ * was delivered recently) is skipped.  *added (if not NULL) counts the new
+ * ones.  0 or -1 with err: then nothing was added. */
+int store_calls_add(struct store *s, const struct store_call *calls, size_t n,
+    size_t *added, char *err, size_t errlen);
+/* Up to max pending calls with id > after, in id order, into *out (free
+ * with store_calls_free).  Returns the count, or -1 with err. */
+long store_calls_pending(struct store *s, int64_t after, size_t max,
+    struct store_call **out, char *err, size_t errlen);
+
+/* What became of a call: delivered, dead (with error), or pending again
+ * (attempts, not_before, error). */
+struct store_outcome {
+	int64_t id;
+	enum store_call_state state;
+	int attempts;
+	int64_t not_before_ms;
+	const char *error;
+};
+
+/* Records outcomes in one transaction.  0 or -1 with err. */
+int store_calls_update(struct store *s, const struct store_outcome *o,
+    size_t n, char *err, size_t errlen);
+/* A group became a supergroup: every pending call to chat `from` now goes
+ * to `to` (chat_id rewritten).  Returns how many, or -1 with err. */
+long store_calls_rechat(struct store *s, const char *from, int64_t to,
+    char *err, size_t errlen);
+
+/* Operator views.  Lists up to max calls in `state`, oldest first. */
+long store_calls_list(struct store *s, enum store_call_state state,
+    size_t max, struct store_call **out, char *err, size_t errlen);
+/* Counts calls in state; *oldest_ms gets the oldest one's creation time
+ * (0 if none). -1 on error. */
+long store_calls_count(struct store *s, enum store_call_state state,
+    int64_t *oldest_ms);
+/* Queues dead calls again (id, or 0 for all) as new pending calls.
+ * Returns how many, or -1 with err. */
+long store_calls_retry_dead(struct store *s, int64_t id, char *err,
+    size_t errlen);
+/* Deletes calls in state finished before before_ms.  Count or -1. */
+long store_calls_purge(struct store *s, enum store_call_state state,
+    int64_t before_ms, char *err, size_t errlen);
 
 /* Keeps an update whose handler failed. 0 or -1 with err. */
 int store_dead_update(struct store *s, int64_t update_id, const char *handler,

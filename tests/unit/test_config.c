@@ -172,7 +172,7 @@ test_values(void **state)
 	assert_int_equal(ms, 3600000);
 	assert_int_equal(config_parse_duration("-1s", &ms, err, sizeof(err)),
 	    -1);
-	assert_int_equal(config_parse_duration("1d", &ms, err, sizeof(err)),
+	assert_int_equal(config_parse_duration("1w", &ms, err, sizeof(err)),
 	    -1);
 	assert_int_equal(config_parse_duration("99999999999h", &ms, err,
 	    sizeof(err)), -1);

@@ -1,0 +1,296 @@
+/*
+ * ops.c: operator commands.  They speak to the store only, never to the
+ * Bot API: the daemon's sender delivers what they queue (it looks for new
+ * rows every second).
+ */
+#include "ops.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <openssl/evp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "calls.h"
+#include "outbox.h"
+#include "store.h"
+#include "util.h"
+
+#define LIST_MAX 200
+#define BATCH 1000
+
+static void
+age(int64_t created_ms, char *out, size_t len)
+{
+	int64_t s = (wall_ms() - created_ms) / 1000;
+
+	if (s < 120)
+		snprintf(out, len, "%" PRId64 "s", s);
+	else if (s < 7200)
+		snprintf(out, len, "%" PRId64 "m", s / 60);
+	else if (s < 172800)
+		snprintf(out, len, "%" PRId64 "h", s / 3600);
+	else
+		snprintf(out, len, "%" PRId64 "d", s / 86400);
+}
+
+static int
+list(struct store *s, enum store_call_state st, const char *title, FILE *out)
+{
+	struct store_call *calls;
+	char err[256], a[32];
+	int64_t oldest;
+	long total = store_calls_count(s, st, &oldest), n;
+
+	if (total < 0 || (n = store_calls_list(s, st, LIST_MAX, &calls, err,
+	    sizeof(err))) < 0) {
+		fprintf(stderr, "tgwebhookd: %s\n", total < 0 ? "store: cannot "
+		    "count calls" : err);
+		return -1;
+	}
+	fprintf(out, "%s: %ld\n", title, total);
+	if (n > 0)
+		fprintf(out, "  %8s %-20s %-16s %8s %6s  %s\n", "id", "method",
+		    "chat", "attempts", "age", "last error");
+	for (long i = 0; i < n; i++) {
+		age(calls[i].created_ms, a, sizeof(a));
+		fprintf(out, "  %8" PRId64 " %-20.20s %-16.16s %8d %6s  %s\n",
+		    calls[i].id, calls[i].method, calls[i].chat ? calls[i].chat :
+		    "-", calls[i].attempts, a, calls[i].last_error ?
+		    calls[i].last_error : "");
+	}
+	if (total > n)
+		fprintf(out, "  ... and %ld more\n", total - n);
+	store_calls_free(calls, (size_t)n);
+	return 0;
+}
+
+int
+ops_outbox(struct store *s, FILE *out)
+{
+	if (list(s, STORE_CALL_PENDING, "pending", out) == -1 ||
+	    list(s, STORE_CALL_DEAD, "dead letters", out) == -1)
+		return 1;
+	return 0;
+}
+
+int
+ops_retry_dead(struct store *s, const char *which, FILE *out)
+{
+	char err[256];
+	int64_t id = 0;
+	long n;
+
+	if (strcmp(which, "all") != 0) {
+		char *end;
+
+		errno = 0;
+		id = strtoll(which, &end, 10);
+		if (*which == '\0' || *end != '\0' || errno != 0 || id <= 0) {
+			fprintf(stderr, "tgwebhookd: --retry-dead takes a call "
+			    "id (see --outbox) or 'all', not '%s'\n", which);
+			return 2;
+		}
+	}
+	if ((n = store_calls_retry_dead(s, id, err, sizeof(err))) < 0) {
+		fprintf(stderr, "tgwebhookd: %s\n", err);
+		return 1;
+	}
+	if (n == 0 && id != 0) {
+		fprintf(stderr, "tgwebhookd: no dead letter %" PRId64 "\n", id);
+		return 1;
+	}
+	fprintf(out, "%ld dead letter(s) queued again\n", n);
+	return 0;
+}
+
+int
+ops_purge_dead(struct store *s, uint64_t age_ms, FILE *out)
+{
+	char err[256];
+	long n = store_calls_purge(s, STORE_CALL_DEAD, wall_ms() -
+	    (int64_t)age_ms, err, sizeof(err));
+
+	if (n < 0) {
+		fprintf(stderr, "tgwebhookd: %s\n", err);
+		return 1;
+	}
+	fprintf(out, "%ld dead letter(s) deleted\n", n);
+	return 0;
+}
+
+static bool
+chat_id_valid(const char *s)
+{
+	if (*s == '@') {
+		size_t n = strlen(s + 1);
+
+		if (n < 4 || n > 32)
+			return false;
+		for (s++; *s != '\0'; s++)
+			if (!isalnum((unsigned char)*s) && *s != '_')
+				return false;
+		return true;
+	}
+	if (*s == '-')
+		s++;
+	return str_is_digits(s) && strlen(s) <= 19;
+}
+
+int
+ops_broadcast_line(const char *line, const char *text, const char *key,
+    struct store_call *row, char *err, size_t errlen)
+{
+	char *copy = xstrdup(line), *t = str_trim(copy);
+	json_t *call = NULL;
+	int rc = -1;
+
+	if (*t == '\0' || *t == '#') {
+		rc = 0;
+		goto out;
+	}
+	if (*t == '{') {
+		json_error_t jerr;
+
+		if ((call = json_loads(t, JSON_REJECT_DUPLICATES, &jerr)) ==
+		    NULL) {
+			errf(err, errlen, "not JSON: %s", jerr.text);
+			goto out;
+		}
+	} else {
+		if (!chat_id_valid(t)) {
+			errf(err, errlen, "'%.40s' is neither a JSON call nor a "
+			    "chat id", t);
+			goto out;
+		}
+		if (text == NULL) {
+			errf(err, errlen, "a chat id needs --text to send it");
+			goto out;
+		}
+		call = json_pack("{ss ss}", "method", "sendMessage", "text",
+		    text);
+		if (*t == '@')
+			json_object_set_new(call, "chat_id", json_string(t));
+		else
+			json_object_set_new(call, "chat_id", json_integer(
+			    (json_int_t)strtoll(t, NULL, 10)));
+	}
+	if (outbox_call_row(call, key, row, err, errlen) == 0)
+		rc = 1;
+out:
+	json_decref(call);
+	free(copy);
+	return rc;
+}
+
+/* SHA-256 of the file and the text, hex: the broadcast's identity. */
+static int
+broadcast_id(const char *path, const char *text, char *id, size_t idlen,
+    size_t *lines, FILE *diag)
+{
+	EVP_MD_CTX *md = EVP_MD_CTX_new();
+	unsigned char h[EVP_MAX_MD_SIZE];
+	unsigned hlen = 0;
+	char *line = NULL, err[256];
+	size_t cap = 0, lineno = 0, calls = 0;
+	int bad = 0;
+	ssize_t n;
+	FILE *f;
+
+	if ((f = fopen(path, "r")) == NULL) {
+		fprintf(diag, "tgwebhookd: %s: %s\n", path, strerror(errno));
+		EVP_MD_CTX_free(md);
+		return -1;
+	}
+	EVP_DigestInit_ex(md, EVP_sha256(), NULL);
+	if (text != NULL)
+		EVP_DigestUpdate(md, text, strlen(text) + 1);
+	while ((n = getline(&line, &cap, f)) != -1) {
+		struct store_call row;
+		int rc;
+
+		lineno++;
+		EVP_DigestUpdate(md, line, (size_t)n);
+		rc = ops_broadcast_line(line, text, NULL, &row, err,
+		    sizeof(err));
+		if (rc == -1) {
+			fprintf(diag, "%s:%zu: %s\n", path, lineno, err);
+			bad++;
+		} else if (rc == 1) {
+			calls++;
+			store_call_clear(&row);
+		}
+	}
+	free(line);
+	fclose(f);
+	EVP_DigestFinal_ex(md, h, &hlen);
+	EVP_MD_CTX_free(md);
+	for (unsigned i = 0; i < 8 && 2 * i + 2 < idlen; i++)
+		snprintf(id + 2 * i, idlen - 2 * i, "%02x", h[i]);
+	*lines = calls;
+	return bad > 0 ? -1 : 0;
+}
+
+int
+ops_broadcast(struct store *s, const char *path, const char *text,
+    uint64_t over_ms, FILE *out)
+{
+	struct store_call *rows = xcalloc(BATCH, sizeof(*rows));
+	char id[32], err[256], *line = NULL;
+	size_t total, lineno = 0, i = 0, m = 0, added = 0, queued;
+	int64_t start = wall_ms();
+	size_t cap = 0;
+	FILE *f = NULL;
+	int rc = 1;
+
+	if (broadcast_id(path, text, id, sizeof(id), &total, stderr) == -1)
+		goto out;
+	if (total == 0) {
+		fprintf(stderr, "tgwebhookd: %s holds no calls\n", path);
+		goto out;
+	}
+	if ((f = fopen(path, "r")) == NULL) {
+		fprintf(stderr, "tgwebhookd: %s: %s\n", path, strerror(errno));
+		goto out;
+	}
+	while (getline(&line, &cap, f) != -1) {
+		char key[64];
+
+		lineno++;
+		snprintf(key, sizeof(key), "b:%s:%zu", id, lineno);
+		if (ops_broadcast_line(line, text, key, &rows[m], err,
+		    sizeof(err)) != 1)
+			continue;
+		/* Evenly over the window: call i of n at start + i*W/n. */
+		rows[m].not_before_ms = start + (int64_t)(over_ms * i / total);
+		i++;
+		if (++m == BATCH) {
+			if (store_calls_add(s, rows, m, &queued, err,
+			    sizeof(err)) == -1)
+				goto fail;
+			added += queued;
+			store_calls_free(rows, m);
+			rows = xcalloc(BATCH, sizeof(*rows));
+			m = 0;
+		}
+	}
+	if (m > 0 && store_calls_add(s, rows, m, &queued, err, sizeof(err)) ==
+	    -1)
+		goto fail;
+	added += m > 0 ? queued : 0;
+	fprintf(out, "broadcast %s: %zu call(s), %zu queued now, %zu were "
+	    "queued before%s\n", id, total, added, total - added,
+	    over_ms > 0 ? ", spread over the window given" : "");
+	rc = 0;
+	goto out;
+fail:
+	fprintf(stderr, "tgwebhookd: %s (%zu call(s) were queued; run the "
+	    "same command again to queue the rest)\n", err, added);
+out:
+	if (f != NULL)
+		fclose(f);
+	free(line);
+	store_calls_free(rows, m);
+	return rc;
+}

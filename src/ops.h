@@ -1,0 +1,37 @@
+/*
+ * ops.h: operator commands on the store, run from the command line while
+ * the daemon runs or not (SQLite serialises the writers): list the outbox,
+ * re-queue or purge dead letters, queue a broadcast.
+ */
+#ifndef TGW_OPS_H
+#define TGW_OPS_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+struct store;
+struct store_call;
+
+/* Prints pending and dead calls (method, chat, attempts, last error,
+ * age).  Returns the exit status. */
+int ops_outbox(struct store *s, FILE *out);
+/* Re-queues dead calls: "all" or an id.  Returns the exit status. */
+int ops_retry_dead(struct store *s, const char *which, FILE *out);
+/* Deletes dead calls older than age_ms.  Returns the exit status. */
+int ops_purge_dead(struct store *s, uint64_t age_ms, FILE *out);
+
+/* Parses one line of a broadcast file into a call row keyed `key`: a JSON
+ * call ({"method": ...}), or a chat id (123, -100123, @channel) that gets
+ * sendMessage with `text` (NULL: chat ids are an error).  Returns 1 for a
+ * call, 0 for a blank or comment line, -1 with err. */
+int ops_broadcast_line(const char *line, const char *text, const char *key,
+    struct store_call *row, char *err, size_t errlen);
+/* Queues one call per line of path, spread evenly over over_ms (0: as
+ * fast as the limits allow).  Keyed by the file's content, so running it
+ * again after an interruption queues only what is missing.  Every bad
+ * line is reported as path:line: ... and nothing is queued then.
+ * Returns the exit status. */
+int ops_broadcast(struct store *s, const char *path, const char *text,
+    uint64_t over_ms, FILE *out);
+
+#endif
