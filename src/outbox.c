@@ -384,10 +384,12 @@ flush_outcomes(struct outbox *o)
 
 /* ---- sending ---- */
 
+/* The global pace: 1/rate apart, plus 1% so that delays on the way
+ * cannot squeeze rate+1 calls into one of Telegram's seconds. */
 static uint64_t
 pace_us(const struct outbox *o)
 {
-	return (uint64_t)(1000000.0 * o->slow / (double)o->o.rate);
+	return (uint64_t)(1010000.0 * o->slow / (double)o->o.rate);
 }
 
 static void
@@ -397,13 +399,6 @@ start(struct outbox *o, struct chat *c, uint64_t now)
 
 	c->busy = true;
 	c->last_used = now;
-	if (c->id != NULL && is_message(it->method)) {
-		c->next_ok = now + o->o.chat_interval_ms;
-		if (c->window != NULL) {
-			c->window[c->wpos] = now;
-			c->wpos = (c->wpos + 1) % (size_t)o->o.group_per_minute;
-		}
-	}
 	heap_update(o, c);
 	botapi_multi_start(o->api, (uint64_t)(uintptr_t)it, it->method,
 	    it->params);
@@ -528,6 +523,17 @@ completed(struct outbox *o, struct item *it, struct botapi_result *r)
 	const char *chat = c->id != NULL ? c->id : "-";
 
 	c->busy = false;
+	/* A chat's pace counts from the answer, not the request: the next
+	 * message then reaches Telegram at least chat_interval after this
+	 * one did, whatever the network delays. */
+	if (c->id != NULL && is_message(it->method)) {
+		c->last_used = now;
+		c->next_ok = now + o->o.chat_interval_ms;
+		if (c->window != NULL) {
+			c->window[c->wpos] = now;
+			c->wpos = (c->wpos + 1) % (size_t)o->o.group_per_minute;
+		}
+	}
 	switch (r->status) {
 	case BOTAPI_OK:
 		outcome(o, it, STORE_CALL_DELIVERED, NULL);

@@ -81,6 +81,13 @@ class Emulator:
         self._conn = None
         self._conn_lock = threading.Lock()
         self.httpd = None
+        # Telegram's limits, enforced when set: sends to one chat at least
+        # 1 s apart, 20 a minute to a group, 30 a second in all; a call
+        # over a limit gets 429 with retry_after, counted in .violations.
+        self.enforce_limits = False
+        self.violations = 0
+        self.sends = []             # (time, chat) of accepted sends
+        self.latency = 0.0          # seconds each call takes
 
     # ---- Bot API half -------------------------------------------------
     def start(self):
@@ -213,8 +220,38 @@ class Emulator:
             status, obj = scripted[0], scripted[1]
             headers = scripted[2] if len(scripted) > 2 else None
             return self._reply(req, status, obj, headers)
+        if self.latency:
+            time.sleep(self.latency)
+        if self.enforce_limits and method.lower().startswith(
+                ("send", "forward", "copy")):
+            limited = self._over_limit(str(params.get("chat_id")))
+            if limited:
+                with self.cv:
+                    self.violations += 1
+                return self._reply(req, *self._error(
+                    429, "Too Many Requests: retry after %d" % limited,
+                    {"retry_after": limited})[:2],
+                    {"Retry-After": limited})
         status, obj, headers = self._method(method.lower(), params, files)
         self._reply(req, status, obj, headers)
+
+    def _over_limit(self, chat):
+        """Seconds to wait if this send breaks a limit, else 0 (and the
+        send is counted)."""
+        now = time.time()
+        # 20 ms of tolerance for when this thread got to the request
+        with self.cv:
+            last_second = [t for t, _ in self.sends if now - t < 0.98]
+            if len(last_second) >= 30:
+                return 1
+            mine = [t for t, c in self.sends if c == chat]
+            if mine and now - mine[-1] < 0.98:
+                return 1
+            if chat.startswith(("-", "@")) and \
+                    len([t for t in mine if now - t < 60.0]) >= 20:
+                return 60 - int(now - mine[-20])
+            self.sends.append((now, chat))
+            return 0
 
     def _error(self, code, desc, params=None):
         obj = {"ok": False, "error_code": code, "description": desc}

@@ -1,0 +1,268 @@
+"""The durable outbox: rate limits, retries, migration, dead letters,
+crashes, broadcasts and the operator commands."""
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import time
+
+from harness import Daemon, binary, message
+
+
+def calls_script(d, n, text="m"):
+    """An exec handler printing n sendMessage calls to the update's
+    chat."""
+    path = os.path.join(d.dir, "calls")
+    with open(path, "w") as f:
+        f.write("#!/bin/sh\ncat >/dev/null\ni=1\nwhile [ $i -le %d ]; do\n"
+                "printf '{\"method\":\"sendMessage\",\"chat_id\":%%s,"
+                "\"text\":\"%s%%s-%%s\"}\\n' \"$TGW_CHAT_ID\" "
+                "\"$TGW_UPDATE_ID\" $i\ni=$((i+1))\ndone\n" % (n, text))
+    os.chmod(path, 0o700)
+    return path
+
+
+def outbox_daemon(n=3, outbox="", webhook=""):
+    d = Daemon("", webhook=webhook, extra="[outbox]\n" + outbox,
+               start=False)
+    with open(d.conf, "a") as f:
+        f.write("[handler.calls]\nexec = %s\n" % calls_script(d, n))
+    d.start()
+    return d
+
+
+def texts(d, method="sendMessage"):
+    return [c.params.get("text") for c in d.emu.calls_of(method)]
+
+
+def run(d, *args):
+    return subprocess.run([binary(), "-c", d.conf] + list(args),
+                          capture_output=True, env=d.env, timeout=30,
+                          text=True)
+
+
+def rows(d, where="1"):
+    db = sqlite3.connect(os.path.join(d.store, "tgwebhookd.db"))
+    try:
+        return db.execute("SELECT method, chat, state, attempts, last_error "
+                          "FROM calls WHERE " + where + " ORDER BY id"
+                          ).fetchall()
+    finally:
+        db.close()
+
+
+def test_followups_delivered_in_order():
+    with outbox_daemon(4) as d:
+        status, _, _, body = d.deliver(message("x", 7))
+        assert json.loads(body)["text"] == "m7-1"
+        d.emu.wait_calls("sendMessage", 3)
+        assert texts(d) == ["m7-2", "m7-3", "m7-4"]
+        sent = d.emu.calls_of("sendMessage")
+        # one chat: about a second apart, in order
+        assert sent[1].time - sent[0].time >= 0.95
+        assert sent[2].time - sent[1].time >= 0.95
+        d.wait_log("update 7: message: handler calls: inline sendMessage, "
+                   "3 follow-ups")
+
+
+def test_429_retry_after_honoured():
+    with outbox_daemon(2) as d:
+        d.emu.script("sendMessage", (429, {
+            "ok": False, "error_code": 429,
+            "description": "Too Many Requests: retry after 2",
+            "parameters": {"retry_after": 2}}, {"Retry-After": "2"}))
+        d.deliver(message("x", 1))
+        sent = d.emu.wait_calls("sendMessage", 2, timeout=10)
+        assert sent[1].time - sent[0].time >= 1.95
+        assert texts(d) == ["m1-2", "m1-2"]
+        d.wait_log("Too Many Requests: retry after 2; waiting 2s")
+
+
+def test_5xx_and_timeouts_retried_with_backoff():
+    with outbox_daemon(2) as d:
+        d.emu.script("sendMessage",
+                     (502, {"ok": False, "error_code": 502,
+                            "description": "Bad Gateway"}),
+                     "hang", "garbage")
+        d.deliver(message("x", 1))
+        sent = d.emu.wait_calls("sendMessage", 4, timeout=25)
+        assert [c.params["text"] for c in sent] == ["m1-2"] * 4
+        log = d.log()
+        assert "failed (attempt 1): Bad Gateway" in log
+        assert "(attempt 2): sendMessage: Operation timed out" in log or \
+            "(attempt 2): sendMessage: Timeout" in log, log[-2000:]
+        assert "(attempt 3): the Bot API answered HTTP 200 without a Bot " \
+            "API JSON envelope" in log
+        deadline = time.time() + 5
+        while rows(d, "method = 'sendMessage'")[0][2] != 1:   # delivered
+            assert time.time() < deadline, rows(d)
+            time.sleep(0.05)
+        assert rows(d, "method = 'sendMessage'")[0][3] == 3   # attempts
+
+
+def test_migrate_to_supergroup_followed():
+    with outbox_daemon(3) as d:
+        d.emu.script("sendMessage", (400, {
+            "ok": False, "error_code": 400,
+            "description": "Bad Request: group chat was upgraded to a "
+                           "supergroup chat",
+            "parameters": {"migrate_to_chat_id": -1001234567890}}))
+        d.deliver(message("x", 3, chat_id=-4242))
+        sent = d.emu.wait_calls("sendMessage", 3, timeout=15)
+        assert sent[0].params["chat_id"] == -4242
+        assert [c.params["chat_id"] for c in sent[1:]] == [-1001234567890] * 2
+        assert [c.params["text"] for c in sent[1:]] == ["m3-2", "m3-3"]
+        d.wait_log("chat -4242 became supergroup -1001234567890")
+
+
+def test_403_dead_letter_listed_and_retried():
+    with outbox_daemon(2) as d:
+        d.emu.script("sendMessage", (403, {
+            "ok": False, "error_code": 403,
+            "description": "Forbidden: bot was blocked by the user"}))
+        d.deliver(message("x", 5))
+        d.emu.wait_calls("sendMessage", 1)
+        d.wait_log("is a dead letter: Forbidden: bot was blocked by the user")
+        out = run(d, "--outbox")
+        assert out.returncode == 0, out
+        assert "dead letters: 1" in out.stdout
+        assert "Forbidden: bot was blocked by the user" in out.stdout
+        assert "sendMessage" in out.stdout
+        out = run(d, "--retry-dead", "all")
+        assert out.returncode == 0 and "1 dead letter(s) queued again" in \
+            out.stdout, out
+        d.emu.wait_calls("sendMessage", 2, timeout=10)
+        assert texts(d) == ["m5-2", "m5-2"]
+        out = run(d, "--retry-dead", "nonsense")
+        assert out.returncode == 2
+        out = run(d, "--purge-dead", "0s")
+        assert out.returncode == 0
+
+
+def test_sigkill_loses_nothing_and_redelivery_queues_nothing_twice():
+    d = outbox_daemon(3)
+    with d:
+        # the Bot API is down: follow-ups pile up in the store
+        d.emu.script("sendMessage", *[(502, {
+            "ok": False, "error_code": 502, "description": "Bad Gateway"})]
+            * 1000)
+        for uid in (11, 12, 13):
+            assert d.deliver(message("x", uid, chat_id=uid))[0] == 200
+        d.emu.wait_calls("sendMessage", 3, timeout=10)
+        d.proc.send_signal(signal.SIGKILL)
+        d.proc.wait()
+        d.logf.close()
+        d.proc = None
+        pending = rows(d, "state = 0")
+        assert len(pending) == 6, pending
+        d.emu.scripts.clear()
+        d.emu.calls.clear()
+        d.start()
+        d.emu.wait_calls("sendMessage", 6, timeout=15)
+        want = sorted("m%d-%d" % (u, i) for u in (11, 12, 13)
+                      for i in (2, 3))
+        assert sorted(texts(d)) == want
+        # Telegram delivers update 12 again (our answer was lost): the
+        # handler runs again, its follow-ups are not queued twice
+        status, _, _, body = d.deliver(message("x", 12, chat_id=12))
+        assert json.loads(body)["text"] == "m12-1"
+        time.sleep(2.5)
+        assert sorted(texts(d)) == want
+        assert len(rows(d, "chat = '12'")) == 2
+
+
+def test_broadcast_rate_limits_zero_429():
+    """300 chats and 10 messages to one chat against an emulator that
+    enforces Telegram's limits: no 429, one-chat messages 1 s apart."""
+    d = Daemon("[handler.none]\ncommands = /none\nreply = x\n")
+    with d:
+        d.emu.enforce_limits = True
+        path = os.path.join(d.dir, "broadcast.jsonl")
+        with open(path, "w") as f:
+            f.write("# 300 chats, then 10 messages to one chat\n")
+            for chat in range(1, 301):
+                f.write(json.dumps({"method": "sendMessage",
+                                    "chat_id": 1000 + chat,
+                                    "text": "news %d" % chat}) + "\n")
+            for i in range(10):
+                f.write(json.dumps({"method": "sendMessage",
+                                    "chat_id": 77, "text": "one %d" % i})
+                        + "\n")
+        t0 = time.time()
+        out = run(d, "--broadcast", path)
+        assert out.returncode == 0, out
+        assert "310 call(s), 310 queued now" in out.stdout
+        sent = d.emu.wait_calls("sendMessage", 310, timeout=40)
+        took = time.time() - t0
+        assert d.emu.violations == 0
+        one = [c.time for c in sent if c.params["chat_id"] == 77]
+        assert len(one) == 10
+        assert all(b - a >= 0.98 for a, b in zip(one, one[1:])), one
+        assert took >= 310 / 30 - 1, took
+        # the same file again: a resume, nothing sent twice
+        out = run(d, "--broadcast", path)
+        assert "0 queued now, 310 were queued before" in out.stdout, out
+        time.sleep(1.5)
+        assert len(d.emu.calls_of("sendMessage")) == 310
+
+
+def test_broadcast_chat_ids_with_text_over_a_window():
+    d = Daemon("[handler.none]\ncommands = /none\nreply = x\n")
+    with d:
+        path = os.path.join(d.dir, "ids.txt")
+        with open(path, "w") as f:
+            f.write("101\n-100200\n@somechannel\n\n# done\n")
+        t0 = time.time()
+        out = run(d, "--broadcast", path, "--text", "Hello all",
+                  "--over", "2s")
+        assert out.returncode == 0, out
+        sent = d.emu.wait_calls("sendMessage", 3, timeout=10)
+        assert [c.params["chat_id"] for c in sent] == [101, -100200,
+                                                        "@somechannel"]
+        assert {c.params["text"] for c in sent} == {"Hello all"}
+        # spread over 2 s: the third is due 4/3 s after the start
+        assert sent[2].time - t0 >= 1.3, sent[2].time - t0
+        bad = os.path.join(d.dir, "bad.txt")
+        with open(bad, "w") as f:
+            f.write("101\nnot a chat\n{\"no\": \"method\"}\n")
+        out = run(d, "--broadcast", bad)
+        assert out.returncode == 1
+        assert "%s:1: a chat id needs --text" % bad in out.stderr
+        assert "%s:2: 'not a chat' is neither" % bad in out.stderr
+        assert "%s:3: a call needs \"method\"" % bad in out.stderr
+
+
+def test_group_window_does_not_hold_up_other_chats():
+    d = outbox_daemon(4, outbox="group_per_minute = 2\n")
+    with d:
+        d.deliver(message("x", 1, chat_id=-555))
+        d.deliver(message("y", 2, chat_id=9))
+        time.sleep(5)
+        group = [c for c in d.emu.calls_of("sendMessage")
+                 if c.params["chat_id"] == -555]
+        private = [c for c in d.emu.calls_of("sendMessage")
+                   if c.params["chat_id"] == 9]
+        assert len(group) == 2, group      # the third waits for the minute
+        assert len(private) == 3, private  # one a second, not held up
+        out = run(d, "--outbox")
+        assert "pending: 1" in out.stdout, out.stdout
+
+
+def test_sync_full_and_bad_values():
+    with outbox_daemon(2, webhook="") as d:
+        pass
+    d = Daemon("[handler.a]\nreply = x\n", extra="[outbox]\nrate = 0\n"
+               "[store]\n", start=False)
+    with d:
+        out = run(d, "-t")
+        assert out.returncode == 1
+        assert "rate: 0 is out of range 1..1000" in out.stderr
+    d = Daemon("[handler.a]\nreply = x\n", start=False)
+    with d:
+        text = open(d.conf).read().replace("[store]\n", "[store]\nsync = "
+                                           "full\n")
+        open(d.conf, "w").write(text)
+        d.start()
+        d.deliver(message("x", 1))
