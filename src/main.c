@@ -7,6 +7,7 @@
  */
 #include <errno.h>
 #include <getopt.h>
+#include <inttypes.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,6 +27,7 @@
 #include "runner.h"
 #include "server.h"
 #include "store.h"
+#include "update.h"
 #include "util.h"
 #include "webhook.h"
 
@@ -278,6 +280,48 @@ drain(struct server *srv, unsigned timeout_ms)
 		    n);
 }
 
+/* Updates answered before their handler finished, then the daemon
+ * stopped (or died): handled again, their calls queued as follow-ups. */
+static void
+replay_held(struct store *store, const struct dispatch *dispatch,
+    struct runner *runner, const struct bot_identity *id)
+{
+	struct store_update *held;
+	char err[512];
+	long n = store_updates_held(store, &held, err, sizeof(err));
+
+	if (n < 0) {
+		log_err("%s", err);
+		return;
+	}
+	for (long i = 0; i < n; i++) {
+		struct update *u = update_parse(held[i].body, held[i].len, err,
+		    sizeof(err));
+		const struct handler *h = u != NULL ? dispatch_match(dispatch,
+		    u, atomic_load(&id->username)) : NULL;
+
+		if (h == NULL || !h->kind->blocking) {
+			log_warn("update %" PRId64 ": held from the last run, "
+			    "but %s; kept as a dead letter", held[i].update_id,
+			    u == NULL ? err : "no handler that may run late "
+			    "matches it now");
+			store_dead_update(store, held[i].update_id,
+			    held[i].handler, "held at stop, not handled again",
+			    held[i].body, held[i].len, err, sizeof(err));
+			store_update_release(store, held[i].update_id, err,
+			    sizeof(err));
+			update_free(u);
+			continue;
+		}
+		log_notice("update %" PRId64 ": its handler was still running "
+		    "when the daemon stopped: handling it again (calls become "
+		    "follow-ups)", held[i].update_id);
+		runner_replay(runner, h, u, held[i].body, held[i].len);
+		held[i].body = NULL;
+	}
+	store_updates_free(held, (size_t)n);
+}
+
 static int
 run(struct config *c, const char *token)
 {
@@ -352,6 +396,7 @@ run(struct config *c, const char *token)
 	runner = runner_new((unsigned)c->handler_threads,
 	    (size_t)c->handler_threads * 32, c->reply_deadline_ms, outbox,
 	    store);
+	replay_held(store, dispatch, runner, &id);
 
 	gate_parse_listen(c->listen, &so.addr, NULL, 0);
 	so.tls = c->tls;

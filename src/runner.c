@@ -42,6 +42,9 @@ struct job {
 	bool answered;
 	char *answer;
 	bool retry;		/* the store failed: answer 503 */
+	bool held;		/* answered before the handler finished: the
+				 * update is held in the store until its calls
+				 * are queued */
 	struct job *qnext;	/* handler queue */
 	struct job *dnext;	/* deadline list */
 };
@@ -211,6 +214,34 @@ runner_start(struct runner *r, const struct handler *h, struct update *u,
 }
 
 void
+runner_replay(struct runner *r, const struct handler *h, struct update *u,
+    char *body, size_t len)
+{
+	struct job *j = xcalloc(1, sizeof(*j));
+
+	j->r = r;
+	j->h = h;
+	j->u = u;
+	j->body = body;
+	j->len = len;
+	j->start = now_ms();
+	/* Answered long ago: every call is a follow-up; the handler
+	 * thread is the only owner. */
+	j->answered = true;
+	j->held = true;
+	j->refs = 1;
+	pthread_mutex_lock(&r->mu);
+	r->pending++;
+	if (r->qtail != NULL)
+		r->qtail->qnext = j;
+	else
+		r->qhead = j;
+	r->qtail = j;
+	pthread_cond_signal(&r->work);
+	pthread_mutex_unlock(&r->mu);
+}
+
+void
 runner_go(struct job *j, void (*ready)(void *), void *arg)
 {
 	struct runner *r = j->r;
@@ -248,6 +279,44 @@ runner_finish(struct job *j, char **answer)
 	job_unref_locked(j);
 	pthread_mutex_unlock(&r->mu);
 	return rc;
+}
+
+/*
+ * The webhook is about to be answered while the handler still runs: hold
+ * the update in the store first, so that a crash before its calls are
+ * queued does not lose them (held updates are handled again at start).
+ * If the store cannot, answer 503 instead and let Telegram retry.  Runs
+ * under r->mu, so that the handler thread's release() cannot come first.
+ */
+static void
+hold(struct runner *r, struct job *j)
+{
+	char err[256];
+
+	if (r->store == NULL || j->held)
+		return;
+	if (store_update_hold(r->store, j->u->id, j->h->name, j->body, j->len,
+	    err, sizeof(err)) == -1) {
+		log_err("update %" PRId64 ": %s", j->u->id, err);
+		j->retry = true;
+		return;
+	}
+	j->held = true;
+}
+
+static void
+release(struct runner *r, struct job *j)
+{
+	char err[256];
+	bool held;
+
+	pthread_mutex_lock(&r->mu);
+	held = j->held;
+	pthread_mutex_unlock(&r->mu);
+	if (held && store_update_release(r->store, j->u->id, err,
+	    sizeof(err)) == -1)
+		log_err("update %" PRId64 ": %s (it will be handled again at "
+		    "the next start)", j->u->id, err);
 }
 
 static void *
@@ -289,6 +358,8 @@ handler_thread(void *arg)
 			j->retry = rc == -1;
 			pthread_mutex_unlock(&r->mu);
 		}
+		if (late)
+			release(r, j);
 		if (!late)
 			j->ready(j->arg);
 		pthread_mutex_lock(&r->mu);
@@ -325,10 +396,11 @@ deadline_thread(void *arg)
 			r->dtail = NULL;
 		if (!j->answered) {
 			j->answered = true;
+			hold(r, j);
 			log_info("update %" PRId64 ": handler %s still running "
-			    "at reply_deadline (%ums): answered 200, its calls "
+			    "at reply_deadline (%ums): answered %s, its calls "
 			    "will be follow-ups", j->u->id, j->h->name,
-			    r->deadline_ms);
+			    r->deadline_ms, j->retry ? "503" : "200");
 			pthread_mutex_unlock(&r->mu);
 			j->ready(j->arg);
 			pthread_mutex_lock(&r->mu);

@@ -40,6 +40,12 @@ enum runner_status runner_start(struct runner *r, const struct handler *h,
  * another thread, when its answer is known.  Call it only once the caller
  * is ready to be told (a suspended connection). */
 void runner_go(struct job *j, void (*ready)(void *arg), void *arg);
+/* Handles again an update held in the store by a previous run (answered
+ * before its handler finished, then the daemon stopped): every call it
+ * makes is a follow-up, and the hold is released once they are queued.
+ * Takes ownership of u and body. */
+void runner_replay(struct runner *r, const struct handler *h,
+    struct update *u, char *body, size_t len);
 /* After ready: hands over the inline call (or NULL) and releases the job
  * for the caller.  Returns 0, or -1 when the answer must be 503 (the
  * store could not take the follow-ups). */

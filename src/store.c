@@ -51,7 +51,12 @@ static const char schema[] =
     " not_before INTEGER NOT NULL,"
     " finished INTEGER,"
     " last_error TEXT);"
-    "CREATE INDEX IF NOT EXISTS calls_state ON calls(state, id);";
+    "CREATE INDEX IF NOT EXISTS calls_state ON calls(state, id);"
+    "CREATE TABLE IF NOT EXISTS held_updates ("
+    " update_id INTEGER PRIMARY KEY,"
+    " handler TEXT NOT NULL,"
+    " body BLOB NOT NULL,"
+    " created INTEGER NOT NULL);";
 
 struct store *
 store_open(const char *dir, char *err, size_t errlen)
@@ -556,4 +561,87 @@ store_calls_purge(struct store *s, enum store_call_state state,
 	return exec_changes(s, "DELETE FROM calls WHERE ?1 IS NULL AND "
 	    "state = ?2 AND finished < ?3", NULL, state, before_ms, err,
 	    errlen);
+}
+
+int
+store_update_hold(struct store *s, int64_t update_id, const char *handler,
+    const char *body, size_t len, char *err, size_t errlen)
+{
+	sqlite3_stmt *st = NULL;
+	int ret = -1;
+
+	pthread_mutex_lock(&s->mu);
+	if (sqlite3_prepare_v2(s->db, "INSERT OR REPLACE INTO held_updates("
+	    "update_id, handler, body, created) VALUES (?, ?, ?, ?)", -1, &st,
+	    NULL) == SQLITE_OK) {
+		sqlite3_bind_int64(st, 1, update_id);
+		sqlite3_bind_text(st, 2, handler, -1, SQLITE_STATIC);
+		sqlite3_bind_blob(st, 3, body, (int)len, SQLITE_STATIC);
+		sqlite3_bind_int64(st, 4, wall_ms());
+		if (sqlite3_step(st) == SQLITE_DONE)
+			ret = 0;
+	}
+	if (ret == -1)
+		errf(err, errlen, "store: holding update %lld: %s",
+		    (long long)update_id, sqlite3_errmsg(s->db));
+	sqlite3_finalize(st);
+	pthread_mutex_unlock(&s->mu);
+	return ret;
+}
+
+int
+store_update_release(struct store *s, int64_t update_id, char *err,
+    size_t errlen)
+{
+	return exec_changes(s, "DELETE FROM held_updates WHERE ?1 IS NULL AND "
+	    "update_id = ?2 AND ?3 = ?3", NULL, update_id, 0, err, errlen) < 0 ?
+	    -1 : 0;
+}
+
+long
+store_updates_held(struct store *s, struct store_update **out, char *err,
+    size_t errlen)
+{
+	sqlite3_stmt *st = NULL;
+	struct store_update *u = NULL;
+	size_t n = 0, cap = 0;
+	int rc = SQLITE_ERROR;
+
+	pthread_mutex_lock(&s->mu);
+	if (sqlite3_prepare_v2(s->db, "SELECT update_id, handler, body FROM "
+	    "held_updates ORDER BY created, update_id", -1, &st, NULL) ==
+	    SQLITE_OK) {
+		while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+			if (n == cap) {
+				cap = cap ? cap * 2 : 16;
+				u = xrealloc(u, cap * sizeof(*u));
+			}
+			u[n].update_id = sqlite3_column_int64(st, 0);
+			u[n].handler = col_text(st, 1);
+			u[n].len = (size_t)sqlite3_column_bytes(st, 2);
+			u[n].body = xstrndup(sqlite3_column_blob(st, 2) ?
+			    sqlite3_column_blob(st, 2) : "", u[n].len);
+			n++;
+		}
+	}
+	sqlite3_finalize(st);
+	if (rc != SQLITE_DONE) {
+		errf(err, errlen, "store: %s", sqlite3_errmsg(s->db));
+		pthread_mutex_unlock(&s->mu);
+		store_updates_free(u, n);
+		return -1;
+	}
+	pthread_mutex_unlock(&s->mu);
+	*out = u;
+	return (long)n;
+}
+
+void
+store_updates_free(struct store_update *u, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		free(u[i].handler);
+		free(u[i].body);
+	}
+	free(u);
 }

@@ -104,6 +104,26 @@ long store_calls_retry_dead(struct store *s, int64_t id, char *err,
 long store_calls_purge(struct store *s, enum store_call_state state,
     int64_t before_ms, char *err, size_t errlen);
 
+/*
+ * Updates answered before their handler finished (reply_deadline passed):
+ * held until the handler's calls are queued, so that a crash in between
+ * loses nothing: held updates are handled again at the next start.
+ */
+int store_update_hold(struct store *s, int64_t update_id, const char *handler,
+    const char *body, size_t len, char *err, size_t errlen);
+int store_update_release(struct store *s, int64_t update_id, char *err,
+    size_t errlen);
+struct store_update {
+	int64_t update_id;
+	char *handler;
+	char *body;
+	size_t len;
+};
+/* Every held update, oldest first.  Count, or -1 with err. */
+long store_updates_held(struct store *s, struct store_update **out, char *err,
+    size_t errlen);
+void store_updates_free(struct store_update *u, size_t n);
+
 /* Keeps an update whose handler failed. 0 or -1 with err. */
 int store_dead_update(struct store *s, int64_t update_id, const char *handler,
     const char *reason, const char *body, size_t len, char *err,

@@ -266,3 +266,45 @@ def test_sync_full_and_bad_values():
         open(d.conf, "w").write(text)
         d.start()
         d.deliver(message("x", 1))
+
+
+def test_late_handler_held_across_a_crash():
+    """The webhook is answered at reply_deadline while the handler still
+    runs; the daemon dies before the handler's calls are queued: at the
+    next start the update is handled again and its calls go out."""
+    d = Daemon("", webhook="reply_deadline = 200ms", start=False)
+    path = os.path.join(d.dir, "slow")
+    with open(path, "w") as f:
+        f.write("#!/bin/sh\ncat > /dev/null\nsleep 1.5\nprintf "
+                "'{\"method\":\"sendMessage\",\"chat_id\":%s,\"text\":"
+                "\"late %s\"}' \"$TGW_CHAT_ID\" \"$TGW_UPDATE_ID\"\n")
+    os.chmod(path, 0o700)
+    with open(d.conf, "a") as f:
+        f.write("[handler.slow]\nexec = %s\n" % path)
+    with d:
+        d.start()
+        status, _, _, body = d.deliver(message("x", 21))
+        assert status == 200 and body == b""
+        db = sqlite3.connect(os.path.join(d.store, "tgwebhookd.db"))
+        held = db.execute("SELECT update_id FROM held_updates").fetchall()
+        db.close()
+        assert held == [(21,)]
+        d.proc.send_signal(signal.SIGKILL)
+        d.proc.wait()
+        d.logf.close()
+        d.proc = None
+        assert d.emu.calls_of("sendMessage") == []
+        d.start()
+        sent = d.emu.wait_calls("sendMessage", 1, timeout=10)
+        assert sent[0].params["text"] == "late 21"
+        d.wait_log("update 21: its handler was still running when the "
+                   "daemon stopped")
+        deadline = time.time() + 5
+        while True:
+            db = sqlite3.connect(os.path.join(d.store, "tgwebhookd.db"))
+            n = db.execute("SELECT count(*) FROM held_updates").fetchone()[0]
+            db.close()
+            if n == 0:
+                break
+            assert time.time() < deadline
+            time.sleep(0.05)
