@@ -51,7 +51,7 @@ UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 
 .PHONY: all deps test test-run test-sanitize demo demo-run clean install \
-	uninstall bench
+	uninstall bench bench-run
 
 all: $(BUILD)/tgwebhookd
 
@@ -103,6 +103,21 @@ demo-run: $(BUILD)/tgwebhookd
 	@python3 tests/emulator/demo.py --daemon $(BUILD)/tgwebhookd \
 	    --config conf/hello.conf
 
+# Measurements, not tests (machines here are shared and noisy): figures
+# go to the terminal; quote ratios measured in one run.
+bench: deps
+	@$(MAKE) --no-print-directory bench-run
+
+bench-run: $(BUILD)/tgwebhookd $(BUILD)/bench/enqueue
+	@echo "== enqueue cost (bench/enqueue.c)"
+	@$(BUILD)/bench/enqueue
+	@echo
+	@echo "== outbox delivery at Telegram's limits (bench/outbox_delivery.py)"
+	@TGW_BUILD=$(BUILD) python3 bench/outbox_delivery.py
+
+$(BUILD)/bench/%: $(BUILD)/bench/%.o $(BUILD)/libtgw.a
+	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS)
+
 clean:
 	rm -rf build build-san
 
@@ -127,4 +142,5 @@ uninstall:
 	rm -rf $(DESTDIR)$(LIBEXECDIR)/tgwebhookd
 	@echo "kept $(DESTDIR)$(SYSCONFDIR)/tgwebhookd (configuration and token)"
 
--include $(SRCS:%.c=$(BUILD)/%.d) $(UNIT_SRCS:%.c=$(BUILD)/%.d)
+-include $(SRCS:%.c=$(BUILD)/%.d) $(UNIT_SRCS:%.c=$(BUILD)/%.d) \
+	$(wildcard $(BUILD)/bench/*.d)
