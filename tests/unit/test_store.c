@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 
 #include "store.h"
+#include "util.h"
 
 static void
 test_secrets_and_dead_letters(void **state)
@@ -57,6 +58,89 @@ test_secrets_and_dead_letters(void **state)
 	assert_int_equal(system(cmd), 0);
 }
 
+static struct store_call
+call(char *key, char *chat, char *params)
+{
+	static char method[] = "sendMessage";
+
+	return (struct store_call){ .key = key, .method = method,
+	    .chat = chat, .params = params, .created_ms = 1,
+	    .not_before_ms = 1 };
+}
+
+static void
+test_calls(void **state)
+{
+	char dir[] = "/tmp/tgw-store-test-XXXXXX", err[256], cmd[160];
+	char k1[] = "u:1:1", k2[] = "u:1:2", chat[] = "-100";
+	char p1[] = "{\"chat_id\":-100,\"text\":\"a\"}";
+	char p2[] = "{\"chat_id\":-100,\"text\":\"b\"}";
+	char p3[] = "{\"callback_query_id\":\"7\"}";
+	struct store_call rows[3], *got;
+	struct store_outcome oc[2];
+	struct store *s;
+	size_t added;
+	long n;
+
+	(void)state;
+	assert_non_null(mkdtemp(dir));
+	s = store_open(dir, err, sizeof(err));
+	rows[0] = call(k1, chat, p1);
+	rows[1] = call(k2, chat, p2);
+	rows[2] = call(NULL, NULL, p3);
+	assert_int_equal(store_calls_add(s, rows, 3, &added, err,
+	    sizeof(err)), 0);
+	assert_int_equal(added, 3);
+	/* the same keys again: nothing added (a keyless call is) */
+	assert_int_equal(store_calls_add(s, rows, 3, &added, err,
+	    sizeof(err)), 0);
+	assert_int_equal(added, 1);
+	n = store_calls_pending(s, 0, 10, &got, err, sizeof(err));
+	assert_int_equal(n, 4);
+	assert_string_equal(got[0].key, "u:1:1");
+	assert_null(got[2].chat);
+	assert_true(got[0].id < got[1].id);
+	store_calls_free(got, (size_t)n);
+	n = store_calls_pending(s, 2, 10, &got, err, sizeof(err));
+	assert_int_equal(n, 2);
+	store_calls_free(got, (size_t)n);
+
+	/* a group became a supergroup */
+	assert_int_equal(store_calls_rechat(s, "-100", -1009, err,
+	    sizeof(err)), 2);
+	n = store_calls_pending(s, 0, 10, &got, err, sizeof(err));
+	assert_string_equal(got[0].chat, "-1009");
+	assert_string_equal(got[1].params,
+	    "{\"chat_id\":-1009,\"text\":\"b\"}");
+	oc[0] = (struct store_outcome){ got[0].id, STORE_CALL_DELIVERED, 1, 0,
+		NULL };
+	oc[1] = (struct store_outcome){ got[1].id, STORE_CALL_DEAD, 1, 0,
+		"Forbidden: bot was blocked by the user" };
+	store_calls_free(got, (size_t)n);
+	assert_int_equal(store_calls_update(s, oc, 2, err, sizeof(err)), 0);
+	assert_int_equal(store_calls_count(s, STORE_CALL_PENDING, NULL), 2);
+	assert_int_equal(store_calls_count(s, STORE_CALL_DEAD, NULL), 1);
+	n = store_calls_list(s, STORE_CALL_DEAD, 10, &got, err, sizeof(err));
+	assert_int_equal(n, 1);
+	assert_string_equal(got[0].last_error,
+	    "Forbidden: bot was blocked by the user");
+	store_calls_free(got, (size_t)n);
+
+	/* a dead letter comes back as a new pending row, key kept */
+	assert_int_equal(store_calls_retry_dead(s, 0, err, sizeof(err)), 1);
+	assert_int_equal(store_calls_count(s, STORE_CALL_DEAD, NULL), 0);
+	n = store_calls_pending(s, 0, 10, &got, err, sizeof(err));
+	assert_int_equal(n, 3);		/* two keyless calls, and it: last */
+	assert_string_equal(got[2].key, "u:1:2");
+	store_calls_free(got, (size_t)n);
+	/* delivered calls are pruned after keep_delivered */
+	assert_int_equal(store_calls_purge(s, STORE_CALL_DELIVERED,
+	    wall_ms() + 1000, err, sizeof(err)), 1);
+	store_close(s);
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+	assert_int_equal(system(cmd), 0);
+}
+
 static void
 test_unwritable(void **state)
 {
@@ -72,6 +156,7 @@ main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_secrets_and_dead_letters),
+		cmocka_unit_test(test_calls),
 		cmocka_unit_test(test_unwritable),
 	};
 
