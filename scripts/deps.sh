@@ -6,7 +6,7 @@
 set -eu
 
 # pkg-config module -> Debian package
-libs="libmicrohttpd:libmicrohttpd-dev openssl:libssl-dev jansson:libjansson-dev
+libs="libmicrohttpd:libmicrohttpd-dev gnutls:libgnutls28-dev openssl:libssl-dev jansson:libjansson-dev
 libcurl:libcurl4-openssl-dev inih:libinih-dev sqlite3:libsqlite3-dev
 cmocka:libcmocka-dev"
 # command -> Debian package

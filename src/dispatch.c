@@ -7,6 +7,7 @@
 #include "dispatch.h"
 
 #include <regex.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -21,6 +22,7 @@ static const char *const match_keys[] = { "updates", "commands", "text" };
 struct dispatch {
 	struct handler *handlers;
 	size_t n;
+	atomic_int refs;
 };
 
 const char *
@@ -171,10 +173,13 @@ dispatch_new(const struct config *c, struct diag *d)
 
 	for (const struct conf_handler *h = c->handlers; h != NULL; h = h->next)
 		n++;
+	atomic_init(&t->refs, 1);
 	t->handlers = xcalloc(n, sizeof(*t->handlers));
 	for (const struct conf_handler *h = c->handlers; h != NULL; h = h->next)
 		if (build_handler(&t->handlers[t->n++], h, c, d) == -1)
 			bad = 1;
+		else
+			t->handlers[t->n - 1].table = t;
 	if (bad) {
 		dispatch_free(t);
 		return NULL;
@@ -183,14 +188,26 @@ dispatch_new(const struct config *c, struct diag *d)
 }
 
 void
-dispatch_free(struct dispatch *t)
+dispatch_ref(struct dispatch *t)
 {
-	if (t == NULL)
+	atomic_fetch_add(&t->refs, 1);
+}
+
+void
+dispatch_unref(struct dispatch *t)
+{
+	if (t == NULL || atomic_fetch_sub(&t->refs, 1) > 1)
 		return;
 	for (size_t i = 0; i < t->n; i++)
 		handler_clear(&t->handlers[i]);
 	free(t->handlers);
 	free(t);
+}
+
+void
+dispatch_free(struct dispatch *t)
+{
+	dispatch_unref(t);
 }
 
 static bool

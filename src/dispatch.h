@@ -15,7 +15,10 @@
 
 struct update;
 
+struct dispatch;
+
 struct handler {
+	struct dispatch *table;	/* the table it belongs to */
 	char *name;
 	int line;
 	const struct handler_kind *kind;
@@ -27,12 +30,15 @@ struct handler {
 	regex_t *text;
 };
 
-struct dispatch;
-
 /* Builds the table.  NULL if any handler section is wrong (all problems
  * in d, as FILE:LINE: key: ...). */
 struct dispatch *dispatch_new(const struct config *c, struct diag *d);
+/* Tables are reference-counted: a reload swaps in a new one while jobs
+ * still run handlers of the old.  dispatch_free() drops the builder's
+ * reference. */
 void dispatch_free(struct dispatch *t);
+void dispatch_ref(struct dispatch *t);
+void dispatch_unref(struct dispatch *t);
 /* The first handler matching u, or NULL.  username is the bot's, for
  * /command@username; may be NULL while unknown. */
 const struct handler *dispatch_match(const struct dispatch *t,

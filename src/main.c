@@ -22,6 +22,7 @@
 #include "dispatch.h"
 #include "gate.h"
 #include "log.h"
+#include "notify.h"
 #include "ops.h"
 #include "outbox.h"
 #include "runner.h"
@@ -238,34 +239,24 @@ webhook_url(const struct config *c, const char *path)
 	return xasprintf("https://%s:%ld/%s", c->domain, c->port, path);
 }
 
-static void
-block_signals(sigset_t *set)
-{
-	sigemptyset(set);
-	sigaddset(set, SIGTERM);
-	sigaddset(set, SIGINT);
-	sigaddset(set, SIGHUP);
-	pthread_sigmask(SIG_BLOCK, set, NULL);
-	signal(SIGPIPE, SIG_IGN);
-}
-
-/* Waits for SIGTERM or SIGINT. */
-static void
-wait_for_stop(const sigset_t *set)
-{
-	for (;;) {
-		struct timespec ts = { 1, 0 };
-		int sig = sigtimedwait(set, NULL, &ts);
-
-		if (sig == SIGTERM || sig == SIGINT) {
-			log_notice("%s: stopping", strsignal(sig));
-			return;
-		}
-		if (sig == SIGHUP)
-			log_warn("SIGHUP: reloading is not supported yet; "
-			    "restart to apply a new configuration");
-	}
-}
+/* Everything the running daemon holds: the main loop reads it, a reload
+ * swaps parts of it. */
+struct daemon {
+	struct config *c;	/* the configuration in force */
+	const char *token;
+	struct store *store;
+	struct dispatch *dispatch;
+	struct outbox *outbox;
+	struct runner *runner;
+	struct server *srv;
+	struct webhook *wh;
+	struct dedup *dedup;
+	struct bot_identity id;
+	struct cert_info info;	/* the certificate served */
+	char *path, *secret;
+	uint64_t watchdog_ms;
+	char status[512];	/* the last STATUS= sent */
+};
 
 static void
 drain(struct server *srv, unsigned timeout_ms)
@@ -283,12 +274,11 @@ drain(struct server *srv, unsigned timeout_ms)
 /* Updates answered before their handler finished, then the daemon
  * stopped (or died): handled again, their calls queued as follow-ups. */
 static void
-replay_held(struct store *store, const struct dispatch *dispatch,
-    struct runner *runner, const struct bot_identity *id)
+replay_held(struct daemon *d)
 {
 	struct store_update *held;
 	char err[512];
-	long n = store_updates_held(store, &held, err, sizeof(err));
+	long n = store_updates_held(d->store, &held, err, sizeof(err));
 
 	if (n < 0) {
 		log_err("%s", err);
@@ -297,18 +287,18 @@ replay_held(struct store *store, const struct dispatch *dispatch,
 	for (long i = 0; i < n; i++) {
 		struct update *u = update_parse(held[i].body, held[i].len, err,
 		    sizeof(err));
-		const struct handler *h = u != NULL ? dispatch_match(dispatch,
-		    u, atomic_load(&id->username)) : NULL;
+		const struct handler *h = u != NULL ? dispatch_match(
+		    d->dispatch, u, atomic_load(&d->id.username)) : NULL;
 
 		if (h == NULL || !h->kind->blocking) {
 			log_warn("update %" PRId64 ": held from the last run, "
 			    "but %s; kept as a dead letter", held[i].update_id,
 			    u == NULL ? err : "no handler that may run late "
 			    "matches it now");
-			store_dead_update(store, held[i].update_id,
+			store_dead_update(d->store, held[i].update_id,
 			    held[i].handler, "held at stop, not handled again",
 			    held[i].body, held[i].len, err, sizeof(err));
-			store_update_release(store, held[i].update_id, err,
+			store_update_release(d->store, held[i].update_id, err,
 			    sizeof(err));
 			update_free(u);
 			continue;
@@ -316,75 +306,113 @@ replay_held(struct store *store, const struct dispatch *dispatch,
 		log_notice("update %" PRId64 ": its handler was still running "
 		    "when the daemon stopped: handling it again (calls become "
 		    "follow-ups)", held[i].update_id);
-		runner_replay(runner, h, u, held[i].body, held[i].len);
+		runner_replay(d->runner, h, u, held[i].body, held[i].len);
 		held[i].body = NULL;
 	}
 	store_updates_free(held, (size_t)n);
 }
 
-static int
-run(struct config *c, const char *token)
+static struct gate *
+make_gate(const struct daemon *d, const struct config *c)
 {
-	struct bot_identity id = { 0 };
-	struct webhook_params wp = { 0 };
-	struct server_opts so = { 0 };
-	struct cert_info info = { 0 };
-	struct diag d = { 0 };
-	struct store *store;
-	struct dispatch *dispatch;
-	struct outbox *outbox;
-	struct runner *runner;
-	struct server *srv;
-	struct webhook *wh = NULL;
-	struct gate *gate;
-	char err[1024], *path, *secret, *cert_pem = NULL, *key_pem = NULL;
-	sigset_t sigs;
+	return gate_new(d->path, d->secret, netlist_parse(c->trusted_networks ?
+	    c->trusted_networks : "", NULL, 0), netlist_parse(
+	    c->trusted_proxies ? c->trusted_proxies : "", NULL, 0));
+}
 
-	block_signals(&sigs);
-	if ((dispatch = dispatch_new(c, &d)) == NULL)
-		fatal("%s", d.text);
-	if ((store = store_open(c->store_dir, err, sizeof(err))) == NULL)
+/* (Re)starts registration with Telegram, uploading the certificate
+ * when it is self-signed. */
+static void
+register_webhook(struct daemon *d)
+{
+	const struct config *c = d->c;
+	struct webhook_params wp = { 0 };
+
+	webhook_stop(d->wh);
+	d->wh = NULL;
+	if (!c->register_webhook && atomic_load(&d->id.username) != NULL)
+		return;
+	wp.url = webhook_url(c, d->path);
+	wp.secret_token = d->secret;
+	wp.cert_pem = c->tls && d->info.self_signed ? d->info.leaf_pem : NULL;
+	wp.max_connections = c->max_connections;
+	wp.allowed_updates = c->allowed_updates;
+	wp.drop_pending_updates = c->drop_pending_updates;
+	wp.ip_address = c->ip_address;
+	d->wh = webhook_start(botapi_new(c->api_url, d->token,
+	    c->api_timeout_ms), &wp, c->register_webhook, &d->id);
+	free(wp.url);
+}
+
+/* Reads the certificate and key files (after checking them). */
+static int
+read_pems(const struct config *c, char **cert, char **key, char *err,
+    size_t errlen)
+{
+	*key = NULL;
+	if ((*cert = file_read(c->certificate, 1 << 20, NULL, err, errlen)) ==
+	    NULL || (*key = file_read(c->private_key, 1 << 20, NULL, err,
+	    errlen)) == NULL) {
+		free(*cert);
+		*cert = NULL;
+		return -1;
+	}
+	return 0;
+}
+
+static void
+wipe_free(char *s)
+{
+	if (s != NULL)
+		explicit_bzero(s, strlen(s));
+	free(s);
+}
+
+static void
+daemon_start(struct daemon *d)
+{
+	struct config *c = d->c;
+	struct server_opts so = { 0 };
+	struct diag diag = { 0 };
+	char err[1024], *cert_pem = NULL, *key_pem = NULL;
+
+	if ((d->dispatch = dispatch_new(c, &diag)) == NULL)
+		fatal("%s", diag.text);
+	if ((d->store = store_open(c->store_dir, err, sizeof(err))) == NULL)
 		fatal("[store] dir: %s", err);
-	store_set_sync_full(store, strcmp(c->store_sync, "full") == 0);
+	store_set_sync_full(d->store, strcmp(c->store_sync, "full") == 0);
 	/* Empty path and secret_token: generated once, kept in the store,
 	 * so restarts (and Telegram) keep using the same ones. */
-	path = c->path != NULL && c->path[0] != '\0' ? xstrdup(c->path) :
-	    store_secret_ensure(store, "webhook_path", 24, err, sizeof(err));
-	if (path == NULL)
+	d->path = c->path != NULL && c->path[0] != '\0' ? xstrdup(c->path) :
+	    store_secret_ensure(d->store, "webhook_path", 24, err, sizeof(err));
+	if (d->path == NULL)
 		fatal("%s", err);
-	secret = c->secret_token != NULL && c->secret_token[0] != '\0' ?
-	    xstrdup(c->secret_token) : store_secret_ensure(store,
+	d->secret = c->secret_token != NULL && c->secret_token[0] != '\0' ?
+	    xstrdup(c->secret_token) : store_secret_ensure(d->store,
 	    "secret_token", 32, err, sizeof(err));
-	if (secret == NULL)
+	if (d->secret == NULL)
 		fatal("%s", err);
-	log_add_secret(path);
-	log_add_secret(secret);
+	log_add_secret(d->path);
+	log_add_secret(d->secret);
 
 	if (c->tls) {
-		if (certificate_ready(c, true, &info, &d) != 0)
-			fatal("%s", d.text);
-		if (info.days_left < CERT_WARN_DAYS)
+		if (certificate_ready(c, true, &d->info, &diag) != 0)
+			fatal("%s", diag.text);
+		if (d->info.days_left < CERT_WARN_DAYS)
 			log_warn("certificate %s expires in %ld day(s)",
-			    c->certificate, info.days_left);
+			    c->certificate, d->info.days_left);
 		log_info("certificate %s: %s, %s, SHA-256 %s", c->certificate,
-		    info.subject, info.self_signed ? "self-signed (uploaded "
-		    "to Telegram)" : "CA-issued (not uploaded)", info.sha256);
-		if ((cert_pem = file_read(c->certificate, 1 << 20, NULL, err,
-		    sizeof(err))) == NULL ||
-		    (key_pem = file_read(c->private_key, 1 << 20, NULL, err,
-		    sizeof(err))) == NULL)
+		    d->info.subject, d->info.self_signed ? "self-signed "
+		    "(uploaded to Telegram)" : "CA-issued (not uploaded)",
+		    d->info.sha256);
+		if (read_pems(c, &cert_pem, &key_pem, err, sizeof(err)) == -1)
 			fatal("%s", err);
 	}
-
-	gate = gate_new(path, secret,
-	    netlist_parse(c->trusted_networks ? c->trusted_networks : "", NULL,
-	    0), netlist_parse(c->trusted_proxies ? c->trusted_proxies : "",
-	    NULL, 0));
 	if (c->username != NULL && c->username[0] != '\0')
-		atomic_store(&id.username, xstrdup(c->username));
-	outbox = outbox_start(store, &(struct outbox_opts){
+		atomic_store(&d->id.username, xstrdup(c->username));
+	d->outbox = outbox_start(d->store, &(struct outbox_opts){
 	    .api_url = c->api_url,
-	    .token = token,
+	    .token = d->token,
 	    .timeout_ms = c->api_timeout_ms,
 	    .rate = c->outbox_rate,
 	    .chat_interval_ms = c->outbox_chat_interval_ms,
@@ -393,10 +421,10 @@ run(struct config *c, const char *token)
 	    .max_age_ms = c->outbox_max_age_ms,
 	    .keep_ms = c->outbox_keep_ms,
 	});
-	runner = runner_new((unsigned)c->handler_threads,
-	    (size_t)c->handler_threads * 32, c->reply_deadline_ms, outbox,
-	    store);
-	replay_held(store, dispatch, runner, &id);
+	d->runner = runner_new((unsigned)c->handler_threads,
+	    (size_t)c->handler_threads * 32, c->reply_deadline_ms, d->outbox,
+	    d->store);
+	replay_held(d);
 
 	gate_parse_listen(c->listen, &so.addr, NULL, 0);
 	so.tls = c->tls;
@@ -407,53 +435,270 @@ run(struct config *c, const char *token)
 	so.per_ip_limit = (unsigned)c->per_ip_limit;
 	so.timeout_s = (c->connection_timeout_ms + 999) / 1000;
 	so.max_body = c->max_body;
-	so.gate = gate;
-	so.dedup = dedup_new((size_t)c->dedup_size);
-	so.dispatch = dispatch;
-	so.runner = runner;
-	so.id = &id;
-	if ((srv = server_start(&so, err, sizeof(err))) == NULL)
+	so.gate = make_gate(d, c);
+	so.dedup = d->dedup = dedup_new((size_t)c->dedup_size);
+	so.dispatch = d->dispatch;
+	so.runner = d->runner;
+	so.id = &d->id;
+	if ((d->srv = server_start(&so, err, sizeof(err))) == NULL)
 		fatal("%s: %s", c->listen, err);
-	if (key_pem != NULL)
-		explicit_bzero(key_pem, strlen(key_pem));
+	wipe_free(key_pem);
+	free(cert_pem);
 	log_notice("tgwebhookd %s serving %s on %s", TGW_VERSION,
 	    c->tls ? "HTTPS" : "HTTP (TLS is the proxy's)", c->listen);
+	register_webhook(d);
+	diag_free(&diag);
+}
 
-	if (c->register_webhook || atomic_load(&id.username) == NULL) {
-		wp.url = webhook_url(c, path);
-		wp.secret_token = secret;
-		wp.cert_pem = c->tls && info.self_signed ? info.leaf_pem : NULL;
-		wp.max_connections = c->max_connections;
-		wp.allowed_updates = c->allowed_updates;
-		wp.drop_pending_updates = c->drop_pending_updates;
-		wp.ip_address = c->ip_address;
-		wh = webhook_start(botapi_new(c->api_url, token,
-		    c->api_timeout_ms), &wp, c->register_webhook, &id);
-		free(wp.url);
+/* Keys a reload cannot change under running connections and threads. */
+static void
+warn_restart_keys(const struct config *a, const struct config *b)
+{
+	static const char *const keys[] = { "domain", "port", "listen",
+		"path", "secret_token", "tls", "store dir", "store sync",
+		"api_url", "threads", "handler_threads", "max_clients",
+		"per_ip_limit", "connection_timeout", "dedup_size", "max_body",
+		"reply_deadline", "[outbox]", "registration" };
+	bool diff[nitems(keys)] = { 0 };
+	char list[512] = "";
+#define STR_DIFF(x, y) (strcmp((x) ? (x) : "", (y) ? (y) : "") != 0)
+
+	diff[0] = STR_DIFF(a->domain, b->domain);
+	diff[1] = a->port != b->port;
+	diff[2] = STR_DIFF(a->listen, b->listen);
+	diff[3] = STR_DIFF(a->path, b->path);
+	diff[4] = STR_DIFF(a->secret_token, b->secret_token);
+	diff[5] = a->tls != b->tls;
+	diff[6] = STR_DIFF(a->store_dir, b->store_dir);
+	diff[7] = STR_DIFF(a->store_sync, b->store_sync);
+	diff[8] = STR_DIFF(a->api_url, b->api_url);
+	diff[9] = a->threads != b->threads;
+	diff[10] = a->handler_threads != b->handler_threads;
+	diff[11] = a->max_clients != b->max_clients;
+	diff[12] = a->per_ip_limit != b->per_ip_limit;
+	diff[13] = a->connection_timeout_ms != b->connection_timeout_ms;
+	diff[14] = a->dedup_size != b->dedup_size;
+	diff[15] = a->max_body != b->max_body;
+	diff[16] = a->reply_deadline_ms != b->reply_deadline_ms;
+	diff[17] = a->outbox_rate != b->outbox_rate ||
+	    a->outbox_chat_interval_ms != b->outbox_chat_interval_ms ||
+	    a->outbox_group_per_minute != b->outbox_group_per_minute ||
+	    a->outbox_inflight != b->outbox_inflight ||
+	    a->outbox_max_age_ms != b->outbox_max_age_ms ||
+	    a->outbox_keep_ms != b->outbox_keep_ms;
+	diff[18] = a->register_webhook != b->register_webhook ||
+	    a->max_connections != b->max_connections ||
+	    STR_DIFF(a->allowed_updates, b->allowed_updates) ||
+	    a->drop_pending_updates != b->drop_pending_updates ||
+	    STR_DIFF(a->ip_address, b->ip_address);
+#undef STR_DIFF
+	for (size_t i = 0; i < nitems(keys); i++)
+		if (diff[i]) {
+			strncat(list, list[0] ? ", " : "", sizeof(list) -
+			    strlen(list) - 1);
+			strncat(list, keys[i], sizeof(list) - strlen(list) - 1);
+		}
+	if (list[0] != '\0')
+		log_warn("reload: these changed and take effect only after a "
+		    "restart: %s", list);
+}
+
+/*
+ * SIGHUP: the configuration and certificate read again into fresh
+ * objects; only if all of it is good is it swapped in (new handlers and
+ * certificate for the requests and connections that come next); a bad one
+ * is refused and the running one kept.
+ */
+static void
+daemon_reload(struct daemon *d)
+{
+	struct diag diag = { 0 };
+	struct config *nc;
+	struct dispatch *nt = NULL;
+	struct cert_info ni = { 0 };
+	char err[1024], *cert_pem = NULL, *key_pem = NULL;
+	bool new_cert;
+
+	notify_send("RELOADING=1\nSTATUS=reloading %s", d->c->file);
+	log_notice("SIGHUP: reloading %s", d->c->file);
+	nc = config_load(d->c->file, &diag);
+	if (nc != NULL && diag.count == 0)
+		nt = dispatch_new(nc, &diag);
+	if (nt != NULL && nc->tls &&
+	    certificate_ready(nc, true, &ni, &diag) == 0 &&
+	    read_pems(nc, &cert_pem, &key_pem, err, sizeof(err)) == -1)
+		diag_add(&diag, nc->file, 0, "certificate", "%s", err);
+	if (nt != NULL && nc->tls && diag.count == 0 &&
+	    server_set_certificate(d->srv, cert_pem, key_pem, err,
+	    sizeof(err)) == -1)
+		diag_add(&diag, nc->file, config_line(nc, "webhook",
+		    "certificate"), "certificate", "%s", err);
+	if (nc == NULL || diag.count > 0) {
+		char *line, *save = NULL;
+
+		for (line = strtok_r(diag.text, "\n", &save); line != NULL;
+		    line = strtok_r(NULL, "\n", &save))
+			log_err("reload refused: %s", line);
+		log_err("reload refused: the running configuration stays");
+		dispatch_free(nt);
+		config_free(nc);
+		cert_info_clear(&ni);
+		goto out;
 	}
-
-	wait_for_stop(&sigs);
-
-	/* Stop taking work, finish what is in flight, keep nothing lost. */
-	server_quiesce(srv);
-	drain(srv, c->shutdown_timeout_ms);
-	webhook_stop(wh);
-	server_stop(srv);
-	runner_free(runner);
-	outbox_stop(outbox, c->shutdown_timeout_ms);
-	dedup_free(so.dedup);
-	gate_free(gate);
-	dispatch_free(dispatch);
-	store_close(store);
-	cert_info_clear(&info);
-	free(atomic_load(&id.username));
+	warn_restart_keys(d->c, nc);
+	log_set_level((enum log_level)nc->log_level);
+	server_swap(d->srv, make_gate(d, nc), nt);
+	dispatch_free(d->dispatch);	/* the server holds the new one */
+	d->dispatch = nt;
+	new_cert = nc->tls && strcmp(ni.sha256, d->info.sha256) != 0;
+	if (nc->tls) {
+		log_notice("reload: serving certificate %s (%s, SHA-256 %s) to "
+		    "new connections", nc->certificate, ni.subject,
+		    ni.sha256);
+		if (ni.days_left < CERT_WARN_DAYS)
+			log_warn("certificate %s expires in %ld day(s)",
+			    nc->certificate, ni.days_left);
+	}
+	cert_info_clear(&d->info);
+	d->info = ni;
+	config_free(d->c);
+	d->c = nc;
+	/* A new self-signed certificate must reach Telegram, or it will
+	 * refuse the next deliveries. */
+	if (new_cert && ni.self_signed && nc->register_webhook)
+		register_webhook(d);
+	log_notice("reload done");
+out:
+	wipe_free(key_pem);
 	free(cert_pem);
-	free(key_pem);
-	explicit_bzero(secret, strlen(secret));
-	free(secret);
-	free(path);
-	diag_free(&d);
+	diag_free(&diag);
+	notify_send("READY=1");
+	d->status[0] = '\0';	/* send the status again */
+}
+
+static void
+fmt_time(int64_t t, char *out, size_t len)
+{
+	time_t tt = (time_t)t;
+	struct tm tm;
+
+	gmtime_r(&tt, &tm);
+	strftime(out, len, "%Y-%m-%d %H:%M UTC", &tm);
+}
+
+/* STATUS= for systemctl status: serving, registration, Telegram's last
+ * delivery error. */
+static void
+update_status(struct daemon *d)
+{
+	struct webhook_state st;
+	char status[512], date[64];
+	size_t n;
+
+	webhook_state(d->wh, &st);
+	n = (size_t)snprintf(status, sizeof(status), "serving %s; ",
+	    d->c->listen);
+	if (!d->c->register_webhook)
+		n += (size_t)snprintf(status + n, sizeof(status) - n,
+		    "registration off");
+	else if (st.registered)
+		n += (size_t)snprintf(status + n, sizeof(status) - n,
+		    "webhook registered");
+	else
+		n += (size_t)snprintf(status + n, sizeof(status) - n,
+		    "registering%s%.200s", st.last_attempt_error[0] ?
+		    ", last try: " : "", st.last_attempt_error);
+	if (st.pending_update_count > 0 && n < sizeof(status))
+		n += (size_t)snprintf(status + n, sizeof(status) - n,
+		    "; %ld update(s) pending at Telegram",
+		    st.pending_update_count);
+	if (st.last_error_date > 0 && n < sizeof(status)) {
+		fmt_time(st.last_error_date, date, sizeof(date));
+		snprintf(status + n, sizeof(status) - n, "; Telegram's last "
+		    "delivery error %s: %.150s", date, st.last_error_message);
+	}
+	if (strcmp(status, d->status) != 0) {
+		notify_send("STATUS=%s", status);
+		memcpy(d->status, status, sizeof(status));
+	}
+}
+
+/* Healthy: the outbox sender goes round (it does at least once a
+ * second); a stuck store or a deadlock stops the watchdog pings and
+ * systemd restarts us. */
+static bool
+healthy(struct daemon *d)
+{
+	return now_ms() - outbox_heartbeat(d->outbox) < 10000;
+}
+
+static void
+daemon_loop(struct daemon *d, const sigset_t *sigs)
+{
+	uint64_t next_ping = 0;
+
+	notify_send("READY=1");
+	for (;;) {
+		uint64_t tick = d->watchdog_ms != 0 && d->watchdog_ms / 2 <
+		    1000 ? d->watchdog_ms / 2 : 1000;
+		struct timespec ts = { (time_t)(tick / 1000),
+			(long)(tick % 1000) * 1000000 };
+		int sig = sigtimedwait(sigs, NULL, &ts);
+
+		if (sig == SIGTERM || sig == SIGINT) {
+			notify_send("STOPPING=1\nSTATUS=stopping");
+			log_notice("%s: stopping", strsignal(sig));
+			return;
+		}
+		if (sig == SIGHUP)
+			daemon_reload(d);
+		update_status(d);
+		if (d->watchdog_ms != 0 && now_ms() >= next_ping &&
+		    healthy(d)) {
+			notify_send("WATCHDOG=1");
+			next_ping = now_ms() + d->watchdog_ms / 2;
+		}
+	}
+}
+
+/* Stop taking work, finish what is in flight, keep the outbox. */
+static void
+daemon_stop(struct daemon *d)
+{
+	server_quiesce(d->srv);
+	drain(d->srv, d->c->shutdown_timeout_ms);
+	webhook_stop(d->wh);
+	server_stop(d->srv);
+	runner_free(d->runner);
+	outbox_stop(d->outbox, d->c->shutdown_timeout_ms);
+	dedup_free(d->dedup);
+	dispatch_free(d->dispatch);
+	store_close(d->store);
+	cert_info_clear(&d->info);
+	free(atomic_load(&d->id.username));
+	wipe_free(d->secret);
+	free(d->path);
 	log_notice("stopped");
+}
+
+static int
+run(struct config **c, const char *token)
+{
+	struct daemon d = { .c = *c, .token = token };
+	sigset_t sigs;
+
+	/* Before any thread exists, so that all inherit the mask. */
+	sigemptyset(&sigs);
+	sigaddset(&sigs, SIGTERM);
+	sigaddset(&sigs, SIGINT);
+	sigaddset(&sigs, SIGHUP);
+	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+	signal(SIGPIPE, SIG_IGN);
+	d.watchdog_ms = notify_watchdog_ms();
+	daemon_start(&d);
+	daemon_loop(&d, &sigs);
+	daemon_stop(&d);
+	*c = d.c;	/* a reload may have replaced it */
 	return 0;
 }
 
@@ -562,7 +807,7 @@ main(int argc, char **argv)
 	if (mode == MODE_INFO || mode == MODE_DELETE)
 		rc = webhook_command(c, token, mode);
 	else
-		rc = run(c, token);
+		rc = run(&c, token);
 	explicit_bzero(token, strlen(token));
 	free(token);
 	config_free(c);

@@ -77,6 +77,7 @@ struct outbox {
 	atomic_bool wake;
 	atomic_bool stopping;
 	atomic_size_t held;
+	_Atomic uint64_t beat;
 	uint64_t stop_by;	/* written before stopping is set */
 
 	struct chat *buckets[BUCKETS];
@@ -636,6 +637,7 @@ sender(void *arg)
 		struct botapi_result r;
 		uint64_t tag;
 
+		atomic_store(&o->beat, now);
 		if (atomic_exchange(&o->wake, false) || now >= next_reload ||
 		    (o->more_in_store && o->in_memory < MEMORY_MAX / 2)) {
 			load(o);
@@ -682,6 +684,7 @@ outbox_start(struct store *s, const struct outbox_opts *opts)
 	o->store = s;
 	o->slow = 1.0;
 	o->api = botapi_multi_new(opts->api_url, opts->token, opts->timeout_ms);
+	atomic_store(&o->beat, now_ms());
 	if (pthread_create(&o->thread, NULL, sender, o) != 0)
 		fatal("outbox: cannot start the sender thread");
 	return o;
@@ -738,6 +741,12 @@ outbox_add(struct outbox *o, json_t *calls, size_t from, int64_t update_id,
 out:
 	store_calls_free(rows, m);
 	return rc;
+}
+
+uint64_t
+outbox_heartbeat(struct outbox *o)
+{
+	return atomic_load(&o->beat);
 }
 
 size_t

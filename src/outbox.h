@@ -53,5 +53,8 @@ int outbox_call_row(json_t *call, const char *key, struct store_call *row,
 void outbox_stop(struct outbox *o, unsigned timeout_ms);
 /* Calls the sender holds (queued in memory or in flight). */
 size_t outbox_pending(struct outbox *o);
+/* When the sender last went round its loop (now_ms() clock): it does at
+ * least once a second unless it is stuck. */
+uint64_t outbox_heartbeat(struct outbox *o);
 
 #endif

@@ -70,6 +70,7 @@ job_unref_locked(struct job *j)
 {
 	if (--j->refs > 0)
 		return;
+	dispatch_unref(j->h->table);
 	update_free(j->u);
 	free(j->body);
 	free(j->answer);
@@ -205,6 +206,7 @@ runner_start(struct runner *r, const struct handler *h, struct update *u,
 	j = xcalloc(1, sizeof(*j));
 	j->r = r;
 	j->h = h;
+	dispatch_ref(h->table);	/* a reload must not free it under us */
 	j->u = u;
 	j->body = body;
 	j->len = len;
@@ -221,6 +223,7 @@ runner_replay(struct runner *r, const struct handler *h, struct update *u,
 
 	j->r = r;
 	j->h = h;
+	dispatch_ref(h->table);
 	j->u = u;
 	j->body = body;
 	j->len = len;

@@ -12,6 +12,8 @@
  */
 #include "server.h"
 
+#include <gnutls/abstract.h>
+#include <gnutls/gnutls.h>
 #include <inttypes.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
@@ -48,10 +50,23 @@ struct request {
 	atomic_bool ready;
 };
 
+/* A certificate chain and its key, as GnuTLS hands them to a handshake.
+ * The current one is swapped atomically by a reload; the one before
+ * stays alive until the next swap, for handshakes still using it. */
+struct creds {
+	gnutls_pcert_st pcerts[8];
+	unsigned n;
+	gnutls_privkey_t key;
+};
+
+static _Atomic(struct creds *) creds_current;
+static struct creds *creds_previous;
+
 struct server {
 	struct MHD_Daemon *mhd;
 	struct server_opts o;
-	char *cert_pem, *key_pem;	/* our copies, wiped at stop */
+	pthread_rwlock_t lock;	/* o.gate and o.dispatch: readers are
+				 * requests, the writer a reload */
 	atomic_bool quiescing;
 	atomic_uint inflight;
 	struct MHD_Response *empty200, *r400, *r403, *r404, *r405, *r413,
@@ -153,6 +168,7 @@ handle_update(struct server *s, struct request *rq)
 	struct job *job;
 	char err[256], *inline_call, *username;
 	size_t len = rq->body.len;
+	enum runner_status started;
 
 	u = update_parse(rq->body.data ? rq->body.data : "", len, err,
 	    sizeof(err));
@@ -173,11 +189,16 @@ handle_update(struct server *s, struct request *rq)
 		log_debug("update %" PRId64 ": type '%s' is unknown to this "
 		    "version; answered 200", u->id, u->type);
 	username = atomic_load(&s->o.id->username);
-	h = dispatch_match(s->o.dispatch, u, username);
 	/* runner_start() takes u: keep its id. */
 	rq->update_id = u->id;
-	switch (runner_start(s->o.runner, h, u, buf_steal(&rq->body), len,
-	    &inline_call, &job)) {
+	/* The table may be swapped by a reload: hold it while matching and
+	 * while a quick handler runs (a slow one's job holds a reference). */
+	pthread_rwlock_rdlock(&s->lock);
+	h = dispatch_match(s->o.dispatch, u, username);
+	started = runner_start(s->o.runner, h, u, buf_steal(&rq->body), len,
+	    &inline_call, &job);
+	pthread_rwlock_unlock(&s->lock);
+	switch (started) {
 	case RUNNER_DONE:
 		if (inline_call != NULL)
 			return answer_json(c, inline_call);
@@ -218,14 +239,17 @@ on_request(void *cls, struct MHD_Connection *c, const char *url,
 		};
 		const char *cl;
 		char client[64];
-		enum gate_verdict v = gate_check(s->o.gate, &gr, client,
-		    sizeof(client));
+		enum gate_verdict v;
 		static const unsigned codes[] = {
 			[GATE_NOT_FOUND] = MHD_HTTP_NOT_FOUND,
 			[GATE_BAD_SOURCE] = MHD_HTTP_FORBIDDEN,
 			[GATE_BAD_SECRET] = MHD_HTTP_FORBIDDEN,
 			[GATE_BAD_METHOD] = MHD_HTTP_METHOD_NOT_ALLOWED,
 		};
+
+		pthread_rwlock_rdlock(&s->lock);
+		v = gate_check(s->o.gate, &gr, client, sizeof(client));
+		pthread_rwlock_unlock(&s->lock);
 
 		if (v != GATE_OK) {
 			struct MHD_Response *r = v == GATE_NOT_FOUND ? s->r404 :
@@ -310,6 +334,108 @@ on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
 }
 
 static void
+creds_free(struct creds *c)
+{
+	if (c == NULL)
+		return;
+	for (unsigned i = 0; i < c->n; i++)
+		gnutls_pcert_deinit(&c->pcerts[i]);
+	gnutls_privkey_deinit(c->key);
+	free(c);
+}
+
+static struct creds *
+creds_new(const char *cert_pem, const char *key_pem, char *err, size_t errlen)
+{
+	struct creds *c = xcalloc(1, sizeof(*c));
+	gnutls_datum_t cd = { (unsigned char *)(uintptr_t)cert_pem,
+		(unsigned)strlen(cert_pem) };
+	gnutls_datum_t kd = { (unsigned char *)(uintptr_t)key_pem,
+		(unsigned)strlen(key_pem) };
+	int rc;
+
+	c->n = nitems(c->pcerts);
+	if ((rc = gnutls_pcert_list_import_x509_raw(c->pcerts, &c->n, &cd,
+	    GNUTLS_X509_FMT_PEM, 0)) < 0) {
+		errf(err, errlen, "gnutls_pcert_list_import_x509_raw(): %s",
+		    gnutls_strerror(rc));
+		c->n = 0;
+		goto fail;
+	}
+	if ((rc = gnutls_privkey_init(&c->key)) < 0 ||
+	    (rc = gnutls_privkey_import_x509_raw(c->key, &kd,
+	    GNUTLS_X509_FMT_PEM, NULL, 0)) < 0) {
+		errf(err, errlen, "gnutls_privkey_import_x509_raw(): %s",
+		    gnutls_strerror(rc));
+		goto fail;
+	}
+	return c;
+fail:
+	creds_free(c);
+	return NULL;
+}
+
+/* GnuTLS asks for the certificate at every handshake. */
+static int
+on_certificate(gnutls_session_t session, const gnutls_datum_t *req_ca_rdn,
+    int nreqs, const gnutls_pk_algorithm_t *pk_algos, int pk_algos_length,
+    gnutls_pcert_st **pcert, unsigned int *pcert_length,
+    gnutls_privkey_t *privkey)
+{
+	struct creds *c = atomic_load(&creds_current);
+
+	(void)session;
+	(void)req_ca_rdn;
+	(void)nreqs;
+	(void)pk_algos;
+	(void)pk_algos_length;
+	if (c == NULL)
+		return -1;
+	*pcert = c->pcerts;
+	*pcert_length = c->n;
+	*privkey = c->key;
+	return 0;
+}
+
+int
+server_set_certificate(struct server *s, const char *cert_pem,
+    const char *key_pem, char *err, size_t errlen)
+{
+	struct creds *c = creds_new(cert_pem, key_pem, err, errlen);
+
+	(void)s;
+	if (c == NULL)
+		return -1;
+	/* Handshakes that started a moment ago may still use the current
+	 * credentials: those live until the next swap. */
+	creds_free(creds_previous);
+	creds_previous = atomic_exchange(&creds_current, c);
+	return 0;
+}
+
+void
+server_swap(struct server *s, struct gate *g, struct dispatch *t)
+{
+	struct gate *old_gate = NULL;
+	struct dispatch *old_table = NULL;
+
+	if (t != NULL)
+		dispatch_ref(t);
+	pthread_rwlock_wrlock(&s->lock);
+	if (g != NULL) {
+		old_gate = s->o.gate;
+		s->o.gate = g;
+	}
+	if (t != NULL) {
+		old_table = s->o.dispatch;
+		s->o.dispatch = t;
+	}
+	pthread_rwlock_unlock(&s->lock);
+	gate_free(old_gate);
+	dispatch_unref(old_table);
+}
+
+static void
 on_mhd_log(void *cls, const char *fmt, va_list ap)
 {
 	char line[512];
@@ -329,7 +455,16 @@ server_start(const struct server_opts *o, char *err, size_t errlen)
 	struct MHD_OptionItem opts[16];
 	size_t n = 0;
 
+	pthread_rwlockattr_t ra;
+
 	s->o = *o;
+	dispatch_ref(s->o.dispatch);
+	/* Writer preference: a reload must not starve under load. */
+	pthread_rwlockattr_init(&ra);
+	pthread_rwlockattr_setkind_np(&ra,
+	    PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+	pthread_rwlock_init(&s->lock, &ra);
+	pthread_rwlockattr_destroy(&ra);
 	pthread_mutex_init(&s->log_mu, NULL);
 	s->empty200 = fixed(200);
 	s->r400 = fixed(400);
@@ -355,10 +490,12 @@ server_start(const struct server_opts *o, char *err, size_t errlen)
 	if (o->threads > 1)
 		OPT(MHD_OPTION_THREAD_POOL_SIZE, o->threads, NULL);
 	if (o->tls) {
-		s->cert_pem = xstrdup(o->cert_pem);
-		s->key_pem = xstrdup(o->key_pem);
-		OPT(MHD_OPTION_HTTPS_MEM_CERT, 0, s->cert_pem);
-		OPT(MHD_OPTION_HTTPS_MEM_KEY, 0, s->key_pem);
+		if (server_set_certificate(s, o->cert_pem, o->key_pem, err,
+		    errlen) == -1) {
+			server_stop(s);
+			return NULL;
+		}
+		OPT(MHD_OPTION_HTTPS_CERT_CALLBACK, 0, (void *)on_certificate);
 		OPT(MHD_OPTION_HTTPS_PRIORITIES, 0, (void *)TLS_PRIORITIES);
 	}
 	OPT(MHD_OPTION_END, 0, NULL);
@@ -408,9 +545,11 @@ server_stop(struct server *s)
 	MHD_destroy_response(s->r413);
 	MHD_destroy_response(s->r503);
 	pthread_mutex_destroy(&s->log_mu);
-	if (s->key_pem != NULL)
-		explicit_bzero(s->key_pem, strlen(s->key_pem));
-	free(s->key_pem);
-	free(s->cert_pem);
+	pthread_rwlock_destroy(&s->lock);
+	gate_free(s->o.gate);
+	dispatch_unref(s->o.dispatch);
+	creds_free(creds_previous);
+	creds_free(atomic_exchange(&creds_current, NULL));
+	creds_previous = NULL;
 	free(s);
 }

@@ -27,9 +27,9 @@ struct server_opts {
 	unsigned per_ip_limit;	/* 0: none */
 	unsigned timeout_s;	/* idle connection timeout */
 	size_t max_body;
-	const struct gate *gate;
+	struct gate *gate;		/* owned by the server */
 	struct dedup *dedup;
-	const struct dispatch *dispatch;
+	struct dispatch *dispatch;	/* the server takes a reference */
 	struct runner *runner;
 	struct bot_identity *id;
 };
@@ -39,6 +39,15 @@ struct server;
 /* Binds and starts serving.  NULL with err on failure. */
 struct server *server_start(const struct server_opts *o, char *err,
     size_t errlen);
+/* Swaps in a new gate (owned from now on) and handler table (a reference
+ * is taken) for the requests that come next; requests in flight finish
+ * with the old ones.  Either may be NULL to keep the current one. */
+void server_swap(struct server *s, struct gate *g, struct dispatch *t);
+/* Serves this certificate (PEM, chain after it) and key to connections
+ * made from now on; open connections keep theirs.  0, or -1 with err
+ * (GnuTLS's reason) and the old certificate kept. */
+int server_set_certificate(struct server *s, const char *cert_pem,
+    const char *key_pem, char *err, size_t errlen);
 /* Stops accepting connections; requests that still arrive on open
  * connections are answered 503 with Retry-After. */
 void server_quiesce(struct server *s);

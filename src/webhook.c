@@ -19,6 +19,7 @@
 
 #define BACKOFF_MIN_MS 1000
 #define BACKOFF_MAX_MS 300000
+#define INFO_EVERY_MS 300000	/* getWebhookInfo again, for status */
 
 struct webhook {
 	pthread_t thread;
@@ -30,6 +31,7 @@ struct webhook {
 	struct botapi *api;
 	struct webhook_params p;
 	struct bot_identity *id;
+	struct webhook_state st;	/* under mu */
 };
 
 static char *
@@ -113,7 +115,7 @@ fmt_date(json_int_t t, char *out, size_t len)
 }
 
 int
-webhook_log_info(struct botapi *api)
+webhook_log_info(struct botapi *api, struct webhook_state *st)
 {
 	struct botapi_result r;
 	const char *url, *msg;
@@ -134,13 +136,22 @@ webhook_log_info(struct botapi *api)
 	    "custom" : "no custom",
 	    json_integer_value(json_object_get(res, "pending_update_count")),
 	    json_integer_value(json_object_get(res, "max_connections")));
-	if ((msg = json_string_value(json_object_get(res,
-	    "last_error_message"))) != NULL) {
+	msg = json_string_value(json_object_get(res, "last_error_message"));
+	if (msg != NULL && (st == NULL || st->last_error_date !=
+	    json_integer_value(json_object_get(res, "last_error_date")))) {
 		fmt_date(json_integer_value(json_object_get(res,
 		    "last_error_date")), date, sizeof(date));
 		log_warn("Telegram's last delivery error, at %s: %s (Telegram "
 		    "keeps this message after recovery; see the README's "
 		    "Troubleshooting)", date, msg);
+	}
+	if (st != NULL) {
+		st->pending_update_count = (long)json_integer_value(
+		    json_object_get(res, "pending_update_count"));
+		st->last_error_date = (int64_t)json_integer_value(
+		    json_object_get(res, "last_error_date"));
+		snprintf(st->last_error_message, sizeof(st->last_error_message),
+		    "%s", msg != NULL ? msg : "");
 	}
 	botapi_result_clear(&r);
 	return 0;
@@ -227,8 +238,16 @@ webhook_thread(void *arg)
 			    w->p.cert_pem ? " (certificate uploaded)" : "");
 			botapi_result_clear(&r);
 			atomic_store(&w->registered, true);
+			pthread_mutex_lock(&w->mu);
+			w->st.registered = true;
+			w->st.last_attempt_error[0] = '\0';
+			pthread_mutex_unlock(&w->mu);
 			break;
 		}
+		pthread_mutex_lock(&w->mu);
+		snprintf(w->st.last_attempt_error,
+		    sizeof(w->st.last_attempt_error), "%.255s", r.description);
+		pthread_mutex_unlock(&w->mu);
 		wait = next_backoff(&backoff, &r);
 		log_err("setWebhook failed (%s): %s%s; serving anyway, retrying "
 		    "in %lus", botapi_status_name(r.status), r.description,
@@ -238,8 +257,35 @@ webhook_thread(void *arg)
 		if (nap(w, wait))
 			return NULL;
 	}
-	webhook_log_info(w->api);
+	/* Telegram reports delivery problems only here: read it now and
+	 * then, for the status line, the metrics and the log. */
+	do {
+		struct webhook_state st;
+
+		webhook_state(w, &st);
+		if (webhook_log_info(w->api, &st) == 0) {
+			pthread_mutex_lock(&w->mu);
+			w->st.pending_update_count = st.pending_update_count;
+			w->st.last_error_date = st.last_error_date;
+			memcpy(w->st.last_error_message, st.last_error_message,
+			    sizeof(st.last_error_message));
+			pthread_mutex_unlock(&w->mu);
+		}
+	} while (!nap(w, INFO_EVERY_MS));
 	return NULL;
+}
+
+void
+webhook_state(struct webhook *w, struct webhook_state *out)
+{
+	if (w == NULL) {
+		memset(out, 0, sizeof(*out));
+		out->pending_update_count = -1;
+		return;
+	}
+	pthread_mutex_lock(&w->mu);
+	*out = w->st;
+	pthread_mutex_unlock(&w->mu);
 }
 
 struct webhook *
@@ -252,6 +298,7 @@ webhook_start(struct botapi *api, const struct webhook_params *p,
 	cond_init_monotonic(&w->cv);
 	w->api = api;
 	w->id = id;
+	w->st.pending_update_count = -1;
 	w->register_webhook = register_webhook;
 	w->p.url = dup_or_null(p->url);
 	w->p.secret_token = dup_or_null(p->secret_token);

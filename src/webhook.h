@@ -31,11 +31,14 @@ struct bot_identity {
 	_Atomic(char *) username;
 };
 
+struct webhook_state;
+
 /* One setWebhook call (multipart).  Fills r. */
 enum botapi_status webhook_set(struct botapi *api,
     const struct webhook_params *p, struct botapi_result *r);
-/* getWebhookInfo, logged at info (errors at warning).  0 or -1. */
-int webhook_log_info(struct botapi *api);
+/* getWebhookInfo, logged at info (Telegram's delivery error at warning).
+ * Fills st if not NULL.  0 or -1. */
+int webhook_log_info(struct botapi *api, struct webhook_state *st);
 /* Learns the username by getMe into id.  0 or -1 (logged). */
 int webhook_learn_username(struct botapi *api, struct bot_identity *id);
 
@@ -50,6 +53,17 @@ struct webhook *webhook_start(struct botapi *api,
 void webhook_stop(struct webhook *w);
 /* True once setWebhook succeeded. */
 bool webhook_registered(struct webhook *w);
+
+/* What the registration thread last learned (getWebhookInfo is read again
+ * every few minutes). */
+struct webhook_state {
+	bool registered;
+	char last_attempt_error[256];	/* setWebhook's, while it fails */
+	long pending_update_count;	/* -1: not known */
+	int64_t last_error_date;	/* unix seconds, 0: none */
+	char last_error_message[256];
+};
+void webhook_state(struct webhook *w, struct webhook_state *out);
 
 void webhook_params_free(struct webhook_params *p);
 
