@@ -79,6 +79,9 @@ static const struct ckey ckeys[] = {
 	{ "server", "shutdown_timeout", C_DURATION, 0, 600000,
 	    O(shutdown_timeout_ms) },
 	{ "server", "dedup_size", C_LONG, 16, 10000000, O(dedup_size) },
+	{ "server", "user", C_STR, 0, 0, O(user) },
+
+	{ "admin", "listen", C_STR, 0, 0, O(admin_listen) },
 
 	{ "store", "dir", C_STR, 0, 0, O(store_dir) },
 	{ "store", "sync", C_STR, 0, 0, O(store_sync) },
@@ -212,7 +215,8 @@ loader_section(struct loader *l, const char *s)
 	if (!section_known(name)) {
 		diag_add(l->d, l->c->file, l->line, NULL,
 		    "unknown section [%s]: sections are [bot], [webhook], "
-		    "[server], [store], [outbox], [log] and [handler.NAME]",
+		    "[server], [store], [outbox], [admin], [log] and "
+		    "[handler.NAME]",
 		    name);
 		return;
 	}
@@ -467,6 +471,7 @@ config_new(const char *file)
 	c->dedup_size = 16384;
 	c->store_dir = xstrdup("/var/lib/tgwebhookd");
 	c->store_sync = xstrdup("normal");
+	c->admin_listen = xstrdup("127.0.0.1:9187");
 	c->outbox_rate = 30;
 	c->outbox_chat_interval_ms = 1000;
 	c->outbox_group_per_minute = 20;
@@ -624,6 +629,15 @@ config_check(struct config *c, struct diag *d)
 	}
 	if (c->username != NULL && c->username[0] == '@')
 		memmove(c->username, c->username + 1, strlen(c->username));
+	if (c->admin_listen != NULL && (strcmp(c->admin_listen, "off") == 0 ||
+	    c->admin_listen[0] == '\0')) {
+		free(c->admin_listen);
+		c->admin_listen = NULL;
+	} else if (c->admin_listen != NULL && gate_parse_listen(c->admin_listen,
+	    NULL, err, sizeof(err)) == -1) {
+		diag_add(d, f, config_line(c, "admin", "listen"), "listen",
+		    "%s, or off", err);
+	}
 	if (strcmp(c->store_sync, "normal") != 0 &&
 	    strcmp(c->store_sync, "full") != 0)
 		diag_add(d, f, config_line(c, "store", "sync"), "sync",
@@ -701,11 +715,18 @@ config_token_valid(const char *s)
 }
 
 static char *
-token_from_file(const char *path, char *err, size_t errlen)
+token_from_file(const char *path, bool check_mode, char *err, size_t errlen)
 {
 	char rerr[256];
 	char *data, *t;
+	struct stat st;
 
+	/* A token others can read is a token others have. */
+	if (check_mode && stat(path, &st) == 0 && (st.st_mode & S_IROTH)) {
+		errf(err, errlen, "%s is readable by other users: chmod o-r %s "
+		    "(0600, or 0640 with the daemon's group)", path, path);
+		return NULL;
+	}
 	if ((data = file_read(path, TOKEN_FILE_MAX, NULL, rerr,
 	    sizeof(rerr))) == NULL) {
 		errf(err, errlen, "cannot read the token: %s", rerr);
@@ -726,7 +747,7 @@ config_token(const struct config *c, char *err, size_t errlen)
 
 	if (!str_empty(c->token_file)) {
 		where = c->token_file;
-		t = token_from_file(c->token_file, err, errlen);
+		t = token_from_file(c->token_file, true, err, errlen);
 		if (t == NULL)
 			return NULL;
 	} else if (!str_empty(c->token)) {
@@ -736,7 +757,7 @@ config_token(const struct config *c, char *err, size_t errlen)
 		char *path = xasprintf("%s/token", env);
 
 		where = "the systemd credential 'token'";
-		t = token_from_file(path, err, errlen);
+		t = token_from_file(path, false, err, errlen);
 		free(path);
 		if (t == NULL)
 			return NULL;

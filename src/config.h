@@ -70,6 +70,7 @@ struct config {
 	unsigned connection_timeout_ms;
 	unsigned shutdown_timeout_ms;
 	long dedup_size;
+	char *user;		/* to drop to when started as root */
 
 	/* [store] */
 	char *store_dir;
@@ -82,6 +83,9 @@ struct config {
 	long outbox_inflight;		/* calls in flight at once */
 	unsigned outbox_max_age_ms;	/* retrying stops; then dead letter */
 	unsigned outbox_keep_ms;	/* delivered calls kept (dedup keys) */
+
+	/* [admin] */
+	char *admin_listen;	/* NULL when off */
 
 	/* [log] */
 	long log_level;

@@ -5,8 +5,11 @@
  * Signals are blocked in every thread and taken here with sigtimedwait:
  * no code runs in signal context.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <getopt.h>
+#include <grp.h>
+#include <pwd.h>
 #include <inttypes.h>
 #include <signal.h>
 #include <stdio.h>
@@ -15,6 +18,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "admin.h"
 #include "botapi.h"
 #include "cert.h"
 #include "config.h"
@@ -22,6 +26,7 @@
 #include "dispatch.h"
 #include "gate.h"
 #include "log.h"
+#include "metrics.h"
 #include "notify.h"
 #include "ops.h"
 #include "outbox.h"
@@ -251,11 +256,16 @@ struct daemon {
 	struct server *srv;
 	struct webhook *wh;
 	struct dedup *dedup;
+	struct admin *admin;
 	struct bot_identity id;
 	struct cert_info info;	/* the certificate served */
 	char *path, *secret;
 	uint64_t watchdog_ms;
 	char status[512];	/* the last STATUS= sent */
+	/* what the admin thread reads, written by the main thread */
+	pthread_mutex_t mu;	/* wh, registering, cert_expiry */
+	bool registering;
+	int64_t cert_expiry;
 };
 
 static void
@@ -328,8 +338,11 @@ register_webhook(struct daemon *d)
 	const struct config *c = d->c;
 	struct webhook_params wp = { 0 };
 
+	pthread_mutex_lock(&d->mu);
 	webhook_stop(d->wh);
 	d->wh = NULL;
+	d->registering = c->register_webhook;
+	pthread_mutex_unlock(&d->mu);
 	if (!c->register_webhook && atomic_load(&d->id.username) != NULL)
 		return;
 	wp.url = webhook_url(c, d->path);
@@ -339,9 +352,93 @@ register_webhook(struct daemon *d)
 	wp.allowed_updates = c->allowed_updates;
 	wp.drop_pending_updates = c->drop_pending_updates;
 	wp.ip_address = c->ip_address;
+	pthread_mutex_lock(&d->mu);
 	d->wh = webhook_start(botapi_new(c->api_url, d->token,
 	    c->api_timeout_ms), &wp, c->register_webhook, &d->id);
+	pthread_mutex_unlock(&d->mu);
 	free(wp.url);
+}
+
+/* Healthy: the outbox sender goes round (it does at least once a
+ * second); a stuck store or a deadlock stops the watchdog pings and
+ * systemd restarts us. */
+static bool
+healthy(struct daemon *d)
+{
+	return now_ms() - outbox_heartbeat(d->outbox) < 10000;
+}
+
+/* For /healthz and /metrics, on the admin thread. */
+static bool
+probe(void *arg, struct metrics_gauges *g)
+{
+	struct daemon *d = arg;
+	struct webhook_state st;
+	int64_t oldest = 0;
+	bool registered;
+
+	pthread_mutex_lock(&d->mu);
+	webhook_state(d->wh, &st);
+	registered = !d->registering || st.registered;
+	g->cert_expiry = d->cert_expiry;
+	pthread_mutex_unlock(&d->mu);
+	g->outbox_pending = store_calls_count(d->store, STORE_CALL_PENDING,
+	    &oldest);
+	g->outbox_dead = store_calls_count(d->store, STORE_CALL_DEAD, NULL);
+	g->outbox_oldest_s = oldest > 0 ? (double)(wall_ms() - oldest) /
+	    1000.0 : 0;
+	g->registered = registered;
+	g->telegram_pending = st.pending_update_count;
+	g->telegram_last_error = st.last_error_date;
+	return registered && healthy(d);
+}
+
+/*
+ * Started as root (outside systemd): the listening socket is bound, the
+ * store and the certificate are ready, so give the store to [server]
+ * user and become that user for good, before any thread starts.
+ */
+static void
+drop_privileges(const struct config *c)
+{
+	struct passwd *pw;
+	DIR *dir;
+	struct dirent *e;
+
+	if (geteuid() != 0)
+		return;
+	if (c->user == NULL || c->user[0] == '\0') {
+		log_warn("running as root: set [server] user to drop "
+		    "privileges once the port is bound");
+		return;
+	}
+	if ((pw = getpwnam(c->user)) == NULL)
+		fatal("[server] user: no user '%s' (create it: useradd "
+		    "--system %s)", c->user, c->user);
+	/* The store is ours alone (0700/0600); hand it over. */
+	if (chown(c->store_dir, pw->pw_uid, pw->pw_gid) == -1)
+		fatal("chown %s: %s", c->store_dir, strerror(errno));
+	if ((dir = opendir(c->store_dir)) != NULL) {
+		while ((e = readdir(dir)) != NULL) {
+			char *p;
+
+			if (e->d_name[0] == '.')
+				continue;
+			p = xasprintf("%s/%s", c->store_dir, e->d_name);
+			if (chown(p, pw->pw_uid, pw->pw_gid) == -1)
+				log_warn("chown %s: %s", p, strerror(errno));
+			free(p);
+		}
+		closedir(dir);
+	}
+	if (setgroups(0, NULL) == -1 || setgid(pw->pw_gid) == -1 ||
+	    setuid(pw->pw_uid) == -1)
+		fatal("dropping privileges to %s: %s", c->user,
+		    strerror(errno));
+	if (setuid(0) != -1)
+		fatal("dropping privileges to %s: root could be regained",
+		    c->user);
+	log_notice("running as %s (uid %ld)", c->user, (long)pw->pw_uid);
 }
 
 /* Reads the certificate and key files (after checking them). */
@@ -410,6 +507,11 @@ daemon_start(struct daemon *d)
 	}
 	if (c->username != NULL && c->username[0] != '\0')
 		atomic_store(&d->id.username, xstrdup(c->username));
+	gate_parse_listen(c->listen, &so.addr, NULL, 0);
+	if ((so.listen_fd = server_bind(&so.addr, err, sizeof(err))) == -1)
+		fatal("%s: %s", c->listen, err);
+	drop_privileges(c);
+
 	d->outbox = outbox_start(d->store, &(struct outbox_opts){
 	    .api_url = c->api_url,
 	    .token = d->token,
@@ -426,7 +528,6 @@ daemon_start(struct daemon *d)
 	    d->store);
 	replay_held(d);
 
-	gate_parse_listen(c->listen, &so.addr, NULL, 0);
 	so.tls = c->tls;
 	so.cert_pem = cert_pem;
 	so.key_pem = key_pem;
@@ -446,6 +547,14 @@ daemon_start(struct daemon *d)
 	free(cert_pem);
 	log_notice("tgwebhookd %s serving %s on %s", TGW_VERSION,
 	    c->tls ? "HTTPS" : "HTTP (TLS is the proxy's)", c->listen);
+	d->cert_expiry = c->tls ? (int64_t)d->info.not_after : 0;
+	if (c->admin_listen != NULL) {
+		if ((d->admin = admin_start(c->admin_listen, probe, d, err,
+		    sizeof(err))) == NULL)
+			fatal("[admin] listen: %s (or set it to off)", err);
+		log_info("admin listener on %s: /healthz, /metrics",
+		    c->admin_listen);
+	}
 	register_webhook(d);
 	diag_free(&diag);
 }
@@ -561,6 +670,9 @@ daemon_reload(struct daemon *d)
 	}
 	cert_info_clear(&d->info);
 	d->info = ni;
+	pthread_mutex_lock(&d->mu);
+	d->cert_expiry = nc->tls ? (int64_t)ni.not_after : 0;
+	pthread_mutex_unlock(&d->mu);
 	config_free(d->c);
 	d->c = nc;
 	/* A new self-signed certificate must reach Telegram, or it will
@@ -623,15 +735,6 @@ update_status(struct daemon *d)
 	}
 }
 
-/* Healthy: the outbox sender goes round (it does at least once a
- * second); a stuck store or a deadlock stops the watchdog pings and
- * systemd restarts us. */
-static bool
-healthy(struct daemon *d)
-{
-	return now_ms() - outbox_heartbeat(d->outbox) < 10000;
-}
-
 static void
 daemon_loop(struct daemon *d, const sigset_t *sigs)
 {
@@ -665,6 +768,7 @@ daemon_loop(struct daemon *d, const sigset_t *sigs)
 static void
 daemon_stop(struct daemon *d)
 {
+	admin_stop(d->admin);
 	server_quiesce(d->srv);
 	drain(d->srv, d->c->shutdown_timeout_ms);
 	webhook_stop(d->wh);
@@ -687,6 +791,7 @@ run(struct config **c, const char *token)
 	struct daemon d = { .c = *c, .token = token };
 	sigset_t sigs;
 
+	pthread_mutex_init(&d.mu, NULL);
 	/* Before any thread exists, so that all inherit the mask. */
 	sigemptyset(&sigs);
 	sigaddset(&sigs, SIGTERM);
@@ -698,6 +803,7 @@ run(struct config **c, const char *token)
 	daemon_start(&d);
 	daemon_loop(&d, &sigs);
 	daemon_stop(&d);
+	pthread_mutex_destroy(&d.mu);
 	*c = d.c;	/* a reload may have replaced it */
 	return 0;
 }

@@ -28,6 +28,7 @@
 #include "botapi.h"
 #include "calls.h"
 #include "log.h"
+#include "metrics.h"
 #include "store.h"
 #include "util.h"
 
@@ -523,6 +524,7 @@ completed(struct outbox *o, struct item *it, struct botapi_result *r)
 	uint64_t now = now_ms();
 	const char *chat = c->id != NULL ? c->id : "-";
 
+	metrics_botapi(it->method, r->status);
 	c->busy = false;
 	/* A chat's pace counts from the answer, not the request: the next
 	 * message then reaches Telegram at least chat_interval after this

@@ -24,6 +24,7 @@
 #include "calls.h"
 #include "dispatch.h"
 #include "log.h"
+#include "metrics.h"
 #include "outbox.h"
 #include "store.h"
 #include "update.h"
@@ -85,6 +86,7 @@ dead_letter(struct runner *r, const struct handler *h, const struct update *u,
 
 	log_err("update %" PRId64 ": handler %s failed: %s; the update is kept "
 	    "as a dead letter", u->id, h->name, why);
+	metrics_update(u->type_index, MU_FAILED);
 	if (r->store != NULL && store_dead_update(r->store, u->id, h->name, why,
 	    body, len, err, sizeof(err)) == -1)
 		log_err("update %" PRId64 ": %s", u->id, err);
@@ -132,6 +134,9 @@ route(struct runner *r, const struct handler *h, const struct update *u,
 		*answer = NULL;
 		return -1;
 	}
+	metrics_update(u->type_index, *answer != NULL ? MU_INLINE : n > 0 ?
+	    MU_FOLLOWUP : MU_NO_CALLS);
+	metrics_handler_ms(now_ms() - start);
 	log_info("update %" PRId64 ": %s: handler %s: %s%s%s%zu follow-up%s "
 	    "in %" PRIu64 "ms", u->id, u->type, h->name,
 	    *answer != NULL ? "inline " : "",
@@ -170,8 +175,14 @@ runner_start(struct runner *r, const struct handler *h, struct update *u,
 		uint64_t start = now_ms();
 
 		if (h == NULL) {
-			log_debug("update %" PRId64 ": %s: no handler matches",
-			    u->id, u->type[0] ? u->type : "(no type)");
+			metrics_update(u->type_index, MU_UNHANDLED);
+			if (u->type_index == -1)
+				log_debug("update %" PRId64 ": %s: no handler "
+				    "matches", u->id, u->type[0] ? u->type :
+				    "(no type)");
+			else
+				log_info("update %" PRId64 ": %s: no handler "
+				    "matches", u->id, u->type);
 		} else {
 			json_t *calls = run_handler(r, h, u, body, len);
 			int rc = 0;

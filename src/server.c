@@ -14,6 +14,7 @@
 
 #include <gnutls/abstract.h>
 #include <gnutls/gnutls.h>
+#include <errno.h>
 #include <inttypes.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
@@ -28,6 +29,7 @@
 #include "dispatch.h"
 #include "gate.h"
 #include "log.h"
+#include "metrics.h"
 #include "runner.h"
 #include "update.h"
 #include "util.h"
@@ -47,6 +49,7 @@ struct request {
 	bool too_large;
 	struct job *job;
 	int64_t update_id;
+	int type_index;
 	atomic_bool ready;
 };
 
@@ -177,11 +180,13 @@ handle_update(struct server *s, struct request *rq)
 
 		log_warn("bad update from %s (%zu bytes): %s", peer_text(c,
 		    peer, sizeof(peer)), len, err);
+		metrics_reject(MR_BAD_UPDATE);
 		return answer(c, MHD_HTTP_BAD_REQUEST, s->r400);
 	}
 	if (dedup_seen(s->o.dedup, u->id)) {
 		log_info("update %" PRId64 ": already handled; answered 200 "
 		    "again", u->id);
+		metrics_update(u->type_index, MU_DUPLICATE);
 		update_free(u);
 		return answer(c, MHD_HTTP_OK, s->empty200);
 	}
@@ -189,8 +194,9 @@ handle_update(struct server *s, struct request *rq)
 		log_debug("update %" PRId64 ": type '%s' is unknown to this "
 		    "version; answered 200", u->id, u->type);
 	username = atomic_load(&s->o.id->username);
-	/* runner_start() takes u: keep its id. */
+	/* runner_start() takes u: keep what we need of it. */
 	rq->update_id = u->id;
+	rq->type_index = u->type_index;
 	/* The table may be swapped by a reload: hold it while matching and
 	 * while a quick handler runs (a slow one's job holds a reference). */
 	pthread_rwlock_rdlock(&s->lock);
@@ -206,6 +212,7 @@ handle_update(struct server *s, struct request *rq)
 	case RUNNER_BUSY:
 		/* Not handled: let Telegram's retry count as new. */
 		dedup_forget(s->o.dedup, rq->update_id);
+		metrics_update(rq->type_index, MU_RETRY);
 		return answer(c, MHD_HTTP_SERVICE_UNAVAILABLE, s->r503);
 	case RUNNER_PENDING:
 		break;
@@ -246,6 +253,12 @@ on_request(void *cls, struct MHD_Connection *c, const char *url,
 			[GATE_BAD_SECRET] = MHD_HTTP_FORBIDDEN,
 			[GATE_BAD_METHOD] = MHD_HTTP_METHOD_NOT_ALLOWED,
 		};
+		static const enum metric_reject reasons[] = {
+			[GATE_NOT_FOUND] = MR_PATH,
+			[GATE_BAD_SOURCE] = MR_SOURCE,
+			[GATE_BAD_SECRET] = MR_SECRET,
+			[GATE_BAD_METHOD] = MR_METHOD,
+		};
 
 		pthread_rwlock_rdlock(&s->lock);
 		v = gate_check(s->o.gate, &gr, client, sizeof(client));
@@ -257,6 +270,7 @@ on_request(void *cls, struct MHD_Connection *c, const char *url,
 
 			log_rejected(s, client, method, gate_verdict_name(v),
 			    codes[v]);
+			metrics_reject(reasons[v]);
 			return answer(c, codes[v], r);
 		}
 		if (atomic_load(&s->quiescing))
@@ -266,6 +280,7 @@ on_request(void *cls, struct MHD_Connection *c, const char *url,
 		if (cl != NULL && strtoull(cl, NULL, 10) > s->o.max_body) {
 			log_rejected(s, client, method, "body over max_body",
 			    MHD_HTTP_CONTENT_TOO_LARGE);
+			metrics_reject(MR_TOO_LARGE);
 			return answer(c, MHD_HTTP_CONTENT_TOO_LARGE, s->r413);
 		}
 		rq = xcalloc(1, sizeof(*rq));
@@ -284,6 +299,7 @@ on_request(void *cls, struct MHD_Connection *c, const char *url,
 		if (runner_finish(rq->job, &inline_call) == -1) {
 			rq->job = NULL;
 			dedup_forget(s->o.dedup, rq->update_id);
+			metrics_update(rq->type_index, MU_RETRY);
 			return answer(c, MHD_HTTP_SERVICE_UNAVAILABLE, s->r503);
 		}
 		rq->job = NULL;
@@ -305,6 +321,7 @@ on_request(void *cls, struct MHD_Connection *c, const char *url,
 
 		log_rejected(s, peer_text(c, peer, sizeof(peer)), method,
 		    "body over max_body", MHD_HTTP_CONTENT_TOO_LARGE);
+		metrics_reject(MR_TOO_LARGE);
 		return answer(c, MHD_HTTP_CONTENT_TOO_LARGE, s->r413);
 	}
 	return handle_update(s, rq);
@@ -446,6 +463,35 @@ on_mhd_log(void *cls, const char *fmt, va_list ap)
 	log_debug("libmicrohttpd: %s", line);
 }
 
+int
+server_bind(const struct sockaddr_storage *addr, char *err, size_t errlen)
+{
+	socklen_t len = addr->ss_family == AF_INET6 ?
+	    sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+	int fd, one = 1, zero = 0;
+
+	if ((fd = socket(addr->ss_family, SOCK_STREAM | SOCK_CLOEXEC |
+	    SOCK_NONBLOCK, 0)) == -1) {
+		errf(err, errlen, "socket: %s", strerror(errno));
+		return -1;
+	}
+	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	/* [::] serves IPv4 too (as mapped addresses, which the gate
+	 * understands). */
+	if (addr->ss_family == AF_INET6)
+		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof(zero));
+	if (bind(fd, (const struct sockaddr *)addr, len) == -1 ||
+	    listen(fd, 511) == -1) {
+		errf(err, errlen, "cannot listen: %s%s", strerror(errno),
+		    errno == EACCES ? " (a port below 1024 needs root or "
+		    "CAP_NET_BIND_SERVICE)" : errno == EADDRINUSE ? " (another "
+		    "program serves that port)" : "");
+		close(fd);
+		return -1;
+	}
+	return fd;
+}
+
 struct server *
 server_start(const struct server_opts *o, char *err, size_t errlen)
 {
@@ -480,7 +526,10 @@ server_start(const struct server_opts *o, char *err, size_t errlen)
 #define OPT(o_, v_, p_) \
 	opts[n++] = (struct MHD_OptionItem){ (o_), (intptr_t)(v_), (p_) }
 	OPT(MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, NULL);
-	OPT(MHD_OPTION_SOCK_ADDR, 0, (void *)&s->o.addr);
+	if (o->listen_fd >= 0)
+		OPT(MHD_OPTION_LISTEN_SOCKET, o->listen_fd, NULL);
+	else
+		OPT(MHD_OPTION_SOCK_ADDR, 0, (void *)&s->o.addr);
 	OPT(MHD_OPTION_NOTIFY_COMPLETED, on_completed, s);
 	OPT(MHD_OPTION_CONNECTION_LIMIT, o->max_clients, NULL);
 	OPT(MHD_OPTION_CONNECTION_TIMEOUT, o->timeout_s, NULL);
@@ -503,11 +552,8 @@ server_start(const struct server_opts *o, char *err, size_t errlen)
 	s->mhd = MHD_start_daemon(flags, 0, NULL, NULL, on_request, s,
 	    MHD_OPTION_ARRAY, opts, MHD_OPTION_END);
 	if (s->mhd == NULL) {
-		errf(err, errlen, "cannot serve on the listen address (in use, "
-		    "not ours, or a port below 1024 without "
-		    "CAP_NET_BIND_SERVICE?), or the certificate and key are "
-		    "not usable by GnuTLS; run with [log] level = debug for "
-		    "libmicrohttpd's reason");
+		errf(err, errlen, "libmicrohttpd would not start; run with "
+		    "[log] level = debug for its reason");
 		server_stop(s);
 		return NULL;
 	}

@@ -19,6 +19,7 @@ struct runner;
 
 struct server_opts {
 	struct sockaddr_storage addr;
+	int listen_fd;		/* from server_bind(), or -1: bind addr */
 	bool tls;
 	const char *cert_pem;	/* certificate (and chain), PEM */
 	const char *key_pem;
@@ -36,6 +37,9 @@ struct server_opts {
 
 struct server;
 
+/* Binds and listens on addr (so that privileges can be dropped before
+ * anything else starts).  Returns the socket, or -1 with err. */
+int server_bind(const struct sockaddr_storage *addr, char *err, size_t errlen);
 /* Binds and starts serving.  NULL with err on failure. */
 struct server *server_start(const struct server_opts *o, char *err,
     size_t errlen);

@@ -15,6 +15,7 @@
 #include <time.h>
 
 #include "log.h"
+#include "metrics.h"
 #include "util.h"
 
 #define BACKOFF_MIN_MS 1000
@@ -100,6 +101,7 @@ webhook_set(struct botapi *api, const struct webhook_params *p,
 		f[n++] = (struct botapi_field){ "certificate", p->cert_pem,
 			strlen(p->cert_pem), "certificate.pem" };
 	s = botapi_upload(api, "setWebhook", f, n, r);
+	metrics_botapi("setWebhook", s);
 	free(allowed);
 	return s;
 }
@@ -122,7 +124,9 @@ webhook_log_info(struct botapi *api, struct webhook_state *st)
 	json_t *res;
 	char date[64];
 
-	if (botapi_call(api, "getWebhookInfo", NULL, &r) != BOTAPI_OK) {
+	metrics_botapi("getWebhookInfo", botapi_call(api, "getWebhookInfo",
+	    NULL, &r));
+	if (r.status != BOTAPI_OK) {
 		log_warn("getWebhookInfo failed: %s", r.description);
 		botapi_result_clear(&r);
 		return -1;
@@ -163,7 +167,8 @@ webhook_learn_username(struct botapi *api, struct bot_identity *id)
 	struct botapi_result r;
 	const char *name;
 
-	if (botapi_call(api, "getMe", NULL, &r) != BOTAPI_OK) {
+	metrics_botapi("getMe", botapi_call(api, "getMe", NULL, &r));
+	if (r.status != BOTAPI_OK) {
 		log_warn("getMe failed: %s%s", r.description,
 		    r.error_code == 401 ? " (the token is wrong or revoked)" :
 		    "");

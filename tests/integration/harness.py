@@ -54,6 +54,7 @@ class Daemon:
         self.tmp = tempfile.TemporaryDirectory(prefix="tgw-it-")
         self.dir = self.tmp.name
         self.port = botapi_emu.free_port()
+        self.admin_port = botapi_emu.free_port()
         self.emu = emu or botapi_emu.Emulator(
             TOKEN, forward=("127.0.0.1", self.port)).start()
         self.emu.forward = ("127.0.0.1", self.port)
@@ -66,11 +67,13 @@ class Daemon:
                 "listen = 127.0.0.1:%d\ntrusted_networks = %s\n"
                 "tls = %s\nregister = %s\n%s\n"
                 "[server]\nshutdown_timeout = 5s\n"
+                "[admin]\nlisten = 127.0.0.1:%d\n"
                 "[store]\ndir = %s\n[log]\nlevel = debug\n%s\n%s\n" % (
                     self.emu.url,
                     "username = %s\n" % username if username else "",
                     self.port, trusted, "on" if tls else "off",
-                    "on" if register else "off", webhook, self.store,
+                    "on" if register else "off", webhook,
+                    self.admin_port, self.store,
                     extra, handlers))
         with open(self.conf, "w") as f:
             f.write(text)

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "config.h"
@@ -234,6 +235,14 @@ test_token_sources(void **state)
 	unsetenv("TGWEBHOOKD_TOKEN");
 	t = config_token(c, err, sizeof(err));
 	assert_string_equal(t, TOKEN);
+	free(t);
+	/* readable by others: refused, with the fix */
+	chmod(tpath, 0644);
+	assert_null(config_token(c, err, sizeof(err)));
+	assert_non_null(strstr(err, "is readable by other users: chmod o-r"));
+	chmod(tpath, 0640);
+	t = config_token(c, err, sizeof(err));
+	assert_non_null(t);
 	free(t);
 	unlink(tpath);
 	t = config_token(c, err, sizeof(err));

@@ -1,0 +1,169 @@
+/*
+ * metrics.c: fixed arrays of atomic counters, so counting never allocates
+ * or locks.  Bot API methods are counted under a fixed set of names (the
+ * rest as "other") to keep the label set bounded whatever handlers call.
+ */
+#include "metrics.h"
+
+#include <inttypes.h>
+#include <stdatomic.h>
+#include <string.h>
+
+#include "update.h"
+#include "util.h"
+
+static const char *const update_results[MU_N] = { "inline", "followup",
+	"no_calls", "failed", "unhandled", "duplicate", "retry" };
+static const char *const reject_reasons[MR_N] = { "path", "source", "secret",
+	"method", "too_large", "bad_update" };
+static const char *const methods[] = { "sendMessage", "sendPhoto",
+	"sendDocument", "sendChatAction", "editMessageText",
+	"editMessageReplyMarkup", "deleteMessage", "answerCallbackQuery",
+	"answerInlineQuery", "setWebhook", "getWebhookInfo", "getMe",
+	"deleteWebhook", "other" };
+#define NMETHODS (sizeof(methods) / sizeof(methods[0]))
+static const char *const statuses[] = { "ok", "retry_after", "transient",
+	"permanent" };
+static const uint64_t buckets_ms[] = { 1, 5, 10, 25, 50, 100, 250, 500,
+	1000, 2500, 5000, 10000, 30000 };
+#define NBUCKETS (sizeof(buckets_ms) / sizeof(buckets_ms[0]))
+
+static atomic_uint_fast64_t updates[UPDATE_TYPES_N + 1][MU_N];
+static atomic_uint_fast64_t rejects[MR_N];
+static atomic_uint_fast64_t api[NMETHODS][4];
+static atomic_uint_fast64_t hist[NBUCKETS + 1];
+static atomic_uint_fast64_t hist_sum_ms, hist_count;
+
+void
+metrics_update(int type_index, enum metric_update result)
+{
+	int t = type_index >= 0 && type_index < UPDATE_TYPES_N ? type_index :
+	    UPDATE_TYPES_N;
+
+	atomic_fetch_add_explicit(&updates[t][result], 1, memory_order_relaxed);
+}
+
+void
+metrics_reject(enum metric_reject reason)
+{
+	atomic_fetch_add_explicit(&rejects[reason], 1, memory_order_relaxed);
+}
+
+void
+metrics_handler_ms(uint64_t ms)
+{
+	size_t i = 0;
+
+	while (i < NBUCKETS && ms > buckets_ms[i])
+		i++;
+	atomic_fetch_add_explicit(&hist[i], 1, memory_order_relaxed);
+	atomic_fetch_add_explicit(&hist_sum_ms, ms, memory_order_relaxed);
+	atomic_fetch_add_explicit(&hist_count, 1, memory_order_relaxed);
+}
+
+void
+metrics_botapi(const char *method, enum botapi_status status)
+{
+	size_t i = 0;
+
+	while (i < NMETHODS - 1 && strcmp(methods[i], method) != 0)
+		i++;
+	atomic_fetch_add_explicit(&api[i][status], 1, memory_order_relaxed);
+}
+
+#define LOAD(x) ((uint64_t)atomic_load_explicit(&(x), memory_order_relaxed))
+
+char *
+metrics_render(const struct metrics_gauges *g)
+{
+	struct buf b = { 0 };
+	uint64_t cum = 0;
+
+	buf_puts(&b, "# HELP tgwebhookd_updates_total Updates received, by "
+	    "type and what became of them.\n"
+	    "# TYPE tgwebhookd_updates_total counter\n");
+	for (int t = 0; t <= UPDATE_TYPES_N; t++)
+		for (int r = 0; r < MU_N; r++)
+			if (LOAD(updates[t][r]) > 0)
+				buf_printf(&b, "tgwebhookd_updates_total{type=\""
+				    "%s\",result=\"%s\"} %" PRIu64 "\n",
+				    t < UPDATE_TYPES_N ? update_type_name(t) :
+				    "unknown", update_results[r],
+				    LOAD(updates[t][r]));
+	buf_puts(&b, "# HELP tgwebhookd_rejected_requests_total Requests "
+	    "refused before any handler, by reason.\n"
+	    "# TYPE tgwebhookd_rejected_requests_total counter\n");
+	for (int r = 0; r < MR_N; r++)
+		buf_printf(&b, "tgwebhookd_rejected_requests_total{reason=\"%s\"}"
+		    " %" PRIu64 "\n", reject_reasons[r], LOAD(rejects[r]));
+	buf_puts(&b, "# HELP tgwebhookd_handler_duration_seconds Time from "
+	    "an update to its handler's calls.\n"
+	    "# TYPE tgwebhookd_handler_duration_seconds histogram\n");
+	for (size_t i = 0; i < NBUCKETS; i++) {
+		cum += LOAD(hist[i]);
+		buf_printf(&b, "tgwebhookd_handler_duration_seconds_bucket{le="
+		    "\"%g\"} %" PRIu64 "\n", (double)buckets_ms[i] / 1000.0,
+		    cum);
+	}
+	cum += LOAD(hist[NBUCKETS]);
+	buf_printf(&b, "tgwebhookd_handler_duration_seconds_bucket{le=\"+Inf\"}"
+	    " %" PRIu64 "\n", cum);
+	buf_printf(&b, "tgwebhookd_handler_duration_seconds_sum %.3f\n",
+	    (double)LOAD(hist_sum_ms) / 1000.0);
+	buf_printf(&b, "tgwebhookd_handler_duration_seconds_count %" PRIu64
+	    "\n", LOAD(hist_count));
+	buf_puts(&b, "# HELP tgwebhookd_botapi_calls_total Bot API calls "
+	    "made, by method and outcome.\n"
+	    "# TYPE tgwebhookd_botapi_calls_total counter\n");
+	for (size_t m = 0; m < NMETHODS; m++)
+		for (int s = 0; s < 4; s++)
+			if (LOAD(api[m][s]) > 0)
+				buf_printf(&b, "tgwebhookd_botapi_calls_total{"
+				    "method=\"%s\",result=\"%s\"} %" PRIu64 "\n",
+				    methods[m], statuses[s], LOAD(api[m][s]));
+	{
+		uint64_t n429 = 0;
+
+		for (size_t m = 0; m < NMETHODS; m++)
+			n429 += LOAD(api[m][BOTAPI_RETRY_AFTER]);
+		buf_printf(&b, "# HELP tgwebhookd_botapi_429_total Answers "
+		    "429 Too Many Requests.\n"
+		    "# TYPE tgwebhookd_botapi_429_total counter\n"
+		    "tgwebhookd_botapi_429_total %" PRIu64 "\n", n429);
+	}
+	buf_printf(&b,
+	    "# HELP tgwebhookd_outbox_pending Follow-up calls waiting.\n"
+	    "# TYPE tgwebhookd_outbox_pending gauge\n"
+	    "tgwebhookd_outbox_pending %ld\n"
+	    "# HELP tgwebhookd_outbox_dead Dead letters kept.\n"
+	    "# TYPE tgwebhookd_outbox_dead gauge\n"
+	    "tgwebhookd_outbox_dead %ld\n"
+	    "# HELP tgwebhookd_outbox_oldest_seconds Age of the oldest "
+	    "waiting call.\n"
+	    "# TYPE tgwebhookd_outbox_oldest_seconds gauge\n"
+	    "tgwebhookd_outbox_oldest_seconds %.3f\n"
+	    "# HELP tgwebhookd_webhook_registered 1 once setWebhook "
+	    "succeeded.\n"
+	    "# TYPE tgwebhookd_webhook_registered gauge\n"
+	    "tgwebhookd_webhook_registered %d\n",
+	    g->outbox_pending, g->outbox_dead, g->outbox_oldest_s,
+	    g->registered ? 1 : 0);
+	if (g->cert_expiry > 0)
+		buf_printf(&b, "# HELP tgwebhookd_certificate_expiry_timestamp"
+		    "_seconds When the served certificate expires.\n"
+		    "# TYPE tgwebhookd_certificate_expiry_timestamp_seconds "
+		    "gauge\ntgwebhookd_certificate_expiry_timestamp_seconds %"
+		    PRId64 "\n", g->cert_expiry);
+	if (g->telegram_pending >= 0)
+		buf_printf(&b, "# HELP tgwebhookd_telegram_pending_updates "
+		    "pending_update_count from getWebhookInfo.\n"
+		    "# TYPE tgwebhookd_telegram_pending_updates gauge\n"
+		    "tgwebhookd_telegram_pending_updates %ld\n",
+		    g->telegram_pending);
+	buf_printf(&b, "# HELP tgwebhookd_telegram_last_error_timestamp_"
+	    "seconds last_error_date from getWebhookInfo (0: none).\n"
+	    "# TYPE tgwebhookd_telegram_last_error_timestamp_seconds gauge\n"
+	    "tgwebhookd_telegram_last_error_timestamp_seconds %" PRId64 "\n",
+	    g->telegram_last_error);
+	return buf_steal(&b);
+}

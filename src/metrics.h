@@ -1,0 +1,49 @@
+/*
+ * metrics.h: counters and a latency histogram, lock-free (atomics), and
+ * their Prometheus text form.  Any thread may count.
+ */
+#ifndef TGW_METRICS_H
+#define TGW_METRICS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "botapi.h"
+
+enum metric_update {
+	MU_INLINE,	/* answered with an inline call */
+	MU_FOLLOWUP,	/* handled; its calls (if any) all follow-ups */
+	MU_NO_CALLS,	/* handled, no call made */
+	MU_FAILED,	/* handler failed: dead letter */
+	MU_UNHANDLED,	/* no handler matched */
+	MU_DUPLICATE,	/* seen before: not handled again */
+	MU_RETRY,	/* answered 503: Telegram will deliver it again */
+	MU_N
+};
+
+enum metric_reject {
+	MR_PATH, MR_SOURCE, MR_SECRET, MR_METHOD, MR_TOO_LARGE, MR_BAD_UPDATE,
+	MR_N
+};
+
+/* type_index: update_type_index() of the update, -1 for unknown types. */
+void metrics_update(int type_index, enum metric_update result);
+void metrics_reject(enum metric_reject reason);
+void metrics_handler_ms(uint64_t ms);
+void metrics_botapi(const char *method, enum botapi_status status);
+
+/* Gauges the caller knows at scrape time. */
+struct metrics_gauges {
+	long outbox_pending;
+	long outbox_dead;
+	double outbox_oldest_s;
+	bool registered;
+	int64_t cert_expiry;		/* unix seconds; 0: no TLS */
+	long telegram_pending;		/* -1: not known yet */
+	int64_t telegram_last_error;	/* unix seconds; 0: none */
+};
+
+/* The Prometheus text exposition (caller frees). */
+char *metrics_render(const struct metrics_gauges *g);
+
+#endif
