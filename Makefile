@@ -11,6 +11,7 @@ SBINDIR ?= $(PREFIX)/sbin
 SYSCONFDIR ?= /etc
 LIBEXECDIR ?= $(PREFIX)/libexec
 UNITDIR ?= /etc/systemd/system
+MANDIR ?= $(PREFIX)/share/man
 CC ?= cc
 WERROR ?=
 SANITIZE ?=
@@ -123,8 +124,11 @@ clean:
 
 install: $(BUILD)/tgwebhookd
 	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(SYSCONFDIR)/tgwebhookd \
-	    $(DESTDIR)$(LIBEXECDIR)/tgwebhookd $(DESTDIR)$(UNITDIR)
+	    $(DESTDIR)$(LIBEXECDIR)/tgwebhookd $(DESTDIR)$(UNITDIR) \
+	    $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(MANDIR)/man5
 	install -m 0755 $(BUILD)/tgwebhookd $(DESTDIR)$(SBINDIR)/tgwebhookd
+	install -m 0644 man/tgwebhookd.8 $(DESTDIR)$(MANDIR)/man8/
+	install -m 0644 man/tgwebhookd.conf.5 $(DESTDIR)$(MANDIR)/man5/
 	install -m 0755 examples/echo-bot examples/about-bot \
 	    $(DESTDIR)$(LIBEXECDIR)/tgwebhookd/
 	sed -e 's|/usr/local/sbin|$(SBINDIR)|g' \
@@ -138,7 +142,9 @@ install: $(BUILD)/tgwebhookd
 	fi
 
 uninstall:
-	rm -f $(DESTDIR)$(SBINDIR)/tgwebhookd $(DESTDIR)$(UNITDIR)/tgwebhookd.service
+	rm -f $(DESTDIR)$(SBINDIR)/tgwebhookd $(DESTDIR)$(UNITDIR)/tgwebhookd.service \
+	    $(DESTDIR)$(MANDIR)/man8/tgwebhookd.8 \
+	    $(DESTDIR)$(MANDIR)/man5/tgwebhookd.conf.5
 	rm -rf $(DESTDIR)$(LIBEXECDIR)/tgwebhookd
 	@echo "kept $(DESTDIR)$(SYSCONFDIR)/tgwebhookd (configuration and token)"
 
