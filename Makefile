@@ -52,12 +52,24 @@ UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 
 .PHONY: all deps test test-run test-sanitize demo demo-run clean install \
-	uninstall bench bench-run
+	uninstall bench bench-run fuzz fuzz-run
 
 all: $(BUILD)/tgwebhookd
 
 deps:
 	@scripts/deps.sh
+
+# Fuzzing (clang's libFuzzer, ASan, UBSan): its own build directory.
+FUZZ_SECONDS ?= 60
+FUZZ_SMOKE_SECONDS ?= 3
+FUZZ_DIR := build-fuzz
+FUZZ_CC ?= clang
+FUZZ_CFLAGS := -std=c17 -D_GNU_SOURCE -g -O1 -fno-omit-frame-pointer \
+	-fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=all \
+	-Isrc -DTGW_VERSION='"$(VERSION)"' $(PKG_CFLAGS)
+FUZZ_SRCS := $(wildcard tests/fuzz/fuzz_*.c)
+FUZZ_BINS := $(FUZZ_SRCS:tests/fuzz/%.c=$(FUZZ_DIR)/%)
+FUZZ_LIB_OBJS := $(LIB_SRCS:%.c=$(FUZZ_DIR)/%.o)
 
 # `make V=1` shows the commands.
 ifeq ($(V),1)
@@ -91,8 +103,24 @@ $(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(BUILD)/libtgw.a
 test: deps
 	@$(MAKE) --no-print-directory test-run
 
-test-run: $(BUILD)/tgwebhookd $(UNIT_BINS)
-	@BUILD=$(BUILD) tests/run.sh
+test-run: $(BUILD)/tgwebhookd $(UNIT_BINS) $(if $(SANITIZE),,$(FUZZ_BINS))
+	@BUILD=$(BUILD) TGW_SANITIZE=$(SANITIZE) \
+	    FUZZ_SMOKE=$(if $(SANITIZE),0,$(FUZZ_SMOKE_SECONDS)) tests/run.sh
+
+fuzz: deps
+	@$(MAKE) --no-print-directory fuzz-run
+
+fuzz-run: $(FUZZ_BINS)
+	@tests/fuzz/run.sh $(FUZZ_SECONDS)
+
+$(FUZZ_DIR)/%.o: %.c
+	@mkdir -p $(dir $@)
+	@[ "$(V)" = 1 ] || echo "  FUZZCC  $<"
+	$(Q)$(FUZZ_CC) $(FUZZ_CFLAGS) -c -o $@ $<
+
+$(FUZZ_DIR)/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_LIB_OBJS)
+	@[ "$(V)" = 1 ] || echo "  FUZZLD  $@"
+	$(Q)$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer -o $@ $^ $(LIBS)
 
 test-sanitize: deps
 	@$(MAKE) --no-print-directory SANITIZE=address,undefined test-run
@@ -120,7 +148,7 @@ $(BUILD)/bench/%: $(BUILD)/bench/%.o $(BUILD)/libtgw.a
 	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS)
 
 clean:
-	rm -rf build build-san
+	rm -rf build build-san build-fuzz
 
 install: $(BUILD)/tgwebhookd
 	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(SYSCONFDIR)/tgwebhookd \

@@ -11,7 +11,7 @@ libcurl:libcurl4-openssl-dev inih:libinih-dev sqlite3:libsqlite3-dev
 cmocka:libcmocka-dev"
 # command -> Debian package
 cmds="pkg-config:pkg-config cc:gcc make:make python3:python3 openssl:openssl
-curl:curl"
+curl:curl clang:clang"
 
 need=""
 for pair in $cmds; do
@@ -30,6 +30,12 @@ if command -v dpkg-query >/dev/null 2>&1 &&
     ! dpkg-query -W -f='${Status}' libcurl4-openssl-dev 2>/dev/null |
     grep -q 'ok installed'; then
 	need="$need libcurl4-openssl-dev"
+fi
+# libFuzzer and the sanitizer runtimes for clang (make fuzz, make test)
+if command -v dpkg-query >/dev/null 2>&1 &&
+    ! dpkg-query -W -f='${Status}' libclang-rt-14-dev 2>/dev/null |
+    grep -q 'ok installed'; then
+	need="$need libclang-rt-14-dev"
 fi
 for extra in "$@"; do
 	dpkg-query -W -f='${Status}' "$extra" 2>/dev/null |

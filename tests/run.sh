@@ -44,6 +44,13 @@ if [ $rc -ne 0 ] && ! grep -q '^not ok ' "$out"; then
 	failures+=("integration: runner exited $rc")
 fi
 
+# A few seconds of each fuzz target (make fuzz runs them longer).
+if [ "${FUZZ_SMOKE:-0}" != 0 ] && ls build-fuzz/fuzz_* >/dev/null 2>&1; then
+	tests/fuzz/run.sh "$FUZZ_SMOKE" > "$out" 2>&1
+	sed 's/^/[fuzz] /' "$out"
+	count "$out" fuzz
+fi
+
 if [ ${#failures[@]} -gt 0 ]; then
 	echo
 	echo "Failures:"

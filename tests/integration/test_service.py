@@ -13,7 +13,10 @@ import tempfile
 import time
 import urllib.request
 
-from harness import Daemon, ROOT, message
+from harness import BUILD, Daemon, ROOT, binary, message
+
+# the build the suite runs on: make install must not rebuild it otherwise
+SANITIZE = os.environ.get("TGW_SANITIZE", "")
 
 HANDLERS = "[handler.start]\ncommands = /start\nreply = hi {from.first_name}\n"
 
@@ -251,8 +254,7 @@ def test_unit_file_verify_and_security():
         unit = os.path.join(t, "tgwebhookd.service")
         text = open(os.path.join(ROOT, "systemd", "tgwebhookd.service")).read()
         with open(unit, "w") as f:
-            f.write(text.replace("/usr/local/sbin/tgwebhookd",
-                                 os.path.join(ROOT, "build", "tgwebhookd")))
+            f.write(text.replace("/usr/local/sbin/tgwebhookd", binary()))
         for sec, name in (("8", "tgwebhookd.8"), ("5", "tgwebhookd.conf.5")):
             os.makedirs(os.path.join(t, "man", "man" + sec), exist_ok=True)
             shutil.copy(os.path.join(ROOT, "man", name),
@@ -273,7 +275,9 @@ def test_unit_file_verify_and_security():
 def test_make_install_tree():
     with tempfile.TemporaryDirectory() as t:
         out = subprocess.run(["make", "-s", "-C", ROOT, "install",
-                              "DESTDIR=" + t], capture_output=True, text=True)
+                              "BUILD=" + BUILD, "SANITIZE=" + SANITIZE,
+                              "DESTDIR=" + t],
+                             capture_output=True, text=True)
         assert out.returncode == 0, out
         for path in ("usr/local/sbin/tgwebhookd",
                      "etc/tgwebhookd/tgwebhookd.conf",
@@ -291,7 +295,9 @@ def test_make_install_tree():
         with open(conf, "w") as f:
             f.write("; mine\n")
         out = subprocess.run(["make", "-s", "-C", ROOT, "install",
-                              "DESTDIR=" + t], capture_output=True, text=True)
+                              "BUILD=" + BUILD, "SANITIZE=" + SANITIZE,
+                              "DESTDIR=" + t],
+                             capture_output=True, text=True)
         assert out.returncode == 0
         assert open(conf).read() == "; mine\n"
         out = subprocess.run(["make", "-s", "-C", ROOT, "uninstall",
