@@ -135,6 +135,7 @@ demo-run: $(BUILD)/tgwebhookd
 # Measurements, not tests (machines here are shared and noisy): figures
 # go to the terminal; quote ratios measured in one run.
 bench: deps
+	@scripts/deps.sh nginx-light wrk
 	@$(MAKE) --no-print-directory bench-run
 
 bench-run: $(BUILD)/tgwebhookd $(BUILD)/bench/enqueue
@@ -143,6 +144,9 @@ bench-run: $(BUILD)/tgwebhookd $(BUILD)/bench/enqueue
 	@echo
 	@echo "== outbox delivery at Telegram's limits (bench/outbox_delivery.py)"
 	@TGW_BUILD=$(BUILD) python3 bench/outbox_delivery.py
+	@echo
+	@echo "== webhook load: tgwebhookd and nginx (bench/webhook_bench.py)"
+	@TGW_BUILD=$(BUILD) python3 bench/webhook_bench.py
 
 $(BUILD)/bench/%: $(BUILD)/bench/%.o $(BUILD)/libtgw.a
 	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS)

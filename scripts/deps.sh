@@ -37,6 +37,7 @@ if command -v dpkg-query >/dev/null 2>&1 &&
     grep -q 'ok installed'; then
 	need="$need libclang-rt-14-dev"
 fi
+# extra packages named on the command line (make bench: nginx-light wrk)
 for extra in "$@"; do
 	dpkg-query -W -f='${Status}' "$extra" 2>/dev/null |
 	    grep -q 'ok installed' || need="$need $extra"

@@ -90,7 +90,7 @@ xasprintf(const char *fmt, ...)
 	return b.data;
 }
 
-static void
+void
 buf_reserve(struct buf *b, size_t extra)
 {
 	size_t need = b->len + extra + 1;

@@ -30,6 +30,8 @@ struct buf {
 	size_t len;
 	size_t cap;
 };
+/* Makes room for extra more bytes. */
+void buf_reserve(struct buf *b, size_t extra);
 void buf_append(struct buf *b, const void *p, size_t n);
 void buf_puts(struct buf *b, const char *s);
 void buf_printf(struct buf *b, const char *fmt, ...)

@@ -1,0 +1,240 @@
+"""make bench: the same webhook load against tgwebhookd and nginx (the
+ceiling for a TLS HTTP server here), side by side, in one run.
+
+wrk (bench/webhook.lua) POSTs a private /start update with a fresh
+update_id to the secret path over TLS keep-alive, at 1, 10 and 100
+connections; every answer is checked (a 200 carrying the inline
+sendMessage).  The server is pinned to core 0, wrk to core 1.  Figures:
+requests a second, p50/p99 latency, bad answers, server CPU time per
+update (from the server's own accounting: steadier than req/s on a
+shared machine), peak RSS, and each one's ratio to nginx's.  Written to
+bench/RESULTS.md.  A measurement, not a test."""
+
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BUILD = os.environ.get("TGW_BUILD", os.path.join(ROOT, "build"))
+DURATION = int(os.environ.get("BENCH_SECONDS", "8"))
+CONNS = [int(c) for c in os.environ.get("BENCH_CONNS", "1,10,100").split(",")]
+PATH = "/hook-Vq3kZ8pL2mW9xR4tY7uB1nE6"
+SECRET = "s3cret_T0ken-for-the-benchmark"
+REPLY = {"method": "sendMessage", "chat_id": 31337,
+         "text": "Hello, Ann! I am a bot that says hello."}
+TOKEN = "110201543:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw"
+
+
+def free_port():
+    import socket
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def cpu_ticks(pids):
+    total = 0
+    for pid in pids:
+        with open("/proc/%d/stat" % pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])   # utime + stime
+    return total
+
+
+def peak_rss_kib(pids):
+    total = 0
+    for pid in pids:
+        with open("/proc/%d/status" % pid) as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1])
+    return total
+
+
+def wait_port(port, timeout=10):
+    import socket
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("nothing listens on %d" % port)
+
+
+def run_wrk(port, conns):
+    out = subprocess.run(
+        ["taskset", "-c", "1", "wrk", "-t1", "-c%d" % conns,
+         "-d%ds" % DURATION, "--latency", "-s",
+         os.path.join(ROOT, "bench", "webhook.lua"),
+         "https://127.0.0.1:%d%s" % (port, PATH), "--", PATH, SECRET],
+        capture_output=True, text=True, timeout=DURATION + 60)
+    text = out.stdout
+    reqs = int(re.search(r"(\d+) requests in", text).group(1))
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    errors = re.search(r"Socket errors: (.*)", text)
+    bad = int(re.search(r"BAD (\d+)", text).group(1))
+    return {"requests": reqs, "rps": rps,
+            "p50_us": int(re.search(r"P50 (\d+)", text).group(1)),
+            "p99_us": int(re.search(r"P99 (\d+)", text).group(1)),
+            "bad": bad + (int(non2xx.group(1)) if non2xx else 0),
+            "socket_errors": errors.group(1) if errors else ""}
+
+
+def measure(name, pids, port, results):
+    for conns in CONNS:
+        t0 = cpu_ticks(pids)
+        r = run_wrk(port, conns)
+        ticks = cpu_ticks(pids) - t0
+        r["cpu_us"] = ticks * 1e6 / os.sysconf("SC_CLK_TCK") / max(
+            r["requests"], 1)
+        r["rss_mib"] = peak_rss_kib(pids) / 1024.0
+        results[(name, conns)] = r
+        print("  %-12s c=%-3d %9.0f req/s  p50 %6d us  p99 %6d us  "
+              "cpu %6.1f us/update  rss %5.1f MiB  bad %d %s" % (
+                  name, conns, r["rps"], r["p50_us"], r["p99_us"],
+                  r["cpu_us"], r["rss_mib"], r["bad"],
+                  r["socket_errors"]), flush=True)
+
+
+def start_tgwebhookd(tmp, cert, key, port, handler):
+    conf = os.path.join(tmp, "tgwebhookd.conf")
+    with open(conf, "w") as f:
+        f.write("[bot]\napi_url = http://127.0.0.1:9\nusername = BenchBot\n"
+                "[webhook]\ndomain = localhost\nlisten = 127.0.0.1:%d\n"
+                "path = %s\nsecret_token = %s\ncertificate = %s\n"
+                "private_key = %s\nself_signed = off\nregister = off\n"
+                "trusted_networks = 127.0.0.0/8\n"
+                "[server]\nthreads = 1\n[admin]\nlisten = off\n"
+                "[store]\ndir = %s/store\n[log]\nlevel = %s\n%s\n" % (
+                    port, PATH[1:], SECRET, cert, key, tmp,
+                    os.environ.get("BENCH_LOG_LEVEL", "info"), handler))
+    log = open(os.path.join(tmp, "tgwebhookd.log"), "wb")
+    p = subprocess.Popen(["taskset", "-c", "0",
+                          os.path.join(BUILD, "tgwebhookd"), "-c", conf],
+                         stdout=log, stderr=log,
+                         env=dict(os.environ, TGWEBHOOKD_TOKEN=TOKEN))
+    wait_port(port)
+    return p
+
+
+def start_nginx(tmp, cert, key, port):
+    conf = os.path.join(tmp, "nginx.conf")
+    body = json.dumps(REPLY).replace("'", "\\'")
+    with open(conf, "w") as f:
+        f.write("""worker_processes 1;
+daemon off;
+master_process off;
+pid %s/nginx.pid;
+error_log %s/nginx.err warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 10000000;
+    keepalive_timeout 75s;
+    client_body_temp_path %s;
+    server {
+        listen 127.0.0.1:%d ssl;
+        ssl_certificate %s;
+        ssl_certificate_key %s;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        location = %s {
+            default_type application/json;
+            return 200 '%s';
+        }
+    }
+}
+""" % (tmp, tmp, tmp, port, cert, key, PATH, body))
+    p = subprocess.Popen(["taskset", "-c", "0", "nginx", "-c", conf,
+                          "-p", tmp], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+    wait_port(port)
+    return p
+
+
+def stop(p):
+    p.send_signal(signal.SIGTERM)
+    try:
+        p.wait(20)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()
+
+
+def version(cmd):
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        return (out.stdout + out.stderr).strip().splitlines()[0]
+    except OSError:
+        return "not installed"
+
+
+def main():
+    for tool in ("wrk", "nginx", "taskset", "openssl"):
+        if shutil.which(tool) is None:
+            sys.exit("bench: %s is missing (make bench installs it)" % tool)
+    tmp = tempfile.mkdtemp(prefix="tgw-bench-")
+    cert, key = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048",
+                    "-nodes", "-keyout", key, "-out", cert, "-days", "30",
+                    "-subj", "/CN=localhost"], check=True,
+                   capture_output=True)
+    results = {}
+    reply = ("[handler.start]\ncommands = /start\nreply = Hello, "
+             "{from.first_name}! I am a bot that says hello.\n")
+    servers = [("nginx", lambda port: start_nginx(tmp, cert, key, port)),
+               ("tgwebhookd", lambda port: start_tgwebhookd(
+                   tmp, cert, key, port, reply))]
+    print("server on core 0, wrk on core 1, %ds per run" % DURATION)
+    for name, start in servers:
+        port = free_port()
+        p = start(port)
+        try:
+            time.sleep(0.3)
+            measure(name, [p.pid], port, results)
+        finally:
+            stop(p)
+    write_results(results)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_results(results):
+    lines = ["# Benchmark results", "",
+             "`make bench` on %s, %d cores (%s), %s; %s; %s. Server pinned "
+             "to core 0, wrk to core 1, %d s per run, TLS keep-alive, every "
+             "answer checked. Ratios are to nginx in the same run." % (
+                 platform.node() or "this machine", os.cpu_count(),
+                 platform.machine(), time.strftime("%Y-%m-%d"),
+                 version(["nginx", "-v"]),
+                 version([os.path.join(BUILD, "tgwebhookd"), "--version"]),
+                 DURATION), "",
+             "| server | conns | req/s | × nginx | p50 µs | p99 µs | bad | "
+             "CPU µs/update | × nginx | peak RSS MiB |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for (name, conns), r in sorted(results.items(),
+                                   key=lambda kv: (kv[0][1], kv[0][0])):
+        base = results.get(("nginx", conns))
+        lines.append("| %s | %d | %.0f | %.2f | %d | %d | %d | %.1f | %.2f | "
+                     "%.1f |" % (name, conns, r["rps"],
+                                 r["rps"] / base["rps"] if base else 0,
+                                 r["p50_us"], r["p99_us"], r["bad"],
+                                 r["cpu_us"], r["cpu_us"] / base["cpu_us"]
+                                 if base else 0, r["rss_mib"]))
+    with open(os.path.join(ROOT, "bench", "RESULTS.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
