@@ -465,7 +465,7 @@ config_new(const char *file)
 	c->threads = 2;
 	c->handler_threads = 32;
 	c->max_clients = 1024;
-	c->per_ip_limit = 0;
+	c->per_ip_limit = 16;
 	c->connection_timeout_ms = 75000;
 	c->shutdown_timeout_ms = 10000;
 	c->dedup_size = 16384;

@@ -374,3 +374,16 @@ gate_verdict_name(enum gate_verdict v)
 	}
 	return "?";
 }
+
+bool
+gate_peer_trusted(const struct gate *g, const struct sockaddr *peer)
+{
+	unsigned char addr[16];
+
+	if (netlist_count(g->networks) == 0)
+		return true;
+	if (gate_addr_from_sockaddr(peer, addr) == -1)
+		return false;
+	return netlist_match(g->networks, addr) ||
+	    netlist_match(g->proxies, addr);
+}

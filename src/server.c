@@ -39,6 +39,16 @@
 #define TLS_PRIORITIES "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2"
 #define RETRY_AFTER_S "5"
 #define CONN_MEMORY (16 << 10)
+/* Idle timeout for connections from outside trusted_networks. */
+#define UNTRUSTED_TIMEOUT_S 10
+#define PEER_BUCKETS 1024
+
+/* Open connections per untrusted address. */
+struct peer {
+	unsigned char addr[16];
+	unsigned n;
+	struct peer *next;
+};
 /* Rejected requests logged per window before the rest are counted. */
 #define REJECT_LOG_BURST 10
 #define REJECT_LOG_WINDOW_MS 10000
@@ -75,6 +85,8 @@ struct server {
 	atomic_uint inflight;
 	struct MHD_Response *empty200, *r400, *r403, *r404, *r405, *r413,
 	    *r503;
+	pthread_mutex_t peers_mu;
+	struct peer *peers[PEER_BUCKETS];
 	pthread_mutex_t log_mu;
 	uint64_t log_window;
 	unsigned log_count, log_suppressed;
@@ -102,9 +114,11 @@ log_rejected(struct server *s, const char *client, const char *method,
 	if (suppressed > 0)
 		log_warn("%u more rejected requests were not logged",
 		    suppressed);
-	if (show)
+	if (show && status != 0)
 		log_warn("rejected %s from %s: %s (%u)", method, client, why,
 		    status);
+	else if (show)
+		log_warn("refused a %s from %s: %s", method, client, why);
 }
 
 static struct MHD_Response *
@@ -456,6 +470,106 @@ server_swap(struct server *s, struct gate *g, struct dispatch *t)
 	dispatch_unref(old_table);
 }
 
+static bool
+peer_trusted(struct server *s, const struct sockaddr *sa)
+{
+	bool ok;
+
+	pthread_rwlock_rdlock(&s->lock);
+	ok = gate_peer_trusted(s->o.gate, sa);
+	pthread_rwlock_unlock(&s->lock);
+	return ok;
+}
+
+static struct peer **
+peer_slot(struct server *s, const unsigned char addr[16])
+{
+	uint32_t h = 2166136261u;
+	struct peer **p;
+
+	for (int i = 0; i < 16; i++)
+		h = (h ^ addr[i]) * 16777619u;
+	for (p = &s->peers[h % PEER_BUCKETS]; *p != NULL; p = &(*p)->next)
+		if (memcmp((*p)->addr, addr, 16) == 0)
+			break;
+	return p;
+}
+
+/*
+ * Accept policy: Telegram (trusted_networks) is never limited; any other
+ * address may hold at most per_ip_limit connections, so that one source
+ * holding connections open (slowloris, a flood of idle sockets) cannot
+ * take the places Telegram needs.
+ */
+static enum MHD_Result
+on_accept(void *cls, const struct sockaddr *sa, socklen_t len)
+{
+	struct server *s = cls;
+	unsigned char addr[16];
+	struct peer *p;
+	bool ok;
+
+	(void)len;
+	if (s->o.per_ip_limit == 0 || peer_trusted(s, sa) ||
+	    gate_addr_from_sockaddr(sa, addr) == -1)
+		return MHD_YES;
+	pthread_mutex_lock(&s->peers_mu);
+	p = *peer_slot(s, addr);
+	ok = p == NULL || p->n < s->o.per_ip_limit;
+	pthread_mutex_unlock(&s->peers_mu);
+	if (!ok) {
+		char text[64];
+
+		gate_addr_format(addr, text, sizeof(text));
+		log_rejected(s, text, "connection", "per_ip_limit reached", 0);
+		metrics_reject(MR_SOURCE);
+	}
+	return ok ? MHD_YES : MHD_NO;
+}
+
+static void
+on_connection(void *cls, struct MHD_Connection *c, void **socket_ctx,
+    enum MHD_ConnectionNotificationCode code)
+{
+	struct server *s = cls;
+	const union MHD_ConnectionInfo *ci;
+	unsigned char addr[16];
+	struct peer **pp, *p;
+
+	if (s->o.per_ip_limit == 0)
+		return;
+	if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+		ci = MHD_get_connection_info(c,
+		    MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+		if (ci == NULL || peer_trusted(s, ci->client_addr) ||
+		    gate_addr_from_sockaddr(ci->client_addr, addr) == -1)
+			return;
+		/* Strangers get a short idle timeout too. */
+		MHD_set_connection_option(c, MHD_CONNECTION_OPTION_TIMEOUT,
+		    (unsigned)UNTRUSTED_TIMEOUT_S);
+		pthread_mutex_lock(&s->peers_mu);
+		pp = peer_slot(s, addr);
+		if (*pp == NULL) {
+			*pp = xcalloc(1, sizeof(**pp));
+			memcpy((*pp)->addr, addr, 16);
+		}
+		(*pp)->n++;
+		*socket_ctx = *pp;	/* counted: uncount at close */
+		pthread_mutex_unlock(&s->peers_mu);
+		return;
+	}
+	if ((p = *socket_ctx) == NULL)
+		return;
+	pthread_mutex_lock(&s->peers_mu);
+	if (--p->n == 0) {
+		pp = peer_slot(s, p->addr);
+		*pp = p->next;
+		free(p);
+	}
+	pthread_mutex_unlock(&s->peers_mu);
+	*socket_ctx = NULL;
+}
+
 static void
 on_mhd_log(void *cls, const char *fmt, va_list ap)
 {
@@ -516,6 +630,7 @@ server_start(const struct server_opts *o, char *err, size_t errlen)
 	pthread_rwlock_init(&s->lock, &ra);
 	pthread_rwlockattr_destroy(&ra);
 	pthread_mutex_init(&s->log_mu, NULL);
+	pthread_mutex_init(&s->peers_mu, NULL);
 	s->empty200 = fixed(200);
 	s->r400 = fixed(400);
 	s->r403 = fixed(403);
@@ -541,8 +656,7 @@ server_start(const struct server_opts *o, char *err, size_t errlen)
 	/* Per-connection memory for headers and reading: Telegram's header
 	 * block fits in 4 KiB; bodies are copied out as they come. */
 	OPT(MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONN_MEMORY, NULL);
-	if (o->per_ip_limit > 0)
-		OPT(MHD_OPTION_PER_IP_CONNECTION_LIMIT, o->per_ip_limit, NULL);
+	OPT(MHD_OPTION_NOTIFY_CONNECTION, on_connection, s);
 	if (o->threads > 1)
 		OPT(MHD_OPTION_THREAD_POOL_SIZE, o->threads, NULL);
 	if (o->tls) {
@@ -556,7 +670,7 @@ server_start(const struct server_opts *o, char *err, size_t errlen)
 	}
 	OPT(MHD_OPTION_END, 0, NULL);
 #undef OPT
-	s->mhd = MHD_start_daemon(flags, 0, NULL, NULL, on_request, s,
+	s->mhd = MHD_start_daemon(flags, 0, on_accept, s, on_request, s,
 	    MHD_OPTION_ARRAY, opts, MHD_OPTION_END);
 	if (s->mhd == NULL) {
 		errf(err, errlen, "libmicrohttpd would not start; run with "
@@ -598,6 +712,14 @@ server_stop(struct server *s)
 	MHD_destroy_response(s->r413);
 	MHD_destroy_response(s->r503);
 	pthread_mutex_destroy(&s->log_mu);
+	pthread_mutex_destroy(&s->peers_mu);
+	for (size_t i = 0; i < PEER_BUCKETS; i++)
+		while (s->peers[i] != NULL) {
+			struct peer *p = s->peers[i];
+
+			s->peers[i] = p->next;
+			free(p);
+		}
 	pthread_rwlock_destroy(&s->lock);
 	gate_free(s->o.gate);
 	dispatch_unref(s->o.dispatch);

@@ -25,7 +25,8 @@ struct server_opts {
 	const char *key_pem;
 	unsigned threads;
 	unsigned max_clients;
-	unsigned per_ip_limit;	/* 0: none */
+	unsigned per_ip_limit;	/* connections per untrusted address;
+				 * 0: none */
 	unsigned timeout_s;	/* idle connection timeout */
 	size_t max_body;
 	struct gate *gate;		/* owned by the server */
