@@ -22,6 +22,8 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tests", "emulator"))
+from botapi_emu import free_port  # noqa: E402
 BUILD = os.environ.get("TGW_BUILD", os.path.join(ROOT, "build"))
 DURATION = int(os.environ.get("BENCH_SECONDS", "8"))
 CONNS = [int(c) for c in os.environ.get("BENCH_CONNS", "1,10,100").split(",")]
@@ -32,13 +34,6 @@ REPLY = {"method": "sendMessage", "chat_id": 31337,
 TOKEN = "110201543:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw"
 
 
-def free_port():
-    import socket
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def cpu_ticks(pids):

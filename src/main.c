@@ -688,16 +688,6 @@ out:
 	d->status[0] = '\0';	/* send the status again */
 }
 
-static void
-fmt_time(int64_t t, char *out, size_t len)
-{
-	time_t tt = (time_t)t;
-	struct tm tm;
-
-	gmtime_r(&tt, &tm);
-	strftime(out, len, "%Y-%m-%d %H:%M UTC", &tm);
-}
-
 /* STATUS= for systemctl status: serving, registration, Telegram's last
  * delivery error. */
 static void
@@ -725,7 +715,7 @@ update_status(struct daemon *d)
 		    "; %ld update(s) pending at Telegram",
 		    st.pending_update_count);
 	if (st.last_error_date > 0 && n < sizeof(status)) {
-		fmt_time(st.last_error_date, date, sizeof(date));
+		fmt_utc(st.last_error_date, date, sizeof(date));
 		snprintf(status + n, sizeof(status) - n, "; Telegram's last "
 		    "delivery error %s: %.150s", date, st.last_error_message);
 	}

@@ -217,6 +217,16 @@ deadline_after(uint64_t ms)
 	return ts;
 }
 
+void
+fmt_utc(int64_t t, char *out, size_t len)
+{
+	time_t tt = (time_t)t;
+	struct tm tm;
+
+	gmtime_r(&tt, &tm);
+	strftime(out, len, "%Y-%m-%d %H:%M:%S UTC", &tm);
+}
+
 char *
 file_read(const char *path, size_t max, size_t *lenp, char *err, size_t errlen)
 {

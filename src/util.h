@@ -53,6 +53,9 @@ int64_t wall_ms(void);
 void cond_init_monotonic(pthread_cond_t *cv);
 struct timespec deadline_after(uint64_t ms);
 
+/* Unix seconds as "2026-11-25 04:00:00 UTC". */
+void fmt_utc(int64_t t, char *out, size_t len);
+
 /* Reads a whole file of at most max bytes into a NUL-terminated buffer.
  * Returns it (caller frees) or NULL with err filled. */
 char *file_read(const char *path, size_t max, size_t *lenp, char *err,

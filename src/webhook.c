@@ -106,16 +106,6 @@ webhook_set(struct botapi *api, const struct webhook_params *p,
 	return s;
 }
 
-static void
-fmt_date(json_int_t t, char *out, size_t len)
-{
-	time_t tt = (time_t)t;
-	struct tm tm;
-
-	gmtime_r(&tt, &tm);
-	strftime(out, len, "%Y-%m-%d %H:%M:%S UTC", &tm);
-}
-
 int
 webhook_log_info(struct botapi *api, struct webhook_state *st)
 {
@@ -143,7 +133,7 @@ webhook_log_info(struct botapi *api, struct webhook_state *st)
 	msg = json_string_value(json_object_get(res, "last_error_message"));
 	if (msg != NULL && (st == NULL || st->last_error_date !=
 	    json_integer_value(json_object_get(res, "last_error_date")))) {
-		fmt_date(json_integer_value(json_object_get(res,
+		fmt_utc((int64_t)json_integer_value(json_object_get(res,
 		    "last_error_date")), date, sizeof(date));
 		log_warn("Telegram's last delivery error, at %s: %s (Telegram "
 		    "keeps this message after recovery; see the README's "
