@@ -612,6 +612,47 @@ warn_restart_keys(const struct config *a, const struct config *b)
 		    "restart: %s", list);
 }
 
+/* Keys that need a restart keep their running values in the configuration
+ * in force, so that what it says (and what a re-registration uses) is
+ * what runs. */
+static void
+keep_running_values(const struct config *old, struct config *nc)
+{
+#define KEEP_STR(f) do { free(nc->f); \
+	nc->f = old->f != NULL ? xstrdup(old->f) : NULL; } while (0)
+#define KEEP(f) (nc->f = old->f)
+	KEEP_STR(domain);
+	KEEP_STR(listen);
+	KEEP_STR(path);
+	KEEP_STR(secret_token);
+	KEEP_STR(store_dir);
+	KEEP_STR(store_sync);
+	KEEP_STR(api_url);
+	KEEP_STR(allowed_updates);
+	KEEP_STR(ip_address);
+	KEEP(port);
+	KEEP(tls);
+	KEEP(threads);
+	KEEP(handler_threads);
+	KEEP(max_clients);
+	KEEP(per_ip_limit);
+	KEEP(connection_timeout_ms);
+	KEEP(dedup_size);
+	KEEP(max_body);
+	KEEP(reply_deadline_ms);
+	KEEP(outbox_rate);
+	KEEP(outbox_chat_interval_ms);
+	KEEP(outbox_group_per_minute);
+	KEEP(outbox_inflight);
+	KEEP(outbox_max_age_ms);
+	KEEP(outbox_keep_ms);
+	KEEP(register_webhook);
+	KEEP(max_connections);
+	KEEP(drop_pending_updates);
+#undef KEEP
+#undef KEEP_STR
+}
+
 /*
  * SIGHUP: the configuration and certificate read again into fresh
  * objects; only if all of it is good is it swapped in (new handlers and
@@ -631,8 +672,12 @@ daemon_reload(struct daemon *d)
 	notify_send("RELOADING=1\nSTATUS=reloading %s", d->c->file);
 	log_notice("SIGHUP: reloading %s", d->c->file);
 	nc = config_load(d->c->file, &diag);
-	if (nc != NULL && diag.count == 0)
+	if (nc != NULL && diag.count == 0) {
+		/* The certificate is checked against the domain in force. */
+		warn_restart_keys(d->c, nc);
+		keep_running_values(d->c, nc);
 		nt = dispatch_new(nc, &diag);
+	}
 	if (nt != NULL && nc->tls &&
 	    certificate_ready(nc, true, &ni, &diag) == 0 &&
 	    read_pems(nc, &cert_pem, &key_pem, err, sizeof(err)) == -1)
@@ -654,7 +699,7 @@ daemon_reload(struct daemon *d)
 		cert_info_clear(&ni);
 		goto out;
 	}
-	warn_restart_keys(d->c, nc);
+
 	log_set_level((enum log_level)nc->log_level);
 	server_swap(d->srv, make_gate(d, nc), nt);
 	dispatch_free(d->dispatch);	/* the server holds the new one */

@@ -305,3 +305,20 @@ def test_make_install_tree():
         assert not os.path.exists(os.path.join(t, "usr/local/sbin/"
                                                "tgwebhookd"))
         assert os.path.exists(conf)
+
+
+def test_reload_names_keys_that_need_a_restart():
+    with Daemon(HANDLERS) as d:
+        text = open(d.conf).read()
+        text = text.replace("domain = localhost", "domain = other.example")
+        text = text.replace("reply = hi {from.first_name}", "reply = new")
+        with open(d.conf, "w") as f:
+            f.write(text)
+        d.proc.send_signal(signal.SIGHUP)
+        d.wait_log("reload done")
+        assert "take effect only after a restart: domain" in d.log()
+        # the handler changed; the domain in force did not (the
+        # certificate for localhost was accepted and is still served)
+        status, _, _, body = d.deliver(message("/start", 1))
+        assert json.loads(body)["text"] == "new"
+        assert len(d.emu.calls_of("setWebhook")) == 1
