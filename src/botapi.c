@@ -41,14 +41,25 @@ botapi_global_init(void)
 	curl_global_init(CURL_GLOBAL_DEFAULT);
 }
 
+/* Every call's URL starts with this; it holds the token, so whoever keeps
+ * it wipes it when done. */
+static char *
+api_base(const char *api_url, const char *token, size_t *len)
+{
+	char *base;
+
+	pthread_once(&botapi_once, botapi_global_init);
+	base = xasprintf("%s/bot%s/", api_url, token);
+	*len = strlen(base);
+	return base;
+}
+
 struct botapi *
 botapi_new(const char *api_url, const char *token, unsigned timeout_ms)
 {
 	struct botapi *b = xcalloc(1, sizeof(*b));
 
-	pthread_once(&botapi_once, botapi_global_init);
-	b->base = xasprintf("%s/bot%s/", api_url, token);
-	b->base_len = strlen(b->base);
+	b->base = api_base(api_url, token, &b->base_len);
 	b->timeout_ms = timeout_ms;
 	if ((b->curl = curl_easy_init()) == NULL)
 		abort();
@@ -328,9 +339,7 @@ botapi_multi_new(const char *api_url, const char *token, unsigned timeout_ms)
 {
 	struct botapi_multi *m = xcalloc(1, sizeof(*m));
 
-	pthread_once(&botapi_once, botapi_global_init);
-	m->base = xasprintf("%s/bot%s/", api_url, token);
-	m->base_len = strlen(m->base);
+	m->base = api_base(api_url, token, &m->base_len);
 	m->timeout_ms = timeout_ms;
 	if ((m->multi = curl_multi_init()) == NULL)
 		abort();

@@ -338,12 +338,11 @@ set_global(struct loader *l, const struct ckey *k, const char *value)
 
 /* A continuation line: append to the previous value and re-apply it. */
 static void
-continue_value(struct loader *l, const char *section, const char *value)
+continue_value(struct loader *l, const char *value)
 {
 	struct conf_kv *kv = l->last;
 	char *joined = xasprintf("%s %s", kv->value, value);
 
-	(void)section;
 	free(kv->value);
 	kv->value = joined;
 	if (l->last_key != NULL) {
@@ -383,7 +382,7 @@ loader_handle(void *arg, const char *section, const char *key,
 	int first;
 
 	if (l->cont && l->last != NULL) {
-		continue_value(l, section, value);
+		continue_value(l, value);
 		return 1;
 	}
 	l->last = NULL;

@@ -160,6 +160,29 @@ class Daemon:
             self.close()
 
 
+def stored_secrets(store):
+    """The webhook path and secret token the daemon generated and keeps."""
+    import sqlite3
+    db = sqlite3.connect(os.path.join(store, "tgwebhookd.db"))
+    try:
+        kept = dict(db.execute("SELECT name, value FROM secrets"))
+    finally:
+        db.close()
+    return kept["webhook_path"], kept["secret_token"]
+
+
+def post_update(port, update, path, secret, tls=True):
+    """POSTs an update the way Telegram would, without the emulator;
+    returns the raw answer."""
+    import json
+    body = json.dumps(update).encode()
+    head = ("POST /%s HTTP/1.1\r\nHost: localhost:8443\r\n"
+            "Content-Type: application/json\r\nContent-Length: %d\r\n"
+            "X-Telegram-Bot-Api-Secret-Token: %s\r\n"
+            "Connection: close\r\n\r\n" % (path, len(body), secret))
+    return raw_request(port, head.encode() + body, tls=tls)
+
+
 def raw_request(port, data, tls=True, host="localhost", timeout=5,
                 cafile=None):
     """Sends raw bytes, returns the raw answer (for requests Telegram

@@ -184,3 +184,10 @@ def test_plain_http_behind_proxy():
                           tls=False)
         # path and secret were generated: this request has neither
         assert out.startswith(b"HTTP/1.1 404"), out[:80]
+        # with them, plain HTTP serves updates as TLS does
+        from harness import post_update, stored_secrets
+        path, secret = stored_secrets(d.store)
+        out = post_update(d.port, message("/start", 2), path, secret,
+                          tls=False)
+        assert out.startswith(b"HTTP/1.1 200"), out[:80]
+        assert b'"method":"sendMessage"' in out and b'"text":"hi"' in out

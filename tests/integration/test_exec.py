@@ -173,7 +173,6 @@ def test_slow_handler_does_not_stall_others():
         t.start()
         time.sleep(0.3)
         # another connection, as Telegram opens one per chat queue
-        from botapi_emu import Emulator  # noqa: F401
         other = d.emu._connect()
         other.request("POST", "/" + d.emu.webhook["url"].split("/", 3)[3],
                       body=json.dumps(message("hello", 2, chat_id=9)),

@@ -265,7 +265,8 @@ def test_sync_full_and_bad_values():
                                            "full\n")
         open(d.conf, "w").write(text)
         d.start()
-        d.deliver(message("x", 1))
+        status, _, _, body = d.deliver(message("x", 1))
+        assert status == 200 and json.loads(body)["text"] == "x"
 
 
 def test_late_handler_held_across_a_crash():
