@@ -12,6 +12,9 @@ SYSCONFDIR ?= /etc
 LIBEXECDIR ?= $(PREFIX)/libexec
 UNITDIR ?= /etc/systemd/system
 MANDIR ?= $(PREFIX)/share/man
+INCLUDEDIR ?= $(PREFIX)/include
+LIBDIR ?= $(PREFIX)/lib
+PLUGINDIR ?= $(LIBDIR)/tgwebhookd
 CC ?= cc
 WERROR ?=
 SANITIZE ?=
@@ -50,11 +53,16 @@ LIB_SRCS := $(filter-out src/main.c,$(SRCS))
 LIB_OBJS := $(LIB_SRCS:%.c=$(BUILD)/%.o)
 UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
+# Example plugins: built as a user would, against src/tgwebhookd.h only.
+PLUGIN_SRCS := $(wildcard examples/plugins/*.c)
+PLUGINS := $(PLUGIN_SRCS:examples/plugins/%.c=$(BUILD)/plugins/%.so)
+PLUGIN_CFLAGS := -std=c17 $(OPT) $(WARN) -fPIC -fvisibility=hidden \
+	-Isrc $(shell pkg-config --cflags jansson 2>/dev/null) $(CFLAGS)
 
 .PHONY: all deps test test-run test-sanitize demo demo-run clean install \
 	uninstall bench bench-run fuzz fuzz-run
 
-all: $(BUILD)/tgwebhookd
+all: $(BUILD)/tgwebhookd $(PLUGINS)
 
 deps:
 	@scripts/deps.sh
@@ -66,7 +74,7 @@ FUZZ_DIR := build-fuzz
 FUZZ_CC ?= clang
 FUZZ_CFLAGS := -std=c17 -D_GNU_SOURCE -g -O1 -fno-omit-frame-pointer \
 	-fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=all \
-	-Isrc -DTGW_VERSION='"$(VERSION)"' $(PKG_CFLAGS)
+	-MMD -MP -Isrc -DTGW_VERSION='"$(VERSION)"' $(PKG_CFLAGS)
 FUZZ_SRCS := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BINS := $(FUZZ_SRCS:tests/fuzz/%.c=$(FUZZ_DIR)/%)
 FUZZ_LIB_OBJS := $(LIB_SRCS:%.c=$(FUZZ_DIR)/%.o)
@@ -87,9 +95,19 @@ $(BUILD)/libtgw.a: $(LIB_OBJS)
 	@rm -f $@
 	$(Q)ar rcs $@ $^
 
-$(BUILD)/tgwebhookd: $(BUILD)/src/main.o $(BUILD)/libtgw.a
+# The binary exports exactly the plugin API (src/tgwebhookd.sym).
+$(BUILD)/tgwebhookd: $(BUILD)/src/main.o $(BUILD)/libtgw.a src/tgwebhookd.sym
 	@[ "$(V)" = 1 ] || echo "  LD      $@"
-	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS)
+	$(Q)$(CC) $(LDFLAGS_ALL) -Wl,--dynamic-list=src/tgwebhookd.sym -o $@ \
+	    $(filter-out %.sym,$^) $(LIBS)
+
+# go-w: the daemon refuses a plugin others could change.
+$(BUILD)/plugins/%.so: examples/plugins/%.c src/tgwebhookd.h
+	@mkdir -p $(dir $@)
+	@[ "$(V)" = 1 ] || echo "  PLUGIN  $@"
+	$(Q)$(CC) $(PLUGIN_CFLAGS) -shared -Wl,-z,relro,-z,now -o $@ $< \
+	    $(SANLD) $(shell pkg-config --libs jansson 2>/dev/null)
+	@chmod go-w $@
 
 $(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(BUILD)/libtgw.a
 	@mkdir -p $(dir $@)
@@ -103,7 +121,7 @@ $(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(BUILD)/libtgw.a
 test: deps
 	@$(MAKE) --no-print-directory test-run
 
-test-run: $(BUILD)/tgwebhookd $(UNIT_BINS) $(if $(SANITIZE),,$(FUZZ_BINS))
+test-run: $(BUILD)/tgwebhookd $(PLUGINS) $(UNIT_BINS) $(if $(SANITIZE),,$(FUZZ_BINS))
 	@BUILD=$(BUILD) TGW_SANITIZE=$(SANITIZE) \
 	    FUZZ_SMOKE=$(if $(SANITIZE),0,$(FUZZ_SMOKE_SECONDS)) tests/run.sh
 
@@ -128,7 +146,7 @@ test-sanitize: deps
 demo: deps
 	@$(MAKE) --no-print-directory demo-run
 
-demo-run: $(BUILD)/tgwebhookd
+demo-run: $(BUILD)/tgwebhookd $(PLUGINS)
 	@python3 tests/emulator/demo.py --daemon $(BUILD)/tgwebhookd \
 	    --config conf/hello.conf
 
@@ -138,7 +156,7 @@ bench: deps
 	@scripts/deps.sh nginx-light wrk
 	@$(MAKE) --no-print-directory bench-run
 
-bench-run: $(BUILD)/tgwebhookd $(BUILD)/bench/enqueue
+bench-run: $(BUILD)/tgwebhookd $(PLUGINS) $(BUILD)/bench/enqueue
 	@echo "== enqueue cost (bench/enqueue.c)"
 	@$(BUILD)/bench/enqueue
 	@echo
@@ -154,7 +172,7 @@ $(BUILD)/bench/%: $(BUILD)/bench/%.o $(BUILD)/libtgw.a
 clean:
 	rm -rf build build-san build-fuzz
 
-install: $(BUILD)/tgwebhookd
+install: $(BUILD)/tgwebhookd $(PLUGINS)
 	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(SYSCONFDIR)/tgwebhookd \
 	    $(DESTDIR)$(LIBEXECDIR)/tgwebhookd $(DESTDIR)$(UNITDIR) \
 	    $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(MANDIR)/man5
@@ -175,10 +193,12 @@ install: $(BUILD)/tgwebhookd
 
 uninstall:
 	rm -f $(DESTDIR)$(SBINDIR)/tgwebhookd $(DESTDIR)$(UNITDIR)/tgwebhookd.service \
+	    $(DESTDIR)$(INCLUDEDIR)/tgwebhookd.h \
+	    $(DESTDIR)$(LIBDIR)/pkgconfig/tgwebhookd.pc \
 	    $(DESTDIR)$(MANDIR)/man8/tgwebhookd.8 \
 	    $(DESTDIR)$(MANDIR)/man5/tgwebhookd.conf.5
-	rm -rf $(DESTDIR)$(LIBEXECDIR)/tgwebhookd
+	rm -rf $(DESTDIR)$(LIBEXECDIR)/tgwebhookd $(DESTDIR)$(PLUGINDIR)
 	@echo "kept $(DESTDIR)$(SYSCONFDIR)/tgwebhookd (configuration and token)"
 
 -include $(SRCS:%.c=$(BUILD)/%.d) $(UNIT_SRCS:%.c=$(BUILD)/%.d) \
-	$(wildcard $(BUILD)/bench/*.d)
+	$(wildcard $(BUILD)/bench/*.d) $(SRCS:%.c=$(FUZZ_DIR)/%.d)

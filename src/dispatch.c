@@ -16,7 +16,7 @@
 #include "util.h"
 
 static const struct handler_kind *const kinds[] = { &handler_reply,
-	&handler_exec };
+	&handler_exec, &handler_plugin, &handler_worker };
 static const char *const match_keys[] = { "updates", "commands", "text" };
 
 struct dispatch {
@@ -144,12 +144,14 @@ build_handler(struct handler *h, const struct conf_handler *ch,
 		kind = kinds[i];
 	}
 	if (kind == NULL) {
-		diag_add(d, c->file, ch->line, NULL, "[handler.%s] says neither "
-		    "reply = TEXT nor exec = /path/to/program", ch->name);
+		diag_add(d, c->file, ch->line, NULL, "[handler.%s] names no "
+		    "kind: reply = TEXT, exec = /path/to/program, plugin = "
+		    "/path/to/x.so or worker = /path/to/program", ch->name);
 		return -1;
 	}
 	for (const struct conf_kv *kv = ch->kv; kv != NULL; kv = kv->next)
-		if (!key_in(kv->key, match_keys, nitems(match_keys)) &&
+		if (kind->keys != NULL &&
+		    !key_in(kv->key, match_keys, nitems(match_keys)) &&
 		    strcmp(kv->key, kind->name) != 0 &&
 		    !key_in(kv->key, kind->keys, 0))
 			diag_add(d, c->file, kv->line, kv->key, "unknown key "
@@ -161,6 +163,8 @@ build_handler(struct handler *h, const struct conf_handler *ch,
 	if ((h->state = kind->create(ch, c, d)) == NULL)
 		return -1;
 	h->kind = kind;
+	h->blocking = kind->blocks != NULL ? kind->blocks(h->state) :
+	    kind->blocking;
 	return 0;
 }
 
@@ -185,6 +189,14 @@ dispatch_new(const struct config *c, struct diag *d)
 		return NULL;
 	}
 	return t;
+}
+
+void
+dispatch_start(struct dispatch *t)
+{
+	for (size_t i = 0; i < t->n; i++)
+		if (t->handlers[i].kind->start != NULL)
+			t->handlers[i].kind->start(t->handlers[i].state);
 }
 
 void

@@ -23,6 +23,7 @@ struct handler {
 	int line;
 	const struct handler_kind *kind;
 	void *state;
+	bool blocking;		/* runs on a handler thread */
 	/* match rules; each absent rule matches everything */
 	char **updates;		/* type names */
 	char **commands;	/* without the '/' */
@@ -37,6 +38,9 @@ struct dispatch *dispatch_new(const struct config *c, struct diag *d);
  * still run handlers of the old.  dispatch_free() drops the builder's
  * reference. */
 void dispatch_free(struct dispatch *t);
+/* Puts the table into service: starts what its handlers run (worker
+ * processes).  Call once the daemon runs as its own user. */
+void dispatch_start(struct dispatch *t);
 void dispatch_ref(struct dispatch *t);
 void dispatch_unref(struct dispatch *t);
 /* The first handler matching u, or NULL.  username is the bot's, for

@@ -1,6 +1,6 @@
 /*
  * handler.h: the one interface every handler kind implements (reply and
- * exec today; plugin and worker slot in beside them).  A kind checks its
+ * exec, plugin and worker).  A kind checks its
  * own configuration keys, and its run() turns one update into zero or more
  * Bot API calls.  Kinds know nothing of HTTP, the inline answer or the
  * outbox: the runner (runner.h) decides where each call goes.
@@ -25,15 +25,22 @@ struct handler_input {
 };
 
 struct handler_kind {
-	const char *name;		/* "reply", "exec": also its main key */
-	const char *const *keys;	/* its other keys, NULL-terminated */
+	const char *name;	/* "reply", "exec", ...: also its main key */
+	/* its other keys, NULL-terminated; NULL: any key (plugin options) */
+	const char *const *keys;
 	/* true: run() may take long (a process), so it runs on a handler
 	 * thread; false: run() is quick and runs on the server thread. */
 	bool blocking;
+	/* If not NULL, decides `blocking` per instance instead. */
+	bool (*blocks)(const void *state);
 	/* Builds the kind's state from its section.  Reports problems to d
 	 * as FILE:LINE: key: ...; returns NULL if there were any. */
 	void *(*create)(const struct conf_handler *h, const struct config *c,
 	    struct diag *d);
+	/* If not NULL: the table is going into service (create() only
+	 * checks and prepares, so that `tgwebhookd -t` starts nothing).
+	 * Called again for state a reload kept: must be idempotent. */
+	void (*start)(void *state);
 	/* Appends calls to `calls` (a JSON array).  0, or -1 with err when
 	 * the handler failed: its update then becomes a dead letter. */
 	int (*run)(void *state, const struct handler_input *in, json_t *calls,
@@ -43,6 +50,8 @@ struct handler_kind {
 
 extern const struct handler_kind handler_reply;
 extern const struct handler_kind handler_exec;
+extern const struct handler_kind handler_plugin;
+extern const struct handler_kind handler_worker;
 
 /* The value of key in h, or NULL; *line gets its line if not NULL. */
 const char *handler_conf_get(const struct conf_handler *h, const char *key,

@@ -300,7 +300,7 @@ replay_held(struct daemon *d)
 		const struct handler *h = u != NULL ? dispatch_match(
 		    d->dispatch, u, atomic_load(&d->id.username)) : NULL;
 
-		if (h == NULL || !h->kind->blocking) {
+		if (h == NULL || !h->blocking) {
 			log_warn("update %" PRId64 ": held from the last run, "
 			    "but %s; kept as a dead letter", held[i].update_id,
 			    u == NULL ? err : "no handler that may run late "
@@ -473,8 +473,6 @@ daemon_start(struct daemon *d)
 	struct diag diag = { 0 };
 	char err[1024], *cert_pem = NULL, *key_pem = NULL;
 
-	if ((d->dispatch = dispatch_new(c, &diag)) == NULL)
-		fatal("%s", diag.text);
 	if ((d->store = store_open(c->store_dir, err, sizeof(err))) == NULL)
 		fatal("[store] dir: %s", err);
 	store_set_sync_full(d->store, strcmp(c->store_sync, "full") == 0);
@@ -511,6 +509,10 @@ daemon_start(struct daemon *d)
 	if ((so.listen_fd = server_bind(&so.addr, err, sizeof(err))) == -1)
 		fatal("%s: %s", c->listen, err);
 	drop_privileges(c);
+	/* Plugins run their init() and workers start as the daemon's own
+	 * user, never as root. */
+	if ((d->dispatch = dispatch_new(c, &diag)) == NULL)
+		fatal("%s", diag.text);
 
 	d->outbox = outbox_start(d->store, &(struct outbox_opts){
 	    .api_url = c->api_url,
@@ -526,6 +528,7 @@ daemon_start(struct daemon *d)
 	d->runner = runner_new((unsigned)c->handler_threads,
 	    (size_t)c->handler_threads * 32, c->reply_deadline_ms, d->outbox,
 	    d->store);
+	dispatch_start(d->dispatch);
 	replay_held(d);
 
 	so.tls = c->tls;
@@ -701,6 +704,7 @@ daemon_reload(struct daemon *d)
 	}
 
 	log_set_level((enum log_level)nc->log_level);
+	dispatch_start(nt);	/* new workers start, kept ones keep going */
 	server_swap(d->srv, make_gate(d, nc), nt);
 	dispatch_free(d->dispatch);	/* the server holds the new one */
 	d->dispatch = nt;

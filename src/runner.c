@@ -171,7 +171,7 @@ runner_start(struct runner *r, const struct handler *h, struct update *u,
 
 	*answer = NULL;
 	*jobp = NULL;
-	if (h == NULL || !h->kind->blocking) {
+	if (h == NULL || !h->blocking) {
 		uint64_t start = now_ms();
 
 		if (h == NULL) {

@@ -12,11 +12,9 @@
  * socket, store, TLS keys) out of the child.
  */
 #include <errno.h>
-#include <fcntl.h>
 #include <inttypes.h>
 #include <poll.h>
 #include <signal.h>
-#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,6 +24,7 @@
 #include "calls.h"
 #include "handler.h"
 #include "log.h"
+#include "proc.h"
 #include "update.h"
 #include "util.h"
 
@@ -33,7 +32,6 @@
 #define EXEC_STDERR_MAX (16 << 10)
 #define EXEC_DEFAULT_TIMEOUT_MS 5000
 
-extern char **environ;
 
 struct exec {
 	char *name;
@@ -60,40 +58,15 @@ exec_create(const struct conf_handler *h, const struct config *c,
     struct diag *d)
 {
 	struct exec *e = xcalloc(1, sizeof(*e));
-	const char *cmd, *timeout;
-	int line, tline;
-	char err[256];
 
 	e->name = xstrdup(h->name);
 	e->timeout_ms = EXEC_DEFAULT_TIMEOUT_MS;
-	cmd = handler_conf_get(h, "exec", &line);
-	if ((e->argv = config_split_argv(cmd, err, sizeof(err))) == NULL) {
-		diag_add(d, c->file, line, "exec", "%s", err);
-		goto fail;
-	}
-	if (e->argv[0] == NULL || e->argv[0][0] != '/') {
-		diag_add(d, c->file, line, "exec", "needs an absolute path to "
-		    "the program (no shell, no $PATH search)");
-		goto fail;
-	}
-	if (access(e->argv[0], X_OK) == -1) {
-		diag_add(d, c->file, line, "exec", "%s: %s", e->argv[0],
-		    strerror(errno));
-		goto fail;
-	}
-	if ((timeout = handler_conf_get(h, "timeout", &tline)) != NULL) {
-		if (config_parse_duration(timeout, &e->timeout_ms, err,
-		    sizeof(err)) == -1 || e->timeout_ms < 10 ||
-		    e->timeout_ms > 3600000) {
-			diag_add(d, c->file, tline, "timeout", "%s",
-			    err[0] ? err : "must be 10ms..1h");
-			goto fail;
-		}
+	if ((e->argv = proc_argv(h, c, "exec", d)) == NULL ||
+	    proc_timeout(h, c, &e->timeout_ms, d) == -1) {
+		exec_destroy(e);
+		return NULL;
 	}
 	return e;
-fail:
-	exec_destroy(e);
-	return NULL;
 }
 
 /* The child's environment: only what the protocol promises. */
@@ -116,53 +89,6 @@ exec_env(const struct exec *e, const struct update *u)
 	env[n++] = xasprintf("TGW_ARGS=%.8192s", u->args ? u->args : "");
 	env[n] = NULL;
 	return env;
-}
-
-static int
-spawn(const struct exec *e, char **env, int in[2], int out[2], int err[2],
-    pid_t *pid, char *msg, size_t msglen)
-{
-	posix_spawn_file_actions_t fa;
-	posix_spawnattr_t at;
-	sigset_t none, dflt;
-	int rc;
-
-	posix_spawn_file_actions_init(&fa);
-	posix_spawn_file_actions_adddup2(&fa, in[0], 0);
-	posix_spawn_file_actions_adddup2(&fa, out[1], 1);
-	posix_spawn_file_actions_adddup2(&fa, err[1], 2);
-	posix_spawn_file_actions_addclosefrom_np(&fa, 3);
-	posix_spawnattr_init(&at);
-	sigemptyset(&none);
-	sigemptyset(&dflt);
-	sigaddset(&dflt, SIGPIPE);
-	sigaddset(&dflt, SIGTERM);
-	sigaddset(&dflt, SIGINT);
-	sigaddset(&dflt, SIGHUP);
-	sigaddset(&dflt, SIGCHLD);
-	posix_spawnattr_setsigmask(&at, &none);
-	posix_spawnattr_setsigdefault(&at, &dflt);
-	posix_spawnattr_setpgroup(&at, 0);
-	posix_spawnattr_setflags(&at, POSIX_SPAWN_SETPGROUP |
-	    POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
-	rc = posix_spawn(pid, e->argv[0], &fa, &at, e->argv, env);
-	posix_spawn_file_actions_destroy(&fa);
-	posix_spawnattr_destroy(&at);
-	if (rc != 0) {
-		errf(msg, msglen, "cannot start %s: %s", e->argv[0],
-		    strerror(rc));
-		return -1;
-	}
-	return 0;
-}
-
-static void
-close_fd(int *fd)
-{
-	if (*fd != -1) {
-		close(*fd);
-		*fd = -1;
-	}
 }
 
 /* Reads what fd has into b, keeping at most max bytes.  Returns 0 at EOF,
@@ -215,33 +141,20 @@ exec_run(void *arg, const struct handler_input *in, json_t *calls, char *msg,
     size_t msglen)
 {
 	struct exec *e = arg;
-	int pin[2] = { -1, -1 }, pout[2] = { -1, -1 }, perr[2] = { -1, -1 };
+	struct proc p = { -1, -1, -1, -1 };
 	struct buf out = { 0 }, errb = { 0 };
 	bool out_over = false, err_over = false, timed_out = false;
 	size_t written = 0;
-	char **env = exec_env(e, in->u);
+	char **env = exec_env(e, in->u), how[128];
 	uint64_t deadline = now_ms() + e->timeout_ms;
-	pid_t pid = -1, pgid = -1;
 	int status = 0, rc = -1;
 
-	if (pipe2(pin, O_CLOEXEC) == -1 || pipe2(pout, O_CLOEXEC) == -1 ||
-	    pipe2(perr, O_CLOEXEC) == -1) {
-		errf(msg, msglen, "pipe: %s", strerror(errno));
+	if (proc_spawn(e->argv, env, &p, msg, msglen) == -1)
 		goto out;
-	}
-	if (spawn(e, env, pin, pout, perr, &pid, msg, msglen) == -1)
-		goto out;
-	pgid = pid;
-	close_fd(&pin[0]);
-	close_fd(&pout[1]);
-	close_fd(&perr[1]);
-	fcntl(pin[1], F_SETFL, O_NONBLOCK);
-	fcntl(pout[0], F_SETFL, O_NONBLOCK);
-	fcntl(perr[0], F_SETFL, O_NONBLOCK);
 	if (in->len == 0)
-		close_fd(&pin[1]);
+		proc_close(&p.in);
 
-	while (pout[0] != -1 || perr[0] != -1) {
+	while (p.out != -1 || p.err != -1) {
 		struct pollfd pfd[3];
 		nfds_t n = 0;
 		uint64_t now = now_ms();
@@ -250,12 +163,12 @@ exec_run(void *arg, const struct handler_input *in, json_t *calls, char *msg,
 			timed_out = true;
 			break;
 		}
-		if (pin[1] != -1)
-			pfd[n++] = (struct pollfd){ pin[1], POLLOUT, 0 };
-		if (pout[0] != -1)
-			pfd[n++] = (struct pollfd){ pout[0], POLLIN, 0 };
-		if (perr[0] != -1)
-			pfd[n++] = (struct pollfd){ perr[0], POLLIN, 0 };
+		if (p.in != -1)
+			pfd[n++] = (struct pollfd){ p.in, POLLOUT, 0 };
+		if (p.out != -1)
+			pfd[n++] = (struct pollfd){ p.out, POLLIN, 0 };
+		if (p.err != -1)
+			pfd[n++] = (struct pollfd){ p.err, POLLIN, 0 };
 		if (poll(pfd, n, (int)(deadline - now)) == -1 && errno != EINTR) {
 			errf(msg, msglen, "poll: %s", strerror(errno));
 			goto kill;
@@ -263,8 +176,8 @@ exec_run(void *arg, const struct handler_input *in, json_t *calls, char *msg,
 		for (nfds_t i = 0; i < n; i++) {
 			if (pfd[i].revents == 0)
 				continue;
-			if (pfd[i].fd == pin[1]) {
-				ssize_t w = write(pin[1], in->body + written,
+			if (pfd[i].fd == p.in) {
+				ssize_t w = write(p.in, in->body + written,
 				    in->len - written);
 
 				if (w > 0)
@@ -273,33 +186,31 @@ exec_run(void *arg, const struct handler_input *in, json_t *calls, char *msg,
 				 * that is its choice. */
 				if ((w == -1 && errno != EAGAIN &&
 				    errno != EINTR) || written == in->len)
-					close_fd(&pin[1]);
-			} else if (pfd[i].fd == pout[0]) {
-				if (drain(pout[0], &out, EXEC_STDOUT_MAX,
+					proc_close(&p.in);
+			} else if (pfd[i].fd == p.out) {
+				if (drain(p.out, &out, EXEC_STDOUT_MAX,
 				    &out_over) == 0)
-					close_fd(&pout[0]);
+					proc_close(&p.out);
 				if (out_over) {
 					errf(msg, msglen, "printed more than "
 					    "%d bytes on stdout",
 					    EXEC_STDOUT_MAX);
 					goto kill;
 				}
-			} else if (pfd[i].fd == perr[0]) {
-				if (drain(perr[0], &errb, EXEC_STDERR_MAX,
+			} else if (pfd[i].fd == p.err) {
+				if (drain(p.err, &errb, EXEC_STDERR_MAX,
 				    &err_over) == 0)
-					close_fd(&perr[0]);
+					proc_close(&p.err);
 			}
 		}
 	}
-	close_fd(&pin[1]);
+	proc_close(&p.in);
 	/* Both pipes are closed: wait for the exit, within the timeout. */
 	while (!timed_out) {
-		pid_t r = waitpid(pid, &status, WNOHANG);
+		pid_t r = waitpid(p.pid, &status, WNOHANG);
 
-		if (r == pid) {
-			pid = -1;
+		if (r == p.pid)
 			break;
-		}
 		if (r == -1 && errno != EINTR) {
 			errf(msg, msglen, "waitpid: %s", strerror(errno));
 			goto kill;
@@ -314,14 +225,12 @@ exec_run(void *arg, const struct handler_input *in, json_t *calls, char *msg,
 		    "killed", e->timeout_ms, e->timeout_ms);
 		goto kill;
 	}
-	if (WIFSIGNALED(status)) {
-		errf(msg, msglen, "killed by signal %d (%s)", WTERMSIG(status),
-		    strsignal(WTERMSIG(status)));
-		goto kill;
-	}
-	if (WEXITSTATUS(status) != 0) {
-		errf(msg, msglen, "exited with status %d",
-		    WEXITSTATUS(status));
+	/* Reaped: what it left running in its group still goes below. */
+	kill(-p.pid, SIGKILL);
+	p.pid = -1;
+	if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+		proc_status(status, how, sizeof(how));
+		errf(msg, msglen, "%s", how);
 		goto kill;
 	}
 	{
@@ -339,19 +248,9 @@ exec_run(void *arg, const struct handler_input *in, json_t *calls, char *msg,
 	rc = 0;
 kill:
 	/* Whatever the handler left running in its group ends with it. */
-	if (pgid > 0)
-		kill(-pgid, SIGKILL);
-	if (pid > 0)
-		while (waitpid(pid, &status, 0) == -1 && errno == EINTR)
-			;
+	proc_kill(&p);
 out:
 	log_stderr(e, in->u, &errb, err_over);
-	close_fd(&pin[0]);
-	close_fd(&pin[1]);
-	close_fd(&pout[0]);
-	close_fd(&pout[1]);
-	close_fd(&perr[0]);
-	close_fd(&perr[1]);
 	buf_free(&out);
 	buf_free(&errb);
 	strlist_free(env);

@@ -45,6 +45,46 @@ def message(text, update_id, chat_id=42, entities=None, user_id=7):
     return {"update_id": update_id, "message": m}
 
 
+def callback(data, update_id, chat_id=42, user_id=7, message_id=100):
+    """A callback_query: user_id pressed a button of message_id."""
+    return {"update_id": update_id, "callback_query": {
+        "id": "cq%d" % update_id, "chat_instance": "ci1", "data": data,
+        "from": {"id": user_id, "is_bot": False, "first_name": "U%d" % user_id},
+        "message": {"message_id": message_id, "date": int(time.time()),
+                    "chat": {"id": chat_id, "type": "private"},
+                    "text": "(the bot's message)"}}}
+
+
+def dead_letters(d):
+    """(update_id, handler, reason, body) of each dead letter, in order."""
+    import sqlite3
+    db = sqlite3.connect(os.path.join(d.store, "tgwebhookd.db"))
+    try:
+        return db.execute("SELECT update_id, handler, reason, body FROM "
+                          "dead_updates ORDER BY id").fetchall()
+    finally:
+        db.close()
+
+
+def compile_plugin(d, name, source):
+    """Builds a plugin from C source in d's directory; its path."""
+    src = os.path.join(d.dir, name + ".c")
+    out = os.path.join(d.dir, name + ".so")
+    with open(src, "w") as f:
+        f.write(source)
+    jansson = subprocess.run(["pkg-config", "--cflags", "jansson"],
+                             capture_output=True, text=True).stdout.split()
+    subprocess.run([os.environ.get("CC", "cc"), "-shared", "-fPIC", "-O1",
+                    "-I" + os.path.join(ROOT, "src")] + jansson +
+                   ["-o", out, src], check=True)
+    os.chmod(out, 0o755)
+    return out
+
+
+def plugin_path(name):
+    return os.path.join(BUILD, "plugins", name + ".so")
+
+
 class Daemon:
     """tgwebhookd with a generated config; .emu is its Telegram."""
 
@@ -171,11 +211,11 @@ def stored_secrets(store):
     return kept["webhook_path"], kept["secret_token"]
 
 
-def post_update(port, update, path, secret, tls=True):
+def post_update(port, update, path, secret, tls=True, indent=None):
     """POSTs an update the way Telegram would, without the emulator;
     returns the raw answer."""
     import json
-    body = json.dumps(update).encode()
+    body = json.dumps(update, indent=indent).encode()
     head = ("POST /%s HTTP/1.1\r\nHost: localhost:8443\r\n"
             "Content-Type: application/json\r\nContent-Length: %d\r\n"
             "X-Telegram-Bot-Api-Secret-Token: %s\r\n"

@@ -3,11 +3,10 @@ dead letters, timeouts that kill the whole process group."""
 
 import json
 import os
-import sqlite3
 import stat
 import time
 
-from harness import Daemon, message
+from harness import Daemon, dead_letters, message
 
 
 def script(d, name, body):
@@ -25,15 +24,6 @@ def exec_daemon(body, extra="", deadline="2s", name="h"):
         f.write("[handler.%s]\nexec = %s\n%s\n" % (name, path, extra))
     d.start()
     return d
-
-
-def dead_letters(d):
-    db = sqlite3.connect(os.path.join(d.store, "tgwebhookd.db"))
-    try:
-        return db.execute("SELECT update_id, handler, reason, body FROM "
-                          "dead_updates ORDER BY id").fetchall()
-    finally:
-        db.close()
 
 
 PROTOCOL = r'''

@@ -178,7 +178,7 @@ test_handler_errors(void **state)
 	HAS(6, "commands: 'start!' is not a command");
 	HAS(9, "updates: 'mesage' is not an update type");
 	HAS(13, "exec: [handler.c] already has `reply`");
-	HAS(14, "[handler.d] says neither reply = TEXT nor exec");
+	HAS(14, "[handler.d] names no kind: reply = TEXT, exec = ");
 	HAS(17, "exec: needs an absolute path");
 	HAS(20, "timeout: unknown key for a reply handler");
 	HAS(23, "params: must be a JSON object");

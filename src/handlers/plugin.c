@@ -1,0 +1,392 @@
+/*
+ * handlers/plugin.c: C plugins (tgwebhookd.h is their whole API).
+ *
+ * `plugin = /path/x.so` is loaded with dlopen(RTLD_NOW | RTLD_LOCAL): a
+ * missing symbol fails at start, not at the first update.  The file must
+ * not be writable by group or others (whoever can write it runs code as
+ * the daemon).  The daemon exports exactly the tgw_* functions (linked
+ * with --dynamic-list=src/tgwebhookd.sym), so a plugin resolves them
+ * against the running binary.
+ *
+ * dlopen counts references: a reload that names the same path gets the
+ * library already mapped (a rebuilt file at the same path is only picked
+ * up by a restart) and a new instance from init(); the old instance is
+ * cleaned up with the old table.
+ */
+#include <dlfcn.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "calls.h"
+#include "handler.h"
+#include "log.h"
+#include "tgwebhookd.h"
+#include "update.h"
+#include "util.h"
+
+struct plugin {
+	char *name;
+	char *path;
+	void *dl;
+	const struct tgw_plugin *api;
+	void *state;
+	bool inited;
+};
+
+/* What handle() sees: the update and where its calls go. */
+struct tgw_update {
+	const struct update *u;
+	const char *handler;
+};
+
+struct tgw_reply {
+	const struct update *u;
+	json_t *calls;
+	char *err;
+	size_t errlen;
+};
+
+/* The handler whose plugin code runs on this thread, for tgw_log(). */
+static _Thread_local const char *current;
+
+static const char *const match_keys[] = { "plugin", "updates", "commands",
+	"text", NULL };
+
+static bool
+is_match_key(const char *key)
+{
+	for (size_t i = 0; match_keys[i] != NULL; i++)
+		if (strcmp(match_keys[i], key) == 0)
+			return true;
+	return false;
+}
+
+static void
+plugin_destroy(void *arg)
+{
+	struct plugin *p = arg;
+
+	if (p == NULL)
+		return;
+	if (p->inited && p->api->cleanup != NULL) {
+		current = p->name;
+		p->api->cleanup(p->state);
+		current = NULL;
+	}
+	if (p->dl != NULL)
+		dlclose(p->dl);
+	free(p->name);
+	free(p->path);
+	free(p);
+}
+
+/* The file may only be changed by its owner (root or us). */
+static int
+check_file(const char *path, char *err, size_t errlen)
+{
+	struct stat st;
+
+	if (path[0] != '/') {
+		errf(err, errlen, "needs an absolute path to the .so");
+		return -1;
+	}
+	if (stat(path, &st) == -1) {
+		errf(err, errlen, "%s: %s", path, strerror(errno));
+		return -1;
+	}
+	if (!S_ISREG(st.st_mode)) {
+		errf(err, errlen, "%s: not a regular file", path);
+		return -1;
+	}
+	if (st.st_mode & (S_IWGRP | S_IWOTH)) {
+		errf(err, errlen, "%s: writable by group or others (mode %04o): "
+		    "anyone who can write it runs code as tgwebhookd; "
+		    "chmod go-w it", path, (unsigned)(st.st_mode & 07777));
+		return -1;
+	}
+	return 0;
+}
+
+/* Reports a message from init() at the line of the option it names
+ * ("KEY: ..."), else at the plugin key. */
+static void
+report_init(struct diag *d, const struct config *c, int line,
+    const struct tgw_option *opts, size_t n, const char *path,
+    const char *msg)
+{
+	for (size_t i = 0; i < n; i++) {
+		size_t k = strlen(opts[i].key);
+
+		if (strncmp(msg, opts[i].key, k) == 0 && msg[k] == ':') {
+			diag_add(d, c->file, opts[i].line, opts[i].key, "%s",
+			    msg + k + 1 + (msg[k + 1] == ' '));
+			return;
+		}
+	}
+	diag_add(d, c->file, line, "plugin", "%s: %s", path, msg);
+}
+
+static void *
+plugin_create(const struct conf_handler *h, const struct config *c,
+    struct diag *d)
+{
+	struct plugin *p = xcalloc(1, sizeof(*p));
+	struct tgw_option *opts = NULL;
+	size_t n = 0;
+	char err[512] = "";
+	int line;
+
+	p->name = xstrdup(h->name);
+	p->path = xstrdup(handler_conf_get(h, "plugin", &line));
+	if (check_file(p->path, err, sizeof(err)) == -1) {
+		diag_add(d, c->file, line, "plugin", "%s", err);
+		goto fail;
+	}
+	if ((p->dl = dlopen(p->path, RTLD_NOW | RTLD_LOCAL)) == NULL) {
+		diag_add(d, c->file, line, "plugin", "cannot load: %s",
+		    dlerror());
+		goto fail;
+	}
+	if ((p->api = dlsym(p->dl, "tgw_plugin")) == NULL) {
+		diag_add(d, c->file, line, "plugin", "%s defines no "
+		    "`tgw_plugin`: is it a tgwebhookd plugin (TGW_PLUGIN() in "
+		    "tgwebhookd.h)?", p->path);
+		goto fail;
+	}
+	if (p->api->abi != TGW_ABI_VERSION) {
+		diag_add(d, c->file, line, "plugin", "%s was built for plugin "
+		    "ABI %u, this tgwebhookd speaks ABI %u: rebuild it "
+		    "against this version's tgwebhookd.h", p->path,
+		    p->api->abi, TGW_ABI_VERSION);
+		goto fail;
+	}
+	if (p->api->handle == NULL) {
+		diag_add(d, c->file, line, "plugin", "%s: tgw_plugin has no "
+		    "handle function", p->path);
+		goto fail;
+	}
+	for (const struct conf_kv *kv = h->kv; kv != NULL; kv = kv->next)
+		if (!is_match_key(kv->key))
+			n++;
+	opts = xcalloc(n + 1, sizeof(*opts));
+	n = 0;
+	for (const struct conf_kv *kv = h->kv; kv != NULL; kv = kv->next)
+		if (!is_match_key(kv->key))
+			opts[n++] = (struct tgw_option){ kv->key, kv->value,
+			    kv->line };
+	if (p->api->init == NULL) {
+		if (n > 0) {
+			diag_add(d, c->file, opts[0].line, opts[0].key,
+			    "unknown key: this plugin takes no options");
+			goto fail;
+		}
+	} else {
+		current = p->name;
+		if (p->api->init(&p->state, opts, n, err, sizeof(err)) != 0) {
+			current = NULL;
+			report_init(d, c, line, opts, n, p->path,
+			    err[0] ? err : "init failed");
+			goto fail;
+		}
+		current = NULL;
+	}
+	p->inited = true;
+	free(opts);
+	return p;
+fail:
+	free(opts);
+	plugin_destroy(p);
+	return NULL;
+}
+
+static bool
+plugin_blocks(const void *arg)
+{
+	const struct plugin *p = arg;
+
+	return (p->api->flags & TGW_PLUGIN_BLOCKING) != 0;
+}
+
+static int
+plugin_run(void *arg, const struct handler_input *in, json_t *calls,
+    char *err, size_t errlen)
+{
+	struct plugin *p = arg;
+	struct tgw_update tu = { in->u, p->name };
+	struct tgw_reply r = { in->u, calls, err, errlen };
+	int rc;
+
+	err[0] = '\0';
+	current = p->name;
+	rc = p->api->handle(p->state, &tu, &r);
+	current = NULL;
+	if (rc != 0) {
+		if (err[0] == '\0')
+			errf(err, errlen, "plugin failed");
+		json_array_clear(calls);	/* nothing is sent */
+		return -1;
+	}
+	return 0;
+}
+
+const struct handler_kind handler_plugin = {
+	.name = "plugin",
+	.keys = NULL,		/* every other key is an option */
+	.blocking = false,
+	.blocks = plugin_blocks,
+	.create = plugin_create,
+	.run = plugin_run,
+	.destroy = plugin_destroy,
+};
+
+/* ---- tgwebhookd.h ---- */
+
+const json_t *
+tgw_update_json(const struct tgw_update *u)
+{
+	return u->u->root;
+}
+
+int64_t
+tgw_update_id(const struct tgw_update *u)
+{
+	return u->u->id;
+}
+
+const char *
+tgw_update_type(const struct tgw_update *u)
+{
+	return u->u->type;
+}
+
+const json_t *
+tgw_update_object(const struct tgw_update *u)
+{
+	return u->u->obj;
+}
+
+bool
+tgw_update_chat_id(const struct tgw_update *u, int64_t *chat_id)
+{
+	if (u->u->has_chat && chat_id != NULL)
+		*chat_id = u->u->chat_id;
+	return u->u->has_chat;
+}
+
+bool
+tgw_update_from_id(const struct tgw_update *u, int64_t *user_id)
+{
+	if (u->u->has_from && user_id != NULL)
+		*user_id = u->u->from_id;
+	return u->u->has_from;
+}
+
+const char *
+tgw_update_text(const struct tgw_update *u, size_t *len)
+{
+	if (len != NULL)
+		*len = u->u->text != NULL ? u->u->text_len : 0;
+	return u->u->text;
+}
+
+const char *
+tgw_update_command(const struct tgw_update *u)
+{
+	return u->u->command;
+}
+
+const char *
+tgw_update_args(const struct tgw_update *u)
+{
+	return u->u->args != NULL ? u->u->args : "";
+}
+
+const char *
+tgw_handler_name(const struct tgw_update *u)
+{
+	return u->handler;
+}
+
+int
+tgw_reply_call(struct tgw_reply *r, const char *method, json_t *params)
+{
+	json_t *call;
+	char err[256];
+
+	if (params != NULL && !json_is_object(params)) {
+		json_decref(params);
+		tgw_log(TGW_LOG_WARN, "update %" PRId64 ": tgw_reply_call(%s): "
+		    "params is not a JSON object", r->u->id, method);
+		return -1;
+	}
+	if (json_array_size(r->calls) >= CALLS_MAX) {
+		json_decref(params);
+		tgw_log(TGW_LOG_WARN, "update %" PRId64 ": tgw_reply_call(%s): "
+		    "already %d calls for this update", r->u->id, method,
+		    CALLS_MAX);
+		return -1;
+	}
+	call = params != NULL ? params : json_object();
+	json_object_set_new(call, "method", json_string(method != NULL ?
+	    method : ""));
+	if (calls_check(call, err, sizeof(err)) == -1) {
+		json_decref(call);
+		tgw_log(TGW_LOG_WARN, "update %" PRId64 ": tgw_reply_call: %s",
+		    r->u->id, err);
+		return -1;
+	}
+	json_array_append_new(r->calls, call);
+	return 0;
+}
+
+int
+tgw_reply_text(struct tgw_reply *r, const char *text)
+{
+	json_t *params;
+
+	if (!r->u->has_chat) {
+		tgw_log(TGW_LOG_WARN, "update %" PRId64 ": tgw_reply_text: a "
+		    "%s has no chat to answer in", r->u->id, r->u->type);
+		return -1;
+	}
+	params = json_pack("{sIss}", "chat_id", (json_int_t)r->u->chat_id,
+	    "text", text != NULL ? text : "");
+	if (params == NULL) {
+		tgw_log(TGW_LOG_WARN, "update %" PRId64 ": tgw_reply_text: "
+		    "the text is not UTF-8", r->u->id);
+		return -1;
+	}
+	return tgw_reply_call(r, "sendMessage", params);
+}
+
+void
+tgw_reply_fail(struct tgw_reply *r, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(r->err, r->errlen, fmt, ap);
+	va_end(ap);
+}
+
+void
+tgw_log(enum tgw_log_level level, const char *fmt, ...)
+{
+	char msg[2048];
+	va_list ap;
+
+	if (level < TGW_LOG_ERR)
+		level = TGW_LOG_ERR;
+	if (level > TGW_LOG_DEBUG)
+		level = TGW_LOG_DEBUG;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	log_msg((enum log_level)level, "handler %s: %s",
+	    current != NULL ? current : "(plugin)", msg);
+}

@@ -1,0 +1,199 @@
+"""C plugins: the example plugins end to end, the ABI check, options and
+their errors, failures as dead letters, and loading at reload."""
+
+import json
+import os
+import signal
+import subprocess
+
+from harness import (Daemon, binary, callback, compile_plugin, dead_letters,
+                     message, plugin_path)
+
+
+def check(d):
+    """tgwebhookd -t on d's config: (exit code, stderr)."""
+    out = subprocess.run([binary(), "-c", d.conf, "-t"], capture_output=True,
+                         env=d.env, timeout=20)
+    return out.returncode, out.stderr.decode()
+
+
+def line_of(d, text):
+    with open(d.conf) as f:
+        return 1 + f.read().split(text)[0].count("\n")
+
+
+def plugin_daemon(name, source, webhook=""):
+    """A daemon (not started) whose one handler is source, compiled."""
+    d = Daemon("", webhook=webhook, start=False)
+    so = compile_plugin(d, name, source)
+    with open(d.conf, "a") as f:
+        f.write("[handler.%s]\nplugin = %s\n" % (name, so))
+    return d
+
+
+def test_echo_plugin_inline_answers():
+    h = ("[handler.echo]\nplugin = %s\nupdates = message\nprefix = You said:\n"
+         % plugin_path("echo"))
+    with Daemon(h) as d:
+        status, _, _, body = d.deliver(message("hello there", 1))
+        assert status == 200
+        assert json.loads(body) == {"method": "sendMessage", "chat_id": 42,
+                                    "text": "You said: hello there"}
+        # a command: what follows it
+        _, _, _, body = d.deliver(message("/echo  round trip", 2))
+        assert json.loads(body)["text"] == "You said: round trip"
+        # no text (a sticker): copied back
+        sticker = message("x", 3)
+        del sticker["message"]["text"]
+        sticker["message"]["sticker"] = {"file_id": "F", "width": 1,
+                                         "height": 1}
+        _, _, _, body = d.deliver(sticker)
+        assert json.loads(body) == {"method": "copyMessage", "chat_id": 42,
+                                    "from_chat_id": 42, "message_id": 3}
+        d.wait_log("update 1: message: handler echo: inline sendMessage")
+
+
+def test_dice_plugin_keyboard_then_callback():
+    h = ("[handler.roll]\nplugin = %s\ncommands = roll\ndice = 6 20\n"
+         "[handler.roll-buttons]\nplugin = %s\nupdates = callback_query\n"
+         "text = ^dice:\n" % (plugin_path("dice"), plugin_path("dice")))
+    with Daemon(h) as d:
+        _, _, _, body = d.deliver(message("/roll", 1))
+        call = json.loads(body)
+        assert call["method"] == "sendMessage" and call["chat_id"] == 42
+        buttons = call["reply_markup"]["inline_keyboard"][0]
+        assert [b["callback_data"] for b in buttons] == ["dice:6", "dice:20"]
+        # pressing d20: the toast inline, the edit as a follow-up
+        _, _, _, body = d.deliver(callback("dice:20", 2, message_id=77))
+        toast = json.loads(body)
+        assert toast["method"] == "answerCallbackQuery"
+        assert toast["callback_query_id"] == "cq2"
+        rolled = int(toast["text"].split(": ")[1])
+        assert 1 <= rolled <= 20
+        edit = d.emu.wait_calls("editMessageText", 1)[0].params
+        assert edit["chat_id"] == 42 and edit["message_id"] == 77
+        assert edit["text"].endswith("d20 rolled %d" % rolled)
+        assert "inline_keyboard" in edit["reply_markup"]
+        # a die not offered (an old keyboard, or forged data)
+        _, _, _, body = d.deliver(callback("dice:7", 3))
+        assert "no longer offered" in json.loads(body)["text"]
+        # other callback data is not this handler's
+        assert d.deliver(callback("other", 4))[3] == b""
+
+
+FAILING = r'''
+#include <tgwebhookd.h>
+static int handle(void *s, const struct tgw_update *u, struct tgw_reply *r)
+{
+	(void)s;
+	tgw_reply_text(r, "never sent");
+	tgw_log(TGW_LOG_WARN, "about to fail on %lld",
+	    (long long)tgw_update_id(u));
+	tgw_reply_fail(r, "database unreachable (%s)", tgw_handler_name(u));
+	return -1;
+}
+TGW_PLUGIN(0, 0, handle, 0);
+'''
+
+
+def test_failing_plugin_is_dead_letter_and_sends_nothing():
+    with plugin_daemon("f", FAILING) as d:
+        d.start()
+        status, _, _, body = d.deliver(message("hi", 5))
+        assert status == 200 and body == b""
+        d.wait_log("handler f: about to fail on 5")
+        d.wait_log("handler f failed: database unreachable (f)")
+        rows = dead_letters(d)
+        assert [(r[0], r[1]) for r in rows] == [(5, "f")]
+        assert d.emu.calls_of("sendMessage") == []
+
+
+BLOCKING = r'''
+#include <unistd.h>
+#include <tgwebhookd.h>
+static int handle(void *s, const struct tgw_update *u, struct tgw_reply *r)
+{
+	(void)s;
+	usleep(600000);
+	return tgw_reply_text(r, tgw_update_text(u, 0));
+}
+TGW_PLUGIN(TGW_PLUGIN_BLOCKING, 0, handle, 0);
+'''
+
+
+def test_blocking_plugin_runs_on_handler_threads():
+    with plugin_daemon("slow", BLOCKING, "reply_deadline = 200ms") as d:
+        d.start()
+        # answered empty at the deadline; the call follows
+        status, _, _, body = d.deliver(message("late hello", 6))
+        assert status == 200 and body == b""
+        sent = d.emu.wait_calls("sendMessage", 1)
+        assert sent[0].params["text"] == "late hello"
+
+
+def test_abi_mismatch_and_bad_files_refused_with_reasons():
+    d = Daemon("", start=False)
+    with d:
+        old = compile_plugin(d, "old", "#include <tgwebhookd.h>\n"
+                             "static int h(void *s, const struct tgw_update "
+                             "*u, struct tgw_reply *r) { (void)s; (void)u; "
+                             "(void)r; return 0; }\n"
+                             "__attribute__((visibility(\"default\"))) "
+                             "const struct tgw_plugin tgw_plugin = "
+                             "{ 999, 0, 0, h, 0 };\n")
+        none = compile_plugin(d, "none", "int not_a_plugin = 1;\n")
+        loose = compile_plugin(d, "loose", FAILING)
+        os.chmod(loose, 0o777)
+        base = open(d.conf).read()
+        for so, want in ((old, "built for plugin ABI 999, this tgwebhookd "
+                          "speaks ABI 1: rebuild it"),
+                         (none, "defines no `tgw_plugin`"),
+                         (loose, "writable by group or others (mode 0777)"),
+                         ("/nonexistent/x.so", "No such file"),
+                         ("relative.so", "absolute path")):
+            open(d.conf, "w").write(base + "[handler.p]\nplugin = %s\n" % so)
+            rc, err = check(d)
+            assert rc == 1, err
+            assert (":%d: plugin: " % line_of(d, "plugin =")) in err, err
+            assert want in err, err
+
+
+def test_options_reach_init_and_errors_name_the_line():
+    h = ("[handler.echo]\nplugin = %s\nupdates = message\nprefix = >\n"
+         "colour = blue\n" % plugin_path("echo"))
+    with Daemon(h, start=False) as d:
+        rc, err = check(d)
+        assert rc == 1
+        assert ":%d: colour: unknown option (echo takes prefix)" % (
+            line_of(d, "colour")) in err, err
+        # the daemon refuses to start with the same message
+        out = subprocess.run([binary(), "-c", d.conf], capture_output=True,
+                             env=d.env, timeout=20)
+        assert out.returncode == 1 and b"colour: unknown option" in out.stderr
+        h2 = ("[handler.dice]\nplugin = %s\ndice = 1 6\n"
+              % plugin_path("dice"))
+        open(d.conf, "w").write(open(d.conf).read().split("[handler.echo]")[0]
+                                + h2)
+        rc, err = check(d)
+        assert ":%d: dice: '1 6': want numbers of sides" % (
+            line_of(d, "dice =")) in err, err
+
+
+def test_reload_loads_new_plugin_and_refuses_bad_one():
+    h = "[handler.hi]\nreply = hi\ncommands = hi\n"
+    with Daemon(h) as d:
+        assert d.deliver(message("hello", 1))[3] == b""   # no handler
+        with open(d.conf, "a") as f:
+            f.write("[handler.echo]\nplugin = %s\nupdates = message\n"
+                    % plugin_path("echo"))
+        d.proc.send_signal(signal.SIGHUP)
+        d.wait_log("reload done")
+        assert json.loads(d.deliver(message("hello", 2))[3])["text"] == \
+            "hello"
+        with open(d.conf, "a") as f:
+            f.write("[handler.bad]\nplugin = /nonexistent.so\n")
+        d.proc.send_signal(signal.SIGHUP)
+        d.wait_log("reload refused: the running configuration stays")
+        assert "plugin: /nonexistent.so: No such file" in d.log()
+        assert json.loads(d.deliver(message("again", 3))[3])["text"] == \
+            "again"
