@@ -112,7 +112,8 @@ $(BUILD)/plugins/%.so: examples/plugins/%.c src/tgwebhookd.h
 $(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(BUILD)/libtgw.a
 	@mkdir -p $(dir $@)
 	@[ "$(V)" = 1 ] || echo "  LD      $@"
-	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS) $(CMOCKA_LIBS)
+	$(Q)$(CC) $(LDFLAGS_ALL) -Wl,--dynamic-list=src/tgwebhookd.sym -o $@ \
+	    $^ $(LIBS) $(CMOCKA_LIBS)
 
 .SECONDARY:
 
@@ -175,12 +176,19 @@ clean:
 install: $(BUILD)/tgwebhookd $(PLUGINS)
 	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(SYSCONFDIR)/tgwebhookd \
 	    $(DESTDIR)$(LIBEXECDIR)/tgwebhookd $(DESTDIR)$(UNITDIR) \
-	    $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(MANDIR)/man5
+	    $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(MANDIR)/man5 \
+	    $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(LIBDIR)/pkgconfig \
+	    $(DESTDIR)$(PLUGINDIR)
 	install -m 0755 $(BUILD)/tgwebhookd $(DESTDIR)$(SBINDIR)/tgwebhookd
+	install -m 0644 src/tgwebhookd.h $(DESTDIR)$(INCLUDEDIR)/tgwebhookd.h
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' \
+	    -e 's|@PLUGINDIR@|$(PLUGINDIR)|' -e 's|@VERSION@|$(VERSION)|' \
+	    tgwebhookd.pc.in > $(DESTDIR)$(LIBDIR)/pkgconfig/tgwebhookd.pc
+	install -m 0755 $(PLUGINS) $(DESTDIR)$(PLUGINDIR)/
 	install -m 0644 man/tgwebhookd.8 $(DESTDIR)$(MANDIR)/man8/
 	install -m 0644 man/tgwebhookd.conf.5 $(DESTDIR)$(MANDIR)/man5/
 	install -m 0755 examples/echo-bot examples/about-bot \
-	    $(DESTDIR)$(LIBEXECDIR)/tgwebhookd/
+	    examples/poll-worker $(DESTDIR)$(LIBEXECDIR)/tgwebhookd/
 	sed -e 's|/usr/local/sbin|$(SBINDIR)|g' \
 	    -e 's|/etc/tgwebhookd|$(SYSCONFDIR)/tgwebhookd|g' \
 	    systemd/tgwebhookd.service > $(DESTDIR)$(UNITDIR)/tgwebhookd.service

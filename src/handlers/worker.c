@@ -360,18 +360,15 @@ worker_create(const struct conf_handler *h, const struct config *c,
 {
 	unsigned n = 1, timeout_ms = WORKER_DEFAULT_TIMEOUT_MS;
 	bool by_chat = true;
+	int before = d->count;
 	const char *v;
 	char **argv, *key;
 	struct buf k = { 0 };
 	struct pool *pl;
 	int line;
 
-	if ((argv = proc_argv(h, c, "worker", d)) == NULL)
-		return NULL;
-	if (proc_timeout(h, c, &timeout_ms, d) == -1) {
-		strlist_free(argv);
-		return NULL;
-	}
+	argv = proc_argv(h, c, "worker", d);
+	proc_timeout(h, c, &timeout_ms, d);
 	if ((v = handler_conf_get(h, "workers", &line)) != NULL) {
 		char *end;
 		unsigned long x;
@@ -379,23 +376,21 @@ worker_create(const struct conf_handler *h, const struct config *c,
 		errno = 0;
 		x = strtoul(v, &end, 10);
 		if (!str_is_digits(v) || errno != 0 || *end != '\0' || x < 1 ||
-		    x > WORKER_MAX) {
+		    x > WORKER_MAX)
 			diag_add(d, c->file, line, "workers", "'%s': must be a "
 			    "whole number, 1..%d", v, WORKER_MAX);
-			strlist_free(argv);
-			return NULL;
-		}
 		n = (unsigned)x;
 	}
 	if ((v = handler_conf_get(h, "affinity", &line)) != NULL) {
-		if (strcmp(v, "chat") != 0 && strcmp(v, "none") != 0) {
+		if (strcmp(v, "chat") != 0 && strcmp(v, "none") != 0)
 			diag_add(d, c->file, line, "affinity", "'%s': chat (a "
 			    "chat's updates always go to the same worker) or "
 			    "none (any idle worker)", v);
-			strlist_free(argv);
-			return NULL;
-		}
 		by_chat = strcmp(v, "chat") == 0;
+	}
+	if (d->count > before) {
+		strlist_free(argv);
+		return NULL;
 	}
 	buf_printf(&k, "%s\n%u\n%u\n%d", h->name, n, timeout_ms, by_chat);
 	for (char **a = argv; *a != NULL; a++)

@@ -284,8 +284,27 @@ def test_make_install_tree():
                      "etc/systemd/system/tgwebhookd.service",
                      "usr/local/share/man/man8/tgwebhookd.8",
                      "usr/local/share/man/man5/tgwebhookd.conf.5",
-                     "usr/local/libexec/tgwebhookd/echo-bot"):
+                     "usr/local/libexec/tgwebhookd/echo-bot",
+                     "usr/local/libexec/tgwebhookd/poll-worker",
+                     "usr/local/lib/tgwebhookd/echo.so",
+                     "usr/local/lib/tgwebhookd/dice.so",
+                     "usr/local/include/tgwebhookd.h",
+                     "usr/local/lib/pkgconfig/tgwebhookd.pc"):
             assert os.path.exists(os.path.join(t, path)), path
+        # a plugin builds against what was installed, as its README says
+        pc = subprocess.run(
+            ["pkg-config", "--cflags", "tgwebhookd",
+             "--define-variable=includedir=%s/usr/local/include" % t],
+            env=dict(os.environ, PKG_CONFIG_PATH=os.path.join(
+                t, "usr/local/lib/pkgconfig")),
+            capture_output=True, text=True)
+        assert pc.returncode == 0, pc
+        assert "-I%s/usr/local/include" % t in pc.stdout, pc.stdout
+        so = os.path.join(t, "echo.so")
+        cc = subprocess.run(["cc", "-shared", "-O2", "-o", so,
+                             os.path.join(ROOT, "examples/plugins/echo.c")] +
+                            pc.stdout.split(), capture_output=True, text=True)
+        assert cc.returncode == 0, cc
         unit = open(os.path.join(t, "etc/systemd/system/"
                                  "tgwebhookd.service")).read()
         assert "ExecStart=/usr/local/sbin/tgwebhookd -c " \

@@ -1,0 +1,269 @@
+/* Unit tests for the plugin and worker kinds (handlers/plugin.c,
+ * handlers/worker.c, handlers/proc.c), driven through the handler table
+ * as the runner drives them.  The plugin is the example echo.so of the
+ * build under test ($BUILD); workers are small sh programs. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "dispatch.h"
+#include "handlers/proc.h"
+#include "update.h"
+#include "util.h"
+
+static char path[64];
+
+static struct config *
+load(const char *handlers, struct diag *d)
+{
+	char text[4096], err[128];
+	int fd;
+
+	snprintf(text, sizeof(text), "[bot]\ntoken = 1:AAAAAAAAAAAAAAAAAAAAAAAA\n"
+	    "[webhook]\ndomain = x.example\n%s", handlers);
+	strcpy(path, "/tmp/tgw-handlers-test-XXXXXX");
+	fd = mkstemp(path);
+	close(fd);
+	assert_int_equal(file_write_atomic(path, text, strlen(text), 0600, err,
+	    sizeof(err)), 0);
+	return config_load(path, d);
+}
+
+static struct dispatch *
+table(const char *handlers, struct config **c, struct diag *d)
+{
+	struct dispatch *t;
+
+	*c = load(handlers, d);
+	assert_non_null(*c);
+	t = dispatch_new(*c, d);
+	unlink(path);
+	return t;
+}
+
+/* Runs the first handler on a message with text in chat; the calls as
+ * compact JSON ("FAIL: why" when it failed). */
+static char *
+run(struct dispatch *t, const char *text, long chat)
+{
+	char json[512], err[512] = "";
+	struct update *u;
+	struct handler_input in;
+	const struct handler *h;
+	json_t *calls = json_array();
+	char *out;
+
+	snprintf(json, sizeof(json), "{\"update_id\":5,\"message\":"
+	    "{\"message_id\":9,\"chat\":{\"id\":%ld},\"text\":\"%s\"}}", chat,
+	    text);
+	u = update_parse(json, strlen(json), NULL, 0);
+	assert_non_null(u);
+	h = dispatch_match(t, u, NULL);
+	assert_non_null(h);
+	in = (struct handler_input){ u, json, strlen(json) };
+	if (dispatch_run(h, &in, calls, err, sizeof(err)) == -1)
+		out = xasprintf("FAIL: %s", err);
+	else
+		out = json_dumps(calls, JSON_COMPACT);
+	json_decref(calls);
+	update_free(u);
+	return out;
+}
+
+static char *
+plugin(const char *name)
+{
+	const char *b = getenv("BUILD");
+	char *rel = xasprintf("%s/plugins/%s.so", b ? b : "build", name);
+	char *abs = realpath(rel, NULL);
+
+	if (abs == NULL)
+		fail_msg("%s: not built", rel);
+	free(rel);
+	return abs;
+}
+
+static void
+test_plugin_echo(void **state)
+{
+	struct diag d = { 0 };
+	struct config *c;
+	char conf[512], *so = plugin("echo"), *got;
+	struct dispatch *t;
+
+	(void)state;
+	snprintf(conf, sizeof(conf), "[handler.e]\nplugin = %s\nprefix = >\n",
+	    so);
+	t = table(conf, &c, &d);
+	assert_non_null(t);
+	dispatch_start(t);
+	got = run(t, "hello", 42);
+	assert_string_equal(got, "[{\"chat_id\":42,\"text\":\"> hello\","
+	    "\"method\":\"sendMessage\"}]");
+	free(got);
+	dispatch_free(t);
+	config_free(c);
+	diag_free(&d);
+	free(so);
+}
+
+static void
+test_plugin_errors(void **state)
+{
+	struct diag d = { 0 };
+	struct config *c;
+	char conf[512], *so = plugin("echo");
+
+	(void)state;
+	snprintf(conf, sizeof(conf), "[handler.e]\nplugin = %s\ncommands = x\n"
+	    "colour = red\n", so);
+	assert_null(table(conf, &c, &d));
+	assert_non_null(strstr(d.text, ":8: colour: unknown option"));
+	config_free(c);
+	diag_free(&d);
+	memset(&d, 0, sizeof(d));
+	assert_null(table("[handler.e]\nplugin = /etc/passwd\n", &c, &d));
+	assert_non_null(strstr(d.text, ":6: plugin: cannot load: "));
+	config_free(c);
+	diag_free(&d);
+	free(so);
+}
+
+static void
+test_worker_answers_and_keeps_affinity(void **state)
+{
+	struct diag d = { 0 };
+	struct config *c;
+	struct dispatch *t;
+	char *a, *b, *a2;
+
+	(void)state;
+	t = table("[handler.w]\nworker = /bin/sh -c \"while read l; do "
+	    "echo '[{\\\"method\\\":\\\"sendMessage\\\",\\\"chat_id\\\":'$$'}]'; "
+	    "done\"\nworkers = 2\n", &c, &d);
+	if (t == NULL)
+		fail_msg("%s", d.text);
+	dispatch_start(t);
+	a = run(t, "x", 2);	/* chat 2 -> worker 0 */
+	b = run(t, "x", 3);	/* chat 3 -> worker 1 */
+	a2 = run(t, "x", 4);	/* chat 4 -> worker 0 again */
+	assert_non_null(strstr(a, "\"method\":\"sendMessage\""));
+	assert_string_equal(a, a2);
+	assert_string_not_equal(a, b);
+	free(a);
+	free(b);
+	free(a2);
+	dispatch_free(t);
+	config_free(c);
+	diag_free(&d);
+}
+
+static void
+test_worker_failures(void **state)
+{
+	struct diag d = { 0 };
+	struct config *c;
+	struct dispatch *t;
+	char *got;
+
+	(void)state;
+	/* answers once, then exits */
+	t = table("[handler.w]\nworker = /bin/sh -c \"read l; echo '[]'\"\n"
+	    "timeout = 300ms\n", &c, &d);
+	assert_non_null(t);
+	dispatch_start(t);
+	got = run(t, "x", 1);
+	assert_string_equal(got, "[]");
+	free(got);
+	got = run(t, "x", 1);
+	/* seen writing the update or reading the answer */
+	if (strcmp(got, "FAIL: worker 0 the worker's stdin is closed (Broken "
+	    "pipe): killed and restarted") != 0)
+		assert_string_equal(got, "FAIL: worker 0 exited (closed its "
+		    "stdout) while handling this update: killed and restarted");
+	free(got);
+	dispatch_free(t);
+	config_free(c);
+	diag_free(&d);
+
+	memset(&d, 0, sizeof(d));
+	t = table("[handler.w]\nworker = /bin/sh -c \"while read l; do sleep 5; "
+	    "done\"\ntimeout = 100ms\n", &c, &d);
+	assert_non_null(t);
+	dispatch_start(t);
+	got = run(t, "x", 1);
+	assert_string_equal(got, "FAIL: worker 0 timed out after 100ms "
+	    "(timeout = 100ms): killed and restarted");
+	free(got);
+	dispatch_free(t);
+	config_free(c);
+	diag_free(&d);
+}
+
+static void
+test_worker_config_errors(void **state)
+{
+	struct diag d = { 0 };
+	struct config *c;
+
+	(void)state;
+	assert_null(table("[handler.w]\nworker = /bin/cat\nworkers = 0\n"
+	    "affinity = user\ntimeout = forever\n", &c, &d));
+
+	assert_non_null(strstr(d.text, ":7: workers: '0': must be a whole "
+	    "number, 1..256"));
+	assert_non_null(strstr(d.text, ":8: affinity: 'user': chat"));
+	assert_non_null(strstr(d.text, ":9: timeout: 'forever' is not a "
+	    "duration"));
+	config_free(c);
+	diag_free(&d);
+	memset(&d, 0, sizeof(d));
+	assert_null(table("[handler.w]\nworker = /bin/cat\naffinity = user\n",
+	    &c, &d));
+	assert_non_null(strstr(d.text, ":7: affinity: 'user': chat"));
+	config_free(c);
+	diag_free(&d);
+	memset(&d, 0, sizeof(d));
+	assert_null(table("[handler.w]\nworker = cat\n", &c, &d));
+	assert_non_null(strstr(d.text, ":6: worker: needs an absolute path"));
+	config_free(c);
+	diag_free(&d);
+}
+
+static void
+test_proc_status(void **state)
+{
+	char out[128];
+
+	(void)state;
+	proc_status(3 << 8, out, sizeof(out));
+	assert_string_equal(out, "exited with status 3");
+	proc_status(SIGKILL, out, sizeof(out));
+	assert_string_equal(out, "killed by signal 9 (Killed)");
+}
+
+int
+main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_plugin_echo),
+		cmocka_unit_test(test_plugin_errors),
+		cmocka_unit_test(test_worker_answers_and_keeps_affinity),
+		cmocka_unit_test(test_worker_failures),
+		cmocka_unit_test(test_worker_config_errors),
+		cmocka_unit_test(test_proc_status),
+	};
+
+	signal(SIGPIPE, SIG_IGN);
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
