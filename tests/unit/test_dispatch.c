@@ -16,23 +16,7 @@
 #include "update.h"
 #include "util.h"
 
-static char path[64];
-
-static struct config *
-load(const char *handlers, struct diag *d)
-{
-	char text[4096], err[128];
-	int fd;
-
-	snprintf(text, sizeof(text), "[bot]\ntoken = 1:AAAAAAAAAAAAAAAAAAAAAAAA\n"
-	    "[webhook]\ndomain = x.example\n%s", handlers);
-	strcpy(path, "/tmp/tgw-dispatch-test-XXXXXX");
-	fd = mkstemp(path);
-	close(fd);
-	assert_int_equal(file_write_atomic(path, text, strlen(text), 0600, err,
-	    sizeof(err)), 0);
-	return config_load(path, d);
-}
+#include "handler_conf.h"
 
 static struct update *
 msg(const char *type, const char *text)
@@ -64,7 +48,7 @@ static void
 test_matching(void **state)
 {
 	struct diag d = { 0 };
-	struct config *c = load(
+	struct config *c = handler_conf_load(
 	    "[handler.start]\ncommands = /start /help\nreply = hi\n"
 	    "[handler.edited]\nupdates = edited_message\nreply = e\n"
 	    "[handler.both]\nupdates = message\ntext = ^yes\n"
@@ -91,14 +75,14 @@ test_matching(void **state)
 	assert_string_equal(match(t, "inline_query", "x"), "-");
 	dispatch_free(t);
 	config_free(c);
-	unlink(path);
+	unlink(handler_conf_path);
 }
 
 static void
 test_reply_call(void **state)
 {
 	struct diag d = { 0 };
-	struct config *c = load("[handler.r]\nreply = Hi {from.first_name}: "
+	struct config *c = handler_conf_load("[handler.r]\nreply = Hi {from.first_name}: "
 	    "{args}\nparams = {\"parse_mode\": \"HTML\", \"reply_markup\": "
 	    "{\"keyboard\": [[\"A\"]]}, \"reply_to_message_id\": "
 	    "\"{message_id}\"}\n", &d);
@@ -121,14 +105,14 @@ test_reply_call(void **state)
 	update_free(u);
 	dispatch_free(t);
 	config_free(c);
-	unlink(path);
+	unlink(handler_conf_path);
 }
 
 static void
 test_reply_without_chat_fails(void **state)
 {
 	struct diag d = { 0 };
-	struct config *c = load("[handler.r]\nreply = hi\n", &d);
+	struct config *c = handler_conf_load("[handler.r]\nreply = hi\n", &d);
 	struct dispatch *t = dispatch_new(c, &d);
 	const char *j = "{\"update_id\":3,\"inline_query\":{\"id\":\"1\","
 	    "\"from\":{\"id\":1},\"query\":\"q\"}}";
@@ -145,14 +129,14 @@ test_reply_without_chat_fails(void **state)
 	update_free(u);
 	dispatch_free(t);
 	config_free(c);
-	unlink(path);
+	unlink(handler_conf_path);
 }
 
 static void
 test_handler_errors(void **state)
 {
 	struct diag d = { 0 };
-	struct config *c = load(
+	struct config *c = handler_conf_load(
 	    "[handler.a]\ncommands = start!\nreply = x\n"		/* 5-7 */
 	    "[handler.b]\nupdates = mesage\nreply = x\n"		/* 8-10 */
 	    "[handler.c]\nreply = x\nexec = /bin/true\n"		/* 11-13 */
@@ -171,7 +155,8 @@ test_handler_errors(void **state)
 	assert_null(dispatch_new(c, &d));
 #define HAS(line, msg)                                                    \
 	do {                                                              \
-		snprintf(want, sizeof(want), "%s:%d: %s", path, line, msg); \
+		snprintf(want, sizeof(want), "%s:%d: %s", handler_conf_path, \
+		    line, msg);                                           \
 		if (strstr(d.text, want) == NULL)                         \
 			fail_msg("missing '%s' in:\n%s", want, d.text);   \
 	} while (0)
@@ -187,7 +172,7 @@ test_handler_errors(void **state)
 	HAS(31, "method: \"method\" 'send message' must be letters only");
 	diag_free(&d);
 	config_free(c);
-	unlink(path);
+	unlink(handler_conf_path);
 }
 
 static void

@@ -21,33 +21,17 @@
 #include "update.h"
 #include "util.h"
 
-static char path[64];
-
-static struct config *
-load(const char *handlers, struct diag *d)
-{
-	char text[4096], err[128];
-	int fd;
-
-	snprintf(text, sizeof(text), "[bot]\ntoken = 1:AAAAAAAAAAAAAAAAAAAAAAAA\n"
-	    "[webhook]\ndomain = x.example\n%s", handlers);
-	strcpy(path, "/tmp/tgw-handlers-test-XXXXXX");
-	fd = mkstemp(path);
-	close(fd);
-	assert_int_equal(file_write_atomic(path, text, strlen(text), 0600, err,
-	    sizeof(err)), 0);
-	return config_load(path, d);
-}
+#include "handler_conf.h"
 
 static struct dispatch *
 table(const char *handlers, struct config **c, struct diag *d)
 {
 	struct dispatch *t;
 
-	*c = load(handlers, d);
+	*c = handler_conf_load(handlers, d);
 	assert_non_null(*c);
 	t = dispatch_new(*c, d);
-	unlink(path);
+	unlink(handler_conf_path);
 	return t;
 }
 
