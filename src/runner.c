@@ -7,9 +7,9 @@
  * (then an empty 200, and every call the handler makes later becomes a
  * follow-up).  `answered` under the runner's mutex decides the race.
  * All jobs share one deadline length, so the deadline list is a FIFO in
- * start order; jobs answered early stay in it until their deadline passes
- * (a job is freed when the caller, the handler thread and the deadline
- * list have all let go of it).
+ * start order; a job its handler answers first leaves it at once (a job
+ * is freed when the caller, the handler thread and the deadline list have
+ * all let go of it).
  */
 #include "runner.h"
 
@@ -47,7 +47,7 @@ struct job {
 				 * update is held in the store until its calls
 				 * are queued */
 	struct job *qnext;	/* handler queue */
-	struct job *dnext;	/* deadline list */
+	struct job *dnext, *dprev;	/* deadline list */
 };
 
 struct runner {
@@ -65,6 +65,21 @@ struct runner {
 	struct outbox *outbox;
 	struct store *store;
 };
+
+/* Takes j off the deadline list.  Under r->mu. */
+static void
+deadline_remove(struct runner *r, struct job *j)
+{
+	if (j->dprev != NULL)
+		j->dprev->dnext = j->dnext;
+	else
+		r->dhead = j->dnext;
+	if (j->dnext != NULL)
+		j->dnext->dprev = j->dprev;
+	else
+		r->dtail = j->dprev;
+	j->dnext = j->dprev = NULL;
+}
 
 static void
 job_unref_locked(struct job *j)
@@ -270,6 +285,7 @@ runner_go(struct job *j, void (*ready)(void *), void *arg)
 	else
 		r->qhead = j;
 	r->qtail = j;
+	j->dprev = r->dtail;
 	if (r->dtail != NULL)
 		r->dtail->dnext = j;
 	else
@@ -359,6 +375,11 @@ handler_thread(void *arg)
 		pthread_mutex_lock(&r->mu);
 		late = j->answered;
 		j->answered = true;
+		if (!late) {
+			/* First: the deadline has nothing left to do. */
+			deadline_remove(r, j);
+			job_unref_locked(j);
+		}
 		pthread_mutex_unlock(&r->mu);
 		/* route() queues follow-ups: not under our lock. */
 		if (calls != NULL) {
@@ -399,26 +420,23 @@ deadline_thread(void *arg)
 			pthread_cond_wait(&r->timer, &r->mu);
 			continue;
 		}
-		if (j->deadline > now && !(j->answered && r->stopping)) {
+		if (j->deadline > now) {
 			struct timespec ts = deadline_after(j->deadline - now);
 
 			pthread_cond_timedwait(&r->timer, &r->mu, &ts);
 			continue;
 		}
-		r->dhead = j->dnext;
-		if (r->dhead == NULL)
-			r->dtail = NULL;
-		if (!j->answered) {
-			j->answered = true;
-			hold(r, j);
-			log_info("update %" PRId64 ": handler %s still running "
-			    "at reply_deadline (%ums): answered %s, its calls "
-			    "will be follow-ups", j->u->id, j->h->name,
-			    r->deadline_ms, j->retry ? "503" : "200");
-			pthread_mutex_unlock(&r->mu);
-			j->ready(j->arg);
-			pthread_mutex_lock(&r->mu);
-		}
+		/* Still running: jobs answered first have left the list. */
+		deadline_remove(r, j);
+		j->answered = true;
+		hold(r, j);
+		log_info("update %" PRId64 ": handler %s still running at "
+		    "reply_deadline (%ums): answered %s, its calls will be "
+		    "follow-ups", j->u->id, j->h->name, r->deadline_ms,
+		    j->retry ? "503" : "200");
+		pthread_mutex_unlock(&r->mu);
+		j->ready(j->arg);
+		pthread_mutex_lock(&r->mu);
 		job_unref_locked(j);
 	}
 	pthread_mutex_unlock(&r->mu);
