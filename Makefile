@@ -101,13 +101,20 @@ $(BUILD)/tgwebhookd: $(BUILD)/src/main.o $(BUILD)/libtgw.a src/tgwebhookd.sym
 	$(Q)$(CC) $(LDFLAGS_ALL) -Wl,--dynamic-list=src/tgwebhookd.sym -o $@ \
 	    $(filter-out %.sym,$^) $(LIBS)
 
-# go-w: the daemon refuses a plugin others could change.
-$(BUILD)/plugins/%.so: examples/plugins/%.c src/tgwebhookd.h
+# Plugins; go-w: the daemon refuses a plugin others could change.
+define plugin_recipe
 	@mkdir -p $(dir $@)
 	@[ "$(V)" = 1 ] || echo "  PLUGIN  $@"
 	$(Q)$(CC) $(PLUGIN_CFLAGS) -shared -Wl,-z,relro,-z,now -o $@ $< \
 	    $(SANLD) $(shell pkg-config --libs jansson 2>/dev/null)
 	@chmod go-w $@
+endef
+
+$(BUILD)/plugins/%.so: examples/plugins/%.c src/tgwebhookd.h
+	$(plugin_recipe)
+
+$(BUILD)/bench/%.so: bench/handlers/%.c src/tgwebhookd.h
+	$(plugin_recipe)
 
 $(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(BUILD)/libtgw.a
 	@mkdir -p $(dir $@)
@@ -157,7 +164,7 @@ bench: deps
 	@scripts/deps.sh nginx-light wrk
 	@$(MAKE) --no-print-directory bench-run
 
-bench-run: $(BUILD)/tgwebhookd $(PLUGINS) $(BUILD)/bench/enqueue
+bench-run: $(BUILD)/tgwebhookd $(BUILD)/bench/hello.so $(BUILD)/bench/enqueue
 	@echo "== enqueue cost (bench/enqueue.c)"
 	@$(BUILD)/bench/enqueue
 	@echo

@@ -1,13 +1,16 @@
-"""make bench: the same webhook load against tgwebhookd and nginx (the
-ceiling for a TLS HTTP server here), side by side, in one run.
+"""make bench: the same webhook load against nginx (the ceiling for a TLS
+HTTP server here) and tgwebhookd with each handler kind giving the same
+answer (reply, plugin, worker, exec: bench/handlers/), side by side, in
+one run.  BENCH_KINDS=reply,plugin picks kinds; BENCH_CONNS and
+BENCH_SECONDS shape the runs.
 
 wrk (bench/webhook.lua) POSTs a private /start update with a fresh
 update_id to the secret path over TLS keep-alive, at 1, 10 and 100
 connections; every answer is checked (a 200 carrying the inline
 sendMessage).  The server is pinned to core 0, wrk to core 1.  Figures:
 requests a second, p50/p99 latency, bad answers, server CPU time per
-update (from the server's own accounting: steadier than req/s on a
-shared machine), peak RSS, and each one's ratio to nginx's.  Written to
+update (from the server's own accounting, its handler processes
+included: steadier than req/s on a shared machine), peak RSS, and each one's ratio to nginx's.  Written to
 bench/RESULTS.md.  A measurement, not a test."""
 
 import json
@@ -24,7 +27,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests", "emulator"))
 from botapi_emu import free_port  # noqa: E402
-BUILD = os.environ.get("TGW_BUILD", os.path.join(ROOT, "build"))
+BUILD = os.path.abspath(os.environ.get("TGW_BUILD",
+                                       os.path.join(ROOT, "build")))
 DURATION = int(os.environ.get("BENCH_SECONDS", "8"))
 CONNS = [int(c) for c in os.environ.get("BENCH_CONNS", "1,10,100").split(",")]
 PATH = "/hook-Vq3kZ8pL2mW9xR4tY7uB1nE6"
@@ -36,22 +40,47 @@ TOKEN = "110201543:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw"
 
 
 
+def process_tree(pid):
+    """pid and its live descendants (a worker handler's processes)."""
+    pids = [pid]
+    for p in pids:
+        try:
+            for task in os.listdir("/proc/%d/task" % p):
+                with open("/proc/%d/task/%s/children" % (p, task)) as f:
+                    pids += [int(c) for c in f.read().split()]
+        except OSError:
+            pass
+    return pids
+
+
 def cpu_ticks(pids):
+    """CPU of pids and of their live descendants, and of the children
+    they have reaped (exec handlers): utime + stime + cutime + cstime."""
     total = 0
-    for pid in pids:
-        with open("/proc/%d/stat" % pid) as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])   # utime + stime
+    for top in pids:
+        for pid in process_tree(top):
+            try:
+                with open("/proc/%d/stat" % pid) as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += sum(int(x) for x in fields[11:15])
     return total
 
 
 def peak_rss_kib(pids):
+    """Peak RSS of pids and their live descendants (an exec handler's
+    short-lived processes are not counted)."""
     total = 0
-    for pid in pids:
-        with open("/proc/%d/status" % pid) as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    total += int(line.split()[1])
+    for top in pids:
+        for pid in process_tree(top):
+            try:
+                with open("/proc/%d/status" % pid) as f:
+                    for line in f:
+                        if line.startswith("VmHWM:"):
+                            total += int(line.split()[1])
+            except OSError:
+                pass
     return total
 
 
@@ -96,7 +125,7 @@ def measure(name, pids, port, results):
             r["requests"], 1)
         r["rss_mib"] = peak_rss_kib(pids) / 1024.0
         results[(name, conns)] = r
-        print("  %-12s c=%-3d %9.0f req/s  p50 %6d us  p99 %6d us  "
+        print("  %-18s c=%-3d %9.0f req/s  p50 %6d us  p99 %6d us  "
               "cpu %6.1f us/update  rss %5.1f MiB  bad %d %s" % (
                   name, conns, r["rps"], r["p50_us"], r["p99_us"],
                   r["cpu_us"], r["rss_mib"], r["bad"],
@@ -111,6 +140,7 @@ def start_tgwebhookd(tmp, cert, key, port, handler):
                 "path = %s\nsecret_token = %s\ncertificate = %s\n"
                 "private_key = %s\nself_signed = off\nregister = off\n"
                 "trusted_networks = 127.0.0.0/8\n"
+                "reply_deadline = 30s\n"
                 "[server]\nthreads = 1\n[admin]\nlisten = off\n"
                 "[store]\ndir = %s/store\n[log]\nlevel = %s\n%s\n" % (
                     port, PATH[1:], SECRET, cert, key, tmp,
@@ -186,17 +216,28 @@ def main():
                     "-subj", "/CN=localhost"], check=True,
                    capture_output=True)
     results = {}
-    reply = ("[handler.start]\ncommands = /start\nreply = Hello, "
-             "{from.first_name}! I am a bot that says hello.\n")
-    servers = [("nginx", lambda port: start_nginx(tmp, cert, key, port)),
-               ("tgwebhookd", lambda port: start_tgwebhookd(
-                   tmp, cert, key, port, reply))]
+    # The same answer from each handler kind (bench/handlers/).
+    handlers = os.path.join(ROOT, "bench", "handlers")
+    kinds = {
+        "reply": "reply = Hello, {from.first_name}! I am a bot that says "
+                 "hello.",
+        "plugin": "plugin = %s" % os.path.join(BUILD, "bench", "hello.so"),
+        "worker": "worker = %s" % os.path.join(handlers, "hello-worker"),
+        "exec": "exec = %s" % os.path.join(handlers, "hello-exec"),
+    }
+    wanted = os.environ.get("BENCH_KINDS", "reply,plugin,worker,exec")
+    servers = [("nginx", lambda port: start_nginx(tmp, cert, key, port))]
+    for kind in wanted.split(","):
+        handler = "[handler.start]\ncommands = /start\n%s\n" % kinds[kind]
+        servers.append(("tgwebhookd " + kind,
+                        lambda port, h=handler: start_tgwebhookd(
+                            tmp, cert, key, port, h)))
     print("server on core 0, wrk on core 1, %ds per run" % DURATION)
     for name, start in servers:
         port = free_port()
         p = start(port)
         try:
-            time.sleep(0.3)
+            time.sleep(0.5)    # workers start
             measure(name, [p.pid], port, results)
         finally:
             stop(p)
