@@ -160,8 +160,13 @@ demo-run: $(BUILD)/tgwebhookd $(PLUGINS)
 
 # Measurements, not tests (machines here are shared and noisy): figures
 # go to the terminal; quote ratios measured in one run.
+# The peers: nginx, python-telegram-bot 13 (Debian), grammY and Telegraf
+# (npm, pinned by bench/peers/package-lock.json, into bench/peers/).
 bench: deps
-	@scripts/deps.sh nginx-light wrk
+	@scripts/deps.sh nginx-light wrk node:nodejs npm:npm \
+	    python3-python-telegram-bot
+	@cd bench/peers && npm ci --no-audit --no-fund --loglevel=error || \
+	    echo "bench: npm could not install grammY and Telegraf: they are skipped"
 	@$(MAKE) --no-print-directory bench-run
 
 bench-run: $(BUILD)/tgwebhookd $(BUILD)/bench/hello.so $(BUILD)/bench/enqueue

@@ -1,7 +1,8 @@
 -- wrk script: POSTs a realistic private /start update (with its
 -- bot_command entity) to the secret path with the secret-token header, a
 -- fresh update_id per request, and checks every answer: a 200 whose body
--- is the inline sendMessage.  Bad answers are counted and reported.
+-- is the inline sendMessage (or, with a third argument "200", any 200: for
+-- servers that cannot answer inline).  Bad answers are counted and reported.
 local counter = 0
 local threads = {}
 
@@ -13,6 +14,8 @@ end
 function init(args)
    path = args[1]
    secret = args[2]
+   inline = args[3] ~= "200"
+   connection = args[4] or "keep-alive"
    bad = 0
    base = id * 100000000
 end
@@ -29,12 +32,13 @@ request = function()
    return wrk.format("POST", path, {
       ["Content-Type"] = "application/json",
       ["X-Telegram-Bot-Api-Secret-Token"] = secret,
-      ["Connection"] = "keep-alive",
+      ["Connection"] = connection,
    }, body)
 end
 
 response = function(status, headers, body)
-   if status ~= 200 or not string.find(body, '"sendMessage"', 1, true) then
+   if status ~= 200 or
+      (inline and not string.find(body, '"sendMessage"', 1, true)) then
       bad = bad + 1
    end
 end

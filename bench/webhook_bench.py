@@ -96,12 +96,13 @@ def wait_port(port, timeout=10):
     raise RuntimeError("nothing listens on %d" % port)
 
 
-def run_wrk(port, conns):
+def run_wrk(port, conns, expect="inline", connection="keep-alive"):
     out = subprocess.run(
         ["taskset", "-c", "1", "wrk", "-t1", "-c%d" % conns,
          "-d%ds" % DURATION, "--latency", "-s",
          os.path.join(ROOT, "bench", "webhook.lua"),
-         "https://127.0.0.1:%d%s" % (port, PATH), "--", PATH, SECRET],
+         "https://127.0.0.1:%d%s" % (port, PATH), "--", PATH, SECRET,
+         "200" if expect == "200" else "inline", connection],
         capture_output=True, text=True, timeout=DURATION + 60)
     text = out.stdout
     reqs = int(re.search(r"(\d+) requests in", text).group(1))
@@ -116,10 +117,11 @@ def run_wrk(port, conns):
             "socket_errors": errors.group(1) if errors else ""}
 
 
-def measure(name, pids, port, results):
-    for conns in CONNS:
+def measure(name, pids, port, results, expect="inline", conns_list=None,
+            connection="keep-alive"):
+    for conns in conns_list or CONNS:
         t0 = cpu_ticks(pids)
-        r = run_wrk(port, conns)
+        r = run_wrk(port, conns, expect, connection)
         ticks = cpu_ticks(pids) - t0
         r["cpu_us"] = ticks * 1e6 / os.sysconf("SC_CLK_TCK") / max(
             r["requests"], 1)
@@ -188,6 +190,41 @@ http {
     return p
 
 
+def start_peer(tmp, cert, key, port, argv):
+    """A framework's webhook server (bench/peers/), on core 0."""
+    log = open(os.path.join(tmp, "peer.log"), "wb")
+    p = subprocess.Popen(["taskset", "-c", "0"] + argv +
+                         [str(port), cert, key, PATH, SECRET],
+                         stdout=log, stderr=log,
+                         cwd=os.path.join(ROOT, "bench", "peers"))
+    wait_port(port, 30)
+    return p
+
+
+def peers(tmp, cert, key):
+    """(name, start, expect) of each framework installed; the others are
+    named as skipped."""
+    found = []
+    here = os.path.join(ROOT, "bench", "peers")
+    for name, script in (("grammY", "grammy.js"), ("Telegraf", "telegraf.js")):
+        if shutil.which("node") and os.path.isdir(os.path.join(
+                here, "node_modules", name.lower())):
+            found.append((name, lambda port, s=script: start_peer(
+                tmp, cert, key, port, ["node", s]), "inline"))
+        else:
+            print("  %s skipped: not installed (make bench installs it)"
+                  % name)
+    ptb = subprocess.run(["/usr/bin/python3", "-c", "import telegram"],
+                         capture_output=True)
+    if ptb.returncode == 0:
+        found.append(("python-telegram-bot 13", lambda port: start_peer(
+            tmp, cert, key, port, ["/usr/bin/python3", "ptb13.py"]), "200"))
+    else:
+        print("  python-telegram-bot skipped: python3-python-telegram-bot "
+              "is not installed")
+    return found
+
+
 def stop(p):
     p.send_signal(signal.SIGTERM)
     try:
@@ -226,26 +263,34 @@ def main():
         "exec": "exec = %s" % os.path.join(handlers, "hello-exec"),
     }
     wanted = os.environ.get("BENCH_KINDS", "reply,plugin,worker,exec")
-    servers = [("nginx", lambda port: start_nginx(tmp, cert, key, port))]
+    servers = [("nginx", lambda port: start_nginx(tmp, cert, key, port),
+                "inline")]
     for kind in wanted.split(","):
         handler = "[handler.start]\ncommands = /start\n%s\n" % kinds[kind]
         servers.append(("tgwebhookd " + kind,
                         lambda port, h=handler: start_tgwebhookd(
-                            tmp, cert, key, port, h)))
+                            tmp, cert, key, port, h), "inline"))
+    if os.environ.get("BENCH_PEERS", "1") != "0":
+        servers += peers(tmp, cert, key)
     print("server on core 0, wrk on core 1, %ds per run" % DURATION)
-    for name, start in servers:
+    handshakes = {}
+    for name, start, expect in servers:
         port = free_port()
         p = start(port)
         try:
             time.sleep(0.5)    # workers start
-            measure(name, [p.pid], port, results)
+            measure(name, [p.pid], port, results, expect)
+            if name in ("nginx", "tgwebhookd reply"):
+                # a new TLS connection per request
+                measure(name + ", new TLS connection per request", [p.pid],
+                        port, handshakes, expect, [10], "close")
         finally:
             stop(p)
-    write_results(results)
+    write_results(results, handshakes)
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-def write_results(results):
+def write_results(results, handshakes):
     lines = ["# Benchmark results", "",
              "`make bench` on %s, %d cores (%s), %s; %s; %s. Server pinned "
              "to core 0, wrk to core 1, %d s per run, TLS keep-alive, every "
@@ -267,6 +312,16 @@ def write_results(results):
                                  r["p50_us"], r["p99_us"], r["bad"],
                                  r["cpu_us"], r["cpu_us"] / base["cpu_us"]
                                  if base else 0, r["rss_mib"]))
+    lines += ["", "TLS handshakes: a new connection per request (`Connection: "
+              "close`), 10 connections, RSA-2048 certificate.", "",
+              "| server | handshakes/s | × nginx | p99 µs | CPU µs/handshake |"
+              " × nginx |", "|---|---|---|---|---|---|"]
+    base = [r for (n, _), r in handshakes.items() if n.startswith("nginx")]
+    for (name, conns), r in sorted(handshakes.items()):
+        b = base[0] if base else None
+        lines.append("| %s | %.0f | %.2f | %d | %.1f | %.2f |" % (
+            name.split(",")[0], r["rps"], r["rps"] / b["rps"] if b else 0,
+            r["p99_us"], r["cpu_us"], r["cpu_us"] / b["cpu_us"] if b else 0))
     with open(os.path.join(ROOT, "bench", "RESULTS.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -37,10 +37,15 @@ if command -v dpkg-query >/dev/null 2>&1 &&
     grep -q 'ok installed'; then
 	need="$need libclang-rt-14-dev"
 fi
-# extra packages named on the command line (make bench: nginx-light wrk)
+# extra packages named on the command line (make bench): PACKAGE, or
+# COMMAND:PACKAGE when having the command is enough (node from elsewhere)
 for extra in "$@"; do
-	dpkg-query -W -f='${Status}' "$extra" 2>/dev/null |
-	    grep -q 'ok installed' || need="$need $extra"
+	case $extra in
+	*:*)	command -v "${extra%%:*}" >/dev/null 2>&1 ||
+		    need="$need ${extra#*:}" ;;
+	*)	dpkg-query -W -f='${Status}' "$extra" 2>/dev/null |
+		    grep -q 'ok installed' || need="$need $extra" ;;
+	esac
 done
 
 [ -z "$need" ] && exit 0
