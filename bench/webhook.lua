@@ -17,7 +17,8 @@ function init(args)
    inline = args[3] ~= "200"
    connection = args[4] or "keep-alive"
    bad = 0
-   base = id * 100000000
+   -- update_ids unique across runs too (args[5]): a repeat is a duplicate
+   base = (tonumber(args[5]) or 0) * 10000000000 + id * 100000000
 end
 
 request = function()

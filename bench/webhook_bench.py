@@ -96,13 +96,18 @@ def wait_port(port, timeout=10):
     raise RuntimeError("nothing listens on %d" % port)
 
 
+RUNS = [0]
+
+
 def run_wrk(port, conns, expect="inline", connection="keep-alive"):
+    RUNS[0] += 1
     out = subprocess.run(
         ["taskset", "-c", "1", "wrk", "-t1", "-c%d" % conns,
          "-d%ds" % DURATION, "--latency", "-s",
          os.path.join(ROOT, "bench", "webhook.lua"),
          "https://127.0.0.1:%d%s" % (port, PATH), "--", PATH, SECRET,
-         "200" if expect == "200" else "inline", connection],
+         "200" if expect == "200" else "inline", connection,
+         str(RUNS[0])],
         capture_output=True, text=True, timeout=DURATION + 60)
     text = out.stdout
     reqs = int(re.search(r"(\d+) requests in", text).group(1))

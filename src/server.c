@@ -85,6 +85,7 @@ struct server {
 	atomic_uint inflight;
 	struct MHD_Response *empty200, *r400, *r403, *r404, *r405, *r413,
 	    *r503;
+	gnutls_datum_t ticket_key;	/* TLS session tickets (resumption) */
 	pthread_mutex_t peers_mu;
 	struct peer *peers[PEER_BUCKETS];
 	pthread_mutex_t log_mu;
@@ -536,6 +537,14 @@ on_connection(void *cls, struct MHD_Connection *c, void **socket_ctx,
 	unsigned char addr[16];
 	struct peer **pp, *p;
 
+	/* Session tickets: a client that comes back resumes its TLS session
+	 * instead of a full handshake (an RSA signature).  The GnuTLS
+	 * session exists from here on; its handshake has not begun. */
+	if (code == MHD_CONNECTION_NOTIFY_STARTED && s->ticket_key.data != NULL &&
+	    (ci = MHD_get_connection_info(c,
+	    MHD_CONNECTION_INFO_GNUTLS_SESSION)) != NULL)
+		gnutls_session_ticket_enable_server(ci->tls_session,
+		    &s->ticket_key);
 	if (s->o.per_ip_limit == 0)
 		return;
 	if (code == MHD_CONNECTION_NOTIFY_STARTED) {
@@ -618,8 +627,8 @@ server_start(const struct server_opts *o, char *err, size_t errlen)
 	    MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
 	struct MHD_OptionItem opts[16];
 	size_t n = 0;
-
 	pthread_rwlockattr_t ra;
+	int rc;
 
 	s->o = *o;
 	dispatch_ref(s->o.dispatch);
@@ -662,6 +671,13 @@ server_start(const struct server_opts *o, char *err, size_t errlen)
 	if (o->tls) {
 		if (server_set_certificate(s, o->cert_pem, o->key_pem, err,
 		    errlen) == -1) {
+			server_stop(s);
+			return NULL;
+		}
+		if ((rc = gnutls_session_ticket_key_generate(&s->ticket_key)) <
+		    0) {
+			errf(err, errlen, "TLS session ticket key: %s",
+			    gnutls_strerror(rc));
 			server_stop(s);
 			return NULL;
 		}
@@ -721,6 +737,10 @@ server_stop(struct server *s)
 			free(p);
 		}
 	pthread_rwlock_destroy(&s->lock);
+	if (s->ticket_key.data != NULL) {
+		gnutls_memset(s->ticket_key.data, 0, s->ticket_key.size);
+		gnutls_free(s->ticket_key.data);
+	}
 	gate_free(s->o.gate);
 	dispatch_unref(s->o.dispatch);
 	creds_free(creds_previous);

@@ -175,6 +175,29 @@ def test_tls_1_2_and_1_3_only():
             s.close()
 
 
+def test_tls_sessions_resume():
+    """A returning client resumes its TLS session (session tickets), on
+    TLS 1.2 and 1.3: no full handshake, no RSA signature."""
+    with Daemon(HANDLERS) as d:
+        for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            ctx.minimum_version = ctx.maximum_version = version
+            session = None
+            for attempt in range(2):
+                s = socket.create_connection(("127.0.0.1", d.port),
+                                             timeout=5)
+                t = ctx.wrap_socket(s, server_hostname="localhost",
+                                    session=session)
+                # TLS 1.3 tickets come after the handshake: one request
+                t.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert t.recv(4096).startswith(b"HTTP/1.1 ")
+                assert t.session_reused == (attempt == 1), (version, attempt)
+                session = t.session
+                t.close()
+
+
 def test_plain_http_behind_proxy():
     with Daemon(HANDLERS, tls=False, register=False) as d:
         d.emu.webhook = {"url": "https://localhost:8443/x", "secret": ""}
