@@ -169,7 +169,8 @@ bench: deps
 	    echo "bench: npm could not install grammY and Telegraf: they are skipped"
 	@$(MAKE) --no-print-directory bench-run
 
-bench-run: $(BUILD)/tgwebhookd $(BUILD)/bench/hello.so $(BUILD)/bench/enqueue
+bench-run: $(BUILD)/tgwebhookd $(BUILD)/bench/hello.so $(BUILD)/bench/enqueue \
+    $(BUILD)/bench/mhd_floor
 	@echo "== enqueue cost (bench/enqueue.c)"
 	@$(BUILD)/bench/enqueue
 	@echo

@@ -195,6 +195,15 @@ http {
     return p
 
 
+def start_floor(tmp, cert, key, port):
+    """libmicrohttpd over GnuTLS answering the fixed reply (mhd_floor.c)."""
+    p = subprocess.Popen(["taskset", "-c", "0",
+                          os.path.join(BUILD, "bench", "mhd_floor"),
+                          str(port), cert, key])
+    wait_port(port)
+    return p
+
+
 def start_peer(tmp, cert, key, port, argv):
     """A framework's webhook server (bench/peers/), on core 0."""
     log = open(os.path.join(tmp, "peer.log"), "wb")
@@ -269,7 +278,9 @@ def main():
     }
     wanted = os.environ.get("BENCH_KINDS", "reply,plugin,worker,exec")
     servers = [("nginx", lambda port: start_nginx(tmp, cert, key, port),
-                "inline")]
+                "inline"),
+               ("libmicrohttpd floor", lambda port: start_floor(
+                   tmp, cert, key, port), "inline")]
     for kind in wanted.split(","):
         handler = "[handler.start]\ncommands = /start\n%s\n" % kinds[kind]
         servers.append(("tgwebhookd " + kind,
@@ -291,25 +302,51 @@ def main():
                         port, handshakes, expect, [10], "close")
         finally:
             stop(p)
-    write_results(results, handshakes)
+    write_results(results, handshakes, [name for name, _, _ in servers])
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-def write_results(results, handshakes):
+def peer_versions():
+    """grammY, Telegraf, python-telegram-bot and node versions."""
+    out = []
+    here = os.path.join(ROOT, "bench", "peers", "node_modules")
+    for name in ("grammy", "telegraf"):
+        try:
+            with open(os.path.join(here, name, "package.json")) as f:
+                out.append("%s %s" % (name, json.load(f)["version"]))
+        except OSError:
+            pass
+    if out:
+        out.append("node " + version(["node", "--version"]))
+    ptb = subprocess.run(["/usr/bin/python3", "-c", "import telegram; "
+                          "print(telegram.__version__)"],
+                         capture_output=True, text=True)
+    if ptb.returncode == 0:
+        out.append("python-telegram-bot " + ptb.stdout.strip())
+    return ", ".join(out)
+
+
+def write_results(results, handshakes, order):
     lines = ["# Benchmark results", "",
-             "`make bench` on %s, %d cores (%s), %s; %s; %s. Server pinned "
-             "to core 0, wrk to core 1, %d s per run, TLS keep-alive, every "
-             "answer checked. Ratios are to nginx in the same run." % (
+             "`make bench` on %s, %d cores (%s), %s; %s; %s; %s. Server "
+             "pinned to core 0, wrk to core 1, %d s per run, TLS keep-alive, "
+             "every answer checked (python-telegram-bot 13 cannot answer "
+             "inline: a 200 is its check). CPU and RSS include a server's "
+             "handler processes (the exec RSS counts the children alive at "
+             "the end of a run). Ratios are to nginx in the same run; "
+             "\"libmicrohttpd floor\" is bench/mhd_floor.c, the HTTP and TLS "
+             "stack tgwebhookd is built on answering the fixed reply with no "
+             "work of its own." % (
                  platform.node() or "this machine", os.cpu_count(),
                  platform.machine(), time.strftime("%Y-%m-%d"),
                  version(["nginx", "-v"]),
                  version([os.path.join(BUILD, "tgwebhookd"), "--version"]),
-                 DURATION), "",
+                 peer_versions(), DURATION), "",
              "| server | conns | req/s | × nginx | p50 µs | p99 µs | bad | "
              "CPU µs/update | × nginx | peak RSS MiB |",
              "|---|---|---|---|---|---|---|---|---|---|"]
-    for (name, conns), r in sorted(results.items(),
-                                   key=lambda kv: (kv[0][1], kv[0][0])):
+    for (name, conns), r in sorted(results.items(), key=lambda kv: (
+            kv[0][1], order.index(kv[0][0]) if kv[0][0] in order else 99)):
         base = results.get(("nginx", conns))
         lines.append("| %s | %d | %.0f | %.2f | %d | %d | %d | %.1f | %.2f | "
                      "%.1f |" % (name, conns, r["rps"],
