@@ -838,6 +838,9 @@ run(struct config **c, const char *token)
 	sigaddset(&sigs, SIGHUP);
 	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
 	signal(SIGPIPE, SIG_IGN);
+	/* A file size limit makes a write fail (EFBIG), which the store
+	 * reports and answers 503 for, instead of killing the daemon. */
+	signal(SIGXFSZ, SIG_IGN);
 	d.watchdog_ms = notify_watchdog_ms();
 	daemon_start(&d);
 	daemon_loop(&d, &sigs);

@@ -20,8 +20,10 @@ import email.policy
 import http.client
 import http.server
 import json
+import os
 import socket
 import ssl
+import sys
 import tempfile
 import threading
 import time
@@ -105,9 +107,16 @@ class Emulator:
             def do_POST(self):
                 emu._serve(self)
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
-                                                     Handler)
-        self.httpd.daemon_threads = True
+        class Server(http.server.ThreadingHTTPServer):
+            daemon_threads = True
+
+            def handle_error(self, request, client_address):
+                # a client killed mid-request (the daemon, SIGKILLed by
+                # a test) is no emulator error
+                if not isinstance(sys.exc_info()[1], ConnectionError):
+                    super().handle_error(request, client_address)
+
+        self.httpd = Server(("127.0.0.1", 0), Handler)
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
         return self
 
@@ -340,8 +349,9 @@ class Emulator:
                 return self._error(400, "Bad Request: certificate size is "
                                    "too big (%d bytes)" % len(data))
             cert = "%s/cert.pem" % self.cert_dir.name
-            with open(cert, "wb") as f:
-                f.write(data)
+            with open(cert + ".new", "wb") as f:    # deliveries may be
+                f.write(data)                       # reading the old one
+            os.replace(cert + ".new", cert)
         self.next_set_allowed = now + 1
         self.webhook = {"url": url, "secret": secret, "cert": cert,
                         "max_connections": maxc, "allowed_updates": allowed,

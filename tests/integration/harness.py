@@ -126,21 +126,24 @@ class Daemon:
 
     def start(self, wait_register=True):
         self.logf = open(self.logpath, "ab")
+        since = self.logf.tell()    # a restart appends: wait for its lines
         self.proc = subprocess.Popen([binary(), "-c", self.conf],
                                      stdout=self.logf, stderr=self.logf,
                                      env=self.env)
-        self.wait_log("serving", 15)
+        self.wait_log("serving", 15, since)
         if self.register and wait_register:
-            self.wait_log("webhook registered", 15)
+            self.wait_log("webhook registered", 15, since)
 
-    def log(self):
+    def log(self, since=0):
         with open(self.logpath, "rb") as f:
+            f.seek(since)
             return f.read().decode("utf-8", "replace")
 
-    def wait_log(self, text, timeout=10.0):
+    def wait_log(self, text, timeout=10.0, since=0):
+        """Waits for text in the log (from byte offset since)."""
         deadline = time.time() + timeout
         while time.time() < deadline:
-            if text in self.log():
+            if text in self.log(since):
                 return
             if self.proc.poll() is not None:
                 raise AssertionError("daemon exited %s before logging %r:\n%s"
