@@ -11,7 +11,7 @@ libcurl:libcurl4-openssl-dev inih:libinih-dev sqlite3:libsqlite3-dev
 cmocka:libcmocka-dev"
 # command -> Debian package
 cmds="pkg-config:pkg-config cc:gcc make:make python3:python3 openssl:openssl
-curl:curl clang:clang"
+curl:curl clang:clang valgrind:valgrind prlimit:util-linux"
 
 need=""
 for pair in $cmds; do

@@ -19,7 +19,8 @@
  * answer is merely wrong JSON stays, in step, and only that update fails.
  *
  * Each pool has a supervisor thread: it starts the workers, logs their
- * stderr, reaps them (a pidfd per worker) and restarts them with
+ * stderr, reaps them (a pidfd per worker, or waitpid(WNOHANG) every
+ * 100 ms where pidfds are missing) and restarts them with
  * exponential backoff (0.1 s doubling to 30 s; back to 0.1 s once a worker
  * has lived 10 s).  While a worker is busy its stdin and stdout belong to
  * the thread handling the update; everything else is the supervisor's,
@@ -59,6 +60,7 @@
 #define BACKOFF_MAX_MS 30000
 #define STABLE_MS 10000
 #define STOP_GRACE_MS 2000
+#define POLL_EXITS_MS 100	/* without pidfds: how often to look */
 
 struct wproc {
 	unsigned index;
@@ -86,6 +88,7 @@ struct pool {
 	int wake[2];
 	pthread_t supervisor;
 	bool started, stopping;
+	bool polling;		/* no pidfds here: waitpid(WNOHANG) */
 };
 
 static const char *const worker_keys[] = { "workers", "timeout", "affinity",
@@ -129,9 +132,13 @@ start_worker(struct pool *pl, struct wproc *w, uint64_t now)
 	char err[256], **env = worker_env(pl, w->index);
 
 	if (proc_spawn(pl->argv, env, &w->p, err, sizeof(err)) == 0 &&
-	    (w->pidfd = pidfd_open_(w->p.pid)) == -1) {
-		errf(err, sizeof(err), "pidfd_open: %s", strerror(errno));
-		proc_kill(&w->p);
+	    (w->pidfd = pidfd_open_(w->p.pid)) == -1 && !pl->polling) {
+		/* No pidfd (a kernel before 5.3, valgrind, some sandboxes):
+		 * watch for exits with waitpid(WNOHANG) instead. */
+		log_info("handler %s: pidfd_open: %s: checking for exited "
+		    "workers every %dms instead", pl->name, strerror(errno),
+		    POLL_EXITS_MS);
+		pl->polling = true;
 	}
 	strlist_free(env);
 	if (w->p.pid == -1) {
@@ -179,19 +186,18 @@ read_stderr(struct pool *pl, struct wproc *w)
 	}
 }
 
-/* w has exited: reap it and plan its restart.  Under pl->mu. */
+/* w has exited with status (already waited for): plan its restart.
+ * Under pl->mu. */
 static void
-reap(struct pool *pl, struct wproc *w, uint64_t now)
+reaped(struct pool *pl, struct wproc *w, uint64_t now, int status)
 {
 	char how[128];
-	int status = 0, pid = (int)w->p.pid;
+	int pid = (int)w->p.pid;
 
+	kill(-w->p.pid, SIGKILL);	/* what it started goes with it */
 	if (w->p.err != -1)
 		read_stderr(pl, w);
 	log_line(pl, w);
-	kill(-w->p.pid, SIGKILL);	/* what it started goes with it */
-	while (waitpid(w->p.pid, &status, 0) == -1 && errno == EINTR)
-		;
 	proc_status(status, how, sizeof(how));
 	proc_close(&w->pidfd);
 	proc_close(&w->p.err);
@@ -209,6 +215,25 @@ reap(struct pool *pl, struct wproc *w, uint64_t now)
 	if (!pl->stopping)
 		log_warn("handler %s: worker %u (pid %d) %s; restarting in "
 		    "%ums", pl->name, w->index, pid, how, w->backoff_ms);
+}
+
+/* Reaps w if it has exited (wait: until it has, killing it first).
+ * True if it was reaped.  Under pl->mu. */
+static bool
+reap(struct pool *pl, struct wproc *w, uint64_t now, bool wait)
+{
+	int status = 0;
+	pid_t r;
+
+	if (wait)
+		kill(-w->p.pid, SIGKILL);
+	while ((r = waitpid(w->p.pid, &status, wait ? 0 : WNOHANG)) == -1 &&
+	    errno == EINTR)
+		;
+	if (r != w->p.pid)
+		return false;
+	reaped(pl, w, now, status);
+	return true;
 }
 
 static void *
@@ -229,9 +254,12 @@ supervise(void *arg)
 			if (w->p.pid == -1 && !w->busy && w->p.in == -1) {
 				if (now >= w->restart_at)
 					start_worker(pl, w, now);
-				else if (w->restart_at < next)
+				if (w->p.pid == -1 && w->restart_at < next)
 					next = w->restart_at;
 			}
+			if (w->p.pid != -1 && w->pidfd == -1 &&
+			    now + POLL_EXITS_MS < next)
+				next = now + POLL_EXITS_MS;
 		}
 		pfd[n] = (struct pollfd){ pl->wake[0], POLLIN, 0 };
 		of[n++] = NULL;
@@ -240,8 +268,10 @@ supervise(void *arg)
 
 			if (w->p.pid == -1)
 				continue;
-			pfd[n] = (struct pollfd){ w->pidfd, POLLIN, 0 };
-			of[n++] = w;
+			if (w->pidfd != -1) {
+				pfd[n] = (struct pollfd){ w->pidfd, POLLIN, 0 };
+				of[n++] = w;
+			}
 			if (w->p.err != -1) {
 				pfd[n] = (struct pollfd){ w->p.err, POLLIN, 0 };
 				of[n++] = w;
@@ -265,8 +295,11 @@ supervise(void *arg)
 			} else if (w->p.pid != -1 && pfd[i].fd == w->p.err)
 				read_stderr(pl, w);
 			else if (w->p.pid != -1 && pfd[i].fd == w->pidfd)
-				reap(pl, w, now);
+				reap(pl, w, now, true);
 		}
+		for (unsigned i = 0; i < pl->n; i++)
+			if (pl->w[i].p.pid != -1 && pl->w[i].pidfd == -1)
+				reap(pl, &pl->w[i], now, false);
 	}
 	pthread_mutex_unlock(&pl->mu);
 	free(pfd);
@@ -285,21 +318,21 @@ stop_workers(struct pool *pl)
 	for (unsigned i = 0; i < pl->n; i++) {
 		struct wproc *w = &pl->w[i];
 
-		while (w->p.pid != -1) {
+		while (w->p.pid != -1 && now_ms() < until) {
 			struct pollfd pfd = { w->pidfd, POLLIN, 0 };
 			uint64_t now = now_ms();
 
-			if (now >= until ||
-			    poll(&pfd, 1, (int)(until - now)) == 0)
-				break;
-			if (pfd.revents != 0)
-				reap(pl, w, now_ms());
+			if (w->pidfd == -1) {
+				if (!reap(pl, w, now, false))
+					usleep(10000);
+			} else if (poll(&pfd, 1, (int)(until - now)) > 0)
+				reap(pl, w, now_ms(), true);
 		}
 		if (w->p.pid != -1) {
 			log_warn("handler %s: worker %u (pid %d) did not exit "
 			    "within %dms of its stdin closing: killed",
 			    pl->name, w->index, (int)w->p.pid, STOP_GRACE_MS);
-			reap(pl, w, now_ms());
+			reap(pl, w, now_ms(), true);
 		}
 		proc_close(&w->p.in);
 		proc_close(&w->p.out);

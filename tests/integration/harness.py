@@ -90,7 +90,7 @@ class Daemon:
 
     def __init__(self, handlers, webhook="", extra="", tls=True,
                  register=True, username="TestBot", env=None, start=True,
-                 emu=None, store=None, trusted="127.0.0.0/8"):
+                 emu=None, store=None, trusted="127.0.0.0/8", wrap=None):
         self.tmp = tempfile.TemporaryDirectory(prefix="tgw-it-")
         self.dir = self.tmp.name
         self.port = botapi_emu.free_port()
@@ -121,18 +121,20 @@ class Daemon:
         self.env.pop("JOURNAL_STREAM", None)
         self.env.update(env or {})
         self.register = register
+        self.wrap = wrap or []      # e.g. valgrind and its options
         if start:
             self.start()
 
     def start(self, wait_register=True):
         self.logf = open(self.logpath, "ab")
         since = self.logf.tell()    # a restart appends: wait for its lines
-        self.proc = subprocess.Popen([binary(), "-c", self.conf],
+        self.proc = subprocess.Popen(self.wrap + [binary(), "-c", self.conf],
                                      stdout=self.logf, stderr=self.logf,
                                      env=self.env)
-        self.wait_log("serving", 15, since)
+        slow = 10 if self.wrap else 1
+        self.wait_log("serving", 15 * slow, since)
         if self.register and wait_register:
-            self.wait_log("webhook registered", 15, since)
+            self.wait_log("webhook registered", 15 * slow, since)
 
     def log(self, since=0):
         with open(self.logpath, "rb") as f:

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import stat
+import threading
 import time
 
 from harness import (Daemon, ROOT, callback, dead_letters, message,
@@ -25,6 +26,8 @@ for line in sys.stdin:
         os._exit(3)
     if text == "hang":
         time.sleep(60)
+    if text == "slow":
+        time.sleep(1)
     if text == "garbage":
         print("this is not json", flush=True)
         continue
@@ -238,6 +241,25 @@ def test_reload_keeps_unchanged_pool_and_restarts_changed():
         assert new != pid
         d.wait_log("handler w: workers stopped")   # the old pool
         assert not alive(int(pid.split()[0]))
+
+
+def test_reload_during_an_update_drops_nothing():
+    d = worker_daemon()
+    with d:
+        pid = answer(d, "pid", 1)
+        got = []
+        t = threading.Thread(target=lambda: got.append(answer(d, "slow", 2)))
+        t.start()
+        time.sleep(0.3)     # the old worker has the update
+        text = open(d.conf).read().replace("[handler.w]\n",
+                                           "[handler.w]\ntimeout = 4s\n")
+        open(d.conf, "w").write(text)
+        d.proc.send_signal(signal.SIGHUP)
+        d.wait_log("reload done")
+        t.join(10)
+        assert got == ["slow"]      # answered inline by the old worker
+        d.wait_log("handler w: workers stopped")    # then the old pool
+        assert answer(d, "pid", 3) != pid
 
 
 def test_stop_ends_every_worker():
