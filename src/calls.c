@@ -114,3 +114,47 @@ calls_chat(json_t *call, char *out, size_t len)
 	else
 		snprintf(out, len, "-");
 }
+
+int
+calls_parse_line(const char *buf, size_t len, json_t *calls, char *err,
+    size_t errlen)
+{
+	json_error_t jerr;
+	json_t *got = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &jerr), *call;
+	char why[256];
+	size_t i;
+
+	if (got == NULL) {
+		errf(err, errlen, "bad answer: not JSON: %s (column %d)",
+		    jerr.text, jerr.column);
+		return -1;
+	}
+	if (json_is_object(got) &&
+	    json_is_string(json_object_get(got, "error"))) {
+		errf(err, errlen, "failed: %.400s", json_string_value(
+		    json_object_get(got, "error")));
+		json_decref(got);
+		return -1;
+	}
+	if (!json_is_array(got)) {
+		errf(err, errlen, "bad answer: must be a JSON array of calls "
+		    "([] for none), or {\"error\": \"why\"}");
+		json_decref(got);
+		return -1;
+	}
+	if (json_array_size(got) > CALLS_MAX) {
+		errf(err, errlen, "bad answer: %zu calls, at most %d",
+		    json_array_size(got), CALLS_MAX);
+		json_decref(got);
+		return -1;
+	}
+	json_array_foreach(got, i, call)
+		if (calls_check(call, why, sizeof(why)) == -1) {
+			errf(err, errlen, "bad answer: call %zu: %s", i + 1, why);
+			json_decref(got);
+			return -1;
+		}
+	json_array_extend(calls, got);
+	json_decref(got);
+	return 0;
+}

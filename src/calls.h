@@ -1,6 +1,7 @@
 /*
  * calls.h: Bot API calls made by handlers, as JSON objects
- * {"method": "sendMessage", ...params}.  Parsing a handler's output,
+ * {"method": "sendMessage", ...params}.  Parsing a handler's output (an
+ * exec handler's stream of objects, a worker's answer line),
  * deciding whether a call may be the inline webhook answer, and the call's
  * target chat (for logs and, later, rate limits).
  */
@@ -21,6 +22,12 @@
  * handler's stdout).  Returns a new array of calls, or NULL with err
  * saying which object is wrong and why. */
 json_t *calls_parse_stream(const char *buf, size_t len, char *err,
+    size_t errlen);
+/* Parses a worker's answer line: a JSON array of at most CALLS_MAX calls
+ * ([] for none), appended to calls; or {"error": "why"}, the worker's
+ * own failure.  0, or -1 with err ("bad answer: ..." or "failed: why")
+ * and calls unchanged. */
+int calls_parse_line(const char *buf, size_t len, json_t *calls, char *err,
     size_t errlen);
 /* Checks one call: an object whose "method" is a non-empty string of
  * letters.  0 or -1 with err. */

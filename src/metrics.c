@@ -33,6 +33,7 @@ static atomic_uint_fast64_t rejects[MR_N];
 static atomic_uint_fast64_t api[NMETHODS][4];
 static atomic_uint_fast64_t hist[NBUCKETS + 1];
 static atomic_uint_fast64_t hist_sum_ms, hist_count;
+static atomic_uint_fast64_t worker_exits;
 
 void
 metrics_update(int type_index, enum metric_update result)
@@ -69,6 +70,12 @@ metrics_botapi(const char *method, enum botapi_status status)
 	while (i < NMETHODS - 1 && strcmp(methods[i], method) != 0)
 		i++;
 	atomic_fetch_add_explicit(&api[i][status], 1, memory_order_relaxed);
+}
+
+void
+metrics_worker_exit(void)
+{
+	atomic_fetch_add_explicit(&worker_exits, 1, memory_order_relaxed);
 }
 
 #define LOAD(x) ((uint64_t)atomic_load_explicit(&(x), memory_order_relaxed))
@@ -121,6 +128,11 @@ metrics_render(const struct metrics_gauges *g)
 				buf_printf(&b, "tgwebhookd_botapi_calls_total{"
 				    "method=\"%s\",result=\"%s\"} %" PRIu64 "\n",
 				    methods[m], statuses[s], LOAD(api[m][s]));
+	buf_printf(&b, "# HELP tgwebhookd_worker_exits_total Worker processes "
+	    "that exited or were killed while the daemon ran (each is "
+	    "restarted).\n"
+	    "# TYPE tgwebhookd_worker_exits_total counter\n"
+	    "tgwebhookd_worker_exits_total %" PRIu64 "\n", LOAD(worker_exits));
 	{
 		uint64_t n429 = 0;
 

@@ -31,6 +31,9 @@ void metrics_update(int type_index, enum metric_update result);
 void metrics_reject(enum metric_reject reason);
 void metrics_handler_ms(uint64_t ms);
 void metrics_botapi(const char *method, enum botapi_status status);
+/* A worker process exited (crashed, killed at its timeout) while its
+ * pool was in service. */
+void metrics_worker_exit(void);
 
 /* Gauges the caller knows at scrape time. */
 struct metrics_gauges {

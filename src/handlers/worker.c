@@ -48,6 +48,7 @@
 #include "calls.h"
 #include "handler.h"
 #include "log.h"
+#include "metrics.h"
 #include "proc.h"
 #include "update.h"
 #include "util.h"
@@ -212,9 +213,11 @@ reaped(struct pool *pl, struct wproc *w, uint64_t now, int status)
 	    BACKOFF_MIN_MS : w->backoff_ms * 2 > BACKOFF_MAX_MS ?
 	    BACKOFF_MAX_MS : w->backoff_ms * 2;
 	w->restart_at = now + w->backoff_ms;
-	if (!pl->stopping)
+	if (!pl->stopping) {
+		metrics_worker_exit();
 		log_warn("handler %s: worker %u (pid %d) %s; restarting in "
 		    "%ums", pl->name, w->index, pid, how, w->backoff_ms);
+	}
 }
 
 /* Reaps w if it has exited (wait: until it has, killing it first).
@@ -586,52 +589,6 @@ read_line(int fd, struct buf *b, uint64_t deadline, char *msg, size_t msglen)
 	}
 }
 
-/* The answer line -> calls.  -1 with msg; the worker stays. */
-static int
-parse_answer(const struct buf *line, json_t *calls, char *msg, size_t msglen)
-{
-	json_error_t jerr;
-	json_t *got = json_loadb(line->data != NULL ? line->data : "",
-	    line->len, JSON_REJECT_DUPLICATES, &jerr), *call;
-	char err[256];
-	size_t i;
-
-	if (got == NULL) {
-		errf(msg, msglen, "bad answer: not JSON: %s (column %d)",
-		    jerr.text, jerr.column);
-		return -1;
-	}
-	if (json_is_object(got) &&
-	    json_is_string(json_object_get(got, "error"))) {
-		errf(msg, msglen, "failed: %.400s", json_string_value(
-		    json_object_get(got, "error")));
-		json_decref(got);
-		return -1;
-	}
-	if (!json_is_array(got)) {
-		errf(msg, msglen, "bad answer: must be a JSON array of calls "
-		    "([] for none), or {\"error\": \"why\"}");
-		json_decref(got);
-		return -1;
-	}
-	if (json_array_size(got) > CALLS_MAX) {
-		errf(msg, msglen, "bad answer: %zu calls, at most %d",
-		    json_array_size(got), CALLS_MAX);
-		json_decref(got);
-		return -1;
-	}
-	json_array_foreach(got, i, call)
-		if (calls_check(call, err, sizeof(err)) == -1) {
-			errf(msg, msglen, "bad answer: call %zu: %s", i + 1,
-			    err);
-			json_decref(got);
-			return -1;
-		}
-	json_array_extend(calls, got);
-	json_decref(got);
-	return 0;
-}
-
 /* Takes an idle worker (worker `want`, or any if want is -1), waiting
  * until deadline.  Under pl->mu. */
 static struct wproc *
@@ -701,7 +658,8 @@ worker_run(void *arg, const struct handler_input *in, json_t *calls,
 	if ((rc = send_line(w->p.in, body, in->len, deadline, why,
 	    sizeof(why))) == 0 &&
 	    (rc = read_line(w->p.out, &line, deadline, why, sizeof(why))) == 0)
-		rc = parse_answer(&line, calls, msg, msglen);
+		rc = calls_parse_line(line.data != NULL ? line.data : "",
+		    line.len, calls, msg, msglen);
 	else {
 		kill_it = true;
 		if (rc == -2)

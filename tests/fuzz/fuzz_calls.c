@@ -1,4 +1,5 @@
-/* libFuzzer target: exec (and worker) handler output. */
+/* libFuzzer target: handler output: an exec handler's stream of calls
+ * and a worker's answer line, on the same input. */
 #include <jansson.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -22,6 +23,12 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		calls_chat(c, chat, sizeof(chat));
 		(void)calls_inline_allowed(calls_method(c));
 	}
+	json_decref(calls);
+	calls = json_array();
+	if (calls_parse_line((const char *)data, size, calls, err,
+	    sizeof(err)) == 0)
+		json_array_foreach(calls, i, c)
+			(void)calls_inline_allowed(calls_method(c));
 	json_decref(calls);
 	return 0;
 }

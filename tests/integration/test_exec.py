@@ -148,6 +148,25 @@ def test_stdout_is_bounded():
         d.wait_log("printed more than 1048576 bytes on stdout")
 
 
+def test_stdout_closed_early_and_death_by_signal():
+    # stdout closed at once, then a call-less, successful exit: no calls
+    d = exec_daemon("exec 1>&-\nsleep 0.2\nexit 0\n")
+    with d:
+        status, _, _, body = d.deliver(message("hi", 11))
+        assert status == 200 and body == b""
+        assert dead_letters(d) == []
+        d.wait_log("update 11: message: handler h: 0 follow-ups")
+    # killed by a signal: a dead letter naming it
+    d = exec_daemon("printf '{\"method\":\"sendMessage\",\"chat_id\":1,"
+                    "\"text\":\"x\"}'\nkill -SEGV $$\n")
+    with d:
+        status, _, _, body = d.deliver(message("hi", 12))
+        assert status == 200 and body == b""     # its output is not used
+        d.wait_log("handler h failed: killed by signal 11 (Segmentation "
+                   "fault)")
+        assert [r[0] for r in dead_letters(d)] == [12]
+
+
 def test_slow_handler_does_not_stall_others():
     d = Daemon("", webhook="reply_deadline = 10s", start=False)
     slow = script(d, "slow", "sleep 3\n")

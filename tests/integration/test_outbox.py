@@ -117,6 +117,18 @@ def test_migrate_to_supergroup_followed():
         d.wait_log("chat -4242 became supergroup -1001234567890")
 
 
+def test_redirect_never_followed():
+    with outbox_daemon(2) as d:
+        d.emu.script("sendMessage", (302, {"ok": False},
+                                     {"Location": "http://127.0.0.1:9/x"}))
+        d.deliver(message("x", 6))
+        d.emu.wait_calls("sendMessage", 1)
+        d.wait_log("a redirect, which is never followed: check api_url")
+        time.sleep(0.5)
+        assert len(d.emu.calls_of("sendMessage")) == 1
+        assert rows(d, "state = 2")[0][0] == "sendMessage"
+
+
 def test_403_dead_letter_listed_and_retried():
     with outbox_daemon(2) as d:
         d.emu.script("sendMessage", (403, {

@@ -8,6 +8,7 @@ import signal
 import stat
 import threading
 import time
+import urllib.request
 
 from harness import (Daemon, ROOT, callback, dead_letters, message,
                      post_update, stored_secrets)
@@ -144,6 +145,9 @@ def test_crash_is_dead_letter_and_worker_restarts():
                    "100ms" % pid)
         rows = dead_letters(d)
         assert [(r[0], r[1]) for r in rows] == [(2, "w")]
+        metrics = urllib.request.urlopen("http://127.0.0.1:%d/metrics" %
+                                         d.admin_port, timeout=5).read()
+        assert b"tgwebhookd_worker_exits_total 1\n" in metrics
         deadline = time.time() + 5
         while True:   # answered again once restarted
             got = answer(d, "pid", 3 + int(time.time() * 10) % 1000)

@@ -80,6 +80,65 @@ test_stream_count_capped(void **state)
 	buf_free(&b);
 }
 
+/* A worker's answer line. */
+static void
+test_line(void **state)
+{
+	json_t *calls = json_array();
+	char err[512];
+	static const struct {
+		const char *line, *want;
+	} bad[] = {
+		{ "", "bad answer: not JSON: " },
+		{ "[{\"method\":\"sendMessage\"}", "bad answer: not JSON: " },
+		{ "{\"method\":\"sendMessage\"}", "bad answer: must be a JSON "
+		    "array of calls" },
+		{ "[{\"method\":\"sendMessage\"},{\"chat_id\":1}]",
+		    "bad answer: call 2: " },
+		{ "[1]", "bad answer: call 1: " },
+		{ "{\"error\":\"no such user\"}", "failed: no such user" },
+		{ "[{\"method\":\"a\",\"method\":\"b\"}]",
+		    "bad answer: not JSON: duplicate object key" },
+	};
+
+	(void)state;
+	assert_int_equal(calls_parse_line("[]", 2, calls, err, sizeof(err)), 0);
+	assert_int_equal(json_array_size(calls), 0);
+	assert_int_equal(calls_parse_line("[{\"method\":\"sendMessage\","
+	    "\"chat_id\":1},{\"method\":\"sendDice\",\"chat_id\":1}] ",
+	    73, calls, err, sizeof(err)), 0);
+	assert_int_equal(json_array_size(calls), 2);
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		err[0] = '\0';
+		assert_int_equal(calls_parse_line(bad[i].line,
+		    strlen(bad[i].line), calls, err, sizeof(err)), -1);
+		if (strncmp(err, bad[i].want, strlen(bad[i].want)) != 0)
+			fail_msg("'%s': got '%s', want '%s...'", bad[i].line,
+			    err, bad[i].want);
+		assert_int_equal(json_array_size(calls), 2);	/* unchanged */
+	}
+	json_decref(calls);
+}
+
+static void
+test_line_count_capped(void **state)
+{
+	struct buf b = { 0 };
+	json_t *calls = json_array();
+	char err[256];
+
+	(void)state;
+	buf_puts(&b, "[");
+	for (int i = 0; i <= CALLS_MAX; i++)
+		buf_printf(&b, "%s{\"method\":\"sendMessage\"}", i ? "," : "");
+	buf_puts(&b, "]");
+	assert_int_equal(calls_parse_line(b.data, b.len, calls, err,
+	    sizeof(err)), -1);
+	assert_string_equal(err, "bad answer: 101 calls, at most 100");
+	buf_free(&b);
+	json_decref(calls);
+}
+
 static void
 test_inline_allowed(void **state)
 {
@@ -121,6 +180,8 @@ main(void)
 		cmocka_unit_test(test_stream),
 		cmocka_unit_test(test_stream_errors),
 		cmocka_unit_test(test_stream_count_capped),
+		cmocka_unit_test(test_line),
+		cmocka_unit_test(test_line_count_capped),
 		cmocka_unit_test(test_inline_allowed),
 		cmocka_unit_test(test_chat),
 	};
