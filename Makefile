@@ -170,7 +170,12 @@ bench: deps
 	@$(MAKE) --no-print-directory bench-run
 
 bench-run: $(BUILD)/tgwebhookd $(BUILD)/bench/hello.so $(BUILD)/bench/enqueue \
-    $(BUILD)/bench/mhd_floor
+    $(BUILD)/bench/mhd_floor $(BUILD)/bench/update_cost
+	@echo "== one update's own work (bench/update_cost.c)"
+	@echo "| step | µs per update |"
+	@echo "|---|---|"
+	@$(BUILD)/bench/update_cost
+	@echo
 	@echo "== enqueue cost (bench/enqueue.c)"
 	@$(BUILD)/bench/enqueue
 	@echo
