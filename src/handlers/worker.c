@@ -98,6 +98,16 @@ static const char *const worker_keys[] = { "workers", "timeout", "affinity",
 static pthread_mutex_t registry_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct pool *registry;
 
+/* The wait before the next start: doubling from BACKOFF_MIN_MS up to
+ * BACKOFF_MAX_MS, back to the minimum after a stable run. */
+static unsigned
+next_backoff(unsigned cur, bool stable)
+{
+	if (stable || cur == 0)
+		return BACKOFF_MIN_MS;
+	return cur >= BACKOFF_MAX_MS / 2 ? BACKOFF_MAX_MS : cur * 2;
+}
+
 static int
 pidfd_open_(pid_t pid)
 {
@@ -143,9 +153,7 @@ start_worker(struct pool *pl, struct wproc *w, uint64_t now)
 	}
 	strlist_free(env);
 	if (w->p.pid == -1) {
-		w->backoff_ms = w->backoff_ms == 0 ? BACKOFF_MIN_MS :
-		    w->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS :
-		    w->backoff_ms * 2;
+		w->backoff_ms = next_backoff(w->backoff_ms, false);
 		w->restart_at = now + w->backoff_ms;
 		log_err("handler %s: worker %u: %s; trying again in %ums",
 		    pl->name, w->index, err, w->backoff_ms);
@@ -166,7 +174,8 @@ log_line(struct pool *pl, struct wproc *w)
 	w->log.len = 0;
 }
 
-/* Reads w's stderr and logs it line by line.  Under pl->mu. */
+/* Reads w's stderr and logs it line by line.  Only the supervisor
+ * touches p.err and the log buffer: no lock needed. */
 static void
 read_stderr(struct pool *pl, struct wproc *w)
 {
@@ -209,9 +218,8 @@ reaped(struct pool *pl, struct wproc *w, uint64_t now, int status)
 		proc_close(&w->p.in);
 		proc_close(&w->p.out);
 	}
-	w->backoff_ms = now - w->started >= STABLE_MS || w->backoff_ms == 0 ?
-	    BACKOFF_MIN_MS : w->backoff_ms * 2 > BACKOFF_MAX_MS ?
-	    BACKOFF_MAX_MS : w->backoff_ms * 2;
+	w->backoff_ms = next_backoff(w->backoff_ms,
+	    now - w->started >= STABLE_MS);
 	w->restart_at = now + w->backoff_ms;
 	if (!pl->stopping) {
 		metrics_worker_exit();
@@ -282,6 +290,12 @@ supervise(void *arg)
 		}
 		pthread_mutex_unlock(&pl->mu);
 		poll(pfd, n, (int)(next - now));
+		/* Logs are read unlocked: a chatty worker does not hold up
+		 * the updates of the others. */
+		for (nfds_t i = 0; i < n; i++)
+			if (of[i] != NULL && pfd[i].revents != 0 &&
+			    pfd[i].fd == of[i]->p.err)
+				read_stderr(pl, of[i]);
 		pthread_mutex_lock(&pl->mu);
 		now = now_ms();
 		for (nfds_t i = 0; i < n; i++) {
@@ -295,9 +309,7 @@ supervise(void *arg)
 				while (read(pl->wake[0], drain, sizeof(drain)) >
 				    0)
 					;
-			} else if (w->p.pid != -1 && pfd[i].fd == w->p.err)
-				read_stderr(pl, w);
-			else if (w->p.pid != -1 && pfd[i].fd == w->pidfd)
+			} else if (w->p.pid != -1 && pfd[i].fd == w->pidfd)
 				reap(pl, w, now, true);
 		}
 		for (unsigned i = 0; i < pl->n; i++)
