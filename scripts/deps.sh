@@ -10,7 +10,7 @@ libs="libmicrohttpd:libmicrohttpd-dev gnutls:libgnutls28-dev openssl:libssl-dev 
 libcurl:libcurl4-openssl-dev inih:libinih-dev sqlite3:libsqlite3-dev
 cmocka:libcmocka-dev"
 # command -> Debian package
-cmds="pkg-config:pkg-config cc:gcc make:make python3:python3 openssl:openssl
+cmds="pkg-config:pkg-config cc:gcc g++:g++ make:make python3:python3 openssl:openssl
 curl:curl clang:clang valgrind:valgrind prlimit:util-linux"
 
 need=""

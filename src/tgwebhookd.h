@@ -91,9 +91,16 @@ struct tgw_plugin {
 	void (*cleanup)(void *state);
 };
 
-/* Defines the plugin:  TGW_PLUGIN(0, my_init, my_handle, my_cleanup); */
+/* Defines the plugin:  TGW_PLUGIN(0, my_init, my_handle, my_cleanup);
+ * (exported even when built with -fvisibility=hidden, and with C linkage
+ * from C++). */
+#ifdef __cplusplus
+#define TGW_PLUGIN_LINKAGE extern "C"
+#else
+#define TGW_PLUGIN_LINKAGE
+#endif
 #define TGW_PLUGIN(flags_, init_, handle_, cleanup_)			\
-	__attribute__((visibility("default")))				\
+	TGW_PLUGIN_LINKAGE __attribute__((visibility("default")))	\
 	const struct tgw_plugin tgw_plugin = {				\
 		TGW_ABI_VERSION, (flags_), (init_), (handle_), (cleanup_) }
 

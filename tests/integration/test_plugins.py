@@ -3,11 +3,12 @@ their errors, failures as dead letters, and loading at reload."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 
-from harness import (Daemon, binary, callback, compile_plugin, dead_letters,
-                     message, plugin_path)
+from harness import (ROOT, Daemon, binary, callback, compile_plugin,
+                     dead_letters, message, plugin_path)
 
 
 def check(d):
@@ -129,6 +130,40 @@ def test_blocking_plugin_runs_on_handler_threads():
         assert status == 200 and body == b""
         sent = d.emu.wait_calls("sendMessage", 1)
         assert sent[0].params["text"] == "late hello"
+
+
+CXX_PLUGIN = r'''
+#include <string>
+#include <tgwebhookd.h>
+static int handle(void *, const struct tgw_update *u, struct tgw_reply *r)
+{
+	std::string t = std::string("C++ heard: ") + tgw_update_text(u, nullptr);
+	return tgw_reply_text(r, t.c_str());
+}
+TGW_PLUGIN(0, nullptr, handle, nullptr);
+'''
+
+
+def test_cxx_plugin():
+    if shutil.which("g++") is None:
+        print("# skipped: no g++")
+        return
+    d = Daemon("", start=False)
+    src = os.path.join(d.dir, "cxx.cc")
+    so = os.path.join(d.dir, "cxx.so")
+    with open(src, "w") as f:
+        f.write(CXX_PLUGIN)
+    jansson = subprocess.run(["pkg-config", "--cflags", "jansson"],
+                             capture_output=True, text=True).stdout.split()
+    subprocess.run(["g++", "-shared", "-fPIC", "-fvisibility=hidden",
+                    "-I" + os.path.join(ROOT, "src")] + jansson +
+                   ["-o", so, src], check=True)
+    with open(d.conf, "a") as f:
+        f.write("[handler.cxx]\nplugin = %s\n" % so)
+    with d:
+        d.start()
+        assert json.loads(d.deliver(message("hi", 1))[3])["text"] == \
+            "C++ heard: hi"
 
 
 def test_abi_mismatch_and_bad_files_refused_with_reasons():
