@@ -35,6 +35,9 @@ for line in sys.stdin:
     if text == "twolines":
         print("[]\n[]", flush=True)
         continue
+    if text == "huge":
+        print("[" + " " * (2 << 20) + "]", flush=True)
+        continue
     if text == "error":
         print(json.dumps({"error": "no such user"}), flush=True)
         continue
@@ -190,8 +193,14 @@ def test_bad_answers():
         assert answer(d, "twolines", 6) is None
         d.wait_log("worker 0 wrote more than one line for one update: "
                    "killed and restarted")
+        # (an update waits for the restart, within its timeout)
+        assert answer(d, "pid", 7) != pid
+        # a line over 1 MiB: killed before it is all read
+        assert answer(d, "huge", 8) is None
+        d.wait_log("worker 0 answered with a line over 1048576 bytes: "
+                   "killed and restarted")
         reasons = [r[2] for r in dead_letters(d)]
-        assert len(reasons) == 3, reasons
+        assert len(reasons) == 4, reasons
 
 
 def test_backoff_grows_when_worker_cannot_stay_up():
