@@ -87,7 +87,8 @@ struct tgw_plugin {
 	 * message: "failed"). */
 	int (*handle)(void *state, const struct tgw_update *u,
 	    struct tgw_reply *r);
-	/* Frees the instance.  May be NULL. */
+	/* Frees the instance, and stops anything it started (a thread): the
+	 * library may be unloaded right after.  May be NULL. */
 	void (*cleanup)(void *state);
 };
 
