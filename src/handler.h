@@ -1,9 +1,9 @@
 /*
- * handler.h: the one interface every handler kind implements (reply and
- * exec, plugin and worker).  A kind checks its
- * own configuration keys, and its run() turns one update into zero or more
- * Bot API calls.  Kinds know nothing of HTTP, the inline answer or the
- * outbox: the runner (runner.h) decides where each call goes.
+ * handler.h: the one interface every handler kind implements: reply,
+ * exec, plugin and worker.  A kind checks its own configuration keys, and
+ * its run() turns one update into zero or more Bot API calls.  Kinds know
+ * nothing of HTTP, the inline answer or the outbox: the runner (runner.h)
+ * decides where each call goes.
  */
 #ifndef TGW_HANDLER_H
 #define TGW_HANDLER_H

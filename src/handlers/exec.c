@@ -32,7 +32,6 @@
 #define EXEC_STDERR_MAX (16 << 10)
 #define EXEC_DEFAULT_TIMEOUT_MS 5000
 
-
 struct exec {
 	char *name;
 	char **argv;
@@ -61,8 +60,8 @@ exec_create(const struct conf_handler *h, const struct config *c,
 
 	e->name = xstrdup(h->name);
 	e->timeout_ms = EXEC_DEFAULT_TIMEOUT_MS;
-	if ((e->argv = proc_argv(h, c, "exec", d)) == NULL ||
-	    proc_timeout(h, c, &e->timeout_ms, d) == -1) {
+	e->argv = proc_argv(h, c, "exec", d);
+	if (proc_timeout(h, c, &e->timeout_ms, d) == -1 || e->argv == NULL) {
 		exec_destroy(e);
 		return NULL;
 	}
