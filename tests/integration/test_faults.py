@@ -11,8 +11,7 @@ import subprocess
 import threading
 import time
 
-from harness import message
-from test_outbox import outbox_daemon, rows, texts
+from harness import message, outbox_daemon, rows, texts
 
 
 def set_fsize(pid, limit):

@@ -8,49 +8,13 @@ import sqlite3
 import subprocess
 import time
 
-from harness import Daemon, binary, message
-
-
-def calls_script(d, n, text="m"):
-    """An exec handler printing n sendMessage calls to the update's
-    chat."""
-    path = os.path.join(d.dir, "calls")
-    with open(path, "w") as f:
-        f.write("#!/bin/sh\ncat >/dev/null\ni=1\nwhile [ $i -le %d ]; do\n"
-                "printf '{\"method\":\"sendMessage\",\"chat_id\":%%s,"
-                "\"text\":\"%s%%s-%%s\"}\\n' \"$TGW_CHAT_ID\" "
-                "\"$TGW_UPDATE_ID\" $i\ni=$((i+1))\ndone\n" % (n, text))
-    os.chmod(path, 0o700)
-    return path
-
-
-def outbox_daemon(n=3, outbox="", webhook=""):
-    d = Daemon("", webhook=webhook, extra="[outbox]\n" + outbox,
-               start=False)
-    with open(d.conf, "a") as f:
-        f.write("[handler.calls]\nexec = %s\n" % calls_script(d, n))
-    d.start()
-    return d
-
-
-def texts(d, method="sendMessage"):
-    return [c.params.get("text") for c in d.emu.calls_of(method)]
+from harness import Daemon, binary, message, outbox_daemon, rows, texts
 
 
 def run(d, *args):
     return subprocess.run([binary(), "-c", d.conf] + list(args),
                           capture_output=True, env=d.env, timeout=30,
                           text=True)
-
-
-def rows(d, where="1"):
-    db = sqlite3.connect(os.path.join(d.store, "tgwebhookd.db"))
-    try:
-        return db.execute("SELECT method, chat, state, attempts, last_error "
-                          "FROM calls WHERE " + where + " ORDER BY id"
-                          ).fetchall()
-    finally:
-        db.close()
 
 
 def test_followups_delivered_in_order():
