@@ -655,15 +655,14 @@ worker_run(void *arg, const struct handler_input *in, json_t *calls,
 	pthread_mutex_lock(&pl->mu);
 	w = take(pl, want, deadline);
 	pthread_mutex_unlock(&pl->mu);
-	if (w == NULL && want != -1) {
-		errf(msg, msglen, "worker %d (this chat's) not free within %ums "
-		    "(busy or restarting)", want, pl->timeout_ms);
-		free(flat);
-		return -1;
-	}
 	if (w == NULL) {
-		errf(msg, msglen, "no worker free within %ums (all %u busy or "
-		    "restarting)", pl->timeout_ms, pl->n);
+		if (want != -1)
+			errf(msg, msglen, "worker %d (this chat's) not free "
+			    "within %ums (busy or restarting)", want,
+			    pl->timeout_ms);
+		else
+			errf(msg, msglen, "no worker free within %ums (all %u "
+			    "busy or restarting)", pl->timeout_ms, pl->n);
 		free(flat);
 		return -1;
 	}
