@@ -66,11 +66,42 @@ list(struct store *s, enum store_call_state st, const char *title, FILE *out)
 	return 0;
 }
 
+/* Updates whose handler failed (kept with their body in the store). */
+static int
+list_failed(struct store *s, FILE *out)
+{
+	struct store_update *u;
+	char err[256], a[32];
+	long total = store_dead_count(s), n;
+
+	if (total < 0 || (n = store_dead_updates(s, LIST_MAX, &u, err,
+	    sizeof(err))) < 0) {
+		fprintf(stderr, "tgwebhookd: %s\n", total < 0 ? "store: cannot "
+		    "count failed updates" : err);
+		return -1;
+	}
+	fprintf(out, "failed updates (handler failed; the update is kept in "
+	    "the store's dead_updates): %ld\n", total);
+	if (n > 0)
+		fprintf(out, "  %8s %12s %-16s %6s  %s\n", "id", "update_id",
+		    "handler", "age", "reason");
+	for (long i = 0; i < n; i++) {
+		age(u[i].created * 1000, a, sizeof(a));
+		fprintf(out, "  %8" PRId64 " %12" PRId64 " %-16.16s %6s  %s\n",
+		    u[i].id, u[i].update_id, u[i].handler, a, u[i].reason);
+	}
+	if (total > n)
+		fprintf(out, "  ... and %ld more\n", total - n);
+	store_updates_free(u, (size_t)n);
+	return 0;
+}
+
 int
 ops_outbox(struct store *s, FILE *out)
 {
 	if (list(s, STORE_CALL_PENDING, "pending", out) == -1 ||
-	    list(s, STORE_CALL_DEAD, "dead letters", out) == -1)
+	    list(s, STORE_CALL_DEAD, "dead letters", out) == -1 ||
+	    list_failed(s, out) == -1)
 		return 1;
 	return 0;
 }

@@ -616,11 +616,54 @@ store_updates_held(struct store *s, struct store_update **out, char *err,
 				cap = cap ? cap * 2 : 16;
 				u = xrealloc(u, cap * sizeof(*u));
 			}
+			u[n] = (struct store_update){ 0 };
 			u[n].update_id = sqlite3_column_int64(st, 0);
 			u[n].handler = col_text(st, 1);
 			u[n].len = (size_t)sqlite3_column_bytes(st, 2);
 			u[n].body = xstrndup(sqlite3_column_blob(st, 2) ?
 			    sqlite3_column_blob(st, 2) : "", u[n].len);
+			n++;
+		}
+	}
+	sqlite3_finalize(st);
+	if (rc != SQLITE_DONE) {
+		errf(err, errlen, "store: %s", sqlite3_errmsg(s->db));
+		pthread_mutex_unlock(&s->mu);
+		store_updates_free(u, n);
+		return -1;
+	}
+	pthread_mutex_unlock(&s->mu);
+	*out = u;
+	return (long)n;
+}
+
+long
+store_dead_updates(struct store *s, long max, struct store_update **out,
+    char *err, size_t errlen)
+{
+	sqlite3_stmt *st = NULL;
+	struct store_update *u = NULL;
+	size_t n = 0, cap = 0;
+	int rc = SQLITE_ERROR;
+
+	pthread_mutex_lock(&s->mu);
+	if (sqlite3_prepare_v2(s->db, "SELECT id, update_id, handler, reason, "
+	    "created, body FROM dead_updates ORDER BY id DESC LIMIT ?", -1, &st,
+	    NULL) == SQLITE_OK) {
+		sqlite3_bind_int64(st, 1, max);
+		while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+			if (n == cap) {
+				cap = cap ? cap * 2 : 16;
+				u = xrealloc(u, cap * sizeof(*u));
+			}
+			u[n].id = sqlite3_column_int64(st, 0);
+			u[n].update_id = sqlite3_column_int64(st, 1);
+			u[n].handler = col_text(st, 2);
+			u[n].reason = col_text(st, 3);
+			u[n].created = sqlite3_column_int64(st, 4);
+			u[n].len = (size_t)sqlite3_column_bytes(st, 5);
+			u[n].body = xstrndup(sqlite3_column_blob(st, 5) ?
+			    sqlite3_column_blob(st, 5) : "", u[n].len);
 			n++;
 		}
 	}
@@ -642,6 +685,7 @@ store_updates_free(struct store_update *u, size_t n)
 	for (size_t i = 0; i < n; i++) {
 		free(u[i].handler);
 		free(u[i].body);
+		free(u[i].reason);
 	}
 	free(u);
 }

@@ -118,6 +118,10 @@ struct store_update {
 	char *handler;
 	char *body;
 	size_t len;
+	/* dead updates only (NULL and 0 for held ones): */
+	int64_t id;		/* the dead letter's number */
+	char *reason;
+	int64_t created;	/* unix seconds */
 };
 /* Every held update, oldest first.  Count, or -1 with err. */
 long store_updates_held(struct store *s, struct store_update **out, char *err,
@@ -130,5 +134,9 @@ int store_dead_update(struct store *s, int64_t update_id, const char *handler,
     size_t errlen);
 /* Number of dead-lettered updates (for tests and status). */
 long store_dead_count(struct store *s);
+/* The newest max dead-lettered updates, newest first.  Count, or -1 with
+ * err; free with store_updates_free(). */
+long store_dead_updates(struct store *s, long max, struct store_update **out,
+    char *err, size_t errlen);
 
 #endif

@@ -4,9 +4,10 @@ dead letters, timeouts that kill the whole process group."""
 import json
 import os
 import stat
+import subprocess
 import time
 
-from harness import Daemon, dead_letters, message
+from harness import Daemon, binary, dead_letters, message
 
 
 def script(d, name, body):
@@ -102,6 +103,15 @@ def test_failure_is_dead_letter_and_200():
         assert rows[0][0] == 66 and rows[0][1] == "h"
         assert "status 3" in rows[0][2]
         assert json.loads(rows[0][3]) == update
+        # the operator sees it
+        out = subprocess.run([binary(), "-c", d.conf, "--outbox"],
+                             capture_output=True, text=True, env=d.env,
+                             timeout=20)
+        assert out.returncode == 0, out
+        assert "failed updates (handler failed; the update is kept in the " \
+            "store's dead_updates): 1" in out.stdout, out.stdout
+        line = [l for l in out.stdout.splitlines() if " 66 " in l][0]
+        assert line.split()[2] == "h" and "exited with status 3" in line
 
 
 def test_bad_output_is_dead_letter():

@@ -41,11 +41,31 @@ test_secrets_and_dead_letters(void **state)
 	assert_int_equal(store_dead_count(s), 1);
 	store_close(s);
 
-	/* reopened: the same secret */
+	/* reopened: the same secret, the dead letter kept */
 	s = store_open(sub, err, sizeof(err));
 	b = store_secret_ensure(s, "secret_token", 32, err, sizeof(err));
 	assert_string_equal(a, b);
 	assert_int_equal(store_dead_count(s), 1);
+	assert_int_equal(store_dead_update(s, 6, "w", "timed out", "{\"u\":6}",
+	    7, err, sizeof(err)), 0);
+	{
+		struct store_update *u;
+
+		/* newest first, at most max */
+		assert_int_equal(store_dead_updates(s, 1, &u, err,
+		    sizeof(err)), 1);
+		assert_int_equal(u[0].update_id, 6);
+		assert_string_equal(u[0].handler, "w");
+		assert_string_equal(u[0].reason, "timed out");
+		assert_string_equal(u[0].body, "{\"u\":6}");
+		assert_true(u[0].created > 1700000000);
+		store_updates_free(u, 1);
+		assert_int_equal(store_dead_updates(s, 10, &u, err,
+		    sizeof(err)), 2);
+		assert_int_equal(u[1].update_id, 5);
+		assert_true(u[0].id > u[1].id);
+		store_updates_free(u, 2);
+	}
 	store_close(s);
 	free(a);
 	free(b);
