@@ -140,14 +140,17 @@ int
 ops_purge_dead(struct store *s, uint64_t age_ms, FILE *out)
 {
 	char err[256];
-	long n = store_calls_purge(s, STORE_CALL_DEAD, wall_ms() -
-	    (int64_t)age_ms, err, sizeof(err));
+	int64_t before = wall_ms() - (int64_t)age_ms;
+	long n = store_calls_purge(s, STORE_CALL_DEAD, before, err,
+	    sizeof(err)), u = -1;
 
-	if (n < 0) {
+	if (n < 0 || (u = store_dead_updates_purge(s, before / 1000, err,
+	    sizeof(err))) < 0) {
 		fprintf(stderr, "tgwebhookd: %s\n", err);
 		return 1;
 	}
-	fprintf(out, "%ld dead letter(s) deleted\n", n);
+	fprintf(out, "%ld dead letter(s) and %ld failed update(s) deleted\n", n,
+	    u);
 	return 0;
 }
 

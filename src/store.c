@@ -563,6 +563,14 @@ store_calls_purge(struct store *s, enum store_call_state state,
 	    errlen);
 }
 
+long
+store_dead_updates_purge(struct store *s, int64_t before_s, char *err,
+    size_t errlen)
+{
+	return exec_changes(s, "DELETE FROM dead_updates WHERE ?1 IS NULL AND "
+	    "created < ?2 AND ?3 = ?3", NULL, before_s, 0, err, errlen);
+}
+
 int
 store_update_hold(struct store *s, int64_t update_id, const char *handler,
     const char *body, size_t len, char *err, size_t errlen)

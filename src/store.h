@@ -138,5 +138,9 @@ long store_dead_count(struct store *s);
  * err; free with store_updates_free(). */
 long store_dead_updates(struct store *s, long max, struct store_update **out,
     char *err, size_t errlen);
+/* Deletes dead-lettered updates kept since before before_s (unix
+ * seconds).  Count or -1. */
+long store_dead_updates_purge(struct store *s, int64_t before_s, char *err,
+    size_t errlen);
 
 #endif

@@ -112,6 +112,13 @@ def test_failure_is_dead_letter_and_200():
             "store's dead_updates): 1" in out.stdout, out.stdout
         line = [l for l in out.stdout.splitlines() if " 66 " in l][0]
         assert line.split()[2] == "h" and "exited with status 3" in line
+        time.sleep(1.1)     # kept for a second at least
+        out = subprocess.run([binary(), "-c", d.conf, "--purge-dead", "0s"],
+                             capture_output=True, text=True, env=d.env,
+                             timeout=20)
+        assert out.stdout == "0 dead letter(s) and 1 failed update(s) " \
+            "deleted\n", out
+        assert dead_letters(d) == []
 
 
 def test_bad_output_is_dead_letter():

@@ -65,6 +65,12 @@ test_secrets_and_dead_letters(void **state)
 		assert_int_equal(u[1].update_id, 5);
 		assert_true(u[0].id > u[1].id);
 		store_updates_free(u, 2);
+		/* purged by age */
+		assert_int_equal(store_dead_updates_purge(s, 1000, err,
+		    sizeof(err)), 0);
+		assert_int_equal(store_dead_updates_purge(s, wall_ms() / 1000 +
+		    10, err, sizeof(err)), 2);
+		assert_int_equal(store_dead_count(s), 0);
 	}
 	store_close(s);
 	free(a);
