@@ -1,11 +1,15 @@
-"""make demo: Telegram's Hello Bot as configuration, run offline.
+"""make demo: Telegram's Hello Bot as configuration, run offline, with the
+other handler kinds beside it.
 
 Starts the Bot API emulator and tgwebhookd with conf/hello.conf (api_url,
 listen and the store pointed at the emulator, a free port and a temporary
-directory), lets the emulator play Telegram: registration with the
-uploaded certificate, then a short conversation delivered over TLS that
-trusts only that certificate.  Prints what came in, what was answered
-inline and what went out as a follow-up, then stops everything."""
+directory) plus four handlers the demo adds in front: /about (an exec
+script), /roll and its buttons (the dice C plugin) and /poll (the Simple
+Poll bot, a Python worker).  The emulator plays Telegram: registration
+with the uploaded certificate, then a short conversation (messages and
+button presses) delivered over TLS that trusts only that certificate.
+Prints what came in, what was answered inline and what went out as a
+follow-up, then stops everything."""
 
 import argparse
 import json
@@ -41,14 +45,16 @@ def describe(call):
     text = call.get("text")
     out = "%s" % call.get("method")
     if text is not None:
-        out += ': "%s"' % short(text)
+        out += ': "%s"' % short(" / ".join(
+            line for line in text.split("\n") if line))
     markup = call.get("reply_markup")
     if isinstance(markup, str):
         markup = json.loads(markup)
-    if markup and "keyboard" in markup:
-        out += "  keyboard: " + " ".join(
-            "[%s]" % b if isinstance(b, str) else "[%s]" % b.get("text")
-            for row in markup["keyboard"] for b in row)
+    for kind in ("keyboard", "inline_keyboard"):
+        if markup and kind in markup:
+            out += "  %s: " % kind.replace("_", " ") + " ".join(
+                "[%s]" % b if isinstance(b, str) else "[%s]" % b.get("text")
+                for row in markup[kind] for b in row)
     if markup and markup.get("remove_keyboard"):
         out += "  (keyboard removed)"
     return out
@@ -71,12 +77,26 @@ def main():
     text = set_key(text, "api_url", emu.url)
     text = set_key(text, "listen", "127.0.0.1:%d" % port)
     text = set_key(text, "dir", os.path.join(tmp.name, "store"))
-    # Handlers match in file order: the demo's script goes first.
-    about = ("; added by the demo: a script whose second call is a "
+    # Handlers match in file order: the demo's go first.
+    plugins = os.path.join(os.path.dirname(os.path.abspath(args.daemon)),
+                           "plugins")
+    added = ("; added by the demo: a script whose second call is a "
              "follow-up\n[handler.about]\ncommands = /about\nexec = %s\n\n"
-             % os.path.join(ROOT, "examples", "about-bot"))
+             "; a C plugin: dice on inline buttons\n[handler.roll]\n"
+             "plugin = %s\ncommands = /roll\n\n[handler.roll-buttons]\n"
+             "plugin = %s\nupdates = callback_query\ntext = ^dice:\n\n"
+             "; a Python worker: Telegram's Simple Poll bot\n"
+             "[handler.poll]\nworker = %s\n"
+             "updates = message callback_query\ntext = ^(/poll|/results|"
+             "poll:)\n\n" % (
+                 os.path.join(ROOT, "examples", "about-bot"),
+                 os.path.join(plugins, "dice.so"),
+                 os.path.join(plugins, "dice.so"),
+                 os.path.join(ROOT, "examples", "poll-worker")))
     first = text.index("[handler.")
-    text = text[:first] + about + text[first:]
+    text = text[:first] + added + text[first:]
+    # and its health and metrics on a free port, not the default one
+    text += "\n[admin]\nlisten = 127.0.0.1:%d\n" % botapi_emu.free_port()
     conf = os.path.join(tmp.name, "hello.conf")
     with open(conf, "w") as f:
         f.write(text)
@@ -85,8 +105,9 @@ def main():
     env = dict(os.environ, TGWEBHOOKD_TOKEN=TOKEN)
     env.pop("JOURNAL_STREAM", None)
 
-    print("tgwebhookd demo: Telegram's Hello Bot as configuration (%s)\n" %
-          os.path.relpath(args.config, ROOT))
+    print("tgwebhookd demo: Telegram's Hello Bot as configuration (%s),\n"
+          "with an exec script, the dice C plugin and the Simple Poll bot "
+          "as a Python worker\n" % os.path.relpath(args.config, ROOT))
     proc = subprocess.Popen([args.daemon, "-c", conf], stdout=log,
                             stderr=log, env=env)
     rc = 1
@@ -107,28 +128,59 @@ def main():
         print("[register] getWebhookInfo read back; deliveries now go over "
               "TLS that trusts only that certificate, host name checked\n")
 
-        conversation = ["/start", "Hello", "Hi", "What's up?", "/about",
-                        "/stop"]
-        for i, said in enumerate(conversation):
-            update = {"update_id": 500000 + i, "message": {
-                "message_id": 10 + i,
-                "from": {"id": 31337, "is_bot": False, "first_name": "Ann",
-                         "language_code": "en"},
-                "chat": {"id": 31337, "first_name": "Ann",
-                         "type": "private"},
-                "date": int(time.time()), "text": said}}
-            if said.startswith("/"):
-                update["message"]["entities"] = [
-                    {"offset": 0, "length": len(said), "type": "bot_command"}]
+        ann = {"id": 31337, "is_bot": False, "first_name": "Ann",
+               "language_code": "en"}
+        chat = {"id": 31337, "first_name": "Ann", "type": "private"}
+        last_bot_message = [0]
+
+        def press(data):
+            """Ann presses the button carrying data under the bot's last
+            message."""
+            return {"callback_query": {
+                "id": "cq%d" % time.time_ns(), "from": ann,
+                "chat_instance": "1", "data": data,
+                "message": {"message_id": last_bot_message[0],
+                            "date": int(time.time()), "chat": chat,
+                            "text": "(the bot's message)"}}}
+
+        # (what Ann says or presses, the follow-up to wait for)
+        conversation = [
+            ("/start", None), ("Hello", None), ("Hi", None),
+            ("What's up?", None), ("/about", "sendMessage"),
+            ("/roll", None), (("d20", "dice:20"), "editMessageText"),
+            ("/poll Lunch? | Pizza | Sushi", None),
+            (("Pizza", "poll:1:0"), "editMessageText"),
+            (("Close", "poll:1:close"), "editMessageText"),
+            ("/stop", None)]
+        for i, (said, follow_up) in enumerate(conversation):
+            if isinstance(said, tuple):
+                update = press(said[1])
+                shown = "[presses %s]" % said[0]
+            else:
+                update = {"message": {
+                    "message_id": 10 + i, "from": ann, "chat": chat,
+                    "date": int(time.time()), "text": said}}
+                if said.startswith("/"):
+                    n = len(said.split(" ")[0])
+                    update["message"]["entities"] = [
+                        {"offset": 0, "length": n, "type": "bot_command"}]
+                shown = said
+            update = dict(update_id=500000 + i, **update)
             before = len(emu.calls)
             status, _, _, body = emu.deliver(update)
-            print("Ann   -> bot  %s" % said)
+            print("Ann   -> bot  %s" % shown)
             if body:
-                print("  inline     %s" % describe(json.loads(body)))
+                call = json.loads(body)
+                print("  inline     %s" % describe(call))
+                if call.get("method") == "sendMessage":
+                    # the number Telegram would give the message it sends
+                    last_bot_message[0] = 9000 + i
             else:
                 print("  (answered %d with an empty body)" % status)
-            if said == "/about":    # its script makes a second call
-                emu.wait_calls("sendMessage", 1, timeout=10)
+            if follow_up is not None:
+                seen = len([c for c in emu.calls[:before]
+                            if c.method == follow_up])
+                emu.wait_calls(follow_up, seen + 1, timeout=10)
             for c in emu.calls[before:]:
                 print("  follow-up  %s" % describe(dict(c.params,
                                                         method=c.method)))

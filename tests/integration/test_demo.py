@@ -1,0 +1,31 @@
+"""make demo, as a user runs it: every step answered as shown, and the
+daemon exits 0."""
+
+import os
+import subprocess
+import sys
+
+from harness import ROOT, binary
+
+
+def test_demo_runs_the_whole_conversation():
+    out = subprocess.run([sys.executable, os.path.join(
+        ROOT, "tests", "emulator", "demo.py"), "--daemon", binary()],
+        capture_output=True, text=True, timeout=120)
+    text = out.stdout
+    assert out.returncode == 0, text + out.stderr
+    for want in ('inline     sendMessage: "Hello, Ann! I am a bot that says '
+                 'hello. Try a button."  keyboard: [Hello] [Hi]',
+                 'follow-up  sendMessage: "(this second message went out as '
+                 'a follow-up',
+                 'inline keyboard: [d4] [d6] [d8] [d12] [d20]',
+                 'inline     answerCallbackQuery: "d20: ',
+                 'follow-up  editMessageText: "\U0001f3b2 d20 rolled ',
+                 'inline     answerCallbackQuery: "You voted for Pizza."',
+                 'follow-up  editMessageText: "\U0001f4ca Lunch? (closed) / '
+                 'Pizza: 1 / Sushi: 0 / 1 vote"',
+                 '(keyboard removed)',
+                 'SIGTERM: tgwebhookd finished and exited 0'):
+        assert want in text, "no %r in:\n%s" % (want, text)
+    for bad in ("AddressSanitizer", "runtime error:", "LeakSanitizer"):
+        assert bad not in text, text
