@@ -606,9 +606,11 @@ store_update_release(struct store *s, int64_t update_id, char *err,
 	    -1 : 0;
 }
 
-long
-store_updates_held(struct store *s, struct store_update **out, char *err,
-    size_t errlen)
+/* Runs sql, which selects (id, update_id, handler, reason, created, body)
+ * with at most ?1 rows (-1: all).  Count, or -1 with err. */
+static long
+read_updates(struct store *s, const char *sql, long max,
+    struct store_update **out, char *err, size_t errlen)
 {
 	sqlite3_stmt *st = NULL;
 	struct store_update *u = NULL;
@@ -616,48 +618,7 @@ store_updates_held(struct store *s, struct store_update **out, char *err,
 	int rc = SQLITE_ERROR;
 
 	pthread_mutex_lock(&s->mu);
-	if (sqlite3_prepare_v2(s->db, "SELECT update_id, handler, body FROM "
-	    "held_updates ORDER BY created, update_id", -1, &st, NULL) ==
-	    SQLITE_OK) {
-		while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-			if (n == cap) {
-				cap = cap ? cap * 2 : 16;
-				u = xrealloc(u, cap * sizeof(*u));
-			}
-			u[n] = (struct store_update){ 0 };
-			u[n].update_id = sqlite3_column_int64(st, 0);
-			u[n].handler = col_text(st, 1);
-			u[n].len = (size_t)sqlite3_column_bytes(st, 2);
-			u[n].body = xstrndup(sqlite3_column_blob(st, 2) ?
-			    sqlite3_column_blob(st, 2) : "", u[n].len);
-			n++;
-		}
-	}
-	sqlite3_finalize(st);
-	if (rc != SQLITE_DONE) {
-		errf(err, errlen, "store: %s", sqlite3_errmsg(s->db));
-		pthread_mutex_unlock(&s->mu);
-		store_updates_free(u, n);
-		return -1;
-	}
-	pthread_mutex_unlock(&s->mu);
-	*out = u;
-	return (long)n;
-}
-
-long
-store_dead_updates(struct store *s, long max, struct store_update **out,
-    char *err, size_t errlen)
-{
-	sqlite3_stmt *st = NULL;
-	struct store_update *u = NULL;
-	size_t n = 0, cap = 0;
-	int rc = SQLITE_ERROR;
-
-	pthread_mutex_lock(&s->mu);
-	if (sqlite3_prepare_v2(s->db, "SELECT id, update_id, handler, reason, "
-	    "created, body FROM dead_updates ORDER BY id DESC LIMIT ?", -1, &st,
-	    NULL) == SQLITE_OK) {
+	if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) == SQLITE_OK) {
 		sqlite3_bind_int64(st, 1, max);
 		while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
 			if (n == cap) {
@@ -685,6 +646,24 @@ store_dead_updates(struct store *s, long max, struct store_update **out,
 	pthread_mutex_unlock(&s->mu);
 	*out = u;
 	return (long)n;
+}
+
+long
+store_updates_held(struct store *s, struct store_update **out, char *err,
+    size_t errlen)
+{
+	return read_updates(s, "SELECT 0, update_id, handler, NULL, 0, body "
+	    "FROM held_updates ORDER BY created, update_id LIMIT ?1", -1, out,
+	    err, errlen);
+}
+
+long
+store_dead_updates(struct store *s, long max, struct store_update **out,
+    char *err, size_t errlen)
+{
+	return read_updates(s, "SELECT id, update_id, handler, reason, created, "
+	    "body FROM dead_updates ORDER BY id DESC LIMIT ?1", max, out, err,
+	    errlen);
 }
 
 void
