@@ -239,7 +239,10 @@ def raw_request(port, data, tls=True, host="localhost", timeout=5,
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
         s = ctx.wrap_socket(s, server_hostname=host)
-    s.sendall(data)
+    try:
+        s.sendall(data)
+    except OSError:
+        pass        # refused mid-request: the answer may still be readable
     out = b""
     try:
         while True:
