@@ -4,6 +4,8 @@
 # network is touched.  Run by `make deps` (and so by `make test` and
 # `make demo`).
 set -eu
+# tools installed to sbin count as present for a user whose PATH lacks it
+PATH=$PATH:/usr/sbin:/sbin
 
 # pkg-config module -> Debian package
 libs="libmicrohttpd:libmicrohttpd-dev gnutls:libgnutls28-dev openssl:libssl-dev jansson:libjansson-dev
@@ -11,7 +13,8 @@ libcurl:libcurl4-openssl-dev inih:libinih-dev sqlite3:libsqlite3-dev
 cmocka:libcmocka-dev"
 # command -> Debian package
 cmds="pkg-config:pkg-config cc:gcc g++:g++ make:make python3:python3 openssl:openssl
-curl:curl clang:clang valgrind:valgrind prlimit:util-linux"
+curl:curl clang:clang valgrind:valgrind prlimit:util-linux unshare:util-linux
+mount:mount mkfs.ext4:e2fsprogs"
 
 need=""
 for pair in $cmds; do

@@ -1,10 +1,12 @@
 /*
  * admin.c: a second, small libmicrohttpd daemon, one thread, for
- * operators and Prometheus.  /healthz answers 200 when the daemon serves
- * and the webhook is registered, 503 otherwise, with JSON details.
+ * operators and Prometheus.  /healthz answers 200 when the daemon serves,
+ * the webhook is registered and the store takes writes, 503 otherwise,
+ * with JSON details.
  */
 #include "admin.h"
 
+#include <jansson.h>
 #include <microhttpd.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,6 +34,26 @@ reply(struct MHD_Connection *c, unsigned status, const char *type, char *body)
 	ret = MHD_queue_response(c, status, r);
 	MHD_destroy_response(r);
 	return ret;
+}
+
+static char *
+health_json(bool ok, const struct metrics_gauges *g)
+{
+	json_t *o = json_pack("{s:s, s:b, s:b, s:s, s:I, s:I, s:I, s:I}",
+	    "status", ok ? "ok" : "unhealthy",
+	    "serving", 1,
+	    "registered", g->registered,
+	    "store", g->store_failing_since == 0 ? "ok" : g->store_error,
+	    "outbox_pending", (json_int_t)g->outbox_pending,
+	    "outbox_dead", (json_int_t)g->outbox_dead,
+	    "telegram_pending_updates", (json_int_t)g->telegram_pending,
+	    "telegram_last_error_date", (json_int_t)g->telegram_last_error);
+	char *s = json_dumps(o, JSON_COMPACT), *body;
+
+	json_decref(o);
+	body = xasprintf("%s\n", s);
+	free(s);
+	return body;
 }
 
 static enum MHD_Result
@@ -62,13 +84,7 @@ on_request(void *cls, struct MHD_Connection *c, const char *url,
 		    metrics_render(&g));
 	if (strcmp(url, "/healthz") == 0)
 		return reply(c, ok ? MHD_HTTP_OK : MHD_HTTP_SERVICE_UNAVAILABLE,
-		    "application/json", xasprintf("{\"status\":\"%s\","
-		    "\"serving\":true,\"registered\":%s,\"outbox_pending\":%ld,"
-		    "\"outbox_dead\":%ld,\"telegram_pending_updates\":%ld,"
-		    "\"telegram_last_error_date\":%lld}\n",
-		    ok ? "ok" : "unhealthy", g.registered ? "true" : "false",
-		    g.outbox_pending, g.outbox_dead, g.telegram_pending,
-		    (long long)g.telegram_last_error));
+		    "application/json", health_json(ok, &g));
 	return reply(c, MHD_HTTP_NOT_FOUND, "text/plain",
 	    xstrdup("/healthz or /metrics\n"));
 }

@@ -390,7 +390,9 @@ probe(void *arg, struct metrics_gauges *g)
 	g->registered = registered;
 	g->telegram_pending = st.pending_update_count;
 	g->telegram_last_error = st.last_error_date;
-	return registered && healthy(d);
+	g->store_failing_since = store_failing_since(d->store, g->store_error,
+	    sizeof(g->store_error));
+	return registered && healthy(d) && g->store_failing_since == 0;
 }
 
 /*

@@ -157,9 +157,13 @@ metrics_render(const struct metrics_gauges *g)
 	    "# HELP tgwebhookd_webhook_registered 1 once setWebhook "
 	    "succeeded.\n"
 	    "# TYPE tgwebhookd_webhook_registered gauge\n"
-	    "tgwebhookd_webhook_registered %d\n",
+	    "tgwebhookd_webhook_registered %d\n"
+	    "# HELP tgwebhookd_store_healthy 0 while writes to the store "
+	    "fail (updates are answered 503).\n"
+	    "# TYPE tgwebhookd_store_healthy gauge\n"
+	    "tgwebhookd_store_healthy %d\n",
 	    g->outbox_pending, g->outbox_dead, g->outbox_oldest_s,
-	    g->registered ? 1 : 0);
+	    g->registered ? 1 : 0, g->store_failing_since == 0 ? 1 : 0);
 	if (g->cert_expiry > 0)
 		buf_printf(&b, "# HELP tgwebhookd_certificate_expiry_timestamp"
 		    "_seconds When the served certificate expires.\n"

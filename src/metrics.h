@@ -44,6 +44,8 @@ struct metrics_gauges {
 	int64_t cert_expiry;		/* unix seconds; 0: no TLS */
 	long telegram_pending;		/* -1: not known yet */
 	int64_t telegram_last_error;	/* unix seconds; 0: none */
+	int64_t store_failing_since;	/* wall ms; 0: writes work */
+	char store_error[256];		/* why, while failing */
 };
 
 /* The Prometheus text exposition (caller frees). */

@@ -93,18 +93,24 @@ job_unref_locked(struct job *j)
 	free(j);
 }
 
-static void
+/* Keeps an update its handler failed on; -1 if the store cannot. */
+static int
 dead_letter(struct runner *r, const struct handler *h, const struct update *u,
     const char *body, size_t len, const char *why)
 {
-	char err[256];
+	char err[512];
 
-	log_err("update %" PRId64 ": handler %s failed: %s; the update is kept "
-	    "as a dead letter", u->id, h->name, why);
 	metrics_update(u->type_index, MU_FAILED);
 	if (r->store != NULL && store_dead_update(r->store, u->id, h->name, why,
-	    body, len, err, sizeof(err)) == -1)
-		log_err("update %" PRId64 ": %s", u->id, err);
+	    body, len, err, sizeof(err)) == -1) {
+		log_err("update %" PRId64 ": handler %s failed: %s; the update "
+		    "cannot be kept as a dead letter: %s", u->id, h->name, why,
+		    err);
+		return -1;
+	}
+	log_err("update %" PRId64 ": handler %s failed: %s; the update is kept "
+	    "as a dead letter", u->id, h->name, why);
+	return 0;
 }
 
 /*
@@ -113,13 +119,14 @@ dead_letter(struct runner *r, const struct handler *h, const struct update *u,
  * durably into the outbox.  Returns 0 with *answer set (JSON text, or
  * NULL), or -1 when the store could not take the follow-ups: then nothing
  * is answered inline and the webhook must get 503, so that Telegram
- * retries the update (or, when late, the calls are logged as lost).
+ * retries the update (or, when late, the update stays held in the store
+ * and is handled again at the next start).
  */
 static int
 route(struct runner *r, const struct handler *h, const struct update *u,
     json_t *calls, bool late, uint64_t start, char **answer)
 {
-	size_t n = json_array_size(calls), from = 0, i;
+	size_t n = json_array_size(calls), from = 0;
 	json_t *first = json_array_get(calls, 0);
 	char err[512];
 
@@ -137,14 +144,8 @@ route(struct runner *r, const struct handler *h, const struct update *u,
 	if (outbox_add(r->outbox, calls, from, u->id, err, sizeof(err)) == -1) {
 		log_err("update %" PRId64 ": handler %s: its follow-ups cannot "
 		    "be queued: %s; %s", u->id, h->name, err, late ?
-		    "they are lost:" : "answering 503 so that Telegram retries");
-		for (i = from; late && i < n; i++) {
-			char chat[64];
-
-			calls_chat(json_array_get(calls, i), chat, sizeof(chat));
-			log_err("update %" PRId64 ": lost %s to chat %s", u->id,
-			    calls_method(json_array_get(calls, i)), chat);
-		}
+		    "the update is handled again at the next start" :
+		    "answering 503 so that Telegram retries");
 		free(*answer);
 		*answer = NULL;
 		return -1;
@@ -161,21 +162,26 @@ route(struct runner *r, const struct handler *h, const struct update *u,
 	return 0;
 }
 
-/* Runs h on the job's update; returns the calls, or NULL on failure. */
-static json_t *
+/*
+ * Runs h on the update: 0 with *calls; 1 when the handler failed and the
+ * update is kept as a dead letter; -1 when it failed and the store could
+ * not keep it (answer 503: Telegram delivers it again).
+ */
+static int
 run_handler(struct runner *r, const struct handler *h, const struct update *u,
-    const char *body, size_t len)
+    const char *body, size_t len, json_t **calls)
 {
 	struct handler_input in = { u, body, len };
-	json_t *calls = json_array();
 	char err[512] = "";
 
-	if (dispatch_run(h, &in, calls, err, sizeof(err)) == -1) {
-		dead_letter(r, h, u, body, len, err[0] ? err : "failed");
-		json_decref(calls);
-		return NULL;
+	*calls = json_array();
+	if (dispatch_run(h, &in, *calls, err, sizeof(err)) == -1) {
+		json_decref(*calls);
+		*calls = NULL;
+		return dead_letter(r, h, u, body, len, err[0] ? err :
+		    "failed") == 0 ? 1 : -1;
 	}
-	return calls;
+	return 0;
 }
 
 enum runner_status
@@ -199,10 +205,10 @@ runner_start(struct runner *r, const struct handler *h, struct update *u,
 				log_info("update %" PRId64 ": %s: no handler "
 				    "matches", u->id, u->type);
 		} else {
-			json_t *calls = run_handler(r, h, u, body, len);
-			int rc = 0;
+			json_t *calls;
+			int rc = run_handler(r, h, u, body, len, &calls);
 
-			if (calls != NULL) {
+			if (rc == 0) {
 				rc = route(r, h, u, calls, r->deadline_ms == 0,
 				    start, answer);
 				json_decref(calls);
@@ -358,7 +364,9 @@ handler_thread(void *arg)
 	for (;;) {
 		struct job *j;
 		json_t *calls;
+		char *answer = NULL;
 		bool late;
+		int rc;
 
 		while (r->qhead == NULL && !r->stopping)
 			pthread_cond_wait(&r->work, &r->mu);
@@ -370,7 +378,7 @@ handler_thread(void *arg)
 		r->pending--;
 		pthread_mutex_unlock(&r->mu);
 
-		calls = run_handler(r, j->h, j->u, j->body, j->len);
+		rc = run_handler(r, j->h, j->u, j->body, j->len, &calls);
 
 		pthread_mutex_lock(&r->mu);
 		late = j->answered;
@@ -382,21 +390,24 @@ handler_thread(void *arg)
 		}
 		pthread_mutex_unlock(&r->mu);
 		/* route() queues follow-ups: not under our lock. */
-		if (calls != NULL) {
-			char *answer;
-			int rc = route(r, j->h, j->u, calls, late, j->start,
+		if (rc == 0) {
+			rc = route(r, j->h, j->u, calls, late, j->start,
 			    &answer);
-
 			json_decref(calls);
+		}
+		if (late) {
+			/* Answered at the deadline and held in the store:
+			 * if the store failed now, the update stays held
+			 * and the next start handles it again. */
+			if (rc != -1)
+				release(r, j);
+		} else {
 			pthread_mutex_lock(&r->mu);
 			j->answer = answer;
 			j->retry = rc == -1;
 			pthread_mutex_unlock(&r->mu);
-		}
-		if (late)
-			release(r, j);
-		if (!late)
 			j->ready(j->arg);
+		}
 		pthread_mutex_lock(&r->mu);
 		job_unref_locked(j);
 	}

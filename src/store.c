@@ -13,9 +13,13 @@
 #include <openssl/rand.h>
 #include <pthread.h>
 #include <sqlite3.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 
 #include "util.h"
 
@@ -27,7 +31,95 @@
 struct store {
 	pthread_mutex_t mu;
 	sqlite3 *db;
+	char *path;
+	/* Since when writes fail (wall ms; 0: they work), and why. */
+	atomic_int_least64_t failing_since;
+	pthread_mutex_t why_mu;
+	char why[256];
 };
+
+/*
+ * What an operator does about a failure.  SQLite reports a failed write
+ * as an I/O error whatever the cause, so the file system is asked.
+ */
+static const char *
+advice(const struct store *s, int code)
+{
+	struct statvfs fs;
+
+	switch (code & 0xff) {
+	case SQLITE_FULL:
+	case SQLITE_IOERR:
+	case SQLITE_READONLY:
+	case SQLITE_CANTOPEN:
+		if (statvfs(s->path, &fs) == 0 && (fs.f_flag & ST_RDONLY))
+			return " (its file system is read-only: see the kernel "
+			    "log; repair it and restart)";
+		if (statvfs(s->path, &fs) == 0 && fs.f_bavail == 0)
+			return " (the disk is full: free space)";
+		return " (a write failed: see the kernel log and df; the disk "
+		    "may be failing or a size limit reached)";
+	case SQLITE_CORRUPT:
+	case SQLITE_NOTADB:
+		return " (the store is damaged: stop the daemon, move "
+		    "tgwebhookd.db aside and start again: generated secrets "
+		    "are made anew and re-registered)";
+	case SQLITE_BUSY:
+		return " (another process holds the store's write lock)";
+	default:
+		return "";
+	}
+}
+
+/*
+ * Formats "store PATH: what: SQLite's reason (advice)" into err and, for a
+ * write, marks the store failing; returns -1.  Called with s->mu held,
+ * before anything else (a ROLLBACK) replaces SQLite's error.
+ */
+static int
+failed(struct store *s, bool writing, char *err, size_t errlen,
+    const char *fmt, ...)
+{
+	char what[160];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(what, sizeof(what), fmt, ap);
+	va_end(ap);
+	errf(err, errlen, "store %s: %s: %s%s", s->path, what,
+	    sqlite3_errmsg(s->db), advice(s, sqlite3_extended_errcode(s->db)));
+	if (writing) {
+		int64_t none = 0;
+
+		pthread_mutex_lock(&s->why_mu);
+		snprintf(s->why, sizeof(s->why), "%s: %s", what,
+		    sqlite3_errmsg(s->db));
+		pthread_mutex_unlock(&s->why_mu);
+		atomic_compare_exchange_strong(&s->failing_since, &none,
+		    wall_ms());
+	}
+	return -1;
+}
+
+/* A write went through: the store works again. */
+static void
+wrote(struct store *s)
+{
+	atomic_store(&s->failing_since, 0);
+}
+
+int64_t
+store_failing_since(struct store *s, char *why, size_t len)
+{
+	int64_t since = atomic_load(&s->failing_since);
+
+	if (since != 0 && why != NULL) {
+		pthread_mutex_lock(&s->why_mu);
+		snprintf(why, len, "%s", s->why);
+		pthread_mutex_unlock(&s->why_mu);
+	}
+	return since;
+}
 
 static const char schema[] =
     "CREATE TABLE IF NOT EXISTS secrets ("
@@ -88,7 +180,8 @@ store_open(const char *dir, char *err, size_t errlen)
 		goto fail;
 	}
 	pthread_mutex_init(&s->mu, NULL);
-	free(path);
+	pthread_mutex_init(&s->why_mu, NULL);
+	s->path = path;
 	return s;
 fail:
 	if (s->db != NULL)
@@ -105,6 +198,8 @@ store_close(struct store *s)
 		return;
 	sqlite3_close(s->db);
 	pthread_mutex_destroy(&s->mu);
+	pthread_mutex_destroy(&s->why_mu);
+	free(s->path);
 	free(s);
 }
 
@@ -129,8 +224,7 @@ store_secret_get(struct store *s, const char *name, char **value, char *err,
 	}
 out:
 	if (ret == -1)
-		errf(err, errlen, "store: reading %s: %s", name,
-		    sqlite3_errmsg(s->db));
+		failed(s, false, err, errlen, "reading %s", name);
 	sqlite3_finalize(st);
 	pthread_mutex_unlock(&s->mu);
 	return ret;
@@ -153,8 +247,9 @@ store_secret_put(struct store *s, const char *name, const char *value,
 		ret = 0;
 out:
 	if (ret == -1)
-		errf(err, errlen, "store: writing %s: %s", name,
-		    sqlite3_errmsg(s->db));
+		failed(s, true, err, errlen, "writing %s", name);
+	else
+		wrote(s);
 	sqlite3_finalize(st);
 	pthread_mutex_unlock(&s->mu);
 	return ret;
@@ -214,8 +309,10 @@ store_dead_update(struct store *s, int64_t update_id, const char *handler,
 		ret = 0;
 out:
 	if (ret == -1)
-		errf(err, errlen, "store: keeping update %lld: %s",
-		    (long long)update_id, sqlite3_errmsg(s->db));
+		failed(s, true, err, errlen, "keeping update %lld as a dead "
+		    "letter", (long long)update_id);
+	else
+		wrote(s);
 	sqlite3_finalize(st);
 	pthread_mutex_unlock(&s->mu);
 	return ret;
@@ -319,7 +416,7 @@ query_calls(struct store *s, const char *sql, int64_t a, int64_t b,
 	*out = calls;
 	return (long)n;
 fail:
-	errf(err, errlen, "store: %s", sqlite3_errmsg(s->db));
+	failed(s, false, err, errlen, "reading the outbox");
 	sqlite3_finalize(st);
 	pthread_mutex_unlock(&s->mu);
 	store_calls_free(calls, n);
@@ -336,12 +433,20 @@ begin(struct store *s)
 	    SQLITE_OK ? 0 : -1;
 }
 
+/* Ends the transaction begin() started: commits it if ok is 0 (and
+ * reports a failed commit as what failed), else rolls it back.  0 if
+ * committed. */
 static int
-commit(struct store *s, int ok)
+commit(struct store *s, int ok, char *err, size_t errlen, const char *what)
 {
-	if (ok == 0 && sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL) ==
-	    SQLITE_OK)
-		return 0;
+	if (ok == 0) {
+		if (sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL) ==
+		    SQLITE_OK) {
+			wrote(s);
+			return 0;
+		}
+		failed(s, true, err, errlen, "%s", what);
+	}
 	sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
 	return -1;
 }
@@ -352,6 +457,7 @@ store_calls_add(struct store *s, const struct store_call *calls, size_t n,
 {
 	sqlite3_stmt *st = NULL;
 	size_t count = 0;
+	char what[64];
 	int ok = -1;
 
 	pthread_mutex_lock(&s->mu);
@@ -377,14 +483,11 @@ store_calls_add(struct store *s, const struct store_call *calls, size_t n,
 	}
 	ok = 0;
 out:
+	snprintf(what, sizeof(what), "queueing %zu call(s)", n);
 	if (ok == -1)
-		errf(err, errlen, "store: queueing %zu call(s): %s", n,
-		    sqlite3_errmsg(s->db));
+		failed(s, true, err, errlen, "%s", what);
 	sqlite3_finalize(st);
-	if (commit(s, ok) == -1 && ok == 0) {
-		errf(err, errlen, "store: commit: %s", sqlite3_errmsg(s->db));
-		ok = -1;
-	}
+	ok = commit(s, ok, err, errlen, what);
 	pthread_mutex_unlock(&s->mu);
 	if (added != NULL)
 		*added = ok == 0 ? count : 0;
@@ -405,6 +508,7 @@ store_calls_update(struct store *s, const struct store_outcome *o, size_t n,
     char *err, size_t errlen)
 {
 	sqlite3_stmt *st = NULL;
+	char what[64];
 	int ok = -1;
 
 	if (n == 0)
@@ -430,22 +534,20 @@ store_calls_update(struct store *s, const struct store_outcome *o, size_t n,
 	}
 	ok = 0;
 out:
+	snprintf(what, sizeof(what), "recording %zu outcome(s)", n);
 	if (ok == -1)
-		errf(err, errlen, "store: recording %zu outcome(s): %s", n,
-		    sqlite3_errmsg(s->db));
+		failed(s, true, err, errlen, "%s", what);
 	sqlite3_finalize(st);
-	if (commit(s, ok) == -1 && ok == 0) {
-		errf(err, errlen, "store: commit: %s", sqlite3_errmsg(s->db));
-		ok = -1;
-	}
+	ok = commit(s, ok, err, errlen, what);
 	pthread_mutex_unlock(&s->mu);
 	return ok;
 }
 
-/* One statement with int64 bindings; returns changes or -1. */
+/* One writing statement with int64 bindings; returns changes or -1 with
+ * err naming what failed. */
 static long
-exec_changes(struct store *s, const char *sql, const char *text, int64_t a,
-    int64_t b, char *err, size_t errlen)
+exec_changes(struct store *s, const char *what, const char *sql,
+    const char *text, int64_t a, int64_t b, char *err, size_t errlen)
 {
 	sqlite3_stmt *st = NULL;
 	long n = -1;
@@ -459,7 +561,9 @@ exec_changes(struct store *s, const char *sql, const char *text, int64_t a,
 			n = sqlite3_changes(s->db);
 	}
 	if (n == -1)
-		errf(err, errlen, "store: %s", sqlite3_errmsg(s->db));
+		failed(s, true, err, errlen, "%s", what);
+	else
+		wrote(s);
 	sqlite3_finalize(st);
 	pthread_mutex_unlock(&s->mu);
 	return n;
@@ -469,7 +573,8 @@ long
 store_calls_rechat(struct store *s, const char *from, int64_t to, char *err,
     size_t errlen)
 {
-	return exec_changes(s, "UPDATE calls SET chat = CAST(?2 AS TEXT), "
+	return exec_changes(s, "moving calls to the chat's new id",
+	    "UPDATE calls SET chat = CAST(?2 AS TEXT), "
 	    "params = json_set(params, '$.chat_id', ?2) WHERE state = 0 AND "
 	    "chat = ?1 AND ?3 = ?3", from, to, 0, err, errlen);
 }
@@ -545,10 +650,10 @@ store_calls_retry_dead(struct store *s, int64_t id, char *err, size_t errlen)
 	ok = 0;
 out:
 	if (ok == -1)
-		errf(err, errlen, "store: %s", sqlite3_errmsg(s->db));
+		failed(s, true, err, errlen, "queueing dead calls again");
 	sqlite3_exec(s->db, "DROP TABLE IF EXISTS temp.retry", NULL, NULL,
 	    NULL);
-	if (commit(s, ok) == -1)
+	if (commit(s, ok, err, errlen, "queueing dead calls again") == -1)
 		n = -1;
 	pthread_mutex_unlock(&s->mu);
 	return n;
@@ -558,16 +663,17 @@ long
 store_calls_purge(struct store *s, enum store_call_state state,
     int64_t before_ms, char *err, size_t errlen)
 {
-	return exec_changes(s, "DELETE FROM calls WHERE ?1 IS NULL AND "
-	    "state = ?2 AND finished < ?3", NULL, state, before_ms, err,
-	    errlen);
+	return exec_changes(s, "pruning the outbox",
+	    "DELETE FROM calls WHERE ?1 IS NULL AND state = ?2 AND "
+	    "finished < ?3", NULL, state, before_ms, err, errlen);
 }
 
 long
 store_dead_updates_purge(struct store *s, int64_t before_s, char *err,
     size_t errlen)
 {
-	return exec_changes(s, "DELETE FROM dead_updates WHERE ?1 IS NULL AND "
+	return exec_changes(s, "purging dead letters",
+	    "DELETE FROM dead_updates WHERE ?1 IS NULL AND "
 	    "created < ?2 AND ?3 = ?3", NULL, before_s, 0, err, errlen);
 }
 
@@ -590,8 +696,10 @@ store_update_hold(struct store *s, int64_t update_id, const char *handler,
 			ret = 0;
 	}
 	if (ret == -1)
-		errf(err, errlen, "store: holding update %lld: %s",
-		    (long long)update_id, sqlite3_errmsg(s->db));
+		failed(s, true, err, errlen, "holding update %lld",
+		    (long long)update_id);
+	else
+		wrote(s);
 	sqlite3_finalize(st);
 	pthread_mutex_unlock(&s->mu);
 	return ret;
@@ -601,7 +709,8 @@ int
 store_update_release(struct store *s, int64_t update_id, char *err,
     size_t errlen)
 {
-	return exec_changes(s, "DELETE FROM held_updates WHERE ?1 IS NULL AND "
+	return exec_changes(s, "releasing a held update",
+	    "DELETE FROM held_updates WHERE ?1 IS NULL AND "
 	    "update_id = ?2 AND ?3 = ?3", NULL, update_id, 0, err, errlen) < 0 ?
 	    -1 : 0;
 }
@@ -638,7 +747,7 @@ read_updates(struct store *s, const char *sql, long max,
 	}
 	sqlite3_finalize(st);
 	if (rc != SQLITE_DONE) {
-		errf(err, errlen, "store: %s", sqlite3_errmsg(s->db));
+		failed(s, false, err, errlen, "reading updates");
 		pthread_mutex_unlock(&s->mu);
 		store_updates_free(u, n);
 		return -1;

@@ -31,6 +31,10 @@ int store_secret_put(struct store *s, const char *name, const char *value,
 char *store_secret_ensure(struct store *s, const char *name, size_t bytes,
     char *err, size_t errlen);
 
+/* Since when (wall clock ms) the store's writes fail, with the last
+ * failure in why; 0 while they work.  Any thread. */
+int64_t store_failing_since(struct store *s, char *why, size_t len);
+
 /* Durability of each commit: false = WAL with synchronous=NORMAL (survives
  * a crash of the process), true = FULL (survives power loss: every commit
  * is fsynced before it returns). */

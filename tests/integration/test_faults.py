@@ -3,6 +3,7 @@ webhook answered 503 with Retry-After, so Telegram retries and nothing is
 lost), and SIGKILL at random points while updates are handled and their
 follow-ups written and sent, a hundred times over."""
 
+import json
 import os
 import random
 import signal
@@ -10,13 +11,24 @@ import sqlite3
 import subprocess
 import threading
 import time
+import urllib.error
+import urllib.request
 
-from harness import message, outbox_daemon, rows, texts
+from harness import Daemon, calls_script, message, outbox_daemon, rows, texts
 
 
 def set_fsize(pid, limit):
     subprocess.run(["prlimit", "--pid", str(pid), "--fsize=%s:unlimited"
                     % limit], check=True)
+
+
+def health(d):
+    try:
+        with urllib.request.urlopen("http://127.0.0.1:%d/healthz" %
+                                    d.admin_port, timeout=5) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
 
 
 def test_store_disk_full_answers_503_then_recovers():
@@ -30,10 +42,13 @@ def test_store_disk_full_answers_503_then_recovers():
             assert status == 503, (status, body)
             assert headers.get("retry-after") == "5", headers
             assert body == b""      # nothing inline: it would be a loss
+        status, h = health(d)
+        assert status == 503 and "disk I/O error" in h["store"], h
         set_fsize(d.proc.pid, "unlimited")
         # Telegram's next retry is handled in full
         status, _, _, body = d.deliver(message("x", 21, chat_id=21))
         assert status == 200 and b'"m21-1"' in body
+        assert health(d) == (200, health(d)[1])
         d.emu.wait_calls("sendMessage", 2)
         time.sleep(0.5)
         assert texts(d) == ["m21-2", "m21-3"]
@@ -119,3 +134,81 @@ def test_sigkill_at_random_points_100_times():
               "sent twice (killed between sending and recording)"
               % (len(answered), len(want), dupes))
         assert not rows(d, "state = 0")
+
+
+def loop_ext4_store(d):
+    """Puts d's store on a new ext4 file system (a loop device, mounted
+    with errors=remount-ro in the daemon's own mount namespace), as a
+    disk that the kernel turns read-only under a running daemon.  None
+    where this machine cannot (not root, no loop devices)."""
+    if os.geteuid() != 0 or not os.path.exists("/dev/loop-control") or \
+            subprocess.run(["unshare", "-m", "true"],
+                           capture_output=True).returncode != 0:
+        return None
+    image = os.path.join(d.dir, "store.img")
+    with open(image, "wb") as f:
+        f.truncate(32 << 20)
+    subprocess.run(["mkfs.ext4", "-q", image], check=True)
+    os.makedirs(d.store, exist_ok=True)
+    d.wrap = ["unshare", "-m", "--propagation", "private", "sh", "-c",
+              'mount -o loop,errors=remount-ro "$1" "$2" && shift 2 && '
+              'exec "$@"', "sh", image, d.store]
+    return image
+
+
+def store_device(pid, store):
+    """The block device under store, as the daemon's namespace sees it."""
+    with open("/proc/%d/mountinfo" % pid) as f:
+        for line in f:
+            fields = line.split()
+            if fields[4] == store:
+                return fields[fields.index("-") + 2]
+    raise AssertionError("%s is not mounted for pid %d" % (store, pid))
+
+
+def test_store_turned_read_only_answers_503_and_loses_nothing():
+    d = Daemon("", extra="[outbox]\n", start=False)
+    image = loop_ext4_store(d)
+    if image is None:
+        print("# skipped: needs root, loop devices and mount namespaces")
+        d.close()
+        return
+    with open(d.conf, "a") as f:
+        f.write("[handler.calls]\nexec = %s\n" % calls_script(d, 3))
+    with d:
+        d.start()
+        status, _, _, body = d.deliver(message("x", 31, chat_id=31))
+        assert status == 200 and b'"m31-1"' in body
+        d.emu.wait_calls("sendMessage", 2)
+        assert health(d)[1]["store"] == "ok"
+        # the kernel finds an error and makes the file system read-only
+        # under the open store (ext4 errors=remount-ro)
+        dev = os.path.basename(store_device(d.proc.pid, d.store))
+        with open("/sys/fs/ext4/%s/trigger_fs_error" % dev, "w") as f:
+            f.write("test: the store's disk fails")
+        for attempt in range(2):
+            status, _, headers, body = d.deliver(message("x", 32, chat_id=32))
+            assert status == 503, (status, body)
+            assert headers.get("retry-after") == "5", headers
+            assert body == b""      # nothing inline: it would be a loss
+        log = d.log()
+        assert "update 32: handler calls: its follow-ups cannot be queued: " \
+            "store %s/tgwebhookd.db: queueing 2 call(s): " % d.store in log
+        assert "disk I/O error (a write failed: see the kernel log" in log
+        status, h = health(d)
+        assert status == 503 and h["status"] == "unhealthy", h
+        assert "queueing 2 call(s)" in h["store"], h
+        with urllib.request.urlopen("http://127.0.0.1:%d/metrics" %
+                                    d.admin_port, timeout=5) as r:
+            assert b"\ntgwebhookd_store_healthy 0\n" in r.read()
+        # the operator repairs the disk and starts the daemon again;
+        # Telegram, which got 503, delivers update 32 once more
+        d.stop()
+        subprocess.run(["e2fsck", "-fy", image], capture_output=True)
+        d.start()
+        status, _, _, body = d.deliver(message("x", 32, chat_id=32))
+        assert status == 200 and b'"m32-1"' in body
+        d.emu.wait_calls("sendMessage", 4)
+        assert texts(d) == ["m31-2", "m31-3", "m32-2", "m32-3"]
+        status, h = health(d)
+        assert status == 200 and h["store"] == "ok", h
