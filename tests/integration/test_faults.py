@@ -174,7 +174,8 @@ def test_store_turned_read_only_answers_503_and_loses_nothing():
         d.close()
         return
     with open(d.conf, "a") as f:
-        f.write("[handler.calls]\nexec = %s\n" % calls_script(d, 3))
+        f.write("[handler.broken]\ntext = ^fail$\nexec = /bin/false\n"
+                "[handler.calls]\nexec = %s\n" % calls_script(d, 3))
     with d:
         d.start()
         status, _, _, body = d.deliver(message("x", 31, chat_id=31))
@@ -191,13 +192,20 @@ def test_store_turned_read_only_answers_503_and_loses_nothing():
             assert status == 503, (status, body)
             assert headers.get("retry-after") == "5", headers
             assert body == b""      # nothing inline: it would be a loss
+        # a failed handler's update cannot be kept as a dead letter
+        # either: 503 too, so Telegram delivers it again
+        status = d.deliver(message("fail", 33, chat_id=33))[0]
+        assert status == 503, status
         log = d.log()
+        assert "update 33: handler broken failed: exited with status 1; " \
+            "the update cannot be kept as a dead letter: store " in log
         assert "update 32: handler calls: its follow-ups cannot be queued: " \
             "store %s/tgwebhookd.db: queueing 2 call(s): " % d.store in log
         assert "disk I/O error (a write failed: see the kernel log" in log
         status, h = health(d)
         assert status == 503 and h["status"] == "unhealthy", h
-        assert "queueing 2 call(s)" in h["store"], h
+        assert h["store"] == "keeping update 33 as a dead letter: disk I/O " \
+            "error", h
         with urllib.request.urlopen("http://127.0.0.1:%d/metrics" %
                                     d.admin_port, timeout=5) as r:
             assert b"\ntgwebhookd_store_healthy 0\n" in r.read()
@@ -210,5 +218,8 @@ def test_store_turned_read_only_answers_503_and_loses_nothing():
         assert status == 200 and b'"m32-1"' in body
         d.emu.wait_calls("sendMessage", 4)
         assert texts(d) == ["m31-2", "m31-3", "m32-2", "m32-3"]
+        assert d.deliver(message("fail", 33, chat_id=33))[0] == 200
+        assert "update 33: handler broken failed: exited with status 1; " \
+            "the update is kept as a dead letter" in d.log()
         status, h = health(d)
         assert status == 200 and h["store"] == "ok", h

@@ -1,5 +1,5 @@
 /* Unit tests for store.c: secrets generated once and kept, dead letters,
- * file modes. */
+ * the outbox's rows, failing writes, file modes. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -9,6 +9,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 
 #include "store.h"
@@ -167,6 +169,46 @@ test_calls(void **state)
 	assert_int_equal(system(cmd), 0);
 }
 
+/* Writes failing as on a full disk (a file size limit: every write past
+ * the store's current size fails): reported with the store's path, what
+ * was written and advice, and the store is marked failing until a write
+ * goes through again. */
+static void
+test_failing_writes(void **state)
+{
+	char dir[] = "/tmp/tgw-store-test-XXXXXX", err[512], why[256], cmd[160];
+	char key[] = "u:9:1", params[] = "{\"chat_id\":9,\"text\":\"x\"}";
+	char path[96];
+	struct store_call row = call(key, NULL, params);
+	struct rlimit old, one = { 1, 0 };
+	struct store *s;
+
+	(void)state;
+	assert_non_null(mkdtemp(dir));
+	s = store_open(dir, err, sizeof(err));
+	assert_non_null(s);
+	assert_int_equal(store_failing_since(s, why, sizeof(why)), 0);
+	signal(SIGXFSZ, SIG_IGN);
+	assert_int_equal(getrlimit(RLIMIT_FSIZE, &old), 0);
+	one.rlim_max = old.rlim_max;
+	assert_int_equal(setrlimit(RLIMIT_FSIZE, &one), 0);
+	assert_int_equal(store_calls_add(s, &row, 1, NULL, err, sizeof(err)),
+	    -1);
+	assert_int_equal(setrlimit(RLIMIT_FSIZE, &old), 0);
+	snprintf(path, sizeof(path), "store %s/tgwebhookd.db: queueing 1 "
+	    "call(s): disk I/O error (", dir);
+	assert_non_null(strstr(err, path));
+	assert_true(store_failing_since(s, why, sizeof(why)) > 0);
+	assert_string_equal(why, "queueing 1 call(s): disk I/O error");
+	/* writes work again: so does the store */
+	assert_int_equal(store_calls_add(s, &row, 1, NULL, err, sizeof(err)),
+	    0);
+	assert_int_equal(store_failing_since(s, why, sizeof(why)), 0);
+	store_close(s);
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+	assert_int_equal(system(cmd), 0);
+}
+
 static void
 test_unwritable(void **state)
 {
@@ -183,6 +225,7 @@ main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_secrets_and_dead_letters),
 		cmocka_unit_test(test_calls),
+		cmocka_unit_test(test_failing_writes),
 		cmocka_unit_test(test_unwritable),
 	};
 
