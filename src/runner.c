@@ -9,7 +9,8 @@
  * All jobs share one deadline length, so the deadline list is a FIFO in
  * start order; a job its handler answers first leaves it at once (a job
  * is freed when the caller, the handler thread and the deadline list have
- * all let go of it).
+ * all let go of it).  Handler threads start when jobs first wait for one,
+ * up to handler_threads, so a bot of quick handlers runs none.
  */
 #include "runner.h"
 
@@ -55,7 +56,9 @@ struct runner {
 	pthread_cond_t work;	/* handler threads wait for jobs */
 	pthread_cond_t timer;	/* the deadline thread waits for deadlines */
 	pthread_t *threads;
-	unsigned nthreads;
+	unsigned nthreads, maxthreads;
+	unsigned idle;		/* handler threads waiting for a job */
+	size_t queued;		/* jobs in the queue */
 	pthread_t deadline_thread;
 	struct job *qhead, *qtail;
 	struct job *dhead, *dtail;
@@ -65,6 +68,30 @@ struct runner {
 	struct outbox *outbox;
 	struct store *store;
 };
+
+static void *handler_thread(void *arg);
+
+/* Puts j in the handler queue and gets a thread to it: a waiting one, or
+ * a new one while fewer than handler_threads run.  Under r->mu. */
+static void
+enqueue(struct runner *r, struct job *j)
+{
+	if (r->qtail != NULL)
+		r->qtail->qnext = j;
+	else
+		r->qhead = j;
+	r->qtail = j;
+	if (++r->queued > r->idle && r->nthreads < r->maxthreads) {
+		if (pthread_create(&r->threads[r->nthreads], NULL,
+		    handler_thread, r) == 0)
+			r->nthreads++;
+		else if (r->nthreads == 0)
+			log_err("runner: cannot start a handler thread: updates "
+			    "wait for their deadline and are handled at the "
+			    "next start");
+	}
+	pthread_cond_signal(&r->work);
+}
 
 /* Takes j off the deadline list.  Under r->mu. */
 static void
@@ -267,12 +294,7 @@ runner_replay(struct runner *r, const struct handler *h, struct update *u,
 	j->refs = 1;
 	pthread_mutex_lock(&r->mu);
 	r->pending++;
-	if (r->qtail != NULL)
-		r->qtail->qnext = j;
-	else
-		r->qhead = j;
-	r->qtail = j;
-	pthread_cond_signal(&r->work);
+	enqueue(r, j);
 	pthread_mutex_unlock(&r->mu);
 }
 
@@ -286,18 +308,13 @@ runner_go(struct job *j, void (*ready)(void *), void *arg)
 	j->start = now_ms();
 	j->deadline = j->start + r->deadline_ms;
 	pthread_mutex_lock(&r->mu);
-	if (r->qtail != NULL)
-		r->qtail->qnext = j;
-	else
-		r->qhead = j;
-	r->qtail = j;
+	enqueue(r, j);
 	j->dprev = r->dtail;
 	if (r->dtail != NULL)
 		r->dtail->dnext = j;
 	else
 		r->dhead = j;
 	r->dtail = j;
-	pthread_cond_signal(&r->work);
 	pthread_cond_signal(&r->timer);
 	pthread_mutex_unlock(&r->mu);
 }
@@ -368,13 +385,16 @@ handler_thread(void *arg)
 		bool late;
 		int rc;
 
+		r->idle++;
 		while (r->qhead == NULL && !r->stopping)
 			pthread_cond_wait(&r->work, &r->mu);
+		r->idle--;
 		if ((j = r->qhead) == NULL)
 			break;
 		r->qhead = j->qnext;
 		if (r->qhead == NULL)
 			r->qtail = NULL;
+		r->queued--;
 		r->pending--;
 		pthread_mutex_unlock(&r->mu);
 
@@ -463,15 +483,12 @@ runner_new(unsigned threads, size_t max_queue, unsigned deadline_ms,
 	pthread_mutex_init(&r->mu, NULL);
 	pthread_cond_init(&r->work, NULL);
 	cond_init_monotonic(&r->timer);
-	r->nthreads = threads;
+	r->maxthreads = threads;
 	r->max_pending = max_queue;
 	r->deadline_ms = deadline_ms;
 	r->outbox = o;
 	r->store = s;
 	r->threads = xcalloc(threads, sizeof(*r->threads));
-	for (unsigned i = 0; i < threads; i++)
-		if (pthread_create(&r->threads[i], NULL, handler_thread, r) != 0)
-			fatal("runner: cannot start handler thread %u", i);
 	if (pthread_create(&r->deadline_thread, NULL, deadline_thread, r) != 0)
 		fatal("runner: cannot start the deadline thread");
 	return r;

@@ -46,3 +46,63 @@ def test_100_concurrent_keepalive_connections():
             t.join(60)
         assert not errors, errors[:5]
         assert len(answers) == 300
+
+
+def threads_of(pid):
+    import os
+    names = []
+    for t in os.listdir("/proc/%d/task" % pid):
+        with open("/proc/%d/task/%s/comm" % (pid, t)) as f:
+            names.append(f.read().strip())
+    return names
+
+
+def test_handler_threads_start_on_demand_up_to_the_limit():
+    import os
+    with Daemon("", extra="[server]\nhandler_threads = 4\n",
+                start=False) as d:
+        # the slow handler notes when each run starts and ends
+        runs = os.path.join(d.dir, "runs")
+        script = os.path.join(d.dir, "slow")
+        with open(script, "w") as f:
+            f.write("#!/bin/sh\necho + >>%s\nsleep 0.5\necho - >>%s\n"
+                    % (runs, runs))
+        os.chmod(script, 0o700)
+        with open(d.conf, "a") as f:
+            f.write("[handler.slow]\ntext = ^slow$\nexec = %s\n"
+                    "[handler.any]\nreply = {text}\n" % script)
+        d.start()
+        # quick handlers only so far: no handler thread runs
+        before = threads_of(d.proc.pid)
+        assert d.deliver(message("hi", 1))[0] == 200
+        assert threads_of(d.proc.pid) == before
+        # twelve slow updates at once: four threads start and run four
+        # handlers at a time
+        results = []
+
+        def deliver(i):
+            w = d.emu.webhook
+            conn = d.emu._connect()
+            conn.request("POST", "/" + w["url"].split("/", 3)[3],
+                         body=json.dumps(message("slow", 10 + i,
+                                                 chat_id=10 + i)),
+                         headers={"X-Telegram-Bot-Api-Secret-Token":
+                                  w["secret"],
+                                  "Content-Type": "application/json"})
+            results.append(conn.getresponse().status)
+            conn.close()
+        ts = [threading.Thread(target=deliver, args=(i,)) for i in range(12)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(30)
+        assert results == [200] * 12, results
+        running = most = 0
+        for mark in open(runs).read().split():
+            running += 1 if mark == "+" else -1
+            most = max(most, running)
+        assert most == 4, most
+        added = sorted(threads_of(d.proc.pid))
+        for name in before:
+            added.remove(name)
+        assert len(added) == 4, (before, added)
