@@ -8,8 +8,9 @@
  *	greeting = Hello		; any other key is an option
  *
  * It defines one symbol, `tgw_plugin`, with TGW_PLUGIN() below.  The
- * daemon loads it at start (and at SIGHUP when the path is new), checks
- * its ABI version, calls init() with the section's options, then calls
+ * daemon loads it at start (and at SIGHUP when the path is new or the
+ * file was rebuilt), checks its ABI version, calls init() with the
+ * section's options, then calls
  * handle() for every update the handler's match rules (updates, commands,
  * text) select.  cleanup() is called when the handler table that owns the
  * instance is dropped: at exit, or after a reload once no update still

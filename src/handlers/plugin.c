@@ -8,19 +8,26 @@
  * with --dynamic-list=src/tgwebhookd.sym), so a plugin resolves them
  * against the running binary.
  *
- * dlopen counts references: a reload that names the same path gets the
- * library already mapped (a rebuilt file at the same path is only picked
- * up by a restart) and a new instance from init(); the old instance is
- * cleaned up with the old table.
+ * A reload that names an unchanged file shares the library already mapped
+ * and gets a new instance from init(); the old instance is cleaned up with
+ * the old table.  A file rebuilt since it was loaded is new code: dlopen
+ * would hand back the old library by its name, so the new file is loaded
+ * from a private copy (a memfd, opened as /proc/self/fd/N: the name is
+ * unique while the copy is mapped, as the fd stays open until then).
  */
 #include <dlfcn.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/sendfile.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "calls.h"
 #include "handler.h"
@@ -29,10 +36,27 @@
 #include "update.h"
 #include "util.h"
 
+/* A shared object as loaded: the file it was (its identity then), and
+ * the fd of its private copy, if it was loaded from one. */
+struct lib {
+	char *path;
+	dev_t dev;
+	ino_t ino;
+	off_t size;
+	struct timespec mtime;
+	void *dl;
+	int copy;		/* memfd, or -1: loaded by path */
+	unsigned refs;
+	struct lib *next;
+};
+
+static pthread_mutex_t libs_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct lib *libs;
+
 struct plugin {
 	char *name;
 	char *path;
-	void *dl;
+	struct lib *lib;
 	const struct tgw_plugin *api;
 	void *state;
 	bool inited;
@@ -66,6 +90,175 @@ is_match_key(const char *key)
 	return false;
 }
 
+static bool
+same_file(const struct lib *l, const char *path, const struct stat *st)
+{
+	return strcmp(l->path, path) == 0 && l->dev == st->st_dev &&
+	    l->ino == st->st_ino && l->size == st->st_size &&
+	    l->mtime.tv_sec == st->st_mtim.tv_sec &&
+	    l->mtime.tv_nsec == st->st_mtim.tv_nsec;
+}
+
+/* Opens the .so, which may only be changed by its owner (root or us). */
+static int
+open_checked(const char *path, struct stat *st, char *err, size_t errlen)
+{
+	int fd;
+
+	if (path[0] != '/') {
+		errf(err, errlen, "needs an absolute path to the .so");
+		return -1;
+	}
+	if ((fd = open(path, O_RDONLY | O_CLOEXEC)) == -1 ||
+	    fstat(fd, st) == -1) {
+		errf(err, errlen, "%s: %s", path, strerror(errno));
+		if (fd != -1)
+			close(fd);
+		return -1;
+	}
+	if (!S_ISREG(st->st_mode)) {
+		errf(err, errlen, "%s: not a regular file", path);
+		close(fd);
+		return -1;
+	}
+	if (st->st_mode & (S_IWGRP | S_IWOTH)) {
+		errf(err, errlen, "%s: writable by group or others (mode %04o): "
+		    "anyone who can write it runs code as tgwebhookd; "
+		    "chmod go-w it", path, (unsigned)(st->st_mode & 07777));
+		close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+/* Copies the file open on fd into a memfd; -1 with err on failure. */
+static int
+private_copy(int fd, const char *path, off_t size, char *err, size_t errlen)
+{
+	int copy = memfd_create("tgwebhookd-plugin", MFD_CLOEXEC);
+	off_t off = 0;
+
+	if (copy == -1) {
+		errf(err, errlen, "%s: memfd_create: %s", path, strerror(errno));
+		return -1;
+	}
+	while (off < size) {
+		ssize_t n = sendfile(copy, fd, &off, (size_t)(size - off));
+
+		if (n <= 0) {
+			errf(err, errlen, "%s: copying: %s", path, n == 0 ?
+			    "the file shrank" : strerror(errno));
+			close(copy);
+			return -1;
+		}
+	}
+	return copy;
+}
+
+/*
+ * The library for the file at path: the one loaded already if the file
+ * is unchanged since, else a new load (from a private copy if a library
+ * of that path is still mapped).  NULL with err on failure.
+ */
+static struct lib *
+lib_get(const char *path, char *err, size_t errlen)
+{
+	struct stat st;
+	struct lib *l;
+	bool mapped = false;
+	char name[32];
+	int fd;
+
+	if ((fd = open_checked(path, &st, err, errlen)) == -1)
+		return NULL;
+	pthread_mutex_lock(&libs_mu);
+	for (l = libs; l != NULL; l = l->next) {
+		if (same_file(l, path, &st)) {
+			l->refs++;
+			goto out;
+		}
+		mapped = mapped || strcmp(l->path, path) == 0;
+	}
+	if (!mapped) {
+		/* Unloaded by us, but still mapped (dlclose() may keep a
+		 * library): dlopen() would return that one. */
+		void *old = dlopen(path, RTLD_LAZY | RTLD_NOLOAD);
+
+		if (old != NULL) {
+			dlclose(old);
+			mapped = true;
+		}
+	}
+	l = xcalloc(1, sizeof(*l));
+	l->copy = -1;
+	if (mapped) {
+		log_info("plugin %s changed since it was loaded: loading the "
+		    "new file", path);
+		if ((l->copy = private_copy(fd, path, st.st_size, err,
+		    errlen)) == -1)
+			goto fail;
+		snprintf(name, sizeof(name), "/proc/self/fd/%d", l->copy);
+	}
+	if ((l->dl = dlopen(mapped ? name : path, RTLD_NOW | RTLD_LOCAL)) ==
+	    NULL) {
+		errf(err, errlen, "cannot load: %s", dlerror());
+		goto fail;
+	}
+	l->path = xstrdup(path);
+	l->dev = st.st_dev;
+	l->ino = st.st_ino;
+	l->size = st.st_size;
+	l->mtime = st.st_mtim;
+	l->refs = 1;
+	l->next = libs;
+	libs = l;
+out:
+	pthread_mutex_unlock(&libs_mu);
+	close(fd);
+	return l;
+fail:
+	pthread_mutex_unlock(&libs_mu);
+	if (l->copy != -1)
+		close(l->copy);
+	free(l);
+	close(fd);
+	return NULL;
+}
+
+static void
+lib_put(struct lib *l)
+{
+	struct lib **pp;
+
+	if (l == NULL)
+		return;
+	pthread_mutex_lock(&libs_mu);
+	if (--l->refs > 0) {
+		pthread_mutex_unlock(&libs_mu);
+		return;
+	}
+	for (pp = &libs; *pp != l; pp = &(*pp)->next)
+		;
+	*pp = l->next;
+	dlclose(l->dl);
+	if (l->copy != -1) {
+		char name[32];
+		void *still;
+
+		/* A library dlclose() could not unmap (it holds unique
+		 * symbols, say) keeps its fd, so that no later copy is
+		 * opened under the same name. */
+		snprintf(name, sizeof(name), "/proc/self/fd/%d", l->copy);
+		if ((still = dlopen(name, RTLD_LAZY | RTLD_NOLOAD)) != NULL)
+			dlclose(still);
+		else
+			close(l->copy);
+	}
+	pthread_mutex_unlock(&libs_mu);
+	free(l->path);
+	free(l);
+}
+
 static void
 plugin_destroy(void *arg)
 {
@@ -78,38 +271,10 @@ plugin_destroy(void *arg)
 		p->api->cleanup(p->state);
 		current = NULL;
 	}
-	if (p->dl != NULL)
-		dlclose(p->dl);
+	lib_put(p->lib);
 	free(p->name);
 	free(p->path);
 	free(p);
-}
-
-/* The file may only be changed by its owner (root or us). */
-static int
-check_file(const char *path, char *err, size_t errlen)
-{
-	struct stat st;
-
-	if (path[0] != '/') {
-		errf(err, errlen, "needs an absolute path to the .so");
-		return -1;
-	}
-	if (stat(path, &st) == -1) {
-		errf(err, errlen, "%s: %s", path, strerror(errno));
-		return -1;
-	}
-	if (!S_ISREG(st.st_mode)) {
-		errf(err, errlen, "%s: not a regular file", path);
-		return -1;
-	}
-	if (st.st_mode & (S_IWGRP | S_IWOTH)) {
-		errf(err, errlen, "%s: writable by group or others (mode %04o): "
-		    "anyone who can write it runs code as tgwebhookd; "
-		    "chmod go-w it", path, (unsigned)(st.st_mode & 07777));
-		return -1;
-	}
-	return 0;
 }
 
 /* Reports a message from init() at the line of the option it names
@@ -143,16 +308,11 @@ plugin_create(const struct conf_handler *h, const struct config *c,
 
 	p->name = xstrdup(h->name);
 	p->path = xstrdup(handler_conf_get(h, "plugin", &line));
-	if (check_file(p->path, err, sizeof(err)) == -1) {
+	if ((p->lib = lib_get(p->path, err, sizeof(err))) == NULL) {
 		diag_add(d, c->file, line, "plugin", "%s", err);
 		goto fail;
 	}
-	if ((p->dl = dlopen(p->path, RTLD_NOW | RTLD_LOCAL)) == NULL) {
-		diag_add(d, c->file, line, "plugin", "cannot load: %s",
-		    dlerror());
-		goto fail;
-	}
-	if ((p->api = dlsym(p->dl, "tgw_plugin")) == NULL) {
+	if ((p->api = dlsym(p->lib->dl, "tgw_plugin")) == NULL) {
 		diag_add(d, c->file, line, "plugin", "%s defines no "
 		    "`tgw_plugin`: is it a tgwebhookd plugin (TGW_PLUGIN() in "
 		    "tgwebhookd.h)?", p->path);

@@ -232,3 +232,41 @@ def test_reload_loads_new_plugin_and_refuses_bad_one():
         assert "plugin: /nonexistent.so: No such file" in d.log()
         assert json.loads(d.deliver(message("again", 3))[3])["text"] == \
             "again"
+
+
+VERSIONED = r'''
+#include <tgwebhookd.h>
+static int handle(void *s, const struct tgw_update *u, struct tgw_reply *r)
+{
+	(void)s;
+	(void)u;
+	return tgw_reply_text(r, "version %s");
+}
+TGW_PLUGIN(0, 0, handle, 0);
+'''
+
+
+def test_reload_loads_a_plugin_rebuilt_at_the_same_path():
+    with plugin_daemon("v", VERSIONED % "1") as d:
+        d.start()
+
+        def answer(uid):
+            return json.loads(d.deliver(message("hi", uid))[3])["text"]
+
+        def reload():
+            since = len(d.log())
+            d.proc.send_signal(signal.SIGHUP)
+            d.wait_log("reload done", since=since)
+            return d.log()[since:]
+        assert answer(1) == "version 1"
+        # unchanged: the library already mapped serves the new table
+        assert "changed since it was loaded" not in reload()
+        assert answer(2) == "version 1"
+        # rebuilt (as make does: a new file at the same path)
+        for version, uid in (("2", 3), ("3", 4)):
+            so = compile_plugin(d, "v", VERSIONED % version)
+            assert "plugin %s changed since it was loaded: loading the " \
+                "new file" % so in reload()
+            assert answer(uid) == "version " + version
+        assert "changed since it was loaded" not in reload()
+        assert answer(5) == "version 3"
