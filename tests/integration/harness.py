@@ -300,3 +300,14 @@ def rows(d, where="1"):
                           ).fetchall()
     finally:
         db.close()
+
+
+def eventually(probe, timeout=10.0):
+    """probe()'s first truthy value, polling until timeout (state the
+    daemon writes a moment after what the test waited for)."""
+    deadline = time.time() + timeout
+    while True:
+        value = probe()
+        if value or time.time() > deadline:
+            return value
+        time.sleep(0.05)

@@ -8,7 +8,8 @@ import sqlite3
 import subprocess
 import time
 
-from harness import Daemon, binary, message, outbox_daemon, rows, texts
+from harness import (Daemon, binary, eventually, message, outbox_daemon, rows,
+                     texts)
 
 
 def run(d, *args):
@@ -88,9 +89,10 @@ def test_redirect_never_followed():
         d.deliver(message("x", 6))
         d.emu.wait_calls("sendMessage", 1)
         d.wait_log("a redirect, which is never followed: check api_url")
+        dead = eventually(lambda: rows(d, "state = 2"))
+        assert dead and dead[0][0] == "sendMessage", dead
         time.sleep(0.5)
         assert len(d.emu.calls_of("sendMessage")) == 1
-        assert rows(d, "state = 2")[0][0] == "sendMessage"
 
 
 def test_403_dead_letter_listed_and_retried():
@@ -101,6 +103,7 @@ def test_403_dead_letter_listed_and_retried():
         d.deliver(message("x", 5))
         d.emu.wait_calls("sendMessage", 1)
         d.wait_log("is a dead letter: Forbidden: bot was blocked by the user")
+        assert eventually(lambda: rows(d, "state = 2"))   # recorded after
         out = run(d, "--outbox")
         assert out.returncode == 0, out
         assert "dead letters: 1" in out.stdout
