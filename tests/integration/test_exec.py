@@ -158,11 +158,29 @@ def test_timeout_kills_process_group():
         assert len(dead_letters(d)) == 1
 
 
-def test_stdout_is_bounded():
-    d = exec_daemon("head -c 3000000 /dev/zero | tr '\\0' 'a'\n")
+def peak_rss_kib(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+
+
+def test_100_mb_on_stdout_or_stderr_is_bounded():
+    # 100 MB on stdout: cut off at 1 MiB, the handler killed, a dead letter
+    d = exec_daemon("if [ $TGW_UPDATE_ID = 11 ]; then out=2; else out=1; fi\n"
+                    "head -c 100000000 /dev/zero | tr '\\0' 'a' >&$out\n",
+                    deadline="10s")
     with d:
-        assert d.deliver(message("hi", 10))[0] == 200
+        assert d.deliver(message("out", 10))[0] == 200
         d.wait_log("printed more than 1048576 bytes on stdout")
+        assert [r[0] for r in dead_letters(d)] == [10]
+        # 100 MB on stderr: logged up to its cap, the rest drained and
+        # counted, and the update handled (no calls)
+        assert d.deliver(message("err", 11), timeout=30)[0] == 200
+        d.wait_log("update 11: message: handler h: 0 follow-ups", 30)
+        assert [r[0] for r in dead_letters(d)] == [10]
+        # neither was held in memory
+        assert peak_rss_kib(d.proc.pid) < 64 << 10, peak_rss_kib(d.proc.pid)
 
 
 def test_stdout_closed_early_and_death_by_signal():
