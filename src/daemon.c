@@ -1,0 +1,701 @@
+/*
+ * daemon.c: the running daemon (see daemon.h): start, the main loop with
+ * its reloads, and the stop that finishes what is in flight.
+ */
+#include "daemon.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <grp.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "admin.h"
+#include "botapi.h"
+#include "dedup.h"
+#include "dispatch.h"
+#include "gate.h"
+#include "log.h"
+#include "metrics.h"
+#include "notify.h"
+#include "outbox.h"
+#include "runner.h"
+#include "server.h"
+#include "store.h"
+#include "update.h"
+#include "util.h"
+#include "webhook.h"
+
+static bool
+file_exists(const char *path)
+{
+	struct stat st;
+
+	return stat(path, &st) == 0;
+}
+
+int
+daemon_certificate(const struct config *c, bool make, struct cert_info *info,
+    struct diag *d)
+{
+	bool have_cert = file_exists(c->certificate);
+	bool have_key = file_exists(c->private_key);
+	int line = config_line(c, "webhook", "certificate");
+	char err[1024];
+
+	if (!have_cert && !have_key && c->self_signed) {
+		if (!make)
+			return 1;
+		log_notice("making a self-signed certificate for %s (RSA %ld, "
+		    "%ld days) at %s", c->domain, c->key_bits, c->cert_days,
+		    c->certificate);
+		if (cert_generate(c->domain, (int)c->key_bits,
+		    (int)c->cert_days, c->certificate, c->private_key, err,
+		    sizeof(err)) == -1) {
+			diag_add(d, c->file, line, "certificate", "%s", err);
+			return -1;
+		}
+	} else if (!have_cert || !have_key) {
+		const char *missing = !have_cert ? c->certificate :
+		    c->private_key;
+
+		diag_add(d, c->file, !have_cert ? line :
+		    config_line(c, "webhook", "private_key"),
+		    !have_cert ? "certificate" : "private_key",
+		    "%s does not exist%s", missing, c->self_signed ?
+		    ": remove the other file too to have a new pair generated" :
+		    ": set self_signed = on to have a pair generated, or "
+		    "point it at your certificate's files");
+		return -1;
+	}
+	if (cert_check(c->certificate, c->private_key, c->domain, info, err,
+	    sizeof(err)) == -1) {
+		diag_add(d, c->file, line, "certificate", "%s", err);
+		return -1;
+	}
+	return 0;
+}
+
+static char *
+webhook_url(const struct config *c, const char *path)
+{
+	if (c->port == 443)
+		return xasprintf("https://%s/%s", c->domain, path);
+	return xasprintf("https://%s:%ld/%s", c->domain, c->port, path);
+}
+
+/* Everything the running daemon holds: the main loop reads it, a reload
+ * swaps parts of it. */
+struct daemon {
+	struct config *c;	/* the configuration in force */
+	const char *token;
+	struct store *store;
+	struct dispatch *dispatch;
+	struct outbox *outbox;
+	struct runner *runner;
+	struct server *srv;
+	struct webhook *wh;
+	struct dedup *dedup;
+	struct admin *admin;
+	struct bot_identity id;
+	struct cert_info info;	/* the certificate served */
+	char *path, *secret;
+	uint64_t watchdog_ms;
+	char status[512];	/* the last STATUS= sent */
+	/* what the admin thread reads, written by the main thread */
+	pthread_mutex_t mu;	/* wh, registering, cert_expiry */
+	bool registering;
+	int64_t cert_expiry;
+};
+
+static void
+drain(struct server *srv, unsigned timeout_ms)
+{
+	uint64_t until = now_ms() + timeout_ms;
+	unsigned n;
+
+	while ((n = server_inflight(srv)) > 0 && now_ms() < until)
+		usleep(10000);
+	if (n > 0)
+		log_warn("%u request(s) still in flight after shutdown_timeout",
+		    n);
+}
+
+/* Updates answered before their handler finished, then the daemon
+ * stopped (or died): handled again, their calls queued as follow-ups. */
+static void
+replay_held(struct daemon *d)
+{
+	struct store_update *held;
+	char err[512];
+	long n = store_updates_held(d->store, &held, err, sizeof(err));
+
+	if (n < 0) {
+		log_err("%s", err);
+		return;
+	}
+	for (long i = 0; i < n; i++) {
+		struct update *u = update_parse(held[i].body, held[i].len, err,
+		    sizeof(err));
+		const struct handler *h = u != NULL ? dispatch_match(
+		    d->dispatch, u, atomic_load(&d->id.username)) : NULL;
+
+		if (h == NULL || !h->blocking) {
+			log_warn("update %" PRId64 ": held from the last run, "
+			    "but %s; kept as a dead letter", held[i].update_id,
+			    u == NULL ? err : "no handler that may run late "
+			    "matches it now");
+			store_dead_update(d->store, held[i].update_id,
+			    held[i].handler, "held at stop, not handled again",
+			    held[i].body, held[i].len, err, sizeof(err));
+			store_update_release(d->store, held[i].update_id, err,
+			    sizeof(err));
+			update_free(u);
+			continue;
+		}
+		log_notice("update %" PRId64 ": its handler was still running "
+		    "when the daemon stopped: handling it again (calls become "
+		    "follow-ups)", held[i].update_id);
+		runner_replay(d->runner, h, u, held[i].body, held[i].len);
+		held[i].body = NULL;
+	}
+	store_updates_free(held, (size_t)n);
+}
+
+static struct gate *
+make_gate(const struct daemon *d, const struct config *c)
+{
+	return gate_new(d->path, d->secret, netlist_parse(c->trusted_networks ?
+	    c->trusted_networks : "", NULL, 0), netlist_parse(
+	    c->trusted_proxies ? c->trusted_proxies : "", NULL, 0));
+}
+
+/* (Re)starts registration with Telegram, uploading the certificate
+ * when it is self-signed. */
+static void
+register_webhook(struct daemon *d)
+{
+	const struct config *c = d->c;
+	struct webhook_params wp = { 0 };
+
+	pthread_mutex_lock(&d->mu);
+	webhook_stop(d->wh);
+	d->wh = NULL;
+	d->registering = c->register_webhook;
+	pthread_mutex_unlock(&d->mu);
+	if (!c->register_webhook && atomic_load(&d->id.username) != NULL)
+		return;
+	wp.url = webhook_url(c, d->path);
+	wp.secret_token = d->secret;
+	wp.cert_pem = c->tls && d->info.self_signed ? d->info.leaf_pem : NULL;
+	wp.max_connections = c->max_connections;
+	wp.allowed_updates = c->allowed_updates;
+	wp.drop_pending_updates = c->drop_pending_updates;
+	wp.ip_address = c->ip_address;
+	pthread_mutex_lock(&d->mu);
+	d->wh = webhook_start(botapi_new(c->api_url, d->token,
+	    c->api_timeout_ms), &wp, c->register_webhook, &d->id);
+	pthread_mutex_unlock(&d->mu);
+	free(wp.url);
+}
+
+/* Healthy: the outbox sender goes round (it does at least once a
+ * second); a stuck store or a deadlock stops the watchdog pings and
+ * systemd restarts us. */
+static bool
+healthy(struct daemon *d)
+{
+	return now_ms() - outbox_heartbeat(d->outbox) < 10000;
+}
+
+/* For /healthz and /metrics, on the admin thread. */
+static bool
+probe(void *arg, struct metrics_gauges *g)
+{
+	struct daemon *d = arg;
+	struct webhook_state st;
+	int64_t oldest = 0;
+	bool registered;
+
+	pthread_mutex_lock(&d->mu);
+	webhook_state(d->wh, &st);
+	registered = !d->registering || st.registered;
+	g->cert_expiry = d->cert_expiry;
+	pthread_mutex_unlock(&d->mu);
+	g->outbox_pending = store_calls_count(d->store, STORE_CALL_PENDING,
+	    &oldest);
+	g->outbox_dead = store_calls_count(d->store, STORE_CALL_DEAD, NULL);
+	g->outbox_oldest_s = oldest > 0 ? (double)(wall_ms() - oldest) /
+	    1000.0 : 0;
+	g->registered = registered;
+	g->telegram_pending = st.pending_update_count;
+	g->telegram_last_error = st.last_error_date;
+	g->store_failing_since = store_failing_since(d->store, g->store_error,
+	    sizeof(g->store_error));
+	return registered && healthy(d) && g->store_failing_since == 0;
+}
+
+/*
+ * Started as root (outside systemd): the listening socket is bound, the
+ * store and the certificate are ready, so give the store to [server]
+ * user and become that user for good, before any thread starts.
+ */
+static void
+drop_privileges(const struct config *c)
+{
+	struct passwd *pw;
+	DIR *dir;
+	struct dirent *e;
+
+	if (geteuid() != 0)
+		return;
+	if (c->user == NULL || c->user[0] == '\0') {
+		log_warn("running as root: set [server] user to drop "
+		    "privileges once the port is bound");
+		return;
+	}
+	if ((pw = getpwnam(c->user)) == NULL)
+		fatal("[server] user: no user '%s' (create it: useradd "
+		    "--system %s)", c->user, c->user);
+	/* The store is ours alone (0700/0600); hand it over. */
+	if (chown(c->store_dir, pw->pw_uid, pw->pw_gid) == -1)
+		fatal("chown %s: %s", c->store_dir, strerror(errno));
+	if ((dir = opendir(c->store_dir)) != NULL) {
+		while ((e = readdir(dir)) != NULL) {
+			char *p;
+
+			if (e->d_name[0] == '.')
+				continue;
+			p = xasprintf("%s/%s", c->store_dir, e->d_name);
+			if (chown(p, pw->pw_uid, pw->pw_gid) == -1)
+				log_warn("chown %s: %s", p, strerror(errno));
+			free(p);
+		}
+		closedir(dir);
+	}
+	if (setgroups(0, NULL) == -1 || setgid(pw->pw_gid) == -1 ||
+	    setuid(pw->pw_uid) == -1)
+		fatal("dropping privileges to %s: %s", c->user,
+		    strerror(errno));
+	if (setuid(0) != -1)
+		fatal("dropping privileges to %s: root could be regained",
+		    c->user);
+	log_notice("running as %s (uid %ld)", c->user, (long)pw->pw_uid);
+}
+
+/* Reads the certificate and key files (after checking them). */
+static int
+read_pems(const struct config *c, char **cert, char **key, char *err,
+    size_t errlen)
+{
+	*key = NULL;
+	if ((*cert = file_read(c->certificate, 1 << 20, NULL, err, errlen)) ==
+	    NULL || (*key = file_read(c->private_key, 1 << 20, NULL, err,
+	    errlen)) == NULL) {
+		free(*cert);
+		*cert = NULL;
+		return -1;
+	}
+	return 0;
+}
+
+static void
+wipe_free(char *s)
+{
+	if (s != NULL)
+		explicit_bzero(s, strlen(s));
+	free(s);
+}
+
+static void
+daemon_start(struct daemon *d)
+{
+	struct config *c = d->c;
+	struct server_opts so = { 0 };
+	struct diag diag = { 0 };
+	char err[1024], *cert_pem = NULL, *key_pem = NULL;
+
+	if ((d->store = store_open(c->store_dir, err, sizeof(err))) == NULL)
+		fatal("[store] dir: %s", err);
+	store_set_sync_full(d->store, strcmp(c->store_sync, "full") == 0);
+	/* Empty path and secret_token: generated once, kept in the store,
+	 * so restarts (and Telegram) keep using the same ones. */
+	d->path = c->path != NULL && c->path[0] != '\0' ? xstrdup(c->path) :
+	    store_secret_ensure(d->store, "webhook_path", 24, err, sizeof(err));
+	if (d->path == NULL)
+		fatal("%s", err);
+	d->secret = c->secret_token != NULL && c->secret_token[0] != '\0' ?
+	    xstrdup(c->secret_token) : store_secret_ensure(d->store,
+	    "secret_token", 32, err, sizeof(err));
+	if (d->secret == NULL)
+		fatal("%s", err);
+	log_add_secret(d->path);
+	log_add_secret(d->secret);
+
+	if (c->tls) {
+		if (daemon_certificate(c, true, &d->info, &diag) != 0)
+			fatal("%s", diag.text);
+		if (d->info.days_left < CERT_WARN_DAYS)
+			log_warn("certificate %s expires in %ld day(s)",
+			    c->certificate, d->info.days_left);
+		log_info("certificate %s: %s, %s, SHA-256 %s", c->certificate,
+		    d->info.subject, d->info.self_signed ? "self-signed "
+		    "(uploaded to Telegram)" : "CA-issued (not uploaded)",
+		    d->info.sha256);
+		if (read_pems(c, &cert_pem, &key_pem, err, sizeof(err)) == -1)
+			fatal("%s", err);
+	}
+	if (c->username != NULL && c->username[0] != '\0')
+		atomic_store(&d->id.username, xstrdup(c->username));
+	gate_parse_listen(c->listen, &so.addr, NULL, 0);
+	if ((so.listen_fd = server_bind(&so.addr, err, sizeof(err))) == -1)
+		fatal("%s: %s", c->listen, err);
+	drop_privileges(c);
+	/* Plugins run their init() and workers start as the daemon's own
+	 * user, never as root. */
+	if ((d->dispatch = dispatch_new(c, &diag)) == NULL)
+		fatal("%s", diag.text);
+
+	d->outbox = outbox_start(d->store, &(struct outbox_opts){
+	    .api_url = c->api_url,
+	    .token = d->token,
+	    .timeout_ms = c->api_timeout_ms,
+	    .rate = c->outbox_rate,
+	    .chat_interval_ms = c->outbox_chat_interval_ms,
+	    .group_per_minute = c->outbox_group_per_minute,
+	    .max_inflight = c->outbox_inflight,
+	    .max_age_ms = c->outbox_max_age_ms,
+	    .keep_ms = c->outbox_keep_ms,
+	});
+	d->runner = runner_new((unsigned)c->handler_threads,
+	    (size_t)c->handler_threads * 32, c->reply_deadline_ms, d->outbox,
+	    d->store);
+	dispatch_start(d->dispatch);
+	replay_held(d);
+
+	so.tls = c->tls;
+	so.cert_pem = cert_pem;
+	so.key_pem = key_pem;
+	so.threads = (unsigned)c->threads;
+	so.max_clients = (unsigned)c->max_clients;
+	so.per_ip_limit = (unsigned)c->per_ip_limit;
+	so.timeout_s = (c->connection_timeout_ms + 999) / 1000;
+	so.max_body = c->max_body;
+	so.gate = make_gate(d, c);
+	so.dedup = d->dedup = dedup_new((size_t)c->dedup_size);
+	so.dispatch = d->dispatch;
+	so.runner = d->runner;
+	so.id = &d->id;
+	if ((d->srv = server_start(&so, err, sizeof(err))) == NULL)
+		fatal("%s: %s", c->listen, err);
+	wipe_free(key_pem);
+	free(cert_pem);
+	log_notice("tgwebhookd %s serving %s on %s", TGW_VERSION,
+	    c->tls ? "HTTPS" : "HTTP (TLS is the proxy's)", c->listen);
+	d->cert_expiry = c->tls ? (int64_t)d->info.not_after : 0;
+	if (c->admin_listen != NULL) {
+		if ((d->admin = admin_start(c->admin_listen, probe, d, err,
+		    sizeof(err))) == NULL)
+			fatal("[admin] listen: %s (or set it to off)", err);
+		log_info("admin listener on %s: /healthz, /metrics",
+		    c->admin_listen);
+	}
+	register_webhook(d);
+	diag_free(&diag);
+}
+
+/* Keys a reload cannot change under running connections and threads. */
+static void
+warn_restart_keys(const struct config *a, const struct config *b)
+{
+	static const char *const keys[] = { "domain", "port", "listen",
+		"path", "secret_token", "tls", "store dir", "store sync",
+		"api_url", "threads", "handler_threads", "max_clients",
+		"per_ip_limit", "connection_timeout", "dedup_size", "max_body",
+		"reply_deadline", "[outbox]", "registration" };
+	bool diff[nitems(keys)] = { 0 };
+	char list[512] = "";
+#define STR_DIFF(x, y) (strcmp((x) ? (x) : "", (y) ? (y) : "") != 0)
+
+	diff[0] = STR_DIFF(a->domain, b->domain);
+	diff[1] = a->port != b->port;
+	diff[2] = STR_DIFF(a->listen, b->listen);
+	diff[3] = STR_DIFF(a->path, b->path);
+	diff[4] = STR_DIFF(a->secret_token, b->secret_token);
+	diff[5] = a->tls != b->tls;
+	diff[6] = STR_DIFF(a->store_dir, b->store_dir);
+	diff[7] = STR_DIFF(a->store_sync, b->store_sync);
+	diff[8] = STR_DIFF(a->api_url, b->api_url);
+	diff[9] = a->threads != b->threads;
+	diff[10] = a->handler_threads != b->handler_threads;
+	diff[11] = a->max_clients != b->max_clients;
+	diff[12] = a->per_ip_limit != b->per_ip_limit;
+	diff[13] = a->connection_timeout_ms != b->connection_timeout_ms;
+	diff[14] = a->dedup_size != b->dedup_size;
+	diff[15] = a->max_body != b->max_body;
+	diff[16] = a->reply_deadline_ms != b->reply_deadline_ms;
+	diff[17] = a->outbox_rate != b->outbox_rate ||
+	    a->outbox_chat_interval_ms != b->outbox_chat_interval_ms ||
+	    a->outbox_group_per_minute != b->outbox_group_per_minute ||
+	    a->outbox_inflight != b->outbox_inflight ||
+	    a->outbox_max_age_ms != b->outbox_max_age_ms ||
+	    a->outbox_keep_ms != b->outbox_keep_ms;
+	diff[18] = a->register_webhook != b->register_webhook ||
+	    a->max_connections != b->max_connections ||
+	    STR_DIFF(a->allowed_updates, b->allowed_updates) ||
+	    a->drop_pending_updates != b->drop_pending_updates ||
+	    STR_DIFF(a->ip_address, b->ip_address);
+#undef STR_DIFF
+	for (size_t i = 0; i < nitems(keys); i++)
+		if (diff[i]) {
+			strncat(list, list[0] ? ", " : "", sizeof(list) -
+			    strlen(list) - 1);
+			strncat(list, keys[i], sizeof(list) - strlen(list) - 1);
+		}
+	if (list[0] != '\0')
+		log_warn("reload: these changed and take effect only after a "
+		    "restart: %s", list);
+}
+
+/* Keys that need a restart keep their running values in the configuration
+ * in force, so that what it says (and what a re-registration uses) is
+ * what runs. */
+static void
+keep_running_values(const struct config *old, struct config *nc)
+{
+#define KEEP_STR(f) do { free(nc->f); \
+	nc->f = old->f != NULL ? xstrdup(old->f) : NULL; } while (0)
+#define KEEP(f) (nc->f = old->f)
+	KEEP_STR(domain);
+	KEEP_STR(listen);
+	KEEP_STR(path);
+	KEEP_STR(secret_token);
+	KEEP_STR(store_dir);
+	KEEP_STR(store_sync);
+	KEEP_STR(api_url);
+	KEEP_STR(allowed_updates);
+	KEEP_STR(ip_address);
+	KEEP(port);
+	KEEP(tls);
+	KEEP(threads);
+	KEEP(handler_threads);
+	KEEP(max_clients);
+	KEEP(per_ip_limit);
+	KEEP(connection_timeout_ms);
+	KEEP(dedup_size);
+	KEEP(max_body);
+	KEEP(reply_deadline_ms);
+	KEEP(outbox_rate);
+	KEEP(outbox_chat_interval_ms);
+	KEEP(outbox_group_per_minute);
+	KEEP(outbox_inflight);
+	KEEP(outbox_max_age_ms);
+	KEEP(outbox_keep_ms);
+	KEEP(register_webhook);
+	KEEP(max_connections);
+	KEEP(drop_pending_updates);
+#undef KEEP
+#undef KEEP_STR
+}
+
+/*
+ * SIGHUP: the configuration and certificate read again into fresh
+ * objects; only if all of it is good is it swapped in (new handlers and
+ * certificate for the requests and connections that come next); a bad one
+ * is refused and the running one kept.
+ */
+static void
+daemon_reload(struct daemon *d)
+{
+	struct diag diag = { 0 };
+	struct config *nc;
+	struct dispatch *nt = NULL;
+	struct cert_info ni = { 0 };
+	char err[1024], *cert_pem = NULL, *key_pem = NULL;
+	bool new_cert;
+
+	notify_send("RELOADING=1\nSTATUS=reloading %s", d->c->file);
+	log_notice("SIGHUP: reloading %s", d->c->file);
+	nc = config_load(d->c->file, &diag);
+	if (nc != NULL && diag.count == 0) {
+		/* The certificate is checked against the domain in force. */
+		warn_restart_keys(d->c, nc);
+		keep_running_values(d->c, nc);
+		nt = dispatch_new(nc, &diag);
+	}
+	if (nt != NULL && nc->tls &&
+	    daemon_certificate(nc, true, &ni, &diag) == 0 &&
+	    read_pems(nc, &cert_pem, &key_pem, err, sizeof(err)) == -1)
+		diag_add(&diag, nc->file, 0, "certificate", "%s", err);
+	if (nt != NULL && nc->tls && diag.count == 0 &&
+	    server_set_certificate(d->srv, cert_pem, key_pem, err,
+	    sizeof(err)) == -1)
+		diag_add(&diag, nc->file, config_line(nc, "webhook",
+		    "certificate"), "certificate", "%s", err);
+	if (nc == NULL || diag.count > 0) {
+		char *line, *save = NULL;
+
+		for (line = strtok_r(diag.text, "\n", &save); line != NULL;
+		    line = strtok_r(NULL, "\n", &save))
+			log_err("reload refused: %s", line);
+		log_err("reload refused: the running configuration stays");
+		dispatch_free(nt);
+		config_free(nc);
+		cert_info_clear(&ni);
+		goto out;
+	}
+
+	log_set_level((enum log_level)nc->log_level);
+	dispatch_start(nt);	/* new workers start, kept ones keep going */
+	server_swap(d->srv, make_gate(d, nc), nt);
+	dispatch_free(d->dispatch);	/* the server holds the new one */
+	d->dispatch = nt;
+	new_cert = nc->tls && strcmp(ni.sha256, d->info.sha256) != 0;
+	if (nc->tls) {
+		log_notice("reload: serving certificate %s (%s, SHA-256 %s) to "
+		    "new connections", nc->certificate, ni.subject,
+		    ni.sha256);
+		if (ni.days_left < CERT_WARN_DAYS)
+			log_warn("certificate %s expires in %ld day(s)",
+			    nc->certificate, ni.days_left);
+	}
+	cert_info_clear(&d->info);
+	d->info = ni;
+	pthread_mutex_lock(&d->mu);
+	d->cert_expiry = nc->tls ? (int64_t)ni.not_after : 0;
+	pthread_mutex_unlock(&d->mu);
+	config_free(d->c);
+	d->c = nc;
+	/* A new self-signed certificate must reach Telegram, or it will
+	 * refuse the next deliveries. */
+	if (new_cert && ni.self_signed && nc->register_webhook)
+		register_webhook(d);
+	log_notice("reload done");
+out:
+	wipe_free(key_pem);
+	free(cert_pem);
+	diag_free(&diag);
+	notify_send("READY=1");
+	d->status[0] = '\0';	/* send the status again */
+}
+
+/* STATUS= for systemctl status: serving, registration, Telegram's last
+ * delivery error. */
+static void
+update_status(struct daemon *d)
+{
+	struct webhook_state st;
+	char status[512], date[64];
+	size_t n;
+
+	webhook_state(d->wh, &st);
+	n = (size_t)snprintf(status, sizeof(status), "serving %s; ",
+	    d->c->listen);
+	if (!d->c->register_webhook)
+		n += (size_t)snprintf(status + n, sizeof(status) - n,
+		    "registration off");
+	else if (st.registered)
+		n += (size_t)snprintf(status + n, sizeof(status) - n,
+		    "webhook registered");
+	else
+		n += (size_t)snprintf(status + n, sizeof(status) - n,
+		    "registering%s%.200s", st.last_attempt_error[0] ?
+		    ", last try: " : "", st.last_attempt_error);
+	if (st.pending_update_count > 0 && n < sizeof(status))
+		n += (size_t)snprintf(status + n, sizeof(status) - n,
+		    "; %ld update(s) pending at Telegram",
+		    st.pending_update_count);
+	if (st.last_error_date > 0 && n < sizeof(status)) {
+		fmt_utc(st.last_error_date, date, sizeof(date));
+		snprintf(status + n, sizeof(status) - n, "; Telegram's last "
+		    "delivery error %s: %.150s", date, st.last_error_message);
+	}
+	if (strcmp(status, d->status) != 0) {
+		notify_send("STATUS=%s", status);
+		memcpy(d->status, status, sizeof(status));
+	}
+}
+
+static void
+daemon_loop(struct daemon *d, const sigset_t *sigs)
+{
+	uint64_t next_ping = 0;
+
+	notify_send("READY=1");
+	for (;;) {
+		uint64_t tick = d->watchdog_ms != 0 && d->watchdog_ms / 2 <
+		    1000 ? d->watchdog_ms / 2 : 1000;
+		struct timespec ts = { (time_t)(tick / 1000),
+			(long)(tick % 1000) * 1000000 };
+		int sig = sigtimedwait(sigs, NULL, &ts);
+
+		if (sig == SIGTERM || sig == SIGINT) {
+			notify_send("STOPPING=1\nSTATUS=stopping");
+			log_notice("%s: stopping", strsignal(sig));
+			return;
+		}
+		if (sig == SIGHUP)
+			daemon_reload(d);
+		update_status(d);
+		if (d->watchdog_ms != 0 && now_ms() >= next_ping &&
+		    healthy(d)) {
+			notify_send("WATCHDOG=1");
+			next_ping = now_ms() + d->watchdog_ms / 2;
+		}
+	}
+}
+
+/* Stop taking work, finish what is in flight, keep the outbox. */
+static void
+daemon_stop(struct daemon *d)
+{
+	admin_stop(d->admin);
+	server_quiesce(d->srv);
+	drain(d->srv, d->c->shutdown_timeout_ms);
+	webhook_stop(d->wh);
+	server_stop(d->srv);
+	runner_free(d->runner);
+	outbox_stop(d->outbox, d->c->shutdown_timeout_ms);
+	dedup_free(d->dedup);
+	dispatch_free(d->dispatch);
+	store_close(d->store);
+	cert_info_clear(&d->info);
+	free(atomic_load(&d->id.username));
+	wipe_free(d->secret);
+	free(d->path);
+	log_notice("stopped");
+}
+
+int
+daemon_run(struct config **c, const char *token)
+{
+	struct daemon d = { .c = *c, .token = token };
+	sigset_t sigs;
+
+	pthread_mutex_init(&d.mu, NULL);
+	/* Before any thread exists, so that all inherit the mask. */
+	sigemptyset(&sigs);
+	sigaddset(&sigs, SIGTERM);
+	sigaddset(&sigs, SIGINT);
+	sigaddset(&sigs, SIGHUP);
+	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+	signal(SIGPIPE, SIG_IGN);
+	/* A file size limit makes a write fail (EFBIG), which the store
+	 * reports and answers 503 for, instead of killing the daemon. */
+	signal(SIGXFSZ, SIG_IGN);
+	d.watchdog_ms = notify_watchdog_ms();
+	daemon_start(&d);
+	daemon_loop(&d, &sigs);
+	daemon_stop(&d);
+	pthread_mutex_destroy(&d.mu);
+	*c = d.c;	/* a reload may have replaced it */
+	return 0;
+}
+
