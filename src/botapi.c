@@ -284,6 +284,26 @@ botapi_call_json(struct botapi *b, const char *method, json_t *params,
 	return s;
 }
 
+/* One multipart part: text, data as a file, or a file on disk (its
+ * name, without the directories, is the part's file name). */
+static void
+add_part(curl_mime *mime, const struct botapi_field *f)
+{
+	curl_mimepart *part = curl_mime_addpart(mime);
+
+	curl_mime_name(part, f->name);
+	if (f->path != NULL) {
+		curl_mime_filedata(part, f->path);
+		curl_mime_type(part, "application/octet-stream");
+	} else if (f->filename != NULL) {
+		curl_mime_data(part, f->value, f->len);
+		curl_mime_filename(part, f->filename);
+		curl_mime_type(part, "application/octet-stream");
+	} else {
+		curl_mime_data(part, f->value, CURL_ZERO_TERMINATED);
+	}
+}
+
 enum botapi_status
 botapi_upload(struct botapi *b, const char *method,
     const struct botapi_field *f, size_t n, struct botapi_result *r)
@@ -292,18 +312,8 @@ botapi_upload(struct botapi *b, const char *method,
 	struct curl_slist *h = curl_slist_append(NULL, "Expect:");
 	enum botapi_status s;
 
-	for (size_t i = 0; i < n; i++) {
-		curl_mimepart *part = curl_mime_addpart(mime);
-
-		curl_mime_name(part, f[i].name);
-		if (f[i].filename != NULL) {
-			curl_mime_data(part, f[i].value, f[i].len);
-			curl_mime_filename(part, f[i].filename);
-			curl_mime_type(part, "application/octet-stream");
-		} else {
-			curl_mime_data(part, f[i].value, CURL_ZERO_TERMINATED);
-		}
-	}
+	for (size_t i = 0; i < n; i++)
+		add_part(mime, &f[i]);
 	curl_easy_setopt(b->curl, CURLOPT_POSTFIELDS, NULL);
 	curl_easy_setopt(b->curl, CURLOPT_MIMEPOST, mime);
 	s = perform(b, method, h, r);
@@ -319,6 +329,7 @@ struct transfer {
 	uint64_t tag;
 	char *method;
 	char *body;
+	curl_mime *mime;	/* an upload's parts, or NULL */
 	struct curl_slist *headers;
 	struct sink sink;
 	struct transfer *next;
@@ -355,6 +366,7 @@ static void
 transfer_free(struct transfer *t)
 {
 	curl_easy_cleanup(t->easy);
+	curl_mime_free(t->mime);
 	free(t->method);
 	free(t->body);
 	curl_slist_free_all(t->headers);
@@ -387,9 +399,9 @@ botapi_multi_free(struct botapi_multi *m)
 	free(m);
 }
 
-void
-botapi_multi_start(struct botapi_multi *m, uint64_t tag, const char *method,
-    const char *json_body)
+/* A transfer for method, kept or new, set up but for its body. */
+static struct transfer *
+transfer_get(struct botapi_multi *m, uint64_t tag, const char *method)
 {
 	struct transfer *t = m->idle;
 	char url[2048];
@@ -400,26 +412,59 @@ botapi_multi_start(struct botapi_multi *m, uint64_t tag, const char *method,
 		t = xcalloc(1, sizeof(*t));
 		if ((t->easy = curl_easy_init()) == NULL)
 			abort();
-		t->headers = curl_slist_append(NULL,
-		    "Content-Type: application/json");
-		t->headers = curl_slist_append(t->headers, "Expect:");
 	}
 	t->tag = tag;
 	t->method = xstrdup(method);
-	t->body = xstrdup(json_body != NULL ? json_body : "{}");
 	setup_easy(t->easy, &t->sink, m->timeout_ms);
 	snprintf(url, sizeof(url), "%s%s", m->base, method);
 	curl_easy_setopt(t->easy, CURLOPT_URL, url);	/* curl copies it */
 	explicit_bzero(url, sizeof(url));
-	curl_easy_setopt(t->easy, CURLOPT_HTTPHEADER, t->headers);
-	curl_easy_setopt(t->easy, CURLOPT_POSTFIELDS, t->body);
-	curl_easy_setopt(t->easy, CURLOPT_POSTFIELDSIZE, (long)strlen(t->body));
 	curl_easy_setopt(t->easy, CURLOPT_PRIVATE, t);
 	curl_easy_setopt(t->easy, CURLOPT_PIPEWAIT, 1L);
+	return t;
+}
+
+static void
+transfer_go(struct botapi_multi *m, struct transfer *t)
+{
+	curl_easy_setopt(t->easy, CURLOPT_HTTPHEADER, t->headers);
 	curl_multi_add_handle(m->multi, t->easy);
 	t->next = m->active;
 	m->active = t;
 	m->running++;
+}
+
+void
+botapi_multi_start(struct botapi_multi *m, uint64_t tag, const char *method,
+    const char *json_body)
+{
+	struct transfer *t = transfer_get(m, tag, method);
+
+	t->headers = curl_slist_append(NULL, "Content-Type: application/json");
+	t->headers = curl_slist_append(t->headers, "Expect:");
+	t->body = xstrdup(json_body != NULL ? json_body : "{}");
+	curl_easy_setopt(t->easy, CURLOPT_POSTFIELDS, t->body);
+	curl_easy_setopt(t->easy, CURLOPT_POSTFIELDSIZE, (long)strlen(t->body));
+	transfer_go(m, t);
+}
+
+void
+botapi_multi_start_upload(struct botapi_multi *m, uint64_t tag,
+    const char *method, const struct botapi_field *f, size_t n)
+{
+	struct transfer *t = transfer_get(m, tag, method);
+
+	t->headers = curl_slist_append(NULL, "Expect:");
+	t->mime = curl_mime_init(t->easy);
+	for (size_t i = 0; i < n; i++)
+		add_part(t->mime, &f[i]);
+	curl_easy_setopt(t->easy, CURLOPT_MIMEPOST, t->mime);
+	/* 50 MB may take a while: no overall limit, but a minimum pace */
+	curl_easy_setopt(t->easy, CURLOPT_TIMEOUT_MS, 0L);
+	curl_easy_setopt(t->easy, CURLOPT_LOW_SPEED_LIMIT, 1000L);
+	curl_easy_setopt(t->easy, CURLOPT_LOW_SPEED_TIME,
+	    (long)(m->timeout_ms + 999) / 1000);
+	transfer_go(m, t);
 }
 
 unsigned
@@ -468,6 +513,17 @@ botapi_multi_done(struct botapi_multi *m, uint64_t *tag,
 		free(t->method);
 		free(t->body);
 		t->method = t->body = NULL;
+		/* back to a plain handle for the next call */
+		curl_easy_setopt(t->easy, CURLOPT_HTTPHEADER, NULL);
+		curl_slist_free_all(t->headers);
+		t->headers = NULL;
+		if (t->mime != NULL) {
+			curl_easy_setopt(t->easy, CURLOPT_MIMEPOST, NULL);
+			curl_mime_free(t->mime);
+			t->mime = NULL;
+			curl_easy_setopt(t->easy, CURLOPT_LOW_SPEED_LIMIT, 0L);
+			curl_easy_setopt(t->easy, CURLOPT_LOW_SPEED_TIME, 0L);
+		}
 		buf_free(&t->sink.body);
 		t->next = m->idle;
 		m->idle = t;

@@ -32,13 +32,18 @@ struct botapi_result {
 	int64_t migrate_to_chat_id;	/* 0 if none */
 };
 
-/* A multipart field: a value, or a file given as data and a file name. */
+/* A multipart field: a value, a file given as data and a file name, or
+ * a file on disk (read as it is sent). */
 struct botapi_field {
 	const char *name;
 	const char *value;	/* NUL-terminated text */
 	size_t len;		/* for files: bytes of value */
-	const char *filename;	/* non-NULL: send as a file part */
+	const char *filename;	/* non-NULL: send value as a file part */
+	const char *path;	/* non-NULL: send this file as the part */
 };
+
+/* Telegram takes files of up to 50 MB from a bot. */
+#define BOTAPI_UPLOAD_MAX (50 << 20)
 
 struct botapi;
 
@@ -70,6 +75,11 @@ void botapi_multi_free(struct botapi_multi *m);
 /* Starts method with a JSON body (copied). */
 void botapi_multi_start(struct botapi_multi *m, uint64_t tag,
     const char *method, const char *json_body);
+/* Starts method as a multipart upload of fields (copied; files on disk
+ * are read as they are sent).  An upload has no overall timeout; it fails
+ * when it moves under 1 KB/s for the call timeout. */
+void botapi_multi_start_upload(struct botapi_multi *m, uint64_t tag,
+    const char *method, const struct botapi_field *f, size_t n);
 /* Calls in flight. */
 unsigned botapi_multi_running(struct botapi_multi *m);
 /* Waits up to timeout_ms for network activity or a wakeup, and moves

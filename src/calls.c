@@ -158,3 +158,147 @@ calls_parse_line(const char *buf, size_t len, json_t *calls, char *err,
 	json_decref(got);
 	return 0;
 }
+
+/* "file:///x" -> "/x"; NULL if v is not a local file reference. */
+static const char *
+file_path(json_t *v)
+{
+	const char *s = json_string_value(v);
+
+	if (s == NULL || strncmp(s, CALLS_FILE_PREFIX,
+	    strlen(CALLS_FILE_PREFIX)) != 0)
+		return NULL;
+	return s + strlen(CALLS_FILE_PREFIX);
+}
+
+/* The InputMedia objects of a "media" parameter, one by one. */
+static json_t *
+media_item(json_t *media, size_t i)
+{
+	if (json_is_object(media))
+		return i == 0 ? media : NULL;
+	return json_array_get(media, i);
+}
+
+static const char *const media_keys[] = { "media", "thumbnail", "cover" };
+
+bool
+calls_has_files(json_t *call)
+{
+	const char *key;
+	json_t *v, *m;
+
+	json_object_foreach(call, key, v) {
+		if (file_path(v) != NULL)
+			return true;
+		if (strcmp(key, "media") != 0)
+			continue;
+		for (size_t i = 0; (m = media_item(v, i)) != NULL; i++)
+			for (size_t k = 0; k < nitems(media_keys); k++)
+				if (file_path(json_object_get(m,
+				    media_keys[k])) != NULL)
+					return true;
+	}
+	return false;
+}
+
+static int
+add_file(struct calls_upload *up, const char *part, const char *path,
+    const char *param, char *err, size_t errlen)
+{
+	if (path[0] != '/') {
+		errf(err, errlen, "%s: '%s%.200s' needs an absolute path "
+		    "(file:///dir/name)", param, CALLS_FILE_PREFIX, path);
+		return -1;
+	}
+	if (up->nfiles == CALLS_FILES_MAX) {
+		errf(err, errlen, "more than %d local files in one call",
+		    CALLS_FILES_MAX);
+		return -1;
+	}
+	up->files[up->nfiles].part = xstrdup(part);
+	up->files[up->nfiles].path = xstrdup(path);
+	up->nfiles++;
+	return 0;
+}
+
+/* Rewrites the InputMedia of a "media" parameter (a copy) to refer to
+ * attach://fileN parts. */
+static int
+plan_media(json_t *media, struct calls_upload *up, char *err, size_t errlen)
+{
+	json_t *m;
+
+	for (size_t i = 0; (m = media_item(media, i)) != NULL; i++)
+		for (size_t k = 0; k < nitems(media_keys); k++) {
+			const char *path = file_path(json_object_get(m,
+			    media_keys[k]));
+			char part[16], ref[32];
+
+			if (path == NULL)
+				continue;
+			snprintf(part, sizeof(part), "file%zu", up->nfiles);
+			if (add_file(up, part, path, "media", err, errlen) == -1)
+				return -1;
+			snprintf(ref, sizeof(ref), "attach://%s", part);
+			json_object_set_new(m, media_keys[k], json_string(ref));
+		}
+	return 0;
+}
+
+int
+calls_upload_plan(json_t *call, struct calls_upload *up, char *err,
+    size_t errlen)
+{
+	const char *key, *path;
+	json_t *v;
+
+	memset(up, 0, sizeof(*up));
+	up->fields = xcalloc(json_object_size(call) + 1, sizeof(*up->fields));
+	json_object_foreach(call, key, v) {
+		struct calls_field *f = &up->fields[up->nfields];
+
+		if (strcmp(key, "method") == 0)
+			continue;
+		if ((path = file_path(v)) != NULL) {
+			if (add_file(up, key, path, key, err, errlen) == -1)
+				goto fail;
+			continue;
+		}
+		f->name = xstrdup(key);
+		up->nfields++;
+		if (json_is_string(v)) {
+			f->value = xstrdup(json_string_value(v));
+		} else if (strcmp(key, "media") == 0) {
+			json_t *copy = json_deep_copy(v);
+
+			if (plan_media(copy, up, err, errlen) == -1) {
+				json_decref(copy);
+				goto fail;
+			}
+			f->value = json_dumps(copy, JSON_COMPACT);
+			json_decref(copy);
+		} else {
+			f->value = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+		}
+	}
+	return 0;
+fail:
+	calls_upload_clear(up);
+	return -1;
+}
+
+void
+calls_upload_clear(struct calls_upload *up)
+{
+	for (size_t i = 0; i < up->nfields; i++) {
+		free(up->fields[i].name);
+		free(up->fields[i].value);
+	}
+	free(up->fields);
+	for (size_t i = 0; i < up->nfiles; i++) {
+		free(up->files[i].part);
+		free(up->files[i].path);
+	}
+	memset(up, 0, sizeof(*up));
+}

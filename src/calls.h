@@ -40,4 +40,38 @@ const char *calls_method(json_t *call);
 /* The call's chat_id as text ("-100123", "@channel") into out, or "-". */
 void calls_chat(json_t *call, char *out, size_t len);
 
+/*
+ * Local files.  A parameter "file:///abs/path" names a file on this
+ * machine for the call to upload (the convention of Telegram's local Bot
+ * API server): a top-level one (document, photo, thumbnail...) or the
+ * "media"/"thumbnail"/"cover" of an InputMedia in the call's "media"
+ * (sendMediaGroup's array, editMessageMedia's object).  Such a call
+ * cannot be the inline answer (a webhook answer carries no files).
+ */
+#define CALLS_FILE_PREFIX "file://"
+#define CALLS_FILES_MAX 10
+
+/* True if the call names a local file. */
+bool calls_has_files(json_t *call);
+
+/* A call as multipart form data: every parameter but "method" as text
+ * (strings as they are, other values as compact JSON), and the files. */
+struct calls_upload {
+	size_t nfields, nfiles;
+	struct calls_field {
+		char *name;
+		char *value;
+	} *fields;
+	struct calls_file {
+		char *part;	/* the parameter, or "fileN" (attach://) */
+		char *path;	/* absolute */
+	} files[CALLS_FILES_MAX];
+};
+
+/* Fills up for call.  0, or -1 with err naming the parameter (a path that
+ * is not absolute, more than CALLS_FILES_MAX files). */
+int calls_upload_plan(json_t *call, struct calls_upload *up, char *err,
+    size_t errlen);
+void calls_upload_clear(struct calls_upload *up);
+
 #endif

@@ -96,6 +96,7 @@ static const struct ckey ckeys[] = {
 	    O(outbox_max_age_ms) },
 	{ "outbox", "keep_delivered", C_DURATION, 0, 7 * 86400000U,
 	    O(outbox_keep_ms) },
+	{ "outbox", "upload_dir", C_STR, 0, 0, O(outbox_upload_dir) },
 
 	{ "log", "level", C_LOGLEVEL, 0, 0, O(log_level) },
 };
@@ -644,6 +645,9 @@ config_check(struct config *c, struct diag *d)
 	if (str_empty(c->store_dir) || c->store_dir[0] != '/')
 		diag_add(d, f, config_line(c, "store", "dir"), "dir",
 		    "must be an absolute path");
+	if (c->outbox_upload_dir != NULL && c->outbox_upload_dir[0] != '/')
+		diag_add(d, f, config_line(c, "outbox", "upload_dir"),
+		    "upload_dir", "must be an absolute path");
 	if (c->handlers == NULL)
 		diag_add(d, f, 0, NULL, "no [handler.NAME] section: the bot "
 		    "would answer nothing (see the README's Handlers section)");

@@ -83,6 +83,8 @@ struct config {
 	long outbox_inflight;		/* calls in flight at once */
 	unsigned outbox_max_age_ms;	/* retrying stops; then dead letter */
 	unsigned outbox_keep_ms;	/* delivered calls kept (dedup keys) */
+	char *outbox_upload_dir;	/* file:// parameters are read from
+					 * here; NULL: not allowed */
 
 	/* [admin] */
 	char *admin_listen;	/* NULL when off */

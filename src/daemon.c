@@ -373,6 +373,7 @@ daemon_start(struct daemon *d)
 	    .max_inflight = c->outbox_inflight,
 	    .max_age_ms = c->outbox_max_age_ms,
 	    .keep_ms = c->outbox_keep_ms,
+	    .upload_dir = c->outbox_upload_dir,
 	});
 	d->runner = runner_new((unsigned)c->handler_threads,
 	    (size_t)c->handler_threads * 32, c->reply_deadline_ms, d->outbox,

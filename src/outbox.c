@@ -17,13 +17,16 @@
  */
 #include "outbox.h"
 
+#include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <openssl/rand.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "botapi.h"
 #include "calls.h"
@@ -394,16 +397,122 @@ pace_us(const struct outbox *o)
 	return (uint64_t)(1010000.0 * o->slow / (double)o->o.rate);
 }
 
+/* Checks a local file a call uploads: under upload_dir once symlinks
+ * are resolved, a regular file, no larger than Telegram takes.  Its
+ * resolved path in real (PATH_MAX).  0, or -1 with err. */
+static int
+check_upload(const struct outbox *o, const char *path, char *real,
+    char *err, size_t errlen)
+{
+	char dir[PATH_MAX];
+	struct stat st;
+	size_t n;
+
+	if (o->o.upload_dir == NULL) {
+		errf(err, errlen, "%s: local files are off: set [outbox] "
+		    "upload_dir to the directory handlers write them to",
+		    path);
+		return -1;
+	}
+	if (realpath(o->o.upload_dir, dir) == NULL) {
+		errf(err, errlen, "[outbox] upload_dir %s: %s",
+		    o->o.upload_dir, strerror(errno));
+		return -1;
+	}
+	if (realpath(path, real) == NULL || stat(real, &st) == -1) {
+		errf(err, errlen, "%s: %s", path, strerror(errno));
+		return -1;
+	}
+	n = strlen(dir);
+	if (strncmp(real, dir, n) != 0 || (real[n] != '/' && n > 1)) {
+		errf(err, errlen, "%s is not under [outbox] upload_dir (%s)",
+		    path, o->o.upload_dir);
+		return -1;
+	}
+	if (!S_ISREG(st.st_mode)) {
+		errf(err, errlen, "%s: not a regular file", path);
+		return -1;
+	}
+	if (st.st_size > BOTAPI_UPLOAD_MAX) {
+		errf(err, errlen, "%s is %lld bytes: Telegram takes files of "
+		    "at most 50 MB from a bot", path, (long long)st.st_size);
+		return -1;
+	}
+	return 0;
+}
+
+/* Starts a call that uploads local files (multipart).  1 if it names
+ * none after all (send it as JSON); -1 with err if it cannot be sent as
+ * it is. */
+static int
+start_upload(struct outbox *o, struct item *it, char *err, size_t errlen)
+{
+	struct botapi_field f[CALLS_FILES_MAX + 64];
+	char real[CALLS_FILES_MAX][PATH_MAX];
+	struct calls_upload up;
+	json_t *params = json_loads(it->params, 0, NULL);
+	size_t n = 0;
+	int rc = -1;
+
+	if (params == NULL) {
+		errf(err, errlen, "its parameters are not JSON");
+		return -1;
+	}
+	if (calls_upload_plan(params, &up, err, errlen) == -1)
+		goto out;
+	if (up.nfiles == 0) {
+		rc = 1;
+		goto clear;
+	}
+	if (up.nfields + up.nfiles > nitems(f)) {
+		errf(err, errlen, "too many parameters for an upload");
+		goto clear;
+	}
+	for (size_t i = 0; i < up.nfields; i++)
+		f[n++] = (struct botapi_field){ .name = up.fields[i].name,
+			.value = up.fields[i].value };
+	for (size_t i = 0; i < up.nfiles; i++) {
+		if (check_upload(o, up.files[i].path, real[i], err, errlen) ==
+		    -1)
+			goto clear;
+		f[n++] = (struct botapi_field){ .name = up.files[i].part,
+			.path = real[i] };
+	}
+	botapi_multi_start_upload(o->api, (uint64_t)(uintptr_t)it,
+	    it->method, f, n);
+	rc = 0;
+clear:
+	calls_upload_clear(&up);
+out:
+	json_decref(params);
+	return rc;
+}
+
+static void completed(struct outbox *o, struct item *it,
+    struct botapi_result *r);
+
 static void
 start(struct outbox *o, struct chat *c, uint64_t now)
 {
 	struct item *it = c->head;
+	struct botapi_result r = { .status = BOTAPI_PERMANENT };
+	char err[sizeof(r.description)];
 
 	c->busy = true;
 	c->last_used = now;
 	heap_update(o, c);
-	botapi_multi_start(o->api, (uint64_t)(uintptr_t)it, it->method,
-	    it->params);
+	switch (strstr(it->params, CALLS_FILE_PREFIX) == NULL ? 1 :
+	    start_upload(o, it, err, sizeof(err))) {
+	case 0:
+		return;
+	case 1:
+		botapi_multi_start(o->api, (uint64_t)(uintptr_t)it, it->method,
+		    it->params);
+		return;
+	}
+	/* Retrying cannot help: a dead letter saying why. */
+	snprintf(r.description, sizeof(r.description), "%s", err);
+	completed(o, it, &r);
 }
 
 static void

@@ -34,6 +34,8 @@ struct outbox_opts {
 	long max_inflight;
 	unsigned max_age_ms;		/* then a failing call is dead */
 	unsigned keep_ms;		/* delivered calls kept this long */
+	const char *upload_dir;		/* file:// parameters must be under
+					 * it; NULL: none allowed */
 };
 
 /* Starts the sender, which first takes up what the store still holds. */

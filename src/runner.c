@@ -158,7 +158,8 @@ route(struct runner *r, const struct handler *h, const struct update *u,
 	char err[512];
 
 	*answer = NULL;
-	if (n > 0 && !late && calls_inline_allowed(calls_method(first))) {
+	if (n > 0 && !late && calls_inline_allowed(calls_method(first)) &&
+	    !calls_has_files(first)) {
 		char *s = json_dumps(first, JSON_COMPACT);
 
 		if (s != NULL && strlen(s) <= CALLS_INLINE_MAX) {

@@ -81,25 +81,27 @@ webhook_set(struct botapi *api, const struct webhook_params *p,
 	enum botapi_status s;
 
 	snprintf(maxc, sizeof(maxc), "%ld", p->max_connections);
-	f[n++] = (struct botapi_field){ "url", p->url, 0, NULL };
-	f[n++] = (struct botapi_field){ "max_connections", maxc, 0, NULL };
+	f[n++] = (struct botapi_field){ .name = "url", .value = p->url };
+	f[n++] = (struct botapi_field){ .name = "max_connections",
+		.value = maxc };
 	if (p->secret_token != NULL && p->secret_token[0] != '\0')
-		f[n++] = (struct botapi_field){ "secret_token",
-			p->secret_token, 0, NULL };
+		f[n++] = (struct botapi_field){ .name = "secret_token",
+			.value = p->secret_token };
 	if (p->allowed_updates != NULL && p->allowed_updates[0] != '\0') {
 		allowed = allowed_json(p->allowed_updates);
-		f[n++] = (struct botapi_field){ "allowed_updates", allowed, 0,
-			NULL };
+		f[n++] = (struct botapi_field){ .name = "allowed_updates",
+			.value = allowed };
 	}
 	if (p->drop_pending_updates)
-		f[n++] = (struct botapi_field){ "drop_pending_updates", "true",
-			0, NULL };
+		f[n++] = (struct botapi_field){ .name = "drop_pending_updates",
+			.value = "true" };
 	if (p->ip_address != NULL && p->ip_address[0] != '\0')
-		f[n++] = (struct botapi_field){ "ip_address", p->ip_address, 0,
-			NULL };
+		f[n++] = (struct botapi_field){ .name = "ip_address",
+			.value = p->ip_address };
 	if (p->cert_pem != NULL)
-		f[n++] = (struct botapi_field){ "certificate", p->cert_pem,
-			strlen(p->cert_pem), "certificate.pem" };
+		f[n++] = (struct botapi_field){ .name = "certificate",
+			.value = p->cert_pem, .len = strlen(p->cert_pem),
+			.filename = "certificate.pem" };
 	s = botapi_upload(api, "setWebhook", f, n, r);
 	metrics_botapi("setWebhook", s);
 	free(allowed);

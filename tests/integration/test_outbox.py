@@ -288,3 +288,42 @@ def test_late_handler_held_across_a_crash():
                 break
             assert time.time() < deadline
             time.sleep(0.05)
+
+
+def test_local_file_uploaded_as_a_follow_up():
+    d = Daemon("", start=False)
+    uploads = os.path.join(d.dir, "uploads")
+    os.makedirs(uploads)
+    handler = os.path.join(d.dir, "report")
+    with open(handler, "w") as f:
+        # the handler writes a file, then asks for it to be sent first
+        # and a message after it
+        f.write("#!/bin/sh\ncat >/dev/null\n"
+                "printf 'report for %%s\\n' \"$TGW_CHAT_ID\" > %s/r.txt\n"
+                "printf '{\"method\":\"sendDocument\",\"chat_id\":%%s,"
+                "\"document\":\"file://%s/r.txt\",\"caption\":\"Q3\"}\\n' "
+                "\"$TGW_CHAT_ID\"\n"
+                "printf '{\"method\":\"sendMessage\",\"chat_id\":%%s,"
+                "\"text\":\"sent\"}\\n' \"$TGW_CHAT_ID\"\n"
+                "printf '{\"method\":\"sendDocument\",\"chat_id\":%%s,"
+                "\"document\":\"file:///etc/hostname\"}\\n' \"$TGW_CHAT_ID\"\n"
+                % (uploads, uploads))
+    os.chmod(handler, 0o700)
+    with open(d.conf, "a") as f:
+        f.write("[outbox]\nupload_dir = %s\n[handler.report]\nexec = %s\n"
+                % (uploads, handler))
+    with d:
+        d.start()
+        status, _, _, body = d.deliver(message("/report", 30, chat_id=77))
+        # a webhook answer carries no file: nothing inline, all follow-ups
+        assert status == 200 and body == b"", body
+        doc = d.emu.wait_calls("sendDocument", 1)[0]
+        assert doc.content_type.startswith("multipart/form-data")
+        assert doc.files["document"] == ("r.txt", b"report for 77\n")
+        assert doc.params["caption"] == "Q3" and \
+            doc.params["chat_id"] == "77"
+        d.emu.wait_calls("sendMessage", 1)
+        # a file outside upload_dir is never read: a dead letter
+        d.wait_log("is a dead letter: /etc/hostname is not under [outbox] "
+                   "upload_dir")
+        assert len(d.emu.calls_of("sendDocument")) == 1

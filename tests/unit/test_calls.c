@@ -173,6 +173,89 @@ test_chat(void **state)
 	json_decref(c);
 }
 
+static json_t *
+call(const char *text)
+{
+	json_t *c = json_loads(text, 0, NULL);
+
+	assert_non_null(c);
+	return c;
+}
+
+static void
+test_local_files(void **state)
+{
+	struct calls_upload up;
+	char err[256];
+	json_t *c;
+
+	(void)state;
+	/* a top-level file: a part named after its parameter */
+	c = call("{\"method\":\"sendDocument\",\"chat_id\":42,"
+	    "\"document\":\"file:///srv/up/report.pdf\",\"caption\":\"x\","
+	    "\"reply_markup\":{\"inline_keyboard\":[]}}");
+	assert_true(calls_has_files(c));
+	assert_int_equal(calls_upload_plan(c, &up, err, sizeof(err)), 0);
+	assert_int_equal(up.nfiles, 1);
+	assert_string_equal(up.files[0].part, "document");
+	assert_string_equal(up.files[0].path, "/srv/up/report.pdf");
+	assert_int_equal(up.nfields, 3);	/* chat_id, caption, markup */
+	for (size_t i = 0; i < up.nfields; i++) {
+		if (strcmp(up.fields[i].name, "chat_id") == 0)
+			assert_string_equal(up.fields[i].value, "42");
+		if (strcmp(up.fields[i].name, "reply_markup") == 0)
+			assert_string_equal(up.fields[i].value,
+			    "{\"inline_keyboard\":[]}");
+		assert_string_not_equal(up.fields[i].name, "method");
+	}
+	calls_upload_clear(&up);
+	json_decref(c);
+	/* InputMedia: attach://fileN parts, other media left alone */
+	c = call("{\"method\":\"sendMediaGroup\",\"chat_id\":42,\"media\":["
+	    "{\"type\":\"photo\",\"media\":\"file:///srv/up/a.jpg\"},"
+	    "{\"type\":\"photo\",\"media\":\"AgACAgIAAxkB\"},"
+	    "{\"type\":\"video\",\"media\":\"file:///srv/up/b.mp4\","
+	    "\"thumbnail\":\"file:///srv/up/b.jpg\"}]}");
+	assert_true(calls_has_files(c));
+	assert_int_equal(calls_upload_plan(c, &up, err, sizeof(err)), 0);
+	assert_int_equal(up.nfiles, 3);
+	assert_string_equal(up.files[2].part, "file2");
+	assert_string_equal(up.files[2].path, "/srv/up/b.jpg");
+	for (size_t i = 0; i < up.nfields; i++)
+		if (strcmp(up.fields[i].name, "media") == 0)
+			assert_string_equal(up.fields[i].value,
+			    "[{\"type\":\"photo\",\"media\":\"attach://file0\"},"
+			    "{\"type\":\"photo\",\"media\":\"AgACAgIAAxkB\"},"
+			    "{\"type\":\"video\",\"media\":\"attach://file1\","
+			    "\"thumbnail\":\"attach://file2\"}]");
+	calls_upload_clear(&up);
+	json_decref(c);
+	/* editMessageMedia: one InputMedia object */
+	c = call("{\"method\":\"editMessageMedia\",\"media\":{\"type\":"
+	    "\"photo\",\"media\":\"file:///srv/up/c.png\"}}");
+	assert_true(calls_has_files(c));
+	json_decref(c);
+	/* no local file; a URL is not one */
+	c = call("{\"method\":\"sendPhoto\",\"photo\":\"https://x/y.jpg\","
+	    "\"caption\":\"see file:///etc/passwd\"}");
+	assert_false(calls_has_files(c));
+	json_decref(c);
+	/* a relative path, and too many files, are the handler's errors */
+	c = call("{\"method\":\"sendDocument\",\"document\":"
+	    "\"file://report.pdf\"}");
+	assert_int_equal(calls_upload_plan(c, &up, err, sizeof(err)), -1);
+	assert_string_equal(err, "document: 'file://report.pdf' needs an "
+	    "absolute path (file:///dir/name)");
+	json_decref(c);
+	c = call("{\"method\":\"sendMediaGroup\",\"media\":[]}");
+	for (int i = 0; i < CALLS_FILES_MAX + 1; i++)
+		json_array_append_new(json_object_get(c, "media"), json_pack(
+		    "{s:s, s:s}", "type", "photo", "media", "file:///a.jpg"));
+	assert_int_equal(calls_upload_plan(c, &up, err, sizeof(err)), -1);
+	assert_non_null(strstr(err, "more than 10 local files"));
+	json_decref(c);
+}
+
 int
 main(void)
 {
@@ -184,6 +267,7 @@ main(void)
 		cmocka_unit_test(test_line_count_capped),
 		cmocka_unit_test(test_inline_allowed),
 		cmocka_unit_test(test_chat),
+		cmocka_unit_test(test_local_files),
 	};
 
 	return cmocka_run_group_tests_name("calls", tests, NULL, NULL);

@@ -26,7 +26,7 @@ struct fixture {
 };
 
 static struct fixture *
-setup(void)
+setup_with(const char *upload_dir)
 {
 	struct fixture *f = xcalloc(1, sizeof(*f));
 	char err[256];
@@ -39,8 +39,15 @@ setup(void)
 	f->o = outbox_start(f->s, &(struct outbox_opts){ .api_url =
 	    f->api->url, .token = "1:A", .timeout_ms = 5000, .rate = 1000,
 	    .chat_interval_ms = 10, .group_per_minute = 1000,
-	    .max_inflight = 8, .max_age_ms = 3600000, .keep_ms = 3600000 });
+	    .max_inflight = 8, .max_age_ms = 3600000, .keep_ms = 3600000,
+	    .upload_dir = upload_dir });
 	return f;
+}
+
+static struct fixture *
+setup(void)
+{
+	return setup_with(NULL);
 }
 
 static void
@@ -183,6 +190,86 @@ test_left_at_stop_stays_in_the_store(void **state)
 	teardown(f);
 }
 
+/* The reason of the i-th dead call (in the order they were queued). */
+static void
+assert_dead_reason(struct fixture *f, long i, const char *want)
+{
+	struct store_call *dead;
+	char err[256];
+	long n = store_calls_list(f->s, STORE_CALL_DEAD, 10, &dead, err,
+	    sizeof(err));
+
+	assert_true(n > i);
+	if (strstr(dead[i].last_error, want) == NULL)
+		fail_msg("dead letter %ld: '%s' has no '%s'", i,
+		    dead[i].last_error, want);
+	store_calls_free(dead, (size_t)n);
+}
+
+static void
+test_local_files_uploaded_from_upload_dir(void **state)
+{
+	char dir[] = "/tmp/tgw-uploads-XXXXXX", path[96], call[512], cmd[256];
+	const char *body;
+	struct fixture *f;
+	FILE *fp;
+
+	(void)state;
+	assert_non_null(mkdtemp(dir));
+	snprintf(path, sizeof(path), "%s/report.txt", dir);
+	fp = fopen(path, "w");
+	fputs("quarterly numbers\n", fp);
+	fclose(fp);
+	f = setup_with(dir);
+	snprintf(call, sizeof(call), "[{\"method\":\"sendDocument\","
+	    "\"chat_id\":5,\"caption\":\"Q3\",\"document\":\"file://%s\"}]",
+	    path);
+	add(f, 7, call);
+	fake_wait(f->api, "sendDocument", 1);
+	body = fake_body(f->api, "sendDocument", 0);
+	/* multipart: the file as a part of the parameter's name */
+	assert_non_null(strstr(body, "name=\"document\"; filename=\""
+	    "report.txt\""));
+	assert_non_null(strstr(body, "quarterly numbers"));
+	assert_non_null(strstr(body, "name=\"chat_id\"\r\n\r\n5\r\n"));
+	assert_non_null(strstr(body, "name=\"caption\"\r\n\r\nQ3\r\n"));
+	wait_state(f, STORE_CALL_DELIVERED, 1);
+	/* outside upload_dir (also through a symlink), missing, too big,
+	 * a directory: dead letters saying so, nothing sent */
+	snprintf(cmd, sizeof(cmd), "ln -s /etc/hostname %s/link && truncate "
+	    "-s 51M %s/big && mkdir %s/sub", dir, dir, dir);
+	assert_int_equal(system(cmd), 0);
+	snprintf(call, sizeof(call), "[{\"method\":\"sendDocument\","
+	    "\"chat_id\":6,\"document\":\"file:///etc/hostname\"},"
+	    "{\"method\":\"sendDocument\",\"chat_id\":6,\"document\":"
+	    "\"file://%s/link\"},{\"method\":\"sendDocument\",\"chat_id\":"
+	    "6,\"document\":\"file://%s/gone\"},{\"method\":\"sendDocument\","
+	    "\"chat_id\":6,\"document\":\"file://%s/big\"},{\"method\":"
+	    "\"sendDocument\",\"chat_id\":6,\"document\":\"file://%s/sub\"}]",
+	    dir, dir, dir, dir);
+	add(f, 8, call);
+	wait_state(f, STORE_CALL_DEAD, 5);
+	assert_dead_reason(f, 0, "/etc/hostname is not under [outbox] "
+	    "upload_dir");
+	assert_dead_reason(f, 1, "/link is not under [outbox] upload_dir");
+	assert_dead_reason(f, 2, "/gone: No such file or directory");
+	assert_dead_reason(f, 3, "/big is 53477376 bytes: Telegram takes "
+	    "files of at most 50 MB");
+	assert_dead_reason(f, 4, "/sub: not a regular file");
+	assert_int_equal(fake_count(f->api, "sendDocument"), 1);
+	teardown(f);
+
+	/* without upload_dir, no local file is sent */
+	f = setup();
+	add(f, 9, call);
+	wait_state(f, STORE_CALL_DEAD, 5);
+	assert_dead_reason(f, 0, "local files are off: set [outbox] "
+	    "upload_dir");
+	teardown(f);
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+	assert_int_equal(system(cmd), 0);
+}
+
 int
 main(void)
 {
@@ -191,6 +278,7 @@ main(void)
 		cmocka_unit_test(test_refused_is_dead_and_429_waited_out),
 		cmocka_unit_test(test_group_migrated_to_supergroup),
 		cmocka_unit_test(test_left_at_stop_stays_in_the_store),
+		cmocka_unit_test(test_local_files_uploaded_from_upload_dir),
 	};
 
 	return cmocka_run_group_tests_name("outbox", tests, NULL, NULL);
