@@ -1,5 +1,6 @@
 /* libFuzzer target: handler output: an exec handler's stream of calls
- * and a worker's answer line, on the same input. */
+ * and a worker's answer line, on the same input; each call's local files
+ * planned as the outbox would upload them. */
 #include <jansson.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -18,10 +19,14 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	json_t *c;
 
 	json_array_foreach(calls, i, c) {
+		struct calls_upload up;
 		char chat[64];
 
 		calls_chat(c, chat, sizeof(chat));
 		(void)calls_inline_allowed(calls_method(c));
+		if (calls_has_files(c) &&
+		    calls_upload_plan(c, &up, err, sizeof(err)) == 0)
+			calls_upload_clear(&up);
 	}
 	json_decref(calls);
 	calls = json_array();
