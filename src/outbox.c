@@ -633,7 +633,6 @@ completed(struct outbox *o, struct item *it, struct botapi_result *r)
 	uint64_t now = now_ms();
 	const char *chat = c->id != NULL ? c->id : "-";
 
-	metrics_botapi(it->method, r->status);
 	c->busy = false;
 	/* A chat's pace counts from the answer, not the request: the next
 	 * message then reaches Telegram at least chat_interval after this
@@ -764,7 +763,10 @@ sender(void *arg)
 			dispatch(o);
 		botapi_multi_wait(o->api, wait_ms(o));
 		while (botapi_multi_done(o->api, &tag, &r)) {
-			completed(o, (struct item *)(uintptr_t)tag, &r);
+			struct item *it = (struct item *)(uintptr_t)tag;
+
+			metrics_botapi(it->method, r.status);
+			completed(o, it, &r);
 			botapi_result_clear(&r);
 		}
 		flush_outcomes(o);
