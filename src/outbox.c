@@ -447,8 +447,8 @@ check_upload(const struct outbox *o, const char *path, char *real,
 static int
 start_upload(struct outbox *o, struct item *it, char *err, size_t errlen)
 {
-	struct botapi_field f[CALLS_FILES_MAX + 64];
 	char real[CALLS_FILES_MAX][PATH_MAX];
+	struct botapi_field *f = NULL;
 	struct calls_upload up;
 	json_t *params = json_loads(it->params, 0, NULL);
 	size_t n = 0;
@@ -464,10 +464,7 @@ start_upload(struct outbox *o, struct item *it, char *err, size_t errlen)
 		rc = 1;
 		goto clear;
 	}
-	if (up.nfields + up.nfiles > nitems(f)) {
-		errf(err, errlen, "too many parameters for an upload");
-		goto clear;
-	}
+	f = xcalloc(up.nfields + up.nfiles, sizeof(*f));
 	for (size_t i = 0; i < up.nfields; i++)
 		f[n++] = (struct botapi_field){ .name = up.fields[i].name,
 			.value = up.fields[i].value };
@@ -482,6 +479,7 @@ start_upload(struct outbox *o, struct item *it, char *err, size_t errlen)
 	    it->method, f, n);
 	rc = 0;
 clear:
+	free(f);
 	calls_upload_clear(&up);
 out:
 	json_decref(params);

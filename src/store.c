@@ -52,11 +52,13 @@ advice(const struct store *s, int code)
 	case SQLITE_IOERR:
 	case SQLITE_READONLY:
 	case SQLITE_CANTOPEN:
-		if (statvfs(s->path, &fs) == 0 && (fs.f_flag & ST_RDONLY))
-			return " (its file system is read-only: see the kernel "
-			    "log; repair it and restart)";
-		if (statvfs(s->path, &fs) == 0 && fs.f_bavail == 0)
-			return " (the disk is full: free space)";
+		if (statvfs(s->path, &fs) == 0) {
+			if (fs.f_flag & ST_RDONLY)
+				return " (its file system is read-only: see "
+				    "the kernel log; repair it and restart)";
+			if (fs.f_bavail == 0)
+				return " (the disk is full: free space)";
+		}
 		return " (a write failed: see the kernel log and df; the disk "
 		    "may be failing or a size limit reached)";
 	case SQLITE_CORRUPT:
