@@ -1,8 +1,8 @@
 /*
  * admin.c: a second, small libmicrohttpd daemon, one thread, for
  * operators and Prometheus.  /healthz answers 200 when the daemon serves,
- * the webhook is registered and the store takes writes, 503 otherwise,
- * with JSON details.
+ * the webhook is registered (and Telegram's is ours) and the store takes
+ * writes, 503 otherwise, with JSON details.
  */
 #include "admin.h"
 
@@ -48,8 +48,12 @@ health_json(bool ok, const struct metrics_gauges *g)
 	    "outbox_dead", (json_int_t)g->outbox_dead,
 	    "telegram_pending_updates", (json_int_t)g->telegram_pending,
 	    "telegram_last_error_date", (json_int_t)g->telegram_last_error);
-	char *s = json_dumps(o, JSON_COMPACT), *body;
+	char *s, *body;
 
+	if (g->webhook_mismatch[0] != '\0')
+		json_object_set_new(o, "webhook_mismatch",
+		    json_string(g->webhook_mismatch));
+	s = json_dumps(o, JSON_COMPACT);
 	json_decref(o);
 	body = xasprintf("%s\n", s);
 	free(s);

@@ -79,18 +79,33 @@ fail:
 	return NULL;
 }
 
+/* The methods that change where updates go: the daemon's own. */
+static const char *const webhook_methods[] = { "setWebhook", "deleteWebhook",
+	"close", "logOut" };
+
 bool
 calls_inline_allowed(const char *m)
 {
-	static const char *const never[] = { "setwebhook", "deletewebhook",
-		"close", "logout" };
-
 	if (strncasecmp(m, "get", 3) == 0)
 		return false;
-	for (size_t i = 0; i < nitems(never); i++)
-		if (strcasecmp(m, never[i]) == 0)
+	for (size_t i = 0; i < nitems(webhook_methods); i++)
+		if (strcasecmp(m, webhook_methods[i]) == 0)
 			return false;
 	return true;
+}
+
+int
+calls_check_sendable(const char *m, char *err, size_t errlen)
+{
+	for (size_t i = 0; i < nitems(webhook_methods); i++)
+		if (strcasecmp(m, webhook_methods[i]) == 0) {
+			errf(err, errlen, "%.64s is refused from handler "
+			    "output: the webhook is tgwebhookd's own (set from "
+			    "[webhook]), and this call would take every later "
+			    "update away from it", m);
+			return -1;
+		}
+	return 0;
 }
 
 const char *

@@ -35,6 +35,11 @@ int calls_check(json_t *call, char *err, size_t errlen);
 /* True if Telegram runs this method when it is the webhook answer: not
  * get*, setWebhook, deleteWebhook, close or logOut (case-insensitive). */
 bool calls_inline_allowed(const char *method);
+/* Checks that a handler's call may be sent at all: not setWebhook,
+ * deleteWebhook, logOut or close (case-insensitive, as Telegram reads
+ * method names), which would take the webhook, so every later update,
+ * away from this daemon.  0, or -1 with err saying why. */
+int calls_check_sendable(const char *method, char *err, size_t errlen);
 /* The call's method (lent). */
 const char *calls_method(json_t *call);
 /* The call's chat_id as text ("-100123", "@channel") into out, or "-". */

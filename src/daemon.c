@@ -227,6 +227,7 @@ probe(void *arg, struct metrics_gauges *g)
 	pthread_mutex_lock(&d->mu);
 	webhook_state(d->wh, &st);
 	registered = !d->registering || st.registered;
+	memcpy(g->webhook_mismatch, st.mismatch, sizeof(st.mismatch));
 	g->cert_expiry = d->cert_expiry;
 	pthread_mutex_unlock(&d->mu);
 	g->outbox_pending = store_calls_count(d->store, STORE_CALL_PENDING,
@@ -239,7 +240,8 @@ probe(void *arg, struct metrics_gauges *g)
 	g->telegram_last_error = st.last_error_date;
 	g->store_failing_since = store_failing_since(d->store, g->store_error,
 	    sizeof(g->store_error));
-	return registered && healthy(d) && g->store_failing_since == 0;
+	return registered && g->webhook_mismatch[0] == '\0' && healthy(d) &&
+	    g->store_failing_since == 0;
 }
 
 /*

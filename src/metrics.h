@@ -46,6 +46,8 @@ struct metrics_gauges {
 	int64_t telegram_last_error;	/* unix seconds; 0: none */
 	int64_t store_failing_since;	/* wall ms; 0: writes work */
 	char store_error[256];		/* why, while failing */
+	char webhook_mismatch[256];	/* how Telegram's webhook is not
+					 * ours, or "" */
 };
 
 /* The Prometheus text exposition (caller frees). */

@@ -592,7 +592,8 @@ start(struct outbox *o, struct chat *c, uint64_t now)
 	c->busy = true;
 	c->last_used = now;
 	heap_update(o, c);
-	switch (strstr(it->params, CALLS_FILE_PREFIX) == NULL ? 1 :
+	switch (calls_check_sendable(it->method, err, sizeof(err)) == -1 ? -1 :
+	    strstr(it->params, CALLS_FILE_PREFIX) == NULL ? 1 :
 	    start_upload(o, it, err, sizeof(err))) {
 	case 0:
 		return;

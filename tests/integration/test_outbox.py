@@ -413,3 +413,42 @@ def test_upload_swapped_for_a_fifo_does_not_block_the_sender():
     # goes on, and SIGTERM stops the daemon (the with block checks it).
     run_swapped_uploads(lambda p, secret: os.mkfifo(p),
                         "not a regular file")
+
+
+def test_handler_output_cannot_repoint_the_webhook():
+    # A handler's bug or an injection must not take the webhook away:
+    # setWebhook (any case), deleteWebhook, logOut and close become dead
+    # letters saying why; the handler's other calls go out.
+    d = Daemon("", start=False)
+    handler = os.path.join(d.dir, "repoint")
+    calls = [{"method": "setWebhook", "url": "https://evil.example/x",
+              "secret_token": "theirs"},
+             {"method": "SetWebhook", "url": "https://evil.example/y"},
+             {"method": "deleteWebhook"}, {"method": "logOut"},
+             {"method": "close"},
+             {"method": "sendMessage", "chat_id": 5, "text": "still here"}]
+    with open(handler, "w") as f:
+        f.write("#!/bin/sh\ncat >/dev/null\ncat <<'EOF'\n%s\nEOF\n"
+                % "\n".join(json.dumps(c) for c in calls))
+    os.chmod(handler, 0o700)
+    with open(d.conf, "a") as f:
+        f.write("[handler.repoint]\nexec = %s\n" % handler)
+    with d:
+        d.start()
+        status, _, _, body = d.deliver(message("/x", 50, chat_id=5))
+        assert status == 200 and body == b"", body
+        d.emu.wait_calls("sendMessage", 1)
+        dead = eventually(lambda: len(rows(d, "state = 2")) == 5 and
+                          rows(d, "state = 2"))
+        assert dead, rows(d)
+        assert [r[0] for r in dead] == ["setWebhook", "SetWebhook",
+                                        "deleteWebhook", "logOut", "close"]
+        for r in dead:
+            assert "%s is refused from handler output: the webhook is " \
+                "tgwebhookd's own" % r[0] in r[4], r
+        # only the daemon's own registration reached Telegram
+        for m in ("setWebhook", "deleteWebhook", "logOut", "close"):
+            assert len(d.emu.calls_of(m)) == (m == "setWebhook"), m
+        assert d.emu.webhook["url"].startswith("https://localhost")
+        status, _, _, _ = d.deliver(message("/x", 51, chat_id=5))
+        assert status == 200

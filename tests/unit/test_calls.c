@@ -156,6 +156,30 @@ test_inline_allowed(void **state)
 }
 
 static void
+test_webhook_methods_never_sent(void **state)
+{
+	const char *refused[] = { "setWebhook", "SetWebhook", "SETWEBHOOK",
+		"deleteWebhook", "deletewebhook", "logOut", "logout", "close",
+		"Close" };
+	char err[256];
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++) {
+		err[0] = '\0';
+		assert_int_equal(calls_check_sendable(refused[i], err,
+		    sizeof(err)), -1);
+		assert_non_null(strstr(err, refused[i]));
+		assert_non_null(strstr(err, "is refused from handler output"));
+	}
+	assert_int_equal(calls_check_sendable("sendMessage", err, sizeof(err)),
+	    0);
+	assert_int_equal(calls_check_sendable("closeForumTopic", err,
+	    sizeof(err)), 0);
+	assert_int_equal(calls_check_sendable("getWebhookInfo", err,
+	    sizeof(err)), 0);
+}
+
+static void
 test_chat(void **state)
 {
 	char out[64];
@@ -266,6 +290,7 @@ main(void)
 		cmocka_unit_test(test_line),
 		cmocka_unit_test(test_line_count_capped),
 		cmocka_unit_test(test_inline_allowed),
+		cmocka_unit_test(test_webhook_methods_never_sent),
 		cmocka_unit_test(test_chat),
 		cmocka_unit_test(test_local_files),
 	};
