@@ -527,9 +527,10 @@ fail:
 	return -1;
 }
 
-/* Starts a call that uploads local files (multipart).  1 if it names
- * none after all (send it as JSON); -1 with err if it cannot be sent as
- * it is. */
+/* Starts a call that uploads local files (multipart), or that only
+ * seemed to (its file:// values are text: sent as JSON without the
+ * CALLS_TEXT_KEY list).  0, or -1 with err if it cannot be sent as it
+ * is. */
 static int
 start_upload(struct outbox *o, struct item *it, char *err, size_t errlen)
 {
@@ -546,7 +547,14 @@ start_upload(struct outbox *o, struct item *it, char *err, size_t errlen)
 	if (calls_upload_plan(params, &up, err, errlen) == -1)
 		goto out;
 	if (up.nfiles == 0) {
-		rc = 1;
+		char *json;
+
+		json_object_del(params, CALLS_TEXT_KEY);
+		json = json_dumps(params, JSON_COMPACT);
+		botapi_multi_start(o->api, (uint64_t)(uintptr_t)it, it->method,
+		    json);
+		free(json);
+		rc = 0;
 		goto clear;
 	}
 	f = xcalloc(up.nfields + up.nfiles, sizeof(*f));

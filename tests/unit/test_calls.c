@@ -234,6 +234,29 @@ test_local_files(void **state)
 	}
 	calls_upload_clear(&up);
 	json_decref(c);
+	/* a parameter marked as text (a user's words that read as a file)
+	 * is a field, never a file; the list itself is not sent */
+	c = call("{\"method\":\"sendDocument\",\"chat_id\":42,"
+	    "\"document\":\"file:///srv/up/report.pdf\",\"caption\":"
+	    "\"file:///srv/up/someone-elses.pdf\"}");
+	calls_mark_text(c, "caption");
+	assert_true(calls_has_files(c));
+	assert_int_equal(calls_upload_plan(c, &up, err, sizeof(err)), 0);
+	assert_int_equal(up.nfiles, 1);
+	assert_string_equal(up.files[0].path, "/srv/up/report.pdf");
+	assert_int_equal(up.nfields, 2);	/* chat_id, caption */
+	for (size_t i = 0; i < up.nfields; i++) {
+		assert_string_not_equal(up.fields[i].name, CALLS_TEXT_KEY);
+		if (strcmp(up.fields[i].name, "caption") == 0)
+			assert_string_equal(up.fields[i].value,
+			    "file:///srv/up/someone-elses.pdf");
+	}
+	calls_upload_clear(&up);
+	calls_mark_text(c, "document");
+	assert_int_equal(calls_upload_plan(c, &up, err, sizeof(err)), 0);
+	assert_int_equal(up.nfiles, 0);
+	calls_upload_clear(&up);
+	json_decref(c);
 	/* InputMedia: attach://fileN parts, other media left alone */
 	c = call("{\"method\":\"sendMediaGroup\",\"chat_id\":42,\"media\":["
 	    "{\"type\":\"photo\",\"media\":\"file:///srv/up/a.jpg\"},"
