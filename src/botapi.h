@@ -41,7 +41,7 @@ struct botapi_field {
 	const char *name;
 	const char *value;	/* NUL-terminated text */
 	size_t len;		/* for files: bytes of value, or of fd */
-	const char *filename;	/* non-NULL: send value, or fd, as a file */
+	const char *filename;	/* non-NULL: value, or fd, as a file */
 	bool from_fd;		/* send fd (with filename and len) */
 	int fd;
 };
@@ -80,8 +80,9 @@ void botapi_multi_free(struct botapi_multi *m);
 void botapi_multi_start(struct botapi_multi *m, uint64_t tag,
     const char *method, const char *json_body);
 /* Starts method as a multipart upload of fields (copied; open files
- * are read as they are sent, and closed after).  An upload has no overall timeout; it fails
- * when it moves under 1 KB/s for the call timeout. */
+ * are read as they are sent, and closed after).  An upload has no
+ * overall timeout; it fails when it moves under 1 KB/s for the call
+ * timeout. */
 void botapi_multi_start_upload(struct botapi_multi *m, uint64_t tag,
     const char *method, const struct botapi_field *f, size_t n);
 /* Calls in flight. */

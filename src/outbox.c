@@ -448,9 +448,9 @@ open_beneath(int dfd, const char *path, const char *rel, char *err,
 			    fstatat(cur, name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
 			    S_ISLNK(st.st_mode)))
 				errf(err, errlen, "%s: \"%s\" is a symbolic "
-				    "link, which is never followed (put the file "
-				    "itself under [outbox] upload_dir)", path,
-				    name);
+				    "link, which is never followed (put the "
+				    "file itself under [outbox] upload_dir)",
+				    path, name);
 			else
 				errf(err, errlen, "%s: %s", path, strerror(e));
 			goto out;

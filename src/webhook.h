@@ -75,7 +75,7 @@ struct webhook_state {
 	long pending_update_count;	/* -1: not known */
 	int64_t last_error_date;	/* unix seconds, 0: none */
 	char last_error_message[256];
-	char mismatch[256];	/* how Telegram's webhook is not ours, or "" */
+	char mismatch[256];	/* how Telegram's webhook is not ours; "" */
 };
 void webhook_state(struct webhook *w, struct webhook_state *out);
 
