@@ -9,6 +9,7 @@ TGW_PACKAGE_INSTALL=1, and only when no tgwebhookd package or directory is
 there already.  Both parts are skipped in the sanitizer run: the package
 carries the optimised build, and `make test` runs them."""
 
+import atexit
 import fcntl
 import os
 import re
@@ -57,6 +58,7 @@ def build():
     """make deb, once: {package name: .deb path}, and the .changes."""
     if not _built:
         out = tempfile.mkdtemp(prefix="tgw-deb-")
+        atexit.register(shutil.rmtree, out, True)
         p = subprocess.run(["make", "-s", "--no-print-directory", "deb",
                             "DEBDIR=" + out], cwd=ROOT, capture_output=True,
                            text=True, timeout=600)
