@@ -42,6 +42,7 @@ PRIVATE_STATE = "/var/lib/private/tgwebhookd"
 DYNAMIC_UID = 61184         # the first of systemd's dynamic user range
 
 _built = {}
+_created_private = []       # made by the test, removed after the purge
 
 
 def skip_reason():
@@ -176,8 +177,8 @@ def test_package_contents_metadata_and_lintian():
 
     # lintian: no error, no warning (an override would carry its reason)
     p = subprocess.run(["lintian", "--fail-on", "error,warning",
-                        "--display-info", b["changes"]], capture_output=True, text=True,
-                       timeout=300)
+                        "--display-info", b["changes"]],
+                       capture_output=True, text=True, timeout=300)
     tags = [ln for ln in p.stdout.splitlines() if re.match(r"[EW]: ", ln)]
     assert p.returncode == 0 and not tags, "lintian:\n%s%s" % (
         p.stdout, p.stderr)
@@ -256,48 +257,49 @@ def run_as_the_unit(settings):
             assert os.path.exists(v), "condition %s not met" % v
     cred_name, cred_src = s["LoadCredential"].split(":", 1)
     run = tempfile.mkdtemp(prefix="tgw-unit-")
-    os.chmod(run, 0o755)
-    creds = os.path.join(run, "credentials")
-    os.mkdir(creds)
-    shutil.copy(cred_src, os.path.join(creds, cred_name))
-    os.chmod(os.path.join(creds, cred_name), 0o400)
-    os.chown(os.path.join(creds, cred_name), DYNAMIC_UID, DYNAMIC_UID)
-    os.chown(creds, DYNAMIC_UID, DYNAMIC_UID)
-    os.chmod(creds, 0o500)
-    created_private = not os.path.exists("/var/lib/private")
-    os.makedirs("/var/lib/private", mode=0o700, exist_ok=True)
-    os.mkdir(PRIVATE_STATE, int(s["StateDirectoryMode"], 8))
-    os.chown(PRIVATE_STATE, DYNAMIC_UID, DYNAMIC_UID)
-    os.symlink("private/" + s["StateDirectory"], STATE)
-    notify_path = os.path.join(run, "notify")
-    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    notify.bind(notify_path)
-    os.chmod(notify_path, 0o777)
-    env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:"
-                   "/sbin:/bin", "LANG": "C.UTF-8",
-           "CREDENTIALS_DIRECTORY": creds, "NOTIFY_SOCKET": notify_path}
-    # In its own mount namespace the service sees /var/lib/private (0700
-    # on the host) as systemd shows it to a dynamic user: a 0755 tmpfs
-    # holding only its own state directory.
-    keep = os.path.join(run, "keep")
-    os.mkdir(keep)
-    wrap = ["unshare", "--mount", "--propagation", "private", "sh", "-ec",
-            'mount --bind %s "$0"; mount -t tmpfs -o mode=0755 tmpfs '
-            '/var/lib/private; mkdir %s; mount --bind "$0" %s; umask %s; '
-            'exec setpriv --reuid=%d --regid=%d --clear-groups -- "$@"' % (
-                PRIVATE_STATE, PRIVATE_STATE, PRIVATE_STATE, s["UMask"],
-                DYNAMIC_UID, DYNAMIC_UID), keep]
-    kw = dict(env=env, cwd="/")
     log = os.path.join(run, "daemon.log")
-    proc = None
+    proc = notify = None
+    if not os.path.exists("/var/lib/private"):
+        _created_private.append("/var/lib/private")  # rmdir'd after purge
     try:
-        pre = subprocess.run(wrap + s["ExecStartPre"].split(), capture_output=True,
-                             text=True, timeout=30, **kw)
+        os.chmod(run, 0o755)
+        creds = os.path.join(run, "credentials")
+        os.mkdir(creds)
+        shutil.copy(cred_src, os.path.join(creds, cred_name))
+        os.chmod(os.path.join(creds, cred_name), 0o400)
+        os.chown(os.path.join(creds, cred_name), DYNAMIC_UID, DYNAMIC_UID)
+        os.chown(creds, DYNAMIC_UID, DYNAMIC_UID)
+        os.chmod(creds, 0o500)
+        os.makedirs("/var/lib/private", mode=0o700, exist_ok=True)
+        os.mkdir(PRIVATE_STATE, int(s["StateDirectoryMode"], 8))
+        os.chown(PRIVATE_STATE, DYNAMIC_UID, DYNAMIC_UID)
+        os.symlink("private/" + s["StateDirectory"], STATE)
+        notify_path = os.path.join(run, "notify")
+        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        notify.bind(notify_path)
+        os.chmod(notify_path, 0o777)
+        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
+               "CREDENTIALS_DIRECTORY": creds, "NOTIFY_SOCKET": notify_path}
+        # In its own mount namespace the service sees /var/lib/private
+        # (0700 on the host) as systemd shows it to a dynamic user: a 0755
+        # tmpfs holding only its own state directory.
+        keep = os.path.join(run, "keep")
+        os.mkdir(keep)
+        wrap = ["unshare", "--mount", "--propagation", "private", "sh",
+                "-ec", 'mount --bind %s "$0"; mount -t tmpfs -o mode=0755 '
+                'tmpfs /var/lib/private; mkdir %s; mount --bind "$0" %s; '
+                'umask %s; exec setpriv --reuid=%d --regid=%d '
+                '--clear-groups -- "$@"' % (
+                    PRIVATE_STATE, PRIVATE_STATE, PRIVATE_STATE, s["UMask"],
+                    DYNAMIC_UID, DYNAMIC_UID), keep]
+        pre = subprocess.run(wrap + s["ExecStartPre"].split(), env=env,
+                             cwd="/", capture_output=True, text=True,
+                             timeout=30)
         assert pre.returncode == 0 and "configuration OK" in pre.stdout, \
             "ExecStartPre: %s%s" % (pre.stdout, pre.stderr)
         with open(log, "wb") as logf:
-            proc = subprocess.Popen(wrap + s["ExecStart"].split(), stdout=logf,
-                                    stderr=logf, **kw)
+            proc = subprocess.Popen(wrap + s["ExecStart"].split(), env=env,
+                                    cwd="/", stdout=logf, stderr=logf)
         notify.settimeout(0.5)
         messages = ""
         deadline = time.time() + 30
@@ -320,13 +322,9 @@ def run_as_the_unit(settings):
         if proc is not None and proc.poll() is None:
             proc.kill()
             proc.wait()
-        notify.close()
+        if notify is not None:
+            notify.close()
         shutil.rmtree(run)
-        if created_private:     # purge removes ours; systemd's dir is ours
-            _created_private.append("/var/lib/private")
-
-
-_created_private = []
 
 
 def apt(*args):
