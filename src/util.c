@@ -476,6 +476,15 @@ file_check_private(const char *path, bool follow, uid_t uid, char *err,
 		    "it", path);
 		return -1;
 	}
+	/* Another name of another file (a hard link to /etc/shadow): what
+	 * is done to it as root (SQLite fchowns its journals to the
+	 * database's owner) would be done to that file. */
+	if (!follow && S_ISREG(st.st_mode) && st.st_nlink != 1) {
+		errf(err, errlen, "%s has %ju names (hard links): the daemon's "
+		    "own files have one; remove it", path,
+		    (uintmax_t)st.st_nlink);
+		return -1;
+	}
 	if (!owner_ok(st.st_uid, uid)) {
 		errf(err, errlen, "%s is owned by uid %ld, not by root or the "
 		    "daemon's user (uid %ld): chown it to the daemon's user",

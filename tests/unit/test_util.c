@@ -180,7 +180,7 @@ test_files_hostile(void **state)
 static void
 test_file_checks(void **state)
 {
-	char dir[] = "/tmp/tgw-util-test-XXXXXX", prog[96], link[96];
+	char dir[] = "/tmp/tgw-util-test-XXXXXX", prog[96], lnk[96];
 	char err[512], cmd[128];
 	uid_t me = geteuid();
 
@@ -232,13 +232,18 @@ test_file_checks(void **state)
 	    -1);
 	assert_non_null(strstr(err, "chmod go-w"));
 	assert_int_equal(chmod(dir, 0700), 0);
-	snprintf(link, sizeof(link), "%s/link", dir);
-	assert_int_equal(symlink(prog, link), 0);
-	assert_int_equal(file_check_private(link, false, me, err, sizeof(err)),
+	snprintf(lnk, sizeof(lnk), "%s/link", dir);
+	assert_int_equal(symlink(prog, lnk), 0);
+	assert_int_equal(file_check_private(lnk, false, me, err, sizeof(err)),
 	    -1);
 	assert_non_null(strstr(err, "symbolic link"));
-	snprintf(link, sizeof(link), "%s/missing", dir);
-	assert_int_equal(file_check_private(link, false, me, err, sizeof(err)),
+	unlink(lnk);
+	assert_int_equal(link(prog, lnk), 0);	/* a second name */
+	assert_int_equal(file_check_private(lnk, false, me, err, sizeof(err)),
+	    -1);
+	assert_non_null(strstr(err, "has 2 names (hard links)"));
+	snprintf(lnk, sizeof(lnk), "%s/missing", dir);
+	assert_int_equal(file_check_private(lnk, false, me, err, sizeof(err)),
 	    1);
 	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
 	assert_int_equal(system(cmd), 0);
