@@ -184,11 +184,11 @@ def test_no_plugin_code_runs_as_root():
         # -t as root, no [server] user: checked, not loaded
         open(d.conf, "w").write(base)
         out = run(d, "-t")
+        assert seen() == "", seen()
         assert out.returncode == 0, out
         assert b"plugins: files checked (owner, modes, ELF), not loaded" \
             in out.stdout, out.stdout
         assert out.stdout.endswith(b"configuration OK\n")
-        assert seen() == "", seen()
         # a start as root with a bad configuration: nothing loaded
         open(d.conf, "w").write(base.replace("port = 8443", "port = 8080"))
         out = run(d)
