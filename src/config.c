@@ -647,7 +647,12 @@ config_check(struct config *c, struct diag *d)
 {
 	char err[256];
 	const char *f = c->file;
+	size_t len;
 
+	/* "/var/lib/x/" names the same store as "/var/lib/x": one spelling,
+	 * so that the daemon's own files in it are recognised by name. */
+	while ((len = strlen(c->store_dir)) > 1 && c->store_dir[len - 1] == '/')
+		c->store_dir[len - 1] = '\0';
 	if (c->port != 443 && c->port != 80 && c->port != 88 && c->port != 8443)
 		diag_add(d, f, config_line(c, "webhook", "port"), "port",
 		    "%ld is not one of 443, 80, 88, 8443 (the only ports "

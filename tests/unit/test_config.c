@@ -312,6 +312,7 @@ test_user_and_warnings(void **state)
 	(void)state;
 	buf_puts(&text, minimal);		/* 7 lines */
 	buf_puts(&text, "[server]\nuser = tgw-no-such-user\n");	/* 9 */
+	buf_puts(&text, "[store]\ndir = /var/lib/tgwebhookd//\n");
 	c = load_text(text.data, &d);
 	assert_non_null(c);
 	snprintf(want, sizeof(want), "%s:9: user: no user 'tgw-no-such-user' "
@@ -320,6 +321,7 @@ test_user_and_warnings(void **state)
 		fail_msg("missing '%s' in:\n%s", want, d.text);
 	assert_int_equal(d.count, 1);
 	assert_int_equal(c->warnings.count, 0);	/* the defaults are safe */
+	assert_string_equal(c->store_dir, "/var/lib/tgwebhookd");
 	config_free(c);
 	diag_free(&d);
 
