@@ -592,9 +592,9 @@ config_warn(struct config *c)
 			size_t n = strlen(*p);
 
 			if (n > 2 && strcmp(*p + n - 2, "/0") == 0)
-				warn(c, "webhook", "trusted_proxies", "%s makes "
-				    "every address a proxy: any client chooses "
-				    "its own source address with "
+				warn(c, "webhook", "trusted_proxies", "%s "
+				    "makes every address a proxy: any client "
+				    "chooses its own source address with "
 				    "X-Forwarded-For; list your proxies' "
 				    "addresses only", *p);
 		}
@@ -620,8 +620,8 @@ config_warn(struct config *c)
 	    strspn(c->outbox_upload_dir, "/") == strlen(c->outbox_upload_dir) &&
 	    c->outbox_upload_dir[0] == '/')
 		warn(c, "outbox", "upload_dir", "/ lets handler output upload "
-		    "any file the daemon can read (its store and key too): name "
-		    "a directory that holds uploads only");
+		    "any file the daemon can read (its store and key too): "
+		    "name a directory that holds uploads only");
 	if (c->admin_listen != NULL && !host_is_loopback(c->admin_listen,
 	    listen_host_len(c->admin_listen)))
 		warn(c, "admin", "listen", "%s opens /metrics and /healthz, "

@@ -436,11 +436,11 @@ file_check_trusted(const char *path, int fd, uid_t uid, char *err,
 		if (!owner_ok(st.st_uid, uid) || (!(st.st_mode & S_ISVTX) &&
 		    ((st.st_mode & S_IWOTH) || ((st.st_mode & S_IWGRP) &&
 		    st.st_gid != 0)))) {
-			errf(err, errlen, "%s: its directory %s is owned by uid "
-			    "%ld with mode %04o: only root or the daemon's user "
-			    "(uid %ld) may be able to change what is in it; "
-			    "chown root and chmod go-w the directory, or move "
-			    "the file", path, dir, (long)st.st_uid,
+			errf(err, errlen, "%s: its directory %s is owned by "
+			    "uid %ld with mode %04o: only root or the daemon's "
+			    "user (uid %ld) may be able to change what is in "
+			    "it; chown root and chmod go-w the directory, or "
+			    "move the file", path, dir, (long)st.st_uid,
 			    (unsigned)(st.st_mode & 07777), (long)uid);
 			goto out;
 		}

@@ -80,7 +80,8 @@ int file_check_trusted(const char *path, int fd, uid_t uid, char *err,
 /* Whether path may hold the daemon's secrets: owned by root or uid, a
  * directory not writable by group or others, a file not writable by group
  * nor readable or writable by others; with follow = false a symbolic link
- * or a file of several names (hard links) is refused.  0, 1 when it does not exist, or -1 with err. */
+ * or a file of several names (hard links) is refused.  0, 1 when it does
+ * not exist, or -1 with err. */
 int file_check_private(const char *path, bool follow, uid_t uid, char *err,
     size_t errlen);
 
