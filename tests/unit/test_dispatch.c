@@ -32,16 +32,22 @@ msg(const char *type, const char *text)
 	return u;
 }
 
+/* The name of the handler u goes to ("-": none); frees u. */
 static const char *
-match(struct dispatch *t, const char *type, const char *text)
+matched(struct dispatch *t, struct update *u)
 {
-	struct update *u = msg(type, text);
 	const struct handler *h = dispatch_match(t, u, "MyBot");
 	static char name[64];
 
 	snprintf(name, sizeof(name), "%s", h ? h->name : "-");
 	update_free(u);
 	return name;
+}
+
+static const char *
+match(struct dispatch *t, const char *type, const char *text)
+{
+	return matched(t, msg(type, text));
 }
 
 static void
@@ -200,13 +206,7 @@ long_msg(size_t n, char fill, const char *tail)
 static const char *
 long_match(struct dispatch *t, size_t n, char fill, const char *tail)
 {
-	struct update *u = long_msg(n, fill, tail);
-	const struct handler *h = dispatch_match(t, u, "MyBot");
-	static char name[64];
-
-	snprintf(name, sizeof(name), "%s", h ? h->name : "-");
-	update_free(u);
-	return name;
+	return matched(t, long_msg(n, fill, tail));
 }
 
 /* Patterns whose matching time has no bound are refused with FILE:LINE:
