@@ -15,7 +15,7 @@ import urllib.error
 import urllib.request
 
 from harness import (Daemon, calls_script, eventually, message,
-                     outbox_daemon, rows, texts)
+                     outbox_daemon, rows, skip, texts)
 
 
 def set_fsize(pid, limit):
@@ -142,12 +142,17 @@ def test_sigkill_at_random_points_100_times():
 def loop_ext4_store(d):
     """Puts d's store on a new ext4 file system (a loop device, mounted
     with errors=remount-ro in the daemon's own mount namespace), as a
-    disk that the kernel turns read-only under a running daemon.  None
-    where this machine cannot (not root, no loop devices)."""
-    if os.geteuid() != 0 or not os.path.exists("/dev/loop-control") or \
-            subprocess.run(["unshare", "-m", "true"],
-                           capture_output=True).returncode != 0:
-        return None
+    disk that the kernel turns read-only under a running daemon.  Skips
+    the test where this machine cannot, saying what it lacks."""
+    why = ("needs root for a loop device" if os.geteuid() != 0 else
+           "needs /dev/loop-control (loop devices)"
+           if not os.path.exists("/dev/loop-control") else
+           "needs mount namespaces (unshare -m fails)"
+           if subprocess.run(["unshare", "-m", "true"],
+                             capture_output=True).returncode != 0 else None)
+    if why is not None:
+        d.close()
+        skip(why)
     image = os.path.join(d.dir, "store.img")
     with open(image, "wb") as f:
         f.truncate(32 << 20)
@@ -172,10 +177,6 @@ def store_device(pid, store):
 def test_store_turned_read_only_answers_503_and_loses_nothing():
     d = Daemon("", extra="[outbox]\n", start=False)
     image = loop_ext4_store(d)
-    if image is None:
-        print("# skipped: needs root, loop devices and mount namespaces")
-        d.close()
-        return
     with open(d.conf, "a") as f:
         f.write("[handler.broken]\ntext = ^fail$\nexec = /bin/false\n"
                 "[handler.calls]\nexec = %s\n" % calls_script(d, 3))
