@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include "dedup.h"
@@ -186,6 +187,34 @@ peer_text(struct MHD_Connection *c, char *buf, size_t len)
 	return buf;
 }
 
+/*
+ * What one pass over a request's header lines gathers.  RFC 9110 5.3: a
+ * field sent on several lines is one comma-separated list, in order.  A
+ * proxy that appends its own X-Forwarded-For line (HAProxy's `option
+ * forwardfor`) instead of extending the client's one must not leave the
+ * client's forged first line to decide the source.
+ */
+struct headers {
+	struct buf forwarded_for;	/* every X-Forwarded-For line, joined */
+	unsigned forwarded_lines;
+};
+
+static enum MHD_Result
+on_header(void *cls, enum MHD_ValueKind kind, const char *key,
+    size_t key_size, const char *value, size_t value_size)
+{
+	struct headers *h = cls;
+
+	(void)kind;
+	(void)key_size;
+	if (strcasecmp(key, "X-Forwarded-For") == 0) {
+		if (h->forwarded_lines++ > 0)
+			buf_append(&h->forwarded_for, ",", 1);
+		buf_append(&h->forwarded_for, value, value_size);
+	}
+	return MHD_YES;
+}
+
 /* The whole body is in: parse, dedup, dispatch. */
 static enum MHD_Result
 handle_update(struct server *s, struct request *rq)
@@ -260,14 +289,13 @@ on_request(void *cls, struct MHD_Connection *c, const char *url,
 	if (rq == NULL) {
 		const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c,
 		    MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+		struct headers hs = { 0 };
 		struct gate_request gr = {
 			.url = url,
 			.method = method,
 			.peer = ci != NULL ? ci->client_addr : NULL,
 			.secret_header = MHD_lookup_connection_value(c,
 			    MHD_HEADER_KIND, "X-Telegram-Bot-Api-Secret-Token"),
-			.forwarded_for = MHD_lookup_connection_value(c,
-			    MHD_HEADER_KIND, "X-Forwarded-For"),
 		};
 		const char *cl;
 		char client[64];
@@ -285,9 +313,15 @@ on_request(void *cls, struct MHD_Connection *c, const char *url,
 			[GATE_BAD_METHOD] = MR_METHOD,
 		};
 
+		/* Bounded by the connection's memory, as the lines are. */
+		MHD_get_connection_values_n(c, MHD_HEADER_KIND, on_header, &hs);
+		if (hs.forwarded_lines > 0)
+			gr.forwarded_for = hs.forwarded_for.data != NULL ?
+			    hs.forwarded_for.data : "";
 		pthread_rwlock_rdlock(&s->lock);
 		v = gate_check(s->o.gate, &gr, client, sizeof(client));
 		pthread_rwlock_unlock(&s->lock);
+		buf_free(&hs.forwarded_for);
 
 		if (v != GATE_OK) {
 			struct MHD_Response *r = v == GATE_NOT_FOUND ? s->r404 :

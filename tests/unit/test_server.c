@@ -14,6 +14,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include "cert.h"
@@ -158,6 +160,54 @@ post(struct fixture *f, bool tls, const char *path, const char *secret,
 	return status;
 }
 
+/*
+ * Sends raw bytes on a connection of their own and reads until the
+ * server closes it (or 3 s pass): the status of the first answer, the
+ * whole of what came back in *out (caller frees) and in *answers how
+ * many answers it holds.
+ */
+static long
+raw_on(int port, const char *req, size_t len, char **out, int *answers)
+{
+	struct sockaddr_in sin = { .sin_family = AF_INET,
+		.sin_port = htons((uint16_t)port),
+		.sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	struct timeval tv = { 3, 0 };
+	struct buf b = { 0 };
+	char chunk[4096];
+	const char *p;
+	ssize_t n;
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+
+	assert_true(fd >= 0);
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	assert_int_equal(connect(fd, (struct sockaddr *)&sin, sizeof(sin)), 0);
+	assert_int_equal(send(fd, req, len, MSG_NOSIGNAL), (ssize_t)len);
+	while ((n = recv(fd, chunk, sizeof(chunk), 0)) > 0)
+		buf_append(&b, chunk, (size_t)n);
+	close(fd);
+	*out = buf_steal(&b);
+	if (*out == NULL)
+		*out = xstrdup("");
+	*answers = 0;
+	for (p = *out; (p = strstr(p, "HTTP/1.1 ")) != NULL; p++)
+		(*answers)++;
+	return strncmp(*out, "HTTP/1.1 ", 9) == 0 ? strtol(*out + 9, NULL,
+	    10) : 0;
+}
+
+static long
+raw(struct fixture *f, const char *req, int *answers)
+{
+	char *out;
+	int unused;
+	long st = raw_on(f->port, req, strlen(req), &out, answers != NULL ?
+	    answers : &unused);
+
+	free(out);
+	return st;
+}
+
 static char *
 start_update(int id)
 {
@@ -280,6 +330,69 @@ test_tls_and_certificate_swap(void **state)
 	assert_int_equal(system(cp), 0);
 }
 
+/* A request to the hook with these extra header lines, and this body. */
+static char *
+hook_request(const char *target, const char *headers, const char *body)
+{
+	return xasprintf("POST %s HTTP/1.1\r\nHost: x\r\n"
+	    "X-Telegram-Bot-Api-Secret-Token: " SECRET "\r\n"
+	    "Content-Type: application/json\r\nContent-Length: %zu\r\n"
+	    "%sConnection: close\r\n\r\n%s", target, strlen(body), headers,
+	    body);
+}
+
+static long
+hook_status(struct fixture *f, const char *target, const char *headers,
+    const char *body)
+{
+	char *req = hook_request(target, headers, body);
+	long st = raw(f, req, NULL);
+
+	free(req);
+	return st;
+}
+
+/*
+ * Behind a proxy that appends its own X-Forwarded-For line (HAProxy's
+ * option forwardfor) the lines are one list: the client's forged first
+ * line must not decide the source.
+ */
+static void
+test_forwarded_for_over_several_lines(void **state)
+{
+	struct fixture *f = start(false, NULL, NULL);
+	char *u;
+
+	(void)state;
+	server_swap(f->s, gate_new("hook", SECRET, netlist_parse(
+	    "149.154.160.0/20", NULL, 0), netlist_parse("127.0.0.1", NULL, 0)),
+	    NULL);
+	u = start_update(20);
+	assert_int_equal(hook_status(f, "/hook",
+	    "X-Forwarded-For: 149.154.167.220\r\n", u), 200);
+	free(u);
+	/* forged by the client, then the proxy's line with the real one */
+	u = start_update(21);
+	assert_int_equal(hook_status(f, "/hook",
+	    "X-Forwarded-For: 149.154.167.220\r\n"
+	    "X-Forwarded-For: 8.8.8.8\r\n", u), 403);
+	assert_int_equal(hook_status(f, "/hook",
+	    "X-Forwarded-For: 149.154.167.220\r\n"
+	    "x-forwarded-for: 10.0.0.1, 8.8.8.8\r\n", u), 403);
+	/* the other way round: the right-most hop is Telegram's */
+	assert_int_equal(hook_status(f, "/hook",
+	    "X-Forwarded-For: 8.8.8.8\r\n"
+	    "X-Forwarded-For: 149.154.167.220\r\n", u), 200);
+	free(u);
+	/* an empty line is a hop that cannot be judged */
+	u = start_update(22);
+	assert_int_equal(hook_status(f, "/hook",
+	    "X-Forwarded-For: 149.154.167.220\r\n"
+	    "X-Forwarded-For:\r\n", u), 403);
+	free(u);
+	stop(f);
+}
+
 int
 main(void)
 {
@@ -287,6 +400,7 @@ main(void)
 		cmocka_unit_test(test_edges_and_answers),
 		cmocka_unit_test(test_swap_and_quiesce),
 		cmocka_unit_test(test_tls_and_certificate_swap),
+		cmocka_unit_test(test_forwarded_for_over_several_lines),
 	};
 	int rc;
 
