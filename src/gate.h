@@ -45,7 +45,8 @@ enum gate_verdict {
 };
 
 struct gate_request {
-	const char *url;		/* the request path, from '/' */
+	const char *url;		/* the request-target as received,
+				 * before any %xx decoding */
 	const char *method;
 	const struct sockaddr *peer;
 	const char *secret_header;	/* may be NULL */

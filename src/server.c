@@ -14,6 +14,7 @@
 
 #include <gnutls/abstract.h>
 #include <gnutls/gnutls.h>
+#include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <microhttpd.h>
@@ -66,6 +67,15 @@ struct peer {
 struct request {
 	struct server *s;
 	struct MHD_Connection *conn;
+	char *target;		/* the request-target as received */
+	const char *target_at;	/* where it was in the request line */
+	size_t target_len;
+	const char *blank;	/* where the blank line after the headers is,
+				 * if they all ended in CRLF */
+	bool admitted;		/* past the gate: counted in inflight */
+	bool chunked;
+	bool body_started;
+	const char *bad_framing;	/* found in the body's framing */
 	struct buf body;
 	bool too_large;
 	struct job *job;
@@ -93,8 +103,8 @@ struct server {
 				 * requests, the writer a reload */
 	atomic_bool quiescing;
 	atomic_uint inflight;
-	struct MHD_Response *empty200, *r400, *r403, *r404, *r405, *r413,
-	    *r503;
+	struct MHD_Response *empty200, *r400, *r400close, *r403, *r404, *r405,
+	    *r413, *r503;
 	gnutls_datum_t ticket_key;	/* TLS session tickets (resumption) */
 	pthread_mutex_t peers_mu;
 	struct peer *peers[PEER_BUCKETS];
@@ -197,7 +207,54 @@ peer_text(struct MHD_Connection *c, char *buf, size_t len)
 struct headers {
 	struct buf forwarded_for;	/* every X-Forwarded-For line, joined */
 	unsigned forwarded_lines;
+	unsigned content_length;	/* lines of each */
+	unsigned transfer_encoding;
+	const char *next;	/* where the next line must begin */
+	const char *problem;	/* the first framing fault, or NULL */
 };
+
+/*
+ * Strict framing, where libmicrohttpd 0.9.75 is lenient (RFC 9112 2.2,
+ * 5, 6.1, 6.3): a front proxy and we must agree on where each request
+ * ends, or a second request can be smuggled inside the first one's body.
+ * libmicrohttpd keeps a request's lines in its read buffer, one after
+ * the other, each with its CR and LF overwritten by NULs, and points the
+ * header values and the version there.  So a line ended by CRLF ends two
+ * bytes before the next line begins, and a bare LF ends one byte before:
+ * after the request line, each header line must begin exactly two bytes
+ * past the end of the one before.  (A value folded over lines, obsolete
+ * since RFC 7230, is copied elsewhere by libmicrohttpd and fails the same
+ * test; so does a NUL inside a line.)  This is the layout of
+ * libmicrohttpd 0.9.75 (Debian 12), read in its connection.c; should a
+ * later version lay its buffer out otherwise, every request would be
+ * refused, and test_server's pipelined requests fail at once.
+ */
+static bool
+line_ends_in_crlf(const char *end)
+{
+	return end[0] == '\0' && end[1] == '\0';
+}
+
+static bool
+is_token(const char *p, size_t n)
+{
+	static const char tchar[] = "!#$%&'*+-.^_`|~";
+
+	if (n == 0)
+		return false;
+	for (size_t i = 0; i < n; i++)
+		if (!isalnum((unsigned char)p[i]) &&
+		    (p[i] == '\0' || strchr(tchar, p[i]) == NULL))
+			return false;
+	return true;
+}
+
+static void
+framing_fault(struct headers *h, const char *why)
+{
+	if (h->problem == NULL)
+		h->problem = why;
+}
 
 static enum MHD_Result
 on_header(void *cls, enum MHD_ValueKind kind, const char *key,
@@ -206,13 +263,95 @@ on_header(void *cls, enum MHD_ValueKind kind, const char *key,
 	struct headers *h = cls;
 
 	(void)kind;
-	(void)key_size;
+	if (key != h->next)
+		framing_fault(h, "a line not ended by CRLF, or a folded "
+		    "header");
+	if (!is_token(key, key_size))
+		framing_fault(h, "a header name that is not a token");
+	for (size_t i = 0; i < value_size; i++)
+		if (((unsigned char)value[i] < 0x20 && value[i] != '\t') ||
+		    value[i] == 0x7f)
+			framing_fault(h, "a control character in a header");
+	h->next = line_ends_in_crlf(value + value_size) ?
+	    value + value_size + 2 : NULL;
 	if (strcasecmp(key, "X-Forwarded-For") == 0) {
 		if (h->forwarded_lines++ > 0)
 			buf_append(&h->forwarded_for, ",", 1);
 		buf_append(&h->forwarded_for, value, value_size);
+	} else if (strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH) == 0) {
+		if (h->content_length++ > 0)
+			framing_fault(h, "Content-Length given twice");
+		if (value_size == 0 || strspn(value, "0123456789") !=
+		    value_size)
+			framing_fault(h, "a Content-Length that is not a "
+			    "number");
+	} else if (strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING) == 0) {
+		if (h->transfer_encoding++ > 0)
+			framing_fault(h, "Transfer-Encoding given twice");
+		/* libmicrohttpd decodes chunked only, and reads anything
+		 * else to the end of the connection */
+		if (strcasecmp(value, "chunked") != 0)
+			framing_fault(h, "a Transfer-Encoding other than "
+			    "chunked");
 	}
 	return MHD_YES;
+}
+
+/*
+ * Reads the request's header lines into h (bounded by the connection's
+ * memory, as the lines are) and checks the framing from the request line
+ * to the blank line.  Returns NULL, or what is wrong.
+ */
+static const char *
+read_headers(struct request *rq, const char *method, const char *version,
+    struct headers *h)
+{
+	const char *t = rq->target_at;
+
+	for (size_t i = 0; i < rq->target_len; i++)
+		if ((unsigned char)rq->target[i] <= 0x20 ||
+		    (unsigned char)rq->target[i] >= 0x7f)
+			return "a request-target with a space or control "
+			    "character";
+	/* METHOD SP request-target SP HTTP-version CRLF, single spaces */
+	if (t == NULL || t != method + strlen(method) + 1 ||
+	    version != t + rq->target_len + 1 ||
+	    strncmp(version, "HTTP/1.", 7) != 0)
+		return "a malformed request line";
+	h->next = line_ends_in_crlf(version + strlen(version)) ?
+	    version + strlen(version) + 2 : NULL;
+	MHD_get_connection_values_n(rq->conn, MHD_HEADER_KIND, on_header, h);
+	if (h->problem != NULL)
+		return h->problem;
+	/* The blank line: a bare LF there is seen when the bytes after it
+	 * have come (a body, or a pipelined request); the body's first
+	 * bytes are checked again in on_request. */
+	if (h->next == NULL || !line_ends_in_crlf(h->next))
+		return "a line not ended by CRLF";
+	if (h->content_length > 0 && h->transfer_encoding > 0)
+		return "both Content-Length and Transfer-Encoding";
+	rq->blank = h->next;
+	rq->chunked = h->transfer_encoding > 0;
+	return NULL;
+}
+
+/*
+ * Called by libmicrohttpd with the request-target before it decodes %xx
+ * or splits off the query: the gate judges these bytes, so that
+ * "/PATH%3Fx", "/PATH%00x" or "%2FPATH" are not the secret path.  A
+ * request's state starts here and ends in on_completed.
+ */
+static void *
+on_uri(void *cls, const char *uri, struct MHD_Connection *c)
+{
+	struct request *rq = xcalloc(1, sizeof(*rq));
+
+	rq->s = cls;
+	rq->conn = c;
+	rq->target = xstrdup(uri != NULL ? uri : "");
+	rq->target_at = uri;
+	rq->target_len = strlen(rq->target);
+	return rq;
 }
 
 /* The whole body is in: parse, dedup, dispatch. */
@@ -277,6 +416,87 @@ handle_update(struct server *s, struct request *rq)
 	return MHD_YES;
 }
 
+/*
+ * The request's headers are in: framing, then the gate in the order of
+ * the edge table, then the declared size.  A stranger's body is never
+ * read.  A request framed in a way a proxy could read otherwise is
+ * answered 400 and its connection closed, whoever sent it, so that
+ * nothing after it on the connection is taken for a request.
+ */
+static enum MHD_Result
+admit(struct server *s, struct request *rq, const char *method,
+    const char *version)
+{
+	struct MHD_Connection *c = rq->conn;
+	const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c,
+	    MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+	struct headers hs = { 0 };
+	struct gate_request gr = {
+		.url = rq->target,
+		.method = method,
+		.peer = ci != NULL ? ci->client_addr : NULL,
+		.secret_header = MHD_lookup_connection_value(c,
+		    MHD_HEADER_KIND, "X-Telegram-Bot-Api-Secret-Token"),
+	};
+	const char *cl, *bad;
+	char client[64];
+	enum gate_verdict v = GATE_OK;
+	static const unsigned codes[] = {
+		[GATE_NOT_FOUND] = MHD_HTTP_NOT_FOUND,
+		[GATE_BAD_SOURCE] = MHD_HTTP_FORBIDDEN,
+		[GATE_BAD_SECRET] = MHD_HTTP_FORBIDDEN,
+		[GATE_BAD_METHOD] = MHD_HTTP_METHOD_NOT_ALLOWED,
+	};
+	static const enum metric_reject reasons[] = {
+		[GATE_NOT_FOUND] = MR_PATH,
+		[GATE_BAD_SOURCE] = MR_SOURCE,
+		[GATE_BAD_SECRET] = MR_SECRET,
+		[GATE_BAD_METHOD] = MR_METHOD,
+	};
+
+	if ((bad = read_headers(rq, method, version, &hs)) == NULL &&
+	    hs.forwarded_lines > 0)
+		gr.forwarded_for = hs.forwarded_for.data != NULL ?
+		    hs.forwarded_for.data : "";
+	if (bad == NULL) {
+		pthread_rwlock_rdlock(&s->lock);
+		v = gate_check(s->o.gate, &gr, client, sizeof(client));
+		pthread_rwlock_unlock(&s->lock);
+	}
+	buf_free(&hs.forwarded_for);
+	if (bad != NULL) {
+		log_rejected(s, peer_text(c, client, sizeof(client)), method,
+		    bad, MHD_HTTP_BAD_REQUEST);
+		metrics_reject(MR_FRAMING);
+		return answer(c, MHD_HTTP_BAD_REQUEST, s->r400close);
+	}
+	if (v != GATE_OK) {
+		struct MHD_Response *r = v == GATE_NOT_FOUND ? s->r404 :
+		    v == GATE_BAD_METHOD ? s->r405 : s->r403;
+
+		log_rejected(s, client, method, gate_verdict_name(v),
+		    codes[v]);
+		metrics_reject(reasons[v]);
+		return answer(c, codes[v], r);
+	}
+	if (atomic_load(&s->quiescing))
+		return answer(c, MHD_HTTP_SERVICE_UNAVAILABLE, s->r503);
+	cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND,
+	    MHD_HTTP_HEADER_CONTENT_LENGTH);
+	if (cl != NULL && strtoull(cl, NULL, 10) > s->o.max_body) {
+		log_rejected(s, client, method, "body over max_body",
+		    MHD_HTTP_CONTENT_TOO_LARGE);
+		metrics_reject(MR_TOO_LARGE);
+		return answer(c, MHD_HTTP_CONTENT_TOO_LARGE, s->r413);
+	}
+	/* one allocation for the body when its length is declared */
+	if (cl != NULL)
+		buf_reserve(&rq->body, strtoull(cl, NULL, 10));
+	rq->admitted = true;
+	atomic_fetch_add(&s->inflight, 1);
+	return MHD_YES;
+}
+
 static enum MHD_Result
 on_request(void *cls, struct MHD_Connection *c, const char *url,
     const char *method, const char *version, const char *upload,
@@ -285,73 +505,11 @@ on_request(void *cls, struct MHD_Connection *c, const char *url,
 	struct server *s = cls;
 	struct request *rq = *con_cls;
 
-	(void)version;
-	if (rq == NULL) {
-		const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c,
-		    MHD_CONNECTION_INFO_CLIENT_ADDRESS);
-		struct headers hs = { 0 };
-		struct gate_request gr = {
-			.url = url,
-			.method = method,
-			.peer = ci != NULL ? ci->client_addr : NULL,
-			.secret_header = MHD_lookup_connection_value(c,
-			    MHD_HEADER_KIND, "X-Telegram-Bot-Api-Secret-Token"),
-		};
-		const char *cl;
-		char client[64];
-		enum gate_verdict v;
-		static const unsigned codes[] = {
-			[GATE_NOT_FOUND] = MHD_HTTP_NOT_FOUND,
-			[GATE_BAD_SOURCE] = MHD_HTTP_FORBIDDEN,
-			[GATE_BAD_SECRET] = MHD_HTTP_FORBIDDEN,
-			[GATE_BAD_METHOD] = MHD_HTTP_METHOD_NOT_ALLOWED,
-		};
-		static const enum metric_reject reasons[] = {
-			[GATE_NOT_FOUND] = MR_PATH,
-			[GATE_BAD_SOURCE] = MR_SOURCE,
-			[GATE_BAD_SECRET] = MR_SECRET,
-			[GATE_BAD_METHOD] = MR_METHOD,
-		};
-
-		/* Bounded by the connection's memory, as the lines are. */
-		MHD_get_connection_values_n(c, MHD_HEADER_KIND, on_header, &hs);
-		if (hs.forwarded_lines > 0)
-			gr.forwarded_for = hs.forwarded_for.data != NULL ?
-			    hs.forwarded_for.data : "";
-		pthread_rwlock_rdlock(&s->lock);
-		v = gate_check(s->o.gate, &gr, client, sizeof(client));
-		pthread_rwlock_unlock(&s->lock);
-		buf_free(&hs.forwarded_for);
-
-		if (v != GATE_OK) {
-			struct MHD_Response *r = v == GATE_NOT_FOUND ? s->r404 :
-			    v == GATE_BAD_METHOD ? s->r405 : s->r403;
-
-			log_rejected(s, client, method, gate_verdict_name(v),
-			    codes[v]);
-			metrics_reject(reasons[v]);
-			return answer(c, codes[v], r);
-		}
-		if (atomic_load(&s->quiescing))
-			return answer(c, MHD_HTTP_SERVICE_UNAVAILABLE, s->r503);
-		cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND,
-		    MHD_HTTP_HEADER_CONTENT_LENGTH);
-		if (cl != NULL && strtoull(cl, NULL, 10) > s->o.max_body) {
-			log_rejected(s, client, method, "body over max_body",
-			    MHD_HTTP_CONTENT_TOO_LARGE);
-			metrics_reject(MR_TOO_LARGE);
-			return answer(c, MHD_HTTP_CONTENT_TOO_LARGE, s->r413);
-		}
-		rq = xcalloc(1, sizeof(*rq));
-		rq->s = s;
-		rq->conn = c;
-		/* one allocation for the body when its length is declared */
-		if (cl != NULL)
-			buf_reserve(&rq->body, strtoull(cl, NULL, 10));
-		*con_cls = rq;
-		atomic_fetch_add(&s->inflight, 1);
-		return MHD_YES;
-	}
+	(void)url;	/* decoded: the gate judges rq->target instead */
+	if (rq == NULL)
+		return MHD_NO;	/* on_uri always runs first */
+	if (!rq->admitted)
+		return admit(s, rq, method, version);
 	if (rq->job != NULL) {
 		char *inline_call;
 
@@ -370,6 +528,14 @@ on_request(void *cls, struct MHD_Connection *c, const char *url,
 		return answer(c, MHD_HTTP_OK, s->empty200);
 	}
 	if (*upload_size > 0) {
+		/* The body begins right after the blank line: one byte short
+		 * of where CRLF endings put it means the last header line or
+		 * the blank line ended in a bare LF.  (Further off, the
+		 * buffer was moved, and the first call has judged.) */
+		if (!rq->body_started && !rq->chunked && upload >= rq->blank &&
+		    upload < rq->blank + 2)
+			rq->bad_framing = "a line not ended by CRLF";
+		rq->body_started = true;
 		if (!rq->too_large && rq->body.len + *upload_size <=
 		    s->o.max_body)
 			buf_append(&rq->body, upload, *upload_size);
@@ -377,6 +543,14 @@ on_request(void *cls, struct MHD_Connection *c, const char *url,
 			rq->too_large = true;	/* chunked, no length */
 		*upload_size = 0;
 		return MHD_YES;
+	}
+	if (rq->bad_framing != NULL) {
+		char peer[64];
+
+		log_rejected(s, peer_text(c, peer, sizeof(peer)), method,
+		    rq->bad_framing, MHD_HTTP_BAD_REQUEST);
+		metrics_reject(MR_FRAMING);
+		return answer(c, MHD_HTTP_BAD_REQUEST, s->r400close);
 	}
 	if (rq->too_large) {
 		char peer[64];
@@ -406,10 +580,12 @@ on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
 		runner_finish(rq->job, &unused);
 		free(unused);
 	}
+	if (rq->admitted)
+		atomic_fetch_sub(&s->inflight, 1);
 	buf_free(&rq->body);
+	free(rq->target);
 	free(rq);
 	*con_cls = NULL;
-	atomic_fetch_sub(&s->inflight, 1);
 }
 
 static void
@@ -685,6 +861,9 @@ server_start(const struct server_opts *o, char *err, size_t errlen)
 	pthread_mutex_init(&s->peers_mu, NULL);
 	s->empty200 = fixed(200);
 	s->r400 = fixed(400);
+	s->r400close = fixed(400);
+	MHD_add_response_header(s->r400close, MHD_HTTP_HEADER_CONNECTION,
+	    "close");
 	s->r403 = fixed(403);
 	s->r404 = fixed(404);
 	s->r405 = fixed(405);
@@ -702,6 +881,7 @@ server_start(const struct server_opts *o, char *err, size_t errlen)
 	else
 		OPT(MHD_OPTION_SOCK_ADDR, 0, (void *)&s->o.addr);
 	OPT(MHD_OPTION_NOTIFY_COMPLETED, on_completed, s);
+	OPT(MHD_OPTION_URI_LOG_CALLBACK, on_uri, s);
 	OPT(MHD_OPTION_CONNECTION_LIMIT, o->max_clients, NULL);
 	OPT(MHD_OPTION_CONNECTION_TIMEOUT, o->timeout_s, NULL);
 	OPT(MHD_OPTION_LISTENING_ADDRESS_REUSE, 1, NULL);
@@ -765,6 +945,7 @@ server_stop(struct server *s)
 		MHD_stop_daemon(s->mhd);
 	MHD_destroy_response(s->empty200);
 	MHD_destroy_response(s->r400);
+	MHD_destroy_response(s->r400close);
 	MHD_destroy_response(s->r403);
 	MHD_destroy_response(s->r404);
 	MHD_destroy_response(s->r405);

@@ -40,3 +40,78 @@ def test_tls_1_2_is_ecdhe_with_aead_only():
             assert "Cipher is " + cipher in out, out
         ok, out = s_client(d.port, "-tls1_3")
         assert ok and "New, TLSv1.3" in out, out
+
+
+def tls_exchange(port, data, timeout=5):
+    """Sends raw bytes over TLS and reads until the server closes (or
+    timeout): everything that came back, and whether it closed."""
+    import socket
+    import ssl
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port),
+                                                 timeout=timeout),
+                        server_hostname="localhost")
+    s.sendall(data)
+    out, closed = b"", False
+    try:
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                closed = True
+                break
+            out += chunk
+    except (socket.timeout, ssl.SSLError, ConnectionError):
+        pass
+    finally:
+        s.close()
+    return out, closed
+
+
+def test_smuggled_requests_refused():
+    import json
+    import urllib.parse
+    from harness import message
+    with Daemon(HANDLERS) as d:
+        w = d.emu.webhook
+        path = urllib.parse.urlsplit(w["url"]).path
+        head = ("POST %s HTTP/1.1\r\nHost: localhost:8443\r\n"
+                "X-Telegram-Bot-Api-Secret-Token: %s\r\n" % (path, w["secret"]))
+        body = json.dumps(message("/start", 31)).encode()
+        smuggled = (head + "Content-Length: %d\r\n\r\n" % len(body)).encode() \
+            + body
+        # Content-Length and Transfer-Encoding together
+        out, closed = tls_exchange(d.port, (head + "Content-Length: %d\r\n"
+                                            "Transfer-Encoding: chunked\r\n\r\n"
+                                            % (len(smuggled) + 5)).encode() +
+                                   b"0\r\n\r\n" + smuggled)
+        assert out.startswith(b"HTTP/1.1 400") and closed, out
+        assert out.count(b"HTTP/1.1 ") == 1, out
+        # two lengths
+        out, closed = tls_exchange(d.port, (head + "Content-Length: 0\r\n"
+                                            "Content-Length: %d\r\n\r\n" %
+                                            len(smuggled)).encode() + smuggled)
+        assert out.startswith(b"HTTP/1.1 400") and closed, out
+        assert out.count(b"HTTP/1.1 ") == 1, out
+        # bare LF line endings
+        lf = (head + "Content-Length: %d\r\n\r\n" % len(body)).replace(
+            "\r\n", "\n").encode() + body
+        out, closed = tls_exchange(d.port, lf)
+        assert out.startswith(b"HTTP/1.1 400") and closed, out
+        assert "both Content-Length and Transfer-Encoding" in d.log()
+        assert "Content-Length given twice" in d.log()
+        assert "a line not ended by CRLF" in d.log()
+        # the smuggled update never ran: delivered now, it is new
+        assert "update 31" not in d.log()
+        status, _, _, answer = d.deliver(message("/start", 31))
+        assert status == 200 and json.loads(answer)["text"] == "hi"
+        # a decoded %3F or %00, or no leading '/', is not the secret path
+        for target in (path + "%3Fx", path + "%00", "%2F" + path[1:],
+                       path[1:]):
+            out, _ = tls_exchange(d.port, (head.replace(path, target, 1) +
+                                           "Content-Length: %d\r\n"
+                                           "Connection: close\r\n\r\n"
+                                           % len(body)).encode() + body)
+            assert out.startswith((b"HTTP/1.1 404", b"HTTP/1.1 400")), \
+                (target, out)

@@ -167,7 +167,20 @@ post(struct fixture *f, bool tls, const char *path, const char *secret,
  * many answers it holds.
  */
 static long
+raw_split(int port, const char *req, size_t len, size_t split, char **out,
+    int *answers);
+
+static long
 raw_on(int port, const char *req, size_t len, char **out, int *answers)
+{
+	return raw_split(port, req, len, len, out, answers);
+}
+
+/* The same, sending the first `split` bytes, and the rest 50 ms later
+ * (so that the server most likely reads them apart). */
+static long
+raw_split(int port, const char *req, size_t len, size_t split, char **out,
+    int *answers)
 {
 	struct sockaddr_in sin = { .sin_family = AF_INET,
 		.sin_port = htons((uint16_t)port),
@@ -182,7 +195,12 @@ raw_on(int port, const char *req, size_t len, char **out, int *answers)
 	assert_true(fd >= 0);
 	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
 	assert_int_equal(connect(fd, (struct sockaddr *)&sin, sizeof(sin)), 0);
-	assert_int_equal(send(fd, req, len, MSG_NOSIGNAL), (ssize_t)len);
+	assert_int_equal(send(fd, req, split, MSG_NOSIGNAL), (ssize_t)split);
+	if (split < len) {
+		usleep(50 * 1000);
+		assert_int_equal(send(fd, req + split, len - split,
+		    MSG_NOSIGNAL), (ssize_t)(len - split));
+	}
 	while ((n = recv(fd, chunk, sizeof(chunk), 0)) > 0)
 		buf_append(&b, chunk, (size_t)n);
 	close(fd);
@@ -393,6 +411,204 @@ test_forwarded_for_over_several_lines(void **state)
 	stop(f);
 }
 
+/* An update as a whole request on the hook, for pipelining. */
+static char *
+keepalive_request(int id)
+{
+	char *u = start_update(id);
+	char *r = xasprintf("POST /hook HTTP/1.1\r\nHost: x\r\n"
+	    "X-Telegram-Bot-Api-Secret-Token: " SECRET "\r\n"
+	    "Content-Length: %zu\r\n\r\n%s", strlen(u), u);
+
+	free(u);
+	return r;
+}
+
+/* True when update id had not been handled yet (it is handled now). */
+static bool
+fresh(struct fixture *f, int id)
+{
+	char *u = start_update(id), *out;
+	bool yes;
+
+	assert_int_equal(post(f, false, "hook", SECRET, u, &out), 200);
+	yes = strstr(out, "hello Ann") != NULL;
+	free(out);
+	free(u);
+	return yes;
+}
+
+/*
+ * Where libmicrohttpd 0.9.75 is lenient, a proxy in front may read a
+ * request otherwise: each such request is answered 400 and its
+ * connection closed, and nothing smuggled after it runs.
+ */
+static void
+test_smuggling_refused(void **state)
+{
+	struct fixture *f = start(false, NULL, NULL);
+	char *smuggled = keepalive_request(31), *req, *u = start_update(32);
+	int answers;
+
+	(void)state;
+	/* Content-Length and Transfer-Encoding: libmicrohttpd goes by the
+	 * chunks, a proxy may go by the length */
+	req = xasprintf("POST /hook HTTP/1.1\r\nHost: x\r\n"
+	    "X-Telegram-Bot-Api-Secret-Token: " SECRET "\r\n"
+	    "Content-Length: %zu\r\nTransfer-Encoding: chunked\r\n\r\n"
+	    "0\r\n\r\n%s", strlen(smuggled) + 5, smuggled);
+	assert_int_equal(raw(f, req, &answers), 400);
+	assert_int_equal(answers, 1);
+	free(req);
+	/* two lengths: libmicrohttpd took the first */
+	req = xasprintf("POST /hook HTTP/1.1\r\nHost: x\r\n"
+	    "X-Telegram-Bot-Api-Secret-Token: " SECRET "\r\n"
+	    "Content-Length: 0\r\nContent-Length: %zu\r\n\r\n%s",
+	    strlen(smuggled), smuggled);
+	assert_int_equal(raw(f, req, &answers), 400);
+	assert_int_equal(answers, 1);
+	free(req);
+	/* the smuggled update never ran */
+	assert_true(fresh(f, 31));
+	/* a transfer coding it cannot decode, or given twice */
+	req = hook_request("/hook", "Transfer-Encoding: gzip\r\n", u);
+	assert_int_equal(raw(f, req, &answers), 400);
+	free(req);
+	req = xasprintf("POST /hook HTTP/1.1\r\nHost: x\r\n"
+	    "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n"
+	    "\r\n0\r\n\r\n");
+	assert_int_equal(raw(f, req, &answers), 400);
+	free(req);
+	assert_int_equal(hook_status(f, "/hook", "Content-Length: 5\r\n",
+	    u), 400);
+	/* a value folded over two lines; a bare CR or a NUL in a line */
+	assert_int_equal(hook_status(f, "/hook", "X-A: a\r\n b\r\n", u),
+	    400);
+	assert_int_equal(hook_status(f, "/hook", "X-A: a\rX-B: b\r\n", u),
+	    400);
+	assert_int_equal(raw_on(f->port, "POST /hook HTTP/1.1\r\nX-A: a\0"
+	    "X-B: b\r\n\r\n", 39, &req, &answers), 400);
+	free(req);
+	/* extra spaces in the request line */
+	req = hook_request("/hook HTTP/1.1\r\nX: y", "", u);
+	memmove(req + 5, req + 4, strlen(req + 4) + 1);	/* POST  /hook */
+	assert_int_equal(raw(f, req, &answers), 400);
+	free(req);
+	/* nothing of this handled update 32 */
+	assert_true(fresh(f, 32));
+	free(u);
+	free(smuggled);
+	stop(f);
+}
+
+/* Bare LF line endings anywhere, from the request line to the blank
+ * line, the last two with the body right behind them. */
+static void
+test_bare_lf_refused(void **state)
+{
+	struct fixture *f = start(false, NULL, NULL);
+	static const char *const heads[] = {
+		"POST /hook HTTP/1.1\nHost: x\r\n",
+		"POST /hook HTTP/1.1\r\nHost: x\n",
+		"POST /hook HTTP/1.1\nHost: x\n",
+	};
+	static const char *const ends[] = { "\r\n\n", "\n\r\n", "\n\n" };
+	char *u = start_update(40), *req, *out;
+	int answers;
+
+	(void)state;
+	for (size_t i = 0; i < nitems(heads); i++) {
+		req = xasprintf("%sX-Telegram-Bot-Api-Secret-Token: " SECRET
+		    "\r\nContent-Length: %zu\r\n\r\n%s", heads[i],
+		    strlen(u), u);
+		assert_int_equal(raw(f, req, &answers), 400);
+		assert_int_equal(answers, 1);
+		free(req);
+	}
+	for (size_t i = 0; i < nitems(ends); i++) {
+		req = xasprintf("POST /hook HTTP/1.1\r\nHost: x\r\n"
+		    "X-Telegram-Bot-Api-Secret-Token: " SECRET "\r\n"
+		    "Content-Length: %zu%s%s", strlen(u), ends[i], u);
+		assert_int_equal(raw(f, req, &answers), 400);
+		assert_int_equal(answers, 1);
+		/* the body read apart from the headers: judged by where it
+		 * begins */
+		assert_int_equal(raw_split(f->port, req, strlen(req),
+		    strlen(req) - strlen(u), &out, &answers), 400);
+		assert_int_equal(answers, 1);
+		free(out);
+		free(req);
+	}
+	assert_true(fresh(f, 40));
+	free(u);
+	stop(f);
+}
+
+/* Requests framed right, pipelined on one kept-alive connection, are
+ * each answered: the checks see no fault where there is none. */
+static void
+test_pipelined_requests_answered(void **state)
+{
+	struct fixture *f = start(false, NULL, NULL);
+	char *a = keepalive_request(50), *b = keepalive_request(51);
+	char *u = start_update(52);
+	char *both = xasprintf("%s%sGET /hook HTTP/1.1\r\nHost: x\r\n"
+	    "X-Telegram-Bot-Api-Secret-Token: " SECRET "\r\n"
+	    "Connection: close\r\n\r\n", a, b), *out;
+	int answers;
+
+	(void)state;
+	assert_int_equal(raw_on(f->port, both, strlen(both), &out, &answers),
+	    200);
+	assert_int_equal(answers, 3);
+	assert_non_null(strstr(out, "HTTP/1.1 405"));
+	free(out);
+	/* a header block of several KiB, chunked, and an empty value */
+	{
+		struct buf big = { 0 };
+
+		for (int i = 0; i < 60; i++)
+			buf_printf(&big, "X-Filler-%d: %0100d\r\n", i, i);
+		buf_puts(&big, "X-Empty:\r\nX-Tab: \ta\t\r\n");
+		assert_int_equal(hook_status(f, "/hook", big.data, u), 200);
+		buf_free(&big);
+	}
+	free(a);
+	free(b);
+	free(u);
+	free(both);
+	stop(f);
+}
+
+/*
+ * The gate judges the request-target as it came: a %3F or %00 that
+ * libmicrohttpd decodes, or a target with no leading '/', is not the
+ * secret path.
+ */
+static void
+test_target_judged_undecoded(void **state)
+{
+	struct fixture *f = start(false, NULL, NULL);
+	static const char *const targets[] = { "/hook%3Fx", "/hook%3F",
+		"/hook%00", "/hook%00x", "%2Fhook", "/ho%6Fk", "hook",
+		"//hook", "/hook/", "/hook#x", "*" };
+	char *u = start_update(60);
+
+	(void)state;
+	for (size_t i = 0; i < nitems(targets); i++) {
+		long st = hook_status(f, targets[i], "", u);
+
+		if (st != 404 && st != 400)
+			fail_msg("%s: %ld", targets[i], st);
+	}
+	assert_true(fresh(f, 60));
+	/* a query string is not part of the path */
+	u[14] = '1';	/* update 61 */
+	assert_int_equal(hook_status(f, "/hook?a=b", "", u), 200);
+	free(u);
+	stop(f);
+}
+
 int
 main(void)
 {
@@ -401,6 +617,10 @@ main(void)
 		cmocka_unit_test(test_swap_and_quiesce),
 		cmocka_unit_test(test_tls_and_certificate_swap),
 		cmocka_unit_test(test_forwarded_for_over_several_lines),
+		cmocka_unit_test(test_smuggling_refused),
+		cmocka_unit_test(test_bare_lf_refused),
+		cmocka_unit_test(test_pipelined_requests_answered),
+		cmocka_unit_test(test_target_judged_undecoded),
 	};
 	int rc;
 
