@@ -60,6 +60,11 @@ struct peer {
 	unsigned n;
 	struct peer *next;
 };
+/* A connection from an address not known to be Telegram's, until a
+ * request on it passes the gate; its socket context. */
+struct stranger {
+	struct peer *peer;	/* counted there; NULL once proved */
+};
 /* Rejected requests logged per window before the rest are counted. */
 #define REJECT_LOG_BURST 10
 #define REJECT_LOG_WINDOW_MS 10000
@@ -92,6 +97,8 @@ struct creds {
 	unsigned n;
 	gnutls_privkey_t key;
 };
+
+static void stranger_proved(struct server *s, struct MHD_Connection *c);
 
 static _Atomic(struct creds *) creds_current;
 static struct creds *creds_previous;
@@ -479,6 +486,7 @@ admit(struct server *s, struct request *rq, const char *method,
 		metrics_reject(reasons[v]);
 		return answer(c, codes[v], r);
 	}
+	stranger_proved(s, c);
 	if (atomic_load(&s->quiescing))
 		return answer(c, MHD_HTTP_SERVICE_UNAVAILABLE, s->r503);
 	cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND,
@@ -716,10 +724,14 @@ peer_slot(struct server *s, const unsigned char addr[16])
 }
 
 /*
- * Accept policy: Telegram (trusted_networks) is never limited; any other
- * address may hold at most per_ip_limit connections, so that one source
- * holding connections open (slowloris, a flood of idle sockets) cannot
- * take the places Telegram needs.
+ * Accept policy: Telegram (trusted_networks) and trusted proxies are
+ * never limited; any other address may hold at most per_ip_limit
+ * connections that no request has yet proved to be Telegram's, so that
+ * one source holding connections open (slowloris, a flood of idle
+ * sockets) cannot take the places Telegram needs.  With trusted_networks
+ * empty that is every address but the proxies: a connection is then
+ * proved by its first request that passes the gate (path, secret token),
+ * and from then on neither counted nor given the short idle timeout.
  */
 static enum MHD_Result
 on_accept(void *cls, const struct sockaddr *sa, socklen_t len)
@@ -747,6 +759,19 @@ on_accept(void *cls, const struct sockaddr *sa, socklen_t len)
 	return ok ? MHD_YES : MHD_NO;
 }
 
+/* Uncounts a connection of p's address.  Under peers_mu. */
+static void
+peer_leave(struct server *s, struct peer *p)
+{
+	struct peer **pp;
+
+	if (--p->n == 0) {
+		pp = peer_slot(s, p->addr);
+		*pp = p->next;
+		free(p);
+	}
+}
+
 static void
 on_connection(void *cls, struct MHD_Connection *c, void **socket_ctx,
     enum MHD_ConnectionNotificationCode code)
@@ -754,7 +779,8 @@ on_connection(void *cls, struct MHD_Connection *c, void **socket_ctx,
 	struct server *s = cls;
 	const union MHD_ConnectionInfo *ci;
 	unsigned char addr[16];
-	struct peer **pp, *p;
+	struct peer **pp;
+	struct stranger *st;
 
 	/* Session tickets: a client that comes back resumes its TLS session
 	 * instead of a full handshake (an RSA signature).  The GnuTLS
@@ -775,6 +801,7 @@ on_connection(void *cls, struct MHD_Connection *c, void **socket_ctx,
 		/* Strangers get a short idle timeout too. */
 		MHD_set_connection_option(c, MHD_CONNECTION_OPTION_TIMEOUT,
 		    (unsigned)UNTRUSTED_TIMEOUT_S);
+		st = xcalloc(1, sizeof(*st));
 		pthread_mutex_lock(&s->peers_mu);
 		pp = peer_slot(s, addr);
 		if (*pp == NULL) {
@@ -782,20 +809,42 @@ on_connection(void *cls, struct MHD_Connection *c, void **socket_ctx,
 			memcpy((*pp)->addr, addr, 16);
 		}
 		(*pp)->n++;
-		*socket_ctx = *pp;	/* counted: uncount at close */
+		st->peer = *pp;
 		pthread_mutex_unlock(&s->peers_mu);
+		*socket_ctx = st;	/* counted: uncount at close */
 		return;
 	}
-	if ((p = *socket_ctx) == NULL)
+	if ((st = *socket_ctx) == NULL)
 		return;
 	pthread_mutex_lock(&s->peers_mu);
-	if (--p->n == 0) {
-		pp = peer_slot(s, p->addr);
-		*pp = p->next;
-		free(p);
+	if (st->peer != NULL)
+		peer_leave(s, st->peer);
+	pthread_mutex_unlock(&s->peers_mu);
+	free(st);
+	*socket_ctx = NULL;
+}
+
+/* A request on c passed the gate: if its connection was a stranger's, it
+ * is one no longer (see on_accept). */
+static void
+stranger_proved(struct server *s, struct MHD_Connection *c)
+{
+	const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c,
+	    MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+	struct stranger *st;
+	bool was;
+
+	if (ci == NULL || (st = ci->socket_context) == NULL)
+		return;
+	pthread_mutex_lock(&s->peers_mu);
+	if ((was = st->peer != NULL)) {
+		peer_leave(s, st->peer);
+		st->peer = NULL;
 	}
 	pthread_mutex_unlock(&s->peers_mu);
-	*socket_ctx = NULL;
+	if (was)
+		MHD_set_connection_option(c, MHD_CONNECTION_OPTION_TIMEOUT,
+		    s->o.timeout_s);
 }
 
 static void

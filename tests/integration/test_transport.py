@@ -115,3 +115,53 @@ def test_smuggled_requests_refused():
                                            % len(body)).encode() + body)
             assert out.startswith((b"HTTP/1.1 404", b"HTTP/1.1 400")), \
                 (target, out)
+
+
+def test_limits_hold_with_trusted_networks_empty():
+    """With trusted_networks empty nobody is Telegram by address: every
+    address (but trusted_proxies) is limited to per_ip_limit connections
+    and the short idle timeout until a request on the connection passes
+    the gate; a proved connection keeps the long timeout."""
+    import json
+    import time
+    from harness import eventually, message
+    from test_abuse import hold, still_open
+    d = Daemon("[handler.a]\nreply = ok\n", trusted="", start=False)
+    with d:
+        text = open(d.conf).read().replace("[server]\n", "[server]\n"
+                                           "per_ip_limit = 8\n")
+        open(d.conf, "w").write(text)
+        d.start()
+        # Telegram, on a kept-alive connection of its own: proved by its
+        # first update
+        telegram = d.emu._connect()
+        path = "/" + d.emu.webhook["url"].split("/", 3)[3]
+        hdrs = {"X-Telegram-Bot-Api-Secret-Token": d.emu.webhook["secret"],
+                "Content-Type": "application/json"}
+        telegram.request("POST", path, body=json.dumps(message("x", 1)),
+                         headers=hdrs)
+        answer = telegram.getresponse()
+        assert answer.status == 200 and json.loads(answer.read())["text"] \
+            == "ok"
+        t0 = time.time()
+        attacker = hold(d.port, 200, "127.0.0.2")
+        # the ones over the limit are closed as soon as they are accepted
+        assert eventually(lambda: still_open(attacker) <= 8, 5), \
+            still_open(attacker)
+        d.wait_log("per_ip_limit reached")
+        # the attacker's idle connections are closed after 10 s, not
+        # connection_timeout's 75 s
+        deadline = time.time() + 30
+        while still_open(attacker) > 0 and time.time() < deadline:
+            time.sleep(0.2)
+        assert still_open(attacker) == 0
+        assert time.time() - t0 < 25
+        # Telegram's proved connection is still open and served
+        telegram.request("POST", path, body=json.dumps(message("y", 2)),
+                         headers=hdrs)
+        answer = telegram.getresponse()
+        assert answer.status == 200 and json.loads(answer.read())["text"] \
+            == "ok"
+        telegram.close()
+        for s in attacker:
+            s.close()
