@@ -19,6 +19,7 @@
 #include <inttypes.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -81,6 +82,7 @@ struct request {
 	bool chunked;
 	bool body_started;
 	const char *bad_framing;	/* found in the body's framing */
+	char *inline_answer;	/* the answer's body, while it is sent */
 	struct buf body;
 	bool too_large;
 	struct job *job;
@@ -168,13 +170,73 @@ answer(struct MHD_Connection *c, unsigned status, struct MHD_Response *r)
 	return MHD_queue_response(c, status, r);
 }
 
-static enum MHD_Result
-answer_json(struct MHD_Connection *c, char *json)
+/*
+ * An inline answer that cannot reach Telegram any more must not be lost:
+ * its update id stays marked as seen, so Telegram's redelivery would get
+ * "200, already handled".  It becomes a durable follow-up through the
+ * outbox, as a late handler's calls do.  Releasing the dedup mark instead,
+ * so that the redelivery runs the handler again, would be wrong: the
+ * handler's other calls are already queued (or sent), a second run does
+ * its side effects twice and may answer otherwise, and Telegram may not
+ * redeliver for minutes.  Only when the store cannot take the call is
+ * the mark released: then the redelivery runs it, and the calls keyed by
+ * (update, position) that were queued are not queued twice.  The answer
+ * goes out after the handler's other follow-ups; their order against an
+ * inline answer was never fixed (Telegram runs an inline call when it
+ * reads the answer, while the outbox sends at the same time).
+ */
+static void
+undelivered(struct server *s, struct request *rq, char *json, const char *why)
 {
-	struct MHD_Response *r = MHD_create_response_from_buffer(strlen(json),
-	    json, MHD_RESPMEM_MUST_FREE);
+	if (runner_undelivered(s->o.runner, rq->update_id, json) == 0) {
+		log_info("update %" PRId64 ": %s before its inline answer was "
+		    "sent: it goes out as a follow-up", rq->update_id, why);
+		return;
+	}
+	dedup_forget(s->o.dedup, rq->update_id);
+	metrics_update(rq->type_index, MU_RETRY);
+	log_warn("update %" PRId64 ": %s before its inline answer was sent, "
+	    "and it cannot be queued: Telegram's redelivery will be handled "
+	    "again", rq->update_id, why);
+}
+
+/* False when the peer has closed or reset the connection: its FIN or
+ * RST has come, and a write would still seem to succeed (into the
+ * kernel's buffer) and be lost. */
+static bool
+peer_still_there(struct MHD_Connection *c)
+{
+	const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c,
+	    MHD_CONNECTION_INFO_CONNECTION_FD);
+	struct pollfd p;
+
+	if (ci == NULL)
+		return true;
+	p.fd = ci->connect_fd;
+	p.events = POLLRDHUP;
+	p.revents = 0;
+	return poll(&p, 1, 0) != 1 ||
+	    (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) == 0;
+}
+
+/* Answers 200 with the inline call json (taken), or with nothing. */
+static enum MHD_Result
+answer_inline(struct server *s, struct request *rq, char *json)
+{
+	struct MHD_Connection *c = rq->conn;
+	struct MHD_Response *r;
 	enum MHD_Result ret;
 
+	if (json == NULL)
+		return answer(c, MHD_HTTP_OK, s->empty200);
+	if (!peer_still_there(c)) {
+		undelivered(s, rq, json, "Telegram closed the connection");
+		return MHD_NO;
+	}
+	/* Kept until on_completed, which learns whether it was sent. */
+	rq->inline_answer = json;
+	r = MHD_create_response_from_buffer(strlen(json), json,
+	    MHD_RESPMEM_PERSISTENT);
 	MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE,
 	    "application/json");
 	ret = MHD_queue_response(c, MHD_HTTP_OK, r);
@@ -406,9 +468,7 @@ handle_update(struct server *s, struct request *rq)
 	pthread_rwlock_unlock(&s->lock);
 	switch (started) {
 	case RUNNER_DONE:
-		if (inline_call != NULL)
-			return answer_json(c, inline_call);
-		return answer(c, MHD_HTTP_OK, s->empty200);
+		return answer_inline(s, rq, inline_call);
 	case RUNNER_BUSY:
 		/* Not handled: let Telegram's retry count as new. */
 		dedup_forget(s->o.dedup, rq->update_id);
@@ -531,9 +591,7 @@ on_request(void *cls, struct MHD_Connection *c, const char *url,
 			return answer(c, MHD_HTTP_SERVICE_UNAVAILABLE, s->r503);
 		}
 		rq->job = NULL;
-		if (inline_call != NULL)
-			return answer_json(c, inline_call);
-		return answer(c, MHD_HTTP_OK, s->empty200);
+		return answer_inline(s, rq, inline_call);
 	}
 	if (*upload_size > 0) {
 		/* The body begins right after the blank line: one byte short
@@ -579,15 +637,25 @@ on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
 	struct request *rq = *con_cls;
 
 	(void)c;
-	(void)toe;
 	if (rq == NULL)
 		return;
 	if (rq->job != NULL) {
-		char *unused = NULL;
+		char *late = NULL;
 
-		runner_finish(rq->job, &unused);
-		free(unused);
+		/* Resumed, then closed before on_request could answer. */
+		if (runner_finish(rq->job, &late) == -1) {
+			dedup_forget(s->o.dedup, rq->update_id);
+			metrics_update(rq->type_index, MU_RETRY);
+		} else if (late != NULL) {
+			undelivered(s, rq, late, "the connection closed");
+		}
 	}
+	/* Not sent whole: Telegram cannot have run it. */
+	if (rq->inline_answer != NULL && toe !=
+	    MHD_REQUEST_TERMINATED_COMPLETED_OK)
+		undelivered(s, rq, rq->inline_answer, "the connection failed");
+	else
+		free(rq->inline_answer);
 	if (rq->admitted)
 		atomic_fetch_sub(&s->inflight, 1);
 	buf_free(&rq->body);

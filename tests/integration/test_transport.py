@@ -165,3 +165,76 @@ def test_limits_hold_with_trusted_networks_empty():
         telegram.close()
         for s in attacker:
             s.close()
+
+
+def test_inline_answer_survives_a_dropped_connection():
+    """Telegram's connection drops (FIN, then RST) while a slow handler
+    runs: the inline answer it computed is sent as a follow-up, once; the
+    redelivery is answered 200 and queues nothing twice."""
+    import json
+    import os
+    import re
+    import socket
+    import ssl
+    import struct
+    import urllib.parse
+    from harness import eventually, message, texts
+    d = Daemon("", webhook="reply_deadline = 20s", start=False)
+    handler = os.path.join(d.dir, "slow")
+    with open(handler, "w") as f:
+        # waits for the test's go-ahead, after the client has gone
+        f.write("#!/bin/sh\ncat >/dev/null\n"
+                "touch \"$0.started$TGW_UPDATE_ID\"\n"
+                "while [ ! -e \"$0.go$TGW_UPDATE_ID\" ]; do sleep 0.02; done\n"
+                "printf '{\"method\":\"sendMessage\",\"chat_id\":%s,"
+                "\"text\":\"answer %s\"}\\n' \"$TGW_CHAT_ID\" "
+                "\"$TGW_UPDATE_ID\"\n"
+                "printf '{\"method\":\"sendMessage\",\"chat_id\":%s,"
+                "\"text\":\"more %s\"}\\n' \"$TGW_CHAT_ID\" "
+                "\"$TGW_UPDATE_ID\"\n")
+    os.chmod(handler, 0o700)
+    with open(d.conf, "a") as f:
+        f.write("[handler.slow]\nexec = %s\ntimeout = 30s\n" % handler)
+    with d:
+        d.start()
+        w = d.emu.webhook
+        path = urllib.parse.urlsplit(w["url"]).path
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        for uid, reset in ((71, False), (72, True)):
+            body = json.dumps(message("hello", uid)).encode()
+            s = ctx.wrap_socket(socket.create_connection(
+                ("127.0.0.1", d.port), timeout=5), server_hostname="x")
+            s.sendall(("POST %s HTTP/1.1\r\nHost: localhost:8443\r\n"
+                       "X-Telegram-Bot-Api-Secret-Token: %s\r\n"
+                       "Content-Length: %d\r\n\r\n" % (path, w["secret"],
+                                                       len(body))).encode() +
+                      body)
+            # the handler runs (its connection suspended meanwhile)
+            assert eventually(lambda: os.path.exists(
+                handler + ".started%d" % uid), 10)
+            if reset:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                             struct.pack("ii", 1, 0))
+                s.close()   # RST
+            else:
+                s.close()   # FIN
+            open(handler + ".go%d" % uid, "w").close()
+            want = ["answer %d" % uid, "more %d" % uid]
+            assert eventually(lambda: all(t in texts(d) for t in want),
+                              10), (texts(d), d.log()[-2000:])
+            # seen by the server before it answered, or by libmicrohttpd
+            # when it went back to the connection
+            assert re.search(r"update %d: (Telegram closed the connection|"
+                             r"the connection closed) before its inline "
+                             r"answer was sent: it goes out as a follow-up"
+                             % uid, d.log()), d.log()[-2000:]
+            # Telegram delivers it again: handled already, nothing queued
+            # twice
+            status, _, _, again = d.deliver(message("hello", uid))
+            assert status == 200 and again == b""
+            d.wait_log("update %d: already handled" % uid)
+        for uid in (71, 72):
+            for t in ("answer %d" % uid, "more %d" % uid):
+                assert texts(d).count(t) == 1, texts(d)
