@@ -142,7 +142,7 @@ fetch(const char *url, bool post, char **body)
 	long status = 0;
 
 	curl_easy_setopt(c, CURLOPT_URL, url);
-	curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 3000L);
+	curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 5000L);
 	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, collect);
 	curl_easy_setopt(c, CURLOPT_WRITEDATA, &b);
 	if (post)
@@ -258,7 +258,6 @@ test_admin_idle_connections(void **state)
 	int port, fds[N];
 	char url[64], *body;
 	struct admin *a;
-	uint64_t t0;
 
 	(void)state;
 	store_ok = true;
@@ -272,11 +271,11 @@ test_admin_idle_connections(void **state)
 		    sizeof(sin)), 0);
 	}
 	snprintf(url, sizeof(url), "http://127.0.0.1:%d/healthz", port);
+	/* within fetch()'s 5 s, where the idle ones would have held the
+	 * listener for their 10 s idle timeout, and longer */
 	for (int round = 0; round < 3; round++) {
-		t0 = now_ms();
 		assert_int_equal(fetch(url, false, &body), 200);
 		free(body);
-		assert_true(now_ms() - t0 < 2000);
 	}
 	/* all but the newest few were ended to make room */
 	assert_true(closed_by_server(fds, N, N - 16) >= N - 16);
