@@ -54,6 +54,9 @@
 /* Idle timeout for connections from outside trusted_networks. */
 #define UNTRUSTED_TIMEOUT_S 10
 #define PEER_BUCKETS 1024
+/* How long server_stop waits for suspended requests: longer than the
+ * longest reply_deadline (55 s), by which the runner resumes each. */
+#define SUSPENDED_WAIT_MS 60000u
 
 /* Open connections per untrusted address. */
 struct peer {
@@ -112,6 +115,7 @@ struct server {
 				 * requests, the writer a reload */
 	atomic_bool quiescing;
 	atomic_uint inflight;
+	atomic_uint suspended;	/* connections waiting for the runner */
 	struct MHD_Response *empty200, *r400, *r400close, *r403, *r404, *r405,
 	    *r413, *r503;
 	gnutls_datum_t ticket_key;	/* TLS session tickets (resumption) */
@@ -249,8 +253,11 @@ on_ready(void *arg)
 {
 	struct request *rq = arg;
 
+	struct server *s = rq->s;
+
 	atomic_store(&rq->ready, true);
 	MHD_resume_connection(rq->conn);
+	atomic_fetch_sub(&s->suspended, 1);
 }
 
 static const char *
@@ -478,6 +485,7 @@ handle_update(struct server *s, struct request *rq)
 		break;
 	}
 	rq->job = job;
+	atomic_fetch_add(&s->suspended, 1);
 	MHD_suspend_connection(c);
 	runner_go(job, on_ready, rq);
 	return MHD_YES;
@@ -1056,8 +1064,20 @@ server_inflight(struct server *s)
 void
 server_stop(struct server *s)
 {
+	uint64_t until = now_ms() + SUSPENDED_WAIT_MS;
+
 	if (s == NULL)
 		return;
+	/* libmicrohttpd 0.9.75 aborts the process when it is stopped with a
+	 * connection suspended (MHD_PANIC), as it was when a handler outlived
+	 * shutdown_timeout.  The runner resumes each at reply_deadline at the
+	 * latest; a request it resumes now is closed unanswered, and its
+	 * inline answer, if it has one, goes out as a follow-up. */
+	while (atomic_load(&s->suspended) > 0 && now_ms() < until)
+		usleep(10 * 1000);
+	if (atomic_load(&s->suspended) > 0)
+		log_err("%u request(s) still wait for a handler after %u s",
+		    atomic_load(&s->suspended), SUSPENDED_WAIT_MS / 1000);
 	if (s->mhd != NULL)
 		MHD_stop_daemon(s->mhd);
 	MHD_destroy_response(s->empty200);

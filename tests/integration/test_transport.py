@@ -167,6 +167,32 @@ def test_limits_hold_with_trusted_networks_empty():
             s.close()
 
 
+def slow_daemon(texts, shutdown_timeout="5s"):
+    """A daemon whose exec handler `slow` touches slow.started<ID> once it
+    has update ID, waits for the test to create slow.go<ID>, then prints
+    a sendMessage of each of texts (%s: the update id).  The daemon, not
+    started, and the handler's path."""
+    import os
+    d = Daemon("", webhook="reply_deadline = 20s", start=False)
+    handler = os.path.join(d.dir, "slow")
+    calls = "".join("printf '{\"method\":\"sendMessage\",\"chat_id\":%%s,"
+                    "\"text\":\"%s\"}\\n' \"$TGW_CHAT_ID\" "
+                    "\"$TGW_UPDATE_ID\"\n" % t for t in texts)
+    with open(handler, "w") as f:
+        f.write("#!/bin/sh\ncat >/dev/null\n"
+                "touch \"$0.started$TGW_UPDATE_ID\"\n"
+                "while [ ! -e \"$0.go$TGW_UPDATE_ID\" ]; do sleep 0.02; done\n"
+                + calls)
+    os.chmod(handler, 0o700)
+    text = open(d.conf).read().replace("shutdown_timeout = 5s",
+                                       "shutdown_timeout = " +
+                                       shutdown_timeout)
+    with open(d.conf, "w") as f:
+        f.write(text + "[handler.slow]\nexec = %s\ntimeout = 30s\n" %
+                handler)
+    return d, handler
+
+
 def test_inline_answer_survives_a_dropped_connection():
     """Telegram's connection drops (FIN, then RST) while a slow handler
     runs: the inline answer it computed is sent as a follow-up, once; the
@@ -179,22 +205,7 @@ def test_inline_answer_survives_a_dropped_connection():
     import struct
     import urllib.parse
     from harness import eventually, message, texts
-    d = Daemon("", webhook="reply_deadline = 20s", start=False)
-    handler = os.path.join(d.dir, "slow")
-    with open(handler, "w") as f:
-        # waits for the test's go-ahead, after the client has gone
-        f.write("#!/bin/sh\ncat >/dev/null\n"
-                "touch \"$0.started$TGW_UPDATE_ID\"\n"
-                "while [ ! -e \"$0.go$TGW_UPDATE_ID\" ]; do sleep 0.02; done\n"
-                "printf '{\"method\":\"sendMessage\",\"chat_id\":%s,"
-                "\"text\":\"answer %s\"}\\n' \"$TGW_CHAT_ID\" "
-                "\"$TGW_UPDATE_ID\"\n"
-                "printf '{\"method\":\"sendMessage\",\"chat_id\":%s,"
-                "\"text\":\"more %s\"}\\n' \"$TGW_CHAT_ID\" "
-                "\"$TGW_UPDATE_ID\"\n")
-    os.chmod(handler, 0o700)
-    with open(d.conf, "a") as f:
-        f.write("[handler.slow]\nexec = %s\ntimeout = 30s\n" % handler)
+    d, handler = slow_daemon(["answer %s", "more %s"])
     with d:
         d.start()
         w = d.emu.webhook
@@ -238,3 +249,38 @@ def test_inline_answer_survives_a_dropped_connection():
         for uid in (71, 72):
             for t in ("answer %d" % uid, "more %d" % uid):
                 assert texts(d).count(t) == 1, texts(d)
+
+
+def test_stop_while_a_handler_outlives_shutdown_timeout():
+    """SIGTERM while a handler runs past shutdown_timeout (reply_deadline
+    is longer): the daemon waits for the runner to resume the request
+    and exits 0 (libmicrohttpd aborted the process when stopped with a
+    connection suspended), and the answer is not lost."""
+    import os
+    import threading
+    from harness import eventually, message, rows, texts
+    d, handler = slow_daemon(["late answer"], shutdown_timeout="1s")
+    with d:
+        d.start()
+        got = []
+
+        def deliver():
+            try:
+                got.append(d.deliver(message("x", 81)))
+            except OSError as e:
+                got.append(e)
+        t = threading.Thread(target=deliver, daemon=True)
+        t.start()
+        assert eventually(lambda: os.path.exists(handler + ".started81"),
+                          10)
+        d.proc.terminate()
+        d.wait_log("still in flight after shutdown_timeout")
+        open(handler + ".go81", "w").close()
+        rc = d.stop(sig=0, timeout=30)    # no second SIGTERM
+        d.check_clean(rc)
+        t.join(10)
+        inline = got and not isinstance(got[0], OSError) and \
+            b"late answer" in got[0][3]
+        queued = "late answer" in texts(d) or \
+            any(r[0] == "sendMessage" for r in rows(d))
+        assert inline or queued, (got, texts(d), rows(d), d.log()[-2000:])
