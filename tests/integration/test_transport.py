@@ -170,8 +170,8 @@ def test_limits_hold_with_trusted_networks_empty():
 def slow_daemon(texts, shutdown_timeout="5s"):
     """A daemon whose exec handler `slow` touches slow.started<ID> once it
     has update ID, waits for the test to create slow.go<ID>, then prints
-    a sendMessage of each of texts (%s: the update id).  The daemon, not
-    started, and the handler's path."""
+    a sendMessage of each of texts (each with one %s: the update id).
+    The daemon, not started, and the handler's path."""
     import os
     d = Daemon("", webhook="reply_deadline = 20s", start=False)
     handler = os.path.join(d.dir, "slow")
@@ -259,7 +259,7 @@ def test_stop_while_a_handler_outlives_shutdown_timeout():
     import os
     import threading
     from harness import eventually, message, rows, texts
-    d, handler = slow_daemon(["late answer"], shutdown_timeout="1s")
+    d, handler = slow_daemon(["late answer %s"], shutdown_timeout="1s")
     with d:
         d.start()
         got = []
@@ -280,7 +280,7 @@ def test_stop_while_a_handler_outlives_shutdown_timeout():
         d.check_clean(rc)
         t.join(10)
         inline = got and not isinstance(got[0], OSError) and \
-            b"late answer" in got[0][3]
-        queued = "late answer" in texts(d) or \
+            b"late answer 81" in got[0][3]
+        queued = "late answer 81" in texts(d) or \
             any(r[0] == "sendMessage" for r in rows(d))
         assert inline or queued, (got, texts(d), rows(d), d.log()[-2000:])
