@@ -15,7 +15,7 @@
 static const char *const update_results[MU_N] = { "inline", "followup",
 	"no_calls", "failed", "unhandled", "duplicate", "retry" };
 static const char *const reject_reasons[MR_N] = { "path", "source", "secret",
-	"method", "too_large", "bad_update" };
+	"method", "too_large", "bad_update", "bad_framing" };
 static const char *const methods[] = { "sendMessage", "sendPhoto",
 	"sendDocument", "sendChatAction", "editMessageText",
 	"editMessageReplyMarkup", "deleteMessage", "answerCallbackQuery",

@@ -23,6 +23,7 @@ enum metric_update {
 
 enum metric_reject {
 	MR_PATH, MR_SOURCE, MR_SECRET, MR_METHOD, MR_TOO_LARGE, MR_BAD_UPDATE,
+	MR_FRAMING,
 	MR_N
 };
 

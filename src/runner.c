@@ -335,6 +335,27 @@ runner_finish(struct job *j, char **answer)
 	return rc;
 }
 
+int
+runner_undelivered(struct runner *r, int64_t update_id, char *answer)
+{
+	json_t *calls = json_array();
+	char err[512] = "the daemon has no outbox";
+	int rc = -1;
+
+	/* Position 0 in the key, as route() numbers the first call: the
+	 * same update handled again (a replay) queues it once. */
+	json_array_append_new(calls, json_loads(answer, 0, NULL));
+	if (r->outbox != NULL && json_array_size(calls) == 1)
+		rc = outbox_add(r->outbox, calls, 0, update_id, err,
+		    sizeof(err));
+	if (rc == -1)
+		log_err("update %" PRId64 ": its inline answer cannot be queued "
+		    "as a follow-up: %s", update_id, err);
+	json_decref(calls);
+	free(answer);
+	return rc;
+}
+
 /*
  * The webhook is about to be answered while the handler still runs: hold
  * the update in the store first, so that a crash before its calls are

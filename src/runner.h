@@ -12,6 +12,7 @@
 #define TGW_RUNNER_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 struct handler;
 struct outbox;
@@ -50,5 +51,10 @@ void runner_replay(struct runner *r, const struct handler *h,
  * for the caller.  Returns 0, or -1 when the answer must be 503 (the
  * store could not take the follow-ups). */
 int runner_finish(struct job *j, char **answer);
+/* The inline call (JSON text, taken) that runner_start or runner_finish
+ * gave for update_id could not be delivered on its connection: queues it
+ * durably as a follow-up, keyed as the handler's first call.  0, or -1
+ * (logged) when the store cannot take it. */
+int runner_undelivered(struct runner *r, int64_t update_id, char *answer);
 
 #endif
