@@ -854,6 +854,14 @@ out:
 	return rc;
 }
 
+int
+outbox_unsent(struct outbox *o, const char *chat, char *err, size_t errlen)
+{
+	/* The store, not the sender's memory: a call is unsent until its
+	 * outcome is written, and rows added by other processes count. */
+	return store_calls_unsent(o->store, chat, err, errlen);
+}
+
 uint64_t
 outbox_heartbeat(struct outbox *o)
 {
