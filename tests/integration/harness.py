@@ -174,6 +174,13 @@ class Daemon:
         self.proc = None
         return rc
 
+    def kill(self):
+        """SIGKILL: the daemon dies where it is, as in a crash."""
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+        self.logf.close()
+        self.proc = None
+
     def close(self):
         try:
             if self.proc is not None and self.proc.poll() is None:
