@@ -786,7 +786,7 @@ store_updates_held(struct store *s, struct store_update **out, char *err,
     size_t errlen)
 {
 	return read_updates(s, "SELECT 0, update_id, handler, NULL, 0, body "
-	    "FROM held_updates ORDER BY created, update_id LIMIT ?1", -1, out,
+	    "FROM held_updates ORDER BY update_id LIMIT ?1", -1, out,
 	    err, errlen);
 }
 

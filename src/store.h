@@ -131,7 +131,9 @@ struct store_update {
 	char *reason;
 	int64_t created;	/* unix seconds */
 };
-/* Every held update, oldest first.  Count, or -1 with err. */
+/* Every held update, in update_id order: Telegram's order, so each
+ * chat's (hold times are wall-clock, which can step back).  Count, or -1
+ * with err. */
 long store_updates_held(struct store *s, struct store_update **out, char *err,
     size_t errlen);
 void store_updates_free(struct store_update *u, size_t n);
