@@ -309,6 +309,14 @@ def rows(d, where="1"):
         db.close()
 
 
+def settle(d, timeout=10.0):
+    """Waits until no follow-up is unsent, as a user reads the answers
+    before typing on: a chat's next answer goes inline only then (README,
+    "One chat's updates in order")."""
+    assert eventually(lambda: rows(d, "state = 0") == [], timeout), \
+        rows(d, "state = 0")
+
+
 def eventually(probe, timeout=10.0):
     """probe()'s first truthy value, polling until timeout (state the
     daemon writes a moment after what the test waited for)."""

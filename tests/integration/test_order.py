@@ -94,16 +94,14 @@ def test_slow_fast_fast_in_one_chat_in_order_while_other_chats_flow():
         d.emu.wait_calls("sendMessage", 3, timeout=20)
         assert eventually(lambda: len(chat_texts(d, 42)) == 3, 10)
         assert chat_texts(d, 42) == ["re slow 3", "re fast 1", "re fast 2"]
-        first = [c for c in d.emu.calls_of("sendMessage")][0]
+        first = d.emu.calls_of("sendMessage")[0]
         assert answered < first.time, "chat 43 waited for chat 42"
-        log = d.log()
         for uid in (2, 3):
-            assert ("update %d: still waiting for an earlier update of its "
-                    "conversation at reply_deadline" % uid) in log, log
-            assert ("update %d: message: handler any: 1 follow-up" % uid) \
-                in log, log
-        assert "having waited" in log.split("update 2: message: handler "
-                                            "any:")[1].splitlines()[0]
+            d.wait_log("update %d: still waiting for an earlier update of "
+                       "its conversation at reply_deadline" % uid)
+            d.wait_log("update %d: message: handler any: 1 follow-up" % uid)
+        line = d.log().split("update 2: message: handler any:")[1]
+        assert "having waited" in line.splitlines()[0], line
         assert metric(d, "tgwebhookd_chat_wait_seconds_count") == 2
         assert metric(d, "tgwebhookd_chat_wait_seconds_sum") >= 2.0
         assert eventually(lambda: held(d) == [], 5)
