@@ -104,7 +104,9 @@ struct outbox {
 	/* For outbox_unsent() without the store: calls in memory by chat
 	 * bucket, and whether memory has every call added so far. */
 	atomic_int unsent[BUCKETS];
-	atomic_uint_fast64_t added, loaded;	/* outbox_add()s; those loaded */
+	atomic_uint_fast64_t added;	/* outbox_add()s committed */
+	atomic_uint_fast64_t loaded;	/* of those, how many the last load
+					 * had seen */
 	atomic_bool overflow;	/* more_in_store, for other threads */
 };
 

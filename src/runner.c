@@ -688,8 +688,8 @@ deadline_thread(void *arg)
 		else
 			log_info("update %" PRId64 ": still waiting for an "
 			    "earlier update of its conversation at "
-			    "reply_deadline (%ums): answered %s, its calls will "
-			    "be follow-ups", j->u->id, r->deadline_ms,
+			    "reply_deadline (%ums): answered %s, its calls "
+			    "will be follow-ups", j->u->id, r->deadline_ms,
 			    j->retry ? "503" : "200");
 		pthread_mutex_unlock(&r->mu);
 		j->ready(j->arg);

@@ -202,7 +202,8 @@ test_unsent_until_delivered(void **state)
 	(void)state;
 	fake_script(f->api, "sendMessage", 502, "{\"ok\":false,"
 	    "\"error_code\":502,\"description\":\"Bad Gateway\"}");
-	add(f, 4, "[{\"method\":\"sendMessage\",\"chat_id\":9,\"text\":\"x\"}]");
+	add(f, 4, "[{\"method\":\"sendMessage\",\"chat_id\":9,"
+	    "\"text\":\"x\"}]");
 	assert_int_equal(outbox_unsent(f->o, "9", err, sizeof(err)), 1);
 	assert_int_equal(outbox_unsent(f->o, "10", err, sizeof(err)), 0);
 	/* refused once: still unsent while it waits to be retried */

@@ -437,7 +437,7 @@ test_one_chat_in_order_others_free(void **state)
 /* A waiting update still answers inline when its handler is done within
  * its own deadline and nothing of its chat is unsent. */
 static void
-test_waiting_update_inline_within_its_deadline(void **state)
+test_waiting_update_inline_in_its_deadline(void **state)
 {
 	struct fixture *f = setup(2, 8, 3000);
 	struct conn slow, quick;
@@ -560,7 +560,7 @@ main(void)
 		cmocka_unit_test(test_bounded_queue_answers_busy),
 		cmocka_unit_test(test_replay_sends_every_call_as_a_follow_up),
 		cmocka_unit_test(test_one_chat_in_order_others_free),
-		cmocka_unit_test(test_waiting_update_inline_within_its_deadline),
+		cmocka_unit_test(test_waiting_update_inline_in_its_deadline),
 		cmocka_unit_test(test_inline_held_back_behind_unsent_follow_up),
 		cmocka_unit_test(test_chat_queue_limit),
 		cmocka_unit_test(test_replays_keep_chat_order),
