@@ -73,7 +73,7 @@ start(bool tls, const char *cert, const char *key)
 
 	f->t = table(f, "hello {from.first_name}");
 	f->dd = dedup_new(64);
-	f->r = runner_new(1, 8, 2000, NULL, NULL);
+	f->r = runner_new(1, 8, 16, 2000, NULL, NULL);
 	o.gate = gate_new("hook", SECRET, netlist_parse("127.0.0.0/8", NULL,
 	    0), netlist_parse("", NULL, 0));
 	o.dedup = f->dd;
