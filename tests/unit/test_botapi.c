@@ -150,7 +150,7 @@ test_upload_sends_the_opened_file(void **state)
 	fputs("the checked file\n", fp);
 	fclose(fp);
 	fd = open(path, O_RDONLY | O_CLOEXEC);
-	assert_true(fd >= 0);
+	assert_return_code(fd, errno);
 	fake_script(f, "sendDocument", 200, "{\"ok\":true,\"result\":{"
 	    "\"message_id\":3}}");
 	fl[0] = (struct botapi_field){ .name = "chat_id", .value = "5" };

@@ -65,7 +65,7 @@ test_generate_and_check(void **state)
 	assert_int_equal(cert_check(p("a.pem"), p("sub/a.key"), "bot.example",
 	    &info, err, sizeof(err)), 0);
 	assert_true(info.self_signed);
-	assert_true(info.days_left >= 364 && info.days_left <= 365);
+	assert_in_range(info.days_left, 364, 365);
 	assert_non_null(strstr(info.subject, "CN=bot.example"));
 	assert_non_null(strstr(info.leaf_pem, "BEGIN CERTIFICATE"));
 	assert_null(strstr(info.leaf_pem, "PRIVATE"));

@@ -6,6 +6,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,7 +28,7 @@ load_text(const char *text, struct diag *d)
 	strcpy(path, "/tmp/tgw-config-test-XXXXXX");
 	int fd = mkstemp(path);
 
-	assert_true(fd >= 0);
+	assert_return_code(fd, errno);
 	close(fd);
 	assert_int_equal(file_write_atomic(path, text, strlen(text), 0600,
 	    err, sizeof(err)), 0);
@@ -228,7 +229,7 @@ test_token_sources(void **state)
 	free(t);
 
 	fd = mkstemp(tpath);
-	assert_true(fd >= 0);
+	assert_return_code(fd, errno);
 	assert_int_equal(write(fd, TOKEN "\n", strlen(TOKEN) + 1),
 	    (int)strlen(TOKEN) + 1);
 	close(fd);

@@ -315,7 +315,7 @@ test_text_bounded(void **state)
 	assert_null(dispatch_match(t, u, "MyBot"));
 	print_message("# a 16 KiB adversarial text: %llu ms\n",
 	    (unsigned long long)(now_ms() - t0));
-	assert_true(now_ms() - t0 < 10000);
+	assert_in_range(now_ms() - t0, 0, 9999);
 	update_free(u);
 	dispatch_free(t);
 	config_free(c);

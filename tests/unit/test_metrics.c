@@ -87,12 +87,12 @@ test_counters_and_histogram(void **state)
 	    "sendMessage\",result=\"ok\"}") == 1);
 	assert_true(sample(text, "tgwebhookd_botapi_calls_total{method=\""
 	    "other\",result=\"ok\"}") == 1);
-	assert_true(sample(text, "tgwebhookd_botapi_429_total") == 1);
-	assert_true(sample(text, "tgwebhookd_worker_exits_total") == 1);
-	assert_true(sample(text, "tgwebhookd_outbox_pending") == 3);
-	assert_true(sample(text, "tgwebhookd_outbox_oldest_seconds") == 2.5);
-	assert_true(sample(text, "tgwebhookd_webhook_registered") == 1);
-	assert_true(sample(text, "tgwebhookd_store_healthy") == 1);
+	assert_float_equal(sample(text, "tgwebhookd_botapi_429_total"), 1, 1e-9);
+	assert_float_equal(sample(text, "tgwebhookd_worker_exits_total"), 1, 1e-9);
+	assert_float_equal(sample(text, "tgwebhookd_outbox_pending"), 3, 1e-9);
+	assert_float_equal(sample(text, "tgwebhookd_outbox_oldest_seconds"), 2.5, 1e-9);
+	assert_float_equal(sample(text, "tgwebhookd_webhook_registered"), 1, 1e-9);
+	assert_float_equal(sample(text, "tgwebhookd_store_healthy"), 1, 1e-9);
 	/* unknown until getWebhookInfo answers; no certificate: no TLS */
 	assert_null(strstr(text, "tgwebhookd_telegram_pending_updates "));
 	assert_null(strstr(text, "certificate_expiry_timestamp_seconds "));
@@ -101,10 +101,10 @@ test_counters_and_histogram(void **state)
 	g.cert_expiry = 1800000000;
 	g.telegram_pending = 4;
 	text = metrics_render(&g);
-	assert_true(sample(text, "tgwebhookd_store_healthy") == 0);
+	assert_float_equal(sample(text, "tgwebhookd_store_healthy"), 0, 1e-9);
 	assert_true(sample(text, "tgwebhookd_certificate_expiry_timestamp_"
 	    "seconds") == 1800000000);
-	assert_true(sample(text, "tgwebhookd_telegram_pending_updates") == 4);
+	assert_float_equal(sample(text, "tgwebhookd_telegram_pending_updates"), 4, 1e-9);
 	free(text);
 }
 
@@ -194,7 +194,7 @@ test_admin(void **state)
 	free(body);
 	snprintf(url, sizeof(url), "http://127.0.0.1:%d/metrics", port);
 	assert_int_equal(fetch(url, false, &body), 200);
-	assert_true(sample(body, "tgwebhookd_store_healthy") == 0);
+	assert_float_equal(sample(body, "tgwebhookd_store_healthy"), 0, 1e-9);
 	free(body);
 	snprintf(url, sizeof(url), "http://127.0.0.1:%d/other", port);
 	assert_int_equal(fetch(url, false, &body), 404);
@@ -266,7 +266,7 @@ test_admin_idle_connections(void **state)
 	sin.sin_port = htons((uint16_t)port);
 	for (int i = 0; i < N; i++) {
 		fds[i] = socket(AF_INET, SOCK_STREAM, 0);
-		assert_true(fds[i] >= 0);
+		assert_return_code(fds[i], errno);
 		assert_int_equal(connect(fds[i], (struct sockaddr *)&sin,
 		    sizeof(sin)), 0);
 	}
@@ -278,7 +278,7 @@ test_admin_idle_connections(void **state)
 		free(body);
 	}
 	/* all but the newest few were ended to make room */
-	assert_true(closed_by_server(fds, N, N - 16) >= N - 16);
+	assert_in_range(closed_by_server(fds, N, N - 16), N - 16, N);
 	for (int i = 0; i < N; i++)
 		close(fds[i]);
 	admin_stop(a);

@@ -58,7 +58,7 @@ test_every_corpus_file_parses(void **state)
 			continue;
 		u = load(e->d_name);
 		assert_non_null(u->obj);
-		assert_true(u->type[0] != '\0');
+		assert_string_not_equal(u->type, "");
 		update_free(u);
 		n++;
 	}
@@ -75,7 +75,7 @@ test_start_payload(void **state)
 	assert_string_equal(u->type, "message");
 	assert_string_equal(u->command, "start");
 	assert_null(u->command_target);
-	assert_true(strlen(u->args) > 0);
+	assert_string_not_equal(u->args, "");
 	assert_true(u->has_chat);
 	assert_true(u->has_from);
 	assert_true(update_command_is_ours(u, "AnyBot"));
@@ -119,7 +119,7 @@ check_nonbmp(const char *file)
 
 	assert_string_equal(u->command, "help");
 	assert_string_equal(u->command_target, "SomeBot");
-	assert_true(strncmp(u->args, "for ", 4) == 0);
+	assert_memory_equal(u->args, "for ", 4);
 	assert_int_equal(u->chat_id, -1001987654321LL);
 	update_free(u);
 }
@@ -265,7 +265,7 @@ test_large_message(void **state)
 
 	(void)state;
 	assert_string_equal(u->type, "message");
-	assert_true(u->text_len > 4096);
+	assert_in_range(u->text_len, 4097, SIZE_MAX);
 	update_free(u);
 }
 
@@ -284,7 +284,7 @@ test_rejects(void **state)
 		err[0] = '\0';
 		assert_null(update_parse(bad[i], strlen(bad[i]), err,
 		    sizeof(err)));
-		assert_true(err[0] != '\0');
+		assert_string_not_equal(err, "");
 	}
 }
 
