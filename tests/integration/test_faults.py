@@ -52,8 +52,10 @@ def test_store_disk_full_answers_503_then_recovers():
         # healthy again once writes go through
         ok = eventually(lambda: health(d)[0] == 200)
         assert ok, (health(d), d.log()[-3000:])
-        # nothing sent twice: a later update's follow-ups to that chat go
-        # out after anything queued before them (per-chat order)
+        # nothing sent twice: once 21's follow-ups are out, a later
+        # update of that chat answers inline again (it can overtake
+        # nothing) and its follow-ups come after them
+        d.emu.wait_calls("sendMessage", 2)
         status, _, _, body = d.deliver(message("x", 22, chat_id=21))
         assert status == 200 and b'"m22-1"' in body
         d.emu.wait_calls("sendMessage", 4)
