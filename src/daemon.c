@@ -22,6 +22,7 @@
 #include "dedup.h"
 #include "dispatch.h"
 #include "gate.h"
+#include "intake.h"
 #include "log.h"
 #include "metrics.h"
 #include "notify.h"
@@ -103,6 +104,7 @@ struct daemon {
 	struct server *srv;
 	struct webhook *wh;
 	struct dedup *dedup;
+	struct intake *intake;
 	struct admin *admin;
 	struct bot_identity id;
 	struct cert_info info;	/* the certificate served */
@@ -390,10 +392,9 @@ daemon_start(struct daemon *d)
 	so.timeout_s = (c->connection_timeout_ms + 999) / 1000;
 	so.max_body = c->max_body;
 	so.gate = make_gate(d, c);
-	so.dedup = d->dedup = dedup_new((size_t)c->dedup_size);
-	so.dispatch = d->dispatch;
-	so.runner = d->runner;
-	so.id = &d->id;
+	d->dedup = dedup_new((size_t)c->dedup_size);
+	d->intake = intake_new(d->dedup, d->dispatch, d->runner, &d->id);
+	so.intake = d->intake;
 	if ((d->srv = server_start(&so, err, sizeof(err))) == NULL)
 		fatal("%s: %s", c->listen, err);
 	wipe_free(key_pem);
@@ -555,8 +556,9 @@ daemon_reload(struct daemon *d)
 
 	log_set_level((enum log_level)nc->log_level);
 	dispatch_start(nt);	/* new workers start, kept ones keep going */
-	server_swap(d->srv, make_gate(d, nc), nt);
-	dispatch_free(d->dispatch);	/* the server holds the new one */
+	server_swap(d->srv, make_gate(d, nc));
+	intake_swap(d->intake, nt);
+	dispatch_free(d->dispatch);	/* intake holds the new one */
 	d->dispatch = nt;
 	new_cert = nc->tls && strcmp(ni.sha256, d->info.sha256) != 0;
 	if (nc->tls) {
@@ -663,6 +665,7 @@ daemon_stop(struct daemon *d)
 	webhook_stop(d->wh);
 	server_stop(d->srv);
 	runner_free(d->runner);
+	intake_free(d->intake);
 	outbox_stop(d->outbox, d->c->shutdown_timeout_ms);
 	dedup_free(d->dedup);
 	dispatch_free(d->dispatch);

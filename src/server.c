@@ -4,10 +4,11 @@
  * A request is checked in the order of DESIGN.md's edge table as soon as
  * its headers are in (path, source, secret, method, then the declared
  * size), so a stranger's body is never read.  The body is read up to
- * max_body.  A handler that may be slow runs on the runner's threads while
+ * max_body and handed whole to intake (intake.h), which owns what follows.
+ * An update whose handler may be slow runs on the runner's threads while
  * its connection is suspended (MHD_suspend_connection), so no handler can
- * stall the other connections; the runner resumes it when the answer is
- * known, at the latest at reply_deadline.  Never 410 (23 hours of 410
+ * stall the other connections; intake's answer resumes it, at the latest
+ * at reply_deadline.  Never 410 (23 hours of 410
  * make Telegram delete the webhook), never a redirect.
  */
 #include "server.h"
@@ -25,15 +26,11 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "dedup.h"
-#include "dispatch.h"
 #include "gate.h"
+#include "intake.h"
 #include "log.h"
 #include "metrics.h"
-#include "runner.h"
-#include "update.h"
 #include "util.h"
-#include "webhook.h"
 
 /* TLS 1.2 and 1.3 only, as Telegram's guide asks. */
 #define TLS_PRIORITIES "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2"
@@ -57,11 +54,12 @@ struct request {
 	struct server *s;
 	struct MHD_Connection *conn;
 	struct buf body;
+	size_t len;		/* the body's, once handed to intake */
 	bool too_large;
-	struct job *job;
-	int64_t update_id;
-	int type_index;
-	atomic_bool ready;
+	bool suspended;		/* waiting for intake's answer */
+	atomic_bool ready;	/* the answer is in: status, answer */
+	enum intake_status status;
+	char *answer;
 };
 
 /* A certificate chain and its key, as GnuTLS hands them to a handshake.
@@ -79,8 +77,8 @@ static struct creds *creds_previous;
 struct server {
 	struct MHD_Daemon *mhd;
 	struct server_opts o;
-	pthread_rwlock_t lock;	/* o.gate and o.dispatch: readers are
-				 * requests, the writer a reload */
+	pthread_rwlock_t lock;	/* o.gate: readers are requests, the
+				 * writer a reload */
 	atomic_bool quiescing;
 	atomic_uint inflight;
 	struct MHD_Response *empty200, *r400, *r403, *r404, *r405, *r413,
@@ -155,15 +153,6 @@ answer_json(struct MHD_Connection *c, char *json)
 	return ret;
 }
 
-static void
-on_ready(void *arg)
-{
-	struct request *rq = arg;
-
-	atomic_store(&rq->ready, true);
-	MHD_resume_connection(rq->conn);
-}
-
 static const char *
 peer_text(struct MHD_Connection *c, char *buf, size_t len)
 {
@@ -177,66 +166,69 @@ peer_text(struct MHD_Connection *c, char *buf, size_t len)
 	return buf;
 }
 
-/* The whole body is in: parse, dedup, dispatch. */
+/* Intake's answer, or that the answer comes later: on the thread that
+ * submitted the body, or for a suspended connection on a runner thread. */
+static void
+on_pending(void *arg)
+{
+	struct request *rq = arg;
+
+	rq->suspended = true;
+	MHD_suspend_connection(rq->conn);
+}
+
+static void
+on_answer(void *arg, struct intake_result *r)
+{
+	struct request *rq = arg;
+
+	rq->status = r->status;
+	rq->answer = r->answer;
+	r->answer = NULL;
+	if (r->status == INTAKE_BAD) {
+		char peer[64];
+
+		log_warn("bad update from %s (%zu bytes): %s",
+		    peer_text(rq->conn, peer, sizeof(peer)), rq->len,
+		    r->error);
+	}
+	if (rq->suspended) {
+		atomic_store(&rq->ready, true);
+		MHD_resume_connection(rq->conn);
+	}
+}
+
+/* The answer intake gave. */
+static enum MHD_Result
+answer_update(struct server *s, struct request *rq)
+{
+	struct MHD_Connection *c = rq->conn;
+	char *inline_call = rq->answer;
+
+	rq->answer = NULL;
+	switch (rq->status) {
+	case INTAKE_BAD:
+		return answer(c, MHD_HTTP_BAD_REQUEST, s->r400);
+	case INTAKE_BUSY:
+		return answer(c, MHD_HTTP_SERVICE_UNAVAILABLE, s->r503);
+	case INTAKE_OK:
+		break;
+	}
+	if (inline_call != NULL)
+		return answer_json(c, inline_call);
+	return answer(c, MHD_HTTP_OK, s->empty200);
+}
+
+/* The whole body is in: intake takes it from here. */
 static enum MHD_Result
 handle_update(struct server *s, struct request *rq)
 {
-	struct MHD_Connection *c = rq->conn;
-	const struct handler *h;
-	struct update *u;
-	struct job *job;
-	char err[256], *inline_call, *username;
-	size_t len = rq->body.len;
-	enum runner_status started;
-
-	u = update_parse(rq->body.data ? rq->body.data : "", len, err,
-	    sizeof(err));
-	if (u == NULL) {
-		char peer[64];
-
-		log_warn("bad update from %s (%zu bytes): %s", peer_text(c,
-		    peer, sizeof(peer)), len, err);
-		metrics_reject(MR_BAD_UPDATE);
-		return answer(c, MHD_HTTP_BAD_REQUEST, s->r400);
-	}
-	if (dedup_seen(s->o.dedup, u->id)) {
-		log_info("update %" PRId64 ": already handled; answered 200 "
-		    "again", u->id);
-		metrics_update(u->type_index, MU_DUPLICATE);
-		update_free(u);
-		return answer(c, MHD_HTTP_OK, s->empty200);
-	}
-	if (u->type_index == -1)
-		log_debug("update %" PRId64 ": type '%s' is unknown to this "
-		    "version; answered 200", u->id, u->type);
-	username = atomic_load(&s->o.id->username);
-	/* runner_start() takes u: keep what we need of it. */
-	rq->update_id = u->id;
-	rq->type_index = u->type_index;
-	/* The table may be swapped by a reload: hold it while matching and
-	 * while a quick handler runs (a slow one's job holds a reference). */
-	pthread_rwlock_rdlock(&s->lock);
-	h = dispatch_match(s->o.dispatch, u, username);
-	started = runner_start(s->o.runner, h, u, buf_steal(&rq->body), len,
-	    &inline_call, &job);
-	pthread_rwlock_unlock(&s->lock);
-	switch (started) {
-	case RUNNER_DONE:
-		if (inline_call != NULL)
-			return answer_json(c, inline_call);
-		return answer(c, MHD_HTTP_OK, s->empty200);
-	case RUNNER_BUSY:
-		/* Not handled: let Telegram's retry count as new. */
-		dedup_forget(s->o.dedup, rq->update_id);
-		metrics_update(rq->type_index, MU_RETRY);
-		return answer(c, MHD_HTTP_SERVICE_UNAVAILABLE, s->r503);
-	case RUNNER_PENDING:
-		break;
-	}
-	rq->job = job;
-	MHD_suspend_connection(c);
-	runner_go(job, on_ready, rq);
-	return MHD_YES;
+	rq->len = rq->body.len;
+	intake_submit(s->o.intake, buf_steal(&rq->body), rq->len,
+	    &(struct intake_cb){ on_pending, on_answer, rq });
+	if (rq->suspended)
+		return MHD_YES;
+	return answer_update(s, rq);
 }
 
 static enum MHD_Result
@@ -309,22 +301,12 @@ on_request(void *cls, struct MHD_Connection *c, const char *url,
 		atomic_fetch_add(&s->inflight, 1);
 		return MHD_YES;
 	}
-	if (rq->job != NULL) {
-		char *inline_call;
-
-		/* Resumed by the runner: the answer is known. */
+	if (rq->suspended) {
+		/* Resumed by intake's answer. */
 		if (!atomic_load(&rq->ready))
 			return MHD_YES;
-		if (runner_finish(rq->job, &inline_call) == -1) {
-			rq->job = NULL;
-			dedup_forget(s->o.dedup, rq->update_id);
-			metrics_update(rq->type_index, MU_RETRY);
-			return answer(c, MHD_HTTP_SERVICE_UNAVAILABLE, s->r503);
-		}
-		rq->job = NULL;
-		if (inline_call != NULL)
-			return answer_json(c, inline_call);
-		return answer(c, MHD_HTTP_OK, s->empty200);
+		rq->suspended = false;
+		return answer_update(s, rq);
 	}
 	if (*upload_size > 0) {
 		if (!rq->too_large && rq->body.len + *upload_size <=
@@ -357,12 +339,7 @@ on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
 	(void)toe;
 	if (rq == NULL)
 		return;
-	if (rq->job != NULL) {
-		char *unused = NULL;
-
-		runner_finish(rq->job, &unused);
-		free(unused);
-	}
+	free(rq->answer);
 	buf_free(&rq->body);
 	free(rq);
 	*con_cls = NULL;
@@ -450,25 +427,15 @@ server_set_certificate(struct server *s, const char *cert_pem,
 }
 
 void
-server_swap(struct server *s, struct gate *g, struct dispatch *t)
+server_swap(struct server *s, struct gate *g)
 {
-	struct gate *old_gate = NULL;
-	struct dispatch *old_table = NULL;
+	struct gate *old_gate;
 
-	if (t != NULL)
-		dispatch_ref(t);
 	pthread_rwlock_wrlock(&s->lock);
-	if (g != NULL) {
-		old_gate = s->o.gate;
-		s->o.gate = g;
-	}
-	if (t != NULL) {
-		old_table = s->o.dispatch;
-		s->o.dispatch = t;
-	}
+	old_gate = s->o.gate;
+	s->o.gate = g;
 	pthread_rwlock_unlock(&s->lock);
 	gate_free(old_gate);
-	dispatch_unref(old_table);
 }
 
 static bool
@@ -631,7 +598,6 @@ server_start(const struct server_opts *o, char *err, size_t errlen)
 	int rc;
 
 	s->o = *o;
-	dispatch_ref(s->o.dispatch);
 	/* Writer preference: a reload must not starve under load. */
 	pthread_rwlockattr_init(&ra);
 	pthread_rwlockattr_setkind_np(&ra,
@@ -742,7 +708,6 @@ server_stop(struct server *s)
 		gnutls_free(s->ticket_key.data);
 	}
 	gate_free(s->o.gate);
-	dispatch_unref(s->o.dispatch);
 	creds_free(creds_previous);
 	creds_free(atomic_exchange(&creds_current, NULL));
 	creds_previous = NULL;

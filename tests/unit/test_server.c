@@ -21,6 +21,7 @@
 #include "dedup.h"
 #include "dispatch.h"
 #include "gate.h"
+#include "intake.h"
 #include "runner.h"
 #include "server.h"
 #include "util.h"
@@ -35,6 +36,7 @@ struct fixture {
 	struct dispatch *t;
 	struct dedup *dd;
 	struct runner *r;
+	struct intake *in;
 	struct server *s;
 	struct bot_identity id;
 	int port;
@@ -74,10 +76,8 @@ start(bool tls, const char *cert, const char *key)
 	f->r = runner_new(1, 8, 2000, NULL, NULL);
 	o.gate = gate_new("hook", SECRET, netlist_parse("127.0.0.0/8", NULL,
 	    0), netlist_parse("", NULL, 0));
-	o.dedup = f->dd;
-	o.dispatch = f->t;
-	o.runner = f->r;
-	o.id = &f->id;
+	f->in = intake_new(f->dd, f->t, f->r, &f->id);
+	o.intake = f->in;
 	sin->sin_family = AF_INET;
 	sin->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
 	for (f->port = 41870; f->port < 41970; f->port++) {
@@ -96,6 +96,7 @@ stop(struct fixture *f)
 {
 	server_stop(f->s);
 	runner_free(f->r);
+	intake_free(f->in);
 	dedup_free(f->dd);
 	dispatch_free(f->t);
 	config_free(f->c);
@@ -220,8 +221,8 @@ test_swap_and_quiesce(void **state)
 	CURL *c = curl_easy_init();
 
 	(void)state;
-	server_swap(f->s, NULL, t2);
-	dispatch_free(t2);	/* the server holds its own reference */
+	intake_swap(f->in, t2);
+	dispatch_free(t2);	/* intake holds its own reference */
 	assert_int_equal(post_on(c, f, false, "hook", SECRET, u2, &out), 200);
 	assert_non_null(strstr(out, "\"text\":\"reloaded\""));
 	free(out);
