@@ -391,3 +391,80 @@ def test_busy_update_stops_the_offset_and_is_asked_for_again():
         assert eventually(lambda: offset(d) == 41)
         time.sleep(0.5)
         assert sorted(texts(d)) == sorted("u%d" % i for i in range(1, 41))
+
+
+def test_allowed_updates_sent_and_honoured():
+    handlers = REPLY + "[handler.any]\nreply = any {update_id}\n"
+    with polling_daemon(handlers, webhook="allowed_updates = message") as d:
+        from harness import callback
+        d.emu.push_update(callback("b", 1))
+        d.emu.push_update(message("/start", 2))
+        d.emu.wait_calls("sendMessage", 1)
+        assert d.emu.calls_of("getUpdates")[0].params["allowed_updates"] == \
+            ["message"]
+        time.sleep(0.5)
+        assert texts(d) == ["Hello, Ann!"]
+
+
+def test_emulator_get_updates_as_telegram():
+    """The emulator itself: offsets confirm, a negative offset keeps the
+    last ones, limit, timeout, and 409 for a webhook or a newer poll."""
+    import threading
+    from harness import TOKEN
+    import botapi_emu
+    emu = botapi_emu.Emulator(TOKEN).start()
+    try:
+        def call(**params):
+            req = urllib.request.Request(
+                "%s/bot%s/getUpdates" % (emu.url, TOKEN),
+                data=json.dumps(params).encode(),
+                headers={"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(req, timeout=10) as r:
+                    return json.loads(r.read())
+            except urllib.error.HTTPError as e:
+                return json.loads(e.read())
+        ids = [emu.push_update(message("m", i)) for i in range(1, 6)]
+        assert ids == [1, 2, 3, 4, 5]
+        got = call(limit=2)
+        assert [u["update_id"] for u in got["result"]] == [1, 2]
+        got = call(offset=3)                    # confirms 1 and 2
+        assert [u["update_id"] for u in got["result"]] == [3, 4, 5]
+        assert emu.pending_updates() == [3, 4, 5]
+        got = call(offset=-1)                   # only the last is kept
+        assert [u["update_id"] for u in got["result"]] == [5]
+        assert emu.pending_updates() == [5]
+        got = call(offset=6)
+        assert got["result"] == []
+        t0 = time.time()
+        assert call(offset=6, timeout=1)["result"] == []
+        assert time.time() - t0 >= 0.9
+        # a long poll answered as soon as an update comes
+        threading.Timer(0.3, emu.push_update,
+                        [message("late", 6)]).start()
+        t0 = time.time()
+        got = call(offset=6, timeout=10)
+        assert [u["update_id"] for u in got["result"]] == [6]
+        assert time.time() - t0 < 5
+        # a newer poll ends the older one with 409
+        older = {}
+        t = threading.Thread(target=lambda: older.update(
+            call(offset=7, timeout=10)))
+        t.start()
+        assert eventually(lambda: emu.polls_active == 1)
+        call(offset=7)
+        t.join(5)
+        assert older["error_code"] == 409
+        assert "terminated by other getUpdates request" in \
+            older["description"]
+        # allowed_updates is kept from call to call
+        emu.push_update({"update_id": 7, "callback_query": {"id": "1"}})
+        emu.push_update(message("m", 8))
+        got = call(offset=7, allowed_updates=["message"])
+        assert [u["update_id"] for u in got["result"]] == [8]
+        emu.webhook = dict(WEBHOOK)
+        got = call(offset=9)
+        assert got["error_code"] == 409
+        assert "while webhook is active" in got["description"]
+    finally:
+        emu.stop()
