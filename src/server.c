@@ -71,9 +71,6 @@ struct creds {
 	gnutls_privkey_t key;
 };
 
-static _Atomic(struct creds *) creds_current;
-static struct creds *creds_previous;
-
 struct server {
 	struct MHD_Daemon *mhd;
 	struct server_opts o;
@@ -84,6 +81,8 @@ struct server {
 	struct MHD_Response *empty200, *r400, *r403, *r404, *r405, *r413,
 	    *r503;
 	gnutls_datum_t ticket_key;	/* TLS session tickets (resumption) */
+	_Atomic(struct creds *) creds_current;	/* served to handshakes */
+	struct creds *creds_previous;	/* for handshakes begun before a swap */
 	pthread_mutex_t peers_mu;
 	struct peer *peers[PEER_BUCKETS];
 	pthread_mutex_t log_mu;
@@ -395,9 +394,9 @@ on_certificate(gnutls_session_t session, const gnutls_datum_t *req_ca_rdn,
     gnutls_pcert_st **pcert, unsigned int *pcert_length,
     gnutls_privkey_t *privkey)
 {
-	struct creds *c = atomic_load(&creds_current);
+	struct server *s = gnutls_db_get_ptr(session);
+	struct creds *c = s != NULL ? atomic_load(&s->creds_current) : NULL;
 
-	(void)session;
 	(void)req_ca_rdn;
 	(void)nreqs;
 	(void)pk_algos;
@@ -416,13 +415,12 @@ server_set_certificate(struct server *s, const char *cert_pem,
 {
 	struct creds *c = creds_new(cert_pem, key_pem, err, errlen);
 
-	(void)s;
 	if (c == NULL)
 		return -1;
 	/* Handshakes that started a moment ago may still use the current
 	 * credentials: those live until the next swap. */
-	creds_free(creds_previous);
-	creds_previous = atomic_exchange(&creds_current, c);
+	creds_free(s->creds_previous);
+	s->creds_previous = atomic_exchange(&s->creds_current, c);
 	return 0;
 }
 
@@ -512,6 +510,14 @@ on_connection(void *cls, struct MHD_Connection *c, void **socket_ctx,
 	    MHD_CONNECTION_INFO_GNUTLS_SESSION)) != NULL)
 		gnutls_session_ticket_enable_server(ci->tls_session,
 		    &s->ticket_key);
+	/* The certificate callback has no argument of its own: it finds the
+	 * server through the session's database pointer, which nothing else
+	 * uses (no session cache: resumption is by tickets; libmicrohttpd
+	 * keeps the connection in the session pointer). */
+	if (code == MHD_CONNECTION_NOTIFY_STARTED && s->o.tls &&
+	    (ci = MHD_get_connection_info(c,
+	    MHD_CONNECTION_INFO_GNUTLS_SESSION)) != NULL)
+		gnutls_db_set_ptr(ci->tls_session, s);
 	if (s->o.per_ip_limit == 0)
 		return;
 	if (code == MHD_CONNECTION_NOTIFY_STARTED) {
@@ -708,8 +714,7 @@ server_stop(struct server *s)
 		gnutls_free(s->ticket_key.data);
 	}
 	gate_free(s->o.gate);
-	creds_free(creds_previous);
-	creds_free(atomic_exchange(&creds_current, NULL));
-	creds_previous = NULL;
+	creds_free(s->creds_previous);
+	creds_free(atomic_exchange(&s->creds_current, NULL));
 	free(s);
 }
