@@ -605,7 +605,7 @@ config_check(struct config *c, struct diag *d)
 				diag_add(d, f,
 				    config_line(c, "webhook", "allowed_updates"),
 				    "allowed_updates", "'%s' is not an update "
-				    "type of Bot API 10.1 (Telegram would "
+				    "type of Bot API 10.3 (Telegram would "
 				    "ignore it)", list[i]);
 		strlist_free(list);
 	}

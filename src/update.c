@@ -26,7 +26,7 @@ static const char *const update_types[UPDATE_TYPES_N] = {
 	"callback_query", "shipping_query", "pre_checkout_query",
 	"purchased_paid_media", "poll", "poll_answer", "my_chat_member",
 	"chat_member", "chat_join_request", "chat_boost", "removed_chat_boost",
-	"managed_bot",
+	"managed_bot", "subscription", "stopped_message_generation",
 };
 
 int

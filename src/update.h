@@ -10,8 +10,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* The update types of Bot API 10.1, in the documentation's order. */
-#define UPDATE_TYPES_N 25
+/* The update types of Bot API 10.3, in the documentation's order
+ * (subscription came with 10.2, stopped_message_generation with 10.3). */
+#define UPDATE_TYPES_N 27
 
 /* Index of a known type name, or -1. */
 int update_type_index(const char *name);

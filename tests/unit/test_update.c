@@ -63,7 +63,7 @@ test_every_corpus_file_parses(void **state)
 		n++;
 	}
 	closedir(d);
-	assert_int_equal(n, 30);
+	assert_int_equal(n, 31);
 }
 
 static void
@@ -171,16 +171,30 @@ test_types(void **state)
 		{ "121-message-reaction-count.json", "message_reaction_count" },
 		{ "130-pre-checkout-query.json", "pre_checkout_query" },
 		{ "180-chat-boost.json", "chat_boost" },
+		{ "190-stopped-message-generation.json",
+		    "stopped_message_generation" },
 	};
+	struct update *u;
 
 	(void)state;
 	for (size_t i = 0; i < nitems(cases); i++) {
-		struct update *u = load(cases[i].file);
-
+		u = load(cases[i].file);
 		assert_string_equal(u->type, cases[i].type);
 		assert_int_not_equal(u->type_index, -1);
 		update_free(u);
 	}
+	/* the user stopped a draft: its chat is the update's */
+	u = load("190-stopped-message-generation.json");
+	assert_true(u->has_chat);
+	assert_int_equal(u->chat_id, 5236420571);
+	update_free(u);
+	/* the types of Bot API 10.3, the last two added since 10.1 */
+	assert_int_equal(update_type_index("managed_bot"), 24);
+	assert_int_equal(update_type_index("subscription"), 25);
+	assert_int_equal(update_type_index("stopped_message_generation"),
+	    26);
+	assert_string_equal(update_type_name(UPDATE_TYPES_N - 1),
+	    "stopped_message_generation");
 }
 
 static void
