@@ -113,6 +113,9 @@ class Emulator:
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # headers and body leave in two writes: without NODELAY a
+            # client's delayed ACK adds 40 ms to every answer
+            disable_nagle_algorithm = True
 
             def log_message(self, *args):
                 pass
