@@ -202,7 +202,8 @@ handle_batch(struct poller *p, json_t *updates)
 	return busy || stuck;
 }
 
-/* deleteWebhook, once, for takeover = on.  0 or -1 (logged). */
+/* deleteWebhook for takeover = on: once it has worked, never again.  0 or
+ * -1 (logged; tried again at the next 409). */
 static int
 take_over(struct poller *p)
 {
@@ -212,7 +213,6 @@ take_over(struct poller *p)
 	char body[64];
 	int ret;
 
-	p->took_over = true;
 	snprintf(body, sizeof(body), "{\"drop_pending_updates\":%s}",
 	    p->o.drop_pending_updates ? "true" : "false");
 	log_notice("getUpdates: a webhook is set; [polling] takeover = on: "
@@ -222,7 +222,9 @@ take_over(struct poller *p)
 	    &r));
 	ret = r.status == BOTAPI_OK ? 0 : -1;
 	if (ret == -1)
-		log_err("deleteWebhook failed: %s", r.description);
+		log_err("deleteWebhook failed: %s (tried again at the next "
+		    "409)", r.description);
+	p->took_over = ret == 0;
 	botapi_result_clear(&r);
 	botapi_free(api);
 	return ret;

@@ -166,6 +166,20 @@ def test_takeover_deletes_webhook_once_keeping_pending_updates():
         assert len(d.emu.calls_of("deleteWebhook")) == 1
 
 
+def test_takeover_tried_again_when_deletewebhook_fails():
+    d = polling_daemon(polling="timeout = 2s\ntakeover = on\n", start=False)
+    with d:
+        d.emu.webhook = dict(WEBHOOK)
+        d.emu.script("deleteWebhook", (502, {"ok": False, "error_code": 502,
+                                             "description": "Bad Gateway"}))
+        d.emu.push_update(message("/start", 10))
+        d.start()
+        d.emu.wait_calls("sendMessage", 1, timeout=20)
+        assert len(d.emu.calls_of("deleteWebhook")) == 2
+        assert "deleteWebhook failed: Bad Gateway (tried again at the next " \
+            "409)" in d.log()
+
+
 def test_takeover_drops_pending_updates_when_asked():
     d = polling_daemon(polling="timeout = 2s\ntakeover = on\n",
                        webhook="drop_pending_updates = on", start=False)
