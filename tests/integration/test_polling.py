@@ -482,3 +482,17 @@ def test_emulator_get_updates_as_telegram():
         assert "while webhook is active" in got["description"]
     finally:
         emu.stop()
+
+
+def test_the_inline_call_goes_out_first_as_a_follow_up():
+    d = polling_daemon("", start=False)
+    with open(d.conf, "a") as f:
+        f.write("[handler.calls]\nexec = %s\n" % calls_script(d, 3))
+    with d:
+        d.start()
+        d.emu.push_update(message("x", 5))
+        d.emu.wait_calls("sendMessage", 3)
+        # what a webhook would have answered inline comes first
+        assert texts(d) == ["m5-1", "m5-2", "m5-3"]
+        d.wait_log("update 5: message: handler calls: 3 follow-ups")
+        assert "dropped" not in d.log()
