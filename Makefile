@@ -5,6 +5,7 @@
 #   make demo          run the Hello Bot demo offline against the emulator
 #   make test-sanitize the whole suite in an ASan+UBSan build (build-san/)
 #   make install       PREFIX=/usr/local DESTDIR=
+#   make deb           Debian packages in build/deb/ (debian/, scripts/deb.sh)
 
 PREFIX ?= /usr/local
 SBINDIR ?= $(PREFIX)/sbin
@@ -60,7 +61,7 @@ PLUGIN_CFLAGS := -std=c17 $(OPT) $(WARN) -fPIC -fvisibility=hidden \
 	-Isrc $(shell pkg-config --cflags jansson 2>/dev/null) $(CFLAGS)
 
 .PHONY: all deps test test-run test-sanitize demo demo-run clean install \
-	uninstall bench bench-run fuzz fuzz-run
+	uninstall bench bench-run fuzz fuzz-run deb
 
 all: $(BUILD)/tgwebhookd $(PLUGINS)
 
@@ -219,6 +220,12 @@ install: $(BUILD)/tgwebhookd $(PLUGINS)
 	    install -m 0644 conf/tgwebhookd.conf \
 		$(DESTDIR)$(SYSCONFDIR)/tgwebhookd/tgwebhookd.conf; \
 	fi
+
+# Built in a copy of the tree: dpkg-buildpackage cleans the tree it runs
+# in and writes to its parent directory.
+DEBDIR ?= $(BUILD)/deb
+deb: deps
+	@scripts/deb.sh $(DEBDIR)
 
 uninstall:
 	rm -f $(DESTDIR)$(SBINDIR)/tgwebhookd $(DESTDIR)$(UNITDIR)/tgwebhookd.service \

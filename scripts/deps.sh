@@ -14,7 +14,8 @@ cmocka:libcmocka-dev"
 # command -> Debian package
 cmds="pkg-config:pkg-config cc:gcc g++:g++ make:make python3:python3 openssl:openssl
 curl:curl clang:clang valgrind:valgrind prlimit:util-linux unshare:util-linux
-mount:mount mkfs.ext4:e2fsprogs"
+mount:mount mkfs.ext4:e2fsprogs promtool:prometheus
+dpkg-buildpackage:dpkg-dev dh:debhelper lintian:lintian"
 
 need=""
 for pair in $cmds; do
@@ -40,6 +41,9 @@ if command -v dpkg-query >/dev/null 2>&1 &&
     grep -q 'ok installed'; then
 	need="$need libclang-rt-14-dev"
 fi
+# the alert rules' tests read YAML (tests/integration/test_monitoring.py)
+command -v python3 >/dev/null 2>&1 && python3 -c 'import yaml' 2>/dev/null ||
+    need="$need python3-yaml"
 # extra packages named on the command line (make bench): PACKAGE, or
 # COMMAND:PACKAGE when having the command is enough (node from elsewhere)
 for extra in "$@"; do

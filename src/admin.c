@@ -1,8 +1,8 @@
 /*
  * admin.c: a second, small libmicrohttpd daemon, one thread, for
  * operators and Prometheus.  /healthz answers 200 when the daemon serves,
- * the webhook is registered and the store takes writes, 503 otherwise,
- * with JSON details.
+ * the webhook is registered (and Telegram's is ours) and the store takes
+ * writes, 503 otherwise, with JSON details.
  */
 #include "admin.h"
 
@@ -61,6 +61,9 @@ health_json(bool ok, const struct metrics_gauges *g)
 		    "offset", (json_int_t)g->poll_offset,
 		    "conflict", g->poll_conflict,
 		    "last_error", g->poll_error));
+	if (g->webhook_mismatch[0] != '\0')
+		json_object_set_new(o, "webhook_mismatch",
+		    json_string(g->webhook_mismatch));
 	s = json_dumps(o, JSON_COMPACT);
 	json_decref(o);
 	body = xasprintf("%s\n", s);

@@ -10,11 +10,13 @@
 #include "botapi.h"
 
 #include <curl/curl.h>
+#include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 #include "util.h"
 
@@ -284,16 +286,72 @@ botapi_call_json(struct botapi *b, const char *method, json_t *params,
 	return s;
 }
 
-/* One multipart part: text, data as a file, or a file on disk (its
- * name, without the directories, is the part's file name). */
+/* An open file sent as a part: read with pread from offset 0, so that a
+ * rewind (curl may resend the body) reads it again. */
+struct filepart {
+	int fd;
+	curl_off_t size, off;
+};
+
+static size_t
+filepart_read(char *buf, size_t size, size_t nitems, void *arg)
+{
+	struct filepart *p = arg;
+	size_t want = size * nitems;
+	ssize_t n;
+
+	if (p->off >= p->size)
+		return 0;
+	if ((curl_off_t)want > p->size - p->off)
+		want = (size_t)(p->size - p->off);
+	while ((n = pread(p->fd, buf, want, (off_t)p->off)) == -1 &&
+	    errno == EINTR)
+		;
+	/* Shorter than when it was checked, or unreadable: the part would
+	 * not match its announced size, so the upload fails. */
+	if (n <= 0)
+		return CURL_READFUNC_ABORT;
+	p->off += n;
+	return (size_t)n;
+}
+
+static int
+filepart_seek(void *arg, curl_off_t offset, int origin)
+{
+	struct filepart *p = arg;
+
+	if (origin != SEEK_SET || offset < 0 || offset > p->size)
+		return CURL_SEEKFUNC_CANTSEEK;
+	p->off = offset;
+	return CURL_SEEKFUNC_OK;
+}
+
+static void
+filepart_free(void *arg)
+{
+	struct filepart *p = arg;
+
+	close(p->fd);
+	free(p);
+}
+
+/* One multipart part: text, data as a file, or an open file (owned from
+ * here on: closed when the mime is freed). */
 static void
 add_part(curl_mime *mime, const struct botapi_field *f)
 {
 	curl_mimepart *part = curl_mime_addpart(mime);
 
 	curl_mime_name(part, f->name);
-	if (f->path != NULL) {
-		curl_mime_filedata(part, f->path);
+	if (f->from_fd) {
+		struct filepart *p = xcalloc(1, sizeof(*p));
+
+		p->fd = f->fd;
+		p->size = (curl_off_t)f->len;
+		if (curl_mime_data_cb(part, p->size, filepart_read,
+		    filepart_seek, filepart_free, p) != CURLE_OK)
+			filepart_free(p);
+		curl_mime_filename(part, f->filename);
 		curl_mime_type(part, "application/octet-stream");
 	} else if (f->filename != NULL) {
 		curl_mime_data(part, f->value, f->len);

@@ -33,13 +33,17 @@ struct botapi_result {
 };
 
 /* A multipart field: a value, a file given as data and a file name, or
- * a file on disk (read as it is sent). */
+ * an open file (from_fd: len bytes of fd from offset 0, read with pread
+ * as it is sent, so what goes out is the file that was opened and
+ * checked, whatever its name points to by then).  The upload functions
+ * take over such an fd: it is closed when the upload is done or fails. */
 struct botapi_field {
 	const char *name;
 	const char *value;	/* NUL-terminated text */
-	size_t len;		/* for files: bytes of value */
-	const char *filename;	/* non-NULL: send value as a file part */
-	const char *path;	/* non-NULL: send this file as the part */
+	size_t len;		/* for files: bytes of value, or of fd */
+	const char *filename;	/* non-NULL: value, or fd, as a file */
+	bool from_fd;		/* send fd (with filename and len) */
+	int fd;
 };
 
 /* Telegram takes files of up to 50 MB from a bot. */
@@ -75,9 +79,10 @@ void botapi_multi_free(struct botapi_multi *m);
 /* Starts method with a JSON body (copied). */
 void botapi_multi_start(struct botapi_multi *m, uint64_t tag,
     const char *method, const char *json_body);
-/* Starts method as a multipart upload of fields (copied; files on disk
- * are read as they are sent).  An upload has no overall timeout; it fails
- * when it moves under 1 KB/s for the call timeout. */
+/* Starts method as a multipart upload of fields (copied; open files
+ * are read as they are sent, and closed after).  An upload has no
+ * overall timeout; it fails when it moves under 1 KB/s for the call
+ * timeout. */
 void botapi_multi_start_upload(struct botapi_multi *m, uint64_t tag,
     const char *method, const struct botapi_field *f, size_t n);
 /* Calls in flight. */

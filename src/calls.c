@@ -79,18 +79,33 @@ fail:
 	return NULL;
 }
 
+/* The methods that change where updates go: the daemon's own. */
+static const char *const webhook_methods[] = { "setWebhook", "deleteWebhook",
+	"close", "logOut" };
+
 bool
 calls_inline_allowed(const char *m)
 {
-	static const char *const never[] = { "setwebhook", "deletewebhook",
-		"close", "logout" };
-
 	if (strncasecmp(m, "get", 3) == 0)
 		return false;
-	for (size_t i = 0; i < nitems(never); i++)
-		if (strcasecmp(m, never[i]) == 0)
+	for (size_t i = 0; i < nitems(webhook_methods); i++)
+		if (strcasecmp(m, webhook_methods[i]) == 0)
 			return false;
 	return true;
+}
+
+int
+calls_check_sendable(const char *m, char *err, size_t errlen)
+{
+	for (size_t i = 0; i < nitems(webhook_methods); i++)
+		if (strcasecmp(m, webhook_methods[i]) == 0) {
+			errf(err, errlen, "%.64s is refused from handler "
+			    "output: the webhook is tgwebhookd's own (set from "
+			    "[webhook]), and this call would take every later "
+			    "update away from it", m);
+			return -1;
+		}
+	return 0;
 }
 
 const char *
@@ -159,16 +174,20 @@ calls_parse_line(const char *buf, size_t len, json_t *calls, char *err,
 	return 0;
 }
 
+bool
+calls_names_file(const char *s)
+{
+	return s != NULL && strncmp(s, CALLS_FILE_PREFIX,
+	    strlen(CALLS_FILE_PREFIX)) == 0;
+}
+
 /* "file:///x" -> "/x"; NULL if v is not a local file reference. */
 static const char *
 file_path(json_t *v)
 {
 	const char *s = json_string_value(v);
 
-	if (s == NULL || strncmp(s, CALLS_FILE_PREFIX,
-	    strlen(CALLS_FILE_PREFIX)) != 0)
-		return NULL;
-	return s + strlen(CALLS_FILE_PREFIX);
+	return calls_names_file(s) ? s + strlen(CALLS_FILE_PREFIX) : NULL;
 }
 
 /* The InputMedia objects of a "media" parameter, one by one. */
@@ -199,6 +218,32 @@ calls_has_files(json_t *call)
 				    media_keys[k])) != NULL)
 					return true;
 	}
+	return false;
+}
+
+void
+calls_mark_text(json_t *call, const char *param)
+{
+	json_t *list = json_object_get(call, CALLS_TEXT_KEY);
+
+	if (!json_is_array(list)) {
+		list = json_array();
+		json_object_set_new(call, CALLS_TEXT_KEY, list);
+	}
+	json_array_append_new(list, json_string(param));
+}
+
+/* True if the call's CALLS_TEXT_KEY list names param. */
+static bool
+marked_text(json_t *call, const char *param)
+{
+	json_t *list = json_object_get(call, CALLS_TEXT_KEY), *v;
+	size_t i;
+
+	json_array_foreach(list, i, v)
+		if (json_is_string(v) && strcmp(json_string_value(v), param) ==
+		    0)
+			return true;
 	return false;
 }
 
@@ -258,9 +303,10 @@ calls_upload_plan(json_t *call, struct calls_upload *up, char *err,
 	json_object_foreach(call, key, v) {
 		struct calls_field *f = &up->fields[up->nfields];
 
-		if (strcmp(key, "method") == 0)
+		if (strcmp(key, "method") == 0 ||
+		    strcmp(key, CALLS_TEXT_KEY) == 0)
 			continue;
-		if ((path = file_path(v)) != NULL) {
+		if ((path = file_path(v)) != NULL && !marked_text(call, key)) {
 			if (add_file(up, key, path, key, err, errlen) == -1)
 				goto fail;
 			continue;

@@ -35,6 +35,11 @@ int calls_check(json_t *call, char *err, size_t errlen);
 /* True if Telegram runs this method when it is the webhook answer: not
  * get*, setWebhook, deleteWebhook, close or logOut (case-insensitive). */
 bool calls_inline_allowed(const char *method);
+/* Checks that a handler's call may be sent at all: not setWebhook,
+ * deleteWebhook, logOut or close (case-insensitive, as Telegram reads
+ * method names), which would take the webhook, so every later update,
+ * away from this daemon.  0, or -1 with err saying why. */
+int calls_check_sendable(const char *method, char *err, size_t errlen);
 /* The call's method (lent). */
 const char *calls_method(json_t *call);
 /* The call's chat_id as text ("-100123", "@channel") into out, or "-". */
@@ -51,11 +56,28 @@ void calls_chat(json_t *call, char *out, size_t len);
 #define CALLS_FILE_PREFIX "file://"
 #define CALLS_FILES_MAX 10
 
-/* True if the call names a local file. */
+/* True if value has the form of a local file reference (file://...). */
+bool calls_names_file(const char *value);
+/* True if the call names a local file, or has a parameter of that form
+ * marked as text (below): either way it is never the inline answer. */
 bool calls_has_files(json_t *call);
 
-/* A call as multipart form data: every parameter but "method" as text
- * (strings as they are, other values as compact JSON), and the files. */
+/*
+ * Only a handler's own output names files.  A parameter expanded from an
+ * update's text (a reply template's {args}) is text whatever it says:
+ * calls_mark_text() lists it in the call under CALLS_TEXT_KEY, and the
+ * upload plan sends it as a field, never as a file.  The outbox removes
+ * the list before the call goes out.  A handler may set the list itself:
+ * it only ever forbids.
+ */
+#define CALLS_TEXT_KEY "tgwebhookd_text_params"
+
+/* Marks call's parameter param as text (never a file). */
+void calls_mark_text(json_t *call, const char *param);
+
+/* A call as multipart form data: every parameter but "method" (and the
+ * CALLS_TEXT_KEY list) as text (strings as they are, other values as
+ * compact JSON), and the files. */
 struct calls_upload {
 	size_t nfields, nfiles;
 	struct calls_field {

@@ -13,13 +13,17 @@
 #include "config.h"
 
 #include <ctype.h>
+#include <stdarg.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <ini.h>
 #include <limits.h>
+#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "gate.h"
 #include "log.h"
@@ -27,6 +31,9 @@
 #include "util.h"
 
 #define TOKEN_FILE_MAX 4096
+#define CONFIG_FILE_MAX (16 << 20)
+/* Shorter configured secrets are warned about: guessable. */
+#define SECRET_MIN 16
 
 enum ctype { C_STR, C_BOOL, C_LONG, C_DURATION, C_SIZE, C_LOGLEVEL };
 
@@ -118,6 +125,8 @@ struct loader {
 	bool section_bad;	/* current section is unknown: skip its keys */
 	struct conf_kv *last;	/* last key set, for continuations */
 	const struct ckey *last_key;	/* its table entry, if global */
+	struct buf joined;	/* last's value while continuation lines
+				 * come: joined once, not line by line */
 	struct conf_handler *hcur;	/* the handler section we are in */
 };
 
@@ -344,18 +353,29 @@ set_global(struct loader *l, const struct ckey *k, const char *value)
 		diag_add(l->d, c->file, l->line, k->key, "%s", err);
 }
 
-/* A continuation line: append to the previous value and re-apply it. */
+/* A continuation line: appended to the value being read (in linear time:
+ * re-joining the whole value at every line took 52 s for 2 MB). */
 static void
 continue_value(struct loader *l, const char *value)
 {
+	if (l->joined.data == NULL)
+		buf_puts(&l->joined, l->last->value);
+	buf_puts(&l->joined, " ");
+	buf_puts(&l->joined, value);
+}
+
+/* The value continued over several lines is complete: keep and apply it. */
+static void
+finish_value(struct loader *l)
+{
 	struct conf_kv *kv = l->last;
-	char *joined = xasprintf("%s %s", kv->value, value);
+	int save = l->line;
 
+	if (kv == NULL || l->joined.data == NULL)
+		return;
 	free(kv->value);
-	kv->value = joined;
+	kv->value = buf_steal(&l->joined);
 	if (l->last_key != NULL) {
-		int save = l->line;
-
 		l->line = kv->line;
 		set_global(l, l->last_key, kv->value);
 		l->line = save;
@@ -393,6 +413,7 @@ loader_handle(void *arg, const char *section, const char *key,
 		continue_value(l, value);
 		return 1;
 	}
+	finish_value(l);
 	l->last = NULL;
 	l->last_key = NULL;
 	/* Sections were checked by loader_section() on their own line. */
@@ -520,13 +541,128 @@ secret_token_valid(const char *s)
 	return true;
 }
 
+/* True if host (as in a URL or "HOST:PORT", brackets allowed) is this
+ * machine's loopback. */
+static bool
+host_is_loopback(const char *s, size_t n)
+{
+	char host[64];
+
+	if (n >= 2 && s[0] == '[' && s[n - 1] == ']') {
+		s++;
+		n -= 2;
+	}
+	if (n == 0 || n >= sizeof(host))
+		return false;
+	memcpy(host, s, n);
+	host[n] = '\0';
+	return strcasecmp(host, "localhost") == 0 || strcmp(host, "::1") == 0 ||
+	    (strncmp(host, "127.", 4) == 0 && strspn(host, "0123456789.") == n);
+}
+
+/* The host part of "HOST:PORT" or "[V6]:PORT". */
+static size_t
+listen_host_len(const char *s)
+{
+	const char *colon = s[0] == '[' ? strchr(s, ']') : strrchr(s, ':');
+
+	if (colon == NULL)
+		return strlen(s);
+	return (size_t)(colon - s) + (s[0] == '[');
+}
+
+static void
+warn(struct config *c, const char *section, const char *key,
+    const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+
+static void
+warn(struct config *c, const char *section, const char *key,
+    const char *fmt, ...)
+{
+	char msg[512];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	diag_add(&c->warnings, c->file, config_line(c, section, key), NULL,
+	    "warning: %s: %s", key, msg);
+}
+
+/* Settings that work but open a door: said, with what to do, not refused. */
+static void
+config_warn(struct config *c)
+{
+	const char *v;
+
+	if (!str_empty(c->trusted_proxies)) {
+		char **list = strlist_split(c->trusted_proxies, NULL);
+
+		for (char **p = list; *p != NULL; p++) {
+			size_t n = strlen(*p);
+
+			if (n > 2 && strcmp(*p + n - 2, "/0") == 0)
+				warn(c, "webhook", "trusted_proxies", "%s "
+				    "makes every address a proxy: any client "
+				    "chooses its own source address with "
+				    "X-Forwarded-For; list your proxies' "
+				    "addresses only", *p);
+		}
+		strlist_free(list);
+	}
+	if (c->api_url != NULL && strncmp(c->api_url, "http://", 7) == 0) {
+		v = c->api_url + 7;
+		if (!host_is_loopback(v, v[0] == '[' ? strcspn(v, "]") + 1 :
+		    strcspn(v, ":/")))
+			warn(c, "bot", "api_url", "%s sends the token in clear "
+			    "over the network: use https://, or http:// only "
+			    "to a Bot API server on this machine", c->api_url);
+	}
+	if (!str_empty(c->path) && strlen(c->path) < SECRET_MIN)
+		warn(c, "webhook", "path", "%zu characters are easy to guess: "
+		    "use %d or more, or leave it empty to have one generated",
+		    strlen(c->path), SECRET_MIN);
+	if (!str_empty(c->secret_token) && strlen(c->secret_token) < SECRET_MIN)
+		warn(c, "webhook", "secret_token", "%zu characters are easy to "
+		    "guess: use %d or more, or leave it empty to have one "
+		    "generated", strlen(c->secret_token), SECRET_MIN);
+	if (c->outbox_upload_dir != NULL &&
+	    strspn(c->outbox_upload_dir, "/") == strlen(c->outbox_upload_dir) &&
+	    c->outbox_upload_dir[0] == '/')
+		warn(c, "outbox", "upload_dir", "/ lets handler output upload "
+		    "any file the daemon can read (its store and key too): "
+		    "name a directory that holds uploads only");
+	if (c->admin_listen != NULL && !host_is_loopback(c->admin_listen,
+	    listen_host_len(c->admin_listen)))
+		warn(c, "admin", "listen", "%s opens /metrics and /healthz, "
+		    "which have no authentication, to the network: listen on "
+		    "127.0.0.1, or firewall the port", c->admin_listen);
+}
+
+uid_t
+config_user_uid(const struct config *c)
+{
+	struct passwd *pw;
+
+	if (geteuid() != 0)
+		return geteuid();
+	if (str_empty(c->user) || (pw = getpwnam(c->user)) == NULL)
+		return 0;
+	return pw->pw_uid;
+}
+
 /* Cross-field rules, run once every key is read. */
 static void
 config_check(struct config *c, struct diag *d)
 {
 	char err[256];
 	const char *f = c->file;
+	size_t len;
 
+	/* "/var/lib/x/" names the same store as "/var/lib/x": one spelling,
+	 * so that the daemon's own files in it are recognised by name. */
+	while ((len = strlen(c->store_dir)) > 1 && c->store_dir[len - 1] == '/')
+		c->store_dir[len - 1] = '\0';
 	if (c->port != 443 && c->port != 80 && c->port != 88 && c->port != 8443)
 		diag_add(d, f, config_line(c, "webhook", "port"), "port",
 		    "%ld is not one of 443, 80, 88, 8443 (the only ports "
@@ -673,6 +809,11 @@ config_check(struct config *c, struct diag *d)
 	if (c->outbox_upload_dir != NULL && c->outbox_upload_dir[0] != '/')
 		diag_add(d, f, config_line(c, "outbox", "upload_dir"),
 		    "upload_dir", "must be an absolute path");
+	if (!str_empty(c->user) && getpwnam(c->user) == NULL)
+		diag_add(d, f, config_line(c, "server", "user"), "user",
+		    "no user '%s' on this system: create it (useradd --system "
+		    "%s) or name another", c->user, c->user);
+	config_warn(c);
 	if (c->handlers == NULL)
 		diag_add(d, f, 0, NULL, "no [handler.NAME] section: the bot "
 		    "would answer nothing (see the README's Handlers section)");
@@ -683,17 +824,39 @@ config_load(const char *file, struct diag *d)
 {
 	struct loader l = { 0 };
 	int before = d->count;
-	int rc;
+	struct stat st;
+	int fd, rc;
 
-
-	l.c = config_new(file);
-	l.d = d;
-	if ((l.f = fopen(file, "r")) == NULL) {
-		diag_add(d, file, 0, NULL, "cannot open: %s", strerror(errno));
-		config_free(l.c);
+	/* O_NONBLOCK and fstat first: a FIFO named by -c must not hang -t
+	 * or the start, and a directory or a device is no configuration. */
+	if ((fd = open(file, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY)) ==
+	    -1) {
+		diag_add(d, file, 0, NULL, "cannot open: %s%s", strerror(errno),
+		    errno == ENOENT ? " (-c names the configuration file)" :
+		    "");
 		return NULL;
 	}
+	if (fstat(fd, &st) == -1 || !S_ISREG(st.st_mode) ||
+	    st.st_size > CONFIG_FILE_MAX || st.st_size == 0) {
+		diag_add(d, file, 0, NULL, "%s: -c names the configuration "
+		    "file, such as %s", S_ISDIR(st.st_mode) ? "is a directory" :
+		    !S_ISREG(st.st_mode) ? "not a regular file (a FIFO, socket "
+		    "or device)" : st.st_size == 0 ? "is empty" :
+		    "larger than 16 MiB", CONFIG_DEFAULT_FILE);
+		close(fd);
+		return NULL;
+	}
+	(void)fcntl(fd, F_SETFL, 0);
+	if ((l.f = fdopen(fd, "r")) == NULL) {
+		diag_add(d, file, 0, NULL, "cannot open: %s", strerror(errno));
+		close(fd);
+		return NULL;
+	}
+	l.c = config_new(file);
+	l.d = d;
 	rc = ini_parse_stream(loader_read, &l, loader_handle, &l);
+	finish_value(&l);
+	buf_free(&l.joined);
 	fclose(l.f);
 	if (rc > 0 && d->count == before)
 		diag_add(d, file, rc, NULL, "syntax error");
@@ -718,6 +881,7 @@ config_free(struct config *c)
 		free(h);
 	}
 	kv_free_list(c->seen);
+	diag_free(&c->warnings);
 	free(c->file);
 	free(c);
 }

@@ -10,6 +10,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "diag.h"
 
@@ -101,6 +102,9 @@ struct config {
 
 	struct conf_handler *handlers;
 	struct conf_kv *seen;	/* every global key set, with its line */
+	/* "FILE:LINE: warning: key: ..." for settings that work but are
+	 * risky; not problems (warnings.count does not fail a load) */
+	struct diag warnings;
 };
 
 /* Reads and checks file.  Returns the config (NULL only when the file
@@ -108,6 +112,9 @@ struct config {
  * only if d->count did not grow. */
 struct config *config_load(const char *file, struct diag *d);
 void config_free(struct config *c);
+/* The user the daemon runs its handlers as: itself when not root, else
+ * [server] user (or root, when that is unset or unknown). */
+uid_t config_user_uid(const struct config *c);
 /* The line where [section] key was set, or 0 when it kept its default. */
 int config_line(const struct config *c, const char *section, const char *key);
 

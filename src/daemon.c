@@ -4,9 +4,10 @@
  */
 #include "daemon.h"
 
-#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <grp.h>
+#include <libgen.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <pwd.h>
@@ -22,6 +23,7 @@
 #include "dedup.h"
 #include "dispatch.h"
 #include "gate.h"
+#include "handlers/plugin.h"
 #include "intake.h"
 #include "log.h"
 #include "metrics.h"
@@ -231,6 +233,7 @@ probe(void *arg, struct metrics_gauges *g)
 	pthread_mutex_lock(&d->mu);
 	webhook_state(d->wh, &st);
 	registered = !d->registering || st.registered;
+	memcpy(g->webhook_mismatch, st.mismatch, sizeof(st.mismatch));
 	g->cert_expiry = d->cert_expiry;
 	pthread_mutex_unlock(&d->mu);
 	g->outbox_pending = store_calls_count(d->store, STORE_CALL_PENDING,
@@ -255,56 +258,166 @@ probe(void *arg, struct metrics_gauges *g)
 		memcpy(g->poll_error, ps.last_error, sizeof(g->poll_error));
 	}
 	/* A poller refused with 409 gets no updates: unhealthy. */
-	return registered && healthy(d) && g->store_failing_since == 0 &&
-	    !g->poll_conflict;
+	return registered && g->webhook_mismatch[0] == '\0' && healthy(d) &&
+	    g->store_failing_since == 0 && !g->poll_conflict;
+}
+
+/* The daemon's own files in the store: store.c's database and SQLite's
+ * companions.  Nothing else in the store is ever handed over or trusted. */
+static const char *const store_files[] = { "tgwebhookd.db",
+	"tgwebhookd.db-wal", "tgwebhookd.db-shm", "tgwebhookd.db-journal" };
+
+int
+daemon_check_files(const struct config *c, struct diag *d)
+{
+	uid_t uid = config_user_uid(c);
+	int before = d->count;
+	char err[1024];
+
+	if (file_check_private(c->store_dir, true, uid, err, sizeof(err)) ==
+	    -1)
+		diag_add(d, c->file, config_line(c, "store", "dir"), "dir",
+		    "%s", err);
+	for (size_t i = 0; i < nitems(store_files); i++) {
+		char *p = xasprintf("%s/%s", c->store_dir, store_files[i]);
+
+		if (file_check_private(p, false, uid, err, sizeof(err)) == -1)
+			diag_add(d, c->file, config_line(c, "store", "dir"),
+			    "dir", "%s", err);
+		free(p);
+	}
+	/* The key may be a link (Let's Encrypt's live/ are), but what it
+	 * names follows the token's rule. */
+	if (c->tls && file_check_private(c->private_key, true, uid, err,
+	    sizeof(err)) == -1)
+		diag_add(d, c->file, config_line(c, "webhook", "private_key"),
+		    "private_key", "%s", err);
+	return d->count > before ? -1 : 0;
+}
+
+/*
+ * Gives one of the daemon's own files, name in the directory open on dfd,
+ * to uid: never through a link (O_PATH | O_NOFOLLOW opens a link itself),
+ * never a FIFO or device, never a file with another name elsewhere (a
+ * hard link to /etc/shadow).  The store belongs to the bot's user, so
+ * anything running as that user can plant such names.
+ */
+static void
+hand_over(int dfd, const char *dir, const char *name, uid_t uid, gid_t gid)
+{
+	struct stat st;
+	int fd;
+
+	if ((fd = openat(dfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC)) == -1) {
+		if (errno != ENOENT)
+			log_warn("%s/%s: not handed over to [server] user: %s",
+			    dir, name, strerror(errno));
+		return;
+	}
+	if (fstat(fd, &st) == -1 || !(S_ISREG(st.st_mode) ||
+	    S_ISDIR(st.st_mode)) || (S_ISREG(st.st_mode) && st.st_nlink != 1))
+		log_warn("%s/%s: not handed over to [server] user: not a "
+		    "regular file of one link (remove it)", dir, name);
+	else if ((st.st_uid != uid || st.st_gid != gid) &&
+	    fchownat(fd, "", uid, gid, AT_EMPTY_PATH) == -1)
+		log_warn("%s/%s: chown: %s", dir, name, strerror(errno));
+	close(fd);
+}
+
+/* Hands over a file of ours named by path, if it lies in the store. */
+static void
+hand_over_in_store(int sfd, const struct config *c, const char *path,
+    uid_t uid, gid_t gid)
+{
+	char *dcopy = xstrdup(path), *bcopy = xstrdup(path);
+
+	if (strcmp(dirname(dcopy), c->store_dir) == 0)
+		hand_over(sfd, c->store_dir, basename(bcopy), uid, gid);
+	free(dcopy);
+	free(bcopy);
+}
+
+int
+daemon_become_user(const struct config *c, char *err, size_t errlen)
+{
+	struct passwd *pw;
+
+	if ((pw = getpwnam(c->user)) == NULL) {
+		errf(err, errlen, "[server] user: no user '%s' (create it: "
+		    "useradd --system %s)", c->user, c->user);
+		return -1;
+	}
+	if (setgroups(0, NULL) == -1 || setgid(pw->pw_gid) == -1 ||
+	    setuid(pw->pw_uid) == -1) {
+		errf(err, errlen, "dropping privileges to %s: %s", c->user,
+		    strerror(errno));
+		return -1;
+	}
+	if (setuid(0) != -1) {
+		errf(err, errlen, "dropping privileges to %s: root could be "
+		    "regained", c->user);
+		return -1;
+	}
+	return 0;
 }
 
 /*
  * Started as root (outside systemd): the listening socket is bound, the
- * store and the certificate are ready, so give the store to [server]
- * user and become that user for good, before any thread starts.
+ * store and the certificate are ready, so give the daemon's own files to
+ * [server] user and become that user for good, before any thread starts.
  */
 static void
 drop_privileges(const struct config *c)
 {
 	struct passwd *pw;
-	DIR *dir;
-	struct dirent *e;
+	char err[512];
+	int sfd;
 
 	if (geteuid() != 0)
 		return;
 	if (c->user == NULL || c->user[0] == '\0') {
-		log_warn("running as root: set [server] user to drop "
-		    "privileges once the port is bound");
+		log_warn("running as root: handlers and plugins run as root "
+		    "too; set [server] user to drop privileges once the port "
+		    "is bound");
+		plugin_allow_root();
 		return;
 	}
 	if ((pw = getpwnam(c->user)) == NULL)
 		fatal("[server] user: no user '%s' (create it: useradd "
 		    "--system %s)", c->user, c->user);
-	/* The store is ours alone (0700/0600); hand it over. */
-	if (chown(c->store_dir, pw->pw_uid, pw->pw_gid) == -1)
-		fatal("chown %s: %s", c->store_dir, strerror(errno));
-	if ((dir = opendir(c->store_dir)) != NULL) {
-		while ((e = readdir(dir)) != NULL) {
-			char *p;
-
-			if (e->d_name[0] == '.')
-				continue;
-			p = xasprintf("%s/%s", c->store_dir, e->d_name);
-			if (chown(p, pw->pw_uid, pw->pw_gid) == -1)
-				log_warn("chown %s: %s", p, strerror(errno));
-			free(p);
-		}
-		closedir(dir);
+	/* The store is ours alone (0700/0600): hand over its directory and
+	 * the files the daemon made in it, each by name, nothing else. */
+	if ((sfd = open(c->store_dir, O_PATH | O_DIRECTORY | O_CLOEXEC)) == -1)
+		fatal("%s: %s", c->store_dir, strerror(errno));
+	hand_over(sfd, c->store_dir, ".", pw->pw_uid, pw->pw_gid);
+	for (size_t i = 0; i < nitems(store_files); i++)
+		hand_over(sfd, c->store_dir, store_files[i], pw->pw_uid,
+		    pw->pw_gid);
+	if (c->tls && c->self_signed) {
+		hand_over_in_store(sfd, c, c->certificate, pw->pw_uid,
+		    pw->pw_gid);
+		hand_over_in_store(sfd, c, c->private_key, pw->pw_uid,
+		    pw->pw_gid);
 	}
-	if (setgroups(0, NULL) == -1 || setgid(pw->pw_gid) == -1 ||
-	    setuid(pw->pw_uid) == -1)
-		fatal("dropping privileges to %s: %s", c->user,
-		    strerror(errno));
-	if (setuid(0) != -1)
-		fatal("dropping privileges to %s: root could be regained",
-		    c->user);
+	close(sfd);
+	if (daemon_become_user(c, err, sizeof(err)) == -1)
+		fatal("%s", err);
 	log_notice("running as %s (uid %ld)", c->user, (long)pw->pw_uid);
+}
+
+/* Warnings of a configuration (config.h), one log line each. */
+static void
+log_warnings(const struct config *c)
+{
+	char *copy, *line, *save = NULL;
+
+	if (c->warnings.count == 0)
+		return;
+	copy = xstrdup(c->warnings.text);
+	for (line = strtok_r(copy, "\n", &save); line != NULL;
+	    line = strtok_r(NULL, "\n", &save))
+		log_warn("%s", line);
+	free(copy);
 }
 
 /* Reads the certificate and key files (after checking them). */
@@ -339,6 +452,12 @@ daemon_start(struct daemon *d)
 	struct diag diag = { 0 };
 	char err[1024], *cert_pem = NULL, *key_pem = NULL;
 
+	log_warnings(c);
+	/* Modes and owners before anything is read or made (item 8 of issue
+	 * 11): an existing store others may write, or a key they may read,
+	 * is refused, as a token they may read is. */
+	if (daemon_check_files(c, &diag) == -1)
+		fatal("%s", diag.text);
 	if ((d->store = store_open(c->store_dir, err, sizeof(err))) == NULL)
 		fatal("[store] dir: %s", err);
 	store_set_sync_full(d->store, strcmp(c->store_sync, "full") == 0);
@@ -577,6 +696,7 @@ daemon_reload(struct daemon *d)
 	log_notice("SIGHUP: reloading %s", d->c->file);
 	nc = config_load(d->c->file, &diag);
 	if (nc != NULL && diag.count == 0) {
+		log_warnings(nc);
 		/* The certificate is checked against the domain in force. */
 		warn_restart_keys(d->c, nc);
 		keep_running_values(d->c, nc);

@@ -22,6 +22,16 @@
 int daemon_certificate(const struct config *c, bool make,
     struct cert_info *info, struct diag *d);
 
+/* Checks the owners and modes of what holds the daemon's secrets: the
+ * store directory and its files, and the private key (util.h's
+ * file_check_private, for the user config_user_uid() names).  Problems
+ * go to d; returns 0 or -1. */
+int daemon_check_files(const struct config *c, struct diag *d);
+
+/* Becomes [server] user for good (no supplementary groups; root cannot be
+ * regained).  0, or -1 with err. */
+int daemon_become_user(const struct config *c, char *err, size_t errlen);
+
 /* Runs the daemon until it is told to stop; *c is the configuration in
  * force at the end (a reload may have replaced it).  Returns the exit
  * code. */

@@ -4,18 +4,26 @@
  * configuration check, a webhook command, or an operator command on the
  * store (ops.c).
  */
+#include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <jansson.h>
+#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "botapi.h"
 #include "cert.h"
 #include "config.h"
 #include "daemon.h"
 #include "dispatch.h"
+#include "handler.h"
+#include "handlers/proc.h"
 #include "log.h"
 #include "ops.h"
 #include "store.h"
@@ -54,6 +62,130 @@ usage(FILE *f)
 	    CONFIG_DEFAULT_FILE);
 }
 
+/* The most a handler check in a child may report. */
+#define CHECK_TEXT_MAX (1 << 20)
+
+/* True if we are root and would become [server] user. */
+static bool
+becomes_user(const struct config *c)
+{
+	return geteuid() == 0 && c->user != NULL && c->user[0] != '\0' &&
+	    getpwnam(c->user) != NULL;
+}
+
+static bool
+has_plugins(const struct config *c)
+{
+	for (const struct conf_handler *h = c->handlers; h != NULL; h = h->next)
+		if (handler_conf_get(h, "plugin", NULL) != NULL)
+			return true;
+	return false;
+}
+
+/* Appends lines already formatted as problems ("FILE:LINE: ...\n"). */
+static void
+diag_append(struct diag *d, const char *text, size_t len)
+{
+	struct buf b = { d->text, d->len, d->cap };
+
+	buf_append(&b, text, len);
+	d->text = b.data;
+	d->len = b.len;
+	d->cap = b.cap;
+	for (size_t i = 0; i < len; i++)
+		d->count += text[i] == '\n';
+}
+
+/*
+ * The handler table's problems.  As root with [server] user, the table is
+ * built in a child that has become that user, so that no plugin code (its
+ * constructors, init()) runs as root, and programs are checked as the
+ * user who will run them; the child's problems come back on a pipe.
+ * Otherwise in this process (as root, plugin.h loads no plugin).
+ */
+static void
+check_handlers(const struct config *c, struct diag *d)
+{
+	struct buf b = { 0 };
+	char chunk[4096], err[512];
+	int fds[2], status;
+	ssize_t n;
+	pid_t pid;
+
+	if (!becomes_user(c)) {
+		dispatch_free(dispatch_new(c, d));
+		return;
+	}
+	if (pipe2(fds, O_CLOEXEC) == -1) {
+		diag_add(d, c->file, 0, NULL, "pipe: %s", strerror(errno));
+		return;
+	}
+	fflush(stdout);
+	fflush(stderr);
+	if ((pid = fork()) == -1) {
+		diag_add(d, c->file, 0, NULL, "fork: %s", strerror(errno));
+		close(fds[0]);
+		close(fds[1]);
+		return;
+	}
+	if (pid == 0) {
+		struct diag cd = { 0 };
+		const char *p;
+
+		close(fds[0]);
+		if (daemon_become_user(c, err, sizeof(err)) == -1)
+			diag_add(&cd, c->file, config_line(c, "server", "user"),
+			    "user", "%s", err);
+		else
+			dispatch_free(dispatch_new(c, &cd));
+		for (p = cd.text; p != NULL && p < cd.text + cd.len; p += n)
+			if ((n = write(fds[1], p, (size_t)(cd.text + cd.len -
+			    p))) <= 0)
+				break;
+		_exit(0);
+	}
+	close(fds[1]);
+	while ((n = read(fds[0], chunk, sizeof(chunk))) != 0) {
+		if (n == -1 && errno == EINTR)
+			continue;
+		if (n == -1)
+			break;
+		if (b.len + (size_t)n <= CHECK_TEXT_MAX)
+			buf_append(&b, chunk, (size_t)n);
+	}
+	close(fds[0]);
+	while (waitpid(pid, &status, 0) == -1 && errno == EINTR)
+		;
+	if (b.len > 0 && b.data[b.len - 1] != '\n')
+		buf_puts(&b, "\n");
+	if (b.len > 0)
+		diag_append(d, b.data, b.len);
+	if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+		char how[128];
+
+		proc_status(status, how, sizeof(how));
+		diag_add(d, c->file, 0, NULL, "checking the handlers as %s: "
+		    "the check %s (a plugin's constructor or init() "
+		    "crashed?)", c->user, how);
+	}
+	buf_free(&b);
+}
+
+/* The token is read: take it out of the environment, and out of the
+ * bytes the kernel shows as /proc/PID/environ (unsetenv only drops the
+ * pointer to them), so that a handler running as our user cannot find
+ * it there. */
+static void
+scrub_token_env(void)
+{
+	char *v = getenv("TGWEBHOOKD_TOKEN");
+
+	if (v == NULL)
+		return;
+	explicit_bzero(v, strlen(v));
+	unsetenv("TGWEBHOOKD_TOKEN");
+}
+
 static int
 check_only(struct config *c, struct diag *d)
 {
@@ -67,6 +199,8 @@ check_only(struct config *c, struct diag *d)
 		explicit_bzero(token, strlen(token));
 		free(token);
 	}
+	scrub_token_env();
+	(void)daemon_check_files(c, d);
 	if (c->tls) {
 		int rc = daemon_certificate(c, false, &info, d);
 
@@ -76,6 +210,16 @@ check_only(struct config *c, struct diag *d)
 		if (rc == 0)
 			cert_info_clear(&info);
 	}
+	if (c->warnings.count > 0)
+		fputs(c->warnings.text, stderr);
+	if (becomes_user(c))
+		printf("handlers checked as %s, in a child process: no plugin "
+		    "code runs as root\n", c->user);
+	else if (geteuid() == 0 && has_plugins(c))
+		printf("plugins: files checked (owner, modes, ELF), not "
+		    "loaded: -t runs no plugin code as root; set [server] user "
+		    "to have them loaded and their options checked as that "
+		    "user\n");
 	if (d->count > 0) {
 		fputs(d->text, stderr);
 		return 1;
@@ -238,11 +382,14 @@ main(int argc, char **argv)
 		usage(stderr);
 		return 2;
 	}
+	/* Not dumpable: a handler running as our user can read neither
+	 * /proc/PID/mem nor /proc/PID/environ, nor ptrace us. */
+	(void)prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
 	umask(027);
 	log_init(LOG_LVL_INFO);
 	c = config_load(file, &d);
 	if (c != NULL && (mode == MODE_TEST || d.count > 0))
-		dispatch_free(dispatch_new(c, &d));	/* its problems too */
+		check_handlers(c, &d);	/* its problems too */
 	if (c == NULL || (d.count > 0 && mode != MODE_TEST)) {
 		fputs(d.text, stderr);
 		diag_free(&d);
@@ -262,7 +409,9 @@ main(int argc, char **argv)
 		config_free(c);
 		return rc;
 	}
-	if ((token = config_token(c, err, sizeof(err))) == NULL)
+	token = config_token(c, err, sizeof(err));
+	scrub_token_env();
+	if (token == NULL)
 		fatal("%s", err);
 	log_add_secret(token);
 	if (mode == MODE_INFO || mode == MODE_DELETE)

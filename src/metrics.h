@@ -53,6 +53,8 @@ struct metrics_gauges {
 	int64_t poll_offset;
 	bool poll_conflict;		/* the last poll got 409 */
 	char poll_error[256];		/* "" when the last poll worked */
+	char webhook_mismatch[256];	/* how Telegram's webhook is not
+					 * ours, or "" */
 };
 
 /* The Prometheus text exposition (caller frees). */

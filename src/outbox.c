@@ -18,6 +18,7 @@
 #include "outbox.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <openssl/rand.h>
@@ -27,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "botapi.h"
 #include "calls.h"
@@ -397,16 +399,93 @@ pace_us(const struct outbox *o)
 	return (uint64_t)(1010000.0 * o->slow / (double)o->o.rate);
 }
 
-/* Checks a local file a call uploads: under upload_dir once symlinks
- * are resolved, a regular file, no larger than Telegram takes.  Its
- * resolved path in real (PATH_MAX).  0, or -1 with err. */
+/* The rest of path after dir and a '/', or NULL if path is not under
+ * dir (as written: no link is resolved here). */
+static const char *
+path_under(const char *path, const char *dir)
+{
+	size_t n = strlen(dir);
+
+	while (n > 0 && dir[n - 1] == '/')
+		n--;
+	if (strncmp(path, dir, n) != 0 || path[n] != '/')
+		return NULL;
+	return path + n + 1;
+}
+
+/* Opens rel under the directory dfd one name at a time, following no
+ * symbolic link, refusing "..", and without blocking: opening a FIFO or a
+ * device does not wait for a writer.  fd, or -1 with err. */
 static int
-check_upload(const struct outbox *o, const char *path, char *real,
+open_beneath(int dfd, const char *path, const char *rel, char *err,
+    size_t errlen)
+{
+	char *copy = xstrdup(rel), *name, *next;
+	int cur = dfd, fd = -1;
+
+	for (name = copy; name != NULL; name = next) {
+		int flags = O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY;
+
+		if ((next = strchr(name, '/')) != NULL)
+			*next++ = '\0';
+		if (*name == '\0' || strcmp(name, ".") == 0)
+			continue;
+		if (strcmp(name, "..") == 0) {
+			errf(err, errlen, "%s: \"..\" is not allowed in a "
+			    "local file's path", path);
+			goto out;
+		}
+		while (next != NULL && *next == '/')
+			next++;
+		if (next != NULL && *next == '\0')
+			next = NULL;
+		flags |= next != NULL ? O_DIRECTORY : O_NONBLOCK;
+		if ((fd = openat(cur, name, flags)) == -1) {
+			int e = errno;
+			struct stat st;
+
+			if (e == ELOOP || ((e == ENOTDIR || e == EMLINK) &&
+			    fstatat(cur, name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+			    S_ISLNK(st.st_mode)))
+				errf(err, errlen, "%s: \"%s\" is a symbolic "
+				    "link, which is never followed (put the "
+				    "file itself under [outbox] upload_dir)",
+				    path, name);
+			else
+				errf(err, errlen, "%s: %s", path, strerror(e));
+			goto out;
+		}
+		if (cur != dfd)
+			close(cur);
+		cur = fd;
+		if (next == NULL)
+			break;
+		fd = -1;
+	}
+	if (fd == -1)
+		errf(err, errlen, "%s: names no file under [outbox] upload_dir",
+		    path);
+out:
+	if (cur != dfd && cur != fd)
+		close(cur);
+	free(copy);
+	return fd;
+}
+
+/* Opens a local file a call uploads, once, for the upload itself: under
+ * upload_dir by name, through no symbolic link, without blocking, and
+ * then checked as opened: a regular file no larger than Telegram takes.
+ * The same descriptor is what curl reads, so a name swapped for a link
+ * or a FIFO after the check changes nothing.  fd with *size, or -1 with
+ * err. */
+static int
+open_upload(const struct outbox *o, const char *path, size_t *size,
     char *err, size_t errlen)
 {
 	char dir[PATH_MAX];
+	const char *rel;
 	struct stat st;
-	size_t n;
+	int dfd, fd;
 
 	if (o->o.upload_dir == NULL) {
 		errf(err, errlen, "%s: local files are off: set [outbox] "
@@ -414,44 +493,51 @@ check_upload(const struct outbox *o, const char *path, char *real,
 		    path);
 		return -1;
 	}
-	if (realpath(o->o.upload_dir, dir) == NULL) {
+	if (realpath(o->o.upload_dir, dir) == NULL ||
+	    (dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) == -1) {
 		errf(err, errlen, "[outbox] upload_dir %s: %s",
 		    o->o.upload_dir, strerror(errno));
 		return -1;
 	}
-	if (realpath(path, real) == NULL || stat(real, &st) == -1) {
-		errf(err, errlen, "%s: %s", path, strerror(errno));
-		return -1;
-	}
-	n = strlen(dir);
-	if (strncmp(real, dir, n) != 0 || (real[n] != '/' && n > 1)) {
+	if ((rel = path_under(path, o->o.upload_dir)) == NULL &&
+	    (rel = path_under(path, dir)) == NULL) {
 		errf(err, errlen, "%s is not under [outbox] upload_dir (%s)",
 		    path, o->o.upload_dir);
+		close(dfd);
 		return -1;
 	}
-	if (!S_ISREG(st.st_mode)) {
-		errf(err, errlen, "%s: not a regular file", path);
+	fd = open_beneath(dfd, path, rel, err, errlen);
+	close(dfd);
+	if (fd == -1)
 		return -1;
+	if (fstat(fd, &st) == -1 || !S_ISREG(st.st_mode)) {
+		errf(err, errlen, "%s: not a regular file (a directory, FIFO "
+		    "or device is never sent)", path);
+		goto fail;
 	}
 	if (st.st_size > BOTAPI_UPLOAD_MAX) {
 		errf(err, errlen, "%s is %lld bytes: Telegram takes files of "
 		    "at most 50 MB from a bot", path, (long long)st.st_size);
-		return -1;
+		goto fail;
 	}
-	return 0;
+	*size = (size_t)st.st_size;
+	return fd;
+fail:
+	close(fd);
+	return -1;
 }
 
-/* Starts a call that uploads local files (multipart).  1 if it names
- * none after all (send it as JSON); -1 with err if it cannot be sent as
- * it is. */
+/* Starts a call that uploads local files (multipart), or that only
+ * seemed to (its file:// values are text: sent as JSON without the
+ * CALLS_TEXT_KEY list).  0, or -1 with err if it cannot be sent as it
+ * is. */
 static int
 start_upload(struct outbox *o, struct item *it, char *err, size_t errlen)
 {
-	char real[CALLS_FILES_MAX][PATH_MAX];
 	struct botapi_field *f = NULL;
 	struct calls_upload up;
 	json_t *params = json_loads(it->params, 0, NULL);
-	size_t n = 0;
+	size_t n = 0, nopen = 0;
 	int rc = -1;
 
 	if (params == NULL) {
@@ -461,24 +547,39 @@ start_upload(struct outbox *o, struct item *it, char *err, size_t errlen)
 	if (calls_upload_plan(params, &up, err, errlen) == -1)
 		goto out;
 	if (up.nfiles == 0) {
-		rc = 1;
+		char *json;
+
+		json_object_del(params, CALLS_TEXT_KEY);
+		json = json_dumps(params, JSON_COMPACT);
+		botapi_multi_start(o->api, (uint64_t)(uintptr_t)it, it->method,
+		    json);
+		free(json);
+		rc = 0;
 		goto clear;
 	}
 	f = xcalloc(up.nfields + up.nfiles, sizeof(*f));
 	for (size_t i = 0; i < up.nfields; i++)
 		f[n++] = (struct botapi_field){ .name = up.fields[i].name,
 			.value = up.fields[i].value };
-	for (size_t i = 0; i < up.nfiles; i++) {
-		if (check_upload(o, up.files[i].path, real[i], err, errlen) ==
-		    -1)
+	for (size_t i = 0; i < up.nfiles; i++, nopen++) {
+		const char *base = strrchr(up.files[i].path, '/');
+
+		f[n] = (struct botapi_field){ .name = up.files[i].part,
+			.filename = base != NULL ? base + 1 : up.files[i].path,
+			.from_fd = true };
+		if ((f[n].fd = open_upload(o, up.files[i].path, &f[n].len, err,
+		    errlen)) == -1)
 			goto clear;
-		f[n++] = (struct botapi_field){ .name = up.files[i].part,
-			.path = real[i] };
+		n++;
 	}
+	/* The upload owns the descriptors from here on. */
 	botapi_multi_start_upload(o->api, (uint64_t)(uintptr_t)it,
 	    it->method, f, n);
+	nopen = 0;
 	rc = 0;
 clear:
+	for (size_t i = 0; i < nopen; i++)
+		close(f[up.nfields + i].fd);
 	free(f);
 	calls_upload_clear(&up);
 out:
@@ -499,7 +600,8 @@ start(struct outbox *o, struct chat *c, uint64_t now)
 	c->busy = true;
 	c->last_used = now;
 	heap_update(o, c);
-	switch (strstr(it->params, CALLS_FILE_PREFIX) == NULL ? 1 :
+	switch (calls_check_sendable(it->method, err, sizeof(err)) == -1 ? -1 :
+	    strstr(it->params, CALLS_FILE_PREFIX) == NULL ? 1 :
 	    start_upload(o, it, err, sizeof(err))) {
 	case 0:
 		return;

@@ -216,7 +216,15 @@ lookup(json_t *v, char *const *path)
 char *
 template_expand(const struct template *t, const struct update *u)
 {
+	return template_expand_from(t, u, NULL);
+}
+
+char *
+template_expand_from(const struct template *t, const struct update *u,
+    bool *from_update)
+{
 	struct buf b = { 0 };
+	bool from = false;
 	json_t *v;
 
 	for (size_t i = 0; i < t->n; i++) {
@@ -228,10 +236,12 @@ template_expand(const struct template *t, const struct update *u)
 			break;
 		case SEG_ARGS:
 			buf_puts(&b, u->args != NULL ? u->args : "");
+			from = from || (u->args != NULL && *u->args != '\0');
 			break;
 		case SEG_COMMAND:
 			if (u->command != NULL)
 				buf_puts(&b, u->command);
+			from = from || u->command != NULL;
 			break;
 		case SEG_UPDATE_ID:
 			buf_printf(&b, "%" PRId64, u->id);
@@ -243,8 +253,12 @@ template_expand(const struct template *t, const struct update *u)
 		case SEG_PATH:
 			if ((v = lookup(u->obj, s->path)) != NULL)
 				append_json(&b, v);
+			from = from || json_is_string(v) || json_is_object(v) ||
+			    json_is_array(v);
 			break;
 		}
 	}
+	if (from_update != NULL)
+		*from_update = from;
 	return buf_steal(&b);
 }

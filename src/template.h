@@ -22,5 +22,11 @@ void template_free(struct template *t);
 bool template_is_literal(const struct template *t);
 /* Expands t for u; the caller frees the result. */
 char *template_expand(const struct template *t, const struct update *u);
+/* The same; *from_update (if not NULL) tells whether text from the
+ * update went into the result: a string, object or array from a path,
+ * {args} or {command}; not ids or other numbers.  Such a result is text
+ * someone else wrote, never a name of a local file (calls.h). */
+char *template_expand_from(const struct template *t, const struct update *u,
+    bool *from_update);
 
 #endif

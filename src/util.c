@@ -231,13 +231,23 @@ char *
 file_read(const char *path, size_t max, size_t *lenp, char *err, size_t errlen)
 {
 	struct buf b = { 0 };
+	struct stat st = { 0 };
 	char chunk[8192];
 	ssize_t n;
 	int fd;
 
-	if ((fd = open(path, O_RDONLY | O_CLOEXEC)) == -1) {
+	/* O_NONBLOCK: a FIFO (or a device) put where a file belongs must not
+	 * hang the start; only regular files are read. */
+	if ((fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY)) ==
+	    -1) {
 		errf(err, errlen, "%s: %s", path, strerror(errno));
 		return NULL;
+	}
+	if (fstat(fd, &st) == -1 || !S_ISREG(st.st_mode)) {
+		errf(err, errlen, "%s: %s", path, S_ISDIR(st.st_mode) ?
+		    "is a directory, not a file" : "not a regular file (a "
+		    "FIFO, socket or device): name the file itself");
+		goto fail;
 	}
 	for (;;) {
 		n = read(fd, chunk, sizeof(chunk));
@@ -271,15 +281,19 @@ int
 file_write_atomic(const char *path, const void *data, size_t len,
     unsigned mode, char *err, size_t errlen)
 {
-	char *tmp = xasprintf("%s.tmp.%ld", path, (long)getpid());
+	char *tmp = xasprintf("%s.tmp.XXXXXX", path);
 	char *dcopy = xstrdup(path);
 	const char *p = data;
 	int fd = -1, dfd = -1, rc = -1;
 
-	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW,
-	    mode);
-	if (fd == -1) {
+	/* A new file of a name nobody can guess (mkostemp: O_CREAT|O_EXCL,
+	 * mode 0600): a file planted in advance under a predictable name
+	 * would otherwise be opened, written and renamed, and whoever
+	 * planted it would own what we wrote (a private key). */
+	if ((fd = mkostemp(tmp, O_CLOEXEC)) == -1) {
 		errf(err, errlen, "%s: %s", tmp, strerror(errno));
+		free(tmp);
+		tmp = NULL;
 		goto out;
 	}
 	/* open() honours the umask; make the mode exact (a key stays 0600
@@ -326,7 +340,7 @@ out:
 	if (fd != -1) {
 		close(fd);
 	}
-	if (rc == -1)
+	if (rc == -1 && tmp != NULL)
 		unlink(tmp);
 	free(tmp);
 	free(dcopy);
@@ -363,6 +377,134 @@ dir_ensure(const char *path, unsigned mode, char *err, size_t errlen)
 out:
 	free(copy);
 	return rc;
+}
+
+/* Owned by root or by uid: nobody else can change it. */
+static bool
+owner_ok(uid_t owner, uid_t uid)
+{
+	return owner == 0 || owner == uid;
+}
+
+int
+file_check_trusted(const char *path, int fd, uid_t uid, char *err,
+    size_t errlen)
+{
+	struct stat st;
+	char *real = NULL, *slash;
+	int rc = -1;
+
+	if ((fd == -1 ? stat(path, &st) : fstat(fd, &st)) == -1) {
+		errf(err, errlen, "%s: %s", path, strerror(errno));
+		goto out;
+	}
+	if (!S_ISREG(st.st_mode)) {
+		errf(err, errlen, "%s: not a regular file", path);
+		goto out;
+	}
+	if (!owner_ok(st.st_uid, uid)) {
+		errf(err, errlen, "%s: owned by uid %ld, not by root or the "
+		    "daemon's user (uid %ld): its owner could change the code "
+		    "tgwebhookd runs; chown root it", path, (long)st.st_uid,
+		    (long)uid);
+		goto out;
+	}
+	if (st.st_mode & (S_IWGRP | S_IWOTH)) {
+		errf(err, errlen, "%s: writable by group or others (mode "
+		    "%04o): anyone who can write it runs code as tgwebhookd; "
+		    "chmod go-w it", path, (unsigned)(st.st_mode & 07777));
+		goto out;
+	}
+	if ((real = realpath(path, NULL)) == NULL) {
+		errf(err, errlen, "%s: %s", path, strerror(errno));
+		goto out;
+	}
+	/*
+	 * Whoever may write a directory on the way may put another file
+	 * in its place.  A sticky directory (/tmp) is fine: there only
+	 * the owner of a name may replace it.  Group write is fine for
+	 * group root.
+	 */
+	while ((slash = strrchr(real, '/')) != NULL) {
+		const char *dir = slash == real ? "/" : real;
+
+		slash[slash == real ? 1 : 0] = '\0';
+		if (stat(dir, &st) == -1) {
+			errf(err, errlen, "%s: %s", dir, strerror(errno));
+			goto out;
+		}
+		if (!owner_ok(st.st_uid, uid) || (!(st.st_mode & S_ISVTX) &&
+		    ((st.st_mode & S_IWOTH) || ((st.st_mode & S_IWGRP) &&
+		    st.st_gid != 0)))) {
+			errf(err, errlen, "%s: its directory %s is owned by "
+			    "uid %ld with mode %04o: only root or the daemon's "
+			    "user (uid %ld) may be able to change what is in "
+			    "it; chown root and chmod go-w the directory, or "
+			    "move the file", path, dir, (long)st.st_uid,
+			    (unsigned)(st.st_mode & 07777), (long)uid);
+			goto out;
+		}
+		if (slash == real)
+			break;
+	}
+	rc = 0;
+out:
+	free(real);
+	return rc;
+}
+
+int
+file_check_private(const char *path, bool follow, uid_t uid, char *err,
+    size_t errlen)
+{
+	struct stat st;
+	mode_t bad;
+
+	if ((follow ? stat(path, &st) : lstat(path, &st)) == -1) {
+		if (errno == ENOENT)
+			return 1;
+		errf(err, errlen, "%s: %s", path, strerror(errno));
+		return -1;
+	}
+	if (S_ISLNK(st.st_mode)) {
+		errf(err, errlen, "%s is a symbolic link: the daemon's own "
+		    "files are regular files; remove it", path);
+		return -1;
+	}
+	if (!S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode)) {
+		errf(err, errlen, "%s: not a regular file or directory; remove "
+		    "it", path);
+		return -1;
+	}
+	/* Another name of another file (a hard link to /etc/shadow): what
+	 * is done to it as root (SQLite fchowns its journals to the
+	 * database's owner) would be done to that file. */
+	if (!follow && S_ISREG(st.st_mode) && st.st_nlink != 1) {
+		errf(err, errlen, "%s has %ju names (hard links): the daemon's "
+		    "own files have one; remove it", path,
+		    (uintmax_t)st.st_nlink);
+		return -1;
+	}
+	if (!owner_ok(st.st_uid, uid)) {
+		errf(err, errlen, "%s is owned by uid %ld, not by root or the "
+		    "daemon's user (uid %ld): chown it to the daemon's user",
+		    path, (long)st.st_uid, (long)uid);
+		return -1;
+	}
+	/* A directory others may list is fine (the names are no secret);
+	 * one they may write is not.  A file: the token's rule. */
+	bad = S_ISDIR(st.st_mode) ? S_IWGRP | S_IWOTH :
+	    S_IWGRP | S_IROTH | S_IWOTH;
+	if (st.st_mode & bad) {
+		errf(err, errlen, "%s has mode %04o: %s by other users; chmod "
+		    "%s %s (%s)", path, (unsigned)(st.st_mode & 07777),
+		    S_ISDIR(st.st_mode) ? "writable" : "readable or writable",
+		    S_ISDIR(st.st_mode) ? "go-w" : "g-w,o-rw", path,
+		    S_ISDIR(st.st_mode) ? "0700" : "0600, or 0640 with the "
+		    "daemon's group");
+		return -1;
+	}
+	return 0;
 }
 
 char *

@@ -10,6 +10,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 #include <time.h>
 
 #define nitems(a) (sizeof(a) / sizeof((a)[0]))
@@ -68,6 +69,21 @@ int file_write_atomic(const char *path, const void *data, size_t len,
     unsigned mode, char *err, size_t errlen);
 /* Creates a directory (and its parents) with mode if missing. */
 int dir_ensure(const char *path, unsigned mode, char *err, size_t errlen);
+
+/* Whether the file at path (open on fd, or -1 to look it up) may be run as
+ * code by a daemon of user uid: a regular file owned by root or uid, not
+ * writable by group or others, and every directory on its resolved path
+ * owned by root or uid and not writable by others (sticky ones excepted)
+ * nor by a group other than root.  0, or -1 with err saying what to do. */
+int file_check_trusted(const char *path, int fd, uid_t uid, char *err,
+    size_t errlen);
+/* Whether path may hold the daemon's secrets: owned by root or uid, a
+ * directory not writable by group or others, a file not writable by group
+ * nor readable or writable by others; with follow = false a symbolic link
+ * or a file of several names (hard links) is refused.  0, 1 when it does
+ * not exist, or -1 with err. */
+int file_check_private(const char *path, bool follow, uid_t uid, char *err,
+    size_t errlen);
 
 /* Strips leading and trailing ASCII whitespace in place; returns s. */
 char *str_trim(char *s);

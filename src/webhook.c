@@ -6,11 +6,18 @@
  * getWebhookInfo right after and reports last_error_message with its date.
  * That message is sticky on Telegram's side (a later success does not
  * clear it), hence the date in every line.
+ *
+ * The webhook is ours alone: handler output may not change it (calls.c
+ * refuses those methods), and what anything else does with the token is
+ * caught by the watch, which registers again at most once per look, so
+ * that a URL Telegram writes differently cannot make a loop of
+ * setWebhook calls.
  */
 #include "webhook.h"
 
 #include <pthread.h>
 #include <stdlib.h>
+#include <strings.h>
 #include <string.h>
 #include <time.h>
 
@@ -20,7 +27,7 @@
 
 #define BACKOFF_MIN_MS 1000
 #define BACKOFF_MAX_MS 300000
-#define INFO_EVERY_MS 300000	/* getWebhookInfo again, for status */
+#define INFO_EVERY_MS 300000	/* getWebhookInfo again: status, watch */
 
 struct webhook {
 	pthread_t thread;
@@ -108,8 +115,80 @@ webhook_set(struct botapi *api, const struct webhook_params *p,
 	return s;
 }
 
+/* The allowed_updates of a getWebhookInfo result and ours, compared as
+ * sets of names (case aside). */
+static bool
+same_updates(json_t *theirs, const char *ours)
+{
+	char **items = strlist_split(ours, NULL);
+	size_t n = 0, i;
+	json_t *v;
+	bool same = true;
+
+	for (char **p = items; *p != NULL; p++, n++) {
+		bool found = false;
+
+		json_array_foreach(theirs, i, v)
+			if (json_is_string(v) &&
+			    strcasecmp(json_string_value(v), *p) == 0)
+				found = true;
+		same = same && found;
+	}
+	strlist_free(items);
+	return same && n == json_array_size(theirs);
+}
+
 int
-webhook_log_info(struct botapi *api, struct webhook_state *st)
+webhook_differs(const struct webhook_params *p, json_t *info, char *why,
+    size_t whylen)
+{
+	const char *url = json_string_value(json_object_get(info, "url"));
+	const char *ip = json_string_value(json_object_get(info, "ip_address"));
+	json_t *maxc = json_object_get(info, "max_connections");
+	json_t *upd = json_object_get(info, "allowed_updates");
+	bool cert = json_is_true(json_object_get(info,
+	    "has_custom_certificate"));
+
+	if (url == NULL || *url == '\0') {
+		errf(why, whylen, "no webhook is set (deleted, or the bot "
+		    "was switched to getUpdates)");
+		return 1;
+	}
+	if (strcasecmp(url, p->url) != 0) {
+		errf(why, whylen, "its url is %.200s", url);
+		return 1;
+	}
+	if (cert != (p->cert_pem != NULL)) {
+		errf(why, whylen, cert ? "a certificate was uploaded for it" :
+		    "its uploaded certificate is gone");
+		return 1;
+	}
+	if (json_is_integer(maxc) && json_integer_value(maxc) !=
+	    p->max_connections) {
+		errf(why, whylen, "its max_connections is %" JSON_INTEGER_FORMAT
+		    ", not %ld", json_integer_value(maxc), p->max_connections);
+		return 1;
+	}
+	if (ip != NULL && p->ip_address != NULL && *p->ip_address != '\0' &&
+	    strcmp(ip, p->ip_address) != 0) {
+		errf(why, whylen, "its ip_address is %.64s, not %.64s", ip,
+		    p->ip_address);
+		return 1;
+	}
+	if (json_is_array(upd) && p->allowed_updates != NULL &&
+	    *p->allowed_updates != '\0' &&
+	    !same_updates(upd, p->allowed_updates)) {
+		errf(why, whylen, "its allowed_updates are not [webhook] "
+		    "allowed_updates (%.100s)", p->allowed_updates);
+		return 1;
+	}
+	return 0;
+}
+
+/* getWebhookInfo, logged; fills st if not NULL.  The result (the caller
+ * decrefs it), or NULL. */
+static json_t *
+read_info(struct botapi *api, struct webhook_state *st)
 {
 	struct botapi_result r;
 	const char *url, *msg;
@@ -118,12 +197,14 @@ webhook_log_info(struct botapi *api, struct webhook_state *st)
 
 	metrics_botapi("getWebhookInfo", botapi_call(api, "getWebhookInfo",
 	    NULL, &r));
-	if (r.status != BOTAPI_OK) {
-		log_warn("getWebhookInfo failed: %s", r.description);
+	if (r.status != BOTAPI_OK || !json_is_object(r.result)) {
+		log_warn("getWebhookInfo failed: %s", r.status != BOTAPI_OK ?
+		    r.description : "its result is not an object");
 		botapi_result_clear(&r);
-		return -1;
+		return NULL;
 	}
-	res = r.result;
+	res = json_incref(r.result);
+	botapi_result_clear(&r);
 	url = json_string_value(json_object_get(res, "url"));
 	log_info("Telegram reports: url %s, %s certificate, %" JSON_INTEGER_FORMAT
 	    " pending update(s), max_connections %" JSON_INTEGER_FORMAT,
@@ -149,8 +230,16 @@ webhook_log_info(struct botapi *api, struct webhook_state *st)
 		snprintf(st->last_error_message, sizeof(st->last_error_message),
 		    "%s", msg != NULL ? msg : "");
 	}
-	botapi_result_clear(&r);
-	return 0;
+	return res;
+}
+
+int
+webhook_log_info(struct botapi *api, struct webhook_state *st)
+{
+	json_t *res = read_info(api, st);
+
+	json_decref(res);
+	return res != NULL ? 0 : -1;
 }
 
 int
@@ -206,6 +295,77 @@ next_backoff(unsigned long *backoff, const struct botapi_result *r)
 	return wait;
 }
 
+/* setWebhook until it succeeds.  True if stopping. */
+static bool
+register_once(struct webhook *w)
+{
+	unsigned long backoff = BACKOFF_MIN_MS;
+
+	for (;;) {
+		struct botapi_result r;
+		unsigned long wait;
+
+		if (webhook_set(w->api, &w->p, &r) == BOTAPI_OK) {
+			log_notice("webhook registered: %s%s", w->p.url,
+			    w->p.cert_pem ? " (certificate uploaded)" : "");
+			botapi_result_clear(&r);
+			atomic_store(&w->registered, true);
+			pthread_mutex_lock(&w->mu);
+			w->st.registered = true;
+			w->st.last_attempt_error[0] = '\0';
+			pthread_mutex_unlock(&w->mu);
+			return false;
+		}
+		pthread_mutex_lock(&w->mu);
+		snprintf(w->st.last_attempt_error,
+		    sizeof(w->st.last_attempt_error), "%.255s", r.description);
+		pthread_mutex_unlock(&w->mu);
+		wait = next_backoff(&backoff, &r);
+		log_err("setWebhook failed (%s): %s%s; serving anyway, retrying "
+		    "in %lus", botapi_status_name(r.status), r.description,
+		    r.error_code == 401 ? " (the token is wrong or revoked)" :
+		    "", wait / 1000);
+		botapi_result_clear(&r);
+		if (nap(w, wait))
+			return true;
+	}
+}
+
+/* Reads getWebhookInfo into the state.  True if the webhook is not ours
+ * and must be registered again; right after our own setWebhook it is only
+ * reported (Telegram may show the URL written otherwise), and registered
+ * again at the next look if it still differs. */
+static bool
+watch(struct webhook *w, bool just_set)
+{
+	struct webhook_state st;
+	char why[sizeof(st.mismatch)] = "";
+	json_t *info;
+	int differs;
+
+	webhook_state(w, &st);
+	if ((info = read_info(w->api, &st)) == NULL)
+		return false;
+	differs = webhook_differs(&w->p, info, why, sizeof(why));
+	json_decref(info);
+	if (differs && (!just_set || strcmp(why, st.mismatch) != 0))
+		log_warn("Telegram's webhook is not the one configured: %s "
+		    "(ours: %s)%s", why, w->p.url, just_set ? "; registering "
+		    "again if it stays so" : "; registering again");
+	else if (!differs && st.mismatch[0] != '\0')
+		log_notice("Telegram's webhook is ours again");
+	pthread_mutex_lock(&w->mu);
+	w->st.pending_update_count = st.pending_update_count;
+	w->st.last_error_date = st.last_error_date;
+	memcpy(w->st.last_error_message, st.last_error_message,
+	    sizeof(st.last_error_message));
+	memcpy(w->st.mismatch, why, sizeof(why));
+	if (differs && !just_set)
+		w->st.registered = false;
+	pthread_mutex_unlock(&w->mu);
+	return differs && !just_set;
+}
+
 static void *
 webhook_thread(void *arg)
 {
@@ -225,50 +385,19 @@ webhook_thread(void *arg)
 	}
 	if (!w->register_webhook)
 		return NULL;
-	backoff = BACKOFF_MIN_MS;
 	for (;;) {
-		struct botapi_result r;
-		unsigned long wait;
-
-		if (webhook_set(w->api, &w->p, &r) == BOTAPI_OK) {
-			log_notice("webhook registered: %s%s", w->p.url,
-			    w->p.cert_pem ? " (certificate uploaded)" : "");
-			botapi_result_clear(&r);
-			atomic_store(&w->registered, true);
-			pthread_mutex_lock(&w->mu);
-			w->st.registered = true;
-			w->st.last_attempt_error[0] = '\0';
-			pthread_mutex_unlock(&w->mu);
-			break;
-		}
-		pthread_mutex_lock(&w->mu);
-		snprintf(w->st.last_attempt_error,
-		    sizeof(w->st.last_attempt_error), "%.255s", r.description);
-		pthread_mutex_unlock(&w->mu);
-		wait = next_backoff(&backoff, &r);
-		log_err("setWebhook failed (%s): %s%s; serving anyway, retrying "
-		    "in %lus", botapi_status_name(r.status), r.description,
-		    r.error_code == 401 ? " (the token is wrong or revoked)" :
-		    "", wait / 1000);
-		botapi_result_clear(&r);
-		if (nap(w, wait))
+		if (register_once(w))
 			return NULL;
-	}
-	/* Telegram reports delivery problems only here: read it now and
-	 * then, for the status line, the metrics and the log. */
-	do {
-		struct webhook_state st;
-
-		webhook_state(w, &st);
-		if (webhook_log_info(w->api, &st) == 0) {
-			pthread_mutex_lock(&w->mu);
-			w->st.pending_update_count = st.pending_update_count;
-			w->st.last_error_date = st.last_error_date;
-			memcpy(w->st.last_error_message, st.last_error_message,
-			    sizeof(st.last_error_message));
-			pthread_mutex_unlock(&w->mu);
+		/* Telegram reports delivery problems only here: read it now
+		 * and then, for the status line, the metrics and the log; and
+		 * see that the webhook is still ours. */
+		for (bool just_set = true;; just_set = false) {
+			if (watch(w, just_set))
+				break;	/* not ours: register again */
+			if (nap(w, w->p.watch_ms))
+				return NULL;
 		}
-	} while (!nap(w, INFO_EVERY_MS));
+	}
 	return NULL;
 }
 
@@ -304,6 +433,7 @@ webhook_start(struct botapi *api, const struct webhook_params *p,
 	w->p.allowed_updates = dup_or_null(p->allowed_updates);
 	w->p.drop_pending_updates = p->drop_pending_updates;
 	w->p.ip_address = dup_or_null(p->ip_address);
+	w->p.watch_ms = p->watch_ms != 0 ? p->watch_ms : INFO_EVERY_MS;
 	if (pthread_create(&w->thread, NULL, webhook_thread, w) != 0)
 		fatal("webhook: cannot start the registration thread");
 	return w;

@@ -3,8 +3,12 @@
  *
  * `plugin = /path/x.so` is loaded with dlopen(RTLD_NOW | RTLD_LOCAL): a
  * missing symbol fails at start, not at the first update.  The file must
- * not be writable by group or others (whoever can write it runs code as
- * the daemon).  The daemon exports exactly the tgw_* functions (linked
+ * be owned by root or the daemon's user and not be writable by group or
+ * others, nor its directories by others (util.h's file_check_trusted:
+ * whoever can change it runs code as the daemon).  With euid 0 nothing is
+ * loaded unless plugin_allow_root() was called (plugin.h): `tgwebhookd
+ * -t` as root and a start as root checking a bad configuration run no
+ * plugin code.  The daemon exports exactly the tgw_* functions (linked
  * with --dynamic-list=src/tgwebhookd.sym), so a plugin resolves them
  * against the running binary.
  *
@@ -31,6 +35,7 @@
 
 #include "calls.h"
 #include "handler.h"
+#include "plugin.h"
 #include "log.h"
 #include "tgwebhookd.h"
 #include "update.h"
@@ -75,6 +80,9 @@ struct tgw_reply {
 	size_t errlen;
 };
 
+/* Set once, before any thread, by a daemon that stays root. */
+static bool allow_root;
+
 /* The handler whose plugin code runs on this thread, for tgw_log(). */
 static _Thread_local const char *current;
 
@@ -99,9 +107,16 @@ same_file(const struct lib *l, const char *path, const struct stat *st)
 	    l->mtime.tv_nsec == st->st_mtim.tv_nsec;
 }
 
-/* Opens the .so, which may only be changed by its owner (root or us). */
+void
+plugin_allow_root(void)
+{
+	allow_root = true;
+}
+
+/* Opens the .so, which may only be changed by root or uid. */
 static int
-open_checked(const char *path, struct stat *st, char *err, size_t errlen)
+open_checked(const char *path, uid_t uid, struct stat *st, char *err,
+    size_t errlen)
 {
 	int fd;
 
@@ -116,15 +131,7 @@ open_checked(const char *path, struct stat *st, char *err, size_t errlen)
 			close(fd);
 		return -1;
 	}
-	if (!S_ISREG(st->st_mode)) {
-		errf(err, errlen, "%s: not a regular file", path);
-		close(fd);
-		return -1;
-	}
-	if (st->st_mode & (S_IWGRP | S_IWOTH)) {
-		errf(err, errlen, "%s: writable by group or others (mode %04o): "
-		    "anyone who can write it runs code as tgwebhookd; "
-		    "chmod go-w it", path, (unsigned)(st->st_mode & 07777));
+	if (file_check_trusted(path, fd, uid, err, errlen) == -1) {
 		close(fd);
 		return -1;
 	}
@@ -161,7 +168,7 @@ private_copy(int fd, const char *path, off_t size, char *err, size_t errlen)
  * of that path is still mapped).  NULL with err on failure.
  */
 static struct lib *
-lib_get(const char *path, char *err, size_t errlen)
+lib_get(const char *path, uid_t uid, char *err, size_t errlen)
 {
 	struct stat st;
 	struct lib *l;
@@ -169,7 +176,7 @@ lib_get(const char *path, char *err, size_t errlen)
 	char name[32];
 	int fd;
 
-	if ((fd = open_checked(path, &st, err, errlen)) == -1)
+	if ((fd = open_checked(path, uid, &st, err, errlen)) == -1)
 		return NULL;
 	pthread_mutex_lock(&libs_mu);
 	for (l = libs; l != NULL; l = l->next) {
@@ -296,6 +303,28 @@ report_init(struct diag *d, const struct config *c, int line,
 	diag_add(d, c->file, line, "plugin", "%s: %s", path, msg);
 }
 
+/* What can be known of a plugin file without running any of it: its
+ * owner and modes, and that it is an ELF object. */
+static int
+check_unloaded(const char *path, uid_t uid, char *err, size_t errlen)
+{
+	struct stat st;
+	unsigned char magic[4];
+	int fd;
+
+	if ((fd = open_checked(path, uid, &st, err, errlen)) == -1)
+		return -1;
+	if (pread(fd, magic, sizeof(magic), 0) != (ssize_t)sizeof(magic) ||
+	    memcmp(magic, "\177ELF", 4) != 0) {
+		errf(err, errlen, "%s: not an ELF shared object: build it with "
+		    "cc -shared -fPIC", path);
+		close(fd);
+		return -1;
+	}
+	close(fd);
+	return 0;
+}
+
 static void *
 plugin_create(const struct conf_handler *h, const struct config *c,
     struct diag *d)
@@ -308,7 +337,17 @@ plugin_create(const struct conf_handler *h, const struct config *c,
 
 	p->name = xstrdup(h->name);
 	p->path = xstrdup(handler_conf_get(h, "plugin", &line));
-	if ((p->lib = lib_get(p->path, err, sizeof(err))) == NULL) {
+	if (geteuid() == 0 && !allow_root) {
+		/* Checked, not loaded: a constructor would run as root. */
+		if (check_unloaded(p->path, config_user_uid(c), err,
+		    sizeof(err)) == -1) {
+			diag_add(d, c->file, line, "plugin", "%s", err);
+			goto fail;
+		}
+		return p;
+	}
+	if ((p->lib = lib_get(p->path, config_user_uid(c), err,
+	    sizeof(err))) == NULL) {
 		diag_add(d, c->file, line, "plugin", "%s", err);
 		goto fail;
 	}
@@ -369,7 +408,7 @@ plugin_blocks(const void *arg)
 {
 	const struct plugin *p = arg;
 
-	return (p->api->flags & TGW_PLUGIN_BLOCKING) != 0;
+	return p->api != NULL && (p->api->flags & TGW_PLUGIN_BLOCKING) != 0;
 }
 
 static int
@@ -382,6 +421,11 @@ plugin_run(void *arg, const struct handler_input *in, json_t *calls,
 	int rc;
 
 	err[0] = '\0';
+	if (p->api == NULL) {
+		errf(err, errlen, "plugin %s was checked, not loaded (as root)",
+		    p->path);
+		return -1;
+	}
 	current = p->name;
 	rc = p->api->handle(p->state, &tu, &r);
 	current = NULL;

@@ -21,7 +21,7 @@ proc_argv(const struct conf_handler *h, const struct config *c,
     const char *key, struct diag *d)
 {
 	const char *cmd;
-	char **argv, err[256];
+	char **argv, err[1024];
 	int line;
 
 	cmd = handler_conf_get(h, key, &line);
@@ -38,6 +38,14 @@ proc_argv(const struct conf_handler *h, const struct config *c,
 	if (access(argv[0], X_OK) == -1) {
 		diag_add(d, c->file, line, key, "%s: %s", argv[0],
 		    strerror(errno));
+		strlist_free(argv);
+		return NULL;
+	}
+	/* The rule for plugin files: whoever can change the program runs
+	 * code as the daemon. */
+	if (file_check_trusted(argv[0], -1, config_user_uid(c), err,
+	    sizeof(err)) == -1) {
+		diag_add(d, c->file, line, key, "%s", err);
 		strlist_free(argv);
 		return NULL;
 	}

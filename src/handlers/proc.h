@@ -15,7 +15,9 @@
 #include "diag.h"
 
 /* The argv of `key` (no shell: split by config_split_argv), its program
- * an absolute path we may execute.  NULL with the problem in d. */
+ * an absolute path we may execute that only root or the daemon's user
+ * can change (util.h's file_check_trusted, as for plugin files).  NULL
+ * with the problem in d. */
 char **proc_argv(const struct conf_handler *h, const struct config *c,
     const char *key, struct diag *d);
 /* `timeout` of h into *ms (10ms..1h; left alone if absent).  -1 with the

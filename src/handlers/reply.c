@@ -132,6 +132,23 @@ reply_create(const struct conf_handler *h, const struct config *c,
 	return r;
 }
 
+/* Sets call's key to t expanded for u.  Text from the update is the
+ * sender's, not ours: where it reads as a local file (file://...), the
+ * parameter is marked as text, so that it is sent as written and never
+ * makes the daemon upload a file (only a handler's own output may). */
+static void
+set_expanded(json_t *call, const char *key, const struct template *t,
+    const struct update *u)
+{
+	bool from_update;
+	char *s = template_expand_from(t, u, &from_update);
+
+	json_object_set_new(call, key, json_string(s));
+	if (from_update && calls_names_file(s))
+		calls_mark_text(call, key);
+	free(s);
+}
+
 static int
 reply_run(void *arg, const struct handler_input *in, json_t *calls, char *err,
     size_t errlen)
@@ -150,23 +167,15 @@ reply_run(void *arg, const struct handler_input *in, json_t *calls, char *err,
 	if (u->has_chat)
 		json_object_set_new(call, "chat_id",
 		    json_integer((json_int_t)u->chat_id));
-	if (r->text != NULL) {
-		char *t = template_expand(r->text, u);
-
-		json_object_set_new(call, "text", json_string(t));
-		free(t);
-	}
+	if (r->text != NULL)
+		set_expanded(call, "text", r->text, u);
 	for (size_t i = 0; i < r->nparams; i++) {
 		const struct param *p = &r->params[i];
 
-		if (p->tmpl != NULL) {
-			char *t = template_expand(p->tmpl, u);
-
-			json_object_set_new(call, p->key, json_string(t));
-			free(t);
-		} else {
+		if (p->tmpl != NULL)
+			set_expanded(call, p->key, p->tmpl, u);
+		else
 			json_object_set(call, p->key, p->value);
-		}
 	}
 	json_array_append_new(calls, call);
 	return 0;

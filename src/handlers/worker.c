@@ -17,6 +17,10 @@
  * writes more than one line or a line over 1 MiB is killed (its whole
  * process group) and its update becomes a dead letter; a worker whose
  * answer is merely wrong JSON stays, in step, and only that update fails.
+ * A worker that writes while no update is asking (a second line a moment
+ * after its answer) is out of step: that is seen before it is given the
+ * next update, and it is killed and restarted first, so that a stray
+ * line never becomes the next update's answer.
  *
  * Each pool has a supervisor thread: it starts the workers, logs their
  * stderr, reaps them (a pidfd per worker, or waitpid(WNOHANG) every
@@ -626,6 +630,63 @@ take(struct pool *pl, int want, uint64_t deadline)
 	}
 }
 
+/* Gives w back to the pool; kill_it: it is out of step, so kill it (the
+ * supervisor reaps and restarts it). */
+static void
+release(struct pool *pl, struct wproc *w, bool kill_it)
+{
+	pthread_mutex_lock(&pl->mu);
+	w->busy = false;
+	if (kill_it && w->p.pid != -1)
+		kill(-w->p.pid, SIGKILL);	/* the supervisor reaps it */
+	if (w->reaped || kill_it) {
+		/* Nothing more is read from or written to this process. */
+		proc_close(&w->p.in);
+		proc_close(&w->p.out);
+		w->reaped = false;
+		wake(pl);
+	}
+	/* With affinity, a waiter may want this worker and no other. */
+	pthread_cond_broadcast(&pl->idle);
+	pthread_mutex_unlock(&pl->mu);
+}
+
+/*
+ * True if idle w has written something no update asked for (a line after
+ * its answer, a moment late) or closed its stdout.  Its next line would
+ * then answer the wrong update, and every later update the one before
+ * it: such a worker is out of step and must not get another update.
+ * Logged with what it wrote.
+ */
+static bool
+out_of_step(struct pool *pl, struct wproc *w)
+{
+	struct pollfd pfd = { w->p.out, POLLIN, 0 };
+	char stray[128], *nl;
+	ssize_t n;
+
+	if (poll(&pfd, 1, 0) <= 0)
+		return false;
+	while ((n = read(w->p.out, stray, sizeof(stray))) == -1 &&
+	    errno == EINTR)
+		;
+	if (n == -1 && errno == EAGAIN)
+		return false;
+	if (n > 0) {
+		if ((nl = memchr(stray, '\n', (size_t)n)) != NULL)
+			n = nl - stray;
+		log_warn("handler %s: worker %u is out of step: it wrote "
+		    "\"%.*s\"%s after its last answer; restarting it, and "
+		    "that is no answer to the next update (a worker writes "
+		    "exactly one line per update)", pl->name, w->index,
+		    (int)n, stray, nl == NULL ? "..." : "");
+	} else {
+		log_warn("handler %s: worker %u closed its stdout; restarting "
+		    "it", pl->name, w->index);
+	}
+	return true;
+}
+
 static int
 worker_run(void *arg, const struct handler_input *in, json_t *calls,
     char *msg, size_t msglen)
@@ -652,9 +713,14 @@ worker_run(void *arg, const struct handler_input *in, json_t *calls,
 	}
 	if (pl->by_chat && in->u->has_chat)
 		want = (int)((uint64_t)in->u->chat_id % pl->n);
-	pthread_mutex_lock(&pl->mu);
-	w = take(pl, want, deadline);
-	pthread_mutex_unlock(&pl->mu);
+	for (;;) {
+		pthread_mutex_lock(&pl->mu);
+		w = take(pl, want, deadline);
+		pthread_mutex_unlock(&pl->mu);
+		if (w == NULL || !out_of_step(pl, w))
+			break;
+		release(pl, w, true);	/* and wait for it, or another */
+	}
 	if (w == NULL) {
 		if (want != -1)
 			errf(msg, msglen, "worker %d (this chat's) not free "
@@ -683,20 +749,7 @@ worker_run(void *arg, const struct handler_input *in, json_t *calls,
 		rc = -1;
 	}
 
-	pthread_mutex_lock(&pl->mu);
-	w->busy = false;
-	if (kill_it && w->p.pid != -1)
-		kill(-w->p.pid, SIGKILL);	/* the supervisor reaps it */
-	if (w->reaped || kill_it) {
-		/* Nothing more is read from or written to this process. */
-		proc_close(&w->p.in);
-		proc_close(&w->p.out);
-		w->reaped = false;
-		wake(pl);
-	}
-	/* With affinity, a waiter may want this worker and no other. */
-	pthread_cond_broadcast(&pl->idle);
-	pthread_mutex_unlock(&pl->mu);
+	release(pl, w, kill_it);
 	buf_free(&line);
 	free(flat);
 	return rc;

@@ -1,6 +1,7 @@
 /* libFuzzer target: handler output: an exec handler's stream of calls
  * and a worker's answer line, on the same input; each call's local files
- * planned as the outbox would upload them. */
+ * planned as the outbox would upload them (parameters marked as text
+ * included), and whether it may be sent at all. */
 #include <jansson.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -24,6 +25,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 		calls_chat(c, chat, sizeof(chat));
 		(void)calls_inline_allowed(calls_method(c));
+		(void)calls_check_sendable(calls_method(c), err, sizeof(err));
 		if (calls_has_files(c) &&
 		    calls_upload_plan(c, &up, err, sizeof(err)) == 0)
 			calls_upload_clear(&up);

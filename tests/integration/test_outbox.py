@@ -327,3 +327,128 @@ def test_local_file_uploaded_as_a_follow_up():
         d.wait_log("is a dead letter: /etc/hostname is not under [outbox] "
                    "upload_dir")
         assert len(d.emu.calls_of("sendDocument")) == 1
+
+
+def swapped_upload_daemon(n):
+    """A daemon whose handler asks for n uploads of uploads/f, each to a
+    chat of its own, then a message; its upload_dir and a secret file
+    outside it."""
+    d = Daemon("", start=False)
+    uploads = os.path.join(d.dir, "uploads")
+    os.makedirs(uploads)
+    secret = os.path.join(d.dir, "secret.txt")
+    with open(secret, "w") as f:
+        f.write("SECRET-OUTSIDE\n")
+    handler = os.path.join(d.dir, "many")
+    with open(handler, "w") as f:
+        f.write("#!/bin/sh\ncat >/dev/null\ni=1\nwhile [ $i -le %d ]; do\n"
+                "printf '{\"method\":\"sendDocument\",\"chat_id\":%%s,"
+                "\"document\":\"file://%s/f\"}\\n' $((1000+i))\n"
+                "i=$((i+1))\ndone\n"
+                "printf '{\"method\":\"sendMessage\",\"chat_id\":999,"
+                "\"text\":\"after\"}\\n'\n" % (n, uploads))
+    os.chmod(handler, 0o700)
+    with open(d.conf, "a") as f:
+        f.write("[outbox]\nupload_dir = %s\nrate = 25\nchat_interval = 0\n"
+                "[handler.many]\nexec = %s\n" % (uploads, handler))
+    return d, uploads, secret
+
+
+def swapper(uploads, make_other, stop):
+    """Swaps uploads/f between a regular file and something else, each
+    time by an atomic rename, until stop is set."""
+    target = os.path.join(uploads, "f")
+    i = 0
+    while not stop.is_set():
+        i += 1
+        tmp = os.path.join(uploads, ".tmp%d" % i)
+        if i % 2:
+            with open(tmp, "w") as f:
+                f.write("inside\n")
+        else:
+            make_other(tmp)
+        os.rename(tmp, target)
+
+
+def run_swapped_uploads(make_other, why):
+    import threading
+    n = 38
+    d, uploads, secret = swapped_upload_daemon(n)
+    with open(os.path.join(uploads, "f"), "w") as f:
+        f.write("inside\n")
+    stop = threading.Event()
+    t = threading.Thread(target=swapper,
+                         args=(uploads, lambda p: make_other(p, secret), stop))
+    with d:
+        d.start()
+        t.start()
+        try:
+            status, _, _, _ = d.deliver(message("/many", 40))
+            assert status == 200
+            # the sender goes on past every swap: the last call goes out
+            d.emu.wait_calls("sendMessage", 1, timeout=30)
+            assert texts(d) == ["after"]
+        finally:
+            stop.set()
+            t.join()
+        docs = d.emu.calls_of("sendDocument")
+        # only ever the regular file under upload_dir, read as opened
+        assert [c.files["document"] for c in docs] == \
+            [("f", b"inside\n")] * len(docs)
+        dead = rows(d, "method = 'sendDocument' AND state = 2")
+        assert len(docs) + len(dead) == n, (len(docs), len(dead))
+        assert all(why in r[4] for r in dead), dead
+        return len(docs), len(dead)
+
+
+def test_upload_swapped_for_a_symlink_never_sends_what_it_points_to():
+    # The review's attack: the name swapped for a link to a file outside
+    # upload_dir between the check and the read.
+    run_swapped_uploads(lambda p, secret: os.symlink(secret, p),
+                        "is a symbolic link, which is never followed")
+
+
+def test_upload_swapped_for_a_fifo_does_not_block_the_sender():
+    # A FIFO swapped in: never opened for a blocking read; the sender
+    # goes on, and SIGTERM stops the daemon (the with block checks it).
+    run_swapped_uploads(lambda p, secret: os.mkfifo(p),
+                        "not a regular file")
+
+
+def test_handler_output_cannot_repoint_the_webhook():
+    # A handler's bug or an injection must not take the webhook away:
+    # setWebhook (any case), deleteWebhook, logOut and close become dead
+    # letters saying why; the handler's other calls go out.
+    d = Daemon("", start=False)
+    handler = os.path.join(d.dir, "repoint")
+    calls = [{"method": "setWebhook", "url": "https://evil.example/x",
+              "secret_token": "theirs"},
+             {"method": "SetWebhook", "url": "https://evil.example/y"},
+             {"method": "deleteWebhook"}, {"method": "logOut"},
+             {"method": "close"},
+             {"method": "sendMessage", "chat_id": 5, "text": "still here"}]
+    with open(handler, "w") as f:
+        f.write("#!/bin/sh\ncat >/dev/null\ncat <<'EOF'\n%s\nEOF\n"
+                % "\n".join(json.dumps(c) for c in calls))
+    os.chmod(handler, 0o700)
+    with open(d.conf, "a") as f:
+        f.write("[handler.repoint]\nexec = %s\n" % handler)
+    with d:
+        d.start()
+        status, _, _, body = d.deliver(message("/x", 50, chat_id=5))
+        assert status == 200 and body == b"", body
+        d.emu.wait_calls("sendMessage", 1)
+        dead = eventually(lambda: len(rows(d, "state = 2")) == 5 and
+                          rows(d, "state = 2"))
+        assert dead, rows(d)
+        assert [r[0] for r in dead] == ["setWebhook", "SetWebhook",
+                                        "deleteWebhook", "logOut", "close"]
+        for r in dead:
+            assert "%s is refused from handler output: the webhook is " \
+                "tgwebhookd's own" % r[0] in r[4], r
+        # only the daemon's own registration reached Telegram
+        for m in ("setWebhook", "deleteWebhook", "logOut", "close"):
+            assert len(d.emu.calls_of(m)) == (m == "setWebhook"), m
+        assert d.emu.webhook["url"].startswith("https://localhost")
+        status, _, _, _ = d.deliver(message("/x", 51, chat_id=5))
+        assert status == 200

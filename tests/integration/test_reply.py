@@ -76,3 +76,43 @@ def test_every_corpus_update_is_answered_200():
             assert status == 200, (path, status, body)
         log = d.log()
         assert "new_update_kind" in log
+
+
+def test_user_text_never_names_a_local_file():
+    # The review's attack: `reply = {args}` and a user's
+    # `/say file:///.../uploads/someone-elses.pdf`.  What a user wrote is
+    # text: sent as written, as JSON, never as an upload.  A file the
+    # configuration names itself still goes out, ids in its name
+    # included, and a user's words beside it stay words.
+    import os
+    d = Daemon("", start=False)
+    uploads = os.path.join(d.dir, "uploads")
+    os.makedirs(uploads)
+    with open(os.path.join(uploads, "someone-elses.pdf"), "w") as f:
+        f.write("not yours\n")
+    with open(os.path.join(uploads, "welcome-42.txt"), "w") as f:
+        f.write("welcome, 42\n")
+    with open(d.conf, "a") as f:
+        f.write("[outbox]\nupload_dir = %s\n"
+                "[handler.say]\ncommands = /say\nreply = {args}\n"
+                "[handler.doc]\ncommands = /doc\nreply =\n"
+                "method = sendDocument\n"
+                "params = {\"document\": \"file://%s/welcome-{chat_id}.txt\","
+                " \"caption\": \"{args}\"}\n" % (uploads, uploads))
+    secret = "file://%s/someone-elses.pdf" % uploads
+    with d:
+        d.start()
+        status, _, _, _ = d.deliver(message("/say " + secret, 1))
+        assert status == 200
+        sent = d.emu.wait_calls("sendMessage", 1)[0]
+        assert sent.content_type.startswith("application/json"), \
+            sent.content_type
+        assert sent.params == {"chat_id": 42, "text": secret}, sent.params
+        assert sent.files == {}
+        status, _, _, _ = d.deliver(message("/doc " + secret, 2))
+        doc = d.emu.wait_calls("sendDocument", 1)[0]
+        assert doc.files == {"document": ("welcome-42.txt",
+                                          b"welcome, 42\n")}, doc.files
+        assert doc.params["caption"] == secret
+        assert "tgwebhookd_text_params" not in doc.params
+        assert b"not yours" not in b"".join(v[1] for v in doc.files.values())

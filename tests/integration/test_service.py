@@ -216,6 +216,30 @@ def test_metrics_and_health():
             assert json.loads(e.read())["registered"] is False
 
 
+def test_webhook_not_ours_is_reported_in_healthz():
+    # Something else re-pointed the webhook (getWebhookInfo shows another
+    # URL): a warning, and /healthz 503 saying how it differs.  (The
+    # registration again, at the next look, is unit/test_webhook.c's.)
+    import botapi_emu
+    from harness import TOKEN
+    emu = botapi_emu.Emulator(TOKEN).start()
+    emu.script("getWebhookInfo", (200, {"ok": True, "result": {
+        "url": "https://evil.example/x", "has_custom_certificate": False,
+        "pending_update_count": 0, "max_connections": 40}}))
+    with Daemon(HANDLERS, emu=emu) as d:
+        d.wait_log("Telegram's webhook is not the one configured: its url "
+                   "is https://evil.example/x (ours: https://localhost")
+        try:
+            urllib.request.urlopen("http://127.0.0.1:%d/healthz" %
+                                   d.admin_port, timeout=5)
+            raise AssertionError("healthz said ok with the webhook not ours")
+        except urllib.error.HTTPError as e:
+            assert e.code == 503
+            health = json.loads(e.read())
+        assert health["webhook_mismatch"] == "its url is " \
+            "https://evil.example/x", health
+
+
 def test_journald_priorities():
     d = Daemon(HANDLERS, start=False)
     with d:

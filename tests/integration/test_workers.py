@@ -10,8 +10,8 @@ import threading
 import time
 import urllib.request
 
-from harness import (Daemon, ROOT, callback, dead_letters, message,
-                     post_update, stored_secrets)
+from harness import (Daemon, ROOT, callback, dead_letters, eventually,
+                     message, post_update, stored_secrets)
 
 POLL = os.path.join(ROOT, "examples", "poll-worker")
 
@@ -40,6 +40,16 @@ for line in sys.stdin:
         continue
     if text == "error":
         print(json.dumps({"error": "no such user"}), flush=True)
+        continue
+    if text == "late":
+        # its answer, then a second line a moment later (then a mark
+        # beside the program, for the test to wait on)
+        print(json.dumps([{"method": "sendMessage", "chat_id": chat,
+                           "text": "late"}]), flush=True)
+        time.sleep(0.05)
+        print(json.dumps([{"method": "sendMessage", "chat_id": chat,
+                           "text": "stray"}]), flush=True)
+        open(sys.argv[0] + ".stray", "w").close()
         continue
     if text == "log":
         print("a line for the log", file=sys.stderr, flush=True)
@@ -201,6 +211,29 @@ def test_bad_answers():
                    "killed and restarted")
         reasons = [r[2] for r in dead_letters(d)]
         assert len(reasons) == 4, reasons
+
+
+def test_line_after_the_answer_never_answers_the_next_update():
+    # The review's finding: a second line a moment after the answer became
+    # the next update's answer, and every later update got the one
+    # before's.  Seen before the next update is written: the worker is
+    # restarted, and each update gets its own answer.
+    d = worker_daemon()
+    with d:
+        pid = answer(d, "pid", 1)
+        assert answer(d, "late", 2) == "late"
+        mark = os.path.join(d.dir, "w.stray")
+        assert eventually(lambda: os.path.exists(mark))
+        assert answer(d, "next", 3) == "next"
+        d.wait_log('handler w: worker 0 is out of step: it wrote '
+                   '"[{\"method\": \"sendMessage\", \"chat_id\": 42, '
+                   '\"text\": \"stray\"}]" after its last answer; '
+                   'restarting it')
+        assert answer(d, "pid", 4) != pid
+        assert answer(d, "after", 5) == "after"
+        assert dead_letters(d) == []
+        assert "stray" not in [c.params.get("text") for c in
+                               d.emu.calls_of("sendMessage")]
 
 
 def test_backoff_grows_when_worker_cannot_stay_up():

@@ -1,13 +1,20 @@
-/* Unit tests for botapi_decode(): every kind of Bot API answer. */
+/* Unit tests for botapi_decode(): every kind of Bot API answer; and an
+ * upload of an open file against a fake Bot API. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "botapi.h"
+
+#include "fake_botapi.h"
 
 static enum botapi_status
 decode(long http, const char *body, long retry, struct botapi_result *r)
@@ -119,6 +126,61 @@ test_unreachable_is_transient(void **state)
 	botapi_free(b);
 }
 
+/* What an upload sends is the file that was opened, whatever its name
+ * points to by the time the transfer runs; the descriptor is closed when
+ * the upload is done. */
+static void
+test_upload_sends_the_opened_file(void **state)
+{
+	struct fake_botapi *f = fake_start();
+	struct botapi_multi *m = botapi_multi_new(f->url, "1:A", 5000);
+	char dir[] = "/tmp/tgw-botapi-XXXXXX", path[64], other[64];
+	struct botapi_field fl[2];
+	struct botapi_result r;
+	const char *body;
+	uint64_t tag = 0;
+	FILE *fp;
+	int fd;
+
+	(void)state;
+	assert_non_null(mkdtemp(dir));
+	snprintf(path, sizeof(path), "%s/doc.txt", dir);
+	snprintf(other, sizeof(other), "%s/other", dir);
+	fp = fopen(path, "w");
+	fputs("the checked file\n", fp);
+	fclose(fp);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	assert_true(fd >= 0);
+	fake_script(f, "sendDocument", 200, "{\"ok\":true,\"result\":{"
+	    "\"message_id\":3}}");
+	fl[0] = (struct botapi_field){ .name = "chat_id", .value = "5" };
+	fl[1] = (struct botapi_field){ .name = "document", .filename =
+	    "doc.txt", .from_fd = true, .fd = fd, .len = 17 };
+	botapi_multi_start_upload(m, 9, "sendDocument", fl, 2);
+	/* the name now points elsewhere, before anything was sent */
+	assert_int_equal(symlink("/etc/hostname", other), 0);
+	assert_int_equal(rename(other, path), 0);
+	while (!botapi_multi_done(m, &tag, &r))
+		botapi_multi_wait(m, 100);
+	assert_int_equal(tag, 9);
+	assert_int_equal(r.status, BOTAPI_OK);
+	assert_int_equal(json_integer_value(json_object_get(r.result,
+	    "message_id")), 3);
+	botapi_result_clear(&r);
+	fake_wait(f, "sendDocument", 1);
+	body = fake_body(f, "sendDocument", 0);
+	assert_non_null(body);
+	assert_non_null(strstr(body, "filename=\"doc.txt\"\r\n"
+	    "Content-Type: application/octet-stream\r\n\r\n"
+	    "the checked file\n\r\n"));
+	assert_int_equal(fcntl(fd, F_GETFD), -1);
+	assert_int_equal(errno, EBADF);
+	botapi_multi_free(m);
+	fake_stop(f);
+	assert_int_equal(unlink(path), 0);
+	assert_int_equal(rmdir(dir), 0);
+}
+
 int
 main(void)
 {
@@ -129,6 +191,7 @@ main(void)
 		cmocka_unit_test(test_transient_and_garbage),
 		cmocka_unit_test(test_redirect_never_followed),
 		cmocka_unit_test(test_unreachable_is_transient),
+		cmocka_unit_test(test_upload_sends_the_opened_file),
 	};
 
 	return cmocka_run_group_tests_name("botapi", tests, NULL, NULL);

@@ -156,6 +156,30 @@ test_inline_allowed(void **state)
 }
 
 static void
+test_webhook_methods_never_sent(void **state)
+{
+	const char *refused[] = { "setWebhook", "SetWebhook", "SETWEBHOOK",
+		"deleteWebhook", "deletewebhook", "logOut", "logout", "close",
+		"Close" };
+	char err[256];
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++) {
+		err[0] = '\0';
+		assert_int_equal(calls_check_sendable(refused[i], err,
+		    sizeof(err)), -1);
+		assert_non_null(strstr(err, refused[i]));
+		assert_non_null(strstr(err, "is refused from handler output"));
+	}
+	assert_int_equal(calls_check_sendable("sendMessage", err, sizeof(err)),
+	    0);
+	assert_int_equal(calls_check_sendable("closeForumTopic", err,
+	    sizeof(err)), 0);
+	assert_int_equal(calls_check_sendable("getWebhookInfo", err,
+	    sizeof(err)), 0);
+}
+
+static void
 test_chat(void **state)
 {
 	char out[64];
@@ -208,6 +232,29 @@ test_local_files(void **state)
 			    "{\"inline_keyboard\":[]}");
 		assert_string_not_equal(up.fields[i].name, "method");
 	}
+	calls_upload_clear(&up);
+	json_decref(c);
+	/* a parameter marked as text (a user's words that read as a file)
+	 * is a field, never a file; the list itself is not sent */
+	c = call("{\"method\":\"sendDocument\",\"chat_id\":42,"
+	    "\"document\":\"file:///srv/up/report.pdf\",\"caption\":"
+	    "\"file:///srv/up/someone-elses.pdf\"}");
+	calls_mark_text(c, "caption");
+	assert_true(calls_has_files(c));
+	assert_int_equal(calls_upload_plan(c, &up, err, sizeof(err)), 0);
+	assert_int_equal(up.nfiles, 1);
+	assert_string_equal(up.files[0].path, "/srv/up/report.pdf");
+	assert_int_equal(up.nfields, 2);	/* chat_id, caption */
+	for (size_t i = 0; i < up.nfields; i++) {
+		assert_string_not_equal(up.fields[i].name, CALLS_TEXT_KEY);
+		if (strcmp(up.fields[i].name, "caption") == 0)
+			assert_string_equal(up.fields[i].value,
+			    "file:///srv/up/someone-elses.pdf");
+	}
+	calls_upload_clear(&up);
+	calls_mark_text(c, "document");
+	assert_int_equal(calls_upload_plan(c, &up, err, sizeof(err)), 0);
+	assert_int_equal(up.nfiles, 0);
 	calls_upload_clear(&up);
 	json_decref(c);
 	/* InputMedia: attach://fileN parts, other media left alone */
@@ -266,6 +313,7 @@ main(void)
 		cmocka_unit_test(test_line),
 		cmocka_unit_test(test_line_count_capped),
 		cmocka_unit_test(test_inline_allowed),
+		cmocka_unit_test(test_webhook_methods_never_sent),
 		cmocka_unit_test(test_chat),
 		cmocka_unit_test(test_local_files),
 	};

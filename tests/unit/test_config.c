@@ -322,6 +322,141 @@ test_polling_source(void **state)
 	unlink(path);
 }
 
+/* Issue 11, item 17: -c naming a FIFO, a directory or /dev/null is
+ * refused at once, with a message that says what -c wants. */
+static void
+test_config_file_not_regular(void **state)
+{
+	struct diag d = { 0 };
+	char dir[] = "/tmp/tgw-config-dir-XXXXXX", fifo[64];
+
+	(void)state;
+	assert_non_null(mkdtemp(dir));
+	snprintf(fifo, sizeof(fifo), "%s/fifo", dir);
+	assert_int_equal(mkfifo(fifo, 0600), 0);
+	assert_null(config_load(fifo, &d));	/* without blocking */
+	assert_non_null(strstr(d.text, "not a regular file (a FIFO"));
+	assert_null(config_load(dir, &d));
+	assert_non_null(strstr(d.text, ": is a directory: -c names the "
+	    "configuration file"));
+	assert_null(config_load("/dev/null", &d));
+	assert_int_equal(d.count, 3);
+	assert_non_null(strstr(d.text, "/dev/null: not a regular file"));
+	diag_free(&d);
+	unlink(fifo);
+	rmdir(dir);
+}
+
+/* Issue 11, item 17: a [server] user that does not exist is an error;
+ * risky settings are warnings at their line, not errors. */
+static void
+test_user_and_warnings(void **state)
+{
+	struct diag d = { 0 };
+	struct buf text = { 0 };
+	struct config *c;
+	char want[256];
+
+	(void)state;
+	buf_puts(&text, minimal);		/* 7 lines */
+	buf_puts(&text, "[server]\nuser = tgw-no-such-user\n");	/* 9 */
+	buf_puts(&text, "[store]\ndir = /var/lib/tgwebhookd//\n");
+	c = load_text(text.data, &d);
+	assert_non_null(c);
+	snprintf(want, sizeof(want), "%s:9: user: no user 'tgw-no-such-user' "
+	    "on this system: create it", path);
+	if (strstr(d.text, want) == NULL)
+		fail_msg("missing '%s' in:\n%s", want, d.text);
+	assert_int_equal(d.count, 1);
+	assert_int_equal(c->warnings.count, 0);	/* the defaults are safe */
+	assert_string_equal(c->store_dir, "/var/lib/tgwebhookd");
+	config_free(c);
+	diag_free(&d);
+
+	buf_free(&text);
+	buf_puts(&text,
+	    "[bot]\n"
+	    "token = " TOKEN "\n"
+	    "api_url = http://api.example.net:8081\n"		/* 3 */
+	    "[webhook]\n"
+	    "domain = bot.example.com\n"
+	    "path = /short\n"					/* 6 */
+	    "secret_token = abc_DEF-123\n"			/* 7 */
+	    "trusted_proxies = 10.0.0.1, 0.0.0.0/0\n"		/* 8 */
+	    "[outbox]\n"
+	    "upload_dir = /\n"					/* 10 */
+	    "[admin]\n"
+	    "listen = 0.0.0.0:9187\n"				/* 12 */
+	    "[handler.start]\n"
+	    "reply = hi\n");
+	c = load_text(text.data, &d);
+	assert_non_null(c);
+	assert_int_equal(d.count, 0);
+#define WARNS(line, msg)                                                 \
+	do {                                                              \
+		snprintf(want, sizeof(want), "%s:%d: warning: %s", path,  \
+		    line, msg);                                           \
+		if (strstr(c->warnings.text, want) == NULL)               \
+			fail_msg("missing '%s' in:\n%s", want,            \
+			    c->warnings.text);                            \
+	} while (0)
+	WARNS(3, "api_url: http://api.example.net:8081 sends the token in "
+	    "clear");
+	WARNS(6, "path: 5 characters are easy to guess: use 16 or more");
+	WARNS(7, "secret_token: 11 characters are easy to guess");
+	WARNS(8, "trusted_proxies: 0.0.0.0/0 makes every address a proxy");
+	WARNS(10, "upload_dir: / lets handler output upload any file");
+	WARNS(12, "listen: 0.0.0.0:9187 opens /metrics and /healthz");
+	assert_int_equal(c->warnings.count, 6);
+	config_free(c);
+
+	/* loopback is fine for both */
+	c = load_text("[bot]\ntoken = " TOKEN "\napi_url = http://127.0.0.1:8081"
+	    "\n[webhook]\ndomain = x.example\n[admin]\nlisten = [::1]:9187\n"
+	    "[handler.a]\nreply = hi\n", &d);
+	assert_non_null(c);
+	assert_int_equal(d.count, 0);
+	assert_int_equal(c->warnings.count, 0);
+	config_free(c);
+	buf_free(&text);
+	unlink(path);
+}
+
+/* Issue 11, item 17: continuation lines are joined in linear time (2 MB
+ * took 52 s when every line re-joined the whole value). */
+static void
+test_long_continuation_is_linear(void **state)
+{
+	struct diag d = { 0 };
+	struct buf text = { 0 };
+	struct config *c;
+	size_t lines = 0, want_len = 5;
+	uint64_t t0;
+
+	(void)state;
+	buf_puts(&text, minimal);
+	buf_puts(&text, "params = {\"a\":\n");
+	while (text.len < (2 << 20)) {
+		buf_puts(&text, "    \"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+		    "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"\n");
+		lines++;
+	}
+	buf_puts(&text, "    }\n");
+	want_len += lines * (1 + 100) + 2;
+	t0 = now_ms();
+	c = load_text(text.data, &d);
+	/* a bound far above the linear time (tens of ms), far below the
+	 * quadratic one */
+	assert_in_range(now_ms() - t0, 0, 10000);
+	assert_non_null(c);
+	if (d.count != 0)
+		fail_msg("%s", d.text);
+	assert_int_equal(strlen(c->handlers->kv->next->next->value), want_len);
+	config_free(c);
+	buf_free(&text);
+	unlink(path);
+}
+
 int
 main(void)
 {
@@ -332,6 +467,9 @@ main(void)
 		cmocka_unit_test(test_values),
 		cmocka_unit_test(test_token_sources),
 		cmocka_unit_test(test_polling_source),
+		cmocka_unit_test(test_config_file_not_regular),
+		cmocka_unit_test(test_user_and_warnings),
+		cmocka_unit_test(test_long_continuation_is_linear),
 	};
 
 	return cmocka_run_group_tests_name("config", tests, NULL, NULL);

@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <dlfcn.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,6 +18,7 @@
 
 #include "config.h"
 #include "dispatch.h"
+#include "handlers/plugin.h"
 #include "handlers/proc.h"
 #include "update.h"
 #include "util.h"
@@ -120,6 +122,93 @@ test_plugin_errors(void **state)
 	assert_non_null(strstr(d.text, ":6: plugin: cannot load: "));
 	config_free(c);
 	diag_free(&d);
+	free(so);
+}
+
+/* Issue 11, item 2: with euid 0 a plugin is checked (owner, modes, ELF)
+ * and not loaded: none of its code runs as root. */
+static void
+test_plugin_as_root_checked_not_loaded(void **state)
+{
+	struct diag d = { 0 };
+	struct config *c;
+	char conf[512], *so = plugin("echo"), *got;
+	struct dispatch *t;
+
+	(void)state;
+	if (geteuid() != 0) {
+		free(so);
+		skip();
+	}
+	snprintf(conf, sizeof(conf), "[handler.e]\nplugin = %s\nprefix = >\n",
+	    so);
+	t = table(conf, &c, &d);
+	assert_non_null(t);
+	assert_int_equal(d.count, 0);
+	assert_null(dlopen(so, RTLD_LAZY | RTLD_NOLOAD));	/* not mapped */
+	got = run(t, "hello", 42);
+	assert_non_null(strstr(got, "FAIL: plugin "));
+	assert_non_null(strstr(got, "was checked, not loaded"));
+	free(got);
+	dispatch_free(t);
+	config_free(c);
+	assert_null(table("[handler.e]\nplugin = /etc/passwd\n", &c, &d));
+	assert_non_null(strstr(d.text, ":6: plugin: /etc/passwd: not an ELF "
+	    "shared object"));
+	config_free(c);
+	diag_free(&d);
+	free(so);
+}
+
+/* Issue 11, items 2 and 13: plugin files and exec or worker programs that
+ * another user could change are refused: one rule for all three. */
+static void
+test_code_owned_by_others_refused(void **state)
+{
+	struct diag d = { 0 };
+	struct config *c;
+	char dir[] = "/tmp/tgw-handlers-test-XXXXXX", cmd[512], conf[512];
+	char *so = plugin("echo");
+
+	(void)state;
+	if (geteuid() != 0) {
+		free(so);
+		skip();		/* needs chown */
+	}
+	assert_non_null(mkdtemp(dir));
+	snprintf(cmd, sizeof(cmd), "cp %s %s/p.so && chown 12345:12345 %s/p.so "
+	    "&& chmod 0755 %s/p.so && printf '#!/bin/sh\\n' >%s/prog && "
+	    "chown 12345 %s/prog && chmod 0777 %s/prog", so, dir, dir, dir,
+	    dir, dir, dir);
+	assert_int_equal(system(cmd), 0);
+	snprintf(conf, sizeof(conf), "[handler.p]\nplugin = %s/p.so\n"
+	    "[handler.e]\nexec = %s/prog\n[handler.w]\nworker = %s/prog\n",
+	    dir, dir, dir);
+	assert_null(table(conf, &c, &d));
+	assert_int_equal(d.count, 3);
+	snprintf(cmd, sizeof(cmd), ":6: plugin: %s/p.so: owned by uid 12345, "
+	    "not by root or the daemon's user (uid 0)", dir);
+	assert_non_null(strstr(d.text, cmd));
+	snprintf(cmd, sizeof(cmd), ":8: exec: %s/prog: owned by uid 12345",
+	    dir);
+	assert_non_null(strstr(d.text, cmd));
+	snprintf(cmd, sizeof(cmd), ":10: worker: %s/prog: owned by uid 12345",
+	    dir);
+	assert_non_null(strstr(d.text, cmd));
+	config_free(c);
+	diag_free(&d);
+	/* ours, but in a directory anyone may write */
+	snprintf(cmd, sizeof(cmd), "chown 0:0 %s/prog && chmod 0755 %s/prog && "
+	    "chmod 0777 %s", dir, dir, dir);
+	assert_int_equal(system(cmd), 0);
+	assert_null(table(conf + strlen("[handler.p]\nplugin = ") +
+	    strlen(dir) + strlen("/p.so\n"), &c, &d));
+	assert_non_null(strstr(d.text, ": exec: "));
+	assert_non_null(strstr(d.text, "its directory"));
+	config_free(c);
+	diag_free(&d);
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+	assert_int_equal(system(cmd), 0);
 	free(so);
 }
 
@@ -238,7 +327,11 @@ test_proc_status(void **state)
 int
 main(void)
 {
+	const struct CMUnitTest as_root[] = {
+		cmocka_unit_test(test_plugin_as_root_checked_not_loaded),
+	};
 	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_code_owned_by_others_refused),
 		cmocka_unit_test(test_plugin_echo),
 		cmocka_unit_test(test_plugin_errors),
 		cmocka_unit_test(test_worker_answers_and_keeps_affinity),
@@ -247,6 +340,12 @@ main(void)
 		cmocka_unit_test(test_proc_status),
 	};
 
+	int failed;
+
 	signal(SIGPIPE, SIG_IGN);
-	return cmocka_run_group_tests(tests, NULL, NULL);
+	failed = cmocka_run_group_tests_name("plugins as root", as_root, NULL,
+	    NULL);
+	/* The rest loads plugins as the daemon does when it stays root. */
+	plugin_allow_root();
+	return failed + cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -209,7 +209,7 @@ assert_dead_reason(struct fixture *f, long i, const char *want)
 static void
 test_local_files_uploaded_from_upload_dir(void **state)
 {
-	char dir[] = "/tmp/tgw-uploads-XXXXXX", path[96], call[512], cmd[256];
+	char dir[] = "/tmp/tgw-uploads-XXXXXX", path[96], call[1024], cmd[256];
 	const char *body;
 	struct fixture *f;
 	FILE *fp;
@@ -234,10 +234,13 @@ test_local_files_uploaded_from_upload_dir(void **state)
 	assert_non_null(strstr(body, "name=\"chat_id\"\r\n\r\n5\r\n"));
 	assert_non_null(strstr(body, "name=\"caption\"\r\n\r\nQ3\r\n"));
 	wait_state(f, STORE_CALL_DELIVERED, 1);
-	/* outside upload_dir (also through a symlink), missing, too big,
-	 * a directory: dead letters saying so, nothing sent */
+	/* outside upload_dir, a symbolic link (to a file, or a directory
+	 * on the way), "..", missing, too big, a directory, a FIFO (opened
+	 * without waiting for a writer): dead letters saying so, nothing
+	 * sent */
 	snprintf(cmd, sizeof(cmd), "ln -s /etc/hostname %s/link && truncate "
-	    "-s 51M %s/big && mkdir %s/sub", dir, dir, dir);
+	    "-s 51M %s/big && mkdir %s/sub && ln -s /etc %s/etc && mkfifo "
+	    "%s/fifo", dir, dir, dir, dir, dir);
 	assert_int_equal(system(cmd), 0);
 	snprintf(call, sizeof(call), "[{\"method\":\"sendDocument\","
 	    "\"chat_id\":6,\"document\":\"file:///etc/hostname\"},"
@@ -245,24 +248,37 @@ test_local_files_uploaded_from_upload_dir(void **state)
 	    "\"file://%s/link\"},{\"method\":\"sendDocument\",\"chat_id\":"
 	    "6,\"document\":\"file://%s/gone\"},{\"method\":\"sendDocument\","
 	    "\"chat_id\":6,\"document\":\"file://%s/big\"},{\"method\":"
-	    "\"sendDocument\",\"chat_id\":6,\"document\":\"file://%s/sub\"}]",
-	    dir, dir, dir, dir);
+	    "\"sendDocument\",\"chat_id\":6,\"document\":\"file://%s/sub\"},"
+	    "{\"method\":\"sendDocument\",\"chat_id\":6,\"document\":"
+	    "\"file://%s/etc/hostname\"},{\"method\":\"sendDocument\","
+	    "\"chat_id\":6,\"document\":\"file://%s/sub/../report.txt\"},"
+	    "{\"method\":\"sendDocument\",\"chat_id\":6,\"document\":"
+	    "\"file://%s/fifo\"}]", dir, dir, dir, dir, dir, dir, dir);
 	add(f, 8, call);
-	wait_state(f, STORE_CALL_DEAD, 5);
+	wait_state(f, STORE_CALL_DEAD, 8);
 	assert_dead_reason(f, 0, "/etc/hostname is not under [outbox] "
 	    "upload_dir");
-	assert_dead_reason(f, 1, "/link is not under [outbox] upload_dir");
+	assert_dead_reason(f, 1, "/link: \"link\" is a symbolic link, which "
+	    "is never followed");
 	assert_dead_reason(f, 2, "/gone: No such file or directory");
 	assert_dead_reason(f, 3, "/big is 53477376 bytes: Telegram takes "
 	    "files of at most 50 MB");
 	assert_dead_reason(f, 4, "/sub: not a regular file");
+	assert_dead_reason(f, 5, "/etc/hostname: \"etc\" is a symbolic "
+	    "link");
+	assert_dead_reason(f, 6, "/sub/../report.txt: \"..\" is not allowed");
+	assert_dead_reason(f, 7, "/fifo: not a regular file");
 	assert_int_equal(fake_count(f->api, "sendDocument"), 1);
+	/* the sender is not stuck behind the FIFO */
+	add(f, 10, "[{\"method\":\"sendMessage\",\"chat_id\":6,"
+	    "\"text\":\"after\"}]");
+	fake_wait(f->api, "sendMessage", 1);
 	teardown(f);
 
 	/* without upload_dir, no local file is sent */
 	f = setup();
 	add(f, 9, call);
-	wait_state(f, STORE_CALL_DEAD, 5);
+	wait_state(f, STORE_CALL_DEAD, 8);
 	assert_dead_reason(f, 0, "local files are off: set [outbox] "
 	    "upload_dir");
 	teardown(f);

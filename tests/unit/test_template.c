@@ -5,6 +5,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -85,6 +86,40 @@ test_literal(void **state)
 	template_free(t);
 }
 
+/* Whether text from the update went in: a string, object or array from
+ * a path, {args}, {command}; never ids, numbers or the template's own
+ * text. */
+static void
+test_from_update(void **state)
+{
+	static const struct {
+		const char *src;
+		bool from;
+	} cases[] = {
+		{ "file:///srv/up/a.pdf", false }, { "{chat_id}-{update_id}",
+		false }, { "{from.id} {chat.id} {from.is_bot}", false },
+		{ "{missing.path}", false }, { "{args}", true },
+		{ "x{from.first_name}", true }, { "{command}", true },
+		{ "{chat}", true }, { "{photo}", true },
+	};
+	struct update *u = update_parse(update_json, strlen(update_json), NULL,
+	    0);
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct template *t = template_compile(cases[i].src, NULL, 0);
+		bool from = !cases[i].from;
+		char *s = template_expand_from(t, u, &from);
+
+		if (from != cases[i].from)
+			fail_msg("%s: from_update %d, want %d", cases[i].src,
+			    from, cases[i].from);
+		free(s);
+		template_free(t);
+	}
+	update_free(u);
+}
+
 int
 main(void)
 {
@@ -92,6 +127,7 @@ main(void)
 		cmocka_unit_test(test_expansion),
 		cmocka_unit_test(test_errors),
 		cmocka_unit_test(test_literal),
+		cmocka_unit_test(test_from_update),
 	};
 
 	return cmocka_run_group_tests_name("template", tests, NULL, NULL);

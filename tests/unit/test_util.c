@@ -7,6 +7,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -134,6 +135,120 @@ test_files(void **state)
 	assert_int_equal(system(cmd), 0);
 }
 
+/* Issue 11, items 8 and 17: a file planted under the temporary name of
+ * the old scheme (PATH.tmp.PID) is neither written nor renamed into
+ * place; a FIFO where a file belongs is refused at once, not read. */
+static void
+test_files_hostile(void **state)
+{
+	char dir[] = "/tmp/tgw-util-test-XXXXXX", path[96], planted[128];
+	char err[256], buf[16], cmd[128];
+	struct stat st;
+	int fd;
+
+	(void)state;
+	assert_non_null(mkdtemp(dir));
+	snprintf(path, sizeof(path), "%s/webhook.key", dir);
+	snprintf(planted, sizeof(planted), "%s.tmp.%ld", path, (long)getpid());
+	fd = open(planted, O_RDWR | O_CREAT | O_EXCL, 0666);
+	assert_int_not_equal(fd, -1);
+	assert_int_equal(file_write_atomic(path, "PRIVATE", 7, 0600, err,
+	    sizeof(err)), 0);
+	/* the planter's file got nothing and is not the key */
+	assert_int_equal(pread(fd, buf, sizeof(buf), 0), 0);
+	assert_int_equal(stat(path, &st), 0);
+	assert_int_equal(st.st_mode & 0777, 0600);
+	{
+		struct stat pst;
+
+		assert_int_equal(fstat(fd, &pst), 0);
+		assert_int_not_equal(pst.st_ino, st.st_ino);
+	}
+	close(fd);
+	/* a FIFO as a file: refused without blocking */
+	snprintf(planted, sizeof(planted), "%s/fifo", dir);
+	assert_int_equal(mkfifo(planted, 0600), 0);
+	assert_null(file_read(planted, 64, NULL, err, sizeof(err)));
+	assert_non_null(strstr(err, "not a regular file"));
+	assert_null(file_read(dir, 64, NULL, err, sizeof(err)));
+	assert_non_null(strstr(err, "is a directory"));
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+	assert_int_equal(system(cmd), 0);
+}
+
+/* Issue 11, items 2, 8 and 13: the ownership and mode rules. */
+static void
+test_file_checks(void **state)
+{
+	char dir[] = "/tmp/tgw-util-test-XXXXXX", prog[96], lnk[96];
+	char err[512], cmd[128];
+	uid_t me = geteuid();
+
+	(void)state;
+	assert_non_null(mkdtemp(dir));
+	snprintf(prog, sizeof(prog), "%s/prog", dir);
+	assert_int_equal(file_write_atomic(prog, "#!/bin/sh\n", 10, 0755, err,
+	    sizeof(err)), 0);
+	assert_int_equal(file_check_trusted(prog, -1, me, err, sizeof(err)), 0);
+	assert_int_equal(chmod(prog, 0775), 0);
+	assert_int_equal(file_check_trusted(prog, -1, me, err, sizeof(err)),
+	    -1);
+	assert_non_null(strstr(err, "writable by group or others (mode 0775)"));
+	assert_int_equal(chmod(prog, 0755), 0);
+	if (me == 0) {
+		/* another user's file: refused, unless that is our user */
+		assert_int_equal(chown(prog, 12345, 12345), 0);
+		assert_int_equal(file_check_trusted(prog, -1, 0, err,
+		    sizeof(err)), -1);
+		assert_non_null(strstr(err, "owned by uid 12345"));
+		assert_int_equal(file_check_trusted(prog, -1, 12345, err,
+		    sizeof(err)), 0);
+		assert_int_equal(chown(prog, 0, 0), 0);
+	}
+	/* a directory others may write */
+	assert_int_equal(chmod(dir, 0777), 0);
+	assert_int_equal(file_check_trusted(prog, -1, me, err, sizeof(err)),
+	    -1);
+	assert_non_null(strstr(err, "its directory"));
+	/* sticky, like /tmp: its names are replaced only by their owner */
+	assert_int_equal(chmod(dir, 01777), 0);
+	assert_int_equal(file_check_trusted(prog, -1, me, err, sizeof(err)), 0);
+	assert_int_equal(chmod(dir, 0700), 0);
+
+	/* private files: the token's rule */
+	assert_int_equal(file_check_private(prog, true, me, err, sizeof(err)),
+	    -1);
+	assert_non_null(strstr(err, "mode 0755"));
+	assert_int_equal(chmod(prog, 0640), 0);
+	assert_int_equal(file_check_private(prog, true, me, err, sizeof(err)),
+	    0);
+	assert_int_equal(chmod(prog, 0620), 0);
+	assert_int_equal(file_check_private(prog, true, me, err, sizeof(err)),
+	    -1);
+	assert_int_equal(file_check_private(dir, true, me, err, sizeof(err)),
+	    0);
+	assert_int_equal(chmod(dir, 0770), 0);
+	assert_int_equal(file_check_private(dir, true, me, err, sizeof(err)),
+	    -1);
+	assert_non_null(strstr(err, "chmod go-w"));
+	assert_int_equal(chmod(dir, 0700), 0);
+	snprintf(lnk, sizeof(lnk), "%s/link", dir);
+	assert_int_equal(symlink(prog, lnk), 0);
+	assert_int_equal(file_check_private(lnk, false, me, err, sizeof(err)),
+	    -1);
+	assert_non_null(strstr(err, "symbolic link"));
+	unlink(lnk);
+	assert_int_equal(link(prog, lnk), 0);	/* a second name */
+	assert_int_equal(file_check_private(lnk, false, me, err, sizeof(err)),
+	    -1);
+	assert_non_null(strstr(err, "has 2 names (hard links)"));
+	snprintf(lnk, sizeof(lnk), "%s/missing", dir);
+	assert_int_equal(file_check_private(lnk, false, me, err, sizeof(err)),
+	    1);
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+	assert_int_equal(system(cmd), 0);
+}
+
 static void
 test_diag(void **state)
 {
@@ -206,6 +321,8 @@ main(void)
 		cmocka_unit_test(test_strings),
 		cmocka_unit_test(test_errf_and_time),
 		cmocka_unit_test(test_files),
+		cmocka_unit_test(test_files_hostile),
+		cmocka_unit_test(test_file_checks),
 		cmocka_unit_test(test_diag),
 		cmocka_unit_test(test_notify),
 	};
