@@ -29,9 +29,12 @@ struct update {
 	int64_t chat_id;
 	bool has_from;
 	int64_t from_id;	/* sender: from.id, else user.id */
-	const char *text;	/* text, caption, callback data or inline
-				 * query; lent by root; NULL if none */
+	const char *text;	/* text, caption, callback data, inline
+				 * query, or a rich message's text (its
+				 * blocks' text, a line each); NULL if
+				 * none */
 	size_t text_len;
+	char *text_owned;	/* the rich message's text, if that is it */
 	char *command;		/* "start" (no '/', no @name), or NULL */
 	char *command_target;	/* "SomeBot" from /start@SomeBot, or NULL */
 	char *args;		/* what follows the command, or "" */

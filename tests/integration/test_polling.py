@@ -496,3 +496,14 @@ def test_the_inline_call_goes_out_first_as_a_follow_up():
         assert texts(d) == ["m5-1", "m5-2", "m5-3"]
         d.wait_log("update 5: message: handler calls: 3 follow-ups")
         assert "dropped" not in d.log()
+
+
+def test_text_rule_reads_a_rich_messages_text():
+    from harness import corpus
+    handlers = ("[handler.report]\ntext = Sales are up 5%\nreply = seen\n"
+                "[handler.rest]\nreply = other\n")
+    with polling_daemon(handlers) as d:
+        d.emu.push_update(corpus("200-rich-message.json"))
+        d.emu.push_update(message("Weekly report, please", 2))
+        d.emu.wait_calls("sendMessage", 2)
+        assert texts(d) == ["seen", "other"]
