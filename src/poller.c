@@ -239,7 +239,9 @@ conflict(struct poller *p, const struct botapi_result *r,
 	unsigned long wait = jitter(*backoff);
 
 	*backoff = *backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : *backoff * 2;
-	if (strstr(r->description, "webhook") != NULL) {
+	/* "can't use getUpdates method while webhook is active", or
+	 * "terminated by setWebhook request" */
+	if (strcasestr(r->description, "webhook") != NULL) {
 		if (p->o.takeover && !p->took_over && take_over(p) == 0)
 			return 0;
 		log_err("getUpdates: 409, a webhook is set for this bot (%s): "

@@ -404,9 +404,8 @@ class Emulator:
                             "is running")
                     if self.webhook:
                         return self._error(
-                            409, "Conflict: can't use getUpdates method "
-                            "while webhook is active; use deleteWebhook to "
-                            "delete the webhook first")
+                            409, "Conflict: terminated by setWebhook "
+                            "request")
                     got = [u for u in self.updates
                            if self._wanted(u)][:limit]
                     left = deadline - time.time()
@@ -468,6 +467,8 @@ class Emulator:
                             "drop_pending_updates", "").lower() in
                         ("true", "1", "yes")}
         self.last_error = None
+        with self.cv:
+            self.cv.notify_all()    # a waiting getUpdates ends with 409
         with self._conn_lock:
             if self._conn:
                 self._conn.close()

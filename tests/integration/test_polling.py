@@ -126,6 +126,24 @@ def test_409_webhook_set_said_and_never_deleted():
         assert eventually(lambda: admin(d, "/healthz")[0] == 200)
 
 
+def test_409_setwebhook_ends_a_long_poll():
+    """Someone sets a webhook while the daemon waits in a 50 s poll: the
+    poll ends at once with 409, said as a webhook conflict."""
+    with polling_daemon(polling="timeout = 50s\n") as d:
+        assert eventually(lambda: d.emu.polls_active == 1)
+        req = urllib.request.Request(
+            "%s/bot%s/setWebhook" % (d.emu.url, d.emu.token),
+            data=json.dumps({"url": "https://example.org:8443/x"}).encode(),
+            headers={"Content-Type": "application/json"})
+        t0 = time.time()
+        urllib.request.urlopen(req, timeout=5).read()
+        d.wait_log("getUpdates: 409, a webhook is set for this bot "
+                   "(Conflict: terminated by setWebhook request)", timeout=5)
+        assert time.time() - t0 < 5
+        assert "another getUpdates" not in d.log()
+        d.emu.webhook = None
+
+
 def test_409_second_instance_said_plainly():
     first = polling_daemon()
     second = polling_daemon(emu=first.emu, start=False)
