@@ -632,6 +632,23 @@ config_warn(struct config *c)
 		warn(c, "outbox", "upload_dir", "/ lets handler output upload "
 		    "any file the daemon can read (its store and key too): "
 		    "name a directory that holds uploads only");
+	if (c->polling) {
+		struct buf unused = { 0 };
+
+		for (const struct conf_kv *kv = c->seen; kv != NULL;
+		    kv = kv->next)
+			if (strncmp(kv->key, "webhook.", 8) == 0 &&
+			    strcmp(kv->key + 8, "allowed_updates") != 0 &&
+			    strcmp(kv->key + 8, "drop_pending_updates") != 0)
+				buf_printf(&unused, "%s%s", unused.len > 0 ?
+				    ", " : "", kv->key + 8);
+		if (unused.len > 0)
+			warn(c, "bot", "source", "polling: [webhook] %.300s "
+			    "not used (only allowed_updates and "
+			    "drop_pending_updates apply to polling)",
+			    unused.data);
+		buf_free(&unused);
+	}
 	if (c->admin_listen != NULL && !host_is_loopback(c->admin_listen,
 	    listen_host_len(c->admin_listen)))
 		warn(c, "admin", "listen", "%s opens /metrics and /healthz, "

@@ -312,6 +312,18 @@ test_polling_source(void **state)
 	diag_free(&d);
 	unlink(path);
 
+	/* [webhook] keys set for polling: said, not refused */
+	c = load_text("[bot]\ntoken = " TOKEN "\nsource = polling\n"
+	    "[webhook]\ndomain = bot.example.com\nport = 443\n"
+	    "allowed_updates = message\n[handler.start]\nreply = hi\n", &d);
+	assert_int_equal(d.count, 0);
+	snprintf(want, sizeof(want), "%s:3: warning: source: polling: "
+	    "[webhook] domain, port not used", path);
+	if (strstr(c->warnings.text, want) == NULL)
+		fail_msg("missing '%s' in:\n%s", want, c->warnings.text);
+	config_free(c);
+	unlink(path);
+
 	/* the default stays webhook, which needs its domain */
 	c = load_text("[bot]\ntoken = " TOKEN "\n[handler.start]\nreply = "
 	    "hi\n", &d);
