@@ -18,6 +18,7 @@
 #include <strings.h>
 #include <unistd.h>
 
+#include "log.h"
 #include "util.h"
 
 /* Where one transfer's answer goes. */
@@ -138,8 +139,7 @@ botapi_decode(long http, const char *body, size_t len, long retry_header,
 	}
 	if (json_is_true(ok)) {
 		desc = json_string_value(json_object_get(root, "description"));
-		snprintf(r->description, sizeof(r->description), "%s",
-		    desc != NULL ? desc : "");
+		log_redact_copy(r->description, sizeof(r->description), desc);
 		r->result = json_incref(json_object_get(root, "result"));
 		json_decref(root);
 		return r->status = BOTAPI_OK;
@@ -149,7 +149,9 @@ botapi_decode(long http, const char *body, size_t len, long retry_header,
 	if (r->error_code == 0)
 		r->error_code = (int)http;
 	desc = json_string_value(json_object_get(root, "description"));
-	snprintf(r->description, sizeof(r->description), "%s",
+	/* Redacted whole, then cut: a token across the cut would leave its
+	 * first part in the log and the store. */
+	log_redact_copy(r->description, sizeof(r->description),
 	    desc != NULL ? desc : "(no description)");
 	params = json_object_get(root, "parameters");
 	r->retry_after = (long)json_integer_value(json_object_get(params,

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "log.h"
 #include "util.h"
 
 int
@@ -146,8 +147,13 @@ calls_parse_line(const char *buf, size_t len, json_t *calls, char *err,
 	}
 	if (json_is_object(got) &&
 	    json_is_string(json_object_get(got, "error"))) {
-		errf(err, errlen, "failed: %.400s", json_string_value(
-		    json_object_get(got, "error")));
+		/* redacted whole, then cut: no part of a token at the cut */
+		char *e = xstrdup(json_string_value(json_object_get(got,
+		    "error")));
+
+		log_redact(e);
+		errf(err, errlen, "failed: %.400s", e);
+		free(e);
 		json_decref(got);
 		return -1;
 	}

@@ -13,6 +13,13 @@
 
 #include <regex.h>
 
+/* A `text =` rule sees at most this many bytes of an update's text (a
+ * message of 4096 characters, Telegram's limit, can be 16 KiB of UTF-8):
+ * glibc's matcher costs up to the square of the length.  Back-references
+ * and counted repetitions expanding past 1000 positions are refused when
+ * the table is built. */
+#define DISPATCH_TEXT_MAX 4096
+
 struct update;
 
 struct dispatch;

@@ -1,21 +1,34 @@
 /*
  * log.c: one write(2) per line so that lines from concurrent threads never
- * interleave.  Redaction runs on the finished line, so a secret cannot
- * slip through a library's error text or a URL.  The secret list is
- * written only at start-up, before other threads exist, and read without
- * locking afterwards.
+ * interleave.  Redaction runs on the whole formatted message, before it is
+ * cut to the line bound, so a secret cannot slip through a library's error
+ * text or a URL, nor leave its first part at the cut.  Then every byte
+ * that is not printable is escaped, so that input (an HTTP method, a
+ * handler's stderr) can neither forge lines nor send a terminal escape
+ * sequence.  The secret list is written only at start-up, before other
+ * threads exist, and read without locking afterwards.
  */
 #include "log.h"
 
+#include <ctype.h>
 #include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "util.h"
+
 #define LOG_LINE_MAX 4096
 #define LOG_SECRETS_MAX 8
+/* A bot token: the bot's numeric id, ':', then (in every token seen) 35
+ * characters of the URL-safe base64 alphabet; 30 leaves room. */
+#define TOKEN_ID_MIN 5
+#define TOKEN_ID_MAX 20
+#define TOKEN_KEY_MIN 30
 
 static enum log_level log_level = LOG_LVL_INFO;
 static int log_journal;
@@ -80,6 +93,39 @@ log_add_secret(const char *secret)
 	pthread_mutex_unlock(&log_secrets_mu);
 }
 
+static bool
+token_char(unsigned char c)
+{
+	return isalnum(c) || c == '_' || c == '-';
+}
+
+/* The length of a bot token starting at s (digits ':' key), or 0. */
+static size_t
+token_at(const char *s)
+{
+	size_t i = 0, k;
+
+	while (isdigit((unsigned char)s[i]) && i <= TOKEN_ID_MAX)
+		i++;
+	if (i < TOKEN_ID_MIN || i > TOKEN_ID_MAX || s[i] != ':')
+		return 0;
+	for (k = i + 1; token_char((unsigned char)s[k]); k++)
+		;
+	return k - (i + 1) >= TOKEN_KEY_MIN ? k : 0;
+}
+
+/* Replaces s[0..len) by mark, shrinking the string; returns the mark's
+ * length. */
+static size_t
+replace(char *s, size_t len, const char *mark)
+{
+	size_t mlen = strlen(mark);
+
+	memmove(s + mlen, s + len, strlen(s + len) + 1);
+	memcpy(s, mark, mlen);
+	return mlen;
+}
+
 void
 log_redact(char *s)
 {
@@ -91,13 +137,8 @@ log_redact(char *s)
 		char *p = s;
 
 		while ((p = strstr(p, sec)) != NULL) {
-			size_t tail = strlen(p + slen);
-
 			if (slen >= sizeof(mark) - 1) {
-				memcpy(p, mark, sizeof(mark) - 1);
-				memmove(p + sizeof(mark) - 1, p + slen,
-				    tail + 1);
-				p += sizeof(mark) - 1;
+				p += replace(p, slen, mark);
 			} else {
 				/* Shorter than the mark: blank it out. */
 				memset(p, '*', slen);
@@ -105,13 +146,116 @@ log_redact(char *s)
 			}
 		}
 	}
+	/* Any other bot's token too (one from an old configuration, or read
+	 * back from the store by a command that never reads the token). */
+	for (char *p = s; *p != '\0'; p++) {
+		size_t len;
+
+		if (isdigit((unsigned char)*p) && (p == s ||
+		    !isdigit((unsigned char)p[-1])) && (len = token_at(p)) > 0)
+			p += replace(p, len, mark) - 1;
+	}
+}
+
+void
+log_redact_copy(char *dst, size_t len, const char *src)
+{
+	char *t;
+
+	if (len == 0)
+		return;
+	t = xstrdup(src != NULL ? src : "");
+	log_redact(t);
+	snprintf(dst, len, "%s", t);
+	free(t);
+}
+
+/* The length of the valid UTF-8 sequence at s (at most n bytes), with its
+ * code point in *cp; 0 if the bytes are not one (overlong, a surrogate,
+ * over U+10FFFF, cut short). */
+static size_t
+utf8_at(const unsigned char *s, size_t n, uint32_t *cp)
+{
+	size_t len;
+	uint32_t c, min;
+
+	if (s[0] >= 0xc2 && s[0] <= 0xdf) {
+		len = 2, c = s[0] & 0x1f, min = 0x80;
+	} else if (s[0] >= 0xe0 && s[0] <= 0xef) {
+		len = 3, c = s[0] & 0x0f, min = 0x800;
+	} else if (s[0] >= 0xf0 && s[0] <= 0xf4) {
+		len = 4, c = s[0] & 0x07, min = 0x10000;
+	} else
+		return 0;
+	if (len > n)
+		return 0;
+	for (size_t i = 1; i < len; i++) {
+		if ((s[i] & 0xc0) != 0x80)
+			return 0;
+		c = c << 6 | (s[i] & 0x3f);
+	}
+	if (c < min || c > 0x10ffff || (c >= 0xd800 && c <= 0xdfff))
+		return 0;
+	*cp = c;
+	return len;
+}
+
+/* Code points written as \uXXXX: C1 controls, the line and paragraph
+ * separators (JavaScript and some viewers break lines there), and the
+ * bidirectional overrides that make a line read other than it is. */
+static bool
+cp_escaped(uint32_t c)
+{
+	return (c >= 0x80 && c <= 0x9f) || c == 0x2028 || c == 0x2029 ||
+	    c == 0x200e || c == 0x200f || (c >= 0x202a && c <= 0x202e) ||
+	    (c >= 0x2066 && c <= 0x2069);
+}
+
+size_t
+log_escape(char *dst, size_t len, const char *src, size_t n)
+{
+	const unsigned char *s = (const unsigned char *)src;
+	size_t i = 0, o = 0;
+
+	if (len == 0)
+		return 0;
+	while (i < n) {
+		char esc[8];
+		const char *out = esc;
+		size_t olen, step = 1;
+		uint32_t cp;
+
+		if (s[i] < 0x20 || s[i] == 0x7f) {
+			olen = (size_t)snprintf(esc, sizeof(esc), "\\x%02x",
+			    s[i]);
+		} else if (s[i] < 0x80) {
+			out = (const char *)s + i, olen = 1;
+		} else if ((step = utf8_at(s + i, n - i, &cp)) == 0) {
+			step = 1;
+			olen = (size_t)snprintf(esc, sizeof(esc), "\\x%02x",
+			    s[i]);
+		} else if (cp_escaped(cp)) {
+			olen = (size_t)snprintf(esc, sizeof(esc), "\\u%04x",
+			    (unsigned)cp);
+		} else {
+			out = (const char *)s + i, olen = step;
+		}
+		if (o + olen >= len)
+			break;		/* cut between characters, not in one */
+		memcpy(dst + o, out, olen);
+		o += olen;
+		i += step;
+	}
+	dst[o] = '\0';
+	return o;
 }
 
 void
 log_vmsg(enum log_level level, const char *fmt, va_list ap)
 {
-	char line[LOG_LINE_MAX];
+	char line[LOG_LINE_MAX], text[LOG_LINE_MAX], *msg = text;
 	size_t n = 0;
+	va_list aq;
 	int r;
 
 	if (level > log_level)
@@ -128,22 +272,24 @@ log_vmsg(enum log_level level, const char *fmt, va_list ap)
 		n += (size_t)snprintf(line + n, sizeof(line) - n,
 		    ".%03ldZ %s: ", ts.tv_nsec / 1000000, log_names[level]);
 	}
-	r = vsnprintf(line + n, sizeof(line) - n - 1, fmt, ap);
+	va_copy(aq, ap);
+	r = vsnprintf(text, sizeof(text), fmt, aq);
+	va_end(aq);
 	if (r < 0)
 		return;
-	n += (size_t)r;
-	if (n > sizeof(line) - 2)
-		n = sizeof(line) - 2;
-	/* One line per message: a newline inside would let input forge
-	 * log lines. */
-	for (size_t i = 0; i < n; i++)
-		if (line[i] == '\n' || line[i] == '\r')
-			line[i] = ' ';
-	line[n] = '\0';
-	log_redact(line);
-	n = strlen(line);
+	/* Redaction sees the whole message (its arguments are in memory
+	 * already), then the line is cut: a secret across the cut would
+	 * otherwise leave its first part. */
+	if ((size_t)r >= sizeof(text)) {
+		msg = xmalloc((size_t)r + 1);
+		vsnprintf(msg, (size_t)r + 1, fmt, ap);
+	}
+	log_redact(msg);
+	n += log_escape(line + n, sizeof(line) - n - 1, msg, strlen(msg));
 	line[n++] = '\n';
 	(void)!write(STDERR_FILENO, line, n);
+	if (msg != text)
+		free(msg);
 }
 
 void

@@ -3,12 +3,14 @@
  * every line starts with a <N> priority prefix so that `journalctl -p`
  * filters work; elsewhere it starts with a timestamp.  Every registered
  * secret (the bot token, the webhook secret and path) is replaced by
- * "[redacted]" in every line, whoever wrote it.
+ * "[redacted]" in every line, whoever wrote it, and every character that
+ * is not printable is escaped (log_escape()): one message, one line.
  */
 #ifndef TGW_LOG_H
 #define TGW_LOG_H
 
 #include <stdarg.h>
+#include <stddef.h>
 
 enum log_level {
 	LOG_LVL_ERR = 3,
@@ -28,8 +30,19 @@ int log_level_parse(const char *s);
 /* Registers a string never to be written (copied; up to 8, at least 4
  * bytes long). */
 void log_add_secret(const char *secret);
-/* Redacts every registered secret in s, in place, shrinking it. */
+/* Redacts every registered secret in s, and anything shaped like a bot
+ * token (digits ':' 30 or more of A-Z a-z 0-9 _ -), in place, shrinking
+ * it. */
 void log_redact(char *s);
+/* Copies src, redacted, into dst (len bytes, NUL-terminated): redacted
+ * whole first, then cut, so a secret across the cut leaves nothing. */
+void log_redact_copy(char *dst, size_t len, const char *src);
+/* Writes the n bytes of src into dst (len bytes, NUL-terminated) with
+ * everything not printable escaped: C0 controls and DEL and bytes that
+ * are not valid UTF-8 as \xHH; C1 controls, U+2028, U+2029 and the
+ * bidirectional controls as \uXXXX.  Valid printable UTF-8 is kept.  Cuts
+ * between characters when dst is full.  Returns the length written. */
+size_t log_escape(char *dst, size_t len, const char *src, size_t n);
 
 void log_msg(enum log_level level, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));

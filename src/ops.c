@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "calls.h"
+#include "log.h"
 #include "outbox.h"
 #include "store.h"
 #include "util.h"
@@ -35,11 +36,40 @@ age(int64_t created_ms, char *out, size_t len)
 		snprintf(out, len, "%" PRId64 "d", s / 86400);
 }
 
+/* A stored error as printed: redacted (a row kept before errors were
+ * redacted, or a token this command never read: any token-shaped text
+ * goes), and escaped, since a terminal obeys what it is sent. */
+static const char *
+shown(const char *text, char *buf, size_t len)
+{
+	char *t = xstrdup(text != NULL ? text : "");
+
+	log_redact(t);
+	log_escape(buf, len, t, strlen(t));
+	free(t);
+	return buf;
+}
+
+/* The secrets kept in the store (the webhook path and secret token), so
+ * that redaction knows them; the token itself is not read here. */
+static void
+know_secrets(struct store *s)
+{
+	static const char *const names[] = { "webhook_path", "secret_token" };
+	char err[256], *v;
+
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+		if (store_secret_get(s, names[i], &v, err, sizeof(err)) == 0) {
+			log_add_secret(v);
+			free(v);
+		}
+}
+
 static int
 list(struct store *s, enum store_call_state st, const char *title, FILE *out)
 {
 	struct store_call *calls;
-	char err[256], a[32];
+	char err[256], a[32], why[2048];
 	int64_t oldest;
 	long total = store_calls_count(s, st, &oldest), n;
 
@@ -57,8 +87,8 @@ list(struct store *s, enum store_call_state st, const char *title, FILE *out)
 		age(calls[i].created_ms, a, sizeof(a));
 		fprintf(out, "  %8" PRId64 " %-20.20s %-16.16s %8d %6s  %s\n",
 		    calls[i].id, calls[i].method, calls[i].chat ? calls[i].chat :
-		    "-", calls[i].attempts, a, calls[i].last_error ?
-		    calls[i].last_error : "");
+		    "-", calls[i].attempts, a, shown(calls[i].last_error, why,
+		    sizeof(why)));
 	}
 	if (total > n)
 		fprintf(out, "  ... and %ld more\n", total - n);
@@ -71,7 +101,7 @@ static int
 list_failed(struct store *s, FILE *out)
 {
 	struct store_update *u;
-	char err[256], a[32];
+	char err[256], a[32], why[2048];
 	long total = store_dead_count(s), n;
 
 	if (total < 0 || (n = store_dead_updates(s, LIST_MAX, &u, err,
@@ -88,7 +118,8 @@ list_failed(struct store *s, FILE *out)
 	for (long i = 0; i < n; i++) {
 		age(u[i].created * 1000, a, sizeof(a));
 		fprintf(out, "  %8" PRId64 " %12" PRId64 " %-16.16s %6s  %s\n",
-		    u[i].id, u[i].update_id, u[i].handler, a, u[i].reason);
+		    u[i].id, u[i].update_id, u[i].handler, a,
+		    shown(u[i].reason, why, sizeof(why)));
 	}
 	if (total > n)
 		fprintf(out, "  ... and %ld more\n", total - n);
@@ -99,6 +130,7 @@ list_failed(struct store *s, FILE *out)
 int
 ops_outbox(struct store *s, FILE *out)
 {
+	know_secrets(s);
 	if (list(s, STORE_CALL_PENDING, "pending", out) == -1 ||
 	    list(s, STORE_CALL_DEAD, "dead letters", out) == -1 ||
 	    list_failed(s, out) == -1)

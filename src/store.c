@@ -21,6 +21,7 @@
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 
+#include "log.h"
 #include "util.h"
 
 #define COLS "id, key, method, chat, params, attempts, created, not_before, " \
@@ -292,12 +293,27 @@ store_secret_ensure(struct store *s, const char *name, size_t bytes,
 	return xstrdup(b64);
 }
 
+/* An error text as it is kept: redacted, since the log is not its only
+ * reader (--outbox prints it).  Caller frees; NULL stays NULL. */
+static char *
+redacted(const char *text)
+{
+	char *r;
+
+	if (text == NULL)
+		return NULL;
+	r = xstrdup(text);
+	log_redact(r);
+	return r;
+}
+
 int
 store_dead_update(struct store *s, int64_t update_id, const char *handler,
     const char *reason, const char *body, size_t len, char *err,
     size_t errlen)
 {
 	sqlite3_stmt *st = NULL;
+	char *why = redacted(reason);
 	int ret = -1;
 
 	pthread_mutex_lock(&s->mu);
@@ -307,7 +323,7 @@ store_dead_update(struct store *s, int64_t update_id, const char *handler,
 		goto out;
 	sqlite3_bind_int64(st, 1, update_id);
 	sqlite3_bind_text(st, 2, handler, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 3, reason, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 3, why, -1, SQLITE_STATIC);
 	sqlite3_bind_blob(st, 4, body, (int)len, SQLITE_STATIC);
 	if (sqlite3_step(st) == SQLITE_DONE)
 		ret = 0;
@@ -319,6 +335,7 @@ out:
 		wrote(s);
 	sqlite3_finalize(st);
 	pthread_mutex_unlock(&s->mu);
+	free(why);
 	return ret;
 }
 
@@ -526,14 +543,20 @@ store_calls_update(struct store *s, const struct store_outcome *o, size_t n,
 	    -1, &st, NULL) != SQLITE_OK)
 		goto out;
 	for (size_t i = 0; i < n; i++) {
+		char *e = redacted(o[i].error);
+		int rc;
+
 		sqlite3_reset(st);
 		sqlite3_bind_int(st, 1, (int)o[i].state);
 		sqlite3_bind_int(st, 2, o[i].attempts);
 		sqlite3_bind_int64(st, 3, o[i].not_before_ms);
-		sqlite3_bind_text(st, 4, o[i].error, -1, SQLITE_STATIC);
+		sqlite3_bind_text(st, 4, e, -1, SQLITE_STATIC);
 		sqlite3_bind_int64(st, 5, wall_ms());
 		sqlite3_bind_int64(st, 6, o[i].id);
-		if (sqlite3_step(st) != SQLITE_DONE)
+		rc = sqlite3_step(st);
+		sqlite3_clear_bindings(st);
+		free(e);
+		if (rc != SQLITE_DONE)
 			goto out;
 	}
 	ok = 0;

@@ -1,22 +1,30 @@
 #!/bin/bash
 # Runs every test: the cmocka unit binaries (TAP output) and the
 # integration tests (Python, against the real binary and the Bot API
-# emulator).  Ends with the line "N passed, N failed".
+# emulator).  Ends with the line "N passed, N failed, N skipped"; a
+# skipped test ("ok N - name # SKIP reason" in TAP) is listed with its
+# reason and never counted as passed.
 set -u
 cd "$(dirname "$0")/.."
 BUILD=${BUILD:-build}
 passed=0
 failed=0
+skipped=0
 failures=()
+skips=()
 
 count() {	# count TAP lines from a file: $1 = file, $2 = suite name
-	local p f
-	p=$(grep -c '^ok ' "$1")
+	local p f s
+	p=$(grep '^ok ' "$1" | grep -vc '# SKIP')
+	s=$(grep '^ok ' "$1" | grep -c '# SKIP')
 	f=$(grep -c '^not ok ' "$1")
 	passed=$((passed + p))
+	skipped=$((skipped + s))
 	failed=$((failed + f))
 	while IFS= read -r line; do failures+=("$2: $line"); done \
 	    < <(grep '^not ok ' "$1")
+	while IFS= read -r line; do skips+=("$2: $line"); done \
+	    < <(grep '^ok .*# SKIP' "$1")
 }
 
 out=$(mktemp)
@@ -35,7 +43,8 @@ for t in "$BUILD"/tests/test_*; do
 	fi
 done
 
-python3 tests/integration/run.py --build "$BUILD" > "$out" 2>&1
+python3 tests/integration/run.py --build "$BUILD" \
+    --dir "${TGW_INTEGRATION_DIR:-tests/integration}" > "$out" 2>&1
 rc=$?
 cat "$out"
 count "$out" integration
@@ -51,10 +60,15 @@ if [ "${FUZZ_SMOKE:-0}" != 0 ] && ls build-fuzz/fuzz_* >/dev/null 2>&1; then
 	count "$out" fuzz
 fi
 
+if [ ${#skips[@]} -gt 0 ]; then
+	echo
+	echo "Skipped (not run on this machine):"
+	printf '  %s\n' "${skips[@]}"
+fi
 if [ ${#failures[@]} -gt 0 ]; then
 	echo
 	echo "Failures:"
 	printf '  %s\n' "${failures[@]}"
 fi
-echo "$passed passed, $failed failed"
+echo "$passed passed, $failed failed, $skipped skipped"
 [ "$failed" -eq 0 ]

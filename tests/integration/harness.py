@@ -24,6 +24,13 @@ def binary():
     return os.path.join(BUILD, "tgwebhookd")
 
 
+class Skip(Exception):
+    """Raised by a test that cannot run on this machine; its text says
+    what is missing.  run.py reports it as a skip, never as a pass."""
+
+
+def skip(reason):
+    raise Skip(reason)
 
 
 def corpus(name):

@@ -76,6 +76,27 @@ def test_method_not_post_405():
         assert request(d, method="PUT")[0] == 405
 
 
+def test_control_characters_in_a_method_are_escaped_in_the_log():
+    """A rejected request's method is logged: its ESC, BEL, DEL, C1 and
+    U+2028 arrive escaped, never raw (a terminal showing the log would
+    obey them; a U+2028 breaks the line in some viewers)."""
+    with Daemon(HANDLERS) as d:
+        method = b"G\x1b[2J\x1b]0;pwn\x07E\x7fT\xc2\x9b\xe2\x80\xa8X"
+        w = d.emu.webhook
+        path = urllib.parse.urlsplit(w["url"]).path.encode()
+        out = raw_request(d.port, method + b" " + path + b" HTTP/1.1\r\n"
+                          b"Host: localhost:8443\r\nContent-Length: 0\r\n"
+                          b"X-Telegram-Bot-Api-Secret-Token: " +
+                          w["secret"].encode() +
+                          b"\r\nConnection: close\r\n\r\n")
+        assert out.split(b" ")[1] == b"405", out
+        d.wait_log("G\\x1b[2J\\x1b]0;pwn\\x07E\\x7fT\\u009b\\u2028X")
+        with open(d.logpath, "rb") as f:
+            raw = f.read()
+        for bad in (b"\x1b", b"\x07", b"\x7f", b"\xc2\x9b", b"\xe2\x80\xa8"):
+            assert bad not in raw, (bad, raw[-2000:])
+
+
 def test_body_over_limit_413():
     with Daemon(HANDLERS, webhook="max_body = 64K") as d:
         big = b'{"update_id":1,"x":"' + b"a" * (70 << 10) + b'"}'

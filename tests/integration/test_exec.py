@@ -7,7 +7,7 @@ import stat
 import subprocess
 import time
 
-from harness import Daemon, binary, dead_letters, message
+from harness import Daemon, binary, dead_letters, eventually, message
 
 
 def script(d, name, body):
@@ -112,12 +112,18 @@ def test_failure_is_dead_letter_and_200():
             "store's dead_updates): 1" in out.stdout, out.stdout
         line = [l for l in out.stdout.splitlines() if " 66 " in l][0]
         assert line.split()[2] == "h" and "exited with status 3" in line
-        time.sleep(1.1)     # kept for a second at least
-        out = subprocess.run([binary(), "-c", d.conf, "--purge-dead", "0s"],
-                             capture_output=True, text=True, env=d.env,
-                             timeout=20)
-        assert out.stdout == "0 dead letter(s) and 1 failed update(s) " \
-            "deleted\n", out
+        # purged once older than 0 s, on the store's clock (whole
+        # seconds): asked until the clock has moved on
+
+        def purge():
+            out = subprocess.run([binary(), "-c", d.conf, "--purge-dead",
+                                  "0s"], capture_output=True, text=True,
+                                 env=d.env, timeout=20)
+            return out if out.stdout != "0 dead letter(s) and 0 failed " \
+                "update(s) deleted\n" else None
+        out = eventually(purge, timeout=5)
+        assert out and out.stdout == "0 dead letter(s) and 1 failed " \
+            "update(s) deleted\n", out
         assert dead_letters(d) == []
 
 
@@ -204,7 +210,7 @@ def test_stdout_closed_early_and_death_by_signal():
 
 def test_slow_handler_does_not_stall_others():
     d = Daemon("", webhook="reply_deadline = 10s", start=False)
-    slow = script(d, "slow", "sleep 3\n")
+    slow = script(d, "slow", "touch \"$0.started\"\nsleep 3\n")
     with open(d.conf, "a") as f:
         f.write("[handler.slow]\ncommands = /slow\nexec = %s\ntimeout = 5s\n"
                 "[handler.fast]\nreply = fast\n" % slow)
@@ -215,7 +221,7 @@ def test_slow_handler_does_not_stall_others():
         t = threading.Thread(target=lambda: results.append(
             d.deliver(message("/slow", 1))))
         t.start()
-        time.sleep(0.3)
+        assert eventually(lambda: os.path.exists(slow + ".started"))
         # another connection, as Telegram opens one per chat queue
         other = d.emu._connect()
         other.request("POST", "/" + d.emu.webhook["url"].split("/", 3)[3],

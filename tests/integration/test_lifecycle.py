@@ -4,11 +4,12 @@ token never shown, signals."""
 import json
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
 
-from harness import Daemon, TOKEN, binary, message
+from harness import Daemon, TOKEN, binary, eventually, message
 
 HANDLERS = "[handler.start]\ncommands = /start\nreply = hi\n"
 
@@ -182,8 +183,9 @@ def test_sigterm_finishes_in_flight_then_503_then_exit_0():
     d = Daemon("", webhook="reply_deadline = 5s", start=False)
     path = os.path.join(d.dir, "slow")
     with open(path, "w") as f:
-        f.write("#!/bin/sh\nsleep 1.5\nprintf '{\"method\":\"sendMessage\","
-                "\"chat_id\":1,\"text\":\"done\"}'\n")
+        f.write("#!/bin/sh\ntouch \"$0.started\"\nsleep 1.5\nprintf "
+                "'{\"method\":\"sendMessage\",\"chat_id\":1,\"text\":"
+                "\"done\"}'\n")
     os.chmod(path, 0o700)
     with open(d.conf, "a") as f:
         f.write("[handler.slow]\nexec = %s\n" % path)
@@ -196,9 +198,18 @@ def test_sigterm_finishes_in_flight_then_503_then_exit_0():
         t = threading.Thread(target=lambda: results.append(
             d.deliver(message("x", 1))))
         t.start()
-        time.sleep(0.4)
+        # the handler runs: the update is in flight
+        assert eventually(lambda: os.path.exists(path + ".started"))
         d.proc.send_signal(signal.SIGTERM)
-        time.sleep(0.3)
+        # stopped taking work: the listening socket is closed
+
+        def refused():
+            try:
+                socket.create_connection(("127.0.0.1", d.port), 1).close()
+            except ConnectionRefusedError:
+                return True
+            return False
+        assert eventually(refused)
         other.request("POST", "/" + d.emu.webhook["url"].split("/", 3)[3],
                       body=json.dumps(message("y", 2)),
                       headers={"X-Telegram-Bot-Api-Secret-Token":

@@ -8,7 +8,7 @@ import signal
 import subprocess
 
 from harness import (ROOT, Daemon, binary, callback, compile_plugin,
-                     dead_letters, message, plugin_path)
+                     dead_letters, message, plugin_path, skip)
 
 
 def check(d):
@@ -153,8 +153,7 @@ TGW_PLUGIN(0, nullptr, handle, nullptr);
 
 def test_cxx_plugin():
     if shutil.which("g++") is None:
-        print("# skipped: no g++")
-        return
+        skip("g++ is not installed")
     d = Daemon("", start=False)
     src = os.path.join(d.dir, "cxx.cc")
     so = os.path.join(d.dir, "cxx.so")

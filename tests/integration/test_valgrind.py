@@ -9,7 +9,7 @@ import os
 import shutil
 import signal
 
-from harness import ROOT, Daemon, callback, message, plugin_path
+from harness import ROOT, Daemon, callback, message, plugin_path, skip
 
 VALGRIND = ["valgrind", "--quiet", "--leak-check=full",
             "--errors-for-leak-kinds=definite,indirect",
@@ -17,10 +17,10 @@ VALGRIND = ["valgrind", "--quiet", "--leak-check=full",
 
 
 def test_whole_life_under_valgrind():
-    if os.environ.get("TGW_SANITIZE") or shutil.which("valgrind") is None:
-        print("# skipped: %s" % ("sanitizer build" if os.environ.get(
-            "TGW_SANITIZE") else "valgrind is not installed"))
-        return
+    if os.environ.get("TGW_SANITIZE"):
+        skip("sanitizer build: ASan and valgrind do not mix")
+    if shutil.which("valgrind") is None:
+        skip("valgrind is not installed")
     poll = os.path.join(ROOT, "examples", "poll-worker")
     about = os.path.join(ROOT, "examples", "about-bot")
     h = ("[handler.start]\ncommands = /start\nreply = hi {from.first_name}\n"

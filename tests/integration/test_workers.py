@@ -28,6 +28,7 @@ for line in sys.stdin:
     if text == "hang":
         time.sleep(60)
     if text == "slow":
+        print("slow: working", file=sys.stderr, flush=True)
         time.sleep(1)
     if text == "garbage":
         print("this is not json", flush=True)
@@ -183,7 +184,6 @@ def test_hang_is_killed_at_timeout():
         assert not alive(pid)
         assert [r[0] for r in dead_letters(d)] == [2]
         d.wait_log("worker 0 started", 5)
-        time.sleep(0.3)
         assert answer(d, "after", 3) == "after"
 
 
@@ -296,7 +296,7 @@ def test_reload_during_an_update_drops_nothing():
         got = []
         t = threading.Thread(target=lambda: got.append(answer(d, "slow", 2)))
         t.start()
-        time.sleep(0.3)     # the old worker has the update
+        d.wait_log("handler w: worker 0: slow: working")  # the old one has it
         text = open(d.conf).read().replace("[handler.w]\n",
                                            "[handler.w]\ntimeout = 4s\n")
         open(d.conf, "w").write(text)

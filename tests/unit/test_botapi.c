@@ -181,6 +181,25 @@ test_upload_sends_the_opened_file(void **state)
 	assert_int_equal(rmdir(dir), 0);
 }
 
+/* An error text is redacted whole before it is cut to its buffer: a
+ * token across the cut (Telegram echoing a URL, a proxy's page) leaves
+ * no part of itself in the log or the store. */
+static void
+test_description_redacted_before_the_cut(void **state)
+{
+	struct botapi_result r;
+	char body[1024];
+
+	(void)state;
+	snprintf(body, sizeof(body), "{\"ok\":false,\"error_code\":400,"
+	    "\"description\":\"%0480d https://x/bot123456789:AAtest-TOKEN_"
+	    "abcdefghijklmnopqrstuv/sendMessage\"}", 0);
+	assert_int_equal(decode(400, body, -1, &r), BOTAPI_PERMANENT);
+	assert_non_null(strstr(r.description, "bot[redacted]/send"));
+	assert_null(strstr(r.description, "123456"));
+	botapi_result_clear(&r);
+}
+
 int
 main(void)
 {
@@ -192,6 +211,7 @@ main(void)
 		cmocka_unit_test(test_redirect_never_followed),
 		cmocka_unit_test(test_unreachable_is_transient),
 		cmocka_unit_test(test_upload_sends_the_opened_file),
+		cmocka_unit_test(test_description_redacted_before_the_cut),
 	};
 
 	return cmocka_run_group_tests_name("botapi", tests, NULL, NULL);

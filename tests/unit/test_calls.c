@@ -81,6 +81,11 @@ test_stream_count_capped(void **state)
 }
 
 /* A worker's answer line. */
+#define TEN "xxxxxxxxx "
+#define FOUR_HUNDRED TEN TEN TEN TEN TEN TEN TEN TEN TEN TEN TEN TEN TEN \
+    TEN TEN TEN TEN TEN TEN TEN TEN TEN TEN TEN TEN TEN TEN TEN TEN TEN \
+    TEN TEN TEN TEN TEN TEN TEN TEN TEN "xxxxxxx "
+
 static void
 test_line(void **state)
 {
@@ -97,6 +102,9 @@ test_line(void **state)
 		    "bad answer: call 2: " },
 		{ "[1]", "bad answer: call 1: " },
 		{ "{\"error\":\"no such user\"}", "failed: no such user" },
+		/* a token across the 400-byte cut: redacted, then cut */
+		{ "{\"error\":\"" FOUR_HUNDRED "123456789:AAtest-TOKEN_abcdef"
+		    "ghijklmnopqrstuv\"}", "failed: " FOUR_HUNDRED "[r" },
 		{ "[{\"method\":\"a\",\"method\":\"b\"}]",
 		    "bad answer: not JSON: duplicate object key" },
 	};

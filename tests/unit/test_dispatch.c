@@ -32,16 +32,22 @@ msg(const char *type, const char *text)
 	return u;
 }
 
+/* The name of the handler u goes to ("-": none); frees u. */
 static const char *
-match(struct dispatch *t, const char *type, const char *text)
+matched(struct dispatch *t, struct update *u)
 {
-	struct update *u = msg(type, text);
 	const struct handler *h = dispatch_match(t, u, "MyBot");
 	static char name[64];
 
 	snprintf(name, sizeof(name), "%s", h ? h->name : "-");
 	update_free(u);
 	return name;
+}
+
+static const char *
+match(struct dispatch *t, const char *type, const char *text)
+{
+	return matched(t, msg(type, text));
 }
 
 static void
@@ -175,6 +181,147 @@ test_handler_errors(void **state)
 	unlink(handler_conf_path);
 }
 
+/* A message whose text is n bytes: `fill` repeated, then `tail`. */
+static struct update *
+long_msg(size_t n, char fill, const char *tail)
+{
+	size_t tl = strlen(tail);
+	char *text = xmalloc(n + 1), *js;
+	json_t *j;
+	struct update *u;
+
+	memset(text, fill, n - tl);
+	memcpy(text + n - tl, tail, tl + 1);
+	j = json_pack("{sis{sis{si}ss}}", "update_id", 1, "message",
+	    "message_id", 1, "chat", "id", 42, "text", text);
+	js = json_dumps(j, 0);
+	u = update_parse(js, strlen(js), NULL, 0);
+	assert_non_null(u);
+	free(js);
+	json_decref(j);
+	free(text);
+	return u;
+}
+
+static const char *
+long_match(struct dispatch *t, size_t n, char fill, const char *tail)
+{
+	return matched(t, long_msg(n, fill, tail));
+}
+
+/* Patterns whose matching time has no bound are refused with FILE:LINE:
+ * back-references (outside a bracket expression), counted repetitions
+ * that expand too far, groups nested too deep. */
+static void
+test_text_patterns_refused(void **state)
+{
+	struct diag d = { 0 };
+	char deep[128] = "", want[256], conf[1024];
+	struct config *c;
+
+	(void)state;
+	for (int i = 0; i < 33; i++)
+		strcat(deep, "(");
+	strcat(deep, "a");
+	for (int i = 0; i < 33; i++)
+		strcat(deep, ")");
+	snprintf(conf, sizeof(conf),
+	    "[handler.a]\ntext = ^(.+)\\1+$\nreply = x\n"		/* 5-7 */
+	    "[handler.b]\ntext = (a)(b)\\2\nreply = x\n"		/* 8-10 */
+	    "[handler.c]\ntext = (a{1,100}){1,100}\nreply = x\n"	/* 11-13 */
+	    "[handler.d]\ntext = (.{1,1000}){1,1000}\nreply = x\n"	/* 14-16 */
+	    "[handler.e]\ntext = x{1001}\nreply = x\n"		/* 17-19 */
+	    "[handler.f]\ntext = %s\nreply = x\n"			/* 20-22 */
+	    "[handler.g]\ntext = ((a+)+){1,999}\nreply = x\n",	/* 23-25 */
+	    deep);
+	c = handler_conf_load(conf, &d);
+	assert_int_equal(d.count, 0);
+	assert_null(dispatch_new(c, &d));
+	HAS(6, "text: back-reference \\1: matching it can take seconds");
+	HAS(9, "text: back-reference \\2");
+	HAS(12, "text: its counted repetitions {m,n} expand to 10000 "
+	    "positions, over 1000");
+	HAS(15, "text: its counted repetitions {m,n} expand to ");
+	HAS(18, "text: its counted repetitions {m,n} expand to 1001 ");
+	HAS(21, "text: groups nested deeper than 32");
+	HAS(24, "text: its counted repetitions {m,n} expand to ");
+	assert_int_equal(d.count, 7);
+	diag_free(&d);
+	config_free(c);
+	unlink(handler_conf_path);
+}
+
+/* What stays allowed, and what a rule sees of a long text: its first
+ * DISPATCH_TEXT_MAX bytes, cut before a character; '$' not at the cut. */
+static void
+test_text_bounded(void **state)
+{
+	struct diag d = { 0 };
+	struct config *c = handler_conf_load(
+	    "[handler.brackets]\ntext = ^[\\1]x[]\\2]$\nreply = x\n"
+	    "[handler.escaped]\ntext = ^q\\\\1$\nreply = x\n"
+	    "[handler.counted]\ntext = ^([a-z]{1,30}){1,30}z\nreply = x\n"
+	    "[handler.classes]\ntext = ^[[:digit:]]{2,}-[[:alpha:]]{1,9}$\n"
+	    "reply = x\n"
+	    "[handler.x]\ntext = x\nreply = x\n"
+	    "[handler.e]\ntext = \xc3\xa9\nreply = x\n"
+	    "[handler.end]\ntext = a$\nreply = x\n"
+	    "[handler.whole]\ntext = ^b+$\nreply = x\n", &d);
+	struct dispatch *t;
+	struct update *u;
+	uint64_t t0;
+
+	(void)state;
+	assert_int_equal(d.count, 0);
+	t = dispatch_new(c, &d);
+	if (t == NULL)
+		fail_msg("%s", d.text);
+	assert_string_equal(match(t, "message", "1x2"), "brackets");
+	assert_string_equal(match(t, "message", "\\\\x]"), "brackets");
+	assert_string_equal(match(t, "message", "q\\\\1"), "escaped");
+	assert_string_equal(match(t, "message", "12-ab"), "classes");
+	assert_string_equal(long_match(t, 300, 'k', "z"), "counted");
+	/* the byte past the bound is not seen; the one at it is */
+	assert_string_equal(long_match(t, DISPATCH_TEXT_MAX + 1, 'k', "x"),
+	    "-");
+	assert_string_equal(long_match(t, DISPATCH_TEXT_MAX, 'k', "x"), "x");
+	/* a character across the bound is cut before, not inside */
+	assert_string_equal(long_match(t, DISPATCH_TEXT_MAX + 1, 'k',
+	    "\xc3\xa9"), "-");
+	assert_string_equal(long_match(t, DISPATCH_TEXT_MAX, 'k', "\xc3\xa9"),
+	    "e");
+	/* the cut is not the end of the text */
+	assert_string_equal(long_match(t, DISPATCH_TEXT_MAX * 3, 'a', ""), "-");
+	assert_string_equal(long_match(t, DISPATCH_TEXT_MAX, 'a', ""), "end");
+	assert_string_equal(long_match(t, DISPATCH_TEXT_MAX, 'b', ""),
+	    "whole");
+	assert_string_equal(long_match(t, DISPATCH_TEXT_MAX + 1, 'b', ""),
+	    "-");
+
+	dispatch_free(t);
+	config_free(c);
+	unlink(handler_conf_path);
+
+	/* about the worst pattern allowed (unanchored, 901 positions) against
+	 * the longest text Telegram sends, adversarial: about 0.1 s here
+	 * (0.4 s if the whole 16 KiB were seen; (a{1,100}){1,100}, refused
+	 * above, takes 7 s on 4 KiB).  The checks above show the bounds; this
+	 * one only that the worst left is far from seconds. */
+	c = handler_conf_load("[handler.slow]\ntext = ([a-z]{1,30}){1,30}0\n"
+	    "reply = x\n", &d);
+	assert_non_null(t = dispatch_new(c, &d));
+	u = long_msg(16384, 'k', "");
+	t0 = now_ms();
+	assert_null(dispatch_match(t, u, "MyBot"));
+	print_message("# a 16 KiB adversarial text: %llu ms\n",
+	    (unsigned long long)(now_ms() - t0));
+	assert_true(now_ms() - t0 < 10000);
+	update_free(u);
+	dispatch_free(t);
+	config_free(c);
+	unlink(handler_conf_path);
+}
+
 static void
 test_split_argv(void **state)
 {
@@ -203,6 +350,8 @@ main(void)
 		cmocka_unit_test(test_reply_without_chat_fails),
 		cmocka_unit_test(test_handler_errors),
 		cmocka_unit_test(test_split_argv),
+		cmocka_unit_test(test_text_patterns_refused),
+		cmocka_unit_test(test_text_bounded),
 	};
 
 	return cmocka_run_group_tests_name("dispatch", tests, NULL, NULL);

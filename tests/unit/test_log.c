@@ -1,5 +1,6 @@
 /* Unit tests for log.c: levels, the two line formats, secrets redacted
- * wherever they appear, and no line forged by a newline in the input. */
+ * wherever they appear (across the line bound too), and no line forged
+ * nor terminal driven by control characters in the input. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -104,7 +105,7 @@ test_redaction_and_forged_lines(void **state)
 	    "<6>GET https://api.telegram.org/bot[redacted]/getMe failed\n"
 	    "<6>path [redacted] and [redacted] again\n"
 	    "<6>short: ****\n"
-	    "<6>forged error: line here\n");
+	    "<6>forged\\x0aerror: line\\x0dhere\n");
 	free(out);
 	unsetenv("JOURNAL_STREAM");
 	log_init(LOG_LVL_INFO);
@@ -136,6 +137,108 @@ test_long_line_cut(void **state)
 	free(out);
 }
 
+
+static void
+controls(void)
+{
+	/* as a rejected request's method or a handler's stderr could */
+	log_warn("method %s", "G\x1b[2J\x1b]0;owned\x07" "ET\x7f");
+	log_warn("c1 \xc2\x9b" "31m nel \xc2\x85 ls \xe2\x80\xa8 ps "
+	    "\xe2\x80\xa9 rlo \xe2\x80\xae tab\t nul-less \x01");
+	log_warn("bad \xff \x80 \xc0\xaf \xed\xa0\x80 \xf4\x90\x80\x80 "
+	    "cut \xe2\x82");
+	log_warn("kept: caf\xc3\xa9 \xe6\x97\xa5\xe6\x9c\xac \xf0\x9f"
+	    "\x98\x80 \xc2\xa0 ~ \\x1b");
+}
+
+static void
+test_control_characters_escaped(void **state)
+{
+	char *out;
+
+	(void)state;
+	setenv("JOURNAL_STREAM", "8:1234", 1);
+	log_init(LOG_LVL_INFO);
+	out = capture(controls);
+	assert_string_equal(out,
+	    "<4>method G\\x1b[2J\\x1b]0;owned\\x07ET\\x7f\n"
+	    "<4>c1 \\u009b31m nel \\u0085 ls \\u2028 ps \\u2029 rlo \\u202e "
+	    "tab\\x09 nul-less \\x01\n"
+	    "<4>bad \\xff \\x80 \\xc0\\xaf \\xed\\xa0\\x80 "
+	    "\\xf4\\x90\\x80\\x80 cut \\xe2\\x82\n"
+	    "<4>kept: caf\xc3\xa9 \xe6\x97\xa5\xe6\x9c\xac \xf0\x9f\x98\x80 "
+	    "\xc2\xa0 ~ \\x1b\n");
+	free(out);
+	unsetenv("JOURNAL_STREAM");
+	log_init(LOG_LVL_INFO);
+}
+
+static void
+test_escape_bounded(void **state)
+{
+	char dst[8];
+
+	(void)state;
+	/* cut between characters: never half an escape or half of one */
+	assert_int_equal(log_escape(dst, sizeof(dst), "abcde\x1b", 6), 5);
+	assert_string_equal(dst, "abcde");
+	assert_int_equal(log_escape(dst, sizeof(dst), "abcde\xe6\x97\xa5",
+	    8), 5);
+	assert_string_equal(dst, "abcde");
+	assert_int_equal(log_escape(dst, sizeof(dst), "\x01\x02", 2), 4);
+	assert_string_equal(dst, "\\x01");
+	/* n bytes, not up to a NUL */
+	assert_int_equal(log_escape(dst, sizeof(dst), "abcdef", 3), 3);
+	assert_string_equal(dst, "abc");
+}
+
+#define TOKEN "110201543:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw"
+
+/* The token across the line bound (4096) and across a 512-byte error
+ * buffer; a token never registered, shaped like one. */
+static void
+straddling(void)
+{
+	char big[5000];
+
+	memset(big, 'a', sizeof(big));
+	memcpy(big + 4070, "bot" TOKEN "/x", sizeof("bot" TOKEN "/x"));
+	log_warn("%s", big);
+	log_warn("other bot: https://api.telegram.org/bot987654:"
+	    "ZZHdqTcvCH1vGWJxfSeofSAs0K5PALDzzz/getMe; not one: 12345:short, "
+	    "1234:QQHdqTcvCH1vGWJxfSeofSAs0K5PALDqqq");
+}
+
+static void
+test_redaction_before_the_cut(void **state)
+{
+	char *out, desc[512], src[600];
+
+	(void)state;
+	setenv("JOURNAL_STREAM", "8:1234", 1);
+	log_init(LOG_LVL_INFO);
+	log_add_secret(TOKEN);
+	out = capture(straddling);
+	assert_null(strstr(out, "110201"));
+	assert_null(strstr(out, "AAHdq"));
+	assert_non_null(strstr(out, "aaabot[redacted]/x\n"));
+	assert_non_null(strstr(out, "/bot[redacted]/getMe; not one: 12345:"
+	    "short, 1234:QQHdq"));		/* 4 digits: no bot id */
+	assert_null(strstr(out, "987654"));
+	free(out);
+
+	/* an error text cut to its buffer after redaction, not before */
+	memset(src, 'e', sizeof(src));
+	memcpy(src + 500, TOKEN, sizeof(TOKEN));
+	log_redact_copy(desc, sizeof(desc), src);
+	assert_int_equal(strlen(desc), 510);
+	assert_memory_equal(desc + 500, "[redacted]", 10);
+	log_redact_copy(desc, 16, TOKEN " tail");
+	assert_string_equal(desc, "[redacted] tail");
+	unsetenv("JOURNAL_STREAM");
+	log_init(LOG_LVL_INFO);
+}
+
 int
 main(void)
 {
@@ -143,6 +246,9 @@ main(void)
 		cmocka_unit_test(test_levels_and_format),
 		cmocka_unit_test(test_redaction_and_forged_lines),
 		cmocka_unit_test(test_long_line_cut),
+		cmocka_unit_test(test_control_characters_escaped),
+		cmocka_unit_test(test_escape_bounded),
+		cmocka_unit_test(test_redaction_before_the_cut),
 	};
 
 	return cmocka_run_group_tests_name("log", tests, NULL, NULL);

@@ -1,5 +1,5 @@
 /* Unit tests for store.c: secrets generated once and kept, dead letters,
- * the outbox's rows, failing writes, file modes. */
+ * the outbox's rows, errors kept redacted, failing writes, file modes. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -13,6 +13,7 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 
+#include "log.h"
 #include "store.h"
 #include "util.h"
 
@@ -169,6 +170,51 @@ test_calls(void **state)
 	assert_int_equal(system(cmd), 0);
 }
 
+/* A call's last error and a dead letter's reason are kept redacted: the
+ * log is not their only reader (--outbox prints them). */
+static void
+test_errors_kept_redacted(void **state)
+{
+	char dir[] = "/tmp/tgw-store-test-XXXXXX", err[256], cmd[160];
+	char k[] = "u:9:1", chat[] = "9", p[] = "{\"chat_id\":9,\"text\":\"a\"}";
+	struct store_call row = call(k, chat, p), *got;
+	struct store_update *u;
+	struct store_outcome oc;
+	struct store *s;
+	size_t added;
+	long n;
+
+	(void)state;
+	log_add_secret("hook-path-kept-secret");
+	assert_non_null(mkdtemp(dir));
+	s = store_open(dir, err, sizeof(err));
+	assert_non_null(s);
+	assert_int_equal(store_calls_add(s, &row, 1, &added, err,
+	    sizeof(err)), 0);
+	n = store_calls_pending(s, 0, 10, &got, err, sizeof(err));
+	assert_int_equal(n, 1);
+	oc = (struct store_outcome){ got[0].id, STORE_CALL_DEAD, 1, 0,
+		"sendMessage: GET https://api.telegram.org/bot123456789:AAtest-"
+		"TOKEN_abcdefghijklmnopqrstuv/x via hook-path-kept-secret" };
+	store_calls_free(got, (size_t)n);
+	assert_int_equal(store_calls_update(s, &oc, 1, err, sizeof(err)), 0);
+	n = store_calls_list(s, STORE_CALL_DEAD, 10, &got, err, sizeof(err));
+	assert_int_equal(n, 1);
+	assert_string_equal(got[0].last_error, "sendMessage: GET https://"
+	    "api.telegram.org/bot[redacted]/x via [redacted]");
+	store_calls_free(got, (size_t)n);
+
+	assert_int_equal(store_dead_update(s, 9, "h", "stderr: token is "
+	    "123456789:AAtest-TOKEN_abcdefghijklmnopqrstuv", "{}", 2, err,
+	    sizeof(err)), 0);
+	assert_int_equal(store_dead_updates(s, 1, &u, err, sizeof(err)), 1);
+	assert_string_equal(u[0].reason, "stderr: token is [redacted]");
+	store_updates_free(u, 1);
+	store_close(s);
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+	assert_int_equal(system(cmd), 0);
+}
+
 /* Writes failing as on a full disk (a file size limit: every write past
  * the store's current size fails): reported with the store's path, what
  * was written and advice, and the store is marked failing until a write
@@ -225,6 +271,7 @@ main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_secrets_and_dead_letters),
 		cmocka_unit_test(test_calls),
+		cmocka_unit_test(test_errors_kept_redacted),
 		cmocka_unit_test(test_failing_writes),
 		cmocka_unit_test(test_unwritable),
 	};
