@@ -38,6 +38,29 @@ def offset(d):
         db.close()
 
 
+def all_sent(d, n):
+    """Waits until the offset has passed every update a test gave (their
+    calls are then in the store: nothing more can be queued), then until
+    the store's n sendMessage calls are all delivered; returns what the
+    emulator received.  'Nothing more happened' is the store's count, not
+    a pause."""
+    db = os.path.join(d.store, "tgwebhookd.db")
+
+    def count(state=None):
+        c = sqlite3.connect(db)
+        try:
+            return c.execute("SELECT count(*) FROM calls WHERE method = "
+                             "'sendMessage'" + ("" if state is None else
+                                                " AND state = %d" % state)
+                             ).fetchone()[0]
+        finally:
+            c.close()
+    assert eventually(lambda: count() >= n)
+    assert count() == n, count()
+    assert eventually(lambda: count(1) == n)   # delivered
+    return d.emu.calls_of("sendMessage")
+
+
 def admin(d, path):
     try:
         with urllib.request.urlopen("http://127.0.0.1:%d%s" % (
@@ -158,8 +181,8 @@ def test_409_second_instance_said_plainly():
         second.tmp.cleanup()
         first.emu.push_update(message("/start", 3))
         first.emu.wait_calls("sendMessage", 1, timeout=30)
-        time.sleep(0.5)
-        assert len(first.emu.calls_of("sendMessage")) == 1
+        assert eventually(lambda: offset(first) == 4)
+        assert len(all_sent(first, 1)) == 1
         first.check_clean(first.stop())
     finally:
         first.close()
@@ -208,11 +231,10 @@ def test_takeover_drops_pending_updates_when_asked():
         dels = d.emu.wait_calls("deleteWebhook", 1)
         assert dels[0].params["drop_pending_updates"] is True
         d.emu.push_update(message("/start", 11))
-        sent = d.emu.wait_calls("sendMessage", 1, timeout=15)
-        time.sleep(0.5)
-        assert len(d.emu.calls_of("sendMessage")) == 1
+        d.emu.wait_calls("sendMessage", 1, timeout=15)
         assert eventually(lambda: offset(d) == 12)
-        assert sent[0].params["chat_id"] == 42
+        # update 10 was dropped with the webhook: one reply, to 11
+        assert len(all_sent(d, 1)) == 1
 
 
 def test_429_garbage_and_too_large_answers_retried():
@@ -281,7 +303,8 @@ def test_sigkill_mid_batch_loses_nothing_and_sends_nothing_twice():
         d.start()
         d.emu.wait_calls("sendMessage", 6, timeout=20)
         assert eventually(lambda: held() == 0)
-        time.sleep(1.5)
+        # no update's call queued twice, each sent once
+        all_sent(d, 6)
         assert sorted(texts(d)) == ["done %d" % i for i in range(1, 7)]
         # the restart asked from the kept offset: nothing handled twice
         assert d.emu.calls_of("getUpdates")[-1].params["offset"] == 7
@@ -302,11 +325,9 @@ def test_restart_resumes_from_the_kept_offset():
         d.start()
         d.emu.wait_calls("sendMessage", 4)
         assert d.emu.calls_of("getUpdates")[since].params["offset"] == 3
-        time.sleep(1)
-        chats = sorted(c.params["chat_id"] for c in
-                       d.emu.calls_of("sendMessage"))
-        assert chats == [1, 2, 3, 4]
         assert eventually(lambda: offset(d) == 5)
+        chats = sorted(c.params["chat_id"] for c in all_sent(d, 4))
+        assert chats == [1, 2, 3, 4]
 
 
 def test_one_chats_order_kept_across_a_batch():
@@ -346,13 +367,12 @@ def test_reload_loses_no_update():
         d.wait_log("reload done")
         d.emu.push_update(message("/start", 4, chat_id=45))
         d.emu.wait_calls("sendMessage", 4, timeout=15)
-        time.sleep(0.5)
+        assert eventually(lambda: offset(d) == 5)
+        assert len(all_sent(d, 4)) == 4
         sent = {c.params["chat_id"]: c.params["text"] for c in
                 d.emu.calls_of("sendMessage")}
-        assert len(d.emu.calls_of("sendMessage")) == 4
         assert sent[42] == "Hello, Ann!"
         assert sent[45] == "Welcome back, Ann!"
-        assert eventually(lambda: offset(d) == 5)
 
 
 def test_switching_webhook_polling_webhook_loses_nothing():
@@ -421,7 +441,7 @@ def test_busy_update_stops_the_offset_and_is_asked_for_again():
         assert busy in [c.params.get("offset") for c in
                         d.emu.calls_of("getUpdates")]
         assert eventually(lambda: offset(d) == 41)
-        time.sleep(0.5)
+        all_sent(d, 40)
         assert sorted(texts(d)) == sorted("u%d" % i for i in range(1, 41))
 
 
@@ -434,7 +454,8 @@ def test_allowed_updates_sent_and_honoured():
         d.emu.wait_calls("sendMessage", 1)
         assert d.emu.calls_of("getUpdates")[0].params["allowed_updates"] == \
             ["message"]
-        time.sleep(0.5)
+        assert eventually(lambda: offset(d) == 3)
+        all_sent(d, 1)
         assert texts(d) == ["Hello, Ann!"]
 
 
