@@ -3,6 +3,18 @@
  * operators and Prometheus.  /healthz answers 200 when the daemon serves,
  * the webhook is registered (and Telegram's is ours) and the store takes
  * writes, 503 otherwise, with JSON details.
+ *
+ * Idle connections cannot shut the prober out.  libmicrohttpd accepts no
+ * more than its connection limit and leaves the rest waiting in the
+ * listen queue, so 32 idle sockets used to make /healthz time out, and a
+ * limit per address would not help: on loopback the prober and a local
+ * attacker share 127.0.0.1.  So the admin listener keeps at most
+ * ADMIN_CONNECTIONS connections and makes room for each new one by ending
+ * the oldest that is not being answered (shutdown(2): libmicrohttpd then
+ * reads the end and closes it as if the client had).  A prober sends its
+ * request at once and is answered at once, so it always gets its turn;
+ * whoever only holds sockets open loses them.  Everything here runs on
+ * the daemon's one thread: no lock.
  */
 #include "admin.h"
 
@@ -11,15 +23,31 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include "gate.h"
 #include "util.h"
+
+/* Open connections kept; the next one ends the oldest idle one. */
+#define ADMIN_CONNECTIONS 16
+/* Idle seconds before a connection is closed anyway. */
+#define ADMIN_IDLE_S 10
+
+/* An open connection, in the order they came. */
+struct admin_conn {
+	struct MHD_Connection *c;
+	bool busy;		/* a request is being answered */
+	bool ended;		/* shut down; its close is on its way */
+	struct admin_conn *prev, *next;
+};
 
 struct admin {
 	struct MHD_Daemon *mhd;
 	struct sockaddr_storage addr;
 	admin_probe *probe;
 	void *arg;
+	struct admin_conn *oldest, *newest;
+	unsigned open;		/* connections not yet ended */
 };
 
 static enum MHD_Result
@@ -71,6 +99,89 @@ health_json(bool ok, const struct metrics_gauges *g)
 	return body;
 }
 
+static struct admin_conn *
+conn_of(struct MHD_Connection *c)
+{
+	const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c,
+	    MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+
+	return ci != NULL ? ci->socket_context : NULL;
+}
+
+/* A connection is about to be accepted: make room for it. */
+static enum MHD_Result
+on_accept(void *cls, const struct sockaddr *sa, socklen_t len)
+{
+	struct admin *a = cls;
+	struct admin_conn *ac;
+	const union MHD_ConnectionInfo *ci;
+
+	(void)sa;
+	(void)len;
+	if (a->open < ADMIN_CONNECTIONS)
+		return MHD_YES;
+	for (ac = a->oldest; ac != NULL; ac = ac->next) {
+		if (ac->busy || ac->ended)
+			continue;
+		if ((ci = MHD_get_connection_info(ac->c,
+		    MHD_CONNECTION_INFO_CONNECTION_FD)) != NULL)
+			shutdown(ci->connect_fd, SHUT_RDWR);
+		ac->ended = true;
+		a->open--;
+		break;
+	}
+	return MHD_YES;
+}
+
+static void
+on_connection(void *cls, struct MHD_Connection *c, void **socket_ctx,
+    enum MHD_ConnectionNotificationCode code)
+{
+	struct admin *a = cls;
+	struct admin_conn *ac = *socket_ctx;
+
+	if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+		ac = xcalloc(1, sizeof(*ac));
+		ac->c = c;
+		ac->prev = a->newest;
+		if (a->newest != NULL)
+			a->newest->next = ac;
+		else
+			a->oldest = ac;
+		a->newest = ac;
+		a->open++;
+		*socket_ctx = ac;
+		return;
+	}
+	if (ac == NULL)
+		return;
+	if (ac->prev != NULL)
+		ac->prev->next = ac->next;
+	else
+		a->oldest = ac->next;
+	if (ac->next != NULL)
+		ac->next->prev = ac->prev;
+	else
+		a->newest = ac->prev;
+	if (!ac->ended)
+		a->open--;
+	free(ac);
+	*socket_ctx = NULL;
+}
+
+static void
+on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
+    enum MHD_RequestTerminationCode toe)
+{
+	struct admin_conn *ac = conn_of(c);
+
+	(void)cls;
+	(void)con_cls;
+	(void)toe;
+	if (ac != NULL)
+		ac->busy = false;
+}
+
 static enum MHD_Result
 on_request(void *cls, struct MHD_Connection *c, const char *url,
     const char *method, const char *version, const char *upload,
@@ -83,6 +194,10 @@ on_request(void *cls, struct MHD_Connection *c, const char *url,
 	(void)version;
 	(void)upload;
 	if (*con_cls == NULL) {
+		struct admin_conn *ac = conn_of(c);
+
+		if (ac != NULL)
+			ac->busy = true;
 		*con_cls = a;	/* headers are in; wait for the end */
 		return MHD_YES;
 	}
@@ -119,10 +234,14 @@ admin_start(const char *listen, admin_probe *probe, void *arg, char *err,
 	a->arg = arg;
 	if (a->addr.ss_family == AF_INET6)
 		flags |= MHD_USE_IPv6;
-	a->mhd = MHD_start_daemon(flags, 0, NULL, NULL, on_request, a,
+	/* The limit leaves room for connections ended but not yet closed:
+	 * on_accept keeps the count of the others at ADMIN_CONNECTIONS. */
+	a->mhd = MHD_start_daemon(flags, 0, on_accept, a, on_request, a,
 	    MHD_OPTION_SOCK_ADDR, &a->addr,
-	    MHD_OPTION_CONNECTION_LIMIT, 32U,
-	    MHD_OPTION_CONNECTION_TIMEOUT, 10U,
+	    MHD_OPTION_CONNECTION_LIMIT, 4U * ADMIN_CONNECTIONS,
+	    MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)ADMIN_IDLE_S,
+	    MHD_OPTION_NOTIFY_CONNECTION, on_connection, a,
+	    MHD_OPTION_NOTIFY_COMPLETED, on_completed, a,
 	    MHD_OPTION_LISTENING_ADDRESS_REUSE, 1U,
 	    MHD_OPTION_END);
 	if (a->mhd == NULL) {

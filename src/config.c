@@ -86,6 +86,7 @@ static const struct ckey ckeys[] = {
 
 	{ "server", "threads", C_LONG, 1, 64, O(threads) },
 	{ "server", "handler_threads", C_LONG, 1, 1024, O(handler_threads) },
+	{ "server", "chat_queue", C_LONG, 1, 100000, O(chat_queue) },
 	{ "server", "max_clients", C_LONG, 16, 100000, O(max_clients) },
 	{ "server", "per_ip_limit", C_LONG, 0, 100000, O(per_ip_limit) },
 	{ "server", "connection_timeout", C_DURATION, 1000, 3600000,
@@ -495,6 +496,7 @@ config_new(const char *file)
 	c->max_body = 1 << 20;
 	c->threads = 2;
 	c->handler_threads = 32;
+	c->chat_queue = 16;
 	c->max_clients = 1024;
 	c->per_ip_limit = 16;
 	c->connection_timeout_ms = 75000;

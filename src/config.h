@@ -73,6 +73,7 @@ struct config {
 	/* [server] */
 	long threads;
 	long handler_threads;
+	long chat_queue;	/* updates waiting for one chat (or user) */
 	long max_clients;
 	long per_ip_limit;
 	unsigned connection_timeout_ms;

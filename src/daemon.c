@@ -153,11 +153,12 @@ replay_held(struct daemon *d)
 		const struct handler *h = u != NULL ? dispatch_match(
 		    d->dispatch, u, atomic_load(&d->id.username)) : NULL;
 
-		if (h == NULL || !h->blocking) {
+		/* Quick handlers too: an update that waited for an
+		 * earlier one of its chat was held whatever its kind. */
+		if (h == NULL) {
 			log_warn("update %" PRId64 ": held from the last run, "
 			    "but %s; kept as a dead letter", held[i].update_id,
-			    u == NULL ? err : "no handler that may run late "
-			    "matches it now");
+			    u == NULL ? err : "no handler matches it now");
 			store_dead_update(d->store, held[i].update_id,
 			    held[i].handler, "held at stop, not handled again",
 			    held[i].body, held[i].len, err, sizeof(err));
@@ -167,7 +168,8 @@ replay_held(struct daemon *d)
 			continue;
 		}
 		log_notice("update %" PRId64 ": its handler was still running "
-		    "when the daemon stopped: handling it again (calls become "
+		    "when the daemon stopped (or it waited for an earlier "
+		    "update of its chat): handling it again (calls become "
 		    "follow-ups)", held[i].update_id);
 		runner_replay(d->runner, h, u, held[i].body, held[i].len);
 		held[i].body = NULL;
@@ -518,8 +520,8 @@ daemon_start(struct daemon *d)
 	 * a follow-up (the first one first) and holds a slow handler's
 	 * update at once, so the batch goes on. */
 	d->runner = runner_new((unsigned)c->handler_threads,
-	    (size_t)c->handler_threads * 32, c->polling ? 0 :
-	    c->reply_deadline_ms, d->outbox, d->store);
+	    (size_t)c->handler_threads * 32, (size_t)c->chat_queue,
+	    c->polling ? 0 : c->reply_deadline_ms, d->outbox, d->store);
 	dispatch_start(d->dispatch);
 	replay_held(d);
 	d->dedup = dedup_new((size_t)c->dedup_size);
@@ -580,8 +582,8 @@ warn_restart_keys(const struct config *a, const struct config *b)
 		"path", "secret_token", "tls", "store dir", "store sync",
 		"api_url", "threads", "handler_threads", "max_clients",
 		"per_ip_limit", "connection_timeout", "dedup_size", "max_body",
-		"reply_deadline", "[outbox]", "registration", "source",
-		"[polling]" };
+		"reply_deadline", "[outbox]", "registration", "chat_queue",
+		"source", "[polling]" };
 	bool diff[nitems(keys)] = { 0 };
 	char list[512] = "";
 #define STR_DIFF(x, y) (strcmp((x) ? (x) : "", (y) ? (y) : "") != 0)
@@ -614,8 +616,9 @@ warn_restart_keys(const struct config *a, const struct config *b)
 	    STR_DIFF(a->allowed_updates, b->allowed_updates) ||
 	    a->drop_pending_updates != b->drop_pending_updates ||
 	    STR_DIFF(a->ip_address, b->ip_address);
-	diff[19] = STR_DIFF(a->source, b->source);
-	diff[20] = a->poll_timeout_ms != b->poll_timeout_ms ||
+	diff[19] = a->chat_queue != b->chat_queue;
+	diff[20] = STR_DIFF(a->source, b->source);
+	diff[21] = a->poll_timeout_ms != b->poll_timeout_ms ||
 	    a->poll_limit != b->poll_limit ||
 	    a->poll_takeover != b->poll_takeover;
 #undef STR_DIFF
@@ -657,6 +660,7 @@ keep_running_values(const struct config *old, struct config *nc)
 	KEEP(tls);
 	KEEP(threads);
 	KEEP(handler_threads);
+	KEEP(chat_queue);
 	KEEP(max_clients);
 	KEEP(per_ip_limit);
 	KEEP(connection_timeout_ms);

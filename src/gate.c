@@ -380,8 +380,6 @@ gate_peer_trusted(const struct gate *g, const struct sockaddr *peer)
 {
 	unsigned char addr[16];
 
-	if (netlist_count(g->networks) == 0)
-		return true;
 	if (gate_addr_from_sockaddr(peer, addr) == -1)
 		return false;
 	return netlist_match(g->networks, addr) ||

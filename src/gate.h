@@ -45,7 +45,8 @@ enum gate_verdict {
 };
 
 struct gate_request {
-	const char *url;		/* the request path, from '/' */
+	const char *url;		/* the request-target as received,
+				 * before any %xx decoding */
 	const char *method;
 	const struct sockaddr *peer;
 	const char *secret_header;	/* may be NULL */
@@ -65,10 +66,10 @@ void gate_free(struct gate *g);
 enum gate_verdict gate_check(const struct gate *g, const struct gate_request *r,
     char *client, size_t clientlen);
 const char *gate_verdict_name(enum gate_verdict v);
-/* True if a connection from peer may be Telegram's (or a trusted
- * proxy's): it is in trusted_networks or trusted_proxies, or
- * trusted_networks is empty.  Connections from anywhere else are limited
- * per address. */
+/* True if peer is known by its address to be Telegram or a trusted proxy:
+ * it is in trusted_networks or trusted_proxies.  With trusted_networks
+ * empty, only the proxies are: anyone may then be Telegram, and nobody is
+ * known to be before a request passes the gate. */
 bool gate_peer_trusted(const struct gate *g, const struct sockaddr *peer);
 
 #endif

@@ -107,7 +107,7 @@ on_ready(void *arg)
 {
 	struct pending *p = arg;
 	struct intake_result res = { .status = INTAKE_OK,
-		.update_id = p->update_id };
+		.update_id = p->update_id, .type_index = p->type_index };
 
 	if (runner_finish(p->job, &res.answer) == -1)
 		forget(p->in, &res, p->type_index);
@@ -119,7 +119,8 @@ void
 intake_submit(struct intake *in, char *body, size_t len,
     const struct intake_cb *cb)
 {
-	struct intake_result res = { .status = INTAKE_OK, .update_id = -1 };
+	struct intake_result res = { .status = INTAKE_OK, .update_id = -1,
+		.type_index = -1 };
 	const struct handler *h;
 	struct update *u;
 	struct pending *p;
@@ -138,6 +139,7 @@ intake_submit(struct intake *in, char *body, size_t len,
 		return;
 	}
 	res.update_id = u->id;
+	res.type_index = u->type_index;
 	if (dedup_seen(in->dd, u->id)) {
 		log_info("update %" PRId64 ": already handled; answered 200 "
 		    "again", u->id);
@@ -179,4 +181,30 @@ intake_submit(struct intake *in, char *body, size_t len,
 	if (cb->pending != NULL)
 		cb->pending(cb->arg);
 	runner_go(job, on_ready, p);
+}
+
+/*
+ * An inline answer that cannot reach Telegram any more must not be lost:
+ * its update id stays marked as seen, so Telegram's redelivery would get
+ * "200, already handled".  It becomes a durable follow-up through the
+ * outbox, as a late handler's calls do.  Releasing the dedup mark instead,
+ * so that the redelivery runs the handler again, would be wrong: the
+ * handler's other calls are already queued (or sent), a second run does
+ * its side effects twice and may answer otherwise, and Telegram may not
+ * redeliver for minutes.  Only when the store cannot take the call is
+ * the mark released: then the redelivery runs it, and the calls keyed by
+ * (update, position) that were queued are not queued twice.  The answer
+ * goes out after the handler's other follow-ups; their order against an
+ * inline answer was never fixed (Telegram runs an inline call when it
+ * reads the answer, while the outbox sends at the same time).
+ */
+int
+intake_undelivered(struct intake *in, int64_t update_id, int type_index,
+    char *answer)
+{
+	if (runner_undelivered(in->r, update_id, answer) == 0)
+		return 0;
+	dedup_forget(in->dd, update_id);
+	metrics_update(type_index, MU_RETRY);
+	return -1;
 }

@@ -30,6 +30,8 @@ enum intake_status {
 struct intake_result {
 	enum intake_status status;
 	int64_t update_id;	/* -1 when status is INTAKE_BAD */
+	int type_index;		/* the update's type (metrics.h), as
+				 * intake_undelivered() wants it */
 	char *answer;		/* the inline call (JSON), or NULL: the
 				 * callee takes it and frees it */
 	char error[256];	/* INTAKE_BAD: why */
@@ -59,5 +61,12 @@ void intake_swap(struct intake *in, struct dispatch *t);
 /* Takes body (malloc'd, len bytes; NULL for an empty body). */
 void intake_submit(struct intake *in, char *body, size_t len,
     const struct intake_cb *cb);
+/* An inline answer (taken) that done() gave for update_id but that its
+ * source could not deliver (the connection closed before or while it
+ * was sent): queued as a durable follow-up, 0.  -1 when the store cannot
+ * take it: then the update is forgotten, so that its next delivery is
+ * handled again.  type_index is the intake_result's. */
+int intake_undelivered(struct intake *in, int64_t update_id, int type_index,
+    char *answer);
 
 #endif

@@ -15,7 +15,7 @@
 static const char *const update_results[MU_N] = { "inline", "followup",
 	"no_calls", "failed", "unhandled", "duplicate", "retry" };
 static const char *const reject_reasons[MR_N] = { "path", "source", "secret",
-	"method", "too_large", "bad_update" };
+	"method", "too_large", "bad_update", "bad_framing" };
 static const char *const methods[] = { "sendMessage", "sendPhoto",
 	"sendDocument", "sendChatAction", "editMessageText",
 	"editMessageReplyMarkup", "deleteMessage", "answerCallbackQuery",
@@ -31,8 +31,12 @@ static const uint64_t buckets_ms[] = { 1, 5, 10, 25, 50, 100, 250, 500,
 static atomic_uint_fast64_t updates[UPDATE_TYPES_N + 1][MU_N];
 static atomic_uint_fast64_t rejects[MR_N];
 static atomic_uint_fast64_t api[NMETHODS][4];
-static atomic_uint_fast64_t hist[NBUCKETS + 1];
-static atomic_uint_fast64_t hist_sum_ms, hist_count;
+struct hist {
+	atomic_uint_fast64_t bucket[NBUCKETS + 1];
+	atomic_uint_fast64_t sum_ms, count;
+};
+
+static struct hist handler_hist, wait_hist;
 static atomic_uint_fast64_t worker_exits;
 
 void
@@ -50,16 +54,28 @@ metrics_reject(enum metric_reject reason)
 	atomic_fetch_add_explicit(&rejects[reason], 1, memory_order_relaxed);
 }
 
-void
-metrics_handler_ms(uint64_t ms)
+static void
+hist_add(struct hist *h, uint64_t ms)
 {
 	size_t i = 0;
 
 	while (i < NBUCKETS && ms > buckets_ms[i])
 		i++;
-	atomic_fetch_add_explicit(&hist[i], 1, memory_order_relaxed);
-	atomic_fetch_add_explicit(&hist_sum_ms, ms, memory_order_relaxed);
-	atomic_fetch_add_explicit(&hist_count, 1, memory_order_relaxed);
+	atomic_fetch_add_explicit(&h->bucket[i], 1, memory_order_relaxed);
+	atomic_fetch_add_explicit(&h->sum_ms, ms, memory_order_relaxed);
+	atomic_fetch_add_explicit(&h->count, 1, memory_order_relaxed);
+}
+
+void
+metrics_handler_ms(uint64_t ms)
+{
+	hist_add(&handler_hist, ms);
+}
+
+void
+metrics_chat_wait_ms(uint64_t ms)
+{
+	hist_add(&wait_hist, ms);
 }
 
 void
@@ -80,11 +96,28 @@ metrics_worker_exit(void)
 
 #define LOAD(x) ((uint64_t)atomic_load_explicit(&(x), memory_order_relaxed))
 
+static void
+hist_render(struct buf *b, const struct hist *h, const char *name,
+    const char *help)
+{
+	uint64_t cum = 0;
+
+	buf_printf(b, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
+	for (size_t i = 0; i < NBUCKETS; i++) {
+		cum += LOAD(h->bucket[i]);
+		buf_printf(b, "%s_bucket{le=\"%g\"} %" PRIu64 "\n", name,
+		    (double)buckets_ms[i] / 1000.0, cum);
+	}
+	cum += LOAD(h->bucket[NBUCKETS]);
+	buf_printf(b, "%s_bucket{le=\"+Inf\"} %" PRIu64 "\n", name, cum);
+	buf_printf(b, "%s_sum %.3f\n", name, (double)LOAD(h->sum_ms) / 1000.0);
+	buf_printf(b, "%s_count %" PRIu64 "\n", name, LOAD(h->count));
+}
+
 char *
 metrics_render(const struct metrics_gauges *g)
 {
 	struct buf b = { 0 };
-	uint64_t cum = 0;
 
 	buf_puts(&b, "# HELP tgwebhookd_updates_total Updates received, by "
 	    "type and what became of them.\n"
@@ -103,22 +136,11 @@ metrics_render(const struct metrics_gauges *g)
 	for (int r = 0; r < MR_N; r++)
 		buf_printf(&b, "tgwebhookd_rejected_requests_total{reason=\"%s\"}"
 		    " %" PRIu64 "\n", reject_reasons[r], LOAD(rejects[r]));
-	buf_puts(&b, "# HELP tgwebhookd_handler_duration_seconds Time from "
-	    "an update to its handler's calls.\n"
-	    "# TYPE tgwebhookd_handler_duration_seconds histogram\n");
-	for (size_t i = 0; i < NBUCKETS; i++) {
-		cum += LOAD(hist[i]);
-		buf_printf(&b, "tgwebhookd_handler_duration_seconds_bucket{le="
-		    "\"%g\"} %" PRIu64 "\n", (double)buckets_ms[i] / 1000.0,
-		    cum);
-	}
-	cum += LOAD(hist[NBUCKETS]);
-	buf_printf(&b, "tgwebhookd_handler_duration_seconds_bucket{le=\"+Inf\"}"
-	    " %" PRIu64 "\n", cum);
-	buf_printf(&b, "tgwebhookd_handler_duration_seconds_sum %.3f\n",
-	    (double)LOAD(hist_sum_ms) / 1000.0);
-	buf_printf(&b, "tgwebhookd_handler_duration_seconds_count %" PRIu64
-	    "\n", LOAD(hist_count));
+	hist_render(&b, &handler_hist, "tgwebhookd_handler_duration_seconds",
+	    "Time from an update to its handler's calls.");
+	hist_render(&b, &wait_hist, "tgwebhookd_chat_wait_seconds",
+	    "Time updates waited for an earlier update of their chat (or "
+	    "user) to be handled; _count is how many waited.");
 	buf_puts(&b, "# HELP tgwebhookd_botapi_calls_total Bot API calls "
 	    "made, by method and outcome.\n"
 	    "# TYPE tgwebhookd_botapi_calls_total counter\n");

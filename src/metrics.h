@@ -23,6 +23,7 @@ enum metric_update {
 
 enum metric_reject {
 	MR_PATH, MR_SOURCE, MR_SECRET, MR_METHOD, MR_TOO_LARGE, MR_BAD_UPDATE,
+	MR_FRAMING,
 	MR_N
 };
 
@@ -30,6 +31,8 @@ enum metric_reject {
 void metrics_update(int type_index, enum metric_update result);
 void metrics_reject(enum metric_reject reason);
 void metrics_handler_ms(uint64_t ms);
+/* An update waited ms for an earlier update of its conversation. */
+void metrics_chat_wait_ms(uint64_t ms);
 void metrics_botapi(const char *method, enum botapi_status status);
 /* A worker process exited (crashed, killed at its timeout) while its
  * pool was in service. */

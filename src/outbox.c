@@ -102,6 +102,14 @@ struct outbox {
 	struct store_outcome *outcomes;
 	char **outcome_errs;
 	size_t noutcomes, outcap;
+
+	/* For outbox_unsent() without the store: calls in memory by chat
+	 * bucket, and whether memory has every call added so far. */
+	atomic_int unsent[BUCKETS];
+	atomic_uint_fast64_t added;	/* outbox_add()s committed */
+	atomic_uint_fast64_t loaded;	/* of those, how many the last load
+					 * had seen */
+	atomic_bool overflow;	/* more_in_store, for other threads */
 };
 
 static uint64_t
@@ -228,6 +236,14 @@ chat_bucket(const char *id)
 	return (size_t)(h % BUCKETS);
 }
 
+/* A call to chat id (NULL: none) came into memory (+1) or left it (-1). */
+static void
+unsent_count(struct outbox *o, const char *id, int n)
+{
+	if (id != NULL)
+		atomic_fetch_add(&o->unsent[chat_bucket(id)], n);
+}
+
 static struct chat *
 chat_get(struct outbox *o, const char *id)
 {
@@ -309,6 +325,8 @@ chat_append(struct outbox *o, struct chat *c, struct item *it)
 static void
 load(struct outbox *o)
 {
+	uint64_t added = atomic_load(&o->added);	/* before reading */
+	bool more = true;
 	char err[256];
 
 	while (o->in_memory < MEMORY_MAX) {
@@ -335,17 +353,20 @@ load(struct outbox *o)
 			it->not_before = mono + (uint64_t)(r->not_before_ms >
 			    wall ? r->not_before_ms - wall : 0);
 			chat_append(o, chat_get(o, r->chat), it);
+			unsent_count(o, r->chat, 1);
 			o->loaded_max = r->id;
 			o->in_memory++;
 		}
 		store_calls_free(rows, (size_t)n);
 		atomic_store(&o->held, o->in_memory);
 		if (n < LOAD_PAGE) {
-			o->more_in_store = false;
-			return;
+			more = false;
+			break;
 		}
 	}
-	o->more_in_store = true;
+	o->more_in_store = more;
+	atomic_store(&o->overflow, more);
+	atomic_store(&o->loaded, added);
 }
 
 static void
@@ -656,6 +677,7 @@ pop(struct outbox *o, struct chat *c)
 	c->head = it->next;
 	if (c->head == NULL)
 		c->tail = NULL;
+	unsent_count(o, c->id, -1);
 	item_free(it);
 	o->in_memory--;
 	atomic_store(&o->held, o->in_memory);
@@ -715,6 +737,8 @@ migrate(struct outbox *o, struct chat *c, int64_t to)
 		if (it->chat == n)
 			continue;
 		it->chat = n;
+		unsent_count(o, c->id, -1);
+		unsent_count(o, to_id, 1);
 		if ((p = json_loads(it->params, 0, NULL)) != NULL) {
 			json_object_set_new(p, "chat_id",
 			    json_integer((json_int_t)to));
@@ -896,6 +920,9 @@ outbox_start(struct store *s, const struct outbox_opts *opts)
 	o->o = *opts;
 	o->store = s;
 	o->slow = 1.0;
+	/* Not yet loaded: outbox_unsent() asks the store until the first
+	 * load has taken up what an earlier run left. */
+	atomic_store(&o->added, 1);
 	o->api = botapi_multi_new(opts->api_url, opts->token, opts->timeout_ms);
 	atomic_store(&o->beat, now_ms());
 	if (pthread_create(&o->thread, NULL, sender, o) != 0)
@@ -948,12 +975,33 @@ outbox_add(struct outbox *o, json_t *calls, size_t from, int64_t update_id,
 		m++;
 	}
 	if ((rc = store_calls_add(o->store, rows, m, NULL, err, errlen)) == 0) {
+		atomic_fetch_add(&o->added, 1);
 		atomic_store(&o->wake, true);
 		botapi_multi_wakeup(o->api);
 	}
 out:
 	store_calls_free(rows, m);
 	return rc;
+}
+
+int
+outbox_unsent(struct outbox *o, const char *chat, char *err, size_t errlen)
+{
+	/*
+	 * Without the store when memory tells: the sender counts each call
+	 * it loads by chat bucket until it is delivered or dead, and
+	 * publishes `loaded` after a load that began once `added` adds had
+	 * committed.  If no add came since and nothing waits beyond memory,
+	 * every call added before this one is counted, so an empty bucket
+	 * means none unsent.  Otherwise (or to tell chats of one bucket
+	 * apart) the store answers.  Rows another process adds count once
+	 * loaded, within RELOAD_MS.
+	 */
+	if (atomic_load(&o->loaded) == atomic_load(&o->added) &&
+	    !atomic_load(&o->overflow) &&
+	    atomic_load(&o->unsent[chat_bucket(chat)]) == 0)
+		return 0;
+	return store_calls_unsent(o->store, chat, err, errlen);
 }
 
 uint64_t

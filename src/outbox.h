@@ -46,6 +46,11 @@ struct outbox *outbox_start(struct store *s, const struct outbox_opts *o);
  * the store failed (nothing was queued: answer so that Telegram retries). */
 int outbox_add(struct outbox *o, json_t *calls, size_t from, int64_t update_id,
     char *err, size_t errlen);
+/* 1 if a follow-up to chat (chat_id as text) is still unsent, so that a
+ * later answer to it must queue behind; 0 if none; -1 with err when the
+ * store cannot tell.  Any thread. */
+int outbox_unsent(struct outbox *o, const char *chat, char *err,
+    size_t errlen);
 /* Turns a Bot API call (an object with "method") into a row for the
  * store; key may be NULL.  0, or -1 with err. */
 int outbox_call_row(json_t *call, const char *key, struct store_call *row,

@@ -11,6 +11,13 @@
  * is freed when the caller, the handler thread and the deadline list have
  * all let go of it).  Handler threads start when jobs first wait for one,
  * up to handler_threads, so a bot of quick handlers runs none.
+ *
+ * Per-conversation order: a job holds its conversation's key from
+ * runner_start() until its calls are routed (queued in the outbox, so
+ * that the next update of the chat sees them unsent); later jobs of that
+ * key wait in its line, off the handler queue, and are put on it one at
+ * a time as the key passes to them.  A waiting job is on the deadline
+ * list like any other, so it is answered (and held) at its own deadline.
  */
 #include "runner.h"
 
@@ -49,7 +56,23 @@ struct job {
 				 * are queued */
 	struct job *qnext;	/* handler queue */
 	struct job *dnext, *dprev;	/* deadline list */
+	char key[UPDATE_KEY_MAX];	/* its conversation; "": none */
+	bool granted;		/* holds its key (or has none): may run */
+	bool gone;		/* runner_go() called: may be queued */
+	int64_t waited_ms;	/* how long it waited for its key; -1: not */
+	struct job *wnext;	/* its conversation's line */
 };
+
+/* A conversation key in use: held by the update being handled, with the
+ * later ones in arrival order behind it. */
+struct conv {
+	char key[UPDATE_KEY_MAX];
+	struct job *whead, *wtail;
+	size_t waiting;
+	struct conv *next;	/* hash chain */
+};
+
+#define CONV_BUCKETS 1024
 
 struct runner {
 	pthread_mutex_t mu;
@@ -63,6 +86,8 @@ struct runner {
 	struct job *qhead, *qtail;
 	struct job *dhead, *dtail;
 	size_t pending, max_pending;	/* started and not yet run */
+	size_t chat_queue;	/* most jobs waiting for one key */
+	struct conv *convs[CONV_BUCKETS];
 	unsigned deadline_ms;
 	bool stopping;
 	struct outbox *outbox;
@@ -108,6 +133,106 @@ deadline_remove(struct runner *r, struct job *j)
 	j->dnext = j->dprev = NULL;
 }
 
+/*
+ * The conversation lock, in memory (runner.h says how a lease in the
+ * shared store takes its place): key_acquire() takes a key or puts a job
+ * in its line; key_release() passes it to the next job in line, which
+ * key_granted() wakes.  A key is in the table only while held.  Under
+ * r->mu.
+ */
+static struct conv **
+conv_slot(struct runner *r, const char *key)
+{
+	uint64_t h = 1469598103934665603ULL;
+	struct conv **p;
+
+	for (const char *k = key; *k != '\0'; k++)
+		h = (h ^ (unsigned char)*k) * 1099511628211ULL;
+	for (p = &r->convs[h % CONV_BUCKETS]; *p != NULL; p = &(*p)->next)
+		if (strcmp((*p)->key, key) == 0)
+			break;
+	return p;
+}
+
+/* The held key, or NULL if it is free. */
+static struct conv *
+key_held(struct runner *r, const char *key)
+{
+	return *conv_slot(r, key);
+}
+
+/* Takes key if it is free (true); otherwise j (not NULL) waits in its
+ * line and false is returned. */
+static bool
+key_acquire(struct runner *r, const char *key, struct job *j)
+{
+	struct conv **p = conv_slot(r, key), *c = *p;
+
+	if (c == NULL) {
+		c = *p = xcalloc(1, sizeof(*c));
+		snprintf(c->key, sizeof(c->key), "%s", key);
+		return true;
+	}
+	if (c->wtail != NULL)
+		c->wtail->wnext = j;
+	else
+		c->whead = j;
+	c->wtail = j;
+	c->waiting++;
+	return false;
+}
+
+/* Lets go of key: returns the job it passes to, or NULL (key free). */
+static struct job *
+key_release(struct runner *r, const char *key)
+{
+	struct conv **p = conv_slot(r, key), *c = *p;
+	struct job *j;
+
+	if (c == NULL)
+		return NULL;
+	if ((j = c->whead) == NULL) {
+		*p = c->next;
+		free(c);
+		return NULL;
+	}
+	c->whead = j->wnext;
+	if (c->whead == NULL)
+		c->wtail = NULL;
+	c->waiting--;
+	j->wnext = NULL;
+	return j;
+}
+
+/* j's turn has come: it runs as soon as its caller has let it go. */
+static void
+key_granted(struct runner *r, struct job *j)
+{
+	j->granted = true;
+	j->waited_ms = (int64_t)(now_ms() - j->start);
+	metrics_chat_wait_ms((uint64_t)j->waited_ms);
+	if (j->gone)
+		enqueue(r, j);
+}
+
+/* The handling of an update of key is over: the next one may run. */
+static void
+key_done(struct runner *r, const char *key)
+{
+	struct job *next;
+
+	if (key[0] != '\0' && (next = key_release(r, key)) != NULL)
+		key_granted(r, next);
+}
+
+/* "chat 42" or "user 7", for log lines. */
+static const char *
+key_text(const char *key, char *buf, size_t len)
+{
+	snprintf(buf, len, "%s %s", key[0] == 'c' ? "chat" : "user", key + 1);
+	return buf;
+}
+
 static void
 job_unref_locked(struct job *j)
 {
@@ -141,25 +266,50 @@ dead_letter(struct runner *r, const struct handler *h, const struct update *u,
 }
 
 /*
+ * True if the first call may not go inline because its chat still has an
+ * earlier follow-up unsent: answering inline would overtake it.  If the
+ * store cannot tell, the call is not sent inline either.
+ */
+static bool
+behind_unsent(struct runner *r, const struct update *u, json_t *first,
+    char *chat, size_t len)
+{
+	char err[512];
+	int rc;
+
+	calls_chat(first, chat, len);
+	if (r->outbox == NULL || strcmp(chat, "-") == 0)
+		return false;
+	if ((rc = outbox_unsent(r->outbox, chat, err, sizeof(err))) == -1)
+		log_warn("update %" PRId64 ": %s; its calls all become "
+		    "follow-ups", u->id, err);
+	return rc != 0;
+}
+
+/*
  * Sends the handler's calls where they belong: the first inline when it
  * may be (and `late` is false: the webhook is not answered yet), the rest
- * durably into the outbox.  Returns 0 with *answer set (JSON text, or
- * NULL), or -1 when the store could not take the follow-ups: then nothing
- * is answered inline and the webhook must get 503, so that Telegram
- * retries the update (or, when late, the update stays held in the store
- * and is handled again at the next start).
+ * durably into the outbox.  waited_ms (-1: none) is how long the update
+ * waited for an earlier one of its conversation.  Returns 0 with *answer
+ * set (JSON text, or NULL), or -1 when the store could not take the
+ * follow-ups: then nothing is answered inline and the webhook must get
+ * 503, so that Telegram retries the update (or, when late, the update
+ * stays held in the store and is handled again at the next start).
  */
 static int
 route(struct runner *r, const struct handler *h, const struct update *u,
-    json_t *calls, bool late, uint64_t start, char **answer)
+    json_t *calls, bool late, uint64_t start, int64_t waited_ms,
+    char **answer)
 {
 	size_t n = json_array_size(calls), from = 0;
 	json_t *first = json_array_get(calls, 0);
-	char err[512];
+	char err[512], chat[64], waited[128] = "", key[UPDATE_KEY_MAX], who[48];
+	bool behind = false;
 
 	*answer = NULL;
 	if (n > 0 && !late && calls_inline_allowed(calls_method(first)) &&
-	    !calls_has_files(first)) {
+	    !calls_has_files(first) &&
+	    !(behind = behind_unsent(r, u, first, chat, sizeof(chat)))) {
 		char *s = json_dumps(first, JSON_COMPACT);
 
 		if (s != NULL && strlen(s) <= CALLS_INLINE_MAX) {
@@ -181,12 +331,18 @@ route(struct runner *r, const struct handler *h, const struct update *u,
 	metrics_update(u->type_index, *answer != NULL ? MU_INLINE : n > 0 ?
 	    MU_FOLLOWUP : MU_NO_CALLS);
 	metrics_handler_ms(now_ms() - start);
-	log_info("update %" PRId64 ": %s: handler %s: %s%s%s%zu follow-up%s "
-	    "in %" PRIu64 "ms", u->id, u->type, h->name,
+	if (waited_ms >= 0 && update_conversation_key(u, key))
+		snprintf(waited, sizeof(waited), ", having waited %" PRId64
+		    "ms for an earlier update of %s", waited_ms,
+		    key_text(key, who, sizeof(who)));
+	log_info("update %" PRId64 ": %s: handler %s: %s%s%s%zu follow-up%s%s%s"
+	    "%s in %" PRIu64 "ms%s", u->id, u->type, h->name,
 	    *answer != NULL ? "inline " : "",
 	    *answer != NULL ? calls_method(first) : "",
 	    *answer != NULL ? ", " : "", n - from, n - from == 1 ? "" : "s",
-	    now_ms() - start);
+	    behind ? " (not inline: chat " : "", behind ? chat : "",
+	    behind ? " has earlier follow-ups unsent)" : "",
+	    now_ms() - start, waited);
 	return 0;
 }
 
@@ -212,46 +368,82 @@ run_handler(struct runner *r, const struct handler *h, const struct update *u,
 	return 0;
 }
 
+/* Runs a quick handler on the caller's thread; the caller holds key (or
+ * "") for it. */
+static enum runner_status
+run_quick(struct runner *r, const struct handler *h, struct update *u,
+    char *body, size_t len, const char *key, char **answer)
+{
+	uint64_t start = now_ms();
+	json_t *calls;
+	int rc = run_handler(r, h, u, body, len, &calls);
+
+	if (rc == 0) {
+		rc = route(r, h, u, calls, r->deadline_ms == 0, start, -1,
+		    answer);
+		json_decref(calls);
+	}
+	pthread_mutex_lock(&r->mu);
+	key_done(r, key);
+	pthread_mutex_unlock(&r->mu);
+	update_free(u);
+	free(body);
+	return rc == -1 ? RUNNER_BUSY : RUNNER_DONE;
+}
+
+static struct job *
+job_new(struct runner *r, const struct handler *h, struct update *u,
+    char *body, size_t len, const char *key)
+{
+	struct job *j = xcalloc(1, sizeof(*j));
+
+	j->r = r;
+	j->h = h;
+	dispatch_ref(h->table);	/* a reload must not free it under us */
+	j->u = u;
+	j->body = body;
+	j->len = len;
+	j->start = now_ms();
+	j->waited_ms = -1;
+	snprintf(j->key, sizeof(j->key), "%s", key);
+	return j;
+}
+
 enum runner_status
 runner_start(struct runner *r, const struct handler *h, struct update *u,
     char *body, size_t len, char **answer, struct job **jobp)
 {
+	char key[UPDATE_KEY_MAX] = "", what[64];
+	struct conv *c = NULL;
 	struct job *j;
 
 	*answer = NULL;
 	*jobp = NULL;
-	if (h == NULL || !h->blocking) {
-		uint64_t start = now_ms();
-
-		if (h == NULL) {
-			metrics_update(u->type_index, MU_UNHANDLED);
-			if (u->type_index == -1)
-				log_debug("update %" PRId64 ": %s: no handler "
-				    "matches", u->id, u->type[0] ? u->type :
-				    "(no type)");
-			else
-				log_info("update %" PRId64 ": %s: no handler "
-				    "matches", u->id, u->type);
-		} else {
-			json_t *calls;
-			int rc = run_handler(r, h, u, body, len, &calls);
-
-			if (rc == 0) {
-				rc = route(r, h, u, calls, r->deadline_ms == 0,
-				    start, answer);
-				json_decref(calls);
-			}
-			if (rc == -1) {
-				update_free(u);
-				free(body);
-				return RUNNER_BUSY;
-			}
-		}
+	if (h == NULL) {
+		metrics_update(u->type_index, MU_UNHANDLED);
+		if (u->type_index == -1)
+			log_debug("update %" PRId64 ": %s: no handler matches",
+			    u->id, u->type[0] ? u->type : "(no type)");
+		else
+			log_info("update %" PRId64 ": %s: no handler matches",
+			    u->id, u->type);
 		update_free(u);
 		free(body);
 		return RUNNER_DONE;
 	}
+	if (!update_conversation_key(u, key))
+		key[0] = '\0';
 	pthread_mutex_lock(&r->mu);
+	if (key[0] != '\0')
+		c = key_held(r, key);
+	if (!h->blocking && c == NULL) {
+		/* Nothing earlier of its conversation runs: on this
+		 * thread, holding the key meanwhile. */
+		if (key[0] != '\0')
+			key_acquire(r, key, NULL);
+		pthread_mutex_unlock(&r->mu);
+		return run_quick(r, h, u, body, len, key, answer);
+	}
 	if (r->pending >= r->max_pending || r->stopping) {
 		pthread_mutex_unlock(&r->mu);
 		log_warn("update %" PRId64 ": %zu handlers already waiting: "
@@ -261,16 +453,25 @@ runner_start(struct runner *r, const struct handler *h, struct update *u,
 		free(body);
 		return RUNNER_BUSY;
 	}
+	if (c != NULL && c->waiting >= r->chat_queue) {
+		pthread_mutex_unlock(&r->mu);
+		log_warn("update %" PRId64 ": %s already has %zu update%s "
+		    "waiting ([server] chat_queue): answering 503 so that "
+		    "Telegram retries later", u->id, key_text(key, what,
+		    sizeof(what)), r->chat_queue, r->chat_queue == 1 ? "" :
+		    "s");
+		update_free(u);
+		free(body);
+		return RUNNER_BUSY;
+	}
 	r->pending++;
-	pthread_mutex_unlock(&r->mu);
-	j = xcalloc(1, sizeof(*j));
-	j->r = r;
-	j->h = h;
-	dispatch_ref(h->table);	/* a reload must not free it under us */
-	j->u = u;
-	j->body = body;
-	j->len = len;
+	j = job_new(r, h, u, body, len, key);
 	j->refs = 3;	/* the caller, the handler thread, the deadline list */
+	j->granted = key[0] == '\0' || key_acquire(r, key, j);
+	pthread_mutex_unlock(&r->mu);
+	if (!j->granted)
+		log_debug("update %" PRId64 ": waits for an earlier update of "
+		    "%s", u->id, key_text(key, what, sizeof(what)));
 	*jobp = j;
 	return RUNNER_PENDING;
 }
@@ -279,23 +480,23 @@ void
 runner_replay(struct runner *r, const struct handler *h, struct update *u,
     char *body, size_t len)
 {
-	struct job *j = xcalloc(1, sizeof(*j));
+	char key[UPDATE_KEY_MAX] = "";
+	struct job *j;
 
-	j->r = r;
-	j->h = h;
-	dispatch_ref(h->table);
-	j->u = u;
-	j->body = body;
-	j->len = len;
-	j->start = now_ms();
+	if (!update_conversation_key(u, key))
+		key[0] = '\0';
+	j = job_new(r, h, u, body, len, key);
 	/* Answered long ago: every call is a follow-up; the handler
 	 * thread is the only owner. */
 	j->answered = true;
 	j->held = true;
+	j->gone = true;
 	j->refs = 1;
 	pthread_mutex_lock(&r->mu);
 	r->pending++;
-	enqueue(r, j);
+	j->granted = key[0] == '\0' || key_acquire(r, key, j);
+	if (j->granted)
+		enqueue(r, j);
 	pthread_mutex_unlock(&r->mu);
 }
 
@@ -303,19 +504,30 @@ void
 runner_go(struct job *j, void (*ready)(void *), void *arg)
 {
 	struct runner *r = j->r;
+	struct job *p;
 
 	j->ready = ready;
 	j->arg = arg;
-	j->start = now_ms();
 	j->deadline = j->start + r->deadline_ms;
 	pthread_mutex_lock(&r->mu);
-	enqueue(r, j);
-	j->dprev = r->dtail;
-	if (r->dtail != NULL)
-		r->dtail->dnext = j;
+	j->gone = true;
+	if (j->granted)
+		enqueue(r, j);
+	/* The list stays in deadline order: callers on other threads may
+	 * come in a different order than they started. */
+	for (p = r->dtail; p != NULL && p->deadline > j->deadline;
+	    p = p->dprev)
+		;
+	j->dprev = p;
+	j->dnext = p != NULL ? p->dnext : r->dhead;
+	if (j->dnext != NULL)
+		j->dnext->dprev = j;
+	else
+		r->dtail = j;
+	if (p != NULL)
+		p->dnext = j;
 	else
 		r->dhead = j;
-	r->dtail = j;
 	pthread_cond_signal(&r->timer);
 	pthread_mutex_unlock(&r->mu);
 }
@@ -332,6 +544,27 @@ runner_finish(struct job *j, char **answer)
 	rc = j->retry ? -1 : 0;
 	job_unref_locked(j);
 	pthread_mutex_unlock(&r->mu);
+	return rc;
+}
+
+int
+runner_undelivered(struct runner *r, int64_t update_id, char *answer)
+{
+	json_t *calls = json_array();
+	char err[512] = "the daemon has no outbox";
+	int rc = -1;
+
+	/* Position 0 in the key, as route() numbers the first call: the
+	 * same update handled again (a replay) queues it once. */
+	json_array_append_new(calls, json_loads(answer, 0, NULL));
+	if (r->outbox != NULL && json_array_size(calls) == 1)
+		rc = outbox_add(r->outbox, calls, 0, update_id, err,
+		    sizeof(err));
+	if (rc == -1)
+		log_err("update %" PRId64 ": its inline answer cannot be queued "
+		    "as a follow-up: %s", update_id, err);
+	json_decref(calls);
+	free(answer);
 	return rc;
 }
 
@@ -387,7 +620,9 @@ handler_thread(void *arg)
 		int rc;
 
 		r->idle++;
-		while (r->qhead == NULL && !r->stopping)
+		/* Stopping: a job waiting for its conversation still comes
+		 * here once the one before it is done. */
+		while (r->qhead == NULL && !(r->stopping && r->pending == 0))
 			pthread_cond_wait(&r->work, &r->mu);
 		r->idle--;
 		if ((j = r->qhead) == NULL)
@@ -396,7 +631,8 @@ handler_thread(void *arg)
 		if (r->qhead == NULL)
 			r->qtail = NULL;
 		r->queued--;
-		r->pending--;
+		if (--r->pending == 0 && r->stopping)
+			pthread_cond_broadcast(&r->work);
 		pthread_mutex_unlock(&r->mu);
 
 		rc = run_handler(r, j->h, j->u, j->body, j->len, &calls);
@@ -417,22 +653,25 @@ handler_thread(void *arg)
 		/* route() queues follow-ups: not under our lock. */
 		if (rc == 0) {
 			rc = route(r, j->h, j->u, calls, followups, j->start,
-			    &answer);
+			    j->waited_ms, &answer);
 			json_decref(calls);
 		}
-		if (late) {
-			/* Answered at the deadline and held in the store:
-			 * if the store failed now, the update stays held
-			 * and the next start handles it again. */
-			if (rc != -1)
-				release(r, j);
-		} else {
-			pthread_mutex_lock(&r->mu);
+		/* Answered at the deadline and held in the store: if the
+		 * store failed now, the update stays held and the next
+		 * start handles it again. */
+		if (late && rc != -1)
+			release(r, j);
+		pthread_mutex_lock(&r->mu);
+		if (!late) {
 			j->answer = answer;
 			j->retry = rc == -1;
-			pthread_mutex_unlock(&r->mu);
-			j->ready(j->arg);
 		}
+		/* Its calls are queued: the next update of its conversation
+		 * may run, and finds them unsent if they are. */
+		key_done(r, j->key);
+		pthread_mutex_unlock(&r->mu);
+		if (!late)
+			j->ready(j->arg);
 		pthread_mutex_lock(&r->mu);
 		job_unref_locked(j);
 	}
@@ -466,10 +705,17 @@ deadline_thread(void *arg)
 		deadline_remove(r, j);
 		j->answered = true;
 		hold(r, j);
-		log_info("update %" PRId64 ": handler %s still running at "
-		    "reply_deadline (%ums): answered %s, its calls will be "
-		    "follow-ups", j->u->id, j->h->name, r->deadline_ms,
-		    j->retry ? "503" : "200");
+		if (j->granted)
+			log_info("update %" PRId64 ": handler %s still running "
+			    "at reply_deadline (%ums): answered %s, its calls "
+			    "will be follow-ups", j->u->id, j->h->name,
+			    r->deadline_ms, j->retry ? "503" : "200");
+		else
+			log_info("update %" PRId64 ": still waiting for an "
+			    "earlier update of its conversation at "
+			    "reply_deadline (%ums): answered %s, its calls "
+			    "will be follow-ups", j->u->id, r->deadline_ms,
+			    j->retry ? "503" : "200");
 		pthread_mutex_unlock(&r->mu);
 		j->ready(j->arg);
 		pthread_mutex_lock(&r->mu);
@@ -480,8 +726,8 @@ deadline_thread(void *arg)
 }
 
 struct runner *
-runner_new(unsigned threads, size_t max_queue, unsigned deadline_ms,
-    struct outbox *o, struct store *s)
+runner_new(unsigned threads, size_t max_queue, size_t chat_queue,
+    unsigned deadline_ms, struct outbox *o, struct store *s)
 {
 	struct runner *r = xcalloc(1, sizeof(*r));
 
@@ -490,6 +736,7 @@ runner_new(unsigned threads, size_t max_queue, unsigned deadline_ms,
 	cond_init_monotonic(&r->timer);
 	r->maxthreads = threads;
 	r->max_pending = max_queue;
+	r->chat_queue = chat_queue;
 	r->deadline_ms = deadline_ms;
 	r->outbox = o;
 	r->store = s;

@@ -8,22 +8,26 @@
  * An update whose handler may be slow runs on the runner's threads while
  * its connection is suspended (MHD_suspend_connection), so no handler can
  * stall the other connections; intake's answer resumes it, at the latest
- * at reply_deadline.  Never 410 (23 hours of 410
- * make Telegram delete the webhook), never a redirect.
+ * at reply_deadline.  An inline answer that cannot be delivered goes back
+ * to intake (intake_undelivered).  Never 410 (23 hours of 410 make
+ * Telegram delete the webhook), never a redirect.
  */
 #include "server.h"
 
 #include <gnutls/abstract.h>
 #include <gnutls/gnutls.h>
+#include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include "gate.h"
@@ -32,19 +36,36 @@
 #include "metrics.h"
 #include "util.h"
 
-/* TLS 1.2 and 1.3 only, as Telegram's guide asks. */
-#define TLS_PRIORITIES "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2"
+/*
+ * TLS 1.2 and 1.3 only, as Telegram's guide asks.  TLS 1.2 is kept to
+ * ECDHE (forward secrecy: no static-RSA key exchange, no DHE with a
+ * group of the client's choosing) and to AEAD ciphers (no CBC with
+ * HMAC-SHA1 or SHA256, Lucky-13's family); TLS 1.3 has nothing else.
+ * Telegram's client speaks ECDHE-RSA-AES-GCM, so nothing it needs goes.
+ */
+#define TLS_PRIORITIES "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2:" \
+	"-KX-ALL:+ECDHE-ECDSA:+ECDHE-RSA:" \
+	"-CIPHER-ALL:+AES-128-GCM:+AES-256-GCM:+CHACHA20-POLY1305:" \
+	"-MAC-ALL:+AEAD"
 #define RETRY_AFTER_S "5"
 #define CONN_MEMORY (16 << 10)
 /* Idle timeout for connections from outside trusted_networks. */
 #define UNTRUSTED_TIMEOUT_S 10
 #define PEER_BUCKETS 1024
+/* How long server_stop waits for suspended requests: longer than the
+ * longest reply_deadline (55 s), by which the runner resumes each. */
+#define SUSPENDED_WAIT_MS 60000u
 
 /* Open connections per untrusted address. */
 struct peer {
 	unsigned char addr[16];
 	unsigned n;
 	struct peer *next;
+};
+/* A connection from an address not known to be Telegram's, until a
+ * request on it passes the gate; its socket context. */
+struct stranger {
+	struct peer *peer;	/* counted there; NULL once proved */
 };
 /* Rejected requests logged per window before the rest are counted. */
 #define REJECT_LOG_BURST 10
@@ -53,13 +74,25 @@ struct peer {
 struct request {
 	struct server *s;
 	struct MHD_Connection *conn;
+	char *target;		/* the request-target as received */
+	const char *target_at;	/* where it was in the request line */
+	size_t target_len;
+	const char *blank;	/* where the blank line after the headers is,
+				 * if they all ended in CRLF */
+	bool admitted;		/* past the gate: counted in inflight */
+	bool chunked;
+	bool body_started;
+	const char *bad_framing;	/* found in the body's framing */
+	char *inline_answer;	/* the answer's body, while it is sent */
 	struct buf body;
 	size_t len;		/* the body's, once handed to intake */
 	bool too_large;
 	bool suspended;		/* waiting for intake's answer */
-	atomic_bool ready;	/* the answer is in: status, answer */
+	atomic_bool ready;	/* the answer is in: the fields below */
 	enum intake_status status;
-	char *answer;
+	int64_t update_id;
+	int type_index;
+	char *answer;		/* intake's inline call, until answered */
 };
 
 /* A certificate chain and its key, as GnuTLS hands them to a handshake.
@@ -71,6 +104,8 @@ struct creds {
 	gnutls_privkey_t key;
 };
 
+static void stranger_proved(struct server *s, struct MHD_Connection *c);
+
 struct server {
 	struct MHD_Daemon *mhd;
 	struct server_opts o;
@@ -78,8 +113,9 @@ struct server {
 				 * writer a reload */
 	atomic_bool quiescing;
 	atomic_uint inflight;
-	struct MHD_Response *empty200, *r400, *r403, *r404, *r405, *r413,
-	    *r503;
+	atomic_uint suspended;	/* connections waiting for the runner */
+	struct MHD_Response *empty200, *r400, *r400close, *r403, *r404, *r405,
+	    *r413, *r503;
 	gnutls_datum_t ticket_key;	/* TLS session tickets (resumption) */
 	_Atomic(struct creds *) creds_current;	/* served to handshakes */
 	struct creds *creds_previous;	/* for handshakes begun before a swap */
@@ -138,13 +174,60 @@ answer(struct MHD_Connection *c, unsigned status, struct MHD_Response *r)
 	return MHD_queue_response(c, status, r);
 }
 
-static enum MHD_Result
-answer_json(struct MHD_Connection *c, char *json)
+/* An inline answer that cannot reach Telegram any more must not be lost
+ * (intake.c says why): intake queues it as a follow-up, or else forgets
+ * the update so that Telegram's redelivery is handled again. */
+static void
+undelivered(struct server *s, struct request *rq, char *json, const char *why)
 {
-	struct MHD_Response *r = MHD_create_response_from_buffer(strlen(json),
-	    json, MHD_RESPMEM_MUST_FREE);
+	if (intake_undelivered(s->o.intake, rq->update_id, rq->type_index,
+	    json) == 0) {
+		log_info("update %" PRId64 ": %s before its inline answer was "
+		    "sent: it goes out as a follow-up", rq->update_id, why);
+		return;
+	}
+	log_warn("update %" PRId64 ": %s before its inline answer was sent, "
+	    "and it cannot be queued: Telegram's redelivery will be handled "
+	    "again", rq->update_id, why);
+}
+
+/* False when the peer has closed or reset the connection: its FIN or
+ * RST has come, and a write would still seem to succeed (into the
+ * kernel's buffer) and be lost. */
+static bool
+peer_still_there(struct MHD_Connection *c)
+{
+	const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c,
+	    MHD_CONNECTION_INFO_CONNECTION_FD);
+	struct pollfd p;
+
+	if (ci == NULL)
+		return true;
+	p.fd = ci->connect_fd;
+	p.events = POLLRDHUP;
+	p.revents = 0;
+	return poll(&p, 1, 0) != 1 ||
+	    (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) == 0;
+}
+
+/* Answers 200 with the inline call json (taken), or with nothing. */
+static enum MHD_Result
+answer_inline(struct server *s, struct request *rq, char *json)
+{
+	struct MHD_Connection *c = rq->conn;
+	struct MHD_Response *r;
 	enum MHD_Result ret;
 
+	if (json == NULL)
+		return answer(c, MHD_HTTP_OK, s->empty200);
+	if (!peer_still_there(c)) {
+		undelivered(s, rq, json, "Telegram closed the connection");
+		return MHD_NO;
+	}
+	/* Kept until on_completed, which learns whether it was sent. */
+	rq->inline_answer = json;
+	r = MHD_create_response_from_buffer(strlen(json), json,
+	    MHD_RESPMEM_PERSISTENT);
 	MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE,
 	    "application/json");
 	ret = MHD_queue_response(c, MHD_HTTP_OK, r);
@@ -165,23 +248,185 @@ peer_text(struct MHD_Connection *c, char *buf, size_t len)
 	return buf;
 }
 
-/* Intake's answer, or that the answer comes later: on the thread that
- * submitted the body, or for a suspended connection on a runner thread. */
+/*
+ * What one pass over a request's header lines gathers.  RFC 9110 5.3: a
+ * field sent on several lines is one comma-separated list, in order.  A
+ * proxy that appends its own X-Forwarded-For line (HAProxy's `option
+ * forwardfor`) instead of extending the client's one must not leave the
+ * client's forged first line to decide the source.
+ */
+struct headers {
+	struct buf forwarded_for;	/* every X-Forwarded-For line, joined */
+	unsigned forwarded_lines;
+	unsigned content_length;	/* lines of each */
+	unsigned transfer_encoding;
+	const char *next;	/* where the next line must begin */
+	const char *problem;	/* the first framing fault, or NULL */
+};
+
+/*
+ * Strict framing, where libmicrohttpd 0.9.75 is lenient (RFC 9112 2.2,
+ * 5, 6.1, 6.3): a front proxy and we must agree on where each request
+ * ends, or a second request can be smuggled inside the first one's body.
+ * libmicrohttpd keeps a request's lines in its read buffer, one after
+ * the other, each with its CR and LF overwritten by NULs, and points the
+ * header values and the version there.  So a line ended by CRLF ends two
+ * bytes before the next line begins, and a bare LF ends one byte before:
+ * after the request line, each header line must begin exactly two bytes
+ * past the end of the one before.  (A value folded over lines, obsolete
+ * since RFC 7230, is copied elsewhere by libmicrohttpd and fails the same
+ * test; so does a NUL inside a line.)  This is the layout of
+ * libmicrohttpd 0.9.75 (Debian 12), read in its connection.c; should a
+ * later version lay its buffer out otherwise, every request would be
+ * refused, and test_server's pipelined requests fail at once.
+ */
+static bool
+line_ends_in_crlf(const char *end)
+{
+	return end[0] == '\0' && end[1] == '\0';
+}
+
+static bool
+is_token(const char *p, size_t n)
+{
+	static const char tchar[] = "!#$%&'*+-.^_`|~";
+
+	if (n == 0)
+		return false;
+	for (size_t i = 0; i < n; i++)
+		if (!isalnum((unsigned char)p[i]) &&
+		    (p[i] == '\0' || strchr(tchar, p[i]) == NULL))
+			return false;
+	return true;
+}
+
+static void
+framing_fault(struct headers *h, const char *why)
+{
+	if (h->problem == NULL)
+		h->problem = why;
+}
+
+static enum MHD_Result
+on_header(void *cls, enum MHD_ValueKind kind, const char *key,
+    size_t key_size, const char *value, size_t value_size)
+{
+	struct headers *h = cls;
+
+	(void)kind;
+	if (key != h->next)
+		framing_fault(h, "a line not ended by CRLF, or a folded "
+		    "header");
+	if (!is_token(key, key_size))
+		framing_fault(h, "a header name that is not a token");
+	for (size_t i = 0; i < value_size; i++)
+		if (((unsigned char)value[i] < 0x20 && value[i] != '\t') ||
+		    value[i] == 0x7f)
+			framing_fault(h, "a control character in a header");
+	h->next = line_ends_in_crlf(value + value_size) ?
+	    value + value_size + 2 : NULL;
+	if (strcasecmp(key, "X-Forwarded-For") == 0) {
+		if (h->forwarded_lines++ > 0)
+			buf_append(&h->forwarded_for, ",", 1);
+		buf_append(&h->forwarded_for, value, value_size);
+	} else if (strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH) == 0) {
+		if (h->content_length++ > 0)
+			framing_fault(h, "Content-Length given twice");
+		if (value_size == 0 || strspn(value, "0123456789") !=
+		    value_size)
+			framing_fault(h, "a Content-Length that is not a "
+			    "number");
+	} else if (strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING) == 0) {
+		if (h->transfer_encoding++ > 0)
+			framing_fault(h, "Transfer-Encoding given twice");
+		/* libmicrohttpd decodes chunked only, and reads anything
+		 * else to the end of the connection */
+		if (strcasecmp(value, "chunked") != 0)
+			framing_fault(h, "a Transfer-Encoding other than "
+			    "chunked");
+	}
+	return MHD_YES;
+}
+
+/*
+ * Reads the request's header lines into h (bounded by the connection's
+ * memory, as the lines are) and checks the framing from the request line
+ * to the blank line.  Returns NULL, or what is wrong.
+ */
+static const char *
+read_headers(struct request *rq, const char *method, const char *version,
+    struct headers *h)
+{
+	const char *t = rq->target_at;
+
+	for (size_t i = 0; i < rq->target_len; i++)
+		if ((unsigned char)rq->target[i] <= 0x20 ||
+		    (unsigned char)rq->target[i] >= 0x7f)
+			return "a request-target with a space or control "
+			    "character";
+	/* METHOD SP request-target SP HTTP-version CRLF, single spaces */
+	if (t == NULL || t != method + strlen(method) + 1 ||
+	    version != t + rq->target_len + 1 ||
+	    strncmp(version, "HTTP/1.", 7) != 0)
+		return "a malformed request line";
+	h->next = line_ends_in_crlf(version + strlen(version)) ?
+	    version + strlen(version) + 2 : NULL;
+	MHD_get_connection_values_n(rq->conn, MHD_HEADER_KIND, on_header, h);
+	if (h->problem != NULL)
+		return h->problem;
+	/* The blank line: a bare LF there is seen when the bytes after it
+	 * have come (a body, or a pipelined request); the body's first
+	 * bytes are checked again in on_request. */
+	if (h->next == NULL || !line_ends_in_crlf(h->next))
+		return "a line not ended by CRLF";
+	if (h->content_length > 0 && h->transfer_encoding > 0)
+		return "both Content-Length and Transfer-Encoding";
+	rq->blank = h->next;
+	rq->chunked = h->transfer_encoding > 0;
+	return NULL;
+}
+
+/*
+ * Called by libmicrohttpd with the request-target before it decodes %xx
+ * or splits off the query: the gate judges these bytes, so that
+ * "/PATH%3Fx", "/PATH%00x" or "%2FPATH" are not the secret path.  A
+ * request's state starts here and ends in on_completed.
+ */
+static void *
+on_uri(void *cls, const char *uri, struct MHD_Connection *c)
+{
+	struct request *rq = xcalloc(1, sizeof(*rq));
+
+	rq->s = cls;
+	rq->conn = c;
+	rq->target = xstrdup(uri != NULL ? uri : "");
+	rq->target_at = uri;
+	rq->target_len = strlen(rq->target);
+	return rq;
+}
+
+/* Intake's answer comes later: on the thread that submitted the body. */
 static void
 on_pending(void *arg)
 {
 	struct request *rq = arg;
 
 	rq->suspended = true;
+	atomic_fetch_add(&rq->s->suspended, 1);
 	MHD_suspend_connection(rq->conn);
 }
 
+/* Intake's answer: on the thread that submitted the body, or for a
+ * suspended connection on a runner thread. */
 static void
 on_answer(void *arg, struct intake_result *r)
 {
 	struct request *rq = arg;
+	struct server *s = rq->s;
 
 	rq->status = r->status;
+	rq->update_id = r->update_id;
+	rq->type_index = r->type_index;
 	rq->answer = r->answer;
 	r->answer = NULL;
 	if (r->status == INTAKE_BAD) {
@@ -194,6 +439,7 @@ on_answer(void *arg, struct intake_result *r)
 	if (rq->suspended) {
 		atomic_store(&rq->ready, true);
 		MHD_resume_connection(rq->conn);
+		atomic_fetch_sub(&s->suspended, 1);
 	}
 }
 
@@ -213,9 +459,7 @@ answer_update(struct server *s, struct request *rq)
 	case INTAKE_OK:
 		break;
 	}
-	if (inline_call != NULL)
-		return answer_json(c, inline_call);
-	return answer(c, MHD_HTTP_OK, s->empty200);
+	return answer_inline(s, rq, inline_call);
 }
 
 /* The whole body is in: intake takes it from here. */
@@ -230,6 +474,88 @@ handle_update(struct server *s, struct request *rq)
 	return answer_update(s, rq);
 }
 
+/*
+ * The request's headers are in: framing, then the gate in the order of
+ * the edge table, then the declared size.  A stranger's body is never
+ * read.  A request framed in a way a proxy could read otherwise is
+ * answered 400 and its connection closed, whoever sent it, so that
+ * nothing after it on the connection is taken for a request.
+ */
+static enum MHD_Result
+admit(struct server *s, struct request *rq, const char *method,
+    const char *version)
+{
+	struct MHD_Connection *c = rq->conn;
+	const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c,
+	    MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+	struct headers hs = { 0 };
+	struct gate_request gr = {
+		.url = rq->target,
+		.method = method,
+		.peer = ci != NULL ? ci->client_addr : NULL,
+		.secret_header = MHD_lookup_connection_value(c,
+		    MHD_HEADER_KIND, "X-Telegram-Bot-Api-Secret-Token"),
+	};
+	const char *cl, *bad;
+	char client[64];
+	enum gate_verdict v = GATE_OK;
+	static const unsigned codes[] = {
+		[GATE_NOT_FOUND] = MHD_HTTP_NOT_FOUND,
+		[GATE_BAD_SOURCE] = MHD_HTTP_FORBIDDEN,
+		[GATE_BAD_SECRET] = MHD_HTTP_FORBIDDEN,
+		[GATE_BAD_METHOD] = MHD_HTTP_METHOD_NOT_ALLOWED,
+	};
+	static const enum metric_reject reasons[] = {
+		[GATE_NOT_FOUND] = MR_PATH,
+		[GATE_BAD_SOURCE] = MR_SOURCE,
+		[GATE_BAD_SECRET] = MR_SECRET,
+		[GATE_BAD_METHOD] = MR_METHOD,
+	};
+
+	if ((bad = read_headers(rq, method, version, &hs)) == NULL &&
+	    hs.forwarded_lines > 0)
+		gr.forwarded_for = hs.forwarded_for.data != NULL ?
+		    hs.forwarded_for.data : "";
+	if (bad == NULL) {
+		pthread_rwlock_rdlock(&s->lock);
+		v = gate_check(s->o.gate, &gr, client, sizeof(client));
+		pthread_rwlock_unlock(&s->lock);
+	}
+	buf_free(&hs.forwarded_for);
+	if (bad != NULL) {
+		log_rejected(s, peer_text(c, client, sizeof(client)), method,
+		    bad, MHD_HTTP_BAD_REQUEST);
+		metrics_reject(MR_FRAMING);
+		return answer(c, MHD_HTTP_BAD_REQUEST, s->r400close);
+	}
+	if (v != GATE_OK) {
+		struct MHD_Response *r = v == GATE_NOT_FOUND ? s->r404 :
+		    v == GATE_BAD_METHOD ? s->r405 : s->r403;
+
+		log_rejected(s, client, method, gate_verdict_name(v),
+		    codes[v]);
+		metrics_reject(reasons[v]);
+		return answer(c, codes[v], r);
+	}
+	stranger_proved(s, c);
+	if (atomic_load(&s->quiescing))
+		return answer(c, MHD_HTTP_SERVICE_UNAVAILABLE, s->r503);
+	cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND,
+	    MHD_HTTP_HEADER_CONTENT_LENGTH);
+	if (cl != NULL && strtoull(cl, NULL, 10) > s->o.max_body) {
+		log_rejected(s, client, method, "body over max_body",
+		    MHD_HTTP_CONTENT_TOO_LARGE);
+		metrics_reject(MR_TOO_LARGE);
+		return answer(c, MHD_HTTP_CONTENT_TOO_LARGE, s->r413);
+	}
+	/* one allocation for the body when its length is declared */
+	if (cl != NULL)
+		buf_reserve(&rq->body, strtoull(cl, NULL, 10));
+	rq->admitted = true;
+	atomic_fetch_add(&s->inflight, 1);
+	return MHD_YES;
+}
+
 static enum MHD_Result
 on_request(void *cls, struct MHD_Connection *c, const char *url,
     const char *method, const char *version, const char *upload,
@@ -238,68 +564,11 @@ on_request(void *cls, struct MHD_Connection *c, const char *url,
 	struct server *s = cls;
 	struct request *rq = *con_cls;
 
-	(void)version;
-	if (rq == NULL) {
-		const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c,
-		    MHD_CONNECTION_INFO_CLIENT_ADDRESS);
-		struct gate_request gr = {
-			.url = url,
-			.method = method,
-			.peer = ci != NULL ? ci->client_addr : NULL,
-			.secret_header = MHD_lookup_connection_value(c,
-			    MHD_HEADER_KIND, "X-Telegram-Bot-Api-Secret-Token"),
-			.forwarded_for = MHD_lookup_connection_value(c,
-			    MHD_HEADER_KIND, "X-Forwarded-For"),
-		};
-		const char *cl;
-		char client[64];
-		enum gate_verdict v;
-		static const unsigned codes[] = {
-			[GATE_NOT_FOUND] = MHD_HTTP_NOT_FOUND,
-			[GATE_BAD_SOURCE] = MHD_HTTP_FORBIDDEN,
-			[GATE_BAD_SECRET] = MHD_HTTP_FORBIDDEN,
-			[GATE_BAD_METHOD] = MHD_HTTP_METHOD_NOT_ALLOWED,
-		};
-		static const enum metric_reject reasons[] = {
-			[GATE_NOT_FOUND] = MR_PATH,
-			[GATE_BAD_SOURCE] = MR_SOURCE,
-			[GATE_BAD_SECRET] = MR_SECRET,
-			[GATE_BAD_METHOD] = MR_METHOD,
-		};
-
-		pthread_rwlock_rdlock(&s->lock);
-		v = gate_check(s->o.gate, &gr, client, sizeof(client));
-		pthread_rwlock_unlock(&s->lock);
-
-		if (v != GATE_OK) {
-			struct MHD_Response *r = v == GATE_NOT_FOUND ? s->r404 :
-			    v == GATE_BAD_METHOD ? s->r405 : s->r403;
-
-			log_rejected(s, client, method, gate_verdict_name(v),
-			    codes[v]);
-			metrics_reject(reasons[v]);
-			return answer(c, codes[v], r);
-		}
-		if (atomic_load(&s->quiescing))
-			return answer(c, MHD_HTTP_SERVICE_UNAVAILABLE, s->r503);
-		cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND,
-		    MHD_HTTP_HEADER_CONTENT_LENGTH);
-		if (cl != NULL && strtoull(cl, NULL, 10) > s->o.max_body) {
-			log_rejected(s, client, method, "body over max_body",
-			    MHD_HTTP_CONTENT_TOO_LARGE);
-			metrics_reject(MR_TOO_LARGE);
-			return answer(c, MHD_HTTP_CONTENT_TOO_LARGE, s->r413);
-		}
-		rq = xcalloc(1, sizeof(*rq));
-		rq->s = s;
-		rq->conn = c;
-		/* one allocation for the body when its length is declared */
-		if (cl != NULL)
-			buf_reserve(&rq->body, strtoull(cl, NULL, 10));
-		*con_cls = rq;
-		atomic_fetch_add(&s->inflight, 1);
-		return MHD_YES;
-	}
+	(void)url;	/* decoded: the gate judges rq->target instead */
+	if (rq == NULL)
+		return MHD_NO;	/* on_uri always runs first */
+	if (!rq->admitted)
+		return admit(s, rq, method, version);
 	if (rq->suspended) {
 		/* Resumed by intake's answer. */
 		if (!atomic_load(&rq->ready))
@@ -308,6 +577,14 @@ on_request(void *cls, struct MHD_Connection *c, const char *url,
 		return answer_update(s, rq);
 	}
 	if (*upload_size > 0) {
+		/* The body begins right after the blank line: one byte short
+		 * of where CRLF endings put it means the last header line or
+		 * the blank line ended in a bare LF.  (Further off, the
+		 * buffer was moved, and the first call has judged.) */
+		if (!rq->body_started && !rq->chunked && upload >= rq->blank &&
+		    upload < rq->blank + 2)
+			rq->bad_framing = "a line not ended by CRLF";
+		rq->body_started = true;
 		if (!rq->too_large && rq->body.len + *upload_size <=
 		    s->o.max_body)
 			buf_append(&rq->body, upload, *upload_size);
@@ -315,6 +592,14 @@ on_request(void *cls, struct MHD_Connection *c, const char *url,
 			rq->too_large = true;	/* chunked, no length */
 		*upload_size = 0;
 		return MHD_YES;
+	}
+	if (rq->bad_framing != NULL) {
+		char peer[64];
+
+		log_rejected(s, peer_text(c, peer, sizeof(peer)), method,
+		    rq->bad_framing, MHD_HTTP_BAD_REQUEST);
+		metrics_reject(MR_FRAMING);
+		return answer(c, MHD_HTTP_BAD_REQUEST, s->r400close);
 	}
 	if (rq->too_large) {
 		char peer[64];
@@ -335,14 +620,24 @@ on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
 	struct request *rq = *con_cls;
 
 	(void)c;
-	(void)toe;
 	if (rq == NULL)
 		return;
-	free(rq->answer);
+	/* Answered by intake, then closed before on_request could send it
+	 * (resumed at stop, or the peer went away while suspended). */
+	if (rq->answer != NULL)
+		undelivered(s, rq, rq->answer, "the connection closed");
+	/* Not sent whole: Telegram cannot have run it. */
+	if (rq->inline_answer != NULL && toe !=
+	    MHD_REQUEST_TERMINATED_COMPLETED_OK)
+		undelivered(s, rq, rq->inline_answer, "the connection failed");
+	else
+		free(rq->inline_answer);
+	if (rq->admitted)
+		atomic_fetch_sub(&s->inflight, 1);
 	buf_free(&rq->body);
+	free(rq->target);
 	free(rq);
 	*con_cls = NULL;
-	atomic_fetch_sub(&s->inflight, 1);
 }
 
 static void
@@ -462,10 +757,14 @@ peer_slot(struct server *s, const unsigned char addr[16])
 }
 
 /*
- * Accept policy: Telegram (trusted_networks) is never limited; any other
- * address may hold at most per_ip_limit connections, so that one source
- * holding connections open (slowloris, a flood of idle sockets) cannot
- * take the places Telegram needs.
+ * Accept policy: Telegram (trusted_networks) and trusted proxies are
+ * never limited; any other address may hold at most per_ip_limit
+ * connections that no request has yet proved to be Telegram's, so that
+ * one source holding connections open (slowloris, a flood of idle
+ * sockets) cannot take the places Telegram needs.  With trusted_networks
+ * empty that is every address but the proxies: a connection is then
+ * proved by its first request that passes the gate (path, secret token),
+ * and from then on neither counted nor given the short idle timeout.
  */
 static enum MHD_Result
 on_accept(void *cls, const struct sockaddr *sa, socklen_t len)
@@ -493,6 +792,19 @@ on_accept(void *cls, const struct sockaddr *sa, socklen_t len)
 	return ok ? MHD_YES : MHD_NO;
 }
 
+/* Uncounts a connection of p's address.  Under peers_mu. */
+static void
+peer_leave(struct server *s, struct peer *p)
+{
+	struct peer **pp;
+
+	if (--p->n == 0) {
+		pp = peer_slot(s, p->addr);
+		*pp = p->next;
+		free(p);
+	}
+}
+
 static void
 on_connection(void *cls, struct MHD_Connection *c, void **socket_ctx,
     enum MHD_ConnectionNotificationCode code)
@@ -500,7 +812,8 @@ on_connection(void *cls, struct MHD_Connection *c, void **socket_ctx,
 	struct server *s = cls;
 	const union MHD_ConnectionInfo *ci;
 	unsigned char addr[16];
-	struct peer **pp, *p;
+	struct peer **pp;
+	struct stranger *st;
 
 	/* Session tickets: a client that comes back resumes its TLS session
 	 * instead of a full handshake (an RSA signature).  The GnuTLS
@@ -529,6 +842,7 @@ on_connection(void *cls, struct MHD_Connection *c, void **socket_ctx,
 		/* Strangers get a short idle timeout too. */
 		MHD_set_connection_option(c, MHD_CONNECTION_OPTION_TIMEOUT,
 		    (unsigned)UNTRUSTED_TIMEOUT_S);
+		st = xcalloc(1, sizeof(*st));
 		pthread_mutex_lock(&s->peers_mu);
 		pp = peer_slot(s, addr);
 		if (*pp == NULL) {
@@ -536,20 +850,42 @@ on_connection(void *cls, struct MHD_Connection *c, void **socket_ctx,
 			memcpy((*pp)->addr, addr, 16);
 		}
 		(*pp)->n++;
-		*socket_ctx = *pp;	/* counted: uncount at close */
+		st->peer = *pp;
 		pthread_mutex_unlock(&s->peers_mu);
+		*socket_ctx = st;	/* counted: uncount at close */
 		return;
 	}
-	if ((p = *socket_ctx) == NULL)
+	if ((st = *socket_ctx) == NULL)
 		return;
 	pthread_mutex_lock(&s->peers_mu);
-	if (--p->n == 0) {
-		pp = peer_slot(s, p->addr);
-		*pp = p->next;
-		free(p);
+	if (st->peer != NULL)
+		peer_leave(s, st->peer);
+	pthread_mutex_unlock(&s->peers_mu);
+	free(st);
+	*socket_ctx = NULL;
+}
+
+/* A request on c passed the gate: if its connection was a stranger's, it
+ * is one no longer (see on_accept). */
+static void
+stranger_proved(struct server *s, struct MHD_Connection *c)
+{
+	const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c,
+	    MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+	struct stranger *st;
+	bool was;
+
+	if (ci == NULL || (st = ci->socket_context) == NULL)
+		return;
+	pthread_mutex_lock(&s->peers_mu);
+	if ((was = st->peer != NULL)) {
+		peer_leave(s, st->peer);
+		st->peer = NULL;
 	}
 	pthread_mutex_unlock(&s->peers_mu);
-	*socket_ctx = NULL;
+	if (was)
+		MHD_set_connection_option(c, MHD_CONNECTION_OPTION_TIMEOUT,
+		    s->o.timeout_s);
 }
 
 static void
@@ -614,6 +950,9 @@ server_start(const struct server_opts *o, char *err, size_t errlen)
 	pthread_mutex_init(&s->peers_mu, NULL);
 	s->empty200 = fixed(200);
 	s->r400 = fixed(400);
+	s->r400close = fixed(400);
+	MHD_add_response_header(s->r400close, MHD_HTTP_HEADER_CONNECTION,
+	    "close");
 	s->r403 = fixed(403);
 	s->r404 = fixed(404);
 	s->r405 = fixed(405);
@@ -631,6 +970,7 @@ server_start(const struct server_opts *o, char *err, size_t errlen)
 	else
 		OPT(MHD_OPTION_SOCK_ADDR, 0, (void *)&s->o.addr);
 	OPT(MHD_OPTION_NOTIFY_COMPLETED, on_completed, s);
+	OPT(MHD_OPTION_URI_LOG_CALLBACK, on_uri, s);
 	OPT(MHD_OPTION_CONNECTION_LIMIT, o->max_clients, NULL);
 	OPT(MHD_OPTION_CONNECTION_TIMEOUT, o->timeout_s, NULL);
 	OPT(MHD_OPTION_LISTENING_ADDRESS_REUSE, 1, NULL);
@@ -688,12 +1028,25 @@ server_inflight(struct server *s)
 void
 server_stop(struct server *s)
 {
+	uint64_t until = now_ms() + SUSPENDED_WAIT_MS;
+
 	if (s == NULL)
 		return;
+	/* libmicrohttpd 0.9.75 aborts the process when it is stopped with a
+	 * connection suspended (MHD_PANIC), as it was when a handler outlived
+	 * shutdown_timeout.  The runner resumes each at reply_deadline at the
+	 * latest; a request it resumes now is closed unanswered, and its
+	 * inline answer, if it has one, goes out as a follow-up. */
+	while (atomic_load(&s->suspended) > 0 && now_ms() < until)
+		usleep(10 * 1000);
+	if (atomic_load(&s->suspended) > 0)
+		log_err("%u request(s) still wait for a handler after %u s",
+		    atomic_load(&s->suspended), SUSPENDED_WAIT_MS / 1000);
 	if (s->mhd != NULL)
 		MHD_stop_daemon(s->mhd);
 	MHD_destroy_response(s->empty200);
 	MHD_destroy_response(s->r400);
+	MHD_destroy_response(s->r400close);
 	MHD_destroy_response(s->r403);
 	MHD_destroy_response(s->r404);
 	MHD_destroy_response(s->r405);

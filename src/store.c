@@ -147,6 +147,7 @@ static const char schema[] =
     " finished INTEGER,"
     " last_error TEXT);"
     "CREATE INDEX IF NOT EXISTS calls_state ON calls(state, id);"
+    "CREATE INDEX IF NOT EXISTS calls_unsent ON calls(chat) WHERE state = 0;"
     "CREATE TABLE IF NOT EXISTS held_updates ("
     " update_id INTEGER PRIMARY KEY,"
     " handler TEXT NOT NULL,"
@@ -636,6 +637,27 @@ store_calls_count(struct store *s, enum store_call_state state,
 	return n;
 }
 
+int
+store_calls_unsent(struct store *s, const char *chat, char *err,
+    size_t errlen)
+{
+	sqlite3_stmt *st = NULL;
+	int rc = -1;
+
+	pthread_mutex_lock(&s->mu);
+	if (sqlite3_prepare_v2(s->db, "SELECT EXISTS (SELECT 1 FROM calls "
+	    "WHERE chat = ? AND state = 0)", -1, &st, NULL) == SQLITE_OK) {
+		sqlite3_bind_text(st, 1, chat, -1, SQLITE_STATIC);
+		if (sqlite3_step(st) == SQLITE_ROW)
+			rc = sqlite3_column_int(st, 0) != 0;
+	}
+	if (rc == -1)
+		failed(s, false, err, errlen, "reading the outbox");
+	sqlite3_finalize(st);
+	pthread_mutex_unlock(&s->mu);
+	return rc;
+}
+
 long
 store_calls_retry_dead(struct store *s, int64_t id, char *err, size_t errlen)
 {
@@ -789,7 +811,7 @@ store_updates_held(struct store *s, struct store_update **out, char *err,
     size_t errlen)
 {
 	return read_updates(s, "SELECT 0, update_id, handler, NULL, 0, body "
-	    "FROM held_updates ORDER BY created, update_id LIMIT ?1", -1, out,
+	    "FROM held_updates ORDER BY update_id LIMIT ?1", -1, out,
 	    err, errlen);
 }
 

@@ -70,6 +70,10 @@ void store_calls_free(struct store_call *calls, size_t n);
  * ones.  0 or -1 with err: then nothing was added. */
 int store_calls_add(struct store *s, const struct store_call *calls, size_t n,
     size_t *added, char *err, size_t errlen);
+/* 1 if a call to chat (chat_id as text) is still pending (queued, in
+ * flight or waiting to be retried), 0 if none, -1 with err. */
+int store_calls_unsent(struct store *s, const char *chat, char *err,
+    size_t errlen);
 /* Up to max pending calls with id > after, in id order, into *out (free
  * with store_calls_free).  Returns the count, or -1 with err. */
 long store_calls_pending(struct store *s, int64_t after, size_t max,
@@ -127,7 +131,9 @@ struct store_update {
 	char *reason;
 	int64_t created;	/* unix seconds */
 };
-/* Every held update, oldest first.  Count, or -1 with err. */
+/* Every held update, in update_id order: Telegram's order, so each
+ * chat's (hold times are wall-clock, which can step back).  Count, or -1
+ * with err. */
 long store_updates_held(struct store *s, struct store_update **out, char *err,
     size_t errlen);
 void store_updates_free(struct store_update *u, size_t n);

@@ -11,6 +11,7 @@
 #include "update.h"
 
 #include <ctype.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -361,4 +362,20 @@ update_command_is_ours(const struct update *u, const char *username)
 	if (u->command_target == NULL)
 		return true;
 	return username != NULL && strcasecmp(u->command_target, username) == 0;
+}
+
+bool
+update_conversation_key(const struct update *u, char *buf)
+{
+	int64_t id;
+
+	if (u->has_chat)
+		snprintf(buf, UPDATE_KEY_MAX, "c%" PRId64, u->chat_id);
+	else if (u->has_from)
+		snprintf(buf, UPDATE_KEY_MAX, "u%" PRId64, u->from_id);
+	else if (json_int_at(u->obj, "voter_chat", "id", &id))
+		snprintf(buf, UPDATE_KEY_MAX, "c%" PRId64, id);
+	else
+		return false;
+	return true;
 }

@@ -47,6 +47,19 @@ struct update *update_parse(const char *body, size_t len, char *err,
     size_t errlen);
 void update_free(struct update *u);
 
+/* Room for a conversation key ("c" or "u" and a 64-bit id). */
+#define UPDATE_KEY_MAX 24
+
+/* The conversation u belongs to, whose updates are handled one at a
+ * time in their order: "c<chat id>" for an update in a chat (a message,
+ * a callback query from a message, a member change), else "u<user id>"
+ * for one from a user outside any chat (an inline query, a payment, an
+ * inline message's callback query), else the voter chat of an anonymous
+ * poll answer.  Writes it to buf (UPDATE_KEY_MAX bytes) and returns true;
+ * false when the update has none (a poll's new state): it waits for no
+ * other. */
+bool update_conversation_key(const struct update *u, char *buf);
+
 /* True if u carries a command meant for this bot: any /cmd, or /cmd@name
  * where name equals username (case-insensitively).  A NULL username
  * (not yet learned) matches only commands without @name. */

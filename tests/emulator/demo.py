@@ -118,6 +118,26 @@ def polling_phase(args, conf, text, emu, env, log, ann, chat):
         raise
 
 
+def settle(store, timeout=10.0):
+    """Waits until the bot's follow-ups are all delivered, as a user reads
+    the answers before typing on: a chat's next answer goes inline only
+    when nothing of that chat is still unsent (README, "One chat's
+    updates in order")."""
+    import sqlite3
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        db = sqlite3.connect(os.path.join(store, "tgwebhookd.db"))
+        try:
+            left = db.execute("SELECT count(*) FROM calls WHERE "
+                              "state = 0").fetchone()[0]
+        finally:
+            db.close()
+        if left == 0:
+            return
+        time.sleep(0.02)
+    raise AssertionError("follow-ups still unsent after %ss" % timeout)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--daemon", default=os.path.join(ROOT, "build",
@@ -239,6 +259,7 @@ def main():
                 seen = len([c for c in emu.calls[:before]
                             if c.method == follow_up])
                 emu.wait_calls(follow_up, seen + 1, timeout=10)
+            settle(os.path.join(tmp.name, "store"))
             for c in emu.calls[before:]:
                 print("  follow-up  %s" % describe(dict(c.params,
                                                         method=c.method)))

@@ -181,6 +181,13 @@ class Daemon:
         self.proc = None
         return rc
 
+    def kill(self):
+        """SIGKILL: the daemon dies where it is, as in a crash."""
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+        self.logf.close()
+        self.proc = None
+
     def close(self):
         try:
             if self.proc is not None and self.proc.poll() is None:
@@ -307,6 +314,14 @@ def rows(d, where="1"):
                           ).fetchall()
     finally:
         db.close()
+
+
+def settle(d, timeout=10.0):
+    """Waits until no follow-up is unsent, as a user reads the answers
+    before typing on: a chat's next answer goes inline only then (README,
+    "One chat's updates in order")."""
+    assert eventually(lambda: rows(d, "state = 0") == [], timeout), \
+        rows(d, "state = 0")
 
 
 def eventually(probe, timeout=10.0):

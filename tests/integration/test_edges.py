@@ -68,6 +68,13 @@ def test_trusted_proxy_forwarded_for():
         status, _ = request(d, body=body, headers=[
             "X-Forwarded-For: 149.154.167.220, 8.8.8.8"])
         assert status == 403
+        # a proxy that appends its own line (HAProxy's option forwardfor)
+        # after the client's forged one: the lines are one list
+        status, _ = request(d, body=body, headers=[
+            "X-Forwarded-For: 149.154.167.220",
+            "X-Forwarded-For: 8.8.8.8"])
+        assert status == 403
+        assert "rejected POST from 8.8.8.8" in d.log()
 
 
 def test_method_not_post_405():

@@ -9,7 +9,7 @@ import os
 import shutil
 import signal
 
-from harness import ROOT, Daemon, callback, message, plugin_path, skip
+from harness import ROOT, Daemon, callback, message, plugin_path, settle, skip
 
 VALGRIND = ["valgrind", "--quiet", "--leak-check=full",
             "--errors-for-leak-kinds=definite,indirect",
@@ -39,11 +39,14 @@ def test_whole_life_under_valgrind():
         assert json.loads(d.deliver(message("/start", 1))[3])["text"] == \
             "hi Ann"
         assert d.deliver(message("/about", 2))[0] == 200
+        # the next answers go inline once earlier follow-ups are out
+        settle(d, 30)
         keyboard = json.loads(d.deliver(message("/roll", 3))[3])
         assert keyboard["method"] == "sendMessage"
         toast = json.loads(d.deliver(callback("dice:6", 4))[3])
         assert toast["method"] == "answerCallbackQuery"
         d.emu.wait_calls("editMessageText", 1, timeout=30)
+        settle(d, 30)
         poll_msg = json.loads(d.deliver(message("/poll Q | A | B", 5))[3])
         assert poll_msg["text"].startswith("\U0001f4ca Q")
         d.deliver(callback("poll:1:0", 6))
@@ -57,6 +60,7 @@ def test_whole_life_under_valgrind():
         d.wait_log("reload done", 60)
         d.wait_log("handler poll: worker 1 started", 60)
         d.wait_log("handler poll: workers stopped", 60)   # the old pool
+        settle(d, 30)
         assert json.loads(d.deliver(message("/echo hello", 7))[3])[
             "text"] == "hello"
         rc = d.stop(timeout=120)

@@ -11,7 +11,7 @@ import time
 import urllib.request
 
 from harness import (Daemon, ROOT, callback, dead_letters, eventually,
-                     message, post_update, stored_secrets)
+                     message, post_update, settle, stored_secrets)
 
 POLL = os.path.join(ROOT, "examples", "poll-worker")
 
@@ -119,7 +119,9 @@ def test_poll_worker_creates_counts_and_closes():
         assert "Pizza: 2\nSushi: 0" in edit["text"]
         again = json.loads(d.deliver(callback(pizza, 5, user_id=9))[3])
         assert again["text"] == "You already voted for Pizza."
-        # the standing, then closing: only by its author
+        # the standing, then closing: only by its author (inline once
+        # the edits before it are out)
+        settle(d)
         res = json.loads(d.deliver(message("/results", 6))[3])
         assert "Pizza: 2" in res["text"]
         no = json.loads(d.deliver(callback(close, 7, user_id=8))[3])
@@ -129,6 +131,7 @@ def test_poll_worker_creates_counts_and_closes():
         assert "(closed)" in final["text"] and "reply_markup" not in final
         late = json.loads(d.deliver(callback(sushi, 9, user_id=10))[3])
         assert late["text"] == "This poll is closed."
+        settle(d)
         usage = json.loads(d.deliver(message("/poll Only one | option", 10))[3])
         assert usage["text"].startswith("Usage: /poll")
 

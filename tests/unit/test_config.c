@@ -59,6 +59,7 @@ test_defaults(void **state)
 	assert_true(c->register_webhook);
 	assert_int_equal(c->max_connections, 40);
 	assert_int_equal(c->reply_deadline_ms, 2000);
+	assert_int_equal(c->chat_queue, 16);
 	assert_int_equal(c->max_body, 1 << 20);
 	assert_string_equal(c->certificate, "/var/lib/tgwebhookd/webhook.pem");
 	assert_string_equal(c->handlers->name, "start");

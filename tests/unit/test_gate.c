@@ -218,6 +218,35 @@ test_open_gate(void **state)
 	gate_free(g);
 }
 
+/* Known by address: trusted_networks and trusted_proxies, nobody else;
+ * an empty trusted_networks lets anyone pass the gate, but makes no
+ * address known (so the server still limits strangers). */
+static void
+test_peer_trusted(void **state)
+{
+	struct gate *g = gate_new("p", "", netlist_parse("149.154.160.0/20",
+	    NULL, 0), netlist_parse("10.0.0.1", NULL, 0));
+	struct sockaddr_storage a;
+
+	(void)state;
+	a = sa("149.154.167.220");
+	assert_true(gate_peer_trusted(g, (struct sockaddr *)&a));
+	a = sa("10.0.0.1");
+	assert_true(gate_peer_trusted(g, (struct sockaddr *)&a));
+	a = sa("8.8.8.8");
+	assert_false(gate_peer_trusted(g, (struct sockaddr *)&a));
+	gate_free(g);
+	g = gate_new("p", "", netlist_parse("", NULL, 0), netlist_parse(
+	    "10.0.0.1", NULL, 0));
+	assert_false(gate_peer_trusted(g, (struct sockaddr *)&a));
+	a = sa("::ffff:10.0.0.1");
+	assert_true(gate_peer_trusted(g, (struct sockaddr *)&a));
+	gate_free(g);
+	g = gate_new("p", "", NULL, NULL);
+	assert_false(gate_peer_trusted(g, (struct sockaddr *)&a));
+	gate_free(g);
+}
+
 int
 main(void)
 {
@@ -229,6 +258,7 @@ main(void)
 		cmocka_unit_test(test_order_of_checks),
 		cmocka_unit_test(test_forwarded_for),
 		cmocka_unit_test(test_open_gate),
+		cmocka_unit_test(test_peer_trusted),
 	};
 
 	return cmocka_run_group_tests_name("gate", tests, NULL, NULL);

@@ -1,7 +1,9 @@
 /* Unit tests for intake.c, without HTTP: a body that is no update, an
  * inline answer, a duplicate, a busy runner's update forgotten by dedup
  * (so that its next delivery is handled as new), a slow handler's answer
- * from another thread after pending(), and a swapped table.  The runner,
+ * from another thread after pending(), a swapped table, and an inline
+ * answer its source could not deliver (queued as a follow-up, or when it
+ * cannot be, the update forgotten).  The runner,
  * store and outbox are real (the Bot API is unreachable, so follow-ups
  * stay pending in the store). */
 #include <setjmp.h>
@@ -81,7 +83,7 @@ setup(size_t max_queue)
 	f->s = store_open(f->dir, err, sizeof(err));
 	assert_non_null(f->s);
 	f->o = outbox_start(f->s, &oo);
-	f->r = runner_new(2, max_queue, 2000, f->o, f->s);
+	f->r = runner_new(2, max_queue, 16, 2000, f->o, f->s);
 	f->dd = dedup_new(64);
 	f->in = intake_new(f->dd, f->t, f->r, &f->id);
 	return f;
@@ -273,6 +275,43 @@ test_swapped_table(void **state)
 	teardown(f);
 }
 
+/* The connection closed before the inline answer was sent: the source
+ * gives it back and it becomes a follow-up, and the update stays seen;
+ * when the outbox cannot take it, the update is forgotten instead. */
+static void
+test_undelivered_answer(void **state)
+{
+	struct fixture *f = setup(8);
+	struct seen s;
+	char err[256];
+
+	(void)state;
+	/* one the outbox cannot take (no call in it): the redelivery is
+	 * handled again */
+	submit(f, body_of(30, "/quick"), &s);
+	assert_non_null(s.r.answer);
+	free(s.r.answer);
+	assert_int_equal(intake_undelivered(f->in, s.r.update_id,
+	    s.r.type_index, xstrdup("not a call")), -1);
+	submit(f, body_of(30, "/quick"), &s);
+	assert_int_equal(s.r.status, INTAKE_OK);
+	assert_non_null(s.r.answer);
+	free(s.r.answer);
+
+	submit(f, body_of(31, "/quick"), &s);
+	assert_int_equal(s.r.status, INTAKE_OK);
+	assert_non_null(s.r.answer);
+	assert_int_equal(outbox_unsent(f->o, "42", err, sizeof(err)), 0);
+	assert_int_equal(intake_undelivered(f->in, s.r.update_id,
+	    s.r.type_index, s.r.answer), 0);
+	assert_int_equal(outbox_unsent(f->o, "42", err, sizeof(err)), 1);
+	/* Telegram's redelivery is a duplicate: not run twice */
+	submit(f, body_of(31, "/quick"), &s);
+	assert_int_equal(s.r.status, INTAKE_OK);
+	assert_null(s.r.answer);
+	teardown(f);
+}
+
 int
 main(void)
 {
@@ -281,6 +320,7 @@ main(void)
 		cmocka_unit_test(test_busy_update_is_forgotten),
 		cmocka_unit_test(test_slow_handler_answers_later),
 		cmocka_unit_test(test_swapped_table),
+		cmocka_unit_test(test_undelivered_answer),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

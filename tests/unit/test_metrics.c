@@ -7,11 +7,17 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <arpa/inet.h>
 #include <curl/curl.h>
+#include <errno.h>
 #include <jansson.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "admin.h"
 #include "metrics.h"
@@ -136,6 +142,7 @@ fetch(const char *url, bool post, char **body)
 	long status = 0;
 
 	curl_easy_setopt(c, CURLOPT_URL, url);
+	curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 5000L);
 	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, collect);
 	curl_easy_setopt(c, CURLOPT_WRITEDATA, &b);
 	if (post)
@@ -199,12 +206,92 @@ test_admin(void **state)
 	curl_global_cleanup();
 }
 
+static struct admin *
+admin_on_free_port(int *port)
+{
+	char err[256], addr[64];
+	struct admin *a = NULL;
+
+	for (*port = 39287; a == NULL && *port < 39387; (*port)++) {
+		snprintf(addr, sizeof(addr), "127.0.0.1:%d", *port);
+		a = admin_start(addr, probe, NULL, err, sizeof(err));
+	}
+	assert_non_null(a);
+	(*port)--;
+	return a;
+}
+
+/* Connections the server has closed, of n (waiting up to 5 s for each
+ * to show it). */
+static int
+closed_by_server(const int *fds, int n, int want)
+{
+	int closed = 0;
+
+	for (int tries = 0; tries < 100 && closed < want; tries++) {
+		closed = 0;
+		for (int i = 0; i < n; i++) {
+			struct pollfd p = { fds[i], POLLIN, 0 };
+			char ch;
+
+			if (poll(&p, 1, 0) == 1 && recv(fds[i], &ch, 1,
+			    MSG_DONTWAIT) <= 0)
+				closed++;
+		}
+		if (closed < want)
+			usleep(50 * 1000);
+	}
+	return closed;
+}
+
+/*
+ * 200 idle connections from the prober's own address (127.0.0.1, as a
+ * local user's would be): /healthz is still answered at once, and the
+ * idle ones are closed to make room, oldest first.
+ */
+static void
+test_admin_idle_connections(void **state)
+{
+	struct sockaddr_in sin = { .sin_family = AF_INET,
+		.sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	enum { N = 200 };
+	int port, fds[N];
+	char url[64], *body;
+	struct admin *a;
+
+	(void)state;
+	store_ok = true;
+	curl_global_init(CURL_GLOBAL_DEFAULT);
+	a = admin_on_free_port(&port);
+	sin.sin_port = htons((uint16_t)port);
+	for (int i = 0; i < N; i++) {
+		fds[i] = socket(AF_INET, SOCK_STREAM, 0);
+		assert_true(fds[i] >= 0);
+		assert_int_equal(connect(fds[i], (struct sockaddr *)&sin,
+		    sizeof(sin)), 0);
+	}
+	snprintf(url, sizeof(url), "http://127.0.0.1:%d/healthz", port);
+	/* within fetch()'s 5 s, where the idle ones would have held the
+	 * listener for their 10 s idle timeout, and longer */
+	for (int round = 0; round < 3; round++) {
+		assert_int_equal(fetch(url, false, &body), 200);
+		free(body);
+	}
+	/* all but the newest few were ended to make room */
+	assert_true(closed_by_server(fds, N, N - 16) >= N - 16);
+	for (int i = 0; i < N; i++)
+		close(fds[i]);
+	admin_stop(a);
+	curl_global_cleanup();
+}
+
 int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_counters_and_histogram),
 		cmocka_unit_test(test_admin),
+		cmocka_unit_test(test_admin_idle_connections),
 	};
 
 	return cmocka_run_group_tests_name("metrics", tests, NULL, NULL);

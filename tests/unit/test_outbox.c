@@ -197,6 +197,38 @@ test_left_at_stop_stays_in_the_store(void **state)
 	teardown(f);
 }
 
+/* outbox_unsent(): a chat has a call unsent from its queueing until it
+ * is delivered, also when an earlier run left it (asked before the
+ * sender has loaded it); other chats have none. */
+static void
+test_unsent_until_delivered(void **state)
+{
+	struct fixture *f = setup();
+	char err[256];
+
+	(void)state;
+	fake_script(f->api, "sendMessage", 502, "{\"ok\":false,"
+	    "\"error_code\":502,\"description\":\"Bad Gateway\"}");
+	add(f, 4, "[{\"method\":\"sendMessage\",\"chat_id\":9,"
+	    "\"text\":\"x\"}]");
+	assert_int_equal(outbox_unsent(f->o, "9", err, sizeof(err)), 1);
+	assert_int_equal(outbox_unsent(f->o, "10", err, sizeof(err)), 0);
+	/* refused once: still unsent while it waits to be retried */
+	fake_wait(f->api, "sendMessage", 1);
+	assert_int_equal(outbox_unsent(f->o, "9", err, sizeof(err)), 1);
+	/* stopped with it pending, started again: unsent at once */
+	outbox_stop(f->o, 0);
+	f->o = outbox_start(f->s, &(struct outbox_opts){ .api_url =
+	    f->api->url, .token = "1:A", .timeout_ms = 5000, .rate = 1000,
+	    .chat_interval_ms = 10, .group_per_minute = 1000,
+	    .max_inflight = 8, .max_age_ms = 3600000, .keep_ms = 3600000 });
+	assert_int_equal(outbox_unsent(f->o, "9", err, sizeof(err)), 1);
+	wait_state(f, STORE_CALL_DELIVERED, 1);
+	assert_int_equal(outbox_unsent(f->o, "9", err, sizeof(err)), 0);
+	assert_int_equal(outbox_unsent(f->o, "10", err, sizeof(err)), 0);
+	teardown(f);
+}
+
 /* The reason of the i-th dead call (in the order they were queued). */
 static void
 assert_dead_reason(struct fixture *f, long i, const char *want)
@@ -301,6 +333,7 @@ main(void)
 		cmocka_unit_test(test_refused_is_dead_and_429_waited_out),
 		cmocka_unit_test(test_group_migrated_to_supergroup),
 		cmocka_unit_test(test_left_at_stop_stays_in_the_store),
+		cmocka_unit_test(test_unsent_until_delivered),
 		cmocka_unit_test(test_local_files_uploaded_from_upload_dir),
 	};
 

@@ -14,6 +14,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include "cert.h"
@@ -75,7 +77,7 @@ start_at(int port0, bool tls, const char *cert, const char *key)
 
 	f->t = table(f, "hello {from.first_name}");
 	f->dd = dedup_new(64);
-	f->r = runner_new(1, 8, 2000, NULL, NULL);
+	f->r = runner_new(1, 8, 16, 2000, NULL, NULL);
 	o.gate = gate_new("hook", SECRET, netlist_parse("127.0.0.0/8", NULL,
 	    0), netlist_parse("", NULL, 0));
 	f->in = intake_new(f->dd, f->t, f->r, &f->id);
@@ -165,6 +167,72 @@ post(struct fixture *f, bool tls, const char *path, const char *secret,
 
 	curl_easy_cleanup(c);
 	return status;
+}
+
+/*
+ * Sends raw bytes on a connection of their own and reads until the
+ * server closes it (or 3 s pass): the status of the first answer, the
+ * whole of what came back in *out (caller frees) and in *answers how
+ * many answers it holds.
+ */
+static long
+raw_split(int port, const char *req, size_t len, size_t split, char **out,
+    int *answers);
+
+static long
+raw_on(int port, const char *req, size_t len, char **out, int *answers)
+{
+	return raw_split(port, req, len, len, out, answers);
+}
+
+/* The same, sending the first `split` bytes, and the rest 50 ms later
+ * (so that the server most likely reads them apart). */
+static long
+raw_split(int port, const char *req, size_t len, size_t split, char **out,
+    int *answers)
+{
+	struct sockaddr_in sin = { .sin_family = AF_INET,
+		.sin_port = htons((uint16_t)port),
+		.sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	struct timeval tv = { 3, 0 };
+	struct buf b = { 0 };
+	char chunk[4096];
+	const char *p;
+	ssize_t n;
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+
+	assert_true(fd >= 0);
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	assert_int_equal(connect(fd, (struct sockaddr *)&sin, sizeof(sin)), 0);
+	assert_int_equal(send(fd, req, split, MSG_NOSIGNAL), (ssize_t)split);
+	if (split < len) {
+		usleep(50 * 1000);
+		assert_int_equal(send(fd, req + split, len - split,
+		    MSG_NOSIGNAL), (ssize_t)(len - split));
+	}
+	while ((n = recv(fd, chunk, sizeof(chunk), 0)) > 0)
+		buf_append(&b, chunk, (size_t)n);
+	close(fd);
+	*out = buf_steal(&b);
+	if (*out == NULL)
+		*out = xstrdup("");
+	*answers = 0;
+	for (p = *out; (p = strstr(p, "HTTP/1.1 ")) != NULL; p++)
+		(*answers)++;
+	return strncmp(*out, "HTTP/1.1 ", 9) == 0 ? strtol(*out + 9, NULL,
+	    10) : 0;
+}
+
+static long
+raw(struct fixture *f, const char *req, int *answers)
+{
+	char *out;
+	int unused;
+	long st = raw_on(f->port, req, strlen(req), &out, answers != NULL ?
+	    answers : &unused);
+
+	free(out);
+	return st;
 }
 
 static char *
@@ -349,6 +417,268 @@ test_two_servers_their_own_certificates(void **state)
 	assert_int_equal(system(kp), 0);
 }
 
+/* A request to the hook with these extra header lines, and this body. */
+static char *
+hook_request(const char *target, const char *headers, const char *body)
+{
+	return xasprintf("POST %s HTTP/1.1\r\nHost: x\r\n"
+	    "X-Telegram-Bot-Api-Secret-Token: " SECRET "\r\n"
+	    "Content-Type: application/json\r\nContent-Length: %zu\r\n"
+	    "%sConnection: close\r\n\r\n%s", target, strlen(body), headers,
+	    body);
+}
+
+static long
+hook_status(struct fixture *f, const char *target, const char *headers,
+    const char *body)
+{
+	char *req = hook_request(target, headers, body);
+	long st = raw(f, req, NULL);
+
+	free(req);
+	return st;
+}
+
+/*
+ * Behind a proxy that appends its own X-Forwarded-For line (HAProxy's
+ * option forwardfor) the lines are one list: the client's forged first
+ * line must not decide the source.
+ */
+static void
+test_forwarded_for_over_several_lines(void **state)
+{
+	struct fixture *f = start(false, NULL, NULL);
+	char *u;
+
+	(void)state;
+	server_swap(f->s, gate_new("hook", SECRET, netlist_parse(
+	    "149.154.160.0/20", NULL, 0), netlist_parse("127.0.0.1", NULL,
+	    0)));
+	u = start_update(20);
+	assert_int_equal(hook_status(f, "/hook",
+	    "X-Forwarded-For: 149.154.167.220\r\n", u), 200);
+	free(u);
+	/* forged by the client, then the proxy's line with the real one */
+	u = start_update(21);
+	assert_int_equal(hook_status(f, "/hook",
+	    "X-Forwarded-For: 149.154.167.220\r\n"
+	    "X-Forwarded-For: 8.8.8.8\r\n", u), 403);
+	assert_int_equal(hook_status(f, "/hook",
+	    "X-Forwarded-For: 149.154.167.220\r\n"
+	    "x-forwarded-for: 10.0.0.1, 8.8.8.8\r\n", u), 403);
+	/* the other way round: the right-most hop is Telegram's */
+	assert_int_equal(hook_status(f, "/hook",
+	    "X-Forwarded-For: 8.8.8.8\r\n"
+	    "X-Forwarded-For: 149.154.167.220\r\n", u), 200);
+	free(u);
+	/* an empty line is a hop that cannot be judged */
+	u = start_update(22);
+	assert_int_equal(hook_status(f, "/hook",
+	    "X-Forwarded-For: 149.154.167.220\r\n"
+	    "X-Forwarded-For:\r\n", u), 403);
+	free(u);
+	stop(f);
+}
+
+/* An update as a whole request on the hook, for pipelining. */
+static char *
+keepalive_request(int id)
+{
+	char *u = start_update(id);
+	char *r = xasprintf("POST /hook HTTP/1.1\r\nHost: x\r\n"
+	    "X-Telegram-Bot-Api-Secret-Token: " SECRET "\r\n"
+	    "Content-Length: %zu\r\n\r\n%s", strlen(u), u);
+
+	free(u);
+	return r;
+}
+
+/* True when update id had not been handled yet (it is handled now). */
+static bool
+fresh(struct fixture *f, int id)
+{
+	char *u = start_update(id), *out;
+	bool yes;
+
+	assert_int_equal(post(f, false, "hook", SECRET, u, &out), 200);
+	yes = strstr(out, "hello Ann") != NULL;
+	free(out);
+	free(u);
+	return yes;
+}
+
+/*
+ * Where libmicrohttpd 0.9.75 is lenient, a proxy in front may read a
+ * request otherwise: each such request is answered 400 and its
+ * connection closed, and nothing smuggled after it runs.
+ */
+static void
+test_smuggling_refused(void **state)
+{
+	struct fixture *f = start(false, NULL, NULL);
+	char *smuggled = keepalive_request(31), *req, *u = start_update(32);
+	int answers;
+
+	(void)state;
+	/* Content-Length and Transfer-Encoding: libmicrohttpd goes by the
+	 * chunks, a proxy may go by the length */
+	req = xasprintf("POST /hook HTTP/1.1\r\nHost: x\r\n"
+	    "X-Telegram-Bot-Api-Secret-Token: " SECRET "\r\n"
+	    "Content-Length: %zu\r\nTransfer-Encoding: chunked\r\n\r\n"
+	    "0\r\n\r\n%s", strlen(smuggled) + 5, smuggled);
+	assert_int_equal(raw(f, req, &answers), 400);
+	assert_int_equal(answers, 1);
+	free(req);
+	/* two lengths: libmicrohttpd took the first */
+	req = xasprintf("POST /hook HTTP/1.1\r\nHost: x\r\n"
+	    "X-Telegram-Bot-Api-Secret-Token: " SECRET "\r\n"
+	    "Content-Length: 0\r\nContent-Length: %zu\r\n\r\n%s",
+	    strlen(smuggled), smuggled);
+	assert_int_equal(raw(f, req, &answers), 400);
+	assert_int_equal(answers, 1);
+	free(req);
+	/* the smuggled update never ran */
+	assert_true(fresh(f, 31));
+	/* a transfer coding it cannot decode, or given twice */
+	req = hook_request("/hook", "Transfer-Encoding: gzip\r\n", u);
+	assert_int_equal(raw(f, req, &answers), 400);
+	free(req);
+	req = xasprintf("POST /hook HTTP/1.1\r\nHost: x\r\n"
+	    "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n"
+	    "\r\n0\r\n\r\n");
+	assert_int_equal(raw(f, req, &answers), 400);
+	free(req);
+	assert_int_equal(hook_status(f, "/hook", "Content-Length: 5\r\n",
+	    u), 400);
+	/* a value folded over two lines; a bare CR or a NUL in a line */
+	assert_int_equal(hook_status(f, "/hook", "X-A: a\r\n b\r\n", u),
+	    400);
+	assert_int_equal(hook_status(f, "/hook", "X-A: a\rX-B: b\r\n", u),
+	    400);
+	assert_int_equal(raw_on(f->port, "POST /hook HTTP/1.1\r\nX-A: a\0"
+	    "X-B: b\r\n\r\n", 39, &req, &answers), 400);
+	free(req);
+	/* extra spaces in the request line */
+	req = xasprintf("POST  /hook HTTP/1.1\r\nHost: x\r\n"
+	    "X-Telegram-Bot-Api-Secret-Token: " SECRET "\r\n"
+	    "Content-Length: %zu\r\n\r\n%s", strlen(u), u);
+	assert_int_equal(raw(f, req, &answers), 400);
+	free(req);
+	/* nothing of this handled update 32 */
+	assert_true(fresh(f, 32));
+	free(u);
+	free(smuggled);
+	stop(f);
+}
+
+/* Bare LF line endings anywhere, from the request line to the blank
+ * line, the last two with the body right behind them. */
+static void
+test_bare_lf_refused(void **state)
+{
+	struct fixture *f = start(false, NULL, NULL);
+	static const char *const heads[] = {
+		"POST /hook HTTP/1.1\nHost: x\r\n",
+		"POST /hook HTTP/1.1\r\nHost: x\n",
+		"POST /hook HTTP/1.1\nHost: x\n",
+	};
+	static const char *const ends[] = { "\r\n\n", "\n\r\n", "\n\n" };
+	char *u = start_update(40), *req, *out;
+	int answers;
+
+	(void)state;
+	for (size_t i = 0; i < nitems(heads); i++) {
+		req = xasprintf("%sX-Telegram-Bot-Api-Secret-Token: " SECRET
+		    "\r\nContent-Length: %zu\r\n\r\n%s", heads[i],
+		    strlen(u), u);
+		assert_int_equal(raw(f, req, &answers), 400);
+		assert_int_equal(answers, 1);
+		free(req);
+	}
+	for (size_t i = 0; i < nitems(ends); i++) {
+		req = xasprintf("POST /hook HTTP/1.1\r\nHost: x\r\n"
+		    "X-Telegram-Bot-Api-Secret-Token: " SECRET "\r\n"
+		    "Content-Length: %zu%s%s", strlen(u), ends[i], u);
+		assert_int_equal(raw(f, req, &answers), 400);
+		assert_int_equal(answers, 1);
+		/* the body read apart from the headers: judged by where it
+		 * begins */
+		assert_int_equal(raw_split(f->port, req, strlen(req),
+		    strlen(req) - strlen(u), &out, &answers), 400);
+		assert_int_equal(answers, 1);
+		free(out);
+		free(req);
+	}
+	assert_true(fresh(f, 40));
+	free(u);
+	stop(f);
+}
+
+/* Requests framed right, pipelined on one kept-alive connection, are
+ * each answered: the checks see no fault where there is none. */
+static void
+test_pipelined_requests_answered(void **state)
+{
+	struct fixture *f = start(false, NULL, NULL);
+	char *a = keepalive_request(50), *b = keepalive_request(51);
+	char *u = start_update(52);
+	char *both = xasprintf("%s%sGET /hook HTTP/1.1\r\nHost: x\r\n"
+	    "X-Telegram-Bot-Api-Secret-Token: " SECRET "\r\n"
+	    "Connection: close\r\n\r\n", a, b), *out;
+	int answers;
+
+	(void)state;
+	assert_int_equal(raw_on(f->port, both, strlen(both), &out, &answers),
+	    200);
+	assert_int_equal(answers, 3);
+	assert_non_null(strstr(out, "HTTP/1.1 405"));
+	free(out);
+	/* a header block of several KiB, chunked, and an empty value */
+	{
+		struct buf big = { 0 };
+
+		for (int i = 0; i < 60; i++)
+			buf_printf(&big, "X-Filler-%d: %0100d\r\n", i, i);
+		buf_puts(&big, "X-Empty:\r\nX-Tab: \ta\t\r\n");
+		assert_int_equal(hook_status(f, "/hook", big.data, u), 200);
+		buf_free(&big);
+	}
+	free(a);
+	free(b);
+	free(u);
+	free(both);
+	stop(f);
+}
+
+/*
+ * The gate judges the request-target as it came: a %3F or %00 that
+ * libmicrohttpd decodes, or a target with no leading '/', is not the
+ * secret path.
+ */
+static void
+test_target_judged_undecoded(void **state)
+{
+	struct fixture *f = start(false, NULL, NULL);
+	static const char *const targets[] = { "/hook%3Fx", "/hook%3F",
+		"/hook%00", "/hook%00x", "%2Fhook", "/ho%6Fk", "hook",
+		"//hook", "/hook/", "/hook#x", "*" };
+	char *u = start_update(60);
+
+	(void)state;
+	for (size_t i = 0; i < nitems(targets); i++) {
+		long st = hook_status(f, targets[i], "", u);
+
+		if (st != 404 && st != 400)
+			fail_msg("%s: %ld", targets[i], st);
+	}
+	assert_true(fresh(f, 60));
+	/* a query string is not part of the path */
+	u[14] = '1';	/* update 61 */
+	assert_int_equal(hook_status(f, "/hook?a=b", "", u), 200);
+	free(u);
+	stop(f);
+}
+
 int
 main(void)
 {
@@ -357,6 +687,11 @@ main(void)
 		cmocka_unit_test(test_swap_and_quiesce),
 		cmocka_unit_test(test_tls_and_certificate_swap),
 		cmocka_unit_test(test_two_servers_their_own_certificates),
+		cmocka_unit_test(test_forwarded_for_over_several_lines),
+		cmocka_unit_test(test_smuggling_refused),
+		cmocka_unit_test(test_bare_lf_refused),
+		cmocka_unit_test(test_pipelined_requests_answered),
+		cmocka_unit_test(test_target_judged_undecoded),
 	};
 	int rc;
 

@@ -215,6 +215,55 @@ test_errors_kept_redacted(void **state)
 	assert_int_equal(system(cmd), 0);
 }
 
+/* What the runner asks for a chat's order: whether a follow-up to it is
+ * unsent, and the held updates in update order (Telegram's order within
+ * a chat), whenever each was held. */
+static void
+test_unsent_and_held_order(void **state)
+{
+	char dir[] = "/tmp/tgw-store-test-XXXXXX", err[256], cmd[160];
+	char k1[] = "u:1:0", chat[] = "42";
+	char p1[] = "{\"chat_id\":42,\"text\":\"a\"}";
+	struct store_call row = call(k1, chat, p1), *got;
+	struct store_outcome oc;
+	struct store_update *held;
+	struct store *s;
+	long n;
+
+	(void)state;
+	assert_non_null(mkdtemp(dir));
+	s = store_open(dir, err, sizeof(err));
+	assert_non_null(s);
+	assert_int_equal(store_calls_unsent(s, "42", err, sizeof(err)), 0);
+	assert_int_equal(store_calls_add(s, &row, 1, NULL, err, sizeof(err)),
+	    0);
+	assert_int_equal(store_calls_unsent(s, "42", err, sizeof(err)), 1);
+	assert_int_equal(store_calls_unsent(s, "43", err, sizeof(err)), 0);
+	n = store_calls_pending(s, 0, 10, &got, err, sizeof(err));
+	assert_int_equal(n, 1);
+	oc = (struct store_outcome){ got[0].id, STORE_CALL_DELIVERED, 1, 0,
+		NULL };
+	store_calls_free(got, (size_t)n);
+	assert_int_equal(store_calls_update(s, &oc, 1, err, sizeof(err)), 0);
+	assert_int_equal(store_calls_unsent(s, "42", err, sizeof(err)), 0);
+
+	/* 9 held first, 8 a few ms later (as when 8 waited behind a slow
+	 * update of another handler kind): replayed 8, then 9 */
+	assert_int_equal(store_update_hold(s, 9, "h", "{}", 2, err,
+	    sizeof(err)), 0);
+	usleep(3000);	/* a later hold time, not a wait for an event */
+	assert_int_equal(store_update_hold(s, 8, "h", "{}", 2, err,
+	    sizeof(err)), 0);
+	n = store_updates_held(s, &held, err, sizeof(err));
+	assert_int_equal(n, 2);
+	assert_int_equal(held[0].update_id, 8);
+	assert_int_equal(held[1].update_id, 9);
+	store_updates_free(held, (size_t)n);
+	store_close(s);
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+	assert_int_equal(system(cmd), 0);
+}
+
 /* Writes failing as on a full disk (a file size limit: every write past
  * the store's current size fails): reported with the store's path, what
  * was written and advice, and the store is marked failing until a write
@@ -272,6 +321,7 @@ main(void)
 		cmocka_unit_test(test_secrets_and_dead_letters),
 		cmocka_unit_test(test_calls),
 		cmocka_unit_test(test_errors_kept_redacted),
+		cmocka_unit_test(test_unsent_and_held_order),
 		cmocka_unit_test(test_failing_writes),
 		cmocka_unit_test(test_unwritable),
 	};

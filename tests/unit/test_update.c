@@ -234,6 +234,69 @@ test_rich_message_text(void **state)
 	}
 }
 
+/* One key per conversation: the chat, else the user, else none. */
+static void
+test_conversation_keys(void **state)
+{
+	static const struct {
+		const char *file, *key;
+	} cases[] = {
+		{ "010-private-command-start-payload.json", NULL },
+		{ "020-group-command-botname.json", NULL },
+		{ "050-edited-message-guide.json", NULL },
+		{ "060-channel-post.json", NULL },
+		/* a button of a message: its chat */
+		{ "070-callback-query.json", "c996202131" },
+		/* a button of an inline message: no chat, the user */
+		{ "071-callback-query-inline-guide.json", "u1111111" },
+		{ "080-inline-query.json", "u5012345678" },
+		{ "090-chosen-inline-result-guide.json", "u1111111" },
+		{ "102-chat-member-joined-via-link.json", "c-1001987654321" },
+		{ "103-chat-join-request.json", "c-1002123456789" },
+		{ "110-poll.json", "" },	/* no chat, no user: none */
+		{ "111-poll-answer.json", "u329343347" },
+		{ "120-message-reaction.json", "c-1002184233434" },
+		{ "121-message-reaction-count.json", "c-1002236736395" },
+		{ "130-pre-checkout-query.json", "u5012345678" },
+		{ "180-chat-boost.json", "c-1002236736395" },
+		{ "220-unknown-update-type.json", "" },
+	};
+	char key[UPDATE_KEY_MAX];
+
+	(void)state;
+	for (size_t i = 0; i < nitems(cases); i++) {
+		struct update *u = load(cases[i].file);
+		bool has = update_conversation_key(u, key);
+
+		if (cases[i].key == NULL) {
+			/* a message: "c" and its chat's id */
+			char want[UPDATE_KEY_MAX];
+
+			assert_true(has);
+			snprintf(want, sizeof(want), "c%lld",
+			    (long long)u->chat_id);
+			assert_string_equal(key, want);
+		} else if (cases[i].key[0] == '\0') {
+			assert_false(has);
+		} else {
+			assert_true(has);
+			assert_string_equal(key, cases[i].key);
+		}
+		update_free(u);
+	}
+	/* an anonymous poll answer: the voting chat */
+	{
+		const char *b = "{\"update_id\":1,\"poll_answer\":{\"poll_id\":"
+		    "\"p\",\"voter_chat\":{\"id\":-100555,\"type\":"
+		    "\"channel\"},\"option_ids\":[0]}}";
+		struct update *u = update_parse(b, strlen(b), NULL, 0);
+
+		assert_true(update_conversation_key(u, key));
+		assert_string_equal(key, "c-100555");
+		update_free(u);
+	}
+}
+
 static void
 test_unknown_type(void **state)
 {
@@ -366,6 +429,7 @@ main(void)
 		cmocka_unit_test(test_command_after_emoji),
 		cmocka_unit_test(test_caption_and_callback),
 		cmocka_unit_test(test_types),
+		cmocka_unit_test(test_conversation_keys),
 		cmocka_unit_test(test_unknown_type),
 		cmocka_unit_test(test_large_message),
 		cmocka_unit_test(test_rejects),
