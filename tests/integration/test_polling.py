@@ -546,3 +546,53 @@ def test_text_rule_reads_a_rich_messages_text():
         d.emu.push_update(message("Weekly report, please", 2))
         d.emu.wait_calls("sendMessage", 2)
         assert texts(d) == ["seen", "other"]
+
+
+GATED = """#!/usr/bin/env python3
+import json, os, sys, time
+m = json.load(sys.stdin)["message"]
+gate = os.path.join(os.path.dirname(sys.argv[0]), "go")
+for _ in range(3000):
+    if os.path.exists(gate):
+        break
+    time.sleep(0.01)
+print(json.dumps({"method": "sendMessage", "chat_id": m["chat"]["id"],
+                  "text": "re " + m["text"]}))
+"""
+
+
+def test_update_waiting_for_its_chat_is_held_and_the_batch_goes_on():
+    """reply_deadline is 0 with polling: an update waiting behind a slow
+    one of its chat is held at once, so the offset passes both while the
+    slow handler still runs and another chat is answered; the chat then
+    gets its answers in order."""
+    d = polling_daemon("", start=False)
+    slow = script(d, "slow", GATED)
+    with open(d.conf, "a") as f:
+        f.write("[handler.slow]\ntext = ^slow\nexec = %s\n"
+                "[handler.any]\nreply = re {text}\n" % slow)
+    with d:
+        d.emu.push_update(message("slow", 1))
+        d.emu.push_update(message("fast", 2))
+        d.emu.push_update(message("other", 3, chat_id=43))
+        d.start()
+        d.wait_log("update 2: still waiting for an earlier update of its "
+                   "conversation at reply_deadline (0ms): answered 200")
+        # both durable (held) before the slow one is done: the offset
+        # has passed them, and chat 43 did not wait for chat 42
+        assert eventually(lambda: offset(d) == 4)
+        d.emu.wait_calls("sendMessage", 1)
+        db = sqlite3.connect(os.path.join(d.store, "tgwebhookd.db"))
+        try:
+            held = [r[0] for r in db.execute(
+                "SELECT update_id FROM held_updates ORDER BY update_id")]
+        finally:
+            db.close()
+        assert held == [1, 2], held
+        assert texts(d) == ["re other"]
+        open(os.path.join(d.dir, "go"), "w").close()
+        d.emu.wait_calls("sendMessage", 3)
+        assert [c.params["text"] for c in d.emu.calls_of("sendMessage")
+                if c.params["chat_id"] == 42] == ["re slow", "re fast"]
+        d.wait_log("update 2: message: handler any: 1 follow-up")
+        assert all_sent(d, 3)
