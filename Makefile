@@ -183,6 +183,9 @@ bench-run: $(BUILD)/tgwebhookd $(BUILD)/bench/hello.so $(BUILD)/bench/enqueue \
 	@echo "== outbox delivery at Telegram's limits (bench/outbox_delivery.py)"
 	@TGW_BUILD=$(BUILD) python3 bench/outbox_delivery.py
 	@echo
+	@echo "== the two sources: polling and webhook (bench/polling_bench.py)"
+	@TGW_BUILD=$(BUILD) python3 bench/polling_bench.py
+	@echo
 	@echo "== webhook load: tgwebhookd and nginx (bench/webhook_bench.py)"
 	@TGW_BUILD=$(BUILD) python3 bench/webhook_bench.py
 

@@ -78,6 +78,17 @@ health_json(bool ok, const struct metrics_gauges *g)
 	    "telegram_last_error_date", (json_int_t)g->telegram_last_error);
 	char *s, *body;
 
+	json_object_set_new(o, "source", json_string(g->polling ? "polling" :
+	    "webhook"));
+	if (g->polling)
+		json_object_set_new(o, "polling", json_pack("{s:I, s:I, s:I, "
+		    "s:I, s:b, s:s}",
+		    "last_success_ms", (json_int_t)g->poll_last_ok_ms,
+		    "polls", (json_int_t)g->polls,
+		    "errors", (json_int_t)g->poll_errors,
+		    "offset", (json_int_t)g->poll_offset,
+		    "conflict", g->poll_conflict,
+		    "last_error", g->poll_error));
 	if (g->webhook_mismatch[0] != '\0')
 		json_object_set_new(o, "webhook_mismatch",
 		    json_string(g->webhook_mismatch));

@@ -53,6 +53,13 @@ static const struct ckey ckeys[] = {
 	{ "bot", "api_url", C_STR, 0, 0, O(api_url) },
 	{ "bot", "username", C_STR, 0, 0, O(username) },
 	{ "bot", "api_timeout", C_DURATION, 1000, 300000, O(api_timeout_ms) },
+	{ "bot", "source", C_STR, 0, 0, O(source) },
+
+	/* Telegram holds a getUpdates call at most 50 s and returns at most
+	 * 100 updates. */
+	{ "polling", "timeout", C_DURATION, 1000, 50000, O(poll_timeout_ms) },
+	{ "polling", "limit", C_LONG, 1, 100, O(poll_limit) },
+	{ "polling", "takeover", C_BOOL, 0, 0, O(poll_takeover) },
 
 	{ "webhook", "domain", C_STR, 0, 0, O(domain) },
 	{ "webhook", "port", C_LONG, 1, 65535, O(port) },
@@ -226,8 +233,8 @@ loader_section(struct loader *l, const char *s)
 	if (!section_known(name)) {
 		diag_add(l->d, l->c->file, l->line, NULL,
 		    "unknown section [%s]: sections are [bot], [webhook], "
-		    "[server], [store], [outbox], [admin], [log] and "
-		    "[handler.NAME]",
+		    "[polling], [server], [store], [outbox], [admin], [log] "
+		    "and [handler.NAME]",
 		    name);
 		return;
 	}
@@ -474,6 +481,9 @@ config_new(const char *file)
 	c->file = xstrdup(file);
 	c->api_url = xstrdup("https://api.telegram.org");
 	c->api_timeout_ms = 10000;
+	c->source = xstrdup("webhook");
+	c->poll_timeout_ms = 50000;
+	c->poll_limit = 100;
 	c->port = 8443;
 	c->tls = true;
 	c->self_signed = true;
@@ -624,6 +634,23 @@ config_warn(struct config *c)
 		warn(c, "outbox", "upload_dir", "/ lets handler output upload "
 		    "any file the daemon can read (its store and key too): "
 		    "name a directory that holds uploads only");
+	if (c->polling) {
+		struct buf unused = { 0 };
+
+		for (const struct conf_kv *kv = c->seen; kv != NULL;
+		    kv = kv->next)
+			if (strncmp(kv->key, "webhook.", 8) == 0 &&
+			    strcmp(kv->key + 8, "allowed_updates") != 0 &&
+			    strcmp(kv->key + 8, "drop_pending_updates") != 0)
+				buf_printf(&unused, "%s%s", unused.len > 0 ?
+				    ", " : "", kv->key + 8);
+		if (unused.len > 0)
+			warn(c, "bot", "source", "polling: [webhook] %.300s "
+			    "not used (only allowed_updates and "
+			    "drop_pending_updates apply to polling)",
+			    unused.data);
+		buf_free(&unused);
+	}
 	if (c->admin_listen != NULL && !host_is_loopback(c->admin_listen,
 	    listen_host_len(c->admin_listen)))
 		warn(c, "admin", "listen", "%s opens /metrics and /healthz, "
@@ -667,6 +694,21 @@ config_check(struct config *c, struct diag *d)
 		diag_add(d, f, config_line(c, "webhook", "listen"), "listen",
 		    "%s", err);
 	}
+	if (strcmp(c->source, "webhook") == 0)
+		c->polling = false;
+	else if (strcmp(c->source, "polling") == 0)
+		c->polling = true;
+	else
+		diag_add(d, f, config_line(c, "bot", "source"), "source",
+		    "'%s' is not webhook or polling", c->source);
+	if (c->polling) {
+		/* No listener, no certificate, no registration: [webhook]
+		 * keys other than allowed_updates and drop_pending_updates
+		 * are not used. */
+		c->tls = false;
+		c->self_signed = false;
+		c->register_webhook = false;
+	}
 	if (str_empty(c->domain) && (c->register_webhook || c->self_signed))
 		diag_add(d, f, config_line(c, "webhook", "domain"), "domain",
 		    "missing: the host name or IP address Telegram connects "
@@ -690,7 +732,7 @@ config_check(struct config *c, struct diag *d)
 		diag_add(d, f, config_line(c, "webhook", "secret_token"),
 		    "secret_token", "Telegram accepts 1-256 characters of "
 		    "A-Z a-z 0-9 _ - (leave it empty to have one generated)");
-	if (!c->tls && c->self_signed &&
+	if (!c->polling && !c->tls && c->self_signed &&
 	    config_line(c, "webhook", "self_signed") > 0)
 		diag_add(d, f, config_line(c, "webhook", "self_signed"),
 		    "self_signed", "on needs tls = on: behind a TLS proxy the "
@@ -718,7 +760,7 @@ config_check(struct config *c, struct diag *d)
 				diag_add(d, f,
 				    config_line(c, "webhook", "allowed_updates"),
 				    "allowed_updates", "'%s' is not an update "
-				    "type of Bot API 10.1 (Telegram would "
+				    "type of Bot API 10.3 (Telegram would "
 				    "ignore it)", list[i]);
 		strlist_free(list);
 	}

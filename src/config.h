@@ -40,6 +40,13 @@ struct config {
 	char *api_url;
 	char *username;
 	unsigned api_timeout_ms;
+	char *source;		/* "webhook" or "polling" */
+	bool polling;		/* source = polling */
+
+	/* [polling] */
+	unsigned poll_timeout_ms;	/* getUpdates' timeout */
+	long poll_limit;		/* updates per getUpdates */
+	bool poll_takeover;		/* deleteWebhook on a 409 */
 
 	/* [webhook] */
 	char *domain;

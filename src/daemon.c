@@ -24,10 +24,12 @@
 #include "dispatch.h"
 #include "gate.h"
 #include "handlers/plugin.h"
+#include "intake.h"
 #include "log.h"
 #include "metrics.h"
 #include "notify.h"
 #include "outbox.h"
+#include "poller.h"
 #include "runner.h"
 #include "server.h"
 #include "store.h"
@@ -102,9 +104,11 @@ struct daemon {
 	struct dispatch *dispatch;
 	struct outbox *outbox;
 	struct runner *runner;
-	struct server *srv;
+	struct server *srv;	/* source = webhook */
+	struct poller *poller;	/* source = polling */
 	struct webhook *wh;
 	struct dedup *dedup;
+	struct intake *intake;
 	struct admin *admin;
 	struct bot_identity id;
 	struct cert_info info;	/* the certificate served */
@@ -244,8 +248,20 @@ probe(void *arg, struct metrics_gauges *g)
 	g->telegram_last_error = st.last_error_date;
 	g->store_failing_since = store_failing_since(d->store, g->store_error,
 	    sizeof(g->store_error));
+	if ((g->polling = d->poller != NULL)) {
+		struct poller_state ps;
+
+		poller_state(d->poller, &ps);
+		g->poll_last_ok_ms = ps.last_ok_ms;
+		g->polls = ps.polls;
+		g->poll_errors = ps.errors;
+		g->poll_offset = ps.offset;
+		g->poll_conflict = ps.conflict;
+		memcpy(g->poll_error, ps.last_error, sizeof(g->poll_error));
+	}
+	/* A poller refused with 409 gets no updates: unhealthy. */
 	return registered && g->webhook_mismatch[0] == '\0' && healthy(d) &&
-	    g->store_failing_since == 0;
+	    g->store_failing_since == 0 && !g->poll_conflict;
 }
 
 /* The daemon's own files in the store: store.c's database and SQLite's
@@ -476,9 +492,12 @@ daemon_start(struct daemon *d)
 	}
 	if (c->username != NULL && c->username[0] != '\0')
 		atomic_store(&d->id.username, xstrdup(c->username));
-	gate_parse_listen(c->listen, &so.addr, NULL, 0);
-	if ((so.listen_fd = server_bind(&so.addr, err, sizeof(err))) == -1)
-		fatal("%s: %s", c->listen, err);
+	if (!c->polling) {
+		gate_parse_listen(c->listen, &so.addr, NULL, 0);
+		if ((so.listen_fd = server_bind(&so.addr, err, sizeof(err))) ==
+		    -1)
+			fatal("%s: %s", c->listen, err);
+	}
 	drop_privileges(c);
 	/* Plugins run their init() and workers start as the daemon's own
 	 * user, never as root. */
@@ -497,11 +516,34 @@ daemon_start(struct daemon *d)
 	    .keep_ms = c->outbox_keep_ms,
 	    .upload_dir = c->outbox_upload_dir,
 	});
+	/* Polling has no webhook answer: reply_deadline 0 makes every call
+	 * a follow-up (the first one first) and holds a slow handler's
+	 * update at once, so the batch goes on. */
 	d->runner = runner_new((unsigned)c->handler_threads,
 	    (size_t)c->handler_threads * 32, (size_t)c->chat_queue,
-	    c->reply_deadline_ms, d->outbox, d->store);
+	    c->polling ? 0 : c->reply_deadline_ms, d->outbox, d->store);
 	dispatch_start(d->dispatch);
 	replay_held(d);
+	d->dedup = dedup_new((size_t)c->dedup_size);
+	d->intake = intake_new(d->dedup, d->dispatch, d->runner, &d->id);
+	if (c->polling) {
+		d->poller = poller_start(&(struct poller_opts){
+		    .api_url = c->api_url,
+		    .token = d->token,
+		    .timeout_ms = c->poll_timeout_ms,
+		    .limit = c->poll_limit,
+		    .takeover = c->poll_takeover,
+		    .drop_pending_updates = c->drop_pending_updates,
+		    .allowed_updates = c->allowed_updates,
+		    .store = d->store,
+		    .intake = d->intake,
+		}, err, sizeof(err));
+		if (d->poller == NULL)
+			fatal("[store] dir: %s", err);
+		log_notice("tgwebhookd %s serving by long polling (getUpdates "
+		    "from %s); no webhook listener", TGW_VERSION, c->api_url);
+		goto serving;
+	}
 
 	so.tls = c->tls;
 	so.cert_pem = cert_pem;
@@ -512,16 +554,14 @@ daemon_start(struct daemon *d)
 	so.timeout_s = (c->connection_timeout_ms + 999) / 1000;
 	so.max_body = c->max_body;
 	so.gate = make_gate(d, c);
-	so.dedup = d->dedup = dedup_new((size_t)c->dedup_size);
-	so.dispatch = d->dispatch;
-	so.runner = d->runner;
-	so.id = &d->id;
+	so.intake = d->intake;
 	if ((d->srv = server_start(&so, err, sizeof(err))) == NULL)
 		fatal("%s: %s", c->listen, err);
 	wipe_free(key_pem);
 	free(cert_pem);
 	log_notice("tgwebhookd %s serving %s on %s", TGW_VERSION,
 	    c->tls ? "HTTPS" : "HTTP (TLS is the proxy's)", c->listen);
+serving:
 	d->cert_expiry = c->tls ? (int64_t)d->info.not_after : 0;
 	if (c->admin_listen != NULL) {
 		if ((d->admin = admin_start(c->admin_listen, probe, d, err,
@@ -542,7 +582,8 @@ warn_restart_keys(const struct config *a, const struct config *b)
 		"path", "secret_token", "tls", "store dir", "store sync",
 		"api_url", "threads", "handler_threads", "max_clients",
 		"per_ip_limit", "connection_timeout", "dedup_size", "max_body",
-		"reply_deadline", "[outbox]", "registration", "chat_queue" };
+		"reply_deadline", "[outbox]", "registration", "chat_queue",
+		"source", "[polling]" };
 	bool diff[nitems(keys)] = { 0 };
 	char list[512] = "";
 #define STR_DIFF(x, y) (strcmp((x) ? (x) : "", (y) ? (y) : "") != 0)
@@ -576,6 +617,10 @@ warn_restart_keys(const struct config *a, const struct config *b)
 	    a->drop_pending_updates != b->drop_pending_updates ||
 	    STR_DIFF(a->ip_address, b->ip_address);
 	diff[19] = a->chat_queue != b->chat_queue;
+	diff[20] = STR_DIFF(a->source, b->source);
+	diff[21] = a->poll_timeout_ms != b->poll_timeout_ms ||
+	    a->poll_limit != b->poll_limit ||
+	    a->poll_takeover != b->poll_takeover;
 #undef STR_DIFF
 	for (size_t i = 0; i < nitems(keys); i++)
 		if (diff[i]) {
@@ -606,6 +651,11 @@ keep_running_values(const struct config *old, struct config *nc)
 	KEEP_STR(api_url);
 	KEEP_STR(allowed_updates);
 	KEEP_STR(ip_address);
+	KEEP_STR(source);
+	KEEP(polling);
+	KEEP(poll_timeout_ms);
+	KEEP(poll_limit);
+	KEEP(poll_takeover);
 	KEEP(port);
 	KEEP(tls);
 	KEEP(threads);
@@ -680,8 +730,10 @@ daemon_reload(struct daemon *d)
 
 	log_set_level((enum log_level)nc->log_level);
 	dispatch_start(nt);	/* new workers start, kept ones keep going */
-	server_swap(d->srv, make_gate(d, nc), nt);
-	dispatch_free(d->dispatch);	/* the server holds the new one */
+	if (d->srv != NULL)
+		server_swap(d->srv, make_gate(d, nc));
+	intake_swap(d->intake, nt);
+	dispatch_free(d->dispatch);	/* intake holds the new one */
 	d->dispatch = nt;
 	new_cert = nc->tls && strcmp(ni.sha256, d->info.sha256) != 0;
 	if (nc->tls) {
@@ -722,6 +774,20 @@ update_status(struct daemon *d)
 	size_t n;
 
 	webhook_state(d->wh, &st);
+	if (d->poller != NULL) {
+		struct poller_state ps;
+
+		poller_state(d->poller, &ps);
+		if (ps.last_error[0] != '\0')
+			snprintf(status, sizeof(status), "polling; last error: "
+			    "%.400s", ps.last_error);
+		else if (ps.polls > 0)
+			snprintf(status, sizeof(status), "polling; offset %"
+			    PRId64, ps.offset);
+		else
+			snprintf(status, sizeof(status), "polling; starting");
+		goto send;
+	}
 	n = (size_t)snprintf(status, sizeof(status), "serving %s; ",
 	    d->c->listen);
 	if (!d->c->register_webhook)
@@ -743,6 +809,7 @@ update_status(struct daemon *d)
 		snprintf(status + n, sizeof(status) - n, "; Telegram's last "
 		    "delivery error %s: %.150s", date, st.last_error_message);
 	}
+send:
 	if (strcmp(status, d->status) != 0) {
 		notify_send("STATUS=%s", status);
 		memcpy(d->status, status, sizeof(status));
@@ -783,11 +850,16 @@ static void
 daemon_stop(struct daemon *d)
 {
 	admin_stop(d->admin);
-	server_quiesce(d->srv);
-	drain(d->srv, d->c->shutdown_timeout_ms);
+	/* The poll ends at once; the batch in hand is answered. */
+	poller_stop(d->poller);
+	if (d->srv != NULL) {
+		server_quiesce(d->srv);
+		drain(d->srv, d->c->shutdown_timeout_ms);
+	}
 	webhook_stop(d->wh);
 	server_stop(d->srv);
 	runner_free(d->runner);
+	intake_free(d->intake);
 	outbox_stop(d->outbox, d->c->shutdown_timeout_ms);
 	dedup_free(d->dedup);
 	dispatch_free(d->dispatch);

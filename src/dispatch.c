@@ -247,7 +247,7 @@ build_rules(struct handler *h, const struct conf_handler *ch,
 		for (char **p = h->updates; *p != NULL; p++)
 			if (update_type_index(*p) == -1) {
 				diag_add(d, c->file, line, "updates", "'%s' is "
-				    "not an update type of Bot API 10.1", *p);
+				    "not an update type of Bot API 10.3", *p);
 				rc = -1;
 			}
 	}

@@ -203,5 +203,33 @@ metrics_render(const struct metrics_gauges *g)
 	    "# TYPE tgwebhookd_telegram_last_error_timestamp_seconds gauge\n"
 	    "tgwebhookd_telegram_last_error_timestamp_seconds %" PRId64 "\n",
 	    g->telegram_last_error);
+	buf_printf(&b, "# HELP tgwebhookd_source The update source (1).\n"
+	    "# TYPE tgwebhookd_source gauge\n"
+	    "tgwebhookd_source{source=\"%s\"} 1\n", g->polling ? "polling" :
+	    "webhook");
+	if (g->polling)
+		buf_printf(&b, "# HELP tgwebhookd_polls_total getUpdates calls "
+		    "answered.\n"
+		    "# TYPE tgwebhookd_polls_total counter\n"
+		    "tgwebhookd_polls_total %" PRIu64 "\n"
+		    "# HELP tgwebhookd_poll_errors_total getUpdates calls "
+		    "failed (409, 429, network, 5xx, garbage).\n"
+		    "# TYPE tgwebhookd_poll_errors_total counter\n"
+		    "tgwebhookd_poll_errors_total %" PRIu64 "\n"
+		    "# HELP tgwebhookd_poll_last_success_timestamp_seconds "
+		    "When getUpdates last answered (0: never).\n"
+		    "# TYPE tgwebhookd_poll_last_success_timestamp_seconds "
+		    "gauge\n"
+		    "tgwebhookd_poll_last_success_timestamp_seconds %.3f\n"
+		    "# HELP tgwebhookd_poll_offset The next update_id asked "
+		    "for (every one below it is durable).\n"
+		    "# TYPE tgwebhookd_poll_offset gauge\n"
+		    "tgwebhookd_poll_offset %" PRId64 "\n"
+		    "# HELP tgwebhookd_poll_conflict 1 while getUpdates gets "
+		    "409 (a webhook is set, or another poller runs).\n"
+		    "# TYPE tgwebhookd_poll_conflict gauge\n"
+		    "tgwebhookd_poll_conflict %d\n", g->polls, g->poll_errors,
+		    (double)g->poll_last_ok_ms / 1000.0, g->poll_offset,
+		    g->poll_conflict ? 1 : 0);
 	return buf_steal(&b);
 }

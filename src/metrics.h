@@ -49,6 +49,13 @@ struct metrics_gauges {
 	int64_t telegram_last_error;	/* unix seconds; 0: none */
 	int64_t store_failing_since;	/* wall ms; 0: writes work */
 	char store_error[256];		/* why, while failing */
+	/* the update source; the rest for polling only */
+	bool polling;
+	int64_t poll_last_ok_ms;	/* wall ms; 0: none yet */
+	uint64_t polls, poll_errors;
+	int64_t poll_offset;
+	bool poll_conflict;		/* the last poll got 409 */
+	char poll_error[256];		/* "" when the last poll worked */
 	char webhook_mismatch[256];	/* how Telegram's webhook is not
 					 * ours, or "" */
 };

@@ -616,7 +616,7 @@ handler_thread(void *arg)
 		struct job *j;
 		json_t *calls;
 		char *answer = NULL;
-		bool late;
+		bool late, followups;
 		int rc;
 
 		r->idle++;
@@ -640,6 +640,10 @@ handler_thread(void *arg)
 		pthread_mutex_lock(&r->mu);
 		late = j->answered;
 		j->answered = true;
+		/* With reply_deadline 0 there is no inline answer (a source
+		 * that has none: polling), even when the handler beats the
+		 * deadline thread. */
+		followups = late || r->deadline_ms == 0;
 		if (!late) {
 			/* First: the deadline has nothing left to do. */
 			deadline_remove(r, j);
@@ -648,7 +652,7 @@ handler_thread(void *arg)
 		pthread_mutex_unlock(&r->mu);
 		/* route() queues follow-ups: not under our lock. */
 		if (rc == 0) {
-			rc = route(r, j->h, j->u, calls, late, j->start,
+			rc = route(r, j->h, j->u, calls, followups, j->start,
 			    j->waited_ms, &answer);
 			json_decref(calls);
 		}

@@ -4,11 +4,13 @@
  * A request is checked in the order of DESIGN.md's edge table as soon as
  * its headers are in (path, source, secret, method, then the declared
  * size), so a stranger's body is never read.  The body is read up to
- * max_body.  A handler that may be slow runs on the runner's threads while
+ * max_body and handed whole to intake (intake.h), which owns what follows.
+ * An update whose handler may be slow runs on the runner's threads while
  * its connection is suspended (MHD_suspend_connection), so no handler can
- * stall the other connections; the runner resumes it when the answer is
- * known, at the latest at reply_deadline.  Never 410 (23 hours of 410
- * make Telegram delete the webhook), never a redirect.
+ * stall the other connections; intake's answer resumes it, at the latest
+ * at reply_deadline.  An inline answer that cannot be delivered goes back
+ * to intake (intake_undelivered).  Never 410 (23 hours of 410 make
+ * Telegram delete the webhook), never a redirect.
  */
 #include "server.h"
 
@@ -28,15 +30,11 @@
 #include <strings.h>
 #include <unistd.h>
 
-#include "dedup.h"
-#include "dispatch.h"
 #include "gate.h"
+#include "intake.h"
 #include "log.h"
 #include "metrics.h"
-#include "runner.h"
-#include "update.h"
 #include "util.h"
-#include "webhook.h"
 
 /*
  * TLS 1.2 and 1.3 only, as Telegram's guide asks.  TLS 1.2 is kept to
@@ -87,11 +85,14 @@ struct request {
 	const char *bad_framing;	/* found in the body's framing */
 	char *inline_answer;	/* the answer's body, while it is sent */
 	struct buf body;
+	size_t len;		/* the body's, once handed to intake */
 	bool too_large;
-	struct job *job;
+	bool suspended;		/* waiting for intake's answer */
+	atomic_bool ready;	/* the answer is in: the fields below */
+	enum intake_status status;
 	int64_t update_id;
 	int type_index;
-	atomic_bool ready;
+	char *answer;		/* intake's inline call, until answered */
 };
 
 /* A certificate chain and its key, as GnuTLS hands them to a handshake.
@@ -105,20 +106,19 @@ struct creds {
 
 static void stranger_proved(struct server *s, struct MHD_Connection *c);
 
-static _Atomic(struct creds *) creds_current;
-static struct creds *creds_previous;
-
 struct server {
 	struct MHD_Daemon *mhd;
 	struct server_opts o;
-	pthread_rwlock_t lock;	/* o.gate and o.dispatch: readers are
-				 * requests, the writer a reload */
+	pthread_rwlock_t lock;	/* o.gate: readers are requests, the
+				 * writer a reload */
 	atomic_bool quiescing;
 	atomic_uint inflight;
 	atomic_uint suspended;	/* connections waiting for the runner */
 	struct MHD_Response *empty200, *r400, *r400close, *r403, *r404, *r405,
 	    *r413, *r503;
 	gnutls_datum_t ticket_key;	/* TLS session tickets (resumption) */
+	_Atomic(struct creds *) creds_current;	/* served to handshakes */
+	struct creds *creds_previous;	/* for handshakes begun before a swap */
 	pthread_mutex_t peers_mu;
 	struct peer *peers[PEER_BUCKETS];
 	pthread_mutex_t log_mu;
@@ -174,31 +174,18 @@ answer(struct MHD_Connection *c, unsigned status, struct MHD_Response *r)
 	return MHD_queue_response(c, status, r);
 }
 
-/*
- * An inline answer that cannot reach Telegram any more must not be lost:
- * its update id stays marked as seen, so Telegram's redelivery would get
- * "200, already handled".  It becomes a durable follow-up through the
- * outbox, as a late handler's calls do.  Releasing the dedup mark instead,
- * so that the redelivery runs the handler again, would be wrong: the
- * handler's other calls are already queued (or sent), a second run does
- * its side effects twice and may answer otherwise, and Telegram may not
- * redeliver for minutes.  Only when the store cannot take the call is
- * the mark released: then the redelivery runs it, and the calls keyed by
- * (update, position) that were queued are not queued twice.  The answer
- * goes out after the handler's other follow-ups; their order against an
- * inline answer was never fixed (Telegram runs an inline call when it
- * reads the answer, while the outbox sends at the same time).
- */
+/* An inline answer that cannot reach Telegram any more must not be lost
+ * (intake.c says why): intake queues it as a follow-up, or else forgets
+ * the update so that Telegram's redelivery is handled again. */
 static void
 undelivered(struct server *s, struct request *rq, char *json, const char *why)
 {
-	if (runner_undelivered(s->o.runner, rq->update_id, json) == 0) {
+	if (intake_undelivered(s->o.intake, rq->update_id, rq->type_index,
+	    json) == 0) {
 		log_info("update %" PRId64 ": %s before its inline answer was "
 		    "sent: it goes out as a follow-up", rq->update_id, why);
 		return;
 	}
-	dedup_forget(s->o.dedup, rq->update_id);
-	metrics_update(rq->type_index, MU_RETRY);
 	log_warn("update %" PRId64 ": %s before its inline answer was sent, "
 	    "and it cannot be queued: Telegram's redelivery will be handled "
 	    "again", rq->update_id, why);
@@ -246,18 +233,6 @@ answer_inline(struct server *s, struct request *rq, char *json)
 	ret = MHD_queue_response(c, MHD_HTTP_OK, r);
 	MHD_destroy_response(r);
 	return ret;
-}
-
-static void
-on_ready(void *arg)
-{
-	struct request *rq = arg;
-
-	struct server *s = rq->s;
-
-	atomic_store(&rq->ready, true);
-	MHD_resume_connection(rq->conn);
-	atomic_fetch_sub(&s->suspended, 1);
 }
 
 static const char *
@@ -430,65 +405,73 @@ on_uri(void *cls, const char *uri, struct MHD_Connection *c)
 	return rq;
 }
 
-/* The whole body is in: parse, dedup, dispatch. */
+/* Intake's answer comes later: on the thread that submitted the body. */
+static void
+on_pending(void *arg)
+{
+	struct request *rq = arg;
+
+	rq->suspended = true;
+	atomic_fetch_add(&rq->s->suspended, 1);
+	MHD_suspend_connection(rq->conn);
+}
+
+/* Intake's answer: on the thread that submitted the body, or for a
+ * suspended connection on a runner thread. */
+static void
+on_answer(void *arg, struct intake_result *r)
+{
+	struct request *rq = arg;
+	struct server *s = rq->s;
+
+	rq->status = r->status;
+	rq->update_id = r->update_id;
+	rq->type_index = r->type_index;
+	rq->answer = r->answer;
+	r->answer = NULL;
+	if (r->status == INTAKE_BAD) {
+		char peer[64];
+
+		log_warn("bad update from %s (%zu bytes): %s",
+		    peer_text(rq->conn, peer, sizeof(peer)), rq->len,
+		    r->error);
+	}
+	if (rq->suspended) {
+		atomic_store(&rq->ready, true);
+		MHD_resume_connection(rq->conn);
+		atomic_fetch_sub(&s->suspended, 1);
+	}
+}
+
+/* The answer intake gave. */
+static enum MHD_Result
+answer_update(struct server *s, struct request *rq)
+{
+	struct MHD_Connection *c = rq->conn;
+	char *inline_call = rq->answer;
+
+	rq->answer = NULL;
+	switch (rq->status) {
+	case INTAKE_BAD:
+		return answer(c, MHD_HTTP_BAD_REQUEST, s->r400);
+	case INTAKE_BUSY:
+		return answer(c, MHD_HTTP_SERVICE_UNAVAILABLE, s->r503);
+	case INTAKE_OK:
+		break;
+	}
+	return answer_inline(s, rq, inline_call);
+}
+
+/* The whole body is in: intake takes it from here. */
 static enum MHD_Result
 handle_update(struct server *s, struct request *rq)
 {
-	struct MHD_Connection *c = rq->conn;
-	const struct handler *h;
-	struct update *u;
-	struct job *job;
-	char err[256], *inline_call, *username;
-	size_t len = rq->body.len;
-	enum runner_status started;
-
-	u = update_parse(rq->body.data ? rq->body.data : "", len, err,
-	    sizeof(err));
-	if (u == NULL) {
-		char peer[64];
-
-		log_warn("bad update from %s (%zu bytes): %s", peer_text(c,
-		    peer, sizeof(peer)), len, err);
-		metrics_reject(MR_BAD_UPDATE);
-		return answer(c, MHD_HTTP_BAD_REQUEST, s->r400);
-	}
-	if (dedup_seen(s->o.dedup, u->id)) {
-		log_info("update %" PRId64 ": already handled; answered 200 "
-		    "again", u->id);
-		metrics_update(u->type_index, MU_DUPLICATE);
-		update_free(u);
-		return answer(c, MHD_HTTP_OK, s->empty200);
-	}
-	if (u->type_index == -1)
-		log_debug("update %" PRId64 ": type '%s' is unknown to this "
-		    "version; answered 200", u->id, u->type);
-	username = atomic_load(&s->o.id->username);
-	/* runner_start() takes u: keep what we need of it. */
-	rq->update_id = u->id;
-	rq->type_index = u->type_index;
-	/* The table may be swapped by a reload: hold it while matching and
-	 * while a quick handler runs (a slow one's job holds a reference). */
-	pthread_rwlock_rdlock(&s->lock);
-	h = dispatch_match(s->o.dispatch, u, username);
-	started = runner_start(s->o.runner, h, u, buf_steal(&rq->body), len,
-	    &inline_call, &job);
-	pthread_rwlock_unlock(&s->lock);
-	switch (started) {
-	case RUNNER_DONE:
-		return answer_inline(s, rq, inline_call);
-	case RUNNER_BUSY:
-		/* Not handled: let Telegram's retry count as new. */
-		dedup_forget(s->o.dedup, rq->update_id);
-		metrics_update(rq->type_index, MU_RETRY);
-		return answer(c, MHD_HTTP_SERVICE_UNAVAILABLE, s->r503);
-	case RUNNER_PENDING:
-		break;
-	}
-	rq->job = job;
-	atomic_fetch_add(&s->suspended, 1);
-	MHD_suspend_connection(c);
-	runner_go(job, on_ready, rq);
-	return MHD_YES;
+	rq->len = rq->body.len;
+	intake_submit(s->o.intake, buf_steal(&rq->body), rq->len,
+	    &(struct intake_cb){ on_pending, on_answer, rq });
+	if (rq->suspended)
+		return MHD_YES;
+	return answer_update(s, rq);
 }
 
 /*
@@ -586,20 +569,12 @@ on_request(void *cls, struct MHD_Connection *c, const char *url,
 		return MHD_NO;	/* on_uri always runs first */
 	if (!rq->admitted)
 		return admit(s, rq, method, version);
-	if (rq->job != NULL) {
-		char *inline_call;
-
-		/* Resumed by the runner: the answer is known. */
+	if (rq->suspended) {
+		/* Resumed by intake's answer. */
 		if (!atomic_load(&rq->ready))
 			return MHD_YES;
-		if (runner_finish(rq->job, &inline_call) == -1) {
-			rq->job = NULL;
-			dedup_forget(s->o.dedup, rq->update_id);
-			metrics_update(rq->type_index, MU_RETRY);
-			return answer(c, MHD_HTTP_SERVICE_UNAVAILABLE, s->r503);
-		}
-		rq->job = NULL;
-		return answer_inline(s, rq, inline_call);
+		rq->suspended = false;
+		return answer_update(s, rq);
 	}
 	if (*upload_size > 0) {
 		/* The body begins right after the blank line: one byte short
@@ -647,17 +622,10 @@ on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
 	(void)c;
 	if (rq == NULL)
 		return;
-	if (rq->job != NULL) {
-		char *late = NULL;
-
-		/* Resumed, then closed before on_request could answer. */
-		if (runner_finish(rq->job, &late) == -1) {
-			dedup_forget(s->o.dedup, rq->update_id);
-			metrics_update(rq->type_index, MU_RETRY);
-		} else if (late != NULL) {
-			undelivered(s, rq, late, "the connection closed");
-		}
-	}
+	/* Answered by intake, then closed before on_request could send it
+	 * (resumed at stop, or the peer went away while suspended). */
+	if (rq->answer != NULL)
+		undelivered(s, rq, rq->answer, "the connection closed");
 	/* Not sent whole: Telegram cannot have run it. */
 	if (rq->inline_answer != NULL && toe !=
 	    MHD_REQUEST_TERMINATED_COMPLETED_OK)
@@ -721,9 +689,9 @@ on_certificate(gnutls_session_t session, const gnutls_datum_t *req_ca_rdn,
     gnutls_pcert_st **pcert, unsigned int *pcert_length,
     gnutls_privkey_t *privkey)
 {
-	struct creds *c = atomic_load(&creds_current);
+	struct server *s = gnutls_db_get_ptr(session);
+	struct creds *c = s != NULL ? atomic_load(&s->creds_current) : NULL;
 
-	(void)session;
 	(void)req_ca_rdn;
 	(void)nreqs;
 	(void)pk_algos;
@@ -742,36 +710,25 @@ server_set_certificate(struct server *s, const char *cert_pem,
 {
 	struct creds *c = creds_new(cert_pem, key_pem, err, errlen);
 
-	(void)s;
 	if (c == NULL)
 		return -1;
 	/* Handshakes that started a moment ago may still use the current
 	 * credentials: those live until the next swap. */
-	creds_free(creds_previous);
-	creds_previous = atomic_exchange(&creds_current, c);
+	creds_free(s->creds_previous);
+	s->creds_previous = atomic_exchange(&s->creds_current, c);
 	return 0;
 }
 
 void
-server_swap(struct server *s, struct gate *g, struct dispatch *t)
+server_swap(struct server *s, struct gate *g)
 {
-	struct gate *old_gate = NULL;
-	struct dispatch *old_table = NULL;
+	struct gate *old_gate;
 
-	if (t != NULL)
-		dispatch_ref(t);
 	pthread_rwlock_wrlock(&s->lock);
-	if (g != NULL) {
-		old_gate = s->o.gate;
-		s->o.gate = g;
-	}
-	if (t != NULL) {
-		old_table = s->o.dispatch;
-		s->o.dispatch = t;
-	}
+	old_gate = s->o.gate;
+	s->o.gate = g;
 	pthread_rwlock_unlock(&s->lock);
 	gate_free(old_gate);
-	dispatch_unref(old_table);
 }
 
 static bool
@@ -866,6 +823,14 @@ on_connection(void *cls, struct MHD_Connection *c, void **socket_ctx,
 	    MHD_CONNECTION_INFO_GNUTLS_SESSION)) != NULL)
 		gnutls_session_ticket_enable_server(ci->tls_session,
 		    &s->ticket_key);
+	/* The certificate callback has no argument of its own: it finds the
+	 * server through the session's database pointer, which nothing else
+	 * uses (no session cache: resumption is by tickets; libmicrohttpd
+	 * keeps the connection in the session pointer). */
+	if (code == MHD_CONNECTION_NOTIFY_STARTED && s->o.tls &&
+	    (ci = MHD_get_connection_info(c,
+	    MHD_CONNECTION_INFO_GNUTLS_SESSION)) != NULL)
+		gnutls_db_set_ptr(ci->tls_session, s);
 	if (s->o.per_ip_limit == 0)
 		return;
 	if (code == MHD_CONNECTION_NOTIFY_STARTED) {
@@ -975,7 +940,6 @@ server_start(const struct server_opts *o, char *err, size_t errlen)
 	int rc;
 
 	s->o = *o;
-	dispatch_ref(s->o.dispatch);
 	/* Writer preference: a reload must not starve under load. */
 	pthread_rwlockattr_init(&ra);
 	pthread_rwlockattr_setkind_np(&ra,
@@ -1103,9 +1067,7 @@ server_stop(struct server *s)
 		gnutls_free(s->ticket_key.data);
 	}
 	gate_free(s->o.gate);
-	dispatch_unref(s->o.dispatch);
-	creds_free(creds_previous);
-	creds_free(atomic_exchange(&creds_current, NULL));
-	creds_previous = NULL;
+	creds_free(s->creds_previous);
+	creds_free(atomic_exchange(&s->creds_current, NULL));
 	free(s);
 }

@@ -1,8 +1,7 @@
 /*
  * server.h: the webhook endpoint, over libmicrohttpd.  Transport only: it
- * runs the gate on each request, reads a bounded body, hands it to
- * update_parse(), dedup and the runner, and answers.  It knows nothing of
- * handlers' insides.
+ * runs the gate on each request, reads a bounded body, hands it to intake
+ * and answers as intake says.  It knows nothing of what follows intake.
  */
 #ifndef TGW_SERVER_H
 #define TGW_SERVER_H
@@ -11,11 +10,8 @@
 #include <stddef.h>
 #include <sys/socket.h>
 
-struct bot_identity;
-struct dedup;
-struct dispatch;
 struct gate;
-struct runner;
+struct intake;
 
 struct server_opts {
 	struct sockaddr_storage addr;
@@ -30,10 +26,7 @@ struct server_opts {
 	unsigned timeout_s;	/* idle connection timeout */
 	size_t max_body;
 	struct gate *gate;		/* owned by the server */
-	struct dedup *dedup;
-	struct dispatch *dispatch;	/* the server takes a reference */
-	struct runner *runner;
-	struct bot_identity *id;
+	struct intake *intake;		/* lent: outlives the server */
 };
 
 struct server;
@@ -44,10 +37,9 @@ int server_bind(const struct sockaddr_storage *addr, char *err, size_t errlen);
 /* Binds and starts serving.  NULL with err on failure. */
 struct server *server_start(const struct server_opts *o, char *err,
     size_t errlen);
-/* Swaps in a new gate (owned from now on) and handler table (a reference
- * is taken) for the requests that come next; requests in flight finish
- * with the old ones.  Either may be NULL to keep the current one. */
-void server_swap(struct server *s, struct gate *g, struct dispatch *t);
+/* Swaps in a new gate (owned from now on) for the requests that come
+ * next; requests in flight finish with the old one. */
+void server_swap(struct server *s, struct gate *g);
 /* Serves this certificate (PEM, chain after it) and key to connections
  * made from now on; open connections keep theirs.  0, or -1 with err
  * (GnuTLS's reason) and the old certificate kept. */

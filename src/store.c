@@ -152,7 +152,9 @@ static const char schema[] =
     " update_id INTEGER PRIMARY KEY,"
     " handler TEXT NOT NULL,"
     " body BLOB NOT NULL,"
-    " created INTEGER NOT NULL);";
+    " created INTEGER NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS offsets ("
+    " source TEXT PRIMARY KEY, next INTEGER NOT NULL);";
 
 struct store *
 store_open(const char *dir, char *err, size_t errlen)
@@ -831,4 +833,57 @@ store_updates_free(struct store_update *u, size_t n)
 		free(u[i].reason);
 	}
 	free(u);
+}
+
+/* The poller's offset: the first update_id not yet made durable. */
+int
+store_offset_get(struct store *s, const char *source, int64_t *next,
+    char *err, size_t errlen)
+{
+	sqlite3_stmt *st = NULL;
+	int rc, ret = -1;
+
+	pthread_mutex_lock(&s->mu);
+	if (sqlite3_prepare_v2(s->db, "SELECT next FROM offsets WHERE source=?",
+	    -1, &st, NULL) != SQLITE_OK)
+		goto out;
+	sqlite3_bind_text(st, 1, source, -1, SQLITE_STATIC);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW) {
+		*next = sqlite3_column_int64(st, 0);
+		ret = 0;
+	} else if (rc == SQLITE_DONE) {
+		ret = 1;
+	}
+out:
+	if (ret == -1)
+		failed(s, false, err, errlen, "reading the %s offset", source);
+	sqlite3_finalize(st);
+	pthread_mutex_unlock(&s->mu);
+	return ret;
+}
+
+int
+store_offset_put(struct store *s, const char *source, int64_t next,
+    char *err, size_t errlen)
+{
+	sqlite3_stmt *st = NULL;
+	int ret = -1;
+
+	pthread_mutex_lock(&s->mu);
+	if (sqlite3_prepare_v2(s->db, "INSERT OR REPLACE INTO offsets"
+	    "(source, next) VALUES (?, ?)", -1, &st, NULL) != SQLITE_OK)
+		goto out;
+	sqlite3_bind_text(st, 1, source, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 2, next);
+	if (sqlite3_step(st) == SQLITE_DONE)
+		ret = 0;
+out:
+	if (ret == -1)
+		failed(s, true, err, errlen, "writing the %s offset", source);
+	else
+		wrote(s);
+	sqlite3_finalize(st);
+	pthread_mutex_unlock(&s->mu);
+	return ret;
 }

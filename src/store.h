@@ -153,4 +153,14 @@ long store_dead_updates(struct store *s, long max, struct store_update **out,
 long store_dead_updates_purge(struct store *s, int64_t before_s, char *err,
     size_t errlen);
 
+/*
+ * The getUpdates offset of a source ("polling"): the first update_id not
+ * yet made durable, so that a restart asks Telegram from there.  get:
+ * 0 and *next, 1 if none kept, -1 with err.  put: 0 or -1 with err.
+ */
+int store_offset_get(struct store *s, const char *source, int64_t *next,
+    char *err, size_t errlen);
+int store_offset_put(struct store *s, const char *source, int64_t next,
+    char *err, size_t errlen);
+
 #endif

@@ -119,8 +119,9 @@ const json_t *tgw_update_object(const struct tgw_update *u);
 bool tgw_update_chat_id(const struct tgw_update *u, int64_t *chat_id);
 /* The user it comes from; false if none (channel posts). */
 bool tgw_update_from_id(const struct tgw_update *u, int64_t *user_id);
-/* The message text or caption, callback data or inline query; NULL if
- * none.  *len (if not NULL) gets its length in bytes. */
+/* The message text or caption, callback data or inline query, or a rich
+ * message's text (its blocks' text, a line per block); NULL if none.
+ * *len (if not NULL) gets its length in bytes. */
 const char *tgw_update_text(const struct tgw_update *u, size_t *len);
 /* The bot command without '/' and without @botname ("start"), or NULL. */
 const char *tgw_update_command(const struct tgw_update *u);

@@ -27,7 +27,7 @@ static const char *const update_types[UPDATE_TYPES_N] = {
 	"callback_query", "shipping_query", "pre_checkout_query",
 	"purchased_paid_media", "poll", "poll_answer", "my_chat_member",
 	"chat_member", "chat_join_request", "chat_boost", "removed_chat_boost",
-	"managed_bot",
+	"managed_bot", "subscription", "stopped_message_generation",
 };
 
 int
@@ -189,6 +189,48 @@ command_from_text(struct update *u)
 		set_args(u, n);
 }
 
+/* A rich message's text stops here: deeper than Telegram nests blocks
+ * and rich texts, longer than any message. */
+#define RICH_DEPTH_MAX 32
+#define RICH_TEXT_MAX (64 << 10)
+
+/*
+ * Appends the text of a rich message (Bot API 10.1) to b: a RichText is
+ * a string, an array of RichTexts, or an object (bold, a link, ...) whose
+ * "text" is a RichText; blocks hold it in "text" and nest further blocks,
+ * list items, table cells and captions.  So: every string under a "text"
+ * key, in document order, a line per block; other strings (types, URLs,
+ * file ids) are not text.
+ */
+static void
+rich_text(struct buf *b, json_t *v, bool in_text, int depth)
+{
+	const char *key;
+	json_t *e;
+	size_t i;
+
+	if (depth > RICH_DEPTH_MAX || b->len > RICH_TEXT_MAX)
+		return;
+	if (json_is_string(v)) {
+		if (in_text)
+			buf_append(b, json_string_value(v),
+			    json_string_length(v));
+	} else if (json_is_array(v)) {
+		json_array_foreach(v, i, e)
+			rich_text(b, e, in_text, depth + 1);
+	} else if (json_is_object(v)) {
+		json_object_foreach(v, key, e) {
+			bool text = strcmp(key, "text") == 0;
+
+			/* a block of its own: on its own line */
+			if (text && !in_text && b->len > 0 &&
+			    b->data[b->len - 1] != '\n')
+				buf_append(b, "\n", 1);
+			rich_text(b, e, text, depth + 1);
+		}
+	}
+}
+
 static void
 update_view(struct update *u)
 {
@@ -217,6 +259,17 @@ update_view(struct update *u)
 			break;
 		}
 		t = NULL;
+	}
+	if (t == NULL && json_is_object(json_object_get(obj, "rich_message"))) {
+		struct buf b = { 0 };
+
+		rich_text(&b, json_object_get(obj, "rich_message"), false, 0);
+		if (b.len > 0) {
+			u->text_len = b.len;
+			u->text = u->text_owned = buf_steal(&b);
+		}
+		buf_free(&b);
+		return;
 	}
 	if (t == NULL)
 		return;
@@ -294,6 +347,7 @@ update_free(struct update *u)
 	if (u == NULL)
 		return;
 	json_decref(u->root);
+	free(u->text_owned);
 	free(u->command);
 	free(u->command_target);
 	free(u->args);

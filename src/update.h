@@ -10,8 +10,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* The update types of Bot API 10.1, in the documentation's order. */
-#define UPDATE_TYPES_N 25
+/* The update types of Bot API 10.3, in the documentation's order
+ * (subscription came with 10.2, stopped_message_generation with 10.3). */
+#define UPDATE_TYPES_N 27
 
 /* Index of a known type name, or -1. */
 int update_type_index(const char *name);
@@ -28,9 +29,12 @@ struct update {
 	int64_t chat_id;
 	bool has_from;
 	int64_t from_id;	/* sender: from.id, else user.id */
-	const char *text;	/* text, caption, callback data or inline
-				 * query; lent by root; NULL if none */
+	const char *text;	/* text, caption, callback data, inline
+				 * query, or a rich message's text (its
+				 * blocks' text, a line each); NULL if
+				 * none */
 	size_t text_len;
+	char *text_owned;	/* the rich message's text, if that is it */
 	char *command;		/* "start" (no '/', no @name), or NULL */
 	char *command_target;	/* "SomeBot" from /start@SomeBot, or NULL */
 	char *args;		/* what follows the command, or "" */

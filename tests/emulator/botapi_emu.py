@@ -6,6 +6,11 @@ Two halves, as botapi-facts.md describes the real server:
   JSON, urlencoded or multipart; setWebhook keeps the uploaded certificate
   and checks url, port, secret_token like the real server; every call is
   recorded; answers can be scripted (429 with retry_after, 5xx, 403, ...);
+* getUpdates (long polling) as Telegram serves it: push_update() puts an
+  Update in the queue; an offset confirms (and forgets) every update below
+  it, a negative one keeps only the last -offset; timeout, limit and
+  allowed_updates; 409 while a webhook is set, and to a getUpdates that a
+  newer one terminated;
 * webhook delivery: deliver() POSTs an Update in Telegram's wire format
   (compact, ASCII with \\u escapes, update_id first then a newline) to the
   registered URL over TLS that trusts only the uploaded certificate, with
@@ -41,6 +46,10 @@ def free_port():
     port = s.getsockname()[1]
     s.close()
     return port
+
+
+def _true(v):
+    return v is True or str(v).lower() in ("true", "1", "yes")
 
 
 def wire_format(update):
@@ -90,6 +99,13 @@ class Emulator:
         self.violations = 0
         self.sends = []             # (time, chat) of accepted sends
         self.latency = 0.0          # seconds each call takes
+        # getUpdates: the queue of unconfirmed updates, the id the next
+        # pushed one gets, the stored allowed_updates, the newest poll
+        self.updates = []
+        self.next_update_id = 1
+        self.allowed_updates = None
+        self.poll_serial = 0
+        self.polls_active = 0
 
     # ---- Bot API half -------------------------------------------------
     def start(self):
@@ -97,6 +113,9 @@ class Emulator:
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # headers and body leave in two writes: without NODELAY a
+            # client's delayed ACK adds 40 ms to every answer
+            disable_nagle_algorithm = True
 
             def log_message(self, *args):
                 pass
@@ -279,9 +298,14 @@ class Emulator:
                        "first_name": "Test", "username": self.username})
         if m == "setwebhook":
             return self._set_webhook(p, files)
+        if m == "getupdates":
+            return self._get_updates(p)
         if m == "deletewebhook":
             was = self.webhook is not None
             self.webhook = None
+            if _true(p.get("drop_pending_updates")):
+                with self.cv:
+                    self.updates = []
             return ok(True, "Webhook was deleted" if was else
                       "Webhook is already deleted")
         if m == "getwebhookinfo":
@@ -307,6 +331,89 @@ class Emulator:
                        "chat": {"id": p["chat_id"]},
                        "text": p.get("text", "")})
         return ok(True)
+
+    # Telegram's default: every type but these three (botapi-facts.md)
+    NOT_BY_DEFAULT = ("chat_member", "message_reaction",
+                      "message_reaction_count")
+
+    def push_update(self, update):
+        """Queues an Update (a dict; update_id given or the next one) for
+        getUpdates.  Returns its update_id."""
+        with self.cv:
+            if "update_id" not in update:
+                update = dict(update, update_id=self.next_update_id)
+            self.next_update_id = max(self.next_update_id,
+                                      update["update_id"] + 1)
+            self.updates.append(update)
+            self.cv.notify_all()
+            return update["update_id"]
+
+    def pending_updates(self):
+        """The unconfirmed updates' ids, in queue order."""
+        with self.cv:
+            return [u["update_id"] for u in self.updates]
+
+    def _wanted(self, update):
+        kinds = [k for k in update if k != "update_id"]
+        allowed = self.allowed_updates
+        if not allowed:
+            return not any(k in self.NOT_BY_DEFAULT for k in kinds)
+        return any(k in allowed for k in kinds)
+
+    def _get_updates(self, p):
+        def num(name, default, lo, hi):
+            try:
+                v = int(p.get(name, default))
+            except (TypeError, ValueError):
+                raise ValueError("%s must be an integer" % name)
+            return min(max(v, lo), hi)
+        try:
+            offset = num("offset", 0, -(1 << 62), 1 << 62)
+            limit = num("limit", 100, 1, 100)
+            timeout = num("timeout", 0, 0, 50)
+            allowed = p.get("allowed_updates")
+            if isinstance(allowed, str):
+                allowed = json.loads(allowed) if allowed else []
+        except ValueError as e:
+            return self._error(400, "Bad Request: %s" % e)
+        if self.webhook:
+            return self._error(409, "Conflict: can't use getUpdates method "
+                               "while webhook is active; use deleteWebhook "
+                               "to delete the webhook first")
+        deadline = time.time() + timeout
+        with self.cv:
+            self.poll_serial += 1
+            mine = self.poll_serial
+            self.polls_active += 1
+            self.cv.notify_all()    # an older poll ends with 409
+            try:
+                if allowed is not None:
+                    self.allowed_updates = list(allowed)
+                # the updates Telegram would not make for this bot
+                self.updates = [u for u in self.updates if self._wanted(u)]
+                if offset > 0:
+                    self.updates = [u for u in self.updates
+                                    if u["update_id"] >= offset]
+                elif offset < 0:
+                    self.updates = self.updates[offset:]
+                while True:
+                    if self.poll_serial != mine:
+                        return self._error(
+                            409, "Conflict: terminated by other getUpdates "
+                            "request; make sure that only one bot instance "
+                            "is running")
+                    if self.webhook:
+                        return self._error(
+                            409, "Conflict: terminated by setWebhook "
+                            "request")
+                    got = [u for u in self.updates
+                           if self._wanted(u)][:limit]
+                    left = deadline - time.time()
+                    if got or left <= 0:
+                        return 200, {"ok": True, "result": got}, None
+                    self.cv.wait(left)
+            finally:
+                self.polls_active -= 1
 
     def _set_webhook(self, p, files):
         now = time.time()
@@ -360,6 +467,8 @@ class Emulator:
                             "drop_pending_updates", "").lower() in
                         ("true", "1", "yes")}
         self.last_error = None
+        with self.cv:
+            self.cv.notify_all()    # a waiting getUpdates ends with 409
         with self._conn_lock:
             if self._conn:
                 self._conn.close()

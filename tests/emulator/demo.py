@@ -9,7 +9,9 @@ Poll bot, a Python worker).  The emulator plays Telegram: registration
 with the uploaded certificate, then a short conversation (messages and
 button presses) delivered over TLS that trusts only that certificate.
 Prints what came in, what was answered inline and what went out as a
-follow-up, then stops everything."""
+follow-up.  Then the same daemon and handlers again with source = polling:
+the Simple Poll bot over long polling (getUpdates), where every call is a
+follow-up.  Then stops everything."""
 
 import argparse
 import json
@@ -58,6 +60,62 @@ def describe(call):
     if markup and markup.get("remove_keyboard"):
         out += "  (keyboard removed)"
     return out
+
+
+def polling_phase(args, conf, text, emu, env, log, ann, chat):
+    """The same configuration with source = polling: the Simple Poll bot
+    over getUpdates.  Returns the daemon's exit code."""
+    text = text.replace("[bot]\n", "[bot]\nsource = polling\n", 1)
+    # the webhook set above must go: deleted once at start (takeover)
+    text += "\n[polling]\ntimeout = 5s\ntakeover = on\n"
+    with open(conf, "w") as f:
+        f.write(text)
+    print("\n[polling] the same handlers with source = polling: no listener, "
+          "no certificate;\n          tgwebhookd asks the emulator for "
+          "updates (getUpdates), so every call is a follow-up")
+    proc = subprocess.Popen([args.daemon, "-c", conf], stdout=log,
+                            stderr=log, env=env)
+    try:
+        emu.wait_calls("deleteWebhook", 1, timeout=20)
+        print("[polling] takeover = on: deleteWebhook (pending updates "
+              "kept), then getUpdates\n")
+
+        def press(data):
+            return {"callback_query": {
+                "id": "cq%d" % time.time_ns(), "from": ann,
+                "chat_instance": "1", "data": data,
+                "message": {"message_id": emu.message_id,
+                            "date": int(time.time()), "chat": chat,
+                            "text": "(the bot's message)"}}}
+        said = "/poll Dinner? | Curry | Tacos"
+        steps = [({"message": {"message_id": 100, "from": ann, "chat": chat,
+                               "date": int(time.time()), "text": said,
+                               "entities": [{"offset": 0, "length": 5,
+                                             "type": "bot_command"}]}},
+                  said, "sendMessage"),
+                 (None, "[presses Tacos]", "editMessageText", "poll:1:1"),
+                 (None, "[presses Close]", "editMessageText", "poll:1:close")]
+        for step in steps:
+            update = step[0] if step[0] is not None else press(step[3])
+            before = len(emu.calls)
+            seen = len(emu.calls_of(step[2]))
+            emu.push_update(update)
+            print("Ann   -> bot  %s" % step[1])
+            emu.wait_calls(step[2], seen + 1, timeout=15)
+            for c in emu.calls[before:]:
+                if c.method != "getUpdates":
+                    print("  follow-up  %s" % describe(dict(
+                        c.params, method=c.method)))
+        print()
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(20)
+        print("[stop]    SIGTERM: the poll ended at once; tgwebhookd exited "
+              "%d" % rc)
+        return rc
+    except Exception:
+        proc.kill()
+        proc.wait()
+        raise
 
 
 def settle(store, timeout=10.0):
@@ -209,6 +267,8 @@ def main():
         proc.send_signal(signal.SIGTERM)
         rc = proc.wait(20)
         print("[stop]    SIGTERM: tgwebhookd finished and exited %d" % rc)
+        if rc == 0:
+            rc = polling_phase(args, conf, text, emu, env, log, ann, chat)
     except Exception as e:
         print("demo failed: %s" % e, file=sys.stderr)
         proc.kill()

@@ -25,7 +25,13 @@ def test_demo_runs_the_whole_conversation():
                  'follow-up  editMessageText: "\U0001f4ca Lunch? (closed) / '
                  'Pizza: 1 / Sushi: 0 / 1 vote"',
                  '(keyboard removed)',
-                 'SIGTERM: tgwebhookd finished and exited 0'):
+                 'SIGTERM: tgwebhookd finished and exited 0',
+                 # the Simple Poll bot again, over long polling
+                 'takeover = on: deleteWebhook (pending updates kept)',
+                 'follow-up  answerCallbackQuery: "You voted for Tacos."',
+                 'follow-up  editMessageText: "\U0001f4ca Dinner? (closed) / '
+                 'Curry: 0 / Tacos: 1 / 1 vote"',
+                 'the poll ended at once; tgwebhookd exited 0'):
         assert want in text, "no %r in:\n%s" % (want, text)
     for bad in ("AddressSanitizer", "runtime error:", "LeakSanitizer"):
         assert bad not in text, text

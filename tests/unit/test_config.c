@@ -276,6 +276,66 @@ test_token_sources(void **state)
 	unlink(path);
 }
 
+/* source = polling needs no [webhook] key; [polling]'s bounds. */
+static void
+test_polling_source(void **state)
+{
+	struct diag d = { 0 };
+	struct config *c = load_text(
+	    "[bot]\n"
+	    "token = " TOKEN "\n"
+	    "source = polling\n"
+	    "[polling]\n"
+	    "limit = 10\n"
+	    "[handler.start]\n"
+	    "reply = hi\n", &d);
+	char want[256];
+
+	(void)state;
+	assert_int_equal(d.count, 0);
+	assert_true(c->polling);
+	assert_int_equal(c->poll_timeout_ms, 50000);
+	assert_int_equal(c->poll_limit, 10);
+	assert_false(c->poll_takeover);
+	/* no listener, certificate or registration */
+	assert_false(c->tls);
+	assert_false(c->register_webhook);
+	config_free(c);
+	unlink(path);
+
+	c = load_text("[bot]\ntoken = " TOKEN "\nsource = webhooks\n"
+	    "[polling]\ntimeout = 60s\nlimit = 0\ntakeover = yes please\n"
+	    "[handler.start]\nreply = hi\n", &d);
+	config_free(c);
+	HAS(3, "source: 'webhooks' is not webhook or polling");
+	HAS(5, "timeout: 60s is out of range");
+	HAS(6, "limit: 0 is out of range");
+	HAS(7, "takeover: 'yes please' is not on or off");
+	diag_free(&d);
+	unlink(path);
+
+	/* [webhook] keys set for polling: said, not refused */
+	c = load_text("[bot]\ntoken = " TOKEN "\nsource = polling\n"
+	    "[webhook]\ndomain = bot.example.com\nport = 443\n"
+	    "allowed_updates = message\n[handler.start]\nreply = hi\n", &d);
+	assert_int_equal(d.count, 0);
+	snprintf(want, sizeof(want), "%s:3: warning: source: polling: "
+	    "[webhook] domain, port not used", path);
+	if (strstr(c->warnings.text, want) == NULL)
+		fail_msg("missing '%s' in:\n%s", want, c->warnings.text);
+	config_free(c);
+	unlink(path);
+
+	/* the default stays webhook, which needs its domain */
+	c = load_text("[bot]\ntoken = " TOKEN "\n[handler.start]\nreply = "
+	    "hi\n", &d);
+	assert_false(c->polling);
+	assert_non_null(strstr(d.text, "domain: missing"));
+	config_free(c);
+	diag_free(&d);
+	unlink(path);
+}
+
 /* Issue 11, item 17: -c naming a FIFO, a directory or /dev/null is
  * refused at once, with a message that says what -c wants. */
 static void
@@ -420,6 +480,7 @@ main(void)
 		cmocka_unit_test(test_long_line_and_continuation),
 		cmocka_unit_test(test_values),
 		cmocka_unit_test(test_token_sources),
+		cmocka_unit_test(test_polling_source),
 		cmocka_unit_test(test_config_file_not_regular),
 		cmocka_unit_test(test_user_and_warnings),
 		cmocka_unit_test(test_long_continuation_is_linear),

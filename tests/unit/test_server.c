@@ -23,6 +23,7 @@
 #include "dedup.h"
 #include "dispatch.h"
 #include "gate.h"
+#include "intake.h"
 #include "runner.h"
 #include "server.h"
 #include "util.h"
@@ -37,6 +38,7 @@ struct fixture {
 	struct dispatch *t;
 	struct dedup *dd;
 	struct runner *r;
+	struct intake *in;
 	struct server *s;
 	struct bot_identity id;
 	int port;
@@ -61,8 +63,10 @@ table(struct fixture *f, const char *reply)
 	return t;
 }
 
+/* A server on the first free port from port0 (the listening socket is
+ * SO_REUSEPORT: a second server needs a port of its own). */
 static struct fixture *
-start(bool tls, const char *cert, const char *key)
+start_at(int port0, bool tls, const char *cert, const char *key)
 {
 	struct fixture *f = xcalloc(1, sizeof(*f));
 	struct server_opts o = { .listen_fd = -1, .tls = tls, .cert_pem = cert,
@@ -76,13 +80,11 @@ start(bool tls, const char *cert, const char *key)
 	f->r = runner_new(1, 8, 16, 2000, NULL, NULL);
 	o.gate = gate_new("hook", SECRET, netlist_parse("127.0.0.0/8", NULL,
 	    0), netlist_parse("", NULL, 0));
-	o.dedup = f->dd;
-	o.dispatch = f->t;
-	o.runner = f->r;
-	o.id = &f->id;
+	f->in = intake_new(f->dd, f->t, f->r, &f->id);
+	o.intake = f->in;
 	sin->sin_family = AF_INET;
 	sin->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	for (f->port = 41870; f->port < 41970; f->port++) {
+	for (f->port = port0; f->port < port0 + 100; f->port++) {
 		sin->sin_port = htons((uint16_t)f->port);
 		if ((f->s = server_start(&o, err, sizeof(err))) != NULL)
 			break;
@@ -93,11 +95,18 @@ start(bool tls, const char *cert, const char *key)
 	return f;
 }
 
+static struct fixture *
+start(bool tls, const char *cert, const char *key)
+{
+	return start_at(41870, tls, cert, key);
+}
+
 static void
 stop(struct fixture *f)
 {
 	server_stop(f->s);
 	runner_free(f->r);
+	intake_free(f->in);
 	dedup_free(f->dd);
 	dispatch_free(f->t);
 	config_free(f->c);
@@ -288,8 +297,8 @@ test_swap_and_quiesce(void **state)
 	CURL *c = curl_easy_init();
 
 	(void)state;
-	server_swap(f->s, NULL, t2);
-	dispatch_free(t2);	/* the server holds its own reference */
+	intake_swap(f->in, t2);
+	dispatch_free(t2);	/* intake holds its own reference */
 	assert_int_equal(post_on(c, f, false, "hook", SECRET, u2, &out), 200);
 	assert_non_null(strstr(out, "\"text\":\"reloaded\""));
 	free(out);
@@ -348,6 +357,66 @@ test_tls_and_certificate_swap(void **state)
 	assert_int_equal(system(cp), 0);
 }
 
+/* The TLS handshake with the server on port under cafile as the only
+ * trust root: CURLE_OK when the server presents that certificate. */
+static CURLcode
+handshake(int port, const char *cafile)
+{
+	CURL *c = curl_easy_init();
+	struct buf b = { 0 };
+	char url[64];
+	CURLcode rc;
+
+	snprintf(url, sizeof(url), "https://127.0.0.1:%d/hook", port);
+	curl_easy_setopt(c, CURLOPT_URL, url);
+	curl_easy_setopt(c, CURLOPT_CAINFO, cafile);
+	curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 1L);
+	curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 0L);
+	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, collect);
+	curl_easy_setopt(c, CURLOPT_WRITEDATA, &b);
+	rc = curl_easy_perform(c);
+	curl_easy_cleanup(c);
+	buf_free(&b);
+	return rc;
+}
+
+/* Two servers in one process serve their own certificates: the
+ * credentials live in struct server, not in process globals. */
+static void
+test_two_servers_their_own_certificates(void **state)
+{
+	char dir[] = "/tmp/tgw-server-XXXXXX", ca[2][64], kp[64], err[256];
+	char *cert[2], *key[2];
+	struct fixture *f[2];
+	size_t len;
+
+	(void)state;
+	assert_non_null(mkdtemp(dir));
+	for (int i = 0; i < 2; i++) {
+		snprintf(ca[i], sizeof(ca[i]), "%s/c%d.pem", dir, i);
+		snprintf(kp, sizeof(kp), "%s/k%d.pem", dir, i);
+		assert_int_equal(cert_generate(i == 0 ? "alpha.test" :
+		    "beta.test", 2048, 30, ca[i], kp, err, sizeof(err)), 0);
+		cert[i] = file_read(ca[i], 1 << 16, &len, err, sizeof(err));
+		key[i] = file_read(kp, 1 << 16, &len, err, sizeof(err));
+	}
+	f[0] = start(true, cert[0], key[0]);
+	f[1] = start_at(42070, true, cert[1], key[1]);
+	assert_int_equal(handshake(f[0]->port, ca[0]), CURLE_OK);
+	assert_int_equal(handshake(f[1]->port, ca[1]), CURLE_OK);
+	assert_int_not_equal(handshake(f[0]->port, ca[1]), CURLE_OK);
+	/* one stopped: the other still serves its own */
+	stop(f[1]);
+	assert_int_equal(handshake(f[0]->port, ca[0]), CURLE_OK);
+	stop(f[0]);
+	for (int i = 0; i < 2; i++) {
+		free(cert[i]);
+		free(key[i]);
+	}
+	snprintf(kp, sizeof(kp), "rm -rf %s", dir);
+	assert_int_equal(system(kp), 0);
+}
+
 /* A request to the hook with these extra header lines, and this body. */
 static char *
 hook_request(const char *target, const char *headers, const char *body)
@@ -383,8 +452,8 @@ test_forwarded_for_over_several_lines(void **state)
 
 	(void)state;
 	server_swap(f->s, gate_new("hook", SECRET, netlist_parse(
-	    "149.154.160.0/20", NULL, 0), netlist_parse("127.0.0.1", NULL, 0)),
-	    NULL);
+	    "149.154.160.0/20", NULL, 0), netlist_parse("127.0.0.1", NULL,
+	    0)));
 	u = start_update(20);
 	assert_int_equal(hook_status(f, "/hook",
 	    "X-Forwarded-For: 149.154.167.220\r\n", u), 200);
@@ -617,6 +686,7 @@ main(void)
 		cmocka_unit_test(test_edges_and_answers),
 		cmocka_unit_test(test_swap_and_quiesce),
 		cmocka_unit_test(test_tls_and_certificate_swap),
+		cmocka_unit_test(test_two_servers_their_own_certificates),
 		cmocka_unit_test(test_forwarded_for_over_several_lines),
 		cmocka_unit_test(test_smuggling_refused),
 		cmocka_unit_test(test_bare_lf_refused),

@@ -63,7 +63,7 @@ test_every_corpus_file_parses(void **state)
 		n++;
 	}
 	closedir(d);
-	assert_int_equal(n, 30);
+	assert_int_equal(n, 32);
 }
 
 static void
@@ -171,15 +171,66 @@ test_types(void **state)
 		{ "121-message-reaction-count.json", "message_reaction_count" },
 		{ "130-pre-checkout-query.json", "pre_checkout_query" },
 		{ "180-chat-boost.json", "chat_boost" },
+		{ "190-stopped-message-generation.json",
+		    "stopped_message_generation" },
 	};
+	struct update *u;
 
 	(void)state;
 	for (size_t i = 0; i < nitems(cases); i++) {
-		struct update *u = load(cases[i].file);
-
+		u = load(cases[i].file);
 		assert_string_equal(u->type, cases[i].type);
 		assert_int_not_equal(u->type_index, -1);
 		update_free(u);
+	}
+	/* the user stopped a draft: its chat is the update's */
+	u = load("190-stopped-message-generation.json");
+	assert_true(u->has_chat);
+	assert_int_equal(u->chat_id, 5236420571);
+	update_free(u);
+	/* the types of Bot API 10.3, the last two added since 10.1 */
+	assert_int_equal(update_type_index("managed_bot"), 24);
+	assert_int_equal(update_type_index("subscription"), 25);
+	assert_int_equal(update_type_index("stopped_message_generation"),
+	    26);
+	assert_string_equal(update_type_name(UPDATE_TYPES_N - 1),
+	    "stopped_message_generation");
+}
+
+/* A rich message (Bot API 10.1) has neither text nor caption: its
+ * blocks' text is the update's, a line per block, so that text = rules
+ * match it; URLs, types and file ids are not text. */
+static void
+test_rich_message_text(void **state)
+{
+	struct update *u = load("200-rich-message.json");
+
+	(void)state;
+	assert_string_equal(u->type, "message");
+	assert_non_null(u->text);
+	assert_string_equal(u->text, "Weekly report\nSales are up 5%.\nNorth\n"
+	    "South\nChart");
+	assert_int_equal(u->text_len, strlen(u->text));
+	assert_null(u->command);
+	assert_string_equal(u->args, "");
+	update_free(u);
+	/* nested deeper than any real message: cut off, not a crash */
+	{
+		struct buf b = { 0 };
+
+		buf_puts(&b, "{\"update_id\":1,\"message\":{\"rich_message\":"
+		    "{\"text\":");
+		for (int i = 0; i < 200; i++)
+			buf_puts(&b, "[");
+		buf_puts(&b, "\"deep\"");
+		for (int i = 0; i < 200; i++)
+			buf_puts(&b, "]");
+		buf_puts(&b, "}}}");
+		u = update_parse(b.data, b.len, NULL, 0);
+		assert_non_null(u);
+		assert_null(u->text);
+		update_free(u);
+		buf_free(&b);
 	}
 }
 
@@ -371,6 +422,7 @@ main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_every_corpus_file_parses),
+		cmocka_unit_test(test_rich_message_text),
 		cmocka_unit_test(test_start_payload),
 		cmocka_unit_test(test_no_entities_legacy_start),
 		cmocka_unit_test(test_command_with_botname),

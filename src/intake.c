@@ -1,0 +1,210 @@
+/*
+ * intake.c: one pipeline for every update source (moved out of server.c,
+ * which keeps the transport).
+ *
+ * An update is parsed, checked against the set of recent ids, matched
+ * against the handler table in force and handed to the runner.  The
+ * table is held (the read side of `lock`) while matching and while a
+ * quick handler runs; a slow handler's job holds its own reference, so a
+ * reload's swap (the write side) frees the old table only when the last
+ * user lets go.  An update the runner could not take is forgotten by
+ * dedup, so that its next delivery is handled as new: the rule that makes
+ * a webhook's 503 and a poller's retry safe.
+ */
+#include "intake.h"
+
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dedup.h"
+#include "dispatch.h"
+#include "log.h"
+#include "metrics.h"
+#include "runner.h"
+#include "update.h"
+#include "util.h"
+#include "webhook.h"
+
+struct intake {
+	pthread_rwlock_t lock;	/* t: readers are updates, the writer a
+				 * reload */
+	struct dispatch *t;
+	struct dedup *dd;
+	struct runner *r;
+	struct bot_identity *id;
+};
+
+/* An update whose handler runs on a handler thread. */
+struct pending {
+	struct intake *in;
+	struct job *job;
+	int64_t update_id;
+	int type_index;
+	struct intake_cb cb;
+};
+
+struct intake *
+intake_new(struct dedup *dd, struct dispatch *t, struct runner *r,
+    struct bot_identity *id)
+{
+	struct intake *in = xcalloc(1, sizeof(*in));
+	pthread_rwlockattr_t ra;
+
+	/* Writer preference: a reload must not starve under load. */
+	pthread_rwlockattr_init(&ra);
+	pthread_rwlockattr_setkind_np(&ra,
+	    PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+	pthread_rwlock_init(&in->lock, &ra);
+	pthread_rwlockattr_destroy(&ra);
+	dispatch_ref(t);
+	in->t = t;
+	in->dd = dd;
+	in->r = r;
+	in->id = id;
+	return in;
+}
+
+void
+intake_free(struct intake *in)
+{
+	if (in == NULL)
+		return;
+	dispatch_unref(in->t);
+	pthread_rwlock_destroy(&in->lock);
+	free(in);
+}
+
+void
+intake_swap(struct intake *in, struct dispatch *t)
+{
+	struct dispatch *old;
+
+	dispatch_ref(t);
+	pthread_rwlock_wrlock(&in->lock);
+	old = in->t;
+	in->t = t;
+	pthread_rwlock_unlock(&in->lock);
+	dispatch_unref(old);
+}
+
+/* Not handled: let the next delivery count as new. */
+static void
+forget(struct intake *in, struct intake_result *res, int type_index)
+{
+	dedup_forget(in->dd, res->update_id);
+	metrics_update(type_index, MU_RETRY);
+	res->status = INTAKE_BUSY;
+}
+
+/* From a runner thread: the answer is known. */
+static void
+on_ready(void *arg)
+{
+	struct pending *p = arg;
+	struct intake_result res = { .status = INTAKE_OK,
+		.update_id = p->update_id, .type_index = p->type_index };
+
+	if (runner_finish(p->job, &res.answer) == -1)
+		forget(p->in, &res, p->type_index);
+	p->cb.done(p->cb.arg, &res);
+	free(p);
+}
+
+void
+intake_submit(struct intake *in, char *body, size_t len,
+    const struct intake_cb *cb)
+{
+	struct intake_result res = { .status = INTAKE_OK, .update_id = -1,
+		.type_index = -1 };
+	const struct handler *h;
+	struct update *u;
+	struct pending *p;
+	struct job *job;
+	char *username;
+	int type_index;
+	enum runner_status started;
+
+	u = update_parse(body != NULL ? body : "", len, res.error,
+	    sizeof(res.error));
+	if (u == NULL) {
+		free(body);
+		metrics_reject(MR_BAD_UPDATE);
+		res.status = INTAKE_BAD;
+		cb->done(cb->arg, &res);
+		return;
+	}
+	res.update_id = u->id;
+	res.type_index = u->type_index;
+	if (dedup_seen(in->dd, u->id)) {
+		log_info("update %" PRId64 ": already handled; answered 200 "
+		    "again", u->id);
+		metrics_update(u->type_index, MU_DUPLICATE);
+		update_free(u);
+		free(body);
+		cb->done(cb->arg, &res);
+		return;
+	}
+	if (u->type_index == -1)
+		log_debug("update %" PRId64 ": type '%s' is unknown to this "
+		    "version; answered 200", u->id, u->type);
+	username = atomic_load(&in->id->username);
+	/* runner_start() takes u: keep what we need of it. */
+	type_index = u->type_index;
+	/* The table may be swapped by a reload: hold it while matching and
+	 * while a quick handler runs (a slow one's job holds a reference). */
+	pthread_rwlock_rdlock(&in->lock);
+	h = dispatch_match(in->t, u, username);
+	started = runner_start(in->r, h, u, body, len, &res.answer, &job);
+	pthread_rwlock_unlock(&in->lock);
+	switch (started) {
+	case RUNNER_DONE:
+		cb->done(cb->arg, &res);
+		return;
+	case RUNNER_BUSY:
+		forget(in, &res, type_index);
+		cb->done(cb->arg, &res);
+		return;
+	case RUNNER_PENDING:
+		break;
+	}
+	p = xcalloc(1, sizeof(*p));
+	p->in = in;
+	p->job = job;
+	p->update_id = res.update_id;
+	p->type_index = type_index;
+	p->cb = *cb;
+	if (cb->pending != NULL)
+		cb->pending(cb->arg);
+	runner_go(job, on_ready, p);
+}
+
+/*
+ * An inline answer that cannot reach Telegram any more must not be lost:
+ * its update id stays marked as seen, so Telegram's redelivery would get
+ * "200, already handled".  It becomes a durable follow-up through the
+ * outbox, as a late handler's calls do.  Releasing the dedup mark instead,
+ * so that the redelivery runs the handler again, would be wrong: the
+ * handler's other calls are already queued (or sent), a second run does
+ * its side effects twice and may answer otherwise, and Telegram may not
+ * redeliver for minutes.  Only when the store cannot take the call is
+ * the mark released: then the redelivery runs it, and the calls keyed by
+ * (update, position) that were queued are not queued twice.  The answer
+ * goes out after the handler's other follow-ups; their order against an
+ * inline answer was never fixed (Telegram runs an inline call when it
+ * reads the answer, while the outbox sends at the same time).
+ */
+int
+intake_undelivered(struct intake *in, int64_t update_id, int type_index,
+    char *answer)
+{
+	if (runner_undelivered(in->r, update_id, answer) == 0)
+		return 0;
+	dedup_forget(in->dd, update_id);
+	metrics_update(type_index, MU_RETRY);
+	return -1;
+}
