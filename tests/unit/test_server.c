@@ -11,6 +11,7 @@
 #include <arpa/inet.h>
 #include <curl/curl.h>
 #include <netinet/in.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -201,7 +202,7 @@ raw_split(int port, const char *req, size_t len, size_t split, char **out,
 	ssize_t n;
 	int fd = socket(AF_INET, SOCK_STREAM, 0);
 
-	assert_true(fd >= 0);
+	assert_return_code(fd, errno);
 	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
 	assert_int_equal(connect(fd, (struct sockaddr *)&sin, sizeof(sin)), 0);
 	assert_int_equal(send(fd, req, split, MSG_NOSIGNAL), (ssize_t)split);
@@ -314,49 +315,6 @@ test_swap_and_quiesce(void **state)
 	stop(f);
 }
 
-static void
-test_tls_and_certificate_swap(void **state)
-{
-	char dir[] = "/tmp/tgw-server-XXXXXX", cp[64], kp[64], err[256];
-	char *cert, *key, *cert2, *key2, *u = start_update(4), *out;
-	size_t len;
-	struct fixture *f;
-
-	(void)state;
-	assert_non_null(mkdtemp(dir));
-	snprintf(cp, sizeof(cp), "%s/c.pem", dir);
-	snprintf(kp, sizeof(kp), "%s/k.pem", dir);
-	assert_int_equal(cert_generate("localhost", 2048, 30, cp, kp, err,
-	    sizeof(err)), 0);
-	cert = file_read(cp, 1 << 16, &len, err, sizeof(err));
-	key = file_read(kp, 1 << 16, &len, err, sizeof(err));
-	assert_int_equal(cert_generate("localhost", 2048, 30, cp, kp, err,
-	    sizeof(err)), 0);
-	cert2 = file_read(cp, 1 << 16, &len, err, sizeof(err));
-	key2 = file_read(kp, 1 << 16, &len, err, sizeof(err));
-	f = start(true, cert, key);
-	assert_int_equal(post(f, true, "hook", SECRET, u, &out), 200);
-	assert_non_null(strstr(out, "hello Ann"));
-	free(out);
-	/* a renewed certificate; a key that does not parse is refused and
-	 * the served one kept */
-	assert_int_equal(server_set_certificate(f->s, cert2, key2, err,
-	    sizeof(err)), 0);
-	assert_int_equal(server_set_certificate(f->s, cert2, "garbage", err,
-	    sizeof(err)), -1);
-	assert_non_null(strstr(err, "privkey"));
-	assert_int_equal(post(f, true, "hook", SECRET, u, &out), 200);
-	free(out);
-	stop(f);
-	free(cert);
-	free(key);
-	free(cert2);
-	free(key2);
-	free(u);
-	snprintf(cp, sizeof(cp), "rm -rf %s", dir);
-	assert_int_equal(system(cp), 0);
-}
-
 /* The TLS handshake with the server on port under cafile as the only
  * trust root: CURLE_OK when the server presents that certificate. */
 static CURLcode
@@ -378,6 +336,63 @@ handshake(int port, const char *cafile)
 	curl_easy_cleanup(c);
 	buf_free(&b);
 	return rc;
+}
+
+/* A renewed certificate is what new handshakes get: one trusting only
+ * the new certificate succeeds and one trusting only the old fails (and
+ * the reverse before the swap); a key that does not parse is refused
+ * and the served one kept. */
+static void
+test_tls_and_certificate_swap(void **state)
+{
+	char dir[] = "/tmp/tgw-server-XXXXXX", c1[64], k1[64], c2[64], k2[64];
+	char err[256], *cert, *key, *cert2, *key2, *out;
+	char *u = start_update(4), *u2 = start_update(5);
+	size_t len;
+	struct fixture *f;
+
+	(void)state;
+	assert_non_null(mkdtemp(dir));
+	snprintf(c1, sizeof(c1), "%s/c1.pem", dir);
+	snprintf(k1, sizeof(k1), "%s/k1.pem", dir);
+	snprintf(c2, sizeof(c2), "%s/c2.pem", dir);
+	snprintf(k2, sizeof(k2), "%s/k2.pem", dir);
+	assert_int_equal(cert_generate("localhost", 2048, 30, c1, k1, err,
+	    sizeof(err)), 0);
+	assert_int_equal(cert_generate("localhost", 2048, 30, c2, k2, err,
+	    sizeof(err)), 0);
+	assert_non_null(cert = file_read(c1, 1 << 16, &len, err, sizeof(err)));
+	assert_non_null(key = file_read(k1, 1 << 16, &len, err, sizeof(err)));
+	assert_non_null(cert2 = file_read(c2, 1 << 16, &len, err,
+	    sizeof(err)));
+	assert_non_null(key2 = file_read(k2, 1 << 16, &len, err,
+	    sizeof(err)));
+	f = start(true, cert, key);
+	assert_int_equal(handshake(f->port, c1), CURLE_OK);
+	assert_int_equal(handshake(f->port, c2), CURLE_PEER_FAILED_VERIFICATION);
+	assert_int_equal(post(f, true, "hook", SECRET, u, &out), 200);
+	assert_non_null(strstr(out, "hello Ann"));
+	free(out);
+	assert_int_equal(server_set_certificate(f->s, cert2, key2, err,
+	    sizeof(err)), 0);
+	assert_int_equal(server_set_certificate(f->s, cert2, "garbage", err,
+	    sizeof(err)), -1);
+	assert_non_null(strstr(err, "privkey"));
+	assert_int_equal(handshake(f->port, c2), CURLE_OK);
+	assert_int_equal(handshake(f->port, c1), CURLE_PEER_FAILED_VERIFICATION);
+	/* a new update, answered in full over the new certificate */
+	assert_int_equal(post(f, true, "hook", SECRET, u2, &out), 200);
+	assert_non_null(strstr(out, "hello Ann"));
+	free(out);
+	stop(f);
+	free(cert);
+	free(key);
+	free(cert2);
+	free(key2);
+	free(u);
+	free(u2);
+	snprintf(c1, sizeof(c1), "rm -rf %s", dir);
+	assert_int_equal(system(c1), 0);
 }
 
 /* Two servers in one process serve their own certificates: the
