@@ -551,13 +551,17 @@ int
 runner_undelivered(struct runner *r, int64_t update_id, char *answer)
 {
 	json_t *calls = json_array();
-	char err[512] = "the daemon has no outbox";
+	char err[512];
 	int rc = -1;
 
 	/* Position 0 in the key, as route() numbers the first call: the
 	 * same update handled again (a replay) queues it once. */
 	json_array_append_new(calls, json_loads(answer, 0, NULL));
-	if (r->outbox != NULL && json_array_size(calls) == 1)
+	if (json_array_size(calls) != 1)
+		snprintf(err, sizeof(err), "it is not JSON");
+	else if (r->outbox == NULL)
+		snprintf(err, sizeof(err), "the daemon has no outbox");
+	else
 		rc = outbox_add(r->outbox, calls, 0, update_id, err,
 		    sizeof(err));
 	if (rc == -1)
