@@ -217,9 +217,20 @@ runner_start(struct runner *r, const struct handler *h, struct update *u,
     char *body, size_t len, char **answer, struct job **jobp)
 {
 	struct job *j;
+	char why[160];
 
 	*answer = NULL;
 	*jobp = NULL;
+	if (h != NULL && r->outbox != NULL && outbox_full(r->outbox, why,
+	    sizeof(why))) {
+		/* Over the bound, the handler's calls would have nowhere
+		 * to go: Telegram keeps the update and retries. */
+		log_warn("update %" PRId64 ": %s: answering 503 with "
+		    "Retry-After until the outbox drains", u->id, why);
+		update_free(u);
+		free(body);
+		return RUNNER_BUSY;
+	}
 	if (h == NULL || !h->blocking) {
 		uint64_t start = now_ms();
 
