@@ -234,6 +234,17 @@ probe(void *arg, struct metrics_gauges *g)
 	g->outbox_dead = store_calls_count(d->store, STORE_CALL_DEAD, NULL);
 	g->outbox_oldest_s = oldest > 0 ? (double)(wall_ms() - oldest) /
 	    1000.0 : 0;
+	{
+		struct store_lane_depth ld[STORE_LANES];
+
+		if (store_calls_lanes(d->store, ld) == 0)
+			for (int l = 0; l < STORE_LANES; l++) {
+				g->lane_depth[l] = ld[l].depth;
+				g->lane_oldest_s[l] = ld[l].oldest_ms > 0 ?
+				    (double)(wall_ms() - ld[l].oldest_ms) /
+				    1000.0 : 0;
+			}
+	}
 	g->registered = registered;
 	g->telegram_pending = st.pending_update_count;
 	g->telegram_last_error = st.last_error_date;

@@ -39,7 +39,8 @@ test_counters_and_histogram(void **state)
 {
 	struct metrics_gauges g = { .outbox_pending = 3, .outbox_dead = 1,
 		.outbox_oldest_s = 2.5, .registered = true,
-		.telegram_pending = -1 };
+		.telegram_pending = -1, .lane_depth = { 1, 0, 2, 0 },
+		.lane_oldest_s = { 0.5, 0, 2.5, 0 } };
 	int message = update_type_index("message");
 	char *text;
 
@@ -85,6 +86,16 @@ test_counters_and_histogram(void **state)
 	assert_true(sample(text, "tgwebhookd_worker_exits_total") == 1);
 	assert_true(sample(text, "tgwebhookd_outbox_pending") == 3);
 	assert_true(sample(text, "tgwebhookd_outbox_oldest_seconds") == 2.5);
+	assert_true(sample(text, "tgwebhookd_outbox_lane_pending{lane="
+	    "\"deadline\"}") == 1);
+	assert_true(sample(text, "tgwebhookd_outbox_lane_pending{lane="
+	    "\"bulk\"}") == 2);
+	assert_true(sample(text, "tgwebhookd_outbox_lane_pending{lane="
+	    "\"paid\"}") == 0);
+	assert_true(sample(text, "tgwebhookd_outbox_lane_oldest_seconds{lane="
+	    "\"bulk\"}") == 2.5);
+	assert_true(sample(text, "tgwebhookd_outbox_lane_oldest_seconds{lane="
+	    "\"conversation\"}") == 0);
 	assert_true(sample(text, "tgwebhookd_webhook_registered") == 1);
 	assert_true(sample(text, "tgwebhookd_store_healthy") == 1);
 	/* unknown until getWebhookInfo answers; no certificate: no TLS */
