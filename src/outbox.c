@@ -1012,7 +1012,7 @@ static void *
 sender(void *arg)
 {
 	struct outbox *o = arg;
-	uint64_t next_reload = 0, next_prune = 0, next_sweep = 0;
+	uint64_t next_reload = 0, next_prune = 0, next_sweep = 0, next_count = 0;
 
 	for (;;) {
 		uint64_t now = now_ms();
@@ -1024,15 +1024,17 @@ sender(void *arg)
 		for (int l = 0; l < LANES; l++)
 			if (o->more_in_store[l] && o->mem[l] < LANE_MEMORY / 2)
 				low = true;
+		if (now >= next_count) {
+			/* what other processes (a broadcast) added, too */
+			long n = store_calls_count(o->store, STORE_CALL_PENDING,
+			    NULL);
+
+			if (n >= 0)
+				atomic_store(&o->stored, n);
+			next_count = now + RELOAD_MS;
+		}
 		if (atomic_exchange(&o->wake, false) || now >= next_reload ||
 		    low) {
-			if (now >= next_reload) {
-				long n = store_calls_count(o->store,
-				    STORE_CALL_PENDING, NULL);
-
-				if (n >= 0)
-					atomic_store(&o->stored, n);
-			}
 			load(o);
 			next_reload = now + RELOAD_MS;
 		}
