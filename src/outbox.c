@@ -690,6 +690,22 @@ start(struct outbox *o, struct queue *q, uint64_t now)
 	completed(o, it, &r);
 }
 
+/*
+ * The slot after a send at us that was due at slot.  A send a little
+ * late (the loop wakes on whole milliseconds, and writes outcomes between
+ * sends) keeps the schedule, or the lateness would add up to percents of
+ * the rate; later than half a pace (nothing was ready), the schedule
+ * starts again from now.  Any 0.98 s then holds at most rate calls: n
+ * calls span at least (n - 1.5) paces, and a pace is 1% over 1/rate.
+ */
+static uint64_t
+next_slot(uint64_t slot, uint64_t us, uint64_t pace)
+{
+	if (us >= slot && us - slot < pace / 2)
+		return slot + pace;
+	return (slot > us ? slot : us) + pace;
+}
+
 static bool
 ready(const struct outbox *o, int lane, uint64_t now)
 {
@@ -733,15 +749,14 @@ dispatch(struct outbox *o)
 		if (o->o.paid_rate > 0 && us >= o->next_paid_us &&
 		    ready(o, STORE_LANE_PAID, now)) {
 			start(o, o->heaps[STORE_LANE_PAID].v[0], now);
-			o->next_paid_us = (o->next_paid_us > us ?
-			    o->next_paid_us : us) + paid_pace_us(o);
+			o->next_paid_us = next_slot(o->next_paid_us, us,
+			    paid_pace_us(o));
 			continue;
 		}
 		if (us < o->next_send_us || (q = pick(o, now)) == NULL)
 			return;
 		start(o, q, now);
-		o->next_send_us = (o->next_send_us > us ? o->next_send_us : us) +
-		    pace_us(o);
+		o->next_send_us = next_slot(o->next_send_us, us, pace_us(o));
 	}
 }
 
