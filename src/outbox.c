@@ -905,7 +905,8 @@ completed(struct outbox *o, struct item *it, struct botapi_result *r)
 			break;
 		}
 		if (c != NULL)
-			c->blocked_until = now + (uint64_t)r->retry_after * 1000;
+			c->blocked_until = now +
+			    (uint64_t)r->retry_after * 1000;
 		it->not_before = now + (uint64_t)r->retry_after * 1000;
 		outcome(o, it, STORE_CALL_PENDING, r->description);
 		log_warn("outbox: call %" PRId64 " %s to chat %s: %s; waiting "
@@ -1019,15 +1020,16 @@ prune(struct outbox *o)
 	if (n < 0)
 		log_warn("outbox: pruning: %s", err);
 	else if (n > 0)
-		log_info("outbox: pruned %ld finished row(s) past keep_delivered, "
-		    "keep_dead and keep_held", n);
+		log_info("outbox: pruned %ld finished row(s) past "
+		    "keep_delivered, keep_dead and keep_held", n);
 }
 
 static void *
 sender(void *arg)
 {
 	struct outbox *o = arg;
-	uint64_t next_reload = 0, next_prune = 0, next_sweep = 0, next_count = 0;
+	uint64_t next_reload = 0, next_prune = 0, next_sweep = 0;
+	uint64_t next_count = 0;
 
 	for (;;) {
 		uint64_t now = now_ms();

@@ -799,8 +799,9 @@ store_calls_retry_dead(struct store *s, int64_t id, char *err, size_t errlen)
 	 * dead row goes first, as it holds the call's unique key. */
 	static const char *const steps[] = {
 		"DROP TABLE IF EXISTS temp.retry",
-		"CREATE TEMP TABLE retry AS SELECT id, key, method, chat, params, "
-		"lane FROM calls WHERE state = 2 AND (?1 = 0 OR id = ?1)",
+		"CREATE TEMP TABLE retry AS SELECT id, key, method, chat, "
+		"params, lane FROM calls WHERE state = 2 AND "
+		"(?1 = 0 OR id = ?1)",
 		"DELETE FROM calls WHERE id IN (SELECT id FROM temp.retry)",
 		"INSERT INTO calls(key, method, chat, params, created, "
 		"not_before, lane) SELECT key, method, chat, params, ?2, ?2, "

@@ -74,13 +74,14 @@ def test_conversation_and_deadline_not_behind_a_broadcast():
         assert status == 200 and json.loads(body)["text"] == "now"
         t = first_time(d, "sendMessage", lambda c: c.params.get("text") ==
                        "follow-up")
-        assert t is not None and t - t0 < 1.5, t and t - t0
+        assert t is not None and t - t0 < 5, t and t - t0
         t0 = time.time()
         status, _, _, _ = d.deliver(callback("b", 2, chat_id=8))
         assert status == 200
         t = first_time(d, "answerCallbackQuery", lambda c: True)
-        # the handler takes 0.6 s; its answer goes at once after
-        assert t is not None and t - t0 < 1.5, t and t - t0
+        # the handler takes 0.6 s; its answer goes at once after (behind
+        # the broadcast, it would be 100 s; make bench measures the time)
+        assert t is not None and t - t0 < 5, t and t - t0
         assert d.emu.violations == 0
         out = run(d, "--outbox")
         assert out.returncode == 0
@@ -135,7 +136,7 @@ def test_paid_broadcast_at_paid_rate():
         assert out.returncode == 0, out
         d.emu.wait_calls("sendMessage", 300, timeout=20)
         took = time.time() - t0
-        assert took < 6, took
+        assert took < 8, took   # at the free 30 a second: 10 s
         assert d.emu.violations == 0
         assert eventually(lambda: len(rows(d, "lane = 3 AND state = 1")) ==
                           300), rows(d, "lane = 3 AND state <> 1")
