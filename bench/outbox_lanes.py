@@ -110,14 +110,14 @@ def one_chat(d, n):
     db.close()
 
 
-def row(name, f, a, extra=""):
-    print("| %s | %.3f s | %.3f s | %s |" % (name, f, a, extra))
+def row(name, f, a, extra, n429):
+    print("| %s | %.3f s | %.3f s | %s | %d |" % (name, f, a, extra, n429))
 
 
 def main():
     print("| backlog | follow-up after its update | late answerCallbackQuery "
-          "after its handler | broadcast |")
-    print("|---|---|---|---|")
+          "after its handler | broadcast | 429s |")
+    print("|---|---|---|---|---|")
     violations = 0
 
     with daemon() as d:
@@ -133,7 +133,8 @@ def main():
         row("%d broadcast calls" % N, f, a, "finished %.1f s after "
             "--broadcast = %.3f x N/rate (%.1f s); one every %.2f ms "
             "(1/rate: %.2f ms)" % (took, took / (N / RATE), N / RATE,
-                                   steady * 1000, 1000.0 / RATE))
+                                   steady * 1000, 1000.0 / RATE),
+            d.emu.violations)
         violations += d.emu.violations
 
     with daemon() as d:
@@ -141,7 +142,7 @@ def main():
         time.sleep(2)
         f, a = probe(d, 1000)
         row("%d broadcast calls over 8h" % N, f, a, "(spread: not waited "
-            "for)")
+            "for)", d.emu.violations)
         violations += d.emu.violations
 
     with daemon() as d:
@@ -149,7 +150,7 @@ def main():
         d.emu.wait_calls("sendMessage", 2, timeout=30)
         f, a = probe(d, 1000)
         row("%d calls pending to one chat" % (N // 2), f, a, "(one a second: "
-            "not waited for)")
+            "not waited for)", d.emu.violations)
         violations += d.emu.violations
     print()
     print("429s from the emulator: %d" % violations)

@@ -555,18 +555,19 @@ flush_outcomes(struct outbox *o)
 
 /* ---- sending ---- */
 
-/* The global pace: 1/rate apart, plus 1% so that delays on the way
- * cannot squeeze rate+1 calls into one of Telegram's seconds. */
+/* The global pace: 1/rate apart, plus 2.5% so that delays on the way
+ * (the network, the Bot API's own clock) cannot squeeze rate+1 calls into
+ * one of Telegram's seconds. */
 static uint64_t
 pace_us(const struct outbox *o)
 {
-	return (uint64_t)(1010000.0 * o->slow / (double)o->o.rate);
+	return (uint64_t)(1025000.0 * o->slow / (double)o->o.rate);
 }
 
 static uint64_t
 paid_pace_us(const struct outbox *o)
 {
-	return (uint64_t)(1010000.0 * o->slow / (double)o->o.paid_rate);
+	return (uint64_t)(1025000.0 * o->slow / (double)o->o.paid_rate);
 }
 
 /* Checks a local file a call uploads: under upload_dir once symlinks
@@ -696,7 +697,7 @@ start(struct outbox *o, struct queue *q, uint64_t now)
  * sends) keeps the schedule, or the lateness would add up to percents of
  * the rate; later than half a pace (nothing was ready), the schedule
  * starts again from now.  Any 0.98 s then holds at most rate calls: n
- * calls span at least (n - 1.5) paces, and a pace is 1% over 1/rate.
+ * calls span at least (n - 1.5) paces, and a pace is 2.5% over 1/rate.
  */
 static uint64_t
 next_slot(uint64_t slot, uint64_t us, uint64_t pace)
