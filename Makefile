@@ -186,6 +186,9 @@ bench-run: $(BUILD)/tgwebhookd $(BUILD)/bench/hello.so $(BUILD)/bench/enqueue \
 	@echo "== the two sources: polling and webhook (bench/polling_bench.py)"
 	@TGW_BUILD=$(BUILD) python3 bench/polling_bench.py
 	@echo
+	@echo "== a conversation behind a backlog: lanes (bench/outbox_lanes.py)"
+	@TGW_BUILD=$(BUILD) python3 bench/outbox_lanes.py
+	@echo
 	@echo "== webhook load: tgwebhookd and nginx (bench/webhook_bench.py)"
 	@TGW_BUILD=$(BUILD) python3 bench/webhook_bench.py
 

@@ -13,8 +13,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* At most this many calls from one handler run. */
-#define CALLS_MAX 100
+/* At most this many calls from one handler run are read at all; past
+ * [outbox] max_calls_per_update (at most this) they are dead letters. */
+#define CALLS_MAX 1000
 /* Telegram reads at most 1 MiB of parameters from a webhook answer. */
 #define CALLS_INLINE_MAX (1 << 20)
 

@@ -22,9 +22,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "calls.h"
 #include "gate.h"
 #include "log.h"
 #include "update.h"
@@ -35,13 +37,16 @@
 /* Shorter configured secrets are warned about: guessable. */
 #define SECRET_MIN 16
 
-enum ctype { C_STR, C_BOOL, C_LONG, C_DURATION, C_SIZE, C_LOGLEVEL };
+enum ctype { C_STR, C_BOOL, C_LONG, C_DURATION, C_SIZE, C_LOGLEVEL,
+	C_PERCENT, C_RATE };
 
 struct ckey {
 	const char *section;
 	const char *key;
 	enum ctype type;
-	long long min, max;	/* C_LONG, C_DURATION (ms), C_SIZE */
+	long long min, max;	/* C_LONG, C_DURATION (ms), C_SIZE,
+				 * C_PERCENT ("10%"), C_RATE ("N/s" or
+				 * off, as 0) */
 	size_t off;
 };
 
@@ -112,6 +117,18 @@ static const struct ckey ckeys[] = {
 	{ "outbox", "keep_delivered", C_DURATION, 0, 7 * 86400000U,
 	    O(outbox_keep_ms) },
 	{ "outbox", "upload_dir", C_STR, 0, 0, O(outbox_upload_dir) },
+	{ "outbox", "paid_rate", C_RATE, 1, 1000, O(outbox_paid_rate) },
+	{ "outbox", "bulk_share", C_PERCENT, 1, 90, O(outbox_bulk_share) },
+	{ "outbox", "max_calls_per_update", C_LONG, 1, CALLS_MAX,
+	    O(outbox_max_calls_per_update) },
+	{ "outbox", "max_pending_per_chat", C_LONG, 1, 10000000,
+	    O(outbox_max_pending_per_chat) },
+	{ "outbox", "max_pending", C_LONG, 100, 100000000,
+	    O(outbox_max_pending) },
+	{ "outbox", "keep_dead", C_DURATION, 3600000, 30 * 86400000U,
+	    O(outbox_keep_dead_ms) },
+	{ "outbox", "keep_held", C_DURATION, 3600000, 7 * 86400000U,
+	    O(outbox_keep_held_ms) },
 
 	{ "log", "level", C_LOGLEVEL, 0, 0, O(log_level) },
 };
@@ -341,6 +358,32 @@ set_global(struct loader *l, const struct ckey *k, const char *value)
 				*(size_t *)base = sz;
 		}
 		break;
+	case C_PERCENT:
+	case C_RATE: {
+		/* "10%" or "10"; "30/s" or "30", "off" or "0" */
+		const char *unit = k->type == C_PERCENT ? "%" : "/s";
+		char *v = xstrdup(value), *end = v + strlen(v);
+
+		if (k->type == C_RATE && (strcasecmp(v, "off") == 0 ||
+		    strcmp(v, "0") == 0)) {
+			*(long *)base = 0;
+			free(v);
+			break;
+		}
+		if ((size_t)(end - v) > strlen(unit) &&
+		    strcmp(end - strlen(unit), unit) == 0)
+			end[-(long)strlen(unit)] = '\0';
+		if (config_parse_long(v, (long)k->min, (long)k->max, &lv,
+		    err, sizeof(err)) == 0)
+			*(long *)base = lv;
+		else
+			snprintf(err, sizeof(err), "'%s' is not %s from %lld "
+			    "to %lld%s%s", value, k->type == C_PERCENT ?
+			    "a share" : "a rate", k->min, k->max, unit,
+			    k->type == C_RATE ? ", or off" : "");
+		free(v);
+		break;
+	}
 	case C_LOGLEVEL:
 		if ((lvl = log_level_parse(value)) == -1)
 			snprintf(err, sizeof(err),
@@ -511,6 +554,12 @@ config_new(const char *file)
 	c->outbox_inflight = 64;
 	c->outbox_max_age_ms = 86400000;
 	c->outbox_keep_ms = 86400000;
+	c->outbox_bulk_share = 10;
+	c->outbox_max_calls_per_update = 100;
+	c->outbox_max_pending_per_chat = 1000;
+	c->outbox_max_pending = 100000;
+	c->outbox_keep_dead_ms = 7 * 86400000U;
+	c->outbox_keep_held_ms = 86400000;
 	c->log_level = LOG_LVL_INFO;
 	return c;
 }

@@ -94,6 +94,14 @@ struct config {
 	unsigned outbox_keep_ms;	/* delivered calls kept (dedup keys) */
 	char *outbox_upload_dir;	/* file:// parameters are read from
 					 * here; NULL: not allowed */
+	long outbox_paid_rate;		/* allow_paid_broadcast calls per
+					 * second; 0: off */
+	long outbox_bulk_share;		/* percent of the rate kept for bulk */
+	long outbox_max_calls_per_update;
+	long outbox_max_pending_per_chat;
+	long outbox_max_pending;	/* past it: webhooks answered 503 */
+	unsigned outbox_keep_dead_ms;	/* dead calls and failed updates */
+	unsigned outbox_keep_held_ms;	/* held updates never released */
 
 	/* [admin] */
 	char *admin_listen;	/* NULL when off */

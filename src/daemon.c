@@ -243,6 +243,17 @@ probe(void *arg, struct metrics_gauges *g)
 	g->outbox_dead = store_calls_count(d->store, STORE_CALL_DEAD, NULL);
 	g->outbox_oldest_s = oldest > 0 ? (double)(wall_ms() - oldest) /
 	    1000.0 : 0;
+	{
+		struct store_lane_depth ld[STORE_LANES];
+
+		if (store_calls_lanes(d->store, ld) == 0)
+			for (int l = 0; l < STORE_LANES; l++) {
+				g->lane_depth[l] = ld[l].depth;
+				g->lane_oldest_s[l] = ld[l].oldest_ms > 0 ?
+				    (double)(wall_ms() - ld[l].oldest_ms) /
+				    1000.0 : 0;
+			}
+	}
 	g->registered = registered;
 	g->telegram_pending = st.pending_update_count;
 	g->telegram_last_error = st.last_error_date;
@@ -515,6 +526,13 @@ daemon_start(struct daemon *d)
 	    .max_age_ms = c->outbox_max_age_ms,
 	    .keep_ms = c->outbox_keep_ms,
 	    .upload_dir = c->outbox_upload_dir,
+	    .paid_rate = c->outbox_paid_rate,
+	    .bulk_share = (unsigned)c->outbox_bulk_share,
+	    .max_calls_per_update = c->outbox_max_calls_per_update,
+	    .max_pending_per_chat = c->outbox_max_pending_per_chat,
+	    .max_pending = c->outbox_max_pending,
+	    .keep_dead_ms = c->outbox_keep_dead_ms,
+	    .keep_held_ms = c->outbox_keep_held_ms,
 	});
 	/* Polling has no webhook answer: reply_deadline 0 makes every call
 	 * a follow-up (the first one first) and holds a slow handler's
@@ -610,7 +628,14 @@ warn_restart_keys(const struct config *a, const struct config *b)
 	    a->outbox_group_per_minute != b->outbox_group_per_minute ||
 	    a->outbox_inflight != b->outbox_inflight ||
 	    a->outbox_max_age_ms != b->outbox_max_age_ms ||
-	    a->outbox_keep_ms != b->outbox_keep_ms;
+	    a->outbox_keep_ms != b->outbox_keep_ms ||
+	    a->outbox_paid_rate != b->outbox_paid_rate ||
+	    a->outbox_bulk_share != b->outbox_bulk_share ||
+	    a->outbox_max_calls_per_update != b->outbox_max_calls_per_update ||
+	    a->outbox_max_pending_per_chat != b->outbox_max_pending_per_chat ||
+	    a->outbox_max_pending != b->outbox_max_pending ||
+	    a->outbox_keep_dead_ms != b->outbox_keep_dead_ms ||
+	    a->outbox_keep_held_ms != b->outbox_keep_held_ms;
 	diff[18] = a->register_webhook != b->register_webhook ||
 	    a->max_connections != b->max_connections ||
 	    STR_DIFF(a->allowed_updates, b->allowed_updates) ||
@@ -673,6 +698,13 @@ keep_running_values(const struct config *old, struct config *nc)
 	KEEP(outbox_inflight);
 	KEEP(outbox_max_age_ms);
 	KEEP(outbox_keep_ms);
+	KEEP(outbox_paid_rate);
+	KEEP(outbox_bulk_share);
+	KEEP(outbox_max_calls_per_update);
+	KEEP(outbox_max_pending_per_chat);
+	KEEP(outbox_max_pending);
+	KEEP(outbox_keep_dead_ms);
+	KEEP(outbox_keep_held_ms);
 	KEEP(register_webhook);
 	KEEP(max_connections);
 	KEEP(drop_pending_updates);

@@ -271,6 +271,8 @@ static int
 store_command(const struct config *c, enum mode mode, const char *arg,
     const char *text, const char *over)
 {
+	struct ops_limits lim = { c->outbox_rate, c->outbox_max_pending,
+		c->outbox_max_pending_per_chat };
 	unsigned ms = 0;
 	char err[512];
 	struct store *s;
@@ -289,7 +291,7 @@ store_command(const struct config *c, enum mode mode, const char *arg,
 	store_set_sync_full(s, strcmp(c->store_sync, "full") == 0);
 	switch (mode) {
 	case MODE_OUTBOX:
-		rc = ops_outbox(s, stdout);
+		rc = ops_outbox(s, &lim, stdout);
 		break;
 	case MODE_RETRY_DEAD:
 		rc = ops_retry_dead(s, arg, stdout);
@@ -298,7 +300,7 @@ store_command(const struct config *c, enum mode mode, const char *arg,
 		rc = ops_purge_dead(s, ms, stdout);
 		break;
 	case MODE_BROADCAST:
-		rc = ops_broadcast(s, arg, text, ms, stdout);
+		rc = ops_broadcast(s, arg, text, ms, &lim, stdout);
 		break;
 	default:
 		break;

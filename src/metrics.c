@@ -9,6 +9,7 @@
 #include <stdatomic.h>
 #include <string.h>
 
+#include "outbox.h"
 #include "update.h"
 #include "util.h"
 
@@ -186,6 +187,19 @@ metrics_render(const struct metrics_gauges *g)
 	    "tgwebhookd_store_healthy %d\n",
 	    g->outbox_pending, g->outbox_dead, g->outbox_oldest_s,
 	    g->registered ? 1 : 0, g->store_failing_since == 0 ? 1 : 0);
+	buf_puts(&b, "# HELP tgwebhookd_outbox_lane_pending Calls waiting, "
+	    "per lane.\n# TYPE tgwebhookd_outbox_lane_pending gauge\n");
+	for (int l = 0; l < STORE_LANES; l++)
+		buf_printf(&b, "tgwebhookd_outbox_lane_pending{lane=\"%s\"} "
+		    "%ld\n", outbox_lane_name((enum store_lane)l),
+		    g->lane_depth[l]);
+	buf_puts(&b, "# HELP tgwebhookd_outbox_lane_oldest_seconds Age of "
+	    "the oldest waiting call, per lane.\n"
+	    "# TYPE tgwebhookd_outbox_lane_oldest_seconds gauge\n");
+	for (int l = 0; l < STORE_LANES; l++)
+		buf_printf(&b, "tgwebhookd_outbox_lane_oldest_seconds{lane="
+		    "\"%s\"} %.3f\n", outbox_lane_name((enum store_lane)l),
+		    g->lane_oldest_s[l]);
 	if (g->cert_expiry > 0)
 		buf_printf(&b, "# HELP tgwebhookd_certificate_expiry_timestamp"
 		    "_seconds When the served certificate expires.\n"

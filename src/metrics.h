@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 #include "botapi.h"
+#include "store.h"
 
 enum metric_update {
 	MU_INLINE,	/* answered with an inline call */
@@ -43,6 +44,8 @@ struct metrics_gauges {
 	long outbox_pending;
 	long outbox_dead;
 	double outbox_oldest_s;
+	long lane_depth[STORE_LANES];	/* pending calls per lane */
+	double lane_oldest_s[STORE_LANES];	/* age of its oldest */
 	bool registered;
 	int64_t cert_expiry;		/* unix seconds; 0: no TLS */
 	long telegram_pending;		/* -1: not known yet */

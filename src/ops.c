@@ -11,6 +11,7 @@
 #include <openssl/evp.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "calls.h"
 #include "log.h"
@@ -127,11 +128,74 @@ list_failed(struct store *s, FILE *out)
 	return 0;
 }
 
+/* Pending calls per lane: how many, and how old the oldest is. */
+static int
+list_lanes(struct store *s, FILE *out)
+{
+	struct store_lane_depth d[STORE_LANES];
+	char a[32];
+
+	if (store_calls_lanes(s, d) == -1) {
+		fprintf(stderr, "tgwebhookd: store: cannot count the lanes\n");
+		return -1;
+	}
+	fprintf(out, "lanes (pending, oldest):\n");
+	for (int l = 0; l < STORE_LANES; l++) {
+		if (d[l].depth > 0)
+			age(d[l].oldest_ms, a, sizeof(a));
+		fprintf(out, "  %-12s %8ld  %s\n", outbox_lane_name(
+		    (enum store_lane)l), d[l].depth, d[l].depth > 0 ? a : "-");
+	}
+	return 0;
+}
+
+/* Every broadcast still in the store, oldest first, and when it will
+ * finish: its last spread call, or its pending calls and those of the
+ * broadcasts before it at the global rate, whichever is later. */
+static int
+list_broadcasts(struct store *s, const struct ops_limits *l, FILE *out)
+{
+	struct store_broadcast b[LIST_MAX];
+	char err[256], when[64];
+	long n = store_broadcasts(s, b, LIST_MAX, err, sizeof(err)), ahead = 0;
+	int64_t now = wall_ms();
+
+	if (n < 0) {
+		fprintf(stderr, "tgwebhookd: %s\n", err);
+		return -1;
+	}
+	fprintf(out, "broadcasts: %ld\n", n);
+	if (n > 0)
+		fprintf(out, "  %-16s %8s %8s %8s  %s\n", "id", "sent",
+		    "pending", "failed", "finishes");
+	for (long i = 0; i < n; i++) {
+		int64_t end;
+		time_t t;
+		struct tm tm;
+
+		ahead += b[i].pending;
+		end = now + ahead * 1000 / (l->rate > 0 ? l->rate : 30);
+		if (b[i].last_not_before_ms > end)
+			end = b[i].last_not_before_ms;
+		t = (time_t)(end / 1000);
+		gmtime_r(&t, &tm);
+		if (b[i].pending == 0)
+			snprintf(when, sizeof(when), "done");
+		else
+			strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S UTC",
+			    &tm);
+		fprintf(out, "  %-16s %8ld %8ld %8ld  %s\n", b[i].id, b[i].sent,
+		    b[i].pending, b[i].failed, when);
+	}
+	return 0;
+}
+
 int
-ops_outbox(struct store *s, FILE *out)
+ops_outbox(struct store *s, const struct ops_limits *l, FILE *out)
 {
 	know_secrets(s);
-	if (list(s, STORE_CALL_PENDING, "pending", out) == -1 ||
+	if (list_lanes(s, out) == -1 || list_broadcasts(s, l, out) == -1 ||
+	    list(s, STORE_CALL_PENDING, "pending", out) == -1 ||
 	    list(s, STORE_CALL_DEAD, "dead letters", out) == -1 ||
 	    list_failed(s, out) == -1)
 		return 1;
@@ -242,8 +306,12 @@ ops_broadcast_line(const char *line, const char *text, const char *key,
 			json_object_set_new(call, "chat_id", json_integer(
 			    (json_int_t)strtoll(t, NULL, 10)));
 	}
-	if (outbox_call_row(call, key, row, err, errlen) == 0)
+	if (outbox_call_row(call, key, row, err, errlen) == 0) {
+		/* a broadcast is bulk, whatever its method */
+		if (row->lane != STORE_LANE_PAID)
+			row->lane = STORE_LANE_BULK;
 		rc = 1;
+	}
 out:
 	json_decref(call);
 	free(copy);
@@ -298,13 +366,40 @@ broadcast_id(const char *path, const char *text, char *id, size_t idlen,
 	return bad > 0 ? -1 : 0;
 }
 
+/* Whether total calls of broadcast id fit under max_pending: 0, or -1
+ * having said how many fit. */
+static int
+broadcast_fits(struct store *s, const char *id, size_t total,
+    const struct ops_limits *l)
+{
+	long known = store_broadcast_known(s, id), pending =
+	    store_calls_count(s, STORE_CALL_PENDING, NULL), fit;
+	size_t fresh;
+
+	if (known < 0 || pending < 0) {
+		fprintf(stderr, "tgwebhookd: store: cannot count the outbox\n");
+		return -1;
+	}
+	fresh = total > (size_t)known ? total - (size_t)known : 0;
+	if (l->max_pending <= 0 || pending + (long)fresh <= l->max_pending)
+		return 0;
+	fit = l->max_pending > pending ? l->max_pending - pending : 0;
+	fprintf(stderr, "tgwebhookd: %s: nothing queued: its %zu call(s) "
+	    "would take the outbox over [outbox] max_pending (%ld): %ld "
+	    "call(s) are pending, so %ld more fit; wait for the outbox to "
+	    "drain (tgwebhookd --outbox), split the file, or raise "
+	    "max_pending\n", id, fresh, l->max_pending, pending, fit);
+	return -1;
+}
+
 int
 ops_broadcast(struct store *s, const char *path, const char *text,
-    uint64_t over_ms, FILE *out)
+    uint64_t over_ms, const struct ops_limits *l, FILE *out)
 {
 	struct store_call *rows = xcalloc(BATCH, sizeof(*rows));
 	char id[32], err[256], *line = NULL;
 	size_t total, lineno = 0, i = 0, m = 0, added = 0, queued;
+	long refused = 0;
 	int64_t start = wall_ms();
 	size_t cap = 0;
 	FILE *f = NULL;
@@ -316,6 +411,8 @@ ops_broadcast(struct store *s, const char *path, const char *text,
 		fprintf(stderr, "tgwebhookd: %s holds no calls\n", path);
 		goto out;
 	}
+	if (broadcast_fits(s, id, total, l) == -1)
+		goto out;
 	if ((f = fopen(path, "r")) == NULL) {
 		fprintf(stderr, "tgwebhookd: %s: %s\n", path, strerror(errno));
 		goto out;
@@ -332,6 +429,8 @@ ops_broadcast(struct store *s, const char *path, const char *text,
 		rows[m].not_before_ms = start + (int64_t)(over_ms * i / total);
 		i++;
 		if (++m == BATCH) {
+			refused += outbox_limit_chats(s, rows, m,
+			    l->max_pending_per_chat);
 			if (store_calls_add(s, rows, m, &queued, err,
 			    sizeof(err)) == -1)
 				goto fail;
@@ -341,6 +440,9 @@ ops_broadcast(struct store *s, const char *path, const char *text,
 			m = 0;
 		}
 	}
+	if (m > 0)
+		refused += outbox_limit_chats(s, rows, m,
+		    l->max_pending_per_chat);
 	if (m > 0 && store_calls_add(s, rows, m, &queued, err, sizeof(err)) ==
 	    -1)
 		goto fail;
@@ -348,6 +450,13 @@ ops_broadcast(struct store *s, const char *path, const char *text,
 	fprintf(out, "broadcast %s: %zu call(s), %zu queued now, %zu were "
 	    "queued before%s\n", id, total, added, total - added,
 	    over_ms > 0 ? ", spread over the window given" : "");
+	if (refused > 0)
+		fprintf(out, "broadcast %s: %ld call(s) not queued: their chat "
+		    "already has [outbox] max_pending_per_chat (%ld) pending; "
+		    "kept as dead letters (--outbox lists them)\n", id, refused,
+		    l->max_pending_per_chat);
+	fprintf(out, "broadcast %s: bulk lane; tgwebhookd --outbox shows its "
+	    "progress and when it finishes\n", id);
 	rc = 0;
 	goto out;
 fail:

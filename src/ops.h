@@ -12,9 +12,17 @@
 struct store;
 struct store_call;
 
-/* Prints pending and dead calls (method, chat, attempts, last error,
- * age).  Returns the exit status. */
-int ops_outbox(struct store *s, FILE *out);
+/* What the commands need of [outbox]. */
+struct ops_limits {
+	long rate;			/* calls per second in all */
+	long max_pending;		/* 0: no bound */
+	long max_pending_per_chat;	/* 0: no bound */
+};
+
+/* Prints each lane's depth, every broadcast (sent, pending, failed, when
+ * it finishes at l->rate), then pending and dead calls (method, chat,
+ * attempts, last error, age).  Returns the exit status. */
+int ops_outbox(struct store *s, const struct ops_limits *l, FILE *out);
 /* Re-queues dead calls: "all" or an id.  Returns the exit status. */
 int ops_retry_dead(struct store *s, const char *which, FILE *out);
 /* Deletes dead calls older than age_ms.  Returns the exit status. */
@@ -26,12 +34,15 @@ int ops_purge_dead(struct store *s, uint64_t age_ms, FILE *out);
  * call, 0 for a blank or comment line, -1 with err. */
 int ops_broadcast_line(const char *line, const char *text, const char *key,
     struct store_call *row, char *err, size_t errlen);
-/* Queues one call per line of path, spread evenly over over_ms (0: as
- * fast as the limits allow).  Keyed by the file's content, so running it
- * again after an interruption queues only what is missing.  Every bad
- * line is reported as path:line: ... and nothing is queued then.
- * Returns the exit status. */
+/* Queues one call per line of path in the bulk lane (paid with
+ * allow_paid_broadcast), spread evenly over over_ms (0: as fast as the
+ * limits allow).  Keyed by the file's content, so running it again after
+ * an interruption queues only what is missing.  Every bad line is
+ * reported as path:line: ... and nothing is queued then; nor when the
+ * calls would take the outbox over l->max_pending (it says how many
+ * fit).  Calls to a chat past l->max_pending_per_chat are dead letters
+ * that say so.  Returns the exit status. */
 int ops_broadcast(struct store *s, const char *path, const char *text,
-    uint64_t over_ms, FILE *out);
+    uint64_t over_ms, const struct ops_limits *l, FILE *out);
 
 #endif

@@ -2,15 +2,29 @@
  * outbox.c: the sender.
  *
  * One thread owns all scheduling state; other threads only add rows to
- * the store and wake it.  Pending rows are read from the store in id
- * order, a bounded window at a time, into per-chat FIFO queues.  A chat
- * has at most one call in flight, which keeps its calls in order; a chat
- * with a call ready sits in a min-heap keyed by the time it may send next
- * (its interval, a group's per-minute window, a 429's retry_after, the
- * head call's backoff).  Calls without a chat_id each get a chat of their
- * own, so they are paced only globally.  The global pace is one call per
- * 1/rate seconds (no bursts: any one-second window holds at most `rate`).
- * Outcomes are written back in one transaction per loop.
+ * the store and wake it.  Calls sit in lanes (store.h: deadline,
+ * conversation, bulk, paid) and, within a lane, in one FIFO queue per
+ * chat.  Telegram's per-chat limits (one message a second, a group's 20
+ * a minute, a 429's retry_after) belong to the chat and bind all its
+ * lanes; a chat has at most one call in flight, which keeps each lane's
+ * calls to it in order.  Calls without a chat_id each get a queue of
+ * their own, so they are paced only globally.
+ *
+ * Fairness and memory: each lane is read from the store by increasing
+ * id into at most LANE_MEMORY calls, and a chat's queue holds at most
+ * QUEUE_MEMORY of them: a lane's reader skips the calls of a chat whose
+ * queue is full (every skipped call has an id at most the lane's
+ * cursor), and the queue reads them back by (lane, chat, id) when it
+ * runs dry.  So one chat's backlog takes QUEUE_MEMORY places, not the
+ * window, and a bulk backlog cannot fill the other lanes' places.
+ *
+ * Each lane has a min-heap of queues keyed by the time their head call
+ * may go.  The global pace is one call per 1/rate seconds (no bursts);
+ * each slot goes to the highest lane with a call ready, except that bulk
+ * takes bulk_share of the slots while it and a higher lane are both
+ * ready.  The paid lane has its own pace (paid_rate); with paid_rate off
+ * its calls go in the bulk lane.  Outcomes are written back in one
+ * transaction per loop.
  *
  * Times in memory are monotonic milliseconds; the store keeps wall-clock
  * times, converted when rows are read.
@@ -23,10 +37,12 @@
 #include <limits.h>
 #include <openssl/rand.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -38,8 +54,9 @@
 #include "util.h"
 
 #define LOAD_PAGE 1000
-#define MEMORY_MAX 10000	/* calls held in memory; the rest wait in the
-				 * store */
+#define LANE_MEMORY 5000	/* calls of one lane held in memory; the rest
+				 * wait in the store */
+#define QUEUE_MEMORY 8		/* calls of one chat's queue in memory */
 #define RELOAD_MS 1000		/* look for rows other processes added */
 #define PRUNE_MS 60000
 #define SWEEP_MS 30000
@@ -47,8 +64,13 @@
 #define BACKOFF_MAX_MS 300000
 #define MIGRATE_MAX 5
 #define BUCKETS 4096
+#define LANES STORE_LANES
+
+static const char *const lane_names[LANES] = { "deadline", "conversation",
+	"bulk", "paid" };
 
 struct chat;
+struct queue;
 
 struct item {
 	int64_t id;
@@ -57,22 +79,41 @@ struct item {
 	int attempts;
 	int64_t created_ms;	/* wall clock */
 	uint64_t not_before;	/* monotonic */
-	struct chat *chat;
+	struct queue *q;
 	struct item *next;
 };
 
+/* Telegram's limits for one chat, whatever the lane. */
 struct chat {
-	char *id;		/* chat_id as text; NULL: a call of its own */
+	char *id;		/* chat_id as text */
 	bool group;		/* a negative id: 20 a minute */
-	struct item *head, *tail;
-	bool busy;		/* its head call is in flight */
+	bool busy;		/* one of its calls is in flight */
 	uint64_t next_ok;	/* chat_interval after the last message */
 	uint64_t blocked_until;	/* retry_after of a 429 */
 	uint64_t *window;	/* group: times of the last messages (ring) */
 	size_t wpos;
-	size_t heap_pos;	/* SIZE_MAX: not in the heap */
 	uint64_t last_used;
+	struct queue *q[LANES];	/* its calls, per lane; NULL: none */
 	struct chat *hnext;
+};
+
+/* One lane's calls to one chat, in id order; a part of them in memory. */
+struct queue {
+	struct chat *chat;	/* NULL: a call of its own */
+	enum store_lane lane;	/* the store's lane of its rows */
+	int heap;		/* the heap it is scheduled in */
+	struct item *head, *tail;
+	size_t n;		/* calls in memory */
+	int64_t last_id;	/* the highest id read into it */
+	bool more;		/* the store holds more of its calls, with
+				 * ids in (last_id, the lane's cursor] */
+	bool busy;		/* its head call is in flight */
+	size_t heap_pos;	/* SIZE_MAX: not in the heap */
+};
+
+struct heap {
+	struct queue **v;
+	size_t n, cap;
 };
 
 struct outbox {
@@ -83,17 +124,21 @@ struct outbox {
 	atomic_bool wake;
 	atomic_bool stopping;
 	atomic_size_t held;
+	atomic_long stored;	/* pending calls in the store */
 	_Atomic uint64_t beat;
 	uint64_t stop_by;	/* written before stopping is set */
 
 	struct chat *buckets[BUCKETS];
-	struct chat **heap;
-	size_t nheap, heapcap;
-	int64_t loaded_max;	/* highest id read from the store */
+	struct heap heaps[LANES];
+	int64_t cursor[LANES];	/* the highest id each lane's reader saw */
+	size_t mem[LANES];	/* calls of each lane in memory */
+	bool more_in_store[LANES];	/* the last read stopped at
+					 * LANE_MEMORY */
 	size_t in_memory;
-	bool more_in_store;	/* the last load stopped at MEMORY_MAX */
 
 	uint64_t next_send_us;	/* global pace */
+	uint64_t next_paid_us;	/* the paid lane's pace */
+	double bulk_credit;	/* slots owed to bulk while others are busy */
 	double slow;		/* >= 1: pace divisor after repeated 429s */
 	uint64_t recent429[3];
 	size_t r429;
@@ -103,13 +148,6 @@ struct outbox {
 	char **outcome_errs;
 	size_t noutcomes, outcap;
 
-	/* For outbox_unsent() without the store: calls in memory by chat
-	 * bucket, and whether memory has every call added so far. */
-	atomic_int unsent[BUCKETS];
-	atomic_uint_fast64_t added;	/* outbox_add()s committed */
-	atomic_uint_fast64_t loaded;	/* of those, how many the last load
-					 * had seen */
-	atomic_bool overflow;	/* more_in_store, for other threads */
 };
 
 static uint64_t
@@ -121,32 +159,37 @@ now_us(void)
 	return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
 }
 
+/* Telegram's method names are case-insensitive: so is every rule here. */
 static bool
 is_message(const char *method)
 {
-	return strncmp(method, "send", 4) == 0 ||
-	    strncmp(method, "forward", 7) == 0 ||
-	    strncmp(method, "copy", 4) == 0;
+	return strncasecmp(method, "send", 4) == 0 ||
+	    strncasecmp(method, "forward", 7) == 0 ||
+	    strncasecmp(method, "copy", 4) == 0;
 }
 
-/* ---- the heap of chats ready to send, by the time they may ---- */
+/* ---- the heaps of queues ready to send, by the time they may ---- */
 
 static uint64_t
-eligible(const struct outbox *o, const struct chat *c)
+eligible(const struct outbox *o, const struct queue *q)
 {
-	uint64_t t = c->head->not_before;
+	const struct chat *c = q->chat;
+	uint64_t t = q->head->not_before;
 
-	if (c->blocked_until > t)
-		t = c->blocked_until;
-	if (is_message(c->head->method)) {
-		if (c->next_ok > t)
-			t = c->next_ok;
-		if (c->window != NULL) {
-			/* the oldest of the last N sends, plus a minute */
-			uint64_t oldest = c->window[c->wpos];
+	if (c != NULL) {
+		if (c->blocked_until > t)
+			t = c->blocked_until;
+		if (is_message(q->head->method)) {
+			if (c->next_ok > t)
+				t = c->next_ok;
+			if (c->window != NULL) {
+				/* the oldest of the last N sends, plus a
+				 * minute */
+				uint64_t oldest = c->window[c->wpos];
 
-			if (oldest != 0 && oldest + 60000 > t)
-				t = oldest + 60000;
+				if (oldest != 0 && oldest + 60000 > t)
+					t = oldest + 60000;
+			}
 		}
 	}
 	if (o->paused_until > t)
@@ -155,76 +198,92 @@ eligible(const struct outbox *o, const struct chat *c)
 }
 
 static bool
-heap_less(const struct outbox *o, size_t a, size_t b)
+heap_less(const struct outbox *o, const struct heap *h, size_t a, size_t b)
 {
-	uint64_t ea = eligible(o, o->heap[a]), eb = eligible(o, o->heap[b]);
+	uint64_t ea = eligible(o, h->v[a]), eb = eligible(o, h->v[b]);
 
 	if (ea != eb)
 		return ea < eb;
-	return o->heap[a]->head->id < o->heap[b]->head->id;
+	return h->v[a]->head->id < h->v[b]->head->id;
 }
 
 static void
-heap_swap(struct outbox *o, size_t a, size_t b)
+heap_swap(struct heap *h, size_t a, size_t b)
 {
-	struct chat *t = o->heap[a];
+	struct queue *t = h->v[a];
 
-	o->heap[a] = o->heap[b];
-	o->heap[b] = t;
-	o->heap[a]->heap_pos = a;
-	o->heap[b]->heap_pos = b;
+	h->v[a] = h->v[b];
+	h->v[b] = t;
+	h->v[a]->heap_pos = a;
+	h->v[b]->heap_pos = b;
 }
 
 static void
-heap_fix(struct outbox *o, size_t i)
+heap_fix(const struct outbox *o, struct heap *h, size_t i)
 {
-	while (i > 0 && heap_less(o, i, (i - 1) / 2)) {
-		heap_swap(o, i, (i - 1) / 2);
+	while (i > 0 && heap_less(o, h, i, (i - 1) / 2)) {
+		heap_swap(h, i, (i - 1) / 2);
 		i = (i - 1) / 2;
 	}
 	for (;;) {
 		size_t l = 2 * i + 1, r = l + 1, m = i;
 
-		if (l < o->nheap && heap_less(o, l, m))
+		if (l < h->n && heap_less(o, h, l, m))
 			m = l;
-		if (r < o->nheap && heap_less(o, r, m))
+		if (r < h->n && heap_less(o, h, r, m))
 			m = r;
 		if (m == i)
 			return;
-		heap_swap(o, i, m);
+		heap_swap(h, i, m);
 		i = m;
 	}
 }
 
-/* Puts c in the heap (or re-sorts it) if it has a call and none in
- * flight. */
 static void
-heap_update(struct outbox *o, struct chat *c)
+heap_remove(struct outbox *o, struct queue *q)
 {
-	if (c->head == NULL || c->busy) {
-		if (c->heap_pos != SIZE_MAX) {
-			size_t i = c->heap_pos;
+	struct heap *h = &o->heaps[q->heap];
+	size_t i = q->heap_pos;
 
-			heap_swap(o, i, --o->nheap);
-			c->heap_pos = SIZE_MAX;
-			if (i < o->nheap)
-				heap_fix(o, i);
-		}
+	if (i == SIZE_MAX)
 		return;
-	}
-	if (c->heap_pos == SIZE_MAX) {
-		if (o->nheap == o->heapcap) {
-			o->heapcap = o->heapcap ? o->heapcap * 2 : 256;
-			o->heap = xrealloc(o->heap, o->heapcap *
-			    sizeof(*o->heap));
-		}
-		o->heap[o->nheap] = c;
-		c->heap_pos = o->nheap++;
-	}
-	heap_fix(o, c->heap_pos);
+	heap_swap(h, i, --h->n);
+	q->heap_pos = SIZE_MAX;
+	if (i < h->n)
+		heap_fix(o, h, i);
 }
 
-/* ---- chats ---- */
+/* Puts q in its heap (or re-sorts it) if it has a call and its chat
+ * none in flight. */
+static void
+queue_update(struct outbox *o, struct queue *q)
+{
+	struct heap *h = &o->heaps[q->heap];
+
+	if (q->head == NULL || q->busy || (q->chat != NULL && q->chat->busy)) {
+		heap_remove(o, q);
+		return;
+	}
+	if (q->heap_pos == SIZE_MAX) {
+		if (h->n == h->cap) {
+			h->cap = h->cap ? h->cap * 2 : 256;
+			h->v = xrealloc(h->v, h->cap * sizeof(*h->v));
+		}
+		h->v[h->n] = q;
+		q->heap_pos = h->n++;
+	}
+	heap_fix(o, h, q->heap_pos);
+}
+
+static void
+chat_update(struct outbox *o, struct chat *c)
+{
+	for (int l = 0; l < LANES; l++)
+		if (c->q[l] != NULL)
+			queue_update(o, c->q[l]);
+}
+
+/* ---- chats and their queues ---- */
 
 static size_t
 chat_bucket(const char *id)
@@ -236,37 +295,23 @@ chat_bucket(const char *id)
 	return (size_t)(h % BUCKETS);
 }
 
-/* A call to chat id (NULL: none) came into memory (+1) or left it (-1). */
-static void
-unsent_count(struct outbox *o, const char *id, int n)
-{
-	if (id != NULL)
-		atomic_fetch_add(&o->unsent[chat_bucket(id)], n);
-}
-
 static struct chat *
 chat_get(struct outbox *o, const char *id)
 {
+	size_t b = chat_bucket(id);
 	struct chat *c;
-	size_t b;
 
-	if (id != NULL) {
-		b = chat_bucket(id);
-		for (c = o->buckets[b]; c != NULL; c = c->hnext)
-			if (strcmp(c->id, id) == 0)
-				return c;
-	}
+	for (c = o->buckets[b]; c != NULL; c = c->hnext)
+		if (strcmp(c->id, id) == 0)
+			return c;
 	c = xcalloc(1, sizeof(*c));
-	c->heap_pos = SIZE_MAX;
-	if (id != NULL) {
-		c->id = xstrdup(id);
-		c->group = id[0] == '-' || id[0] == '@';
-		if (c->group)
-			c->window = xcalloc((size_t)o->o.group_per_minute,
-			    sizeof(*c->window));
-		c->hnext = o->buckets[b];
-		o->buckets[b] = c;
-	}
+	c->id = xstrdup(id);
+	c->group = id[0] == '-' || id[0] == '@';
+	if (c->group)
+		c->window = xcalloc((size_t)o->o.group_per_minute,
+		    sizeof(*c->window));
+	c->hnext = o->buckets[b];
+	o->buckets[b] = c;
 	return c;
 }
 
@@ -287,9 +332,12 @@ chats_sweep(struct outbox *o, uint64_t now)
 
 		while (*p != NULL) {
 			struct chat *c = *p;
+			bool empty = !c->busy;
 
-			if (c->head == NULL && !c->busy &&
-			    c->last_used + 61000 < now) {
+			for (int l = 0; l < LANES; l++)
+				if (c->q[l] != NULL)
+					empty = false;
+			if (empty && c->last_used + 61000 < now) {
 				*p = c->hnext;
 				chat_free(c);
 			} else {
@@ -297,6 +345,30 @@ chats_sweep(struct outbox *o, uint64_t now)
 			}
 		}
 	}
+}
+
+/* The heap a stored lane is scheduled in: paid calls go as bulk while
+ * paid_rate is off. */
+static int
+lane_heap(const struct outbox *o, enum store_lane lane)
+{
+	if (lane == STORE_LANE_PAID && o->o.paid_rate <= 0)
+		return STORE_LANE_BULK;
+	return (int)lane;
+}
+
+static struct queue *
+queue_new(struct outbox *o, struct chat *c, enum store_lane lane)
+{
+	struct queue *q = xcalloc(1, sizeof(*q));
+
+	q->chat = c;
+	q->lane = lane;
+	q->heap = lane_heap(o, lane);
+	q->heap_pos = SIZE_MAX;
+	if (c != NULL)
+		c->q[lane] = q;
+	return q;
 }
 
 static void
@@ -307,34 +379,73 @@ item_free(struct item *it)
 	free(it);
 }
 
+/* Forgets a queue (its calls in memory too: they stay in the store). */
 static void
-chat_append(struct outbox *o, struct chat *c, struct item *it)
+queue_free(struct outbox *o, struct queue *q)
 {
-	it->chat = c;
+	heap_remove(o, q);
+	while (q->head != NULL) {
+		struct item *it = q->head;
+
+		q->head = it->next;
+		item_free(it);
+		o->mem[q->lane]--;
+		o->in_memory--;
+	}
+	if (q->chat != NULL)
+		q->chat->q[q->lane] = NULL;
+	free(q);
+	atomic_store(&o->held, o->in_memory);
+}
+
+static void
+queue_append(struct outbox *o, struct queue *q, struct item *it)
+{
+	it->q = q;
 	it->next = NULL;
-	if (c->tail != NULL)
-		c->tail->next = it;
+	if (q->tail != NULL)
+		q->tail->next = it;
 	else
-		c->head = it;
-	c->tail = it;
-	heap_update(o, c);
+		q->head = it;
+	q->tail = it;
+	q->n++;
+	if (it->id > q->last_id)
+		q->last_id = it->id;
+	o->mem[q->lane]++;
+	o->in_memory++;
+	queue_update(o, q);
 }
 
 /* ---- the store ---- */
 
-static void
-load(struct outbox *o)
+static struct item *
+item_from_row(struct store_call *r, int64_t wall, uint64_t mono)
 {
-	uint64_t added = atomic_load(&o->added);	/* before reading */
-	bool more = true;
+	struct item *it = xcalloc(1, sizeof(*it));
+
+	it->id = r->id;
+	it->method = r->method;
+	it->params = r->params;
+	r->method = r->params = NULL;
+	it->attempts = r->attempts;
+	it->created_ms = r->created_ms;
+	it->not_before = mono + (uint64_t)(r->not_before_ms > wall ?
+	    r->not_before_ms - wall : 0);
+	return it;
+}
+
+/* Reads what the lane's reader has not seen yet, up to LANE_MEMORY. */
+static void
+load_lane(struct outbox *o, enum store_lane lane)
+{
 	char err[256];
 
-	while (o->in_memory < MEMORY_MAX) {
+	while (o->mem[lane] < LANE_MEMORY) {
 		struct store_call *rows;
 		int64_t wall = wall_ms();
 		uint64_t mono = now_ms();
-		long n = store_calls_pending(o->store, o->loaded_max, LOAD_PAGE,
-		    &rows, err, sizeof(err));
+		long n = store_calls_pending(o->store, lane, o->cursor[lane],
+		    LOAD_PAGE, &rows, err, sizeof(err));
 
 		if (n < 0) {
 			log_err("outbox: %s; retrying", err);
@@ -342,31 +453,66 @@ load(struct outbox *o)
 		}
 		for (long i = 0; i < n; i++) {
 			struct store_call *r = &rows[i];
-			struct item *it = xcalloc(1, sizeof(*it));
+			struct queue *q;
 
-			it->id = r->id;
-			it->method = r->method;
-			it->params = r->params;
-			r->method = r->params = NULL;
-			it->attempts = r->attempts;
-			it->created_ms = r->created_ms;
-			it->not_before = mono + (uint64_t)(r->not_before_ms >
-			    wall ? r->not_before_ms - wall : 0);
-			chat_append(o, chat_get(o, r->chat), it);
-			unsent_count(o, r->chat, 1);
-			o->loaded_max = r->id;
-			o->in_memory++;
+			o->cursor[lane] = r->id;
+			if (r->chat != NULL) {
+				struct chat *c = chat_get(o, r->chat);
+
+				q = c->q[lane] != NULL ? c->q[lane] :
+				    queue_new(o, c, lane);
+				/* The queue reads the rest itself, by id. */
+				if (q->more || q->n >= QUEUE_MEMORY) {
+					q->more = true;
+					continue;
+				}
+			} else {
+				q = queue_new(o, NULL, lane);
+			}
+			queue_append(o, q, item_from_row(r, wall, mono));
 		}
 		store_calls_free(rows, (size_t)n);
 		atomic_store(&o->held, o->in_memory);
 		if (n < LOAD_PAGE) {
-			more = false;
-			break;
+			o->more_in_store[lane] = false;
+			return;
 		}
 	}
-	o->more_in_store = more;
-	atomic_store(&o->overflow, more);
-	atomic_store(&o->loaded, added);
+	o->more_in_store[lane] = true;
+}
+
+static void
+load(struct outbox *o)
+{
+	for (int l = 0; l < LANES; l++)
+		load_lane(o, (enum store_lane)l);
+}
+
+/* A chat's queue ran dry in memory: the next of its calls the lane's
+ * reader skipped. */
+static void
+refill(struct outbox *o, struct queue *q)
+{
+	struct store_call *rows;
+	char err[256];
+	int64_t wall = wall_ms();
+	uint64_t mono = now_ms();
+	long n = store_calls_of_chat(o->store, q->lane, q->chat->id,
+	    q->last_id, o->cursor[q->lane], QUEUE_MEMORY, &rows, err,
+	    sizeof(err));
+
+	if (n < 0) {
+		log_err("outbox: %s; chat %s waits for the next start",
+		    err, q->chat->id);
+		q->more = false;
+		return;
+	}
+	for (long i = 0; i < n; i++)
+		queue_append(o, q, item_from_row(&rows[i], wall, mono));
+	store_calls_free(rows, (size_t)n);
+	if (n < QUEUE_MEMORY)
+		q->more = false;
+	atomic_store(&o->held, o->in_memory);
 }
 
 static void
@@ -412,12 +558,19 @@ flush_outcomes(struct outbox *o)
 
 /* ---- sending ---- */
 
-/* The global pace: 1/rate apart, plus 1% so that delays on the way
- * cannot squeeze rate+1 calls into one of Telegram's seconds. */
+/* The global pace: 1/rate apart, plus 2.5% so that delays on the way
+ * (the network, the Bot API's own clock) cannot squeeze rate+1 calls into
+ * one of Telegram's seconds. */
 static uint64_t
 pace_us(const struct outbox *o)
 {
-	return (uint64_t)(1010000.0 * o->slow / (double)o->o.rate);
+	return (uint64_t)(1025000.0 * o->slow / (double)o->o.rate);
+}
+
+static uint64_t
+paid_pace_us(const struct outbox *o)
+{
+	return (uint64_t)(1025000.0 * o->slow / (double)o->o.paid_rate);
 }
 
 /* The rest of path after dir and a '/', or NULL if path is not under
@@ -612,15 +765,20 @@ static void completed(struct outbox *o, struct item *it,
     struct botapi_result *r);
 
 static void
-start(struct outbox *o, struct chat *c, uint64_t now)
+start(struct outbox *o, struct queue *q, uint64_t now)
 {
-	struct item *it = c->head;
+	struct item *it = q->head;
 	struct botapi_result r = { .status = BOTAPI_PERMANENT };
 	char err[sizeof(r.description)];
 
-	c->busy = true;
-	c->last_used = now;
-	heap_update(o, c);
+	q->busy = true;
+	if (q->chat != NULL) {
+		q->chat->busy = true;
+		q->chat->last_used = now;
+		chat_update(o, q->chat);
+	} else {
+		queue_update(o, q);
+	}
 	switch (calls_check_sendable(it->method, err, sizeof(err)) == -1 ? -1 :
 	    strstr(it->params, CALLS_FILE_PREFIX) == NULL ? 1 :
 	    start_upload(o, it, err, sizeof(err))) {
@@ -636,19 +794,73 @@ start(struct outbox *o, struct chat *c, uint64_t now)
 	completed(o, it, &r);
 }
 
+/*
+ * The slot after a send at us that was due at slot.  A send a little
+ * late (the loop wakes on whole milliseconds, and writes outcomes between
+ * sends) keeps the schedule, or the lateness would add up to percents of
+ * the rate; later than half a pace (nothing was ready), the schedule
+ * starts again from now.  Any 0.98 s then holds at most rate calls: n
+ * calls span at least (n - 1.5) paces, and a pace is 2.5% over 1/rate.
+ */
+static uint64_t
+next_slot(uint64_t slot, uint64_t us, uint64_t pace)
+{
+	if (us >= slot && us - slot < pace / 2)
+		return slot + pace;
+	return (slot > us ? slot : us) + pace;
+}
+
+static bool
+ready(const struct outbox *o, int lane, uint64_t now)
+{
+	const struct heap *h = &o->heaps[lane];
+
+	return h->n > 0 && eligible(o, h->v[0]) <= now;
+}
+
+/* Who takes the next slot of the global pace: the highest lane with a
+ * call ready, but bulk its share of the slots while a higher lane is
+ * ready too (credit grows by share/(1-share) per slot it lets go). */
+static struct queue *
+pick(struct outbox *o, uint64_t now)
+{
+	bool r[STORE_LANE_BULK + 1];
+	double share = (double)o->o.bulk_share / 100.0;
+
+	for (int l = 0; l <= STORE_LANE_BULK; l++)
+		r[l] = ready(o, l, now);
+	if (r[STORE_LANE_BULK] && (r[STORE_LANE_DEADLINE] ||
+	    r[STORE_LANE_CONVERSATION])) {
+		if (o->bulk_credit >= 1.0) {
+			o->bulk_credit -= 1.0;
+			return o->heaps[STORE_LANE_BULK].v[0];
+		}
+		o->bulk_credit += share / (1.0 - share);
+	}
+	for (int l = 0; l <= STORE_LANE_BULK; l++)
+		if (r[l])
+			return o->heaps[l].v[0];
+	return NULL;
+}
+
 static void
 dispatch(struct outbox *o)
 {
-	while (o->nheap > 0 &&
-	    botapi_multi_running(o->api) < (unsigned)o->o.max_inflight) {
+	while (botapi_multi_running(o->api) < (unsigned)o->o.max_inflight) {
 		uint64_t us = now_us(), now = us / 1000;
-		struct chat *c = o->heap[0];
+		struct queue *q;
 
-		if (eligible(o, c) > now || us < o->next_send_us)
+		if (o->o.paid_rate > 0 && us >= o->next_paid_us &&
+		    ready(o, STORE_LANE_PAID, now)) {
+			start(o, o->heaps[STORE_LANE_PAID].v[0], now);
+			o->next_paid_us = next_slot(o->next_paid_us, us,
+			    paid_pace_us(o));
+			continue;
+		}
+		if (us < o->next_send_us || (q = pick(o, now)) == NULL)
 			return;
-		start(o, c, now);
-		o->next_send_us = (o->next_send_us > us ? o->next_send_us : us) +
-		    pace_us(o);
+		start(o, q, now);
+		o->next_send_us = next_slot(o->next_send_us, us, pace_us(o));
 	}
 }
 
@@ -668,19 +880,23 @@ backoff_ms(int attempts)
 	return ms * 3 / 4 + (uint64_t)r % (ms / 2 + 1);
 }
 
-/* Removes the head call of its chat (delivered or dead). */
+/* Removes the head call of its queue (delivered or dead); a chat's queue
+ * that ran dry reads its next calls from the store. */
 static void
-pop(struct outbox *o, struct chat *c)
+pop(struct outbox *o, struct queue *q)
 {
-	struct item *it = c->head;
+	struct item *it = q->head;
 
-	c->head = it->next;
-	if (c->head == NULL)
-		c->tail = NULL;
-	unsent_count(o, c->id, -1);
+	q->head = it->next;
+	if (q->head == NULL)
+		q->tail = NULL;
 	item_free(it);
+	q->n--;
+	o->mem[q->lane]--;
 	o->in_memory--;
 	atomic_store(&o->held, o->in_memory);
+	if (q->head == NULL && q->more)
+		refill(o, q);
 }
 
 static void
@@ -697,71 +913,72 @@ note_429(struct outbox *o, uint64_t now)
 	}
 }
 
-/* The group became a supergroup: its calls follow it, in order. */
+/*
+ * The group became a supergroup: its calls follow it, in order.  The
+ * store moves every pending call of the chat; in memory, both chats'
+ * queues are read again from the store (outcomes flushed first, so what
+ * it returns is what is still to send).  A queue of the new chat with a
+ * call in flight keeps what it holds.
+ */
 static void
 migrate(struct outbox *o, struct chat *c, int64_t to)
 {
 	char err[256], to_id[32];
 	struct chat *n;
-	struct item *it, *moved;
 	long rows;
 
 	snprintf(to_id, sizeof(to_id), "%" PRId64, to);
+	flush_outcomes(o);
 	rows = store_calls_rechat(o->store, c->id, to, err, sizeof(err));
 	if (rows < 0)
 		log_err("outbox: %s", err);
 	log_notice("outbox: chat %s became supergroup %s: its %ld pending "
 	    "call(s) go there now", c->id, to_id, rows);
 	n = chat_get(o, to_id);
-	moved = c->head;
-	c->head = c->tail = NULL;
-	heap_update(o, c);
-	/* Merge by id: both queues are in id order. */
-	{
-		struct item *a = moved, *b = n->head, head = { 0 }, *t = &head;
+	for (int l = 0; l < LANES; l++) {
+		struct queue *q;
 
-		while (a != NULL || b != NULL) {
-			struct item **take = (b == NULL || (a != NULL &&
-			    a->id < b->id)) ? &a : &b;
-
-			t->next = *take;
-			t = t->next;
-			*take = (*take)->next;
-		}
-		n->head = head.next;
-		n->tail = t == &head ? NULL : t;
-	}
-	for (it = n->head; it != NULL; it = it->next) {
-		json_t *p;
-
-		if (it->chat == n)
+		if (c->q[l] != NULL)
+			queue_free(o, c->q[l]);
+		if ((q = n->q[l]) != NULL && q->busy) {
+			q->more = true;
 			continue;
-		it->chat = n;
-		unsent_count(o, c->id, -1);
-		unsent_count(o, to_id, 1);
-		if ((p = json_loads(it->params, 0, NULL)) != NULL) {
-			json_object_set_new(p, "chat_id",
-			    json_integer((json_int_t)to));
-			free(it->params);
-			it->params = json_dumps(p, JSON_COMPACT);
-			json_decref(p);
 		}
+		if (q != NULL)
+			queue_free(o, q);
+		q = queue_new(o, n, (enum store_lane)l);
+		q->more = true;
+		refill(o, q);
+		if (q->head == NULL && !q->more)
+			queue_free(o, q);
 	}
-	heap_update(o, n);
+}
+
+/* Whether a 429's wait is longer than max_age: then the call is dead at
+ * once rather than kept for years. */
+static bool
+wait_too_long(const struct outbox *o, long retry_after)
+{
+	return retry_after > 0 && (uint64_t)retry_after * 1000 >
+	    o->o.max_age_ms;
 }
 
 static void
 completed(struct outbox *o, struct item *it, struct botapi_result *r)
 {
-	struct chat *c = it->chat;
+	struct queue *q = it->q;
+	struct chat *c = q->chat;
 	uint64_t now = now_ms();
-	const char *chat = c->id != NULL ? c->id : "-";
+	const char *chat = c != NULL ? c->id : "-";
+	char why[sizeof(r->description) + 96];
 
-	c->busy = false;
+	q->busy = false;
+	if (c != NULL)
+		c->busy = false;
 	/* A chat's pace counts from the answer, not the request: the next
 	 * message then reaches Telegram at least chat_interval after this
 	 * one did, whatever the network delays. */
-	if (c->id != NULL && is_message(it->method)) {
+	if (c != NULL && is_message(it->method)) {
 		c->last_used = now;
 		c->next_ok = now + o->o.chat_interval_ms;
 		if (c->window != NULL) {
@@ -776,17 +993,29 @@ completed(struct outbox *o, struct item *it, struct botapi_result *r)
 		    it->id, it->method, chat);
 		if (o->slow > 1.0)
 			o->slow = o->slow * 0.99 < 1.0 ? 1.0 : o->slow * 0.99;
-		pop(o, c);
+		pop(o, q);
 		break;
 	case BOTAPI_RETRY_AFTER:
 		it->attempts++;
-		c->blocked_until = now + (uint64_t)r->retry_after * 1000;
-		it->not_before = c->blocked_until;
+		note_429(o, now);
+		if (wait_too_long(o, r->retry_after)) {
+			snprintf(why, sizeof(why), "%s (a wait of %lds is over "
+			    "[outbox] max_age)", r->description,
+			    r->retry_after);
+			outcome(o, it, STORE_CALL_DEAD, why);
+			log_err("outbox: call %" PRId64 " %s to chat %s is a "
+			    "dead letter: %s", it->id, it->method, chat, why);
+			pop(o, q);
+			break;
+		}
+		if (c != NULL)
+			c->blocked_until = now +
+			    (uint64_t)r->retry_after * 1000;
+		it->not_before = now + (uint64_t)r->retry_after * 1000;
 		outcome(o, it, STORE_CALL_PENDING, r->description);
 		log_warn("outbox: call %" PRId64 " %s to chat %s: %s; waiting "
 		    "%lds", it->id, it->method, chat, r->description,
 		    r->retry_after);
-		note_429(o, now);
 		break;
 	case BOTAPI_TRANSIENT:
 		it->attempts++;
@@ -796,7 +1025,7 @@ completed(struct outbox *o, struct item *it, struct botapi_result *r)
 			    "dead letter after %d attempts over max_age: %s",
 			    it->id, it->method, chat, it->attempts,
 			    r->description);
-			pop(o, c);
+			pop(o, q);
 			break;
 		}
 		it->not_before = now + backoff_ms(it->attempts);
@@ -808,7 +1037,7 @@ completed(struct outbox *o, struct item *it, struct botapi_result *r)
 		break;
 	case BOTAPI_PERMANENT:
 		it->attempts++;
-		if (r->migrate_to_chat_id != 0 && c->id != NULL &&
+		if (r->migrate_to_chat_id != 0 && c != NULL &&
 		    it->attempts <= MIGRATE_MAX) {
 			outcome(o, it, STORE_CALL_PENDING, r->description);
 			migrate(o, c, r->migrate_to_chat_id);
@@ -828,36 +1057,75 @@ completed(struct outbox *o, struct item *it, struct botapi_result *r)
 		log_err("outbox: call %" PRId64 " %s to chat %s is a dead "
 		    "letter: %s (tgwebhookd --outbox lists it)", it->id,
 		    it->method, chat, r->description);
-		pop(o, c);
+		pop(o, q);
 		break;
 	}
-	if (c->id == NULL && c->head == NULL)
-		chat_free(c);		/* a call's own chat */
+	if (q->head == NULL && !q->more)
+		queue_free(o, q);
 	else
-		heap_update(o, c);
+		queue_update(o, q);
+	if (c != NULL)
+		chat_update(o, c);
+}
+
+/* The earliest time a call of heap l may go, or UINT64_MAX. */
+static uint64_t
+lane_next(const struct outbox *o, int l, uint64_t pace_us_at)
+{
+	const struct heap *h = &o->heaps[l];
+	uint64_t e, pace = (pace_us_at + 999) / 1000;
+
+	if (h->n == 0)
+		return UINT64_MAX;
+	e = eligible(o, h->v[0]);
+	return pace > e ? pace : e;
 }
 
 /* How long the loop may sleep: until the next call may go (its chat's
- * time and the global pace), a reload, or stop_by; network activity and
+ * time and its pace), a reload, or stop_by; network activity and
  * outbox_add() wake it earlier. */
 static int
 wait_ms(struct outbox *o)
 {
 	uint64_t now = now_ms(), t = now + RELOAD_MS;
 
-	if (o->nheap > 0 &&
-	    botapi_multi_running(o->api) < (unsigned)o->o.max_inflight) {
-		uint64_t e = eligible(o, o->heap[0]);
-		uint64_t pace = (o->next_send_us + 999) / 1000;
+	if (botapi_multi_running(o->api) < (unsigned)o->o.max_inflight) {
+		for (int l = 0; l < LANES; l++) {
+			uint64_t e = lane_next(o, l, l == STORE_LANE_PAID ?
+			    o->next_paid_us : o->next_send_us);
 
-		if (pace > e)
-			e = pace;
-		if (e < t)
-			t = e;
+			if (e < t)
+				t = e;
+		}
 	}
 	if (atomic_load(&o->stopping) && o->stop_by < t)
 		t = o->stop_by;
 	return t > now ? (int)(t - now) : 0;
+}
+
+/* Nothing more can go out before stop_by. */
+static bool
+nothing_before(const struct outbox *o, uint64_t by)
+{
+	for (int l = 0; l < LANES; l++)
+		if (o->heaps[l].n > 0 && eligible(o, o->heaps[l].v[0]) <= by)
+			return false;
+	return true;
+}
+
+static void
+prune(struct outbox *o)
+{
+	struct store_keep k = { o->o.keep_ms, o->o.keep_dead_ms,
+		o->o.keep_held_ms };
+	char err[256];
+	long n = store_prune(o->store, &k, err, sizeof(err));
+
+	if (n < 0)
+		log_warn("outbox: pruning: %s", err);
+	else if (n > 0)
+		log_info("outbox: pruned %ld finished row(s) past "
+		    "keep_delivered, keep_dead and keep_held", n);
 }
 
 static void *
@@ -865,15 +1133,29 @@ sender(void *arg)
 {
 	struct outbox *o = arg;
 	uint64_t next_reload = 0, next_prune = 0, next_sweep = 0;
+	uint64_t next_count = 0;
 
 	for (;;) {
 		uint64_t now = now_ms();
 		struct botapi_result r;
 		uint64_t tag;
+		bool low = false;
 
 		atomic_store(&o->beat, now);
+		for (int l = 0; l < LANES; l++)
+			if (o->more_in_store[l] && o->mem[l] < LANE_MEMORY / 2)
+				low = true;
+		if (now >= next_count) {
+			/* what other processes (a broadcast) added, too */
+			long n = store_calls_count(o->store, STORE_CALL_PENDING,
+			    NULL);
+
+			if (n >= 0)
+				atomic_store(&o->stored, n);
+			next_count = now + RELOAD_MS;
+		}
 		if (atomic_exchange(&o->wake, false) || now >= next_reload ||
-		    (o->more_in_store && o->in_memory < MEMORY_MAX / 2)) {
+		    low) {
 			load(o);
 			next_reload = now + RELOAD_MS;
 		}
@@ -881,7 +1163,7 @@ sender(void *arg)
 		 * can go out before stop_by. */
 		if (atomic_load(&o->stopping) &&
 		    botapi_multi_running(o->api) == 0 && (now >= o->stop_by ||
-		    o->nheap == 0 || eligible(o, o->heap[0]) > o->stop_by))
+		    nothing_before(o, o->stop_by)))
 			break;
 		if (!atomic_load(&o->stopping) || now < o->stop_by)
 			dispatch(o);
@@ -896,12 +1178,7 @@ sender(void *arg)
 		flush_outcomes(o);
 		now = now_ms();
 		if (now >= next_prune) {
-			char err[256];
-
-			if (store_calls_purge(o->store, STORE_CALL_DELIVERED,
-			    wall_ms() - (int64_t)o->o.keep_ms, err,
-			    sizeof(err)) < 0)
-				log_warn("outbox: pruning: %s", err);
+			prune(o);
 			next_prune = now + PRUNE_MS;
 		}
 		if (now >= next_sweep) {
@@ -916,13 +1193,19 @@ struct outbox *
 outbox_start(struct store *s, const struct outbox_opts *opts)
 {
 	struct outbox *o = xcalloc(1, sizeof(*o));
+	long n;
 
 	o->o = *opts;
+	if (o->o.bulk_share == 0 || o->o.bulk_share > 90)
+		o->o.bulk_share = OUTBOX_BULK_SHARE;
+	if (o->o.keep_dead_ms == 0)
+		o->o.keep_dead_ms = OUTBOX_KEEP_DEAD_MS;
+	if (o->o.keep_held_ms == 0)
+		o->o.keep_held_ms = OUTBOX_KEEP_HELD_MS;
 	o->store = s;
 	o->slow = 1.0;
-	/* Not yet loaded: outbox_unsent() asks the store until the first
-	 * load has taken up what an earlier run left. */
-	atomic_store(&o->added, 1);
+	if ((n = store_calls_count(s, STORE_CALL_PENDING, NULL)) > 0)
+		atomic_store(&o->stored, n);
 	o->api = botapi_multi_new(opts->api_url, opts->token, opts->timeout_ms);
 	atomic_store(&o->beat, now_ms());
 	if (pthread_create(&o->thread, NULL, sender, o) != 0)
@@ -930,18 +1213,52 @@ outbox_start(struct store *s, const struct outbox_opts *opts)
 	return o;
 }
 
+/* ---- queueing ---- */
+
+int
+outbox_call_lane(json_t *call, enum store_lane *lane, char *err,
+    size_t errlen)
+{
+	const char *m = calls_method(call);
+	json_t *mark = json_object_get(call, OUTBOX_LANE_KEY);
+
+	if (json_is_true(json_object_get(call, "allow_paid_broadcast")))
+		*lane = STORE_LANE_PAID;
+	else if (strncasecmp(m, "answer", 6) == 0 ||
+	    strcasecmp(m, "sendChatJoinRequestWebApp") == 0)
+		*lane = STORE_LANE_DEADLINE;
+	else
+		*lane = STORE_LANE_CONVERSATION;
+	if (mark == NULL)
+		return 0;
+	if (!json_is_string(mark) || (strcmp(json_string_value(mark), "bulk") !=
+	    0 && strcmp(json_string_value(mark), "conversation") != 0)) {
+		errf(err, errlen, "\"" OUTBOX_LANE_KEY "\" must be \"bulk\" "
+		    "(or \"conversation\", the default)");
+		return -1;
+	}
+	if (strcmp(json_string_value(mark), "bulk") == 0 &&
+	    *lane != STORE_LANE_PAID)
+		*lane = STORE_LANE_BULK;
+	return 0;
+}
+
 int
 outbox_call_row(json_t *call, const char *key, struct store_call *row,
     char *err, size_t errlen)
 {
+	enum store_lane lane;
 	json_t *params;
 	char chat[64];
 
-	if (calls_check(call, err, errlen) == -1)
+	if (calls_check(call, err, errlen) == -1 ||
+	    outbox_call_lane(call, &lane, err, errlen) == -1)
 		return -1;
 	memset(row, 0, sizeof(*row));
 	params = json_deep_copy(call);
 	json_object_del(params, "method");
+	/* ours, not Telegram's: never sent */
+	json_object_del(params, OUTBOX_LANE_KEY);
 	row->params = json_dumps(params, JSON_COMPACT);
 	json_decref(params);
 	row->method = xstrdup(calls_method(call));
@@ -949,37 +1266,124 @@ outbox_call_row(json_t *call, const char *key, struct store_call *row,
 	row->chat = strcmp(chat, "-") != 0 ? xstrdup(chat) : NULL;
 	row->key = key != NULL ? xstrdup(key) : NULL;
 	row->created_ms = row->not_before_ms = wall_ms();
+	row->lane = lane;
 	return 0;
+}
+
+/* Makes row a dead letter that says why (it is kept, never sent). */
+static void
+row_refuse(struct store_call *row, const char *fmt, ...)
+{
+	char why[512];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(why, sizeof(why), fmt, ap);
+	va_end(ap);
+	row->state = STORE_CALL_DEAD;
+	free(row->last_error);
+	row->last_error = xstrdup(why);
+}
+
+long
+outbox_limit_chats(struct store *s, struct store_call *rows, size_t n,
+    long max_per_chat)
+{
+	long refused = 0;
+
+	if (max_per_chat <= 0)
+		return 0;
+	for (size_t i = 0; i < n; i++) {
+		long have, earlier = 0;
+
+		if (rows[i].chat == NULL || rows[i].state != STORE_CALL_PENDING)
+			continue;
+		for (size_t j = 0; j < i; j++)
+			if (rows[j].chat != NULL && rows[j].state ==
+			    STORE_CALL_PENDING && strcmp(rows[j].chat,
+			    rows[i].chat) == 0)
+				earlier++;
+		if ((have = store_calls_chat_count(s, rows[i].chat)) < 0)
+			have = 0;
+		if (have + earlier >= max_per_chat) {
+			row_refuse(&rows[i], "not queued: chat %s has %ld "
+			    "pending call(s), [outbox] max_pending_per_chat is "
+			    "%ld", rows[i].chat, have + earlier, max_per_chat);
+			refused++;
+		}
+	}
+	return refused;
 }
 
 int
 outbox_add(struct outbox *o, json_t *calls, size_t from, int64_t update_id,
     char *err, size_t errlen)
 {
-	size_t n = json_array_size(calls), m = 0;
+	size_t n = json_array_size(calls), m = 0, added = 0, over = 0;
 	struct store_call *rows;
+	long refused;
 	int rc = 0;
 
 	if (from >= n)
 		return 0;
 	rows = xcalloc(n - from, sizeof(*rows));
 	for (size_t i = from; i < n; i++) {
-		char key[64];
+		json_t *call = json_array_get(calls, i);
+		struct store_call *row = &rows[m++];
+		char key[64], why[256];
 
 		snprintf(key, sizeof(key), "u:%" PRId64 ":%zu", update_id, i);
-		if (outbox_call_row(json_array_get(calls, i), key, &rows[m],
-		    err, errlen) == -1) {
-			rc = -1;
-			goto out;
+		if (outbox_call_row(call, key, row, why, sizeof(why)) == -1) {
+			/* Kept as it came, with why: never silent. */
+			char chat[64];
+
+			memset(row, 0, sizeof(*row));
+			row->key = xstrdup(key);
+			row->method = xstrdup(calls_method(call));
+			calls_chat(call, chat, sizeof(chat));
+			row->chat = strcmp(chat, "-") != 0 ? xstrdup(chat) :
+			    NULL;
+			row->params = json_dumps(call, JSON_COMPACT);
+			if (row->params == NULL)
+				row->params = xstrdup("{}");
+			row->created_ms = row->not_before_ms = wall_ms();
+			row->lane = STORE_LANE_CONVERSATION;
+			row_refuse(row, "not sent: %s", why);
+			continue;
 		}
-		m++;
+		if (o->o.max_calls_per_update > 0 &&
+		    i >= (size_t)o->o.max_calls_per_update) {
+			row_refuse(row, "not sent: call %zu of %zu of update "
+			    "%" PRId64 " is over [outbox] max_calls_per_update "
+			    "(%ld)", i + 1, n, update_id,
+			    o->o.max_calls_per_update);
+			over++;
+		}
 	}
-	if ((rc = store_calls_add(o->store, rows, m, NULL, err, errlen)) == 0) {
-		atomic_fetch_add(&o->added, 1);
+	refused = outbox_limit_chats(o->store, rows, m,
+	    o->o.max_pending_per_chat);
+	if ((rc = store_calls_add(o->store, rows, m, &added, err, errlen)) ==
+	    0) {
+		size_t pending = 0;
+
+		/* about: a key queued before is not added again */
+		for (size_t i = 0; i < m; i++)
+			pending += rows[i].state == STORE_CALL_PENDING;
+		atomic_fetch_add(&o->stored, (long)(added < pending ? added :
+		    pending));
 		atomic_store(&o->wake, true);
 		botapi_multi_wakeup(o->api);
+		if (over > 0)
+			log_err("outbox: update %" PRId64 ": %zu call(s) over "
+			    "[outbox] max_calls_per_update (%ld) kept as dead "
+			    "letters, not sent", update_id, over,
+			    o->o.max_calls_per_update);
+		if (refused > 0)
+			log_err("outbox: update %" PRId64 ": %ld call(s) over "
+			    "[outbox] max_pending_per_chat (%ld) kept as dead "
+			    "letters, not sent", update_id, refused,
+			    o->o.max_pending_per_chat);
 	}
-out:
 	store_calls_free(rows, m);
 	return rc;
 }
@@ -987,21 +1391,27 @@ out:
 int
 outbox_unsent(struct outbox *o, const char *chat, char *err, size_t errlen)
 {
-	/*
-	 * Without the store when memory tells: the sender counts each call
-	 * it loads by chat bucket until it is delivered or dead, and
-	 * publishes `loaded` after a load that began once `added` adds had
-	 * committed.  If no add came since and nothing waits beyond memory,
-	 * every call added before this one is counted, so an empty bucket
-	 * means none unsent.  Otherwise (or to tell chats of one bucket
-	 * apart) the store answers.  Rows another process adds count once
-	 * loaded, within RELOAD_MS.
-	 */
-	if (atomic_load(&o->loaded) == atomic_load(&o->added) &&
-	    !atomic_load(&o->overflow) &&
-	    atomic_load(&o->unsent[chat_bucket(chat)]) == 0)
-		return 0;
+	/* The store answers: calls another process (--broadcast) or an
+	 * earlier run queued count as well as those in memory. */
 	return store_calls_unsent(o->store, chat, err, errlen);
+}
+
+bool
+outbox_full(struct outbox *o, char *why, size_t len)
+{
+	long n = atomic_load(&o->stored);
+
+	if (o->o.max_pending <= 0 || n < o->o.max_pending)
+		return false;
+	errf(why, len, "the outbox holds %ld pending call(s), [outbox] "
+	    "max_pending is %ld", n, o->o.max_pending);
+	return true;
+}
+
+const char *
+outbox_lane_name(enum store_lane lane)
+{
+	return (unsigned)lane < LANES ? lane_names[lane] : "?";
 }
 
 uint64_t
@@ -1019,7 +1429,8 @@ outbox_pending(struct outbox *o)
 void
 outbox_stop(struct outbox *o, unsigned timeout_ms)
 {
-	size_t left = 0;
+	size_t left;
+	bool more = false;
 
 	if (o == NULL)
 		return;
@@ -1028,32 +1439,37 @@ outbox_stop(struct outbox *o, unsigned timeout_ms)
 	botapi_multi_wakeup(o->api);
 	pthread_join(o->thread, NULL);
 	flush_outcomes(o);
-	/* Calls of their own first: their chats are only in the heap. */
-	for (size_t i = 0; i < o->nheap; i++)
-		if (o->heap[i]->id == NULL) {
-			while (o->heap[i]->head != NULL) {
-				left++;
-				pop(o, o->heap[i]);
-			}
-			chat_free(o->heap[i]);
+	left = o->in_memory;
+	for (int l = 0; l < LANES; l++)
+		more = more || o->more_in_store[l];
+	/* Calls of their own first: they are only in the heaps, which are
+	 * emptied as they are read. */
+	for (int l = 0; l < LANES; l++) {
+		struct heap *h = &o->heaps[l];
+
+		for (size_t i = 0; i < h->n; i++) {
+			h->v[i]->heap_pos = SIZE_MAX;
+			if (h->v[i]->chat == NULL)
+				queue_free(o, h->v[i]);
 		}
+		h->n = 0;
+	}
 	for (size_t b = 0; b < BUCKETS; b++)
 		while (o->buckets[b] != NULL) {
 			struct chat *c = o->buckets[b];
 
 			o->buckets[b] = c->hnext;
-			while (c->head != NULL) {
-				left++;
-				pop(o, c);
-			}
+			for (int l = 0; l < LANES; l++)
+				if (c->q[l] != NULL)
+					queue_free(o, c->q[l]);
 			chat_free(c);
 		}
-	if (left > 0 || o->more_in_store)
+	if (left > 0 || more)
 		log_notice("outbox: %zu%s call(s) wait in the store; they are "
-		    "sent after the next start", left, o->more_in_store ?
-		    "+" : "");
+		    "sent after the next start", left, more ? "+" : "");
 	botapi_multi_free(o->api);
-	free(o->heap);
+	for (int l = 0; l < LANES; l++)
+		free(o->heaps[l].v);
 	free(o->outcomes);
 	free(o->outcome_errs);
 	free(o);

@@ -416,9 +416,20 @@ runner_start(struct runner *r, const struct handler *h, struct update *u,
 	char key[UPDATE_KEY_MAX] = "", what[64];
 	struct conv *c = NULL;
 	struct job *j;
+	char why[160];
 
 	*answer = NULL;
 	*jobp = NULL;
+	if (h != NULL && r->outbox != NULL && outbox_full(r->outbox, why,
+	    sizeof(why))) {
+		/* Over the bound, the handler's calls would have nowhere
+		 * to go: Telegram keeps the update and retries. */
+		log_warn("update %" PRId64 ": %s: answering 503 with "
+		    "Retry-After until the outbox drains", u->id, why);
+		update_free(u);
+		free(body);
+		return RUNNER_BUSY;
+	}
 	if (h == NULL) {
 		metrics_update(u->type_index, MU_UNHANDLED);
 		if (u->type_index == -1)

@@ -25,7 +25,7 @@
 #include "util.h"
 
 #define COLS "id, key, method, chat, params, attempts, created, not_before, " \
-    "last_error, state"
+    "last_error, state, lane"
 
 #define STORE_FILE "tgwebhookd.db"
 
@@ -145,7 +145,8 @@ static const char schema[] =
     " created INTEGER NOT NULL,"
     " not_before INTEGER NOT NULL,"
     " finished INTEGER,"
-    " last_error TEXT);"
+    " last_error TEXT,"
+    " lane INTEGER NOT NULL DEFAULT 1);"
     "CREATE INDEX IF NOT EXISTS calls_state ON calls(state, id);"
     "CREATE INDEX IF NOT EXISTS calls_unsent ON calls(chat) WHERE state = 0;"
     "CREATE TABLE IF NOT EXISTS held_updates ("
@@ -155,6 +156,54 @@ static const char schema[] =
     " created INTEGER NOT NULL);"
     "CREATE TABLE IF NOT EXISTS offsets ("
     " source TEXT PRIMARY KEY, next INTEGER NOT NULL);";
+
+/*
+ * Schema version 1 gave calls a lane.  A store of version 0 holds
+ * pending calls: each gets the lane the outbox would give it now (the
+ * same rules as outbox_call_row()), in one transaction with the new
+ * column, so that a crash half-way leaves the old schema intact.
+ */
+static const char migrate_lanes[] =
+    "BEGIN IMMEDIATE;"
+    "ALTER TABLE calls ADD COLUMN lane INTEGER NOT NULL DEFAULT 1;"
+    "UPDATE calls SET lane = CASE"
+    " WHEN json_valid(params) AND"
+    "  json_type(params, '$.allow_paid_broadcast') = 'true' THEN 3"
+    " WHEN key >= 'b:' AND key < 'b;' THEN 2"
+    " WHEN lower(method) LIKE 'answer%' OR"
+    "  lower(method) = 'sendchatjoinrequestwebapp' THEN 0"
+    " ELSE 1 END;"
+    "COMMIT;";
+
+static const char indexes[] =
+    "CREATE INDEX IF NOT EXISTS calls_lane ON calls(state, lane, id);"
+    "CREATE INDEX IF NOT EXISTS calls_queue ON "
+    " calls(state, lane, chat, id);"
+    "PRAGMA user_version = 1;";
+
+/* Brings an older store to the current schema.  0, or -1 with *msg. */
+static int
+migrate(sqlite3 *db, char **msg)
+{
+	sqlite3_stmt *st = NULL;
+	bool has_lane = false;
+
+	if (sqlite3_prepare_v2(db, "PRAGMA table_info(calls)", -1, &st,
+	    NULL) != SQLITE_OK)
+		return -1;
+	while (sqlite3_step(st) == SQLITE_ROW)
+		if (strcmp((const char *)sqlite3_column_text(st, 1), "lane") ==
+		    0)
+			has_lane = true;
+	sqlite3_finalize(st);
+	if (!has_lane && sqlite3_exec(db, migrate_lanes, NULL, NULL, msg) !=
+	    SQLITE_OK) {
+		sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+		return -1;
+	}
+	return sqlite3_exec(db, indexes, NULL, NULL, msg) == SQLITE_OK ? 0 :
+	    -1;
+}
 
 struct store *
 store_open(const char *dir, char *err, size_t errlen)
@@ -179,7 +228,8 @@ store_open(const char *dir, char *err, size_t errlen)
 	sqlite3_busy_timeout(s->db, 5000);
 	if (sqlite3_exec(s->db, "PRAGMA journal_mode=WAL;"
 	    "PRAGMA synchronous=NORMAL;", NULL, NULL, &msg) != SQLITE_OK ||
-	    sqlite3_exec(s->db, schema, NULL, NULL, &msg) != SQLITE_OK) {
+	    sqlite3_exec(s->db, schema, NULL, NULL, &msg) != SQLITE_OK ||
+	    migrate(s->db, &msg) == -1) {
 		errf(err, errlen, "%s: %s (is [store] dir writable by this "
 		    "user?)", path, msg ? msg : sqlite3_errmsg(s->db));
 		sqlite3_free(msg);
@@ -404,17 +454,22 @@ row_to_call(sqlite3_stmt *st, struct store_call *c)
 	c->not_before_ms = sqlite3_column_int64(st, 7);
 	c->last_error = col_text(st, 8);
 	c->state = (enum store_call_state)sqlite3_column_int(st, 9);
+	c->lane = (enum store_lane)sqlite3_column_int(st, 10);
+	if ((unsigned)c->lane >= STORE_LANES)
+		c->lane = STORE_LANE_CONVERSATION;
 }
 
-/* Runs a query that yields call rows; returns the count or -1. */
+/* Runs a query that yields call rows, with ?1 a, ?2 b, ?3 max and, if
+ * the query has them, ?4 text and ?5 c; returns the count or -1. */
 static long
-query_calls(struct store *s, const char *sql, int64_t a, int64_t b,
-    size_t max, struct store_call **out, char *err, size_t errlen)
+query_calls_text(struct store *s, const char *sql, int64_t a, int64_t b,
+    size_t max, const char *text, int64_t c, struct store_call **out,
+    char *err, size_t errlen)
 {
 	sqlite3_stmt *st = NULL;
 	struct store_call *calls = NULL;
 	size_t n = 0, cap = 0;
-	int rc;
+	int idx, rc;
 
 	*out = NULL;
 	pthread_mutex_lock(&s->mu);
@@ -423,6 +478,10 @@ query_calls(struct store *s, const char *sql, int64_t a, int64_t b,
 	sqlite3_bind_int64(st, 1, a);
 	sqlite3_bind_int64(st, 2, b);
 	sqlite3_bind_int64(st, 3, (sqlite3_int64)max);
+	if ((idx = sqlite3_bind_parameter_index(st, "?4")) > 0)
+		sqlite3_bind_text(st, idx, text, -1, SQLITE_STATIC);
+	if ((idx = sqlite3_bind_parameter_index(st, "?5")) > 0)
+		sqlite3_bind_int64(st, idx, c);
 	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
 		if (n == cap) {
 			cap = cap ? cap * 2 : 64;
@@ -443,6 +502,13 @@ fail:
 	pthread_mutex_unlock(&s->mu);
 	store_calls_free(calls, n);
 	return -1;
+}
+
+static long
+query_calls(struct store *s, const char *sql, int64_t a, int64_t b,
+    size_t max, struct store_call **out, char *err, size_t errlen)
+{
+	return query_calls_text(s, sql, a, b, max, NULL, 0, out, err, errlen);
 }
 
 /* BEGIN IMMEDIATE takes the write lock at once, so a second process (a
@@ -486,8 +552,10 @@ store_calls_add(struct store *s, const struct store_call *calls, size_t n,
 	if (begin(s) == -1)
 		goto out;
 	if (sqlite3_prepare_v2(s->db, "INSERT OR IGNORE INTO calls(key, "
-	    "method, chat, params, created, not_before) VALUES (?, ?, ?, ?, "
-	    "?, ?)", -1, &st, NULL) != SQLITE_OK)
+	    "method, chat, params, created, not_before, lane, state, "
+	    "last_error, finished) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, "
+	    "CASE WHEN ?8 = 0 THEN NULL ELSE ?5 END)", -1, &st, NULL) !=
+	    SQLITE_OK)
 		goto out;
 	for (size_t i = 0; i < n; i++) {
 		const struct store_call *c = &calls[i];
@@ -499,6 +567,9 @@ store_calls_add(struct store *s, const struct store_call *calls, size_t n,
 		sqlite3_bind_text(st, 4, c->params, -1, SQLITE_STATIC);
 		sqlite3_bind_int64(st, 5, c->created_ms);
 		sqlite3_bind_int64(st, 6, c->not_before_ms);
+		sqlite3_bind_int(st, 7, (int)c->lane);
+		sqlite3_bind_int(st, 8, (int)c->state);
+		sqlite3_bind_text(st, 9, c->last_error, -1, SQLITE_STATIC);
 		if (sqlite3_step(st) != SQLITE_DONE)
 			goto out;
 		count += (size_t)sqlite3_changes(s->db);
@@ -517,12 +588,121 @@ out:
 }
 
 long
-store_calls_pending(struct store *s, int64_t after, size_t max,
-    struct store_call **out, char *err, size_t errlen)
+store_calls_pending(struct store *s, enum store_lane lane, int64_t after,
+    size_t max, struct store_call **out, char *err, size_t errlen)
 {
 	return query_calls(s, "SELECT " COLS " FROM calls WHERE state = 0 AND "
-	    "id > ?1 AND ?2 = ?2 ORDER BY id LIMIT ?3", after, 0, max, out,
-	    err, errlen);
+	    "lane = ?2 AND id > ?1 ORDER BY id LIMIT ?3", after, lane, max,
+	    out, err, errlen);
+}
+
+long
+store_calls_of_chat(struct store *s, enum store_lane lane, const char *chat,
+    int64_t after, int64_t upto, size_t max, struct store_call **out,
+    char *err, size_t errlen)
+{
+	return query_calls_text(s, "SELECT " COLS " FROM calls WHERE "
+	    "state = 0 AND lane = ?2 AND chat = ?4 AND id > ?1 AND id <= ?5 "
+	    "ORDER BY id LIMIT ?3", after, lane, max, chat, upto, out, err,
+	    errlen);
+}
+
+/* One query that yields a single integer (?1 text, ?2 int); -1 on
+ * error. */
+static long
+query_count(struct store *s, const char *sql, const char *text, int64_t a)
+{
+	sqlite3_stmt *st = NULL;
+	long n = -1;
+
+	pthread_mutex_lock(&s->mu);
+	if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) == SQLITE_OK) {
+		sqlite3_bind_text(st, 1, text, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(st, 2, a);
+		if (sqlite3_step(st) == SQLITE_ROW)
+			n = (long)sqlite3_column_int64(st, 0);
+	}
+	sqlite3_finalize(st);
+	pthread_mutex_unlock(&s->mu);
+	return n;
+}
+
+long
+store_calls_chat_count(struct store *s, const char *chat)
+{
+	/* lane IN (...) lets the (state, lane, chat, id) index serve it */
+	return query_count(s, "SELECT count(*) FROM calls WHERE state = 0 AND "
+	    "lane IN (0, 1, 2, 3) AND chat = ?1 AND ?2 = ?2", chat, 0);
+}
+
+int
+store_calls_lanes(struct store *s, struct store_lane_depth out[STORE_LANES])
+{
+	sqlite3_stmt *st = NULL;
+	int rc = SQLITE_ERROR;
+
+	memset(out, 0, STORE_LANES * sizeof(*out));
+	pthread_mutex_lock(&s->mu);
+	if (sqlite3_prepare_v2(s->db, "SELECT lane, count(*), min(created) "
+	    "FROM calls WHERE state = 0 GROUP BY lane", -1, &st, NULL) ==
+	    SQLITE_OK)
+		while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+			int l = sqlite3_column_int(st, 0);
+
+			if (l < 0 || l >= STORE_LANES)
+				continue;
+			out[l].depth = (long)sqlite3_column_int64(st, 1);
+			out[l].oldest_ms = sqlite3_column_int64(st, 2);
+		}
+	sqlite3_finalize(st);
+	pthread_mutex_unlock(&s->mu);
+	return rc == SQLITE_DONE ? 0 : -1;
+}
+
+long
+store_broadcasts(struct store *s, struct store_broadcast *out, size_t max,
+    char *err, size_t errlen)
+{
+	sqlite3_stmt *st = NULL;
+	size_t n = 0;
+	int rc = SQLITE_ERROR;
+
+	/* key "b:<16 hex>:<line>"; a range, not LIKE, so that the key's
+	 * unique index serves it */
+	pthread_mutex_lock(&s->mu);
+	if (sqlite3_prepare_v2(s->db, "SELECT substr(key, 3, 16), "
+	    "sum(state = 1), sum(state = 0), sum(state = 2), min(created), "
+	    "coalesce(max(CASE WHEN state = 0 THEN not_before END), 0) "
+	    "FROM calls WHERE key >= 'b:' AND key < 'b;' GROUP BY 1 "
+	    "ORDER BY min(id) LIMIT ?", -1, &st, NULL) == SQLITE_OK) {
+		sqlite3_bind_int64(st, 1, (sqlite3_int64)max);
+		while ((rc = sqlite3_step(st)) == SQLITE_ROW && n < max) {
+			struct store_broadcast *b = &out[n++];
+
+			snprintf(b->id, sizeof(b->id), "%s",
+			    (const char *)sqlite3_column_text(st, 0));
+			b->sent = (long)sqlite3_column_int64(st, 1);
+			b->pending = (long)sqlite3_column_int64(st, 2);
+			b->failed = (long)sqlite3_column_int64(st, 3);
+			b->created_ms = sqlite3_column_int64(st, 4);
+			b->last_not_before_ms = sqlite3_column_int64(st, 5);
+		}
+	}
+	if (rc != SQLITE_DONE) {
+		failed(s, false, err, errlen, "reading broadcasts");
+		n = 0;
+	}
+	sqlite3_finalize(st);
+	pthread_mutex_unlock(&s->mu);
+	return rc == SQLITE_DONE ? (long)n : -1;
+}
+
+long
+store_broadcast_known(struct store *s, const char *id)
+{
+	return query_count(s, "SELECT count(*) FROM calls WHERE "
+	    "key >= 'b:' || ?1 || ':' AND key < 'b:' || ?1 || ';' AND ?2 = ?2",
+	    id, 0);
 }
 
 int
@@ -666,12 +846,13 @@ store_calls_retry_dead(struct store *s, int64_t id, char *err, size_t errlen)
 	 * dead row goes first, as it holds the call's unique key. */
 	static const char *const steps[] = {
 		"DROP TABLE IF EXISTS temp.retry",
-		"CREATE TEMP TABLE retry AS SELECT id, key, method, chat, params "
-		"FROM calls WHERE state = 2 AND (?1 = 0 OR id = ?1)",
+		"CREATE TEMP TABLE retry AS SELECT id, key, method, chat, "
+		"params, lane FROM calls WHERE state = 2 AND "
+		"(?1 = 0 OR id = ?1)",
 		"DELETE FROM calls WHERE id IN (SELECT id FROM temp.retry)",
 		"INSERT INTO calls(key, method, chat, params, created, "
-		"not_before) SELECT key, method, chat, params, ?2, ?2 FROM "
-		"temp.retry ORDER BY id",
+		"not_before, lane) SELECT key, method, chat, params, ?2, ?2, "
+		"lane FROM temp.retry ORDER BY id",
 	};
 	long n = -1;
 	int ok = -1;
@@ -715,6 +896,26 @@ store_calls_purge(struct store *s, enum store_call_state state,
 	return exec_changes(s, "pruning the outbox",
 	    "DELETE FROM calls WHERE ?1 IS NULL AND state = ?2 AND "
 	    "finished < ?3", NULL, state, before_ms, err, errlen);
+}
+
+long
+store_prune(struct store *s, const struct store_keep *k, char *err,
+    size_t errlen)
+{
+	int64_t now = wall_ms();
+	long a, b, c, d;
+
+	if ((a = store_calls_purge(s, STORE_CALL_DELIVERED, now -
+	    (int64_t)k->delivered_ms, err, errlen)) < 0 ||
+	    (b = store_calls_purge(s, STORE_CALL_DEAD, now -
+	    (int64_t)k->dead_ms, err, errlen)) < 0 ||
+	    (c = store_dead_updates_purge(s, (now - (int64_t)k->dead_ms) /
+	    1000, err, errlen)) < 0 ||
+	    (d = exec_changes(s, "pruning held updates", "DELETE FROM "
+	    "held_updates WHERE ?1 IS NULL AND created < ?2 AND ?3 = ?3",
+	    NULL, now - (int64_t)k->held_ms, 0, err, errlen)) < 0)
+		return -1;
+	return a + b + c + d;
 }
 
 long

@@ -49,6 +49,16 @@ enum store_call_state {
 	STORE_CALL_DEAD = 2,
 };
 
+/* The outbox's lanes, highest first: a lower lane takes only what the
+ * higher ones leave (bulk keeps a share); paid has its own rate. */
+enum store_lane {
+	STORE_LANE_DEADLINE = 0,	/* answer*: the user is waiting */
+	STORE_LANE_CONVERSATION = 1,	/* follow-ups of updates */
+	STORE_LANE_BULK = 2,		/* broadcasts, calls marked bulk */
+	STORE_LANE_PAID = 3,		/* allow_paid_broadcast */
+	STORE_LANES
+};
+
 struct store_call {
 	int64_t id;
 	char *key;		/* idempotency key ("u:<update>:<n>"), or NULL */
@@ -59,7 +69,9 @@ struct store_call {
 	int64_t created_ms;	/* wall clock */
 	int64_t not_before_ms;	/* no attempt before this (wall clock) */
 	char *last_error;	/* or NULL */
-	enum store_call_state state;
+	enum store_call_state state;	/* store_calls_add: PENDING, or
+					 * DEAD (refused, last_error why) */
+	enum store_lane lane;
 };
 
 void store_call_clear(struct store_call *c);
@@ -74,10 +86,38 @@ int store_calls_add(struct store *s, const struct store_call *calls, size_t n,
  * flight or waiting to be retried), 0 if none, -1 with err. */
 int store_calls_unsent(struct store *s, const char *chat, char *err,
     size_t errlen);
-/* Up to max pending calls with id > after, in id order, into *out (free
- * with store_calls_free).  Returns the count, or -1 with err. */
-long store_calls_pending(struct store *s, int64_t after, size_t max,
+/* Up to max pending calls of lane with id > after, in id order, into
+ * *out (free with store_calls_free).  Returns the count, or -1 with err. */
+long store_calls_pending(struct store *s, enum store_lane lane, int64_t after,
+    size_t max, struct store_call **out, char *err, size_t errlen);
+/* The same for one chat of lane: ids in (after, upto], in id order. */
+long store_calls_of_chat(struct store *s, enum store_lane lane,
+    const char *chat, int64_t after, int64_t upto, size_t max,
     struct store_call **out, char *err, size_t errlen);
+/* Pending calls to chat, in all lanes; -1 on error. */
+long store_calls_chat_count(struct store *s, const char *chat);
+
+/* Pending calls per lane: depth and the oldest one's creation (wall
+ * ms, 0 if none).  0 or -1. */
+struct store_lane_depth {
+	long depth;
+	int64_t oldest_ms;
+};
+int store_calls_lanes(struct store *s, struct store_lane_depth
+    out[STORE_LANES]);
+
+/* Broadcasts (calls keyed "b:<id>:<line>"), oldest first. */
+struct store_broadcast {
+	char id[24];
+	long sent, pending, failed;
+	int64_t created_ms;	/* its first call's */
+	int64_t last_not_before_ms;	/* the latest not_before pending */
+};
+/* Up to max broadcasts into out.  Count, or -1 with err. */
+long store_broadcasts(struct store *s, struct store_broadcast *out,
+    size_t max, char *err, size_t errlen);
+/* How many calls of broadcast id the store holds (any state); -1. */
+long store_broadcast_known(struct store *s, const char *id);
 
 /* What became of a call: delivered, dead (with error), or pending again
  * (attempts, not_before, error). */
@@ -111,6 +151,16 @@ long store_calls_retry_dead(struct store *s, int64_t id, char *err,
 /* Deletes calls in state finished before before_ms.  Count or -1. */
 long store_calls_purge(struct store *s, enum store_call_state state,
     int64_t before_ms, char *err, size_t errlen);
+
+/* How long finished rows are kept (ms; 0: not at all). */
+struct store_keep {
+	uint64_t delivered_ms;	/* delivered calls (their keys dedup) */
+	uint64_t dead_ms;	/* dead calls and failed updates */
+	uint64_t held_ms;	/* held updates never released */
+};
+/* Deletes what is older than k says.  Count of rows, or -1 with err. */
+long store_prune(struct store *s, const struct store_keep *k, char *err,
+    size_t errlen);
 
 /*
  * Updates answered before their handler finished (reply_deadline passed):

@@ -135,7 +135,8 @@ const char *tgw_handler_name(const struct tgw_update *u);
 /* Makes a Bot API call: method ("sendMessage") with params (a JSON object
  * or NULL; the reference is always taken, even on failure).  Returns 0,
  * or -1 if the method is not a method name, params is not an object, or
- * the update already made its 100 calls. */
+ * the update already made 1000 calls (those past [outbox]
+ * max_calls_per_update, 100 by default, are kept as dead letters). */
 int tgw_reply_call(struct tgw_reply *r, const char *method, json_t *params);
 /* sendMessage with text to the update's chat (-1 if it has none). */
 int tgw_reply_text(struct tgw_reply *r, const char *text);

@@ -98,6 +98,7 @@ class Emulator:
         self.enforce_limits = False
         self.violations = 0
         self.sends = []             # (time, chat) of accepted sends
+        self.paid_sends = []        # the same, with allow_paid_broadcast
         self.latency = 0.0          # seconds each call takes
         # getUpdates: the queue of unconfirmed updates, the id the next
         # pushed one gets, the stored allowed_updates, the newest poll
@@ -252,7 +253,9 @@ class Emulator:
             time.sleep(self.latency)
         if self.enforce_limits and method.lower().startswith(
                 ("send", "forward", "copy")):
-            limited = self._over_limit(str(params.get("chat_id")))
+            paid = params.get("allow_paid_broadcast") in (True, "true",
+                                                          "True", "1")
+            limited = self._over_limit(str(params.get("chat_id")), paid)
             if limited:
                 with self.cv:
                     self.violations += 1
@@ -263,22 +266,30 @@ class Emulator:
         status, obj, headers = self._method(method.lower(), params, files)
         self._reply(req, status, obj, headers)
 
-    def _over_limit(self, chat):
+    def _over_limit(self, chat, paid=False):
         """Seconds to wait if this send breaks a limit, else 0 (and the
-        send is counted)."""
+        send is counted).  A paid broadcast (allow_paid_broadcast) counts
+        against 1000 a second instead of 30; the per-chat rules stay."""
         now = time.time()
         # 20 ms of tolerance for when this thread got to the request
         with self.cv:
-            last_second = [t for t, _ in self.sends if now - t < 0.98]
-            if len(last_second) >= 30:
-                return 1
-            mine = [t for t, c in self.sends if c == chat]
+            if paid:
+                recent = [t for t, _ in self.paid_sends if now - t < 0.98]
+                if len(recent) >= 1000:
+                    return 1
+            else:
+                last_second = [t for t, _ in self.sends if now - t < 0.98]
+                if len(last_second) >= 30:
+                    return 1
+            mine = [t for t, c in self.sends + self.paid_sends
+                    if c == chat]
+            mine.sort()
             if mine and now - mine[-1] < 0.98:
                 return 1
             if chat.startswith(("-", "@")) and \
                     len([t for t in mine if now - t < 60.0]) >= 20:
                 return 60 - int(now - mine[-20])
-            self.sends.append((now, chat))
+            (self.paid_sends if paid else self.sends).append((now, chat))
             return 0
 
     def _error(self, code, desc, params=None):

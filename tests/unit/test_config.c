@@ -468,6 +468,64 @@ test_long_continuation_is_linear(void **state)
 	assert_int_equal(strlen(c->handlers->kv->next->next->value), want_len);
 	config_free(c);
 	buf_free(&text);
+}
+
+/* The [outbox] lane and bound keys: defaults, their forms, and errors
+ * that name the line and say what is wanted. */
+static void
+test_outbox_lane_keys(void **state)
+{
+	struct diag d = { 0 };
+	struct config *c = load_text(minimal, &d);
+	char want[256];
+
+	(void)state;
+	assert_non_null(c);
+	assert_int_equal(c->outbox_paid_rate, 0);
+	assert_int_equal(c->outbox_bulk_share, 10);
+	assert_int_equal(c->outbox_max_calls_per_update, 100);
+	assert_int_equal(c->outbox_max_pending_per_chat, 1000);
+	assert_int_equal(c->outbox_max_pending, 100000);
+	assert_int_equal(c->outbox_keep_dead_ms, 7 * 86400000U);
+	assert_int_equal(c->outbox_keep_held_ms, 86400000);
+	config_free(c);
+	unlink(path);
+
+	c = load_text("[bot]\ntoken = " TOKEN "\n[webhook]\ndomain = b.example\n"
+	    "[outbox]\npaid_rate = 500/s\nbulk_share = 25%\n"
+	    "max_calls_per_update = 300\nmax_pending_per_chat = 50\n"
+	    "max_pending = 20000\nkeep_dead = 2d\nkeep_held = 3h\n"
+	    "[handler.a]\nreply = hi\n", &d);
+	assert_non_null(c);
+	assert_int_equal(d.count, 0);
+	assert_int_equal(c->outbox_paid_rate, 500);
+	assert_int_equal(c->outbox_bulk_share, 25);
+	assert_int_equal(c->outbox_max_calls_per_update, 300);
+	assert_int_equal(c->outbox_max_pending_per_chat, 50);
+	assert_int_equal(c->outbox_max_pending, 20000);
+	assert_int_equal(c->outbox_keep_dead_ms, 2 * 86400000U);
+	assert_int_equal(c->outbox_keep_held_ms, 3 * 3600000U);
+	config_free(c);
+	unlink(path);
+
+	c = load_text("[bot]\ntoken = " TOKEN "\n[webhook]\ndomain = b.example\n"
+	    "[outbox]\npaid_rate = OFF\n[handler.a]\nreply = hi\n", &d);
+	assert_int_equal(d.count, 0);
+	assert_int_equal(c->outbox_paid_rate, 0);
+	config_free(c);
+	unlink(path);
+
+	c = load_text("[bot]\ntoken = " TOKEN "\n[webhook]\ndomain = b.example\n"
+	    "[outbox]\npaid_rate = 5000/s\nbulk_share = 95%\n"
+	    "max_calls_per_update = 0\nkeep_dead = 1m\n"
+	    "[handler.a]\nreply = hi\n", &d);
+	config_free(c);
+	HAS(6, "paid_rate: '5000/s' is not a rate from 1 to 1000/s, or off");
+	HAS(7, "bulk_share: '95%' is not a share from 1 to 90%");
+	HAS(8, "max_calls_per_update: ");
+	HAS(9, "keep_dead: 1m is out of range");
+	assert_int_equal(d.count, 4);
+	diag_free(&d);
 	unlink(path);
 }
 
@@ -484,6 +542,7 @@ main(void)
 		cmocka_unit_test(test_config_file_not_regular),
 		cmocka_unit_test(test_user_and_warnings),
 		cmocka_unit_test(test_long_continuation_is_linear),
+		cmocka_unit_test(test_outbox_lane_keys),
 	};
 
 	return cmocka_run_group_tests_name("config", tests, NULL, NULL);

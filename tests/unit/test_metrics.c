@@ -45,7 +45,8 @@ test_counters_and_histogram(void **state)
 {
 	struct metrics_gauges g = { .outbox_pending = 3, .outbox_dead = 1,
 		.outbox_oldest_s = 2.5, .registered = true,
-		.telegram_pending = -1 };
+		.telegram_pending = -1, .lane_depth = { 1, 0, 2, 0 },
+		.lane_oldest_s = { 0.5, 0, 2.5, 0 } };
 	int message = update_type_index("message");
 	char *text;
 
@@ -62,35 +63,45 @@ test_counters_and_histogram(void **state)
 	metrics_botapi("sendSticker", BOTAPI_OK);	/* counted as other */
 	metrics_worker_exit();
 	text = metrics_render(&g);
-	assert_true(sample(text, "tgwebhookd_updates_total{type=\"message\","
-	    "result=\"inline\"}") == 2);
-	assert_true(sample(text, "tgwebhookd_updates_total{type=\"unknown\","
-	    "result=\"unhandled\"}") == 1);
-	assert_true(sample(text, "tgwebhookd_rejected_requests_total{reason="
-	    "\"secret\"}") == 1);
-	assert_true(sample(text, "tgwebhookd_rejected_requests_total{reason="
-	    "\"path\"}") == 0);
+	assert_float_equal(sample(text, "tgwebhookd_updates_total{type=\"message\","
+	    "result=\"inline\"}"), 2, 1e-9);
+	assert_float_equal(sample(text, "tgwebhookd_updates_total{type=\"unknown\","
+	    "result=\"unhandled\"}"), 1, 1e-9);
+	assert_float_equal(sample(text, "tgwebhookd_rejected_requests_total{reason="
+	    "\"secret\"}"), 1, 1e-9);
+	assert_float_equal(sample(text, "tgwebhookd_rejected_requests_total{reason="
+	    "\"path\"}"), 0, 1e-9);
 	/* cumulative buckets */
-	assert_true(sample(text, "tgwebhookd_handler_duration_seconds_bucket"
-	    "{le=\"0.001\"}") == 1);
-	assert_true(sample(text, "tgwebhookd_handler_duration_seconds_bucket"
-	    "{le=\"0.01\"}") == 2);
-	assert_true(sample(text, "tgwebhookd_handler_duration_seconds_bucket"
-	    "{le=\"30\"}") == 2);
-	assert_true(sample(text, "tgwebhookd_handler_duration_seconds_bucket"
-	    "{le=\"+Inf\"}") == 3);
+	assert_float_equal(sample(text, "tgwebhookd_handler_duration_seconds_bucket"
+	    "{le=\"0.001\"}"), 1, 1e-9);
+	assert_float_equal(sample(text, "tgwebhookd_handler_duration_seconds_bucket"
+	    "{le=\"0.01\"}"), 2, 1e-9);
+	assert_float_equal(sample(text, "tgwebhookd_handler_duration_seconds_bucket"
+	    "{le=\"30\"}"), 2, 1e-9);
+	assert_float_equal(sample(text, "tgwebhookd_handler_duration_seconds_bucket"
+	    "{le=\"+Inf\"}"), 3, 1e-9);
 	assert_true(sample(text, "tgwebhookd_handler_duration_seconds_count")
 	    == 3);
 	assert_true(sample(text, "tgwebhookd_handler_duration_seconds_sum")
 	    == 60.007);
-	assert_true(sample(text, "tgwebhookd_botapi_calls_total{method=\""
-	    "sendMessage\",result=\"ok\"}") == 1);
-	assert_true(sample(text, "tgwebhookd_botapi_calls_total{method=\""
-	    "other\",result=\"ok\"}") == 1);
+	assert_float_equal(sample(text, "tgwebhookd_botapi_calls_total{method=\""
+	    "sendMessage\",result=\"ok\"}"), 1, 1e-9);
+	assert_float_equal(sample(text, "tgwebhookd_botapi_calls_total{method=\""
+	    "other\",result=\"ok\"}"), 1, 1e-9);
 	assert_float_equal(sample(text, "tgwebhookd_botapi_429_total"), 1, 1e-9);
 	assert_float_equal(sample(text, "tgwebhookd_worker_exits_total"), 1, 1e-9);
 	assert_float_equal(sample(text, "tgwebhookd_outbox_pending"), 3, 1e-9);
 	assert_float_equal(sample(text, "tgwebhookd_outbox_oldest_seconds"), 2.5, 1e-9);
+	assert_float_equal(sample(text, "tgwebhookd_outbox_lane_pending{lane="
+	    "\"deadline\"}"), 1, 1e-9);
+	assert_float_equal(sample(text, "tgwebhookd_outbox_lane_pending{lane="
+	    "\"bulk\"}"), 2, 1e-9);
+	assert_float_equal(sample(text, "tgwebhookd_outbox_lane_pending{lane="
+	    "\"paid\"}"), 0, 1e-9);
+	assert_float_equal(sample(text, "tgwebhookd_outbox_lane_oldest_seconds{lane="
+	    "\"bulk\"}"), 2.5, 1e-9);
+	assert_float_equal(sample(text, "tgwebhookd_outbox_lane_oldest_seconds{lane="
+	    "\"conversation\"}"), 0, 1e-9);
 	assert_float_equal(sample(text, "tgwebhookd_webhook_registered"), 1, 1e-9);
 	assert_float_equal(sample(text, "tgwebhookd_store_healthy"), 1, 1e-9);
 	/* unknown until getWebhookInfo answers; no certificate: no TLS */
@@ -102,8 +113,8 @@ test_counters_and_histogram(void **state)
 	g.telegram_pending = 4;
 	text = metrics_render(&g);
 	assert_float_equal(sample(text, "tgwebhookd_store_healthy"), 0, 1e-9);
-	assert_true(sample(text, "tgwebhookd_certificate_expiry_timestamp_"
-	    "seconds") == 1800000000);
+	assert_float_equal(sample(text, "tgwebhookd_certificate_expiry_timestamp_"
+	    "seconds"), 1800000000, 1e-9);
 	assert_float_equal(sample(text, "tgwebhookd_telegram_pending_updates"), 4, 1e-9);
 	free(text);
 }

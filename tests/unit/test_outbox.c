@@ -25,6 +25,38 @@ struct fixture {
 	struct outbox *o;
 };
 
+/* Fills opts with the fixture's defaults. */
+static struct outbox_opts
+opts_for(struct fixture *f)
+{
+	return (struct outbox_opts){ .api_url = f->api->url, .token = "1:A",
+	    .timeout_ms = 5000, .rate = 1000, .chat_interval_ms = 10,
+	    .group_per_minute = 1000, .max_inflight = 8,
+	    .max_age_ms = 3600000, .keep_ms = 3600000 };
+}
+
+/* A fixture whose outbox is not started yet (rows can be put in the
+ * store first: fixture_start). */
+static struct fixture *
+fixture_new(void)
+{
+	struct fixture *f = xcalloc(1, sizeof(*f));
+	char err[256];
+
+	f->api = fake_start();
+	strcpy(f->dir, "/tmp/tgw-outbox-XXXXXX");
+	assert_non_null(mkdtemp(f->dir));
+	f->s = store_open(f->dir, err, sizeof(err));
+	assert_non_null(f->s);
+	return f;
+}
+
+static void
+fixture_start(struct fixture *f, const struct outbox_opts *o)
+{
+	f->o = outbox_start(f->s, o);
+}
+
 static struct fixture *
 setup_with(const char *upload_dir)
 {
@@ -325,6 +357,312 @@ test_local_files_uploaded_from_upload_dir(void **state)
 	assert_int_equal(system(cmd), 0);
 }
 
+/* Queues n rows straight into the store: lane, chat first_chat + i (or
+ * the same chat when same), method, not_before now + spread_ms * i / n. */
+static void
+put_rows(struct fixture *f, enum store_lane lane, const char *method,
+    long first_chat, bool same, long n, int64_t spread_ms)
+{
+	struct store_call *rows = xcalloc((size_t)n, sizeof(*rows));
+	int64_t now = wall_ms();
+	char err[256];
+
+	for (long i = 0; i < n; i++) {
+		long chat = same ? first_chat : first_chat + i;
+
+		rows[i].method = xstrdup(method);
+		rows[i].chat = xasprintf("%ld", chat);
+		rows[i].params = xasprintf("{\"chat_id\":%ld,\"text\":\"%ld\"}",
+		    chat, i);
+		rows[i].lane = lane;
+		rows[i].created_ms = now;
+		rows[i].not_before_ms = now + spread_ms * i / n;
+	}
+	assert_int_equal(store_calls_add(f->s, rows, (size_t)n, NULL, err,
+	    sizeof(err)), 0);
+	store_calls_free(rows, (size_t)n);
+}
+
+/* The index (in arrival order, all methods) of the first call whose
+ * body has needle; -1 if none within 10 s. */
+static long
+arrival(struct fixture *f, const char *needle)
+{
+	for (int t = 0; t < 1000; t++) {
+		long at = -1;
+
+		pthread_mutex_lock(&f->api->mu);
+		for (size_t i = 0; i < f->api->ncalls && at < 0; i++)
+			if (strstr(f->api->calls[i].method, needle) != NULL ||
+			    strstr(f->api->calls[i].body, needle) != NULL)
+				at = (long)i;
+		pthread_mutex_unlock(&f->api->mu);
+		if (at >= 0)
+			return at;
+		usleep(10000);
+	}
+	return -1;
+}
+
+/* Milliseconds until a call whose body has needle arrives (-1: not in
+ * timeout_ms). */
+static long
+ms_until(struct fixture *f, const char *needle, long timeout_ms)
+{
+	uint64_t start = now_ms();
+
+	while ((long)(now_ms() - start) < timeout_ms) {
+		bool seen = false;
+
+		pthread_mutex_lock(&f->api->mu);
+		for (size_t i = 0; i < f->api->ncalls && !seen; i++)
+			seen = strstr(f->api->calls[i].body, needle) != NULL;
+		pthread_mutex_unlock(&f->api->mu);
+		if (seen)
+			return (long)(now_ms() - start);
+		usleep(5000);
+	}
+	return -1;
+}
+
+/* Deadline calls first, then conversations, then bulk, whatever the
+ * order they were queued in. */
+static void
+test_lanes_in_order(void **state)
+{
+	struct fixture *f = fixture_new();
+	struct outbox_opts o = opts_for(f);
+
+	(void)state;
+	put_rows(f, STORE_LANE_BULK, "sendMessage", 1000, false, 20, 0);
+	put_rows(f, STORE_LANE_CONVERSATION, "sendMessage", 1, false, 1, 0);
+	put_rows(f, STORE_LANE_DEADLINE, "answerCallbackQuery", 2, false, 1,
+	    0);
+	/* 100 ms apart: the order sent is the order received */
+	o.rate = 10;
+	fixture_start(f, &o);
+	assert_int_equal(arrival(f, "answerCallbackQuery"), 0);
+	assert_int_equal(arrival(f, "\"chat_id\":1,"), 1);
+	wait_state(f, STORE_CALL_DELIVERED, 22);
+	teardown(f);
+}
+
+/* While higher lanes are busy, bulk still gets bulk_share of the rate. */
+static void
+test_bulk_keeps_its_share(void **state)
+{
+	struct fixture *f = fixture_new();
+	struct outbox_opts o = opts_for(f);
+	long bulk = 0;
+
+	(void)state;
+	put_rows(f, STORE_LANE_CONVERSATION, "sendMessage", 1, false, 60, 0);
+	put_rows(f, STORE_LANE_BULK, "sendMessage", 5000, false, 20, 0);
+	o.rate = 100;
+	o.bulk_share = 20;
+	fixture_start(f, &o);
+	fake_wait(f->api, "sendMessage", 80);
+	pthread_mutex_lock(&f->api->mu);
+	for (size_t i = 0; i < 50; i++)
+		bulk += strstr(f->api->calls[i].body, "\"chat_id\":5") != NULL;
+	pthread_mutex_unlock(&f->api->mu);
+	/* 20% of the first 50, give or take the first slots */
+	if (bulk < 8 || bulk > 12)
+		fail_msg("bulk took %ld of the first 50 slots, not about 10",
+		    bulk);
+	teardown(f);
+}
+
+/* One chat's 10,050 pending calls (more than the sender holds in
+ * memory) do not delay another chat's call. */
+static void
+test_one_chat_backlog_never_delays_another(void **state)
+{
+	struct fixture *f = fixture_new();
+	struct outbox_opts o = opts_for(f);
+	long ms;
+
+	(void)state;
+	put_rows(f, STORE_LANE_CONVERSATION, "sendMessage", 5, true, 10050,
+	    0);
+	put_rows(f, STORE_LANE_CONVERSATION, "sendMessage", 6, false, 1, 0);
+	o.rate = 30;
+	o.chat_interval_ms = 1000;
+	fixture_start(f, &o);
+	/* without lanes' per-chat queues: after the 10,000 ahead, 83 min */
+	ms = ms_until(f, "\"chat_id\":6,", 8000);
+	if (ms < 0 || ms > 4000)
+		fail_msg("chat 6 waited %ldms behind chat 5's backlog", ms);
+	teardown(f);
+}
+
+/* A broadcast backlog larger than memory, spread or not, does not delay
+ * a conversation. */
+static void
+test_bulk_backlog_never_delays_a_conversation(void **state)
+{
+	struct fixture *f = fixture_new();
+	struct outbox_opts o = opts_for(f);
+	long ms;
+
+	(void)state;
+	put_rows(f, STORE_LANE_BULK, "sendMessage", 100000, false, 6000, 0);
+	put_rows(f, STORE_LANE_BULK, "sendMessage", 200000, false, 6000,
+	    8 * 3600000);
+	put_rows(f, STORE_LANE_CONVERSATION, "sendMessage", 7, false, 1, 0);
+	o.rate = 30;
+	fixture_start(f, &o);
+	/* behind 12,000 calls at 30 a second it would be 400 s */
+	ms = ms_until(f, "\"chat_id\":7,", 8000);
+	if (ms < 0 || ms > 3000)
+		fail_msg("the conversation waited %ldms behind a broadcast",
+		    ms);
+	teardown(f);
+}
+
+/* SendMessage is sendMessage: paced per chat all the same. */
+static void
+test_method_case_paced_the_same(void **state)
+{
+	struct fixture *f = fixture_new();
+	struct outbox_opts o = opts_for(f);
+	uint64_t start;
+
+	(void)state;
+	o.chat_interval_ms = 300;
+	fixture_start(f, &o);
+	start = now_ms();
+	add(f, 20, "[{\"method\":\"SendMessage\",\"chat_id\":8,\"text\":\"1\"},"
+	    "{\"method\":\"SENDMESSAGE\",\"chat_id\":8,\"text\":\"2\"},"
+	    "{\"method\":\"sendmessage\",\"chat_id\":8,\"text\":\"3\"}]");
+	wait_state(f, STORE_CALL_DELIVERED, 3);
+	if (now_ms() - start < 600)
+		fail_msg("3 calls to one chat in %llums: not paced",
+		    (unsigned long long)(now_ms() - start));
+	teardown(f);
+}
+
+/* A 429 asking for longer than max_age: a dead letter at once, with
+ * Telegram's words. */
+static void
+test_retry_after_over_max_age_is_dead(void **state)
+{
+	struct fixture *f = fixture_new();
+	struct outbox_opts o = opts_for(f);
+
+	(void)state;
+	o.max_age_ms = 60000;
+	fixture_start(f, &o);
+	fake_script(f->api, "sendMessage", 429, "{\"ok\":false,\"error_code\":"
+	    "429,\"description\":\"Too Many Requests: retry after 86400\","
+	    "\"parameters\":{\"retry_after\":86400}}");
+	add(f, 21, "[{\"method\":\"sendMessage\",\"chat_id\":9,\"text\":\"x\"}]");
+	wait_state(f, STORE_CALL_DEAD, 1);
+	assert_dead_reason(f, 0, "Too Many Requests: retry after 86400 (a "
+	    "wait of 86400s is over [outbox] max_age)");
+	teardown(f);
+}
+
+/* Past max_calls_per_update and max_pending_per_chat: dead letters that
+ * name the limit; past max_pending: outbox_full() says so. */
+static void
+test_bounds(void **state)
+{
+	struct fixture *f = fixture_new();
+	struct outbox_opts o = opts_for(f);
+	char why[256] = "";
+
+	(void)state;
+	o.max_calls_per_update = 3;
+	o.max_pending_per_chat = 2;
+	o.max_pending = 4;
+	o.chat_interval_ms = 60000;	/* chat 10's calls stay pending */
+	fixture_start(f, &o);
+	add(f, 22, "[{\"method\":\"sendMessage\",\"chat_id\":11,\"text\":\"1\"},"
+	    "{\"method\":\"sendMessage\",\"chat_id\":12,\"text\":\"2\"},"
+	    "{\"method\":\"sendMessage\",\"chat_id\":13,\"text\":\"3\"},"
+	    "{\"method\":\"sendMessage\",\"chat_id\":14,\"text\":\"4\"},"
+	    "{\"method\":\"sendMessage\",\"chat_id\":15,\"text\":\"5\"}]");
+	wait_state(f, STORE_CALL_DELIVERED, 3);
+	wait_state(f, STORE_CALL_DEAD, 2);
+	assert_dead_reason(f, 0, "call 4 of 5 of update 22 is over [outbox] "
+	    "max_calls_per_update (3)");
+	assert_dead_reason(f, 1, "call 5 of 5");
+	assert_false(outbox_full(f->o, why, sizeof(why)));
+	add(f, 23, "[{\"method\":\"sendMessage\",\"chat_id\":10,\"text\":\"a\"},"
+	    "{\"method\":\"sendMessage\",\"chat_id\":10,\"text\":\"b\"},"
+	    "{\"method\":\"sendMessage\",\"chat_id\":10,\"text\":\"c\"}]");
+	wait_state(f, STORE_CALL_DEAD, 3);
+	assert_dead_reason(f, 2, "chat 10 has 2 pending call(s), [outbox] "
+	    "max_pending_per_chat is 2");
+	add(f, 24, "[{\"method\":\"sendMessage\",\"chat_id\":16,\"text\":\"a\"},"
+	    "{\"method\":\"sendMessage\",\"chat_id\":16,\"text\":\"b\"}]");
+	assert_true(outbox_full(f->o, why, sizeof(why)));
+	assert_non_null(strstr(why, "[outbox] max_pending is 4"));
+	teardown(f);
+}
+
+/* "tgw_lane": "bulk" puts a call in the bulk lane and is never sent;
+ * another value is a dead letter saying what is allowed. */
+static void
+test_handler_marks_bulk(void **state)
+{
+	struct fixture *f = fixture_new();
+	struct outbox_opts o = opts_for(f);
+	struct store_lane_depth d[STORE_LANES];
+
+	(void)state;
+	o.chat_interval_ms = 60000;
+	fixture_start(f, &o);
+	add(f, 25, "[{\"method\":\"sendMessage\",\"chat_id\":30,\"text\":\"a\","
+	    "\"tgw_lane\":\"bulk\"},{\"method\":\"sendMessage\",\"chat_id\":30,"
+	    "\"text\":\"b\",\"tgw_lane\":\"bulk\"},{\"method\":\"sendMessage\","
+	    "\"chat_id\":31,\"tgw_lane\":\"fast\"}]");
+	fake_wait(f->api, "sendMessage", 1);
+	assert_null(strstr(fake_body(f->api, "sendMessage", 0), "tgw_lane"));
+	assert_int_equal(store_calls_lanes(f->s, d), 0);
+	assert_int_equal(d[STORE_LANE_BULK].depth, 1);
+	wait_state(f, STORE_CALL_DEAD, 1);
+	assert_dead_reason(f, 0, "\"tgw_lane\" must be \"bulk\"");
+	teardown(f);
+}
+
+/* allow_paid_broadcast calls go at paid_rate, not the global rate. */
+static void
+test_paid_lane_at_paid_rate(void **state)
+{
+	struct fixture *f = fixture_new();
+	struct outbox_opts o = opts_for(f);
+	struct store_call *rows = xcalloc(20, sizeof(*rows));
+	char err[256];
+	uint64_t start;
+
+	(void)state;
+	for (int i = 0; i < 20; i++) {
+		json_t *c = json_pack("{ss si ss sb}", "method", "sendMessage",
+		    "chat_id", 300 + i, "text", "paid", "allow_paid_broadcast",
+		    1);
+
+		assert_int_equal(outbox_call_row(c, NULL, &rows[i], err,
+		    sizeof(err)), 0);
+		assert_int_equal(rows[i].lane, STORE_LANE_PAID);
+		json_decref(c);
+	}
+	assert_int_equal(store_calls_add(f->s, rows, 20, NULL, err,
+	    sizeof(err)), 0);
+	store_calls_free(rows, 20);
+	o.rate = 2;
+	o.paid_rate = 1000;
+	start = now_ms();
+	fixture_start(f, &o);
+	wait_state(f, STORE_CALL_DELIVERED, 20);
+	/* at the global 2 a second that would take 10 s */
+	if (now_ms() - start > 6000)
+		fail_msg("20 paid calls took %llums",
+		    (unsigned long long)(now_ms() - start));
+	teardown(f);
+}
+
 int
 main(void)
 {
@@ -335,6 +673,15 @@ main(void)
 		cmocka_unit_test(test_left_at_stop_stays_in_the_store),
 		cmocka_unit_test(test_unsent_until_delivered),
 		cmocka_unit_test(test_local_files_uploaded_from_upload_dir),
+		cmocka_unit_test(test_lanes_in_order),
+		cmocka_unit_test(test_bulk_keeps_its_share),
+		cmocka_unit_test(test_one_chat_backlog_never_delays_another),
+		cmocka_unit_test(test_bulk_backlog_never_delays_a_conversation),
+		cmocka_unit_test(test_method_case_paced_the_same),
+		cmocka_unit_test(test_retry_after_over_max_age_is_dead),
+		cmocka_unit_test(test_bounds),
+		cmocka_unit_test(test_handler_marks_bulk),
+		cmocka_unit_test(test_paid_lane_at_paid_rate),
 	};
 
 	return cmocka_run_group_tests_name("outbox", tests, NULL, NULL);

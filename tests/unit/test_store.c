@@ -6,6 +6,8 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <sqlite3.h>
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -94,7 +96,7 @@ call(char *key, char *chat, char *params)
 
 	return (struct store_call){ .key = key, .method = method,
 	    .chat = chat, .params = params, .created_ms = 1,
-	    .not_before_ms = 1 };
+	    .not_before_ms = 1, .lane = STORE_LANE_CONVERSATION };
 }
 
 static void
@@ -124,20 +126,23 @@ test_calls(void **state)
 	assert_int_equal(store_calls_add(s, rows, 3, &added, err,
 	    sizeof(err)), 0);
 	assert_int_equal(added, 1);
-	n = store_calls_pending(s, 0, 10, &got, err, sizeof(err));
+	n = store_calls_pending(s, STORE_LANE_CONVERSATION, 0, 10, &got, err,
+	    sizeof(err));
 	assert_int_equal(n, 4);
 	assert_string_equal(got[0].key, "u:1:1");
 	assert_null(got[2].chat);
 	assert_true(got[0].id < got[1].id);
 	store_calls_free(got, (size_t)n);
-	n = store_calls_pending(s, 2, 10, &got, err, sizeof(err));
+	n = store_calls_pending(s, STORE_LANE_CONVERSATION, 2, 10, &got, err,
+	    sizeof(err));
 	assert_int_equal(n, 2);
 	store_calls_free(got, (size_t)n);
 
 	/* a group became a supergroup */
 	assert_int_equal(store_calls_rechat(s, "-100", -1009, err,
 	    sizeof(err)), 2);
-	n = store_calls_pending(s, 0, 10, &got, err, sizeof(err));
+	n = store_calls_pending(s, STORE_LANE_CONVERSATION, 0, 10, &got, err,
+	    sizeof(err));
 	assert_string_equal(got[0].chat, "-1009");
 	assert_string_equal(got[1].params,
 	    "{\"chat_id\":-1009,\"text\":\"b\"}");
@@ -158,7 +163,8 @@ test_calls(void **state)
 	/* a dead letter comes back as a new pending row, key kept */
 	assert_int_equal(store_calls_retry_dead(s, 0, err, sizeof(err)), 1);
 	assert_int_equal(store_calls_count(s, STORE_CALL_DEAD, NULL), 0);
-	n = store_calls_pending(s, 0, 10, &got, err, sizeof(err));
+	n = store_calls_pending(s, STORE_LANE_CONVERSATION, 0, 10, &got, err,
+	    sizeof(err));
 	assert_int_equal(n, 3);		/* two keyless calls, and it: last */
 	assert_string_equal(got[2].key, "u:1:2");
 	store_calls_free(got, (size_t)n);
@@ -191,7 +197,8 @@ test_errors_kept_redacted(void **state)
 	assert_non_null(s);
 	assert_int_equal(store_calls_add(s, &row, 1, &added, err,
 	    sizeof(err)), 0);
-	n = store_calls_pending(s, 0, 10, &got, err, sizeof(err));
+	n = store_calls_pending(s, STORE_LANE_CONVERSATION, 0, 10, &got, err,
+	    sizeof(err));
 	assert_int_equal(n, 1);
 	oc = (struct store_outcome){ got[0].id, STORE_CALL_DEAD, 1, 0,
 		"sendMessage: GET https://api.telegram.org/bot123456789:AAtest-"
@@ -239,7 +246,8 @@ test_unsent_and_held_order(void **state)
 	    0);
 	assert_int_equal(store_calls_unsent(s, "42", err, sizeof(err)), 1);
 	assert_int_equal(store_calls_unsent(s, "43", err, sizeof(err)), 0);
-	n = store_calls_pending(s, 0, 10, &got, err, sizeof(err));
+	n = store_calls_pending(s, STORE_LANE_CONVERSATION, 0, 10, &got, err,
+	    sizeof(err));
 	assert_int_equal(n, 1);
 	oc = (struct store_outcome){ got[0].id, STORE_CALL_DELIVERED, 1, 0,
 		NULL };
@@ -314,6 +322,130 @@ test_unwritable(void **state)
 	assert_non_null(strstr(err, "/proc/tgw-nope"));
 }
 
+/*
+ * A store made before lanes (schema 0) with pending calls: opened, each
+ * call gets its lane (answer* deadline, broadcasts bulk, paid broadcasts
+ * paid, the rest conversation) and nothing is lost.
+ */
+static void
+test_migrates_old_store(void **state)
+{
+	char dir[] = "/tmp/tgw-store-test-XXXXXX", path[96], err[256], cmd[160];
+	static const int want[] = { STORE_LANE_DEADLINE,
+		STORE_LANE_CONVERSATION, STORE_LANE_BULK, STORE_LANE_PAID,
+		STORE_LANE_DEADLINE };
+	struct store_lane_depth d[STORE_LANES];
+	struct store_call *got;
+	struct store *s;
+	sqlite3 *db;
+	long n;
+
+	(void)state;
+	assert_non_null(mkdtemp(dir));
+	snprintf(path, sizeof(path), "%s/tgwebhookd.db", dir);
+	assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+	assert_int_equal(sqlite3_exec(db, "CREATE TABLE calls ("
+	    " id INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT UNIQUE,"
+	    " method TEXT NOT NULL, chat TEXT, params TEXT NOT NULL,"
+	    " state INTEGER NOT NULL DEFAULT 0,"
+	    " attempts INTEGER NOT NULL DEFAULT 0, created INTEGER NOT NULL,"
+	    " not_before INTEGER NOT NULL, finished INTEGER, last_error TEXT);"
+	    "CREATE INDEX calls_state ON calls(state, id);"
+	    "INSERT INTO calls(key, method, chat, params, created, not_before)"
+	    " VALUES ('u:1:0', 'answerCallbackQuery', NULL,"
+	    "  '{\"callback_query_id\":\"q\"}', 1, 1),"
+	    " ('u:1:1', 'sendMessage', '5', '{\"chat_id\":5}', 1, 1),"
+	    " ('b:0123456789abcdef:1', 'sendMessage', '6',"
+	    "  '{\"chat_id\":6}', 1, 1),"
+	    " ('b:0123456789abcdef:2', 'sendMessage', '7',"
+	    "  '{\"chat_id\":7,\"allow_paid_broadcast\":true}', 1, 1),"
+	    " (NULL, 'AnswerInlineQuery', NULL, '{}', 1, 1);", NULL, NULL,
+	    NULL), SQLITE_OK);
+	sqlite3_close(db);
+
+	s = store_open(dir, err, sizeof(err));
+	assert_non_null(s);
+	assert_int_equal(store_calls_lanes(s, d), 0);
+	assert_int_equal(d[STORE_LANE_DEADLINE].depth, 2);
+	assert_int_equal(d[STORE_LANE_CONVERSATION].depth, 1);
+	assert_int_equal(d[STORE_LANE_BULK].depth, 1);
+	assert_int_equal(d[STORE_LANE_PAID].depth, 1);
+	n = store_calls_list(s, STORE_CALL_PENDING, 10, &got, err, sizeof(err));
+	assert_int_equal(n, 5);
+	for (long i = 0; i < n; i++)
+		assert_int_equal(got[i].lane, want[i]);
+	store_calls_free(got, (size_t)n);
+	/* per chat, per lane, in id order */
+	n = store_calls_of_chat(s, STORE_LANE_BULK, "6", 0, INT64_MAX, 10,
+	    &got, err, sizeof(err));
+	assert_int_equal(n, 1);
+	assert_string_equal(got[0].key, "b:0123456789abcdef:1");
+	store_calls_free(got, (size_t)n);
+	assert_int_equal(store_calls_chat_count(s, "7"), 1);
+	assert_int_equal(store_broadcast_known(s, "0123456789abcdef"), 2);
+	store_close(s);
+	/* opened again: nothing to migrate, nothing changed */
+	s = store_open(dir, err, sizeof(err));
+	assert_non_null(s);
+	assert_int_equal(store_calls_count(s, STORE_CALL_PENDING, NULL), 5);
+	store_close(s);
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+	assert_int_equal(system(cmd), 0);
+}
+
+/* Dead calls and failed updates go after keep_dead, held updates after
+ * keep_held, delivered calls after keep_delivered. */
+static void
+test_prune(void **state)
+{
+	char dir[] = "/tmp/tgw-store-test-XXXXXX", err[256], cmd[160];
+	char k1[] = "u:1:1", k2[] = "u:1:2", chat[] = "5", p[] = "{}";
+	struct store_call rows[2] = { call(k1, chat, p), call(k2, chat, p) };
+	struct store_keep keep = { 3600000, 3600000, 3600000 };
+	struct store_outcome oc[2];
+	struct store_call *got;
+	struct store *s;
+	long n;
+
+	(void)state;
+	assert_non_null(mkdtemp(dir));
+	s = store_open(dir, err, sizeof(err));
+	assert_non_null(s);
+	assert_int_equal(store_calls_add(s, rows, 2, NULL, err, sizeof(err)),
+	    0);
+	n = store_calls_pending(s, STORE_LANE_CONVERSATION, 0, 10, &got, err,
+	    sizeof(err));
+	assert_int_equal(n, 2);
+	oc[0] = (struct store_outcome){ got[0].id, STORE_CALL_DELIVERED, 1, 0,
+		NULL };
+	oc[1] = (struct store_outcome){ got[1].id, STORE_CALL_DEAD, 1, 0,
+		"Forbidden: bot was blocked by the user" };
+	store_calls_free(got, (size_t)n);
+	assert_int_equal(store_calls_update(s, oc, 2, err, sizeof(err)), 0);
+	assert_int_equal(store_dead_update(s, 5, "h", "exited 1", "{}", 2, err,
+	    sizeof(err)), 0);
+	assert_int_equal(store_update_hold(s, 6, "h", "{}", 2, err,
+	    sizeof(err)), 0);
+	/* young: kept */
+	assert_int_equal(store_prune(s, &keep, err, sizeof(err)), 0);
+	/* keep nothing: all four go */
+	sleep(1);
+	keep = (struct store_keep){ 0, 0, 0 };
+	assert_int_equal(store_prune(s, &keep, err, sizeof(err)), 4);
+	assert_int_equal(store_dead_count(s), 0);
+	assert_int_equal(store_calls_count(s, STORE_CALL_DEAD, NULL), 0);
+	{
+		struct store_update *u;
+
+		assert_int_equal(store_updates_held(s, &u, err, sizeof(err)),
+		    0);
+		store_updates_free(u, 0);
+	}
+	store_close(s);
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+	assert_int_equal(system(cmd), 0);
+}
+
 int
 main(void)
 {
@@ -324,6 +456,8 @@ main(void)
 		cmocka_unit_test(test_unsent_and_held_order),
 		cmocka_unit_test(test_failing_writes),
 		cmocka_unit_test(test_unwritable),
+		cmocka_unit_test(test_migrates_old_store),
+		cmocka_unit_test(test_prune),
 	};
 
 	return cmocka_run_group_tests_name("store", tests, NULL, NULL);
