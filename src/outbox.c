@@ -1132,7 +1132,10 @@ static void *
 sender(void *arg)
 {
 	struct outbox *o = arg;
-	uint64_t next_reload = 0, next_prune = 0, next_sweep = 0;
+	/* The first prune waits a while: held updates are replayed at
+	 * start first. */
+	uint64_t next_reload = 0, next_prune = now_ms() + PRUNE_MS;
+	uint64_t next_sweep = 0;
 	uint64_t next_count = 0;
 
 	for (;;) {

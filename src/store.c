@@ -898,6 +898,62 @@ store_calls_purge(struct store *s, enum store_call_state state,
 	    "finished < ?3", NULL, state, before_ms, err, errlen);
 }
 
+/*
+ * Held updates older than before (wall ms) were answered to Telegram but
+ * never released: their handler's calls were never queued, and Telegram
+ * will not deliver them again.  They become dead letters in one
+ * transaction, kept with the updates whose handler failed (--outbox
+ * shows them, bodies included), rather than being deleted.  Returns how many, or -1 with err.
+ */
+static long
+held_to_dead(struct store *s, int64_t before, char *err, size_t errlen)
+{
+	sqlite3_stmt *st = NULL;
+	long n = -1;
+	int rc;
+
+	pthread_mutex_lock(&s->mu);
+	if (begin(s) == -1) {
+		failed(s, true, err, errlen, "turning old held updates into "
+		    "dead letters");
+		pthread_mutex_unlock(&s->mu);
+		return -1;
+	}
+	rc = sqlite3_prepare_v2(s->db, "INSERT INTO dead_updates(update_id, "
+	    "handler, reason, body, created) SELECT update_id, handler, "
+	    "'held since ' || strftime('%Y-%m-%d %H:%M:%S UTC', created / "
+	    "1000, 'unixepoch') || ' and never released ([outbox] "
+	    "keep_held): its calls were never queued', body, "
+	    "strftime('%s','now') FROM held_updates WHERE created < ?1", -1,
+	    &st, NULL) == SQLITE_OK ? 0 : -1;
+	if (rc == 0) {
+		sqlite3_bind_int64(st, 1, before);
+		rc = sqlite3_step(st) == SQLITE_DONE ? 0 : -1;
+		n = sqlite3_changes(s->db);
+	}
+	sqlite3_finalize(st);
+	st = NULL;
+	if (rc == 0 && (rc = sqlite3_prepare_v2(s->db, "DELETE FROM "
+	    "held_updates WHERE created < ?1", -1, &st, NULL) == SQLITE_OK ?
+	    0 : -1) == 0) {
+		sqlite3_bind_int64(st, 1, before);
+		rc = sqlite3_step(st) == SQLITE_DONE ? 0 : -1;
+	}
+	sqlite3_finalize(st);
+	if (rc == -1)
+		failed(s, true, err, errlen, "turning old held updates into "
+		    "dead letters");
+	if (commit(s, rc, err, errlen, "turning old held updates into dead "
+	    "letters") == -1)
+		n = -1;
+	pthread_mutex_unlock(&s->mu);
+	if (n > 0)
+		log_err("store: %ld held update(s) older than [outbox] "
+		    "keep_held were never handled: kept as failed updates "
+		    "(tgwebhookd --outbox shows them)", n);
+	return n;
+}
+
 long
 store_prune(struct store *s, const struct store_keep *k, char *err,
     size_t errlen)
@@ -911,9 +967,7 @@ store_prune(struct store *s, const struct store_keep *k, char *err,
 	    (int64_t)k->dead_ms, err, errlen)) < 0 ||
 	    (c = store_dead_updates_purge(s, (now - (int64_t)k->dead_ms) /
 	    1000, err, errlen)) < 0 ||
-	    (d = exec_changes(s, "pruning held updates", "DELETE FROM "
-	    "held_updates WHERE ?1 IS NULL AND created < ?2 AND ?3 = ?3",
-	    NULL, now - (int64_t)k->held_ms, 0, err, errlen)) < 0)
+	    (d = held_to_dead(s, now - (int64_t)k->held_ms, err, errlen)) < 0)
 		return -1;
 	return a + b + c + d;
 }

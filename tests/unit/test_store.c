@@ -393,8 +393,9 @@ test_migrates_old_store(void **state)
 	assert_int_equal(system(cmd), 0);
 }
 
-/* Dead calls and failed updates go after keep_dead, held updates after
- * keep_held, delivered calls after keep_delivered. */
+/* Dead calls and failed updates go after keep_dead, delivered calls after
+ * keep_delivered; a held update is never deleted: after keep_held it
+ * becomes a failed update, saying so. */
 static void
 test_prune(void **state)
 {
@@ -428,18 +429,24 @@ test_prune(void **state)
 	    sizeof(err)), 0);
 	/* young: kept */
 	assert_int_equal(store_prune(s, &keep, err, sizeof(err)), 0);
-	/* keep nothing: all four go */
+	/* keep nothing: three go, the held update becomes a failed one */
 	sleep(1);
 	keep = (struct store_keep){ 0, 0, 0 };
 	assert_int_equal(store_prune(s, &keep, err, sizeof(err)), 4);
-	assert_int_equal(store_dead_count(s), 0);
 	assert_int_equal(store_calls_count(s, STORE_CALL_DEAD, NULL), 0);
+	assert_int_equal(store_dead_count(s), 1);
 	{
 		struct store_update *u;
 
 		assert_int_equal(store_updates_held(s, &u, err, sizeof(err)),
 		    0);
 		store_updates_free(u, 0);
+		assert_int_equal(store_dead_updates(s, 10, &u, err,
+		    sizeof(err)), 1);
+		assert_int_equal(u[0].update_id, 6);
+		assert_non_null(strstr(u[0].reason, "never released ([outbox] "
+		    "keep_held)"));
+		store_updates_free(u, 1);
 	}
 	store_close(s);
 	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
