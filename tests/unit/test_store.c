@@ -63,12 +63,12 @@ test_secrets_and_dead_letters(void **state)
 		assert_string_equal(u[0].handler, "w");
 		assert_string_equal(u[0].reason, "timed out");
 		assert_string_equal(u[0].body, "{\"u\":6}");
-		assert_true(u[0].created > 1700000000);
+		assert_in_range(u[0].created, 1700000001, INT64_MAX);
 		store_updates_free(u, 1);
 		assert_int_equal(store_dead_updates(s, 10, &u, err,
 		    sizeof(err)), 2);
 		assert_int_equal(u[1].update_id, 5);
-		assert_true(u[0].id > u[1].id);
+		assert_in_range(u[0].id, u[1].id + 1, INT64_MAX);
 		store_updates_free(u, 2);
 		/* purged by age */
 		assert_int_equal(store_dead_updates_purge(s, 1000, err,
@@ -131,7 +131,7 @@ test_calls(void **state)
 	assert_int_equal(n, 4);
 	assert_string_equal(got[0].key, "u:1:1");
 	assert_null(got[2].chat);
-	assert_true(got[0].id < got[1].id);
+	assert_in_range(got[1].id, got[0].id + 1, INT64_MAX);
 	store_calls_free(got, (size_t)n);
 	n = store_calls_pending(s, STORE_LANE_CONVERSATION, 2, 10, &got, err,
 	    sizeof(err));
@@ -301,7 +301,7 @@ test_failing_writes(void **state)
 	snprintf(path, sizeof(path), "store %s/tgwebhookd.db: queueing 1 "
 	    "call(s): disk I/O error (", dir);
 	assert_non_null(strstr(err, path));
-	assert_true(store_failing_since(s, why, sizeof(why)) > 0);
+	assert_in_range(store_failing_since(s, why, sizeof(why)), 1, INT64_MAX);
 	assert_string_equal(why, "queueing 1 call(s): disk I/O error");
 	/* writes work again: so does the store */
 	assert_int_equal(store_calls_add(s, &row, 1, NULL, err, sizeof(err)),
