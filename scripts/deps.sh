@@ -64,5 +64,26 @@ else
 fi
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
+# Debian's prometheus package is here for promtool alone: its server must
+# not start (or start at boot) on a developer's machine because of make
+# test.  policy-rc.d (Debian policy 9.3.3) keeps services from starting
+# during the install, unless the machine already has one of its own.
+case " $need " in
+*" prometheus "*)	quiet_prometheus=1 ;;
+*)			quiet_prometheus= ;;
+esac
+policy=
+if [ -n "$quiet_prometheus" ] && [ ! -e /usr/sbin/policy-rc.d ]; then
+	policy=/usr/sbin/policy-rc.d
+	printf '#!/bin/sh\nexit 101\n' | $SUDO tee $policy >/dev/null
+	$SUDO chmod 0755 $policy
+fi
+rc=0
 # shellcheck disable=SC2086
-$SUDO apt-get install -y -qq --no-install-recommends $need
+$SUDO apt-get install -y -qq --no-install-recommends $need || rc=$?
+[ -n "$policy" ] && $SUDO rm -f "$policy"
+# ... nor at boot: installed just now, so its enablement is ours to undo
+if [ -n "$quiet_prometheus" ] && command -v systemctl >/dev/null 2>&1; then
+	$SUDO systemctl disable prometheus.service >/dev/null 2>&1 || true
+fi
+exit $rc
