@@ -842,14 +842,28 @@ on_connection(void *cls, struct MHD_Connection *c, void **socket_ctx,
 		/* Strangers get a short idle timeout too. */
 		MHD_set_connection_option(c, MHD_CONNECTION_OPTION_TIMEOUT,
 		    (unsigned)UNTRUSTED_TIMEOUT_S);
-		st = xcalloc(1, sizeof(*st));
 		pthread_mutex_lock(&s->peers_mu);
 		pp = peer_slot(s, addr);
 		if (*pp == NULL) {
 			*pp = xcalloc(1, sizeof(**pp));
 			memcpy((*pp)->addr, addr, 16);
 		}
+		/*
+		 * on_accept() checked the count, but the pool's threads accept
+		 * at once: two may pass it with one place left.  The count is
+		 * decided here, under the lock; a connection past it is ended
+		 * now (libmicrohttpd reads the end and closes it).
+		 */
+		if ((*pp)->n >= s->o.per_ip_limit) {
+			pthread_mutex_unlock(&s->peers_mu);
+			if ((ci = MHD_get_connection_info(c,
+			    MHD_CONNECTION_INFO_CONNECTION_FD)) != NULL)
+				shutdown(ci->connect_fd, SHUT_RDWR);
+			metrics_reject(MR_SOURCE);
+			return;
+		}
 		(*pp)->n++;
+		st = xcalloc(1, sizeof(*st));
 		st->peer = *pp;
 		pthread_mutex_unlock(&s->peers_mu);
 		*socket_ctx = st;	/* counted: uncount at close */
