@@ -207,6 +207,24 @@ media_item(json_t *media, size_t i)
 
 static const char *const media_keys[] = { "media", "thumbnail", "cover" };
 
+/*
+ * The Bot API's top-level parameters of type InputFile: only these may
+ * name a local file.  A string anywhere else (text, caption, a handler
+ * echoing what a user wrote) is sent as written, whatever it starts with.
+ */
+static const char *const file_params[] = { "photo", "audio", "document",
+	"video", "animation", "voice", "video_note", "sticker", "thumbnail",
+	"cover", "png_sticker", "tgs_sticker", "webm_sticker" };
+
+static bool
+file_param(const char *key)
+{
+	for (size_t i = 0; i < nitems(file_params); i++)
+		if (strcmp(key, file_params[i]) == 0)
+			return true;
+	return false;
+}
+
 bool
 calls_has_files(json_t *call)
 {
@@ -214,7 +232,7 @@ calls_has_files(json_t *call)
 	json_t *v, *m;
 
 	json_object_foreach(call, key, v) {
-		if (file_path(v) != NULL)
+		if (file_param(key) && file_path(v) != NULL)
 			return true;
 		if (strcmp(key, "media") != 0)
 			continue;
@@ -312,7 +330,8 @@ calls_upload_plan(json_t *call, struct calls_upload *up, char *err,
 		if (strcmp(key, "method") == 0 ||
 		    strcmp(key, CALLS_TEXT_KEY) == 0)
 			continue;
-		if ((path = file_path(v)) != NULL && !marked_text(call, key)) {
+		if (file_param(key) && (path = file_path(v)) != NULL &&
+		    !marked_text(call, key)) {
 			if (add_file(up, key, path, key, err, errlen) == -1)
 				goto fail;
 			continue;

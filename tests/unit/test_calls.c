@@ -301,6 +301,21 @@ test_local_files(void **state)
 	    "\"caption\":\"see file:///etc/passwd\"}");
 	assert_false(calls_has_files(c));
 	json_decref(c);
+	/* only InputFile parameters name files: a handler echoing a user's
+	 * "file:///..." as text or caption sends it as written */
+	c = call("{\"method\":\"sendMessage\",\"chat_id\":42,\"text\":"
+	    "\"file:///srv/up/someone-elses.pdf\"}");
+	assert_false(calls_has_files(c));
+	assert_int_equal(calls_upload_plan(c, &up, err, sizeof(err)), 0);
+	assert_int_equal(up.nfiles, 0);
+	assert_int_equal(up.nfields, 2);
+	assert_string_equal(up.fields[1].value, "file:///srv/up/someone-elses.pdf");
+	calls_upload_clear(&up);
+	json_decref(c);
+	c = call("{\"method\":\"sendPhoto\",\"photo\":\"https://x/y.jpg\","
+	    "\"caption\":\"file:///etc/passwd\"}");
+	assert_false(calls_has_files(c));
+	json_decref(c);
 	/* a relative path, and too many files, are the handler's errors */
 	c = call("{\"method\":\"sendDocument\",\"document\":"
 	    "\"file://report.pdf\"}");
