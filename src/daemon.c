@@ -280,6 +280,55 @@ probe(void *arg, struct metrics_gauges *g)
 static const char *const store_files[] = { "tgwebhookd.db",
 	"tgwebhookd.db-wal", "tgwebhookd.db-shm", "tgwebhookd.db-journal" };
 
+/*
+ * Started as root with [server] user, the store is handed over to that
+ * user.  Its path must then be root's from / down: a store directory that
+ * is a link, or a parent the bot's user may write (and so swap the store
+ * for a link to /etc between this check and the open), would make root
+ * give another directory away.  0, or -1 with err.
+ */
+static int
+store_path_rooted(const char *dir, char *err, size_t errlen)
+{
+	char *path = xstrdup(dir), *slash;
+	struct stat st;
+	int rc = -1;
+
+	if (lstat(path, &st) == 0 && S_ISLNK(st.st_mode)) {
+		errf(err, errlen, "%s is a symbolic link: started as root, the "
+		    "daemon hands the store over to [server] user and never "
+		    "through a link; name the directory itself", dir);
+		goto out;
+	}
+	while ((slash = strrchr(path, '/')) != NULL) {
+		slash[slash == path ? 1 : 0] = '\0';
+		if (lstat(path, &st) == -1) {
+			if (errno == ENOENT)
+				goto next;
+			errf(err, errlen, "%s: %s", path, strerror(errno));
+			goto out;
+		}
+		if (S_ISLNK(st.st_mode) ? false : st.st_uid != 0 ||
+		    ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0 &&
+		    (st.st_mode & S_ISVTX) == 0)) {
+			errf(err, errlen, "%s, above the store, is %s: another "
+			    "user could put a link in the store's place before "
+			    "root hands it over; chown root %s and chmod go-w "
+			    "%s, or start the daemon as its user", path,
+			    st.st_uid != 0 ? "not root's" : "writable by others",
+			    path, path);
+			goto out;
+		}
+next:
+		if (strcmp(path, "/") == 0)
+			break;
+	}
+	rc = 0;
+out:
+	free(path);
+	return rc;
+}
+
 int
 daemon_check_files(const struct config *c, struct diag *d)
 {
@@ -287,6 +336,10 @@ daemon_check_files(const struct config *c, struct diag *d)
 	int before = d->count;
 	char err[1024];
 
+	if (geteuid() == 0 && c->user != NULL && c->user[0] != '\0' &&
+	    store_path_rooted(c->store_dir, err, sizeof(err)) == -1)
+		diag_add(d, c->file, config_line(c, "store", "dir"), "dir",
+		    "%s", err);
 	if (file_check_private(c->store_dir, true, uid, err, sizeof(err)) ==
 	    -1)
 		diag_add(d, c->file, config_line(c, "store", "dir"), "dir",
@@ -400,7 +453,10 @@ drop_privileges(const struct config *c)
 		    "--system %s)", c->user, c->user);
 	/* The store is ours alone (0700/0600): hand over its directory and
 	 * the files the daemon made in it, each by name, nothing else. */
-	if ((sfd = open(c->store_dir, O_PATH | O_DIRECTORY | O_CLOEXEC)) == -1)
+	if (store_path_rooted(c->store_dir, err, sizeof(err)) == -1)
+		fatal("[store] dir: %s", err);
+	if ((sfd = open(c->store_dir, O_PATH | O_DIRECTORY | O_NOFOLLOW |
+	    O_CLOEXEC)) == -1)
 		fatal("%s: %s", c->store_dir, strerror(errno));
 	hand_over(sfd, c->store_dir, ".", pw->pw_uid, pw->pw_gid);
 	for (size_t i = 0; i < nitems(store_files); i++)

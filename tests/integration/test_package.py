@@ -20,7 +20,7 @@ import subprocess
 import tempfile
 import time
 
-from harness import ROOT, TOKEN, eventually, message
+from harness import ROOT, TOKEN, eventually, message, skip
 
 import botapi_emu
 from test_monitoring import check_against, scrape
@@ -112,8 +112,7 @@ def deb_file_text(deb, path):
 def test_package_contents_metadata_and_lintian():
     reason = skip_reason()
     if reason:
-        print("# skipped: %s" % reason)
-        return
+        skip(reason)
     with open(os.path.join(ROOT, "debian", "changelog")) as f:
         head = f.readline()
     assert head.startswith("tgwebhookd (%s) " % VERSION), \
@@ -340,8 +339,7 @@ def apt(*args):
 def test_package_install_start_stop_purge():
     reason = skip_reason() or install_skip_reason()
     if reason:
-        print("# skipped: %s" % reason)
-        return
+        skip(reason)
     b = build()
     debs = [b["tgwebhookd"], b["tgwebhookd-dev"]]
     # one package test at a time on a machine
@@ -349,8 +347,7 @@ def test_package_install_start_stop_purge():
     fcntl.flock(lock, fcntl.LOCK_EX)
     reason = install_skip_reason()
     if reason:
-        print("# skipped: %s" % reason)
-        return
+        skip(reason)
     before = machine_state(debs)
     emu = runner = None
     try:

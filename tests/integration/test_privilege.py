@@ -11,7 +11,7 @@ import os
 import subprocess
 import time
 
-from harness import TOKEN, Daemon, binary, compile_plugin, message
+from harness import TOKEN, Daemon, binary, compile_plugin, message, skip
 
 HANDLERS = "[handler.start]\ncommands = /start\nreply = hi\n"
 NOBODY = 65534
@@ -21,9 +21,8 @@ AS_NOBODY = ["setpriv", "--reuid=%d" % NOBODY, "--regid=%d" % NOBODY,
 
 def need_root():
     if os.geteuid() != 0:
-        print("# skipped: needs root (starts the daemon as root with "
-              "[server] user, chowns files)")
-        return True
+        skip("needs root (starts the daemon as root with "
+             "[server] user, chowns files)")
     return False
 
 
@@ -75,6 +74,43 @@ def test_store_hand_over_never_follows_links():
             assert os.stat(targets[1]).st_uid == 0
             os.unlink(p)
 
+
+
+def test_store_path_must_be_roots_to_be_handed_over():
+    """Item 1, found again by a later review: a store directory swapped
+    for a link (to /etc, say) by the bot's user, who owns the directory
+    above it, was followed by root, which gave the link's target away."""
+    if need_root():
+        return
+    d = Daemon(HANDLERS, extra="[server]\nuser = nobody\n", start=False)
+    with d:
+        os.chmod(d.dir, 0o711)
+        d.start()
+        d.stop()
+        fake_etc = os.path.join(d.dir, "fake-etc")
+        os.mkdir(fake_etc, 0o755)
+        os.rename(d.store, d.store + ".old")
+        os.symlink(fake_etc, d.store)
+        for args in (["-t"], []):
+            out = run(d, *args)
+            assert out.returncode == 1, out
+            assert (d.store.encode() + b" is a symbolic link: started as "
+                    b"root") in out.stderr, out.stderr
+        assert os.stat(fake_etc).st_uid == 0
+        assert os.listdir(fake_etc) == []
+        os.unlink(d.store)
+        os.rename(d.store + ".old", d.store)
+        # the directory above the store is the bot user's: it could swap
+        # the store between the check and the open
+        os.chown(d.dir, NOBODY, NOBODY)
+        for args in (["-t"], []):
+            out = run(d, *args)
+            assert out.returncode == 1, out
+            assert (d.dir.encode() + b", above the store, is not root's")\
+                in out.stderr, out.stderr
+        os.chown(d.dir, 0, 0)
+        out = run(d, "-t")
+        assert out.returncode == 0, out
 
 def test_weak_modes_of_store_and_key_refused():
     """Item 8: the token's rule for the store and the key, in -t and at
