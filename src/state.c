@@ -12,6 +12,16 @@
 
 #include "update.h"
 
+bool
+state_name_valid(const char *name)
+{
+	size_t n = strspn(name, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrs"
+	    "tuvwxyz0123456789_");
+
+	return n > 0 && n <= STATE_NAME_MAX && name[n] == '\0' &&
+	    strcmp(name, "none") != 0;
+}
+
 int
 state_scope_parse(const char *text, enum state_scope *out)
 {

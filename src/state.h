@@ -20,6 +20,16 @@ enum state_scope {
 /* Longest key state_key() writes, with its NUL. */
 #define STATE_KEY_MAX 48
 
+/* Most bytes of a state's data (its JSON text). */
+#define STATE_DATA_MAX 65536
+
+/* Longest state name, and longest name under which `save` keeps data. */
+#define STATE_NAME_MAX 64
+
+/* True if name is 1..STATE_NAME_MAX of A-Z a-z 0-9 _ (and not "none",
+ * which means no state). */
+bool state_name_valid(const char *name);
+
 /* Parses "chat_user", "chat" or "user" into *out: 0, or -1 if it is none
  * of them. */
 int state_scope_parse(const char *text, enum state_scope *out);

@@ -159,8 +159,9 @@ static const char schema[] =
     "CREATE TABLE IF NOT EXISTS states ("
     " key TEXT PRIMARY KEY,"
     " name TEXT NOT NULL,"
-    " data TEXT NOT NULL,"
-    " expires INTEGER NOT NULL DEFAULT 0);";
+    " data TEXT NOT NULL CHECK (json_valid(data)),"
+    " expires INTEGER NOT NULL DEFAULT 0,"
+    " update_id INTEGER NOT NULL DEFAULT 0);";
 
 /*
  * Schema version 1 gave calls a lane.  A store of version 0 holds
@@ -559,15 +560,18 @@ state_write(struct store *s, const char *key, const struct store_state *st)
 
 	if (sqlite3_prepare_v2(s->db, st == NULL ?
 	    "DELETE FROM states WHERE key = ?1" :
-	    "INSERT OR REPLACE INTO states(key, name, data, expires) "
-	    "VALUES (?1, ?2, ?3, ?4)", -1, &q, NULL) != SQLITE_OK)
+	    "INSERT OR REPLACE INTO states(key, name, data, expires, "
+	    "update_id) VALUES (?1, ?2, ?3, ?4, ?5)", -1, &q, NULL) !=
+	    SQLITE_OK)
 		return -1;
 	sqlite3_bind_text(q, 1, key, -1, SQLITE_STATIC);
 	if (st != NULL) {
-		sqlite3_bind_text(q, 2, st->name, -1, SQLITE_STATIC);
+		sqlite3_bind_text(q, 2, st->name != NULL ? st->name : "", -1,
+		    SQLITE_STATIC);
 		sqlite3_bind_text(q, 3, st->data != NULL ? st->data : "{}", -1,
 		    SQLITE_STATIC);
 		sqlite3_bind_int64(q, 4, st->expires_ms);
+		sqlite3_bind_int64(q, 5, st->update_id);
 	}
 	if (sqlite3_step(q) == SQLITE_DONE)
 		ret = 0;
@@ -1009,7 +1013,7 @@ store_prune(struct store *s, const struct store_keep *k, char *err,
     size_t errlen)
 {
 	int64_t now = wall_ms();
-	long a, b, c, d;
+	long a, b, c, d, e;
 
 	if ((a = store_calls_purge(s, STORE_CALL_DELIVERED, now -
 	    (int64_t)k->delivered_ms, err, errlen)) < 0 ||
@@ -1017,9 +1021,10 @@ store_prune(struct store *s, const struct store_keep *k, char *err,
 	    (int64_t)k->dead_ms, err, errlen)) < 0 ||
 	    (c = store_dead_updates_purge(s, (now - (int64_t)k->dead_ms) /
 	    1000, err, errlen)) < 0 ||
-	    (d = held_to_dead(s, now - (int64_t)k->held_ms, err, errlen)) < 0)
+	    (d = held_to_dead(s, now - (int64_t)k->held_ms, err, errlen)) < 0 ||
+	    (e = store_states_expire(s, now, err, errlen)) < 0)
 		return -1;
-	return a + b + c + d;
+	return a + b + c + d + e;
 }
 
 long
@@ -1202,6 +1207,7 @@ store_state_clear(struct store_state *st)
 	free(st->data);
 	st->name = st->data = NULL;
 	st->expires_ms = 0;
+	st->update_id = 0;
 }
 
 int
@@ -1213,7 +1219,8 @@ store_state_get(struct store *s, const char *key, int64_t now_ms,
 
 	memset(out, 0, sizeof(*out));
 	pthread_mutex_lock(&s->mu);
-	if (sqlite3_prepare_v2(s->db, "SELECT name, data, expires FROM states "
+	if (sqlite3_prepare_v2(s->db, "SELECT name, data, expires, update_id "
+	    "FROM states "
 	    "WHERE key = ? AND (expires = 0 OR expires > ?)", -1, &st,
 	    NULL) != SQLITE_OK)
 		goto out;
@@ -1221,9 +1228,12 @@ store_state_get(struct store *s, const char *key, int64_t now_ms,
 	sqlite3_bind_int64(st, 2, now_ms);
 	rc = sqlite3_step(st);
 	if (rc == SQLITE_ROW) {
-		out->name = xstrdup((const char *)sqlite3_column_text(st, 0));
+		const char *name = (const char *)sqlite3_column_text(st, 0);
+
+		out->name = name[0] != '\0' ? xstrdup(name) : NULL;
 		out->data = xstrdup((const char *)sqlite3_column_text(st, 1));
 		out->expires_ms = sqlite3_column_int64(st, 2);
+		out->update_id = sqlite3_column_int64(st, 3);
 		ret = 0;
 	} else if (rc == SQLITE_DONE) {
 		ret = 1;

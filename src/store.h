@@ -85,12 +85,14 @@ int store_calls_add(struct store *s, const struct store_call *calls, size_t n,
 /*
  * Conversation state: per conversation key (see [state] state_scope) a
  * short name and a JSON object of data, with an expiry (wall ms; 0:
- * none).
+ * none), and the update that wrote it (so that a redelivery of that
+ * update is known).
  */
 struct store_state {
-	char *name;
+	char *name;		/* NULL: none (kept as a mark of update_id) */
 	char *data;		/* JSON object text; NULL writes "{}" */
 	int64_t expires_ms;
+	int64_t update_id;	/* 0: not written by an update */
 };
 /* Frees the fields of st (NULL-safe) and zeroes them. */
 void store_state_clear(struct store_state *st);
@@ -101,7 +103,8 @@ int store_calls_add_state(struct store *s, const struct store_call *calls,
     size_t n, const char *key, const struct store_state *state,
     size_t *added, char *err, size_t errlen);
 /* The state of key unless expired by now_ms: 0 and *out (clear with
- * store_state_clear), 1 if none, -1 with err. */
+ * store_state_clear; its name NULL for a "none" mark), 1 if no row, -1
+ * with err. */
 int store_state_get(struct store *s, const char *key, int64_t now_ms,
     struct store_state *out, char *err, size_t errlen);
 /* Writes the state of key alone (state NULL: deletes it).  0 or -1. */
@@ -187,7 +190,8 @@ struct store_keep {
 	uint64_t dead_ms;	/* dead calls and failed updates */
 	uint64_t held_ms;	/* held updates never released */
 };
-/* Deletes what is older than k says.  Count of rows, or -1 with err. */
+/* Deletes what is older than k says, and expired states.  Count of rows,
+ * or -1 with err. */
 long store_prune(struct store *s, const struct store_keep *k, char *err,
     size_t errlen);
 

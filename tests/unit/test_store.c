@@ -460,8 +460,8 @@ static void
 test_states(void **state)
 {
 	char dir[] = "/tmp/tgw-store-test-XXXXXX", err[256], cmd[160];
-	struct store_state a = { "awaiting_name", NULL, 0 }, got;
-	struct store_state b = { "awaiting_age", "{\"name\":\"Ann\"}", 0 };
+	struct store_state a = { "awaiting_name", NULL, 0, 0 }, got;
+	struct store_state b = { "awaiting_age", "{\"name\":\"Ann\"}", 0, 7 };
 	struct store_call ok = { .key = "u:7:0", .method = "sendMessage",
 		.chat = "42", .params = "{\"text\":\"age?\"}",
 		.lane = STORE_LANE_CONVERSATION };
@@ -482,15 +482,15 @@ test_states(void **state)
 	assert_string_equal(got.data, "{}");
 	store_state_clear(&got);
 
-	/* a state that cannot be stored (no name): neither it nor the
-	 * calls commit */
+	/* a state that cannot be stored (its data not JSON): neither it
+	 * nor the calls commit */
 	bad.key = "u:7:1";
 	{
 		struct store_call two[2] = { ok, bad };
-		struct store_state noname = { NULL, "{}", 0 };
+		struct store_state notjson = { "x", "{not json", 0, 0 };
 
 		assert_int_equal(store_calls_add_state(s, two, 2, "42:5",
-		    &noname, &added, err, sizeof(err)), -1);
+		    &notjson, &added, err, sizeof(err)), -1);
 		assert_non_null(strstr(err, "conversation state"));
 	}
 	assert_int_equal(added, 0);
@@ -509,6 +509,7 @@ test_states(void **state)
 	    sizeof(err)), 0);
 	assert_string_equal(got.name, "awaiting_age");
 	assert_string_equal(got.data, "{\"name\":\"Ann\"}");
+	assert_int_equal(got.update_id, 7);
 	store_state_clear(&got);
 	assert_int_equal(store_calls_count(s, STORE_CALL_PENDING, NULL), 1);
 
@@ -519,6 +520,19 @@ test_states(void **state)
 	    err, sizeof(err)), 0);
 	assert_int_equal(store_state_get(s, "42:5", 1000, &got, err,
 	    sizeof(err)), 1);
+
+	/* a "none" mark: no name, but the update that wrote it known */
+	{
+		struct store_state none = { NULL, NULL, 0, 8 };
+
+		assert_int_equal(store_state_put(s, "42:5", &none, err,
+		    sizeof(err)), 0);
+		assert_int_equal(store_state_get(s, "42:5", 1000, &got, err,
+		    sizeof(err)), 0);
+		assert_null(got.name);
+		assert_int_equal(got.update_id, 8);
+		store_state_clear(&got);
+	}
 
 	/* expiry: read as none once past, deleted by store_states_expire;
 	 * kept across a reopen while not expired */
