@@ -373,7 +373,9 @@ dispatch_new(const struct config *c, struct diag *d)
 			bad = 1;
 		else {
 			t->handlers[t->n - 1].table = t;
-			t->uses_state |= t->handlers[t->n - 1].has_state;
+			t->uses_state |= t->handlers[t->n - 1].has_state ||
+			    handler_conf_get(h, "set_state", NULL) != NULL ||
+			    handler_conf_get(h, "save", NULL) != NULL;
 		}
 	if (bad) {
 		dispatch_free(t);

@@ -134,13 +134,15 @@ runner_set_state(struct runner *r, enum state_scope scope, unsigned ttl_ms,
 }
 
 /*
- * Reads u's conversation state into rs (under its conversation's lock:
+ * Reads u's conversation state into rs, if h's table has state rules
+ * (under its conversation's lock:
  * no other update of the conversation runs until this one's state is
  * committed).  0, or -1 when the store cannot tell (the update is then
  * retried, never handled on a state that may be stale).
  */
 static int
-state_load(struct runner *r, const struct update *u, struct run_state *rs)
+state_load(struct runner *r, const struct handler *h, const struct update *u,
+    struct run_state *rs)
 {
 	struct store_state st;
 	json_error_t jerr;
@@ -148,7 +150,8 @@ state_load(struct runner *r, const struct update *u, struct run_state *rs)
 	int rc;
 
 	memset(rs, 0, sizeof(*rs));
-	if (!r->state_on || !state_key(u, r->state_scope, rs->key))
+	if (!r->state_on || !dispatch_uses_state(h->table) ||
+	    !state_key(u, r->state_scope, rs->key))
 		return 0;
 	rc = store_state_get(r->store, rs->key, wall_ms(), &st, err,
 	    sizeof(err));
@@ -450,7 +453,7 @@ run_handler(struct runner *r, const struct handler **hp,
 	char err[512] = "";
 
 	*calls = NULL;
-	if (state_load(r, u, rs) == -1)
+	if (state_load(r, h, u, rs) == -1)
 		return -1;
 	*calls = json_array();
 	if (rs->on) {

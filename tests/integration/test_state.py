@@ -92,3 +92,25 @@ def test_state_expires():
         # not a synchronisation: the state's lifetime has to pass
         time.sleep(1.2)
         assert say(d, "Ann", 2) == "Send /form to fill in the form."
+
+
+def test_failed_commit_leaves_the_old_state_and_no_calls():
+    """As a crash before the commit: the store takes nothing (every write
+    fails, as on a full disk), so the update gets 503, its state stays
+    the old one and no call goes out; Telegram's retry then goes on from
+    the old state."""
+    from test_faults import set_fsize
+    with Daemon(form_handlers()) as d:
+        assert say(d, "/form", 1) == "What is your name?"
+        assert eventually(lambda: states(d) == [
+            ("c42:u7", "awaiting_name", "{}")]), states(d)
+        set_fsize(d.proc.pid, 1)
+        status, _, _, body = d.deliver(message("Ann", 2))
+        assert status == 503 and body == b"", (status, body)
+        assert states(d) == [("c42:u7", "awaiting_name", "{}")]
+        set_fsize(d.proc.pid, "unlimited")
+        assert say(d, "Ann", 2) == "Hello, Ann. How old are you?"
+        assert eventually(lambda: states(d) == [
+            ("c42:u7", "awaiting_age", '{"name":"Ann"}')]), states(d)
+        assert texts(d) == ["What is your name?",
+                            "Hello, Ann. How old are you?"]
