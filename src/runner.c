@@ -134,10 +134,9 @@ runner_set_state(struct runner *r, enum state_scope scope, unsigned ttl_ms,
 }
 
 /*
- * Reads u's conversation state into rs, if h's table has state rules
- * (under its conversation's lock:
- * no other update of the conversation runs until this one's state is
- * committed).  0, or -1 when the store cannot tell (the update is then
+ * Reads u's conversation state into rs if h's table uses state, under
+ * its conversation's lock: no other update of the conversation runs until
+ * this one's state is committed.  0, or -1 when the store cannot tell (the update is then
  * retried, never handled on a state that may be stale).
  */
 static int
