@@ -29,6 +29,7 @@
 #include "calls.h"
 #include "gate.h"
 #include "log.h"
+#include "state.h"
 #include "update.h"
 #include "util.h"
 
@@ -129,6 +130,9 @@ static const struct ckey ckeys[] = {
 	    O(outbox_keep_dead_ms) },
 	{ "outbox", "keep_held", C_DURATION, 3600000, 7 * 86400000U,
 	    O(outbox_keep_held_ms) },
+
+	{ "state", "state_scope", C_STR, 0, 0, O(state_scope) },
+	{ "state", "ttl", C_DURATION, 0, 30 * 86400000U, O(state_ttl_ms) },
 
 	{ "log", "level", C_LOGLEVEL, 0, 0, O(log_level) },
 };
@@ -547,6 +551,7 @@ config_new(const char *file)
 	c->dedup_size = 16384;
 	c->store_dir = xstrdup("/var/lib/tgwebhookd");
 	c->store_sync = xstrdup("normal");
+	c->state_scope = xstrdup("chat_user");
 	c->admin_listen = xstrdup("127.0.0.1:9187");
 	c->outbox_rate = 30;
 	c->outbox_chat_interval_ms = 1000;
@@ -871,6 +876,10 @@ config_check(struct config *c, struct diag *d)
 	    strcmp(c->store_sync, "full") != 0)
 		diag_add(d, f, config_line(c, "store", "sync"), "sync",
 		    "'%s' is not normal or full", c->store_sync);
+	if (state_scope_parse(c->state_scope, &c->state_scope_kind) == -1)
+		diag_add(d, f, config_line(c, "state", "state_scope"),
+		    "state_scope", "'%s' is not chat_user, chat or user",
+		    c->state_scope);
 	if (str_empty(c->store_dir) || c->store_dir[0] != '/')
 		diag_add(d, f, config_line(c, "store", "dir"), "dir",
 		    "must be an absolute path");

@@ -13,6 +13,7 @@
 #include <sys/types.h>
 
 #include "diag.h"
+#include "state.h"
 
 #define CONFIG_DEFAULT_FILE "/etc/tgwebhookd/tgwebhookd.conf"
 
@@ -105,6 +106,12 @@ struct config {
 
 	/* [admin] */
 	char *admin_listen;	/* NULL when off */
+
+	/* [state] */
+	char *state_scope;	/* as written: chat_user, chat or user */
+	enum state_scope state_scope_kind;	/* config_check() sets it */
+	unsigned state_ttl_ms;	/* a state unchanged this long is gone;
+				 * 0: kept until changed */
 
 	/* [log] */
 	long log_level;

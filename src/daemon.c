@@ -596,6 +596,8 @@ daemon_start(struct daemon *d)
 	d->runner = runner_new((unsigned)c->handler_threads,
 	    (size_t)c->handler_threads * 32, (size_t)c->chat_queue,
 	    c->polling ? 0 : c->reply_deadline_ms, d->outbox, d->store);
+	runner_set_state(d->runner, c->state_scope_kind, c->state_ttl_ms,
+	    &d->id.username);
 	dispatch_start(d->dispatch);
 	replay_held(d);
 	d->dedup = dedup_new((size_t)c->dedup_size);
@@ -657,7 +659,7 @@ warn_restart_keys(const struct config *a, const struct config *b)
 		"api_url", "threads", "handler_threads", "max_clients",
 		"per_ip_limit", "connection_timeout", "dedup_size", "max_body",
 		"reply_deadline", "[outbox]", "registration", "chat_queue",
-		"source", "[polling]" };
+		"source", "[polling]", "[state]" };
 	bool diff[nitems(keys)] = { 0 };
 	char list[512] = "";
 #define STR_DIFF(x, y) (strcmp((x) ? (x) : "", (y) ? (y) : "") != 0)
@@ -702,6 +704,8 @@ warn_restart_keys(const struct config *a, const struct config *b)
 	diff[21] = a->poll_timeout_ms != b->poll_timeout_ms ||
 	    a->poll_limit != b->poll_limit ||
 	    a->poll_takeover != b->poll_takeover;
+	diff[22] = a->state_scope_kind != b->state_scope_kind ||
+	    a->state_ttl_ms != b->state_ttl_ms;
 #undef STR_DIFF
 	for (size_t i = 0; i < nitems(keys); i++)
 		if (diff[i]) {

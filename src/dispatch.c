@@ -14,16 +14,19 @@
 #include <string.h>
 #include <strings.h>
 
+#include "state.h"
 #include "update.h"
 #include "util.h"
 
 static const struct handler_kind *const kinds[] = { &handler_reply,
 	&handler_exec, &handler_plugin, &handler_worker };
-static const char *const match_keys[] = { "updates", "commands", "text" };
+static const char *const match_keys[] = { "updates", "commands", "text",
+	"state" };
 
 struct dispatch {
 	struct handler *handlers;
 	size_t n;
+	bool uses_state;
 	atomic_int refs;
 };
 
@@ -58,6 +61,7 @@ handler_clear(struct handler *h)
 	free(h->name);
 	strlist_free(h->updates);
 	strlist_free(h->commands);
+	free(h->want_state);
 	if (h->text != NULL) {
 		regfree(h->text);
 		free(h->text);
@@ -238,6 +242,17 @@ build_rules(struct handler *h, const struct conf_handler *ch,
 	const char *v;
 	int line, rc = 0;
 
+	if ((v = handler_conf_get(ch, "state", &line)) != NULL) {
+		h->has_state = true;
+		if (strcmp(v, "none") != 0 && !state_name_valid(v)) {
+			diag_add(d, c->file, line, "state", "'%s' is not a "
+			    "state name (1-%d of A-Z a-z 0-9 _) or none", v,
+			    STATE_NAME_MAX);
+			rc = -1;
+		} else if (strcmp(v, "none") != 0) {
+			h->want_state = xstrdup(v);
+		}
+	}
 	if ((v = handler_conf_get(ch, "updates", &line)) != NULL) {
 		h->updates = strlist_split(v, NULL);
 		if (h->updates[0] == NULL) {
@@ -356,8 +371,12 @@ dispatch_new(const struct config *c, struct diag *d)
 	for (const struct conf_handler *h = c->handlers; h != NULL; h = h->next)
 		if (build_handler(&t->handlers[t->n++], h, c, d) == -1)
 			bad = 1;
-		else
+		else {
 			t->handlers[t->n - 1].table = t;
+			t->uses_state |= t->handlers[t->n - 1].has_state ||
+			    handler_conf_get(h, "set_state", NULL) != NULL ||
+			    handler_conf_get(h, "save", NULL) != NULL;
+		}
 	if (bad) {
 		dispatch_free(t);
 		return NULL;
@@ -415,9 +434,16 @@ text_matches(const regex_t *re, const char *text, size_t len)
 	return regexec(re, text, 1, m, flags) == 0;
 }
 
+/* state: the conversation's (NULL: none); with_state false ignores
+ * `state =` rules. */
 static bool
-matches(const struct handler *h, const struct update *u, const char *username)
+matches(const struct handler *h, const struct update *u, const char *username,
+    bool with_state, const char *state)
 {
+	if (with_state && h->has_state && (h->want_state == NULL ?
+	    state != NULL : state == NULL || strcmp(state, h->want_state) !=
+	    0))
+		return false;
 	if (h->updates != NULL) {
 		bool ok = false;
 
@@ -447,9 +473,25 @@ dispatch_match(const struct dispatch *t, const struct update *u,
     const char *username)
 {
 	for (size_t i = 0; i < t->n; i++)
-		if (matches(&t->handlers[i], u, username))
+		if (matches(&t->handlers[i], u, username, false, NULL))
 			return &t->handlers[i];
 	return NULL;
+}
+
+const struct handler *
+dispatch_match_state(const struct dispatch *t, const struct update *u,
+    const char *username, const char *state)
+{
+	for (size_t i = 0; i < t->n; i++)
+		if (matches(&t->handlers[i], u, username, true, state))
+			return &t->handlers[i];
+	return NULL;
+}
+
+bool
+dispatch_uses_state(const struct dispatch *t)
+{
+	return t->uses_state;
 }
 
 int

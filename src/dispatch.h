@@ -36,6 +36,8 @@ struct handler {
 	char **commands;	/* without the '/' */
 	bool has_text;
 	regex_t *text;
+	bool has_state;		/* a `state =` rule */
+	char *want_state;	/* the state it wants; NULL: none */
 };
 
 /* Builds the table.  NULL if any handler section is wrong (all problems
@@ -54,6 +56,16 @@ void dispatch_unref(struct dispatch *t);
  * /command@username; may be NULL while unknown. */
 const struct handler *dispatch_match(const struct dispatch *t,
     const struct update *u, const char *username);
+/* True if a handler of t has a `state =` rule (matching then needs the
+ * conversation's state: dispatch_match_state()) or changes the state
+ * (set_state, save).  False: t knows nothing of state, and none is read
+ * for its updates. */
+bool dispatch_uses_state(const struct dispatch *t);
+/* The first handler matching u in state (NULL: none), or NULL.
+ * dispatch_match() ignores `state =` rules: the runner matches again with
+ * the state once it holds the conversation. */
+const struct handler *dispatch_match_state(const struct dispatch *t,
+    const struct update *u, const char *username, const char *state);
 /* Runs h on in (for tests and non-blocking kinds). */
 int dispatch_run(const struct handler *h, const struct handler_input *in,
     json_t *calls, char *err, size_t errlen);

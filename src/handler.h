@@ -17,11 +17,22 @@
 
 struct update;
 
-/* What a handler gets: the parsed update and the body as received. */
+/* The conversation's state as a handler sees and may change it (see
+ * [state]); the runner commits a change with the handler's calls. */
+struct handler_state {
+	char *name;		/* NULL: no state */
+	json_t *data;		/* a JSON object, never NULL */
+	bool changed;		/* set by a handler that changed either */
+};
+
+/* What a handler gets: the parsed update and the body as received, and
+ * its conversation's state (NULL when the update has no conversation key
+ * or no store keeps states). */
 struct handler_input {
 	const struct update *u;
 	const char *body;
 	size_t len;
+	struct handler_state *state;
 };
 
 struct handler_kind {

@@ -1322,14 +1322,23 @@ int
 outbox_add(struct outbox *o, json_t *calls, size_t from, int64_t update_id,
     char *err, size_t errlen)
 {
+	return outbox_add_state(o, calls, from, update_id, NULL, NULL, err,
+	    errlen);
+}
+
+int
+outbox_add_state(struct outbox *o, json_t *calls, size_t from,
+    int64_t update_id, const char *skey, const struct store_state *state,
+    char *err, size_t errlen)
+{
 	size_t n = json_array_size(calls), m = 0, added = 0, over = 0;
 	struct store_call *rows;
 	long refused;
 	int rc = 0;
 
-	if (from >= n)
+	if (from >= n && skey == NULL)
 		return 0;
-	rows = xcalloc(n - from, sizeof(*rows));
+	rows = xcalloc(n > from ? n - from : 1, sizeof(*rows));
 	for (size_t i = from; i < n; i++) {
 		json_t *call = json_array_get(calls, i);
 		struct store_call *row = &rows[m++];
@@ -1365,8 +1374,8 @@ outbox_add(struct outbox *o, json_t *calls, size_t from, int64_t update_id,
 	}
 	refused = outbox_limit_chats(o->store, rows, m,
 	    o->o.max_pending_per_chat);
-	if ((rc = store_calls_add(o->store, rows, m, &added, err, errlen)) ==
-	    0) {
+	if ((rc = store_calls_add_state(o->store, rows, m, skey, state, &added,
+	    err, errlen)) == 0) {
 		size_t pending = 0;
 
 		/* about: a key queued before is not added again */

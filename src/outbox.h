@@ -75,6 +75,12 @@ struct outbox *outbox_start(struct store *s, const struct outbox_opts *o);
  * retries). */
 int outbox_add(struct outbox *o, json_t *calls, size_t from, int64_t update_id,
     char *err, size_t errlen);
+/* The same, and in the same transaction writes the conversation state of
+ * key (state NULL: deletes it; key NULL: none written): the state and
+ * the calls are committed together or not at all. */
+int outbox_add_state(struct outbox *o, json_t *calls, size_t from,
+    int64_t update_id, const char *key, const struct store_state *state,
+    char *err, size_t errlen);
 /* 1 if a follow-up to chat (chat_id as text) is still unsent, so that a
  * later answer to it must queue behind; 0 if none; -1 with err when the
  * store cannot tell.  Any thread. */

@@ -24,6 +24,7 @@
 #include <inttypes.h>
 #include <jansson.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,6 +35,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "outbox.h"
+#include "state.h"
 #include "store.h"
 #include "update.h"
 #include "util.h"
@@ -92,7 +94,86 @@ struct runner {
 	bool stopping;
 	struct outbox *outbox;
 	struct store *store;
+	/* conversation state (runner_set_state()); off: none kept */
+	bool state_on;
+	enum state_scope state_scope;
+	unsigned state_ttl_ms;
+	_Atomic(char *) *username;
 };
+
+/* One update's conversation state while its handler runs. */
+struct run_state {
+	bool on;		/* the update has a key and states are kept */
+	char key[STATE_KEY_MAX];
+	int64_t wrote;		/* the update that wrote the state read */
+	struct handler_state hs;
+	char *data;		/* hs.data as text, once the handler ran */
+};
+
+/* A "none" state is kept this long (without [state] ttl) as the mark of
+ * the update that wrote it, so that its redelivery is known. */
+#define STATE_NONE_KEEP_MS 86400000LL
+
+static void
+run_state_clear(struct run_state *rs)
+{
+	free(rs->hs.name);
+	json_decref(rs->hs.data);
+	free(rs->data);
+	memset(rs, 0, sizeof(*rs));
+}
+
+void
+runner_set_state(struct runner *r, enum state_scope scope, unsigned ttl_ms,
+    _Atomic(char *) *username)
+{
+	r->state_on = r->store != NULL;
+	r->state_scope = scope;
+	r->state_ttl_ms = ttl_ms;
+	r->username = username;
+}
+
+/*
+ * Reads u's conversation state into rs if h's table uses state, under
+ * its conversation's lock: no other update of the conversation runs until
+ * this one's state is committed.  0, or -1 when the store cannot tell (the update is then
+ * retried, never handled on a state that may be stale).
+ */
+static int
+state_load(struct runner *r, const struct handler *h, const struct update *u,
+    struct run_state *rs)
+{
+	struct store_state st;
+	json_error_t jerr;
+	char err[512];
+	int rc;
+
+	memset(rs, 0, sizeof(*rs));
+	if (!r->state_on || !dispatch_uses_state(h->table) ||
+	    !state_key(u, r->state_scope, rs->key))
+		return 0;
+	rc = store_state_get(r->store, rs->key, wall_ms(), &st, err,
+	    sizeof(err));
+	if (rc == -1) {
+		log_err("update %" PRId64 ": its conversation state cannot be "
+		    "read: %s", u->id, err);
+		return -1;
+	}
+	rs->on = true;
+	rs->hs.data = NULL;
+	if (rc == 0) {
+		rs->hs.name = st.name;
+		rs->wrote = st.update_id;
+		rs->hs.data = json_loads(st.data, 0, &jerr);
+		st.name = NULL;
+		store_state_clear(&st);
+	}
+	if (!json_is_object(rs->hs.data)) {
+		json_decref(rs->hs.data);
+		rs->hs.data = json_object();
+	}
+	return 0;
+}
 
 static void *handler_thread(void *arg);
 
@@ -299,15 +380,24 @@ behind_unsent(struct runner *r, const struct update *u, json_t *first,
 static int
 route(struct runner *r, const struct handler *h, const struct update *u,
     json_t *calls, bool late, uint64_t start, int64_t waited_ms,
-    char **answer)
+    struct run_state *rs, char **answer)
 {
 	size_t n = json_array_size(calls), from = 0;
 	json_t *first = json_array_get(calls, 0);
 	char err[512], chat[64], waited[128] = "", key[UPDATE_KEY_MAX], who[48];
-	bool behind = false;
+	bool behind = false, with_state = rs->on && rs->hs.changed;
+	struct store_state st = { rs->hs.name, rs->data, 0, u->id };
 
 	*answer = NULL;
-	if (n > 0 && !late && calls_inline_allowed(calls_method(first)) &&
+	if (with_state)
+		st.expires_ms = r->state_ttl_ms > 0 ? wall_ms() +
+		    (int64_t)r->state_ttl_ms : st.name == NULL ? wall_ms() +
+		    STATE_NONE_KEEP_MS : 0;
+	/* A new state goes with every call durably: an inline answer is
+	 * not part of the store's transaction, and a redelivery of this
+	 * update is not handled again once its state is committed. */
+	if (n > 0 && !late && !with_state &&
+	    calls_inline_allowed(calls_method(first)) &&
 	    !calls_has_files(first) &&
 	    !(behind = behind_unsent(r, u, first, chat, sizeof(chat)))) {
 		char *s = json_dumps(first, JSON_COMPACT);
@@ -319,7 +409,8 @@ route(struct runner *r, const struct handler *h, const struct update *u,
 			free(s);
 		}
 	}
-	if (outbox_add(r->outbox, calls, from, u->id, err, sizeof(err)) == -1) {
+	if (outbox_add_state(r->outbox, calls, from, u->id, with_state ?
+	    rs->key : NULL, &st, err, sizeof(err)) == -1) {
 		log_err("update %" PRId64 ": handler %s: its follow-ups cannot "
 		    "be queued: %s; %s", u->id, h->name, err, late ?
 		    "the update is handled again at the next start" :
@@ -352,20 +443,58 @@ route(struct runner *r, const struct handler *h, const struct update *u,
  * not keep it (answer 503: Telegram delivers it again).
  */
 static int
-run_handler(struct runner *r, const struct handler *h, const struct update *u,
-    const char *body, size_t len, json_t **calls)
+run_handler(struct runner *r, const struct handler **hp,
+    const struct update *u, const char *body, size_t len, json_t **calls,
+    struct run_state *rs)
 {
-	struct handler_input in = { u, body, len };
+	struct handler_input in = { u, body, len, NULL };
+	const struct handler *h = *hp;
 	char err[512] = "";
 
+	*calls = NULL;
+	if (state_load(r, h, u, rs) == -1)
+		return -1;
 	*calls = json_array();
-	if (dispatch_run(h, &in, *calls, err, sizeof(err)) == -1) {
-		json_decref(*calls);
-		*calls = NULL;
-		return dead_letter(r, h, u, body, len, err[0] ? err :
-		    "failed") == 0 ? 1 : -1;
+	if (rs->on) {
+		in.state = &rs->hs;
+		if (rs->wrote == u->id) {
+			log_info("update %" PRId64 ": already handled: its "
+			    "state and calls were committed; not handled "
+			    "again", u->id);
+			return 0;
+		}
+	}
+	if (dispatch_uses_state(h->table)) {
+		const char *username = r->username != NULL ?
+		    atomic_load(r->username) : NULL;
+		const struct handler *m = dispatch_match_state(h->table, u,
+		    username, rs->hs.name);
+
+		if (m == NULL) {
+			log_info("update %" PRId64 ": %s: no handler matches "
+			    "in state %s", u->id, u->type, rs->hs.name != NULL ?
+			    rs->hs.name : "none");
+			return 0;
+		}
+		*hp = h = m;
+	}
+	if (dispatch_run(h, &in, *calls, err, sizeof(err)) == -1)
+		goto fail;
+	if (rs->hs.changed) {
+		rs->data = json_dumps(rs->hs.data, JSON_COMPACT);
+		if (rs->data == NULL || strlen(rs->data) > STATE_DATA_MAX) {
+			errf(err, sizeof(err), "its state's data would be "
+			    "over %d bytes (a handler keeps too much)",
+			    STATE_DATA_MAX);
+			goto fail;
+		}
 	}
 	return 0;
+fail:
+	json_decref(*calls);
+	*calls = NULL;
+	return dead_letter(r, h, u, body, len, err[0] ? err : "failed") == 0 ?
+	    1 : -1;
 }
 
 /* Runs a quick handler on the caller's thread; the caller holds key (or
@@ -375,14 +504,16 @@ run_quick(struct runner *r, const struct handler *h, struct update *u,
     char *body, size_t len, const char *key, char **answer)
 {
 	uint64_t start = now_ms();
+	struct run_state rs;
 	json_t *calls;
-	int rc = run_handler(r, h, u, body, len, &calls);
+	int rc = run_handler(r, &h, u, body, len, &calls, &rs);
 
 	if (rc == 0) {
 		rc = route(r, h, u, calls, r->deadline_ms == 0, start, -1,
-		    answer);
+		    &rs, answer);
 		json_decref(calls);
 	}
+	run_state_clear(&rs);
 	pthread_mutex_lock(&r->mu);
 	key_done(r, key);
 	pthread_mutex_unlock(&r->mu);
@@ -629,6 +760,8 @@ handler_thread(void *arg)
 	pthread_mutex_lock(&r->mu);
 	for (;;) {
 		struct job *j;
+		const struct handler *h;
+		struct run_state rs;
 		json_t *calls;
 		char *answer = NULL;
 		bool late, followups;
@@ -650,7 +783,8 @@ handler_thread(void *arg)
 			pthread_cond_broadcast(&r->work);
 		pthread_mutex_unlock(&r->mu);
 
-		rc = run_handler(r, j->h, j->u, j->body, j->len, &calls);
+		h = j->h;
+		rc = run_handler(r, &h, j->u, j->body, j->len, &calls, &rs);
 
 		pthread_mutex_lock(&r->mu);
 		late = j->answered;
@@ -667,10 +801,11 @@ handler_thread(void *arg)
 		pthread_mutex_unlock(&r->mu);
 		/* route() queues follow-ups: not under our lock. */
 		if (rc == 0) {
-			rc = route(r, j->h, j->u, calls, followups, j->start,
-			    j->waited_ms, &answer);
+			rc = route(r, h, j->u, calls, followups, j->start,
+			    j->waited_ms, &rs, &answer);
 			json_decref(calls);
 		}
+		run_state_clear(&rs);
 		/* Answered at the deadline and held in the store: if the
 		 * store failed now, the update stays held and the next
 		 * start handles it again. */

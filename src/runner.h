@@ -41,6 +41,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "state.h"
+
 struct handler;
 struct outbox;
 struct store;
@@ -53,6 +55,13 @@ struct job;
 struct runner *runner_new(unsigned threads, size_t max_queue,
     size_t chat_queue, unsigned deadline_ms, struct outbox *o,
     struct store *s);
+/* Keeps conversation state (when the runner has a store): the runner
+ * reads an update's state under its conversation's lock, matches the
+ * handler table's `state =` rules (commands against *username, the bot's
+ * name as learned), and commits a handler's new state with its calls.
+ * Call before any update is started. */
+void runner_set_state(struct runner *r, enum state_scope scope,
+    unsigned ttl_ms, _Atomic(char *) *username);
 /* Waits for queued, waiting and running handlers, then frees the
  * runner. */
 void runner_free(struct runner *r);

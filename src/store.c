@@ -155,7 +155,13 @@ static const char schema[] =
     " body BLOB NOT NULL,"
     " created INTEGER NOT NULL);"
     "CREATE TABLE IF NOT EXISTS offsets ("
-    " source TEXT PRIMARY KEY, next INTEGER NOT NULL);";
+    " source TEXT PRIMARY KEY, next INTEGER NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS states ("
+    " key TEXT PRIMARY KEY,"
+    " name TEXT NOT NULL,"
+    " data TEXT NOT NULL CHECK (json_valid(data)),"
+    " expires INTEGER NOT NULL DEFAULT 0,"
+    " update_id INTEGER NOT NULL DEFAULT 0);";
 
 /*
  * Schema version 1 gave calls a lane.  A store of version 0 holds
@@ -175,11 +181,16 @@ static const char migrate_lanes[] =
     " ELSE 1 END;"
     "COMMIT;";
 
+/*
+ * Schema version 2 added the states table (conversation state).  It is
+ * new, so the schema's CREATE TABLE IF NOT EXISTS makes it in a store of
+ * an older version and no rows need converting.
+ */
 static const char indexes[] =
     "CREATE INDEX IF NOT EXISTS calls_lane ON calls(state, lane, id);"
     "CREATE INDEX IF NOT EXISTS calls_queue ON "
     " calls(state, lane, chat, id);"
-    "PRAGMA user_version = 1;";
+    "PRAGMA user_version = 2;";
 
 /* Brings an older store to the current schema.  0, or -1 with *msg. */
 static int
@@ -539,8 +550,46 @@ commit(struct store *s, int ok, char *err, size_t errlen, const char *what)
 	return -1;
 }
 
+/* Writes (or with st NULL deletes) the state of key inside the current
+ * transaction.  0 or -1 (SQLite's error left for failed()). */
+static int
+state_write(struct store *s, const char *key, const struct store_state *st)
+{
+	sqlite3_stmt *q = NULL;
+	int ret = -1;
+
+	if (sqlite3_prepare_v2(s->db, st == NULL ?
+	    "DELETE FROM states WHERE key = ?1" :
+	    "INSERT OR REPLACE INTO states(key, name, data, expires, "
+	    "update_id) VALUES (?1, ?2, ?3, ?4, ?5)", -1, &q, NULL) !=
+	    SQLITE_OK)
+		return -1;
+	sqlite3_bind_text(q, 1, key, -1, SQLITE_STATIC);
+	if (st != NULL) {
+		sqlite3_bind_text(q, 2, st->name != NULL ? st->name : "", -1,
+		    SQLITE_STATIC);
+		sqlite3_bind_text(q, 3, st->data != NULL ? st->data : "{}", -1,
+		    SQLITE_STATIC);
+		sqlite3_bind_int64(q, 4, st->expires_ms);
+		sqlite3_bind_int64(q, 5, st->update_id);
+	}
+	if (sqlite3_step(q) == SQLITE_DONE)
+		ret = 0;
+	sqlite3_finalize(q);
+	return ret;
+}
+
 int
 store_calls_add(struct store *s, const struct store_call *calls, size_t n,
+    size_t *added, char *err, size_t errlen)
+{
+	return store_calls_add_state(s, calls, n, NULL, NULL, added, err,
+	    errlen);
+}
+
+int
+store_calls_add_state(struct store *s, const struct store_call *calls,
+    size_t n, const char *key, const struct store_state *state,
     size_t *added, char *err, size_t errlen)
 {
 	sqlite3_stmt *st = NULL;
@@ -574,9 +623,14 @@ store_calls_add(struct store *s, const struct store_call *calls, size_t n,
 			goto out;
 		count += (size_t)sqlite3_changes(s->db);
 	}
+	/* The state and the calls commit together or not at all, so a
+	 * crash before COMMIT leaves the old state and no calls. */
+	if (key != NULL && state_write(s, key, state) == -1)
+		goto out;
 	ok = 0;
 out:
-	snprintf(what, sizeof(what), "queueing %zu call(s)", n);
+	snprintf(what, sizeof(what), "queueing %zu call(s)%s", n,
+	    key != NULL ? " and a conversation state" : "");
 	if (ok == -1)
 		failed(s, true, err, errlen, "%s", what);
 	sqlite3_finalize(st);
@@ -959,7 +1013,7 @@ store_prune(struct store *s, const struct store_keep *k, char *err,
     size_t errlen)
 {
 	int64_t now = wall_ms();
-	long a, b, c, d;
+	long a, b, c, d, e;
 
 	if ((a = store_calls_purge(s, STORE_CALL_DELIVERED, now -
 	    (int64_t)k->delivered_ms, err, errlen)) < 0 ||
@@ -967,9 +1021,10 @@ store_prune(struct store *s, const struct store_keep *k, char *err,
 	    (int64_t)k->dead_ms, err, errlen)) < 0 ||
 	    (c = store_dead_updates_purge(s, (now - (int64_t)k->dead_ms) /
 	    1000, err, errlen)) < 0 ||
-	    (d = held_to_dead(s, now - (int64_t)k->held_ms, err, errlen)) < 0)
+	    (d = held_to_dead(s, now - (int64_t)k->held_ms, err, errlen)) < 0 ||
+	    (e = store_states_expire(s, now, err, errlen)) < 0)
 		return -1;
-	return a + b + c + d;
+	return a + b + c + d + e;
 }
 
 long
@@ -1136,6 +1191,86 @@ store_offset_put(struct store *s, const char *source, int64_t next,
 out:
 	if (ret == -1)
 		failed(s, true, err, errlen, "writing the %s offset", source);
+	else
+		wrote(s);
+	sqlite3_finalize(st);
+	pthread_mutex_unlock(&s->mu);
+	return ret;
+}
+
+void
+store_state_clear(struct store_state *st)
+{
+	if (st == NULL)
+		return;
+	free(st->name);
+	free(st->data);
+	st->name = st->data = NULL;
+	st->expires_ms = 0;
+	st->update_id = 0;
+}
+
+int
+store_state_get(struct store *s, const char *key, int64_t now_ms,
+    struct store_state *out, char *err, size_t errlen)
+{
+	sqlite3_stmt *st = NULL;
+	int rc, ret = -1;
+
+	memset(out, 0, sizeof(*out));
+	pthread_mutex_lock(&s->mu);
+	if (sqlite3_prepare_v2(s->db, "SELECT name, data, expires, update_id "
+	    "FROM states "
+	    "WHERE key = ? AND (expires = 0 OR expires > ?)", -1, &st,
+	    NULL) != SQLITE_OK)
+		goto out;
+	sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 2, now_ms);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW) {
+		const char *name = (const char *)sqlite3_column_text(st, 0);
+
+		out->name = name[0] != '\0' ? xstrdup(name) : NULL;
+		out->data = xstrdup((const char *)sqlite3_column_text(st, 1));
+		out->expires_ms = sqlite3_column_int64(st, 2);
+		out->update_id = sqlite3_column_int64(st, 3);
+		ret = 0;
+	} else if (rc == SQLITE_DONE) {
+		ret = 1;
+	}
+out:
+	if (ret == -1)
+		failed(s, false, err, errlen, "reading the state of %s", key);
+	sqlite3_finalize(st);
+	pthread_mutex_unlock(&s->mu);
+	return ret;
+}
+
+int
+store_state_put(struct store *s, const char *key,
+    const struct store_state *state, char *err, size_t errlen)
+{
+	return store_calls_add_state(s, NULL, 0, key, state, NULL, err,
+	    errlen);
+}
+
+long
+store_states_expire(struct store *s, int64_t now_ms, char *err,
+    size_t errlen)
+{
+	sqlite3_stmt *st = NULL;
+	long ret = -1;
+
+	pthread_mutex_lock(&s->mu);
+	if (sqlite3_prepare_v2(s->db, "DELETE FROM states WHERE expires != 0 "
+	    "AND expires <= ?", -1, &st, NULL) != SQLITE_OK)
+		goto out;
+	sqlite3_bind_int64(st, 1, now_ms);
+	if (sqlite3_step(st) == SQLITE_DONE)
+		ret = sqlite3_changes(s->db);
+out:
+	if (ret == -1)
+		failed(s, true, err, errlen, "deleting expired states");
 	else
 		wrote(s);
 	sqlite3_finalize(st);

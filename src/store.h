@@ -82,6 +82,38 @@ void store_calls_free(struct store_call *calls, size_t n);
  * ones.  0 or -1 with err: then nothing was added. */
 int store_calls_add(struct store *s, const struct store_call *calls, size_t n,
     size_t *added, char *err, size_t errlen);
+/*
+ * Conversation state: per conversation key (see [state] state_scope) a
+ * short name and a JSON object of data, with an expiry (wall ms; 0:
+ * none), and the update that wrote it (so that a redelivery of that
+ * update is known).
+ */
+struct store_state {
+	char *name;		/* NULL: none (kept as a mark of update_id) */
+	char *data;		/* JSON object text; NULL writes "{}" */
+	int64_t expires_ms;
+	int64_t update_id;	/* 0: not written by an update */
+};
+/* Frees the fields of st (NULL-safe) and zeroes them. */
+void store_state_clear(struct store_state *st);
+/* Like store_calls_add(), and in the same transaction writes the state of
+ * key (state NULL: deletes it); key NULL: no state is written.  Either
+ * all of it commits or none.  0 or -1 with err. */
+int store_calls_add_state(struct store *s, const struct store_call *calls,
+    size_t n, const char *key, const struct store_state *state,
+    size_t *added, char *err, size_t errlen);
+/* The state of key unless expired by now_ms: 0 and *out (clear with
+ * store_state_clear; its name NULL for a "none" mark), 1 if no row, -1
+ * with err. */
+int store_state_get(struct store *s, const char *key, int64_t now_ms,
+    struct store_state *out, char *err, size_t errlen);
+/* Writes the state of key alone (state NULL: deletes it).  0 or -1. */
+int store_state_put(struct store *s, const char *key,
+    const struct store_state *state, char *err, size_t errlen);
+/* Deletes the states expired by now_ms.  Count, or -1 with err. */
+long store_states_expire(struct store *s, int64_t now_ms, char *err,
+    size_t errlen);
+
 /* 1 if a call to chat (chat_id as text) is still pending (queued, in
  * flight or waiting to be retried), 0 if none, -1 with err. */
 int store_calls_unsent(struct store *s, const char *chat, char *err,
@@ -158,7 +190,8 @@ struct store_keep {
 	uint64_t dead_ms;	/* dead calls and failed updates */
 	uint64_t held_ms;	/* held updates never released */
 };
-/* Deletes what is older than k says.  Count of rows, or -1 with err. */
+/* Deletes what is older than k says, and expired states.  Count of rows,
+ * or -1 with err. */
 long store_prune(struct store *s, const struct store_keep *k, char *err,
     size_t errlen);
 

@@ -216,12 +216,19 @@ lookup(json_t *v, char *const *path)
 char *
 template_expand(const struct template *t, const struct update *u)
 {
-	return template_expand_from(t, u, NULL);
+	return template_expand_state(t, u, NULL, NULL);
 }
 
 char *
 template_expand_from(const struct template *t, const struct update *u,
     bool *from_update)
+{
+	return template_expand_state(t, u, NULL, from_update);
+}
+
+char *
+template_expand_state(const struct template *t, const struct update *u,
+    json_t *state, bool *from_update)
 {
 	struct buf b = { 0 };
 	bool from = false;
@@ -251,7 +258,13 @@ template_expand_from(const struct template *t, const struct update *u,
 				buf_printf(&b, "%" PRId64, u->chat_id);
 			break;
 		case SEG_PATH:
-			if ((v = lookup(u->obj, s->path)) != NULL)
+			/* {state.x}: the conversation's data, saved from
+			 * earlier updates (so text someone else wrote) */
+			if (strcmp(s->path[0], "state") == 0)
+				v = lookup(state, s->path + 1);
+			else
+				v = lookup(u->obj, s->path);
+			if (v != NULL)
 				append_json(&b, v);
 			from = from || json_is_string(v) || json_is_object(v) ||
 			    json_is_array(v);

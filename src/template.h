@@ -2,12 +2,14 @@
  * template.h: reply texts with placeholders.  "{from.first_name}" reads a
  * path in the update's main object (numbers index arrays:
  * "{photo.0.file_id}"), "{args}" the command's arguments, "{command}" the
- * command, "{update_id}" and "{chat_id}" the ids; "{{" and "}}" are
- * literal braces.  A missing value expands to nothing.
+ * command, "{update_id}" and "{chat_id}" the ids, "{state.name}" what the
+ * conversation's state keeps under name; "{{" and "}}" are literal
+ * braces.  A missing value expands to nothing.
  */
 #ifndef TGW_TEMPLATE_H
 #define TGW_TEMPLATE_H
 
+#include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
 
@@ -28,5 +30,9 @@ char *template_expand(const struct template *t, const struct update *u);
  * someone else wrote, never a name of a local file (calls.h). */
 char *template_expand_from(const struct template *t, const struct update *u,
     bool *from_update);
+/* The same, reading {state.x} from state (a JSON object, lent; NULL:
+ * they expand to nothing). */
+char *template_expand_state(const struct template *t, const struct update *u,
+    json_t *state, bool *from_update);
 
 #endif

@@ -2,7 +2,10 @@
  * handlers/reply.c: the no-code handler.  `reply = TEXT` sends TEXT to the
  * update's chat; `method` (default sendMessage) and `params` (a JSON
  * object merged into the call, whose string values may hold placeholders
- * too) shape the call.  Everything is compiled at start-up: running is a
+ * too) shape the call.  With a conversation state ([state]),
+ * `save = name: TEMPLATE` keeps the expansion in the state's data (read
+ * back as {state.name}) and `set_state = NAME | none` moves the
+ * conversation to another state.  Everything is compiled at start-up: running is a
  * template expansion and a few JSON sets, quick enough for the server
  * thread.
  */
@@ -12,6 +15,7 @@
 
 #include "calls.h"
 #include "handler.h"
+#include "state.h"
 #include "template.h"
 #include "update.h"
 #include "util.h"
@@ -28,9 +32,14 @@ struct reply {
 	struct param *params;
 	size_t nparams;
 	bool params_chat;	/* params set chat_id themselves */
+	bool set_state;		/* a `set_state =` */
+	char *next_state;	/* its state; NULL: none */
+	char *save_name;	/* `save = name: TEMPLATE`, or NULL */
+	struct template *save;
 };
 
-static const char *const reply_keys[] = { "method", "params", NULL };
+static const char *const reply_keys[] = { "method", "params", "set_state",
+	"save", NULL };
 
 static void
 reply_destroy(void *arg)
@@ -41,6 +50,9 @@ reply_destroy(void *arg)
 		return;
 	template_free(r->text);
 	free(r->method);
+	free(r->next_state);
+	free(r->save_name);
+	template_free(r->save);
 	for (size_t i = 0; i < r->nparams; i++) {
 		free(r->params[i].key);
 		template_free(r->params[i].tmpl);
@@ -94,6 +106,52 @@ compile_params(struct reply *r, const char *src, const char *file, int line,
 	return rc;
 }
 
+/* set_state and save.  0, or -1 with the problems in d. */
+static int
+compile_state(struct reply *r, const struct conf_handler *h,
+    const char *file, struct diag *d)
+{
+	const char *v, *colon;
+	char err[256], *tmp;
+	int line, rc = 0;
+
+	if ((v = handler_conf_get(h, "set_state", &line)) != NULL) {
+		r->set_state = true;
+		if (strcmp(v, "none") == 0)
+			;
+		else if (state_name_valid(v))
+			r->next_state = xstrdup(v);
+		else {
+			diag_add(d, file, line, "set_state", "'%s' is not a "
+			    "state name (1-%d of A-Z a-z 0-9 _) or none", v,
+			    STATE_NAME_MAX);
+			rc = -1;
+		}
+	}
+	if ((v = handler_conf_get(h, "save", &line)) == NULL)
+		return rc;
+	if ((colon = strchr(v, ':')) == NULL) {
+		diag_add(d, file, line, "save", "'%s' is not name: TEMPLATE "
+		    "(for example save = name: {text})", v);
+		return -1;
+	}
+	tmp = xstrndup(v, (size_t)(colon - v));
+	r->save_name = xstrdup(str_trim(tmp));
+	free(tmp);
+	if (!state_name_valid(r->save_name)) {
+		diag_add(d, file, line, "save", "'%s' is not a name (1-%d of "
+		    "A-Z a-z 0-9 _)", r->save_name, STATE_NAME_MAX);
+		rc = -1;
+	}
+	colon++;
+	colon += strspn(colon, " \t");
+	if ((r->save = template_compile(colon, err, sizeof(err))) == NULL) {
+		diag_add(d, file, line, "save", "%s", err);
+		rc = -1;
+	}
+	return rc;
+}
+
 static void *
 reply_create(const struct conf_handler *h, const struct config *c,
     struct diag *d)
@@ -125,6 +183,8 @@ reply_create(const struct conf_handler *h, const struct config *c,
 	if (params != NULL && compile_params(r, params, c->file, pline, d) ==
 	    -1)
 		bad = true;
+	if (compile_state(r, h, c->file, d) == -1)
+		bad = true;
 	if (bad) {
 		reply_destroy(r);
 		return NULL;
@@ -138,10 +198,10 @@ reply_create(const struct conf_handler *h, const struct config *c,
  * makes the daemon upload a file (only a handler's own output may). */
 static void
 set_expanded(json_t *call, const char *key, const struct template *t,
-    const struct update *u)
+    const struct update *u, json_t *state)
 {
 	bool from_update;
-	char *s = template_expand_from(t, u, &from_update);
+	char *s = template_expand_state(t, u, state, &from_update);
 
 	json_object_set_new(call, key, json_string(s));
 	if (from_update && calls_names_file(s))
@@ -155,12 +215,27 @@ reply_run(void *arg, const struct handler_input *in, json_t *calls, char *err,
 {
 	struct reply *r = arg;
 	const struct update *u = in->u;
-	json_t *call;
+	struct handler_state *st = in->state;
+	json_t *call, *data = st != NULL ? st->data : NULL;
 
 	if (!u->has_chat && !r->params_chat) {
 		errf(err, errlen, "a %s update has no chat to reply to (set "
 		    "chat_id in params, or narrow `updates`)", u->type);
 		return -1;
+	}
+	if (st == NULL && (r->set_state || r->save != NULL)) {
+		errf(err, errlen, "a %s update has no conversation state "
+		    "(it has no chat or sender for [state] state_scope)",
+		    u->type);
+		return -1;
+	}
+	/* Saved first, so that this reply can show what it saved. */
+	if (r->save != NULL) {
+		char *s = template_expand_state(r->save, u, data, NULL);
+
+		json_object_set_new(data, r->save_name, json_string(s));
+		free(s);
+		st->changed = true;
 	}
 	call = json_object();
 	json_object_set_new(call, "method", json_string(r->method));
@@ -168,16 +243,25 @@ reply_run(void *arg, const struct handler_input *in, json_t *calls, char *err,
 		json_object_set_new(call, "chat_id",
 		    json_integer((json_int_t)u->chat_id));
 	if (r->text != NULL)
-		set_expanded(call, "text", r->text, u);
+		set_expanded(call, "text", r->text, u, data);
 	for (size_t i = 0; i < r->nparams; i++) {
 		const struct param *p = &r->params[i];
 
 		if (p->tmpl != NULL)
-			set_expanded(call, p->key, p->tmpl, u);
+			set_expanded(call, p->key, p->tmpl, u, data);
 		else
 			json_object_set(call, p->key, p->value);
 	}
 	json_array_append_new(calls, call);
+	/* Last: the reply still reads the data a move to none clears. */
+	if (r->set_state) {
+		free(st->name);
+		st->name = r->next_state != NULL ? xstrdup(r->next_state) :
+		    NULL;
+		if (st->name == NULL)
+			json_object_clear(data);
+		st->changed = true;
+	}
 	return 0;
 }
 

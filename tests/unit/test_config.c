@@ -529,6 +529,43 @@ test_outbox_lane_keys(void **state)
 	unlink(path);
 }
 
+/* [state]: chat_user and no expiry by default; scope and ttl parsed;
+ * a scope that is none of the three refused with its line. */
+static void
+test_state_keys(void **state)
+{
+	struct diag d = { 0 };
+	struct config *c = load_text(minimal, &d);
+	char want[256];
+
+	(void)state;
+	assert_non_null(c);
+	assert_int_equal(c->state_scope_kind, STATE_SCOPE_CHAT_USER);
+	assert_int_equal(c->state_ttl_ms, 0);
+	config_free(c);
+	unlink(path);
+
+	c = load_text("[bot]\ntoken = " TOKEN "\n[webhook]\ndomain = b.example\n"
+	    "[state]\nstate_scope = user\nttl = 10m\n"
+	    "[handler.a]\nreply = hi\n", &d);
+	assert_non_null(c);
+	assert_int_equal(d.count, 0);
+	assert_int_equal(c->state_scope_kind, STATE_SCOPE_USER);
+	assert_int_equal(c->state_ttl_ms, 600000);
+	config_free(c);
+	unlink(path);
+
+	c = load_text("[bot]\ntoken = " TOKEN "\n[webhook]\ndomain = b.example\n"
+	    "[state]\nstate_scope = thread\nttl = 31d\n"
+	    "[handler.a]\nreply = hi\n", &d);
+	config_free(c);
+	HAS(6, "state_scope: 'thread' is not chat_user, chat or user");
+	HAS(7, "ttl: 31d is out of range");
+	assert_int_equal(d.count, 2);
+	diag_free(&d);
+	unlink(path);
+}
+
 int
 main(void)
 {
@@ -543,6 +580,7 @@ main(void)
 		cmocka_unit_test(test_user_and_warnings),
 		cmocka_unit_test(test_long_continuation_is_linear),
 		cmocka_unit_test(test_outbox_lane_keys),
+		cmocka_unit_test(test_state_keys),
 	};
 
 	return cmocka_run_group_tests_name("config", tests, NULL, NULL);

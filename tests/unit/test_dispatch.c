@@ -94,7 +94,7 @@ test_reply_call(void **state)
 	    "\"{message_id}\"}\n", &d);
 	struct dispatch *t = dispatch_new(c, &d);
 	struct update *u = msg("message", "/x a b");
-	struct handler_input in = { u, "", 0 };
+	struct handler_input in = { u, "", 0, NULL };
 	json_t *calls = json_array();
 	char *s;
 
@@ -123,7 +123,7 @@ test_reply_without_chat_fails(void **state)
 	const char *j = "{\"update_id\":3,\"inline_query\":{\"id\":\"1\","
 	    "\"from\":{\"id\":1},\"query\":\"q\"}}";
 	struct update *u = update_parse(j, strlen(j), NULL, 0);
-	struct handler_input in = { u, j, strlen(j) };
+	struct handler_input in = { u, j, strlen(j), NULL };
 	json_t *calls = json_array();
 	char err[256];
 
@@ -341,6 +341,120 @@ test_split_argv(void **state)
 	assert_null(config_split_argv("/bin/x 'open", err, sizeof(err)));
 }
 
+/* The name of the handler u goes to in state st ("-": none); frees u. */
+static const char *
+matched_in(struct dispatch *t, struct update *u, const char *st)
+{
+	const struct handler *h = dispatch_match_state(t, u, "MyBot", st);
+	static char name[64];
+
+	snprintf(name, sizeof(name), "%s", h ? h->name : "-");
+	update_free(u);
+	return name;
+}
+
+/* `state =` is AND-ed with the other rules; none matches no state;
+ * dispatch_match() ignores it.  A reply saves data, reads it back as
+ * {state.x} and moves to another state; a bad state name is refused. */
+static void
+test_state_rules(void **state)
+{
+	struct diag d = { 0 };
+	struct config *c = handler_conf_load(
+	    "[handler.start]\ncommands = /form\nstate = none\n"
+	    "reply = Your name?\nset_state = awaiting_name\n"
+	    "[handler.name]\nstate = awaiting_name\nupdates = message\n"
+	    "reply = Hi {state.name}!\nsave = name: {text}\n"
+	    "set_state = awaiting_age\n"
+	    "[handler.done]\nstate = awaiting_age\nreply = {state.name}, "
+	    "{text}\nset_state = none\n"
+	    "[handler.other]\nreply = ?\n", &d);
+	struct dispatch *t;
+	struct handler_state hs = { NULL, json_object(), false };
+	struct update *u;
+	struct handler_input in;
+	json_t *calls = json_array();
+	char *s;
+
+	(void)state;
+	assert_int_equal(d.count, 0);
+	t = dispatch_new(c, &d);
+	assert_non_null(t);
+	assert_true(dispatch_uses_state(t));
+	assert_string_equal(matched_in(t, msg("message", "/form"), NULL),
+	    "start");
+	assert_string_equal(matched_in(t, msg("message", "/form"),
+	    "awaiting_name"), "name");
+	assert_string_equal(matched_in(t, msg("edited_message", "Ann"),
+	    "awaiting_name"), "other");
+	assert_string_equal(matched_in(t, msg("message", "x"), "elsewhere"),
+	    "other");
+	assert_string_equal(matched_in(t, msg("message", "41"),
+	    "awaiting_age"), "done");
+	/* without the state: the first whose other rules match */
+	assert_string_equal(match(t, "message", "Ann"), "name");
+
+	u = msg("message", "Ann");
+	in = (struct handler_input){ u, "", 0, &hs };
+	hs.name = strdup("awaiting_name");
+	assert_int_equal(dispatch_run(dispatch_match_state(t, u, NULL,
+	    hs.name), &in, calls, NULL, 0), 0);
+	assert_true(hs.changed);
+	assert_string_equal(hs.name, "awaiting_age");
+	assert_string_equal(json_string_value(json_object_get(hs.data,
+	    "name")), "Ann");
+	s = json_dumps(json_array_get(calls, 0), JSON_COMPACT | JSON_SORT_KEYS);
+	assert_string_equal(s, "{\"chat_id\":42,\"method\":\"sendMessage\","
+	    "\"text\":\"Hi Ann!\"}");
+	free(s);
+	update_free(u);
+
+	u = msg("message", "41");
+	in.u = u;
+	hs.changed = false;
+	json_array_clear(calls);
+	assert_int_equal(dispatch_run(dispatch_match_state(t, u, NULL,
+	    hs.name), &in, calls, NULL, 0), 0);
+	assert_true(hs.changed);
+	assert_null(hs.name);
+	assert_int_equal(json_object_size(hs.data), 0);
+	assert_string_equal(json_string_value(json_object_get(
+	    json_array_get(calls, 0), "text")), "Ann, 41");
+	update_free(u);
+
+	/* a state handler run without a state (no conversation): fails */
+	u = msg("message", "x");
+	in = (struct handler_input){ u, "", 0, NULL };
+	assert_int_equal(dispatch_run(dispatch_match_state(t, u, NULL,
+	    "awaiting_age"), &in, calls, NULL, 0), -1);
+	update_free(u);
+	json_decref(calls);
+	json_decref(hs.data);
+	dispatch_free(t);
+	config_free(c);
+	unlink(handler_conf_path);
+
+	c = handler_conf_load("[handler.a]\nstate = awaiting-name\n"
+	    "reply = x\n", &d);
+	assert_null(dispatch_new(c, &d));
+	assert_non_null(strstr(d.text, "state: 'awaiting-name' is not a "
+	    "state name"));
+	diag_free(&d);
+	config_free(c);
+	unlink(handler_conf_path);
+
+	c = handler_conf_load("[handler.a]\nreply = x\nset_state = 1 2\n"
+	    "save = nocolon\n", &d);
+	assert_null(dispatch_new(c, &d));
+	assert_non_null(strstr(d.text, "set_state: '1 2' is not a state "
+	    "name"));
+	assert_non_null(strstr(d.text, "save: 'nocolon' is not name: "
+	    "TEMPLATE"));
+	diag_free(&d);
+	config_free(c);
+	unlink(handler_conf_path);
+}
+
 int
 main(void)
 {
@@ -350,6 +464,7 @@ main(void)
 		cmocka_unit_test(test_reply_without_chat_fails),
 		cmocka_unit_test(test_handler_errors),
 		cmocka_unit_test(test_split_argv),
+		cmocka_unit_test(test_state_rules),
 		cmocka_unit_test(test_text_patterns_refused),
 		cmocka_unit_test(test_text_bounded),
 	};

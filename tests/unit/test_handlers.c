@@ -56,7 +56,7 @@ run(struct dispatch *t, const char *text, long chat)
 	assert_non_null(u);
 	h = dispatch_match(t, u, NULL);
 	assert_non_null(h);
-	in = (struct handler_input){ u, json, strlen(json) };
+	in = (struct handler_input){ u, json, strlen(json), NULL };
 	if (dispatch_run(h, &in, calls, err, sizeof(err)) == -1)
 		out = xasprintf("FAIL: %s", err);
 	else

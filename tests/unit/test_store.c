@@ -453,6 +453,111 @@ test_prune(void **state)
 	assert_int_equal(system(cmd), 0);
 }
 
+/* Conversation state: written, read back, replaced; written with calls in
+ * one transaction, so a call that cannot be stored leaves the old state;
+ * expired states read as none and are deleted. */
+static void
+test_states(void **state)
+{
+	char dir[] = "/tmp/tgw-store-test-XXXXXX", err[256], cmd[160];
+	struct store_state a = { "awaiting_name", NULL, 0, 0 }, got;
+	struct store_state b = { "awaiting_age", "{\"name\":\"Ann\"}", 0, 7 };
+	struct store_call ok = { .key = "u:7:0", .method = "sendMessage",
+		.chat = "42", .params = "{\"text\":\"age?\"}",
+		.lane = STORE_LANE_CONVERSATION };
+	struct store_call bad = ok;
+	struct store *s;
+	size_t added = 9;
+
+	(void)state;
+	assert_non_null(mkdtemp(dir));
+	s = store_open(dir, err, sizeof(err));
+	assert_non_null(s);
+	assert_int_equal(store_state_get(s, "42:5", 1000, &got, err,
+	    sizeof(err)), 1);
+	assert_int_equal(store_state_put(s, "42:5", &a, err, sizeof(err)), 0);
+	assert_int_equal(store_state_get(s, "42:5", 1000, &got, err,
+	    sizeof(err)), 0);
+	assert_string_equal(got.name, "awaiting_name");
+	assert_string_equal(got.data, "{}");
+	store_state_clear(&got);
+
+	/* a state that cannot be stored (its data not JSON): neither it
+	 * nor the calls commit */
+	bad.key = "u:7:1";
+	{
+		struct store_call two[2] = { ok, bad };
+		struct store_state notjson = { "x", "{not json", 0, 0 };
+
+		assert_int_equal(store_calls_add_state(s, two, 2, "42:5",
+		    &notjson, &added, err, sizeof(err)), -1);
+		assert_non_null(strstr(err, "conversation state"));
+	}
+	assert_int_equal(added, 0);
+	assert_int_equal(store_calls_count(s, STORE_CALL_PENDING, NULL), 0);
+	assert_int_equal(store_state_get(s, "42:5", 1000, &got, err,
+	    sizeof(err)), 0);
+	assert_string_equal(got.name, "awaiting_name");
+	store_state_clear(&got);
+
+	/* both commit together; a second time the call is a duplicate and
+	 * skipped, the state written again (the same) */
+	assert_int_equal(store_calls_add_state(s, &ok, 1, "42:5", &b, &added,
+	    err, sizeof(err)), 0);
+	assert_int_equal(added, 1);
+	assert_int_equal(store_state_get(s, "42:5", 1000, &got, err,
+	    sizeof(err)), 0);
+	assert_string_equal(got.name, "awaiting_age");
+	assert_string_equal(got.data, "{\"name\":\"Ann\"}");
+	assert_int_equal(got.update_id, 7);
+	store_state_clear(&got);
+	assert_int_equal(store_calls_count(s, STORE_CALL_PENDING, NULL), 1);
+
+	/* other keys untouched; NULL state deletes */
+	assert_int_equal(store_state_get(s, "42:6", 1000, &got, err,
+	    sizeof(err)), 1);
+	assert_int_equal(store_calls_add_state(s, NULL, 0, "42:5", NULL, NULL,
+	    err, sizeof(err)), 0);
+	assert_int_equal(store_state_get(s, "42:5", 1000, &got, err,
+	    sizeof(err)), 1);
+
+	/* a "none" mark: no name, but the update that wrote it known */
+	{
+		struct store_state none = { NULL, NULL, 0, 8 };
+
+		assert_int_equal(store_state_put(s, "42:5", &none, err,
+		    sizeof(err)), 0);
+		assert_int_equal(store_state_get(s, "42:5", 1000, &got, err,
+		    sizeof(err)), 0);
+		assert_null(got.name);
+		assert_int_equal(got.update_id, 8);
+		store_state_clear(&got);
+	}
+
+	/* expiry: read as none once past, deleted by store_states_expire;
+	 * kept across a reopen while not expired */
+	a.expires_ms = 2000;
+	assert_int_equal(store_state_put(s, "1", &a, err, sizeof(err)), 0);
+	assert_int_equal(store_state_put(s, "2", &b, err, sizeof(err)), 0);
+	store_close(s);
+	s = store_open(dir, err, sizeof(err));
+	assert_non_null(s);
+	assert_int_equal(store_state_get(s, "1", 1999, &got, err,
+	    sizeof(err)), 0);
+	store_state_clear(&got);
+	assert_int_equal(store_state_get(s, "1", 2000, &got, err,
+	    sizeof(err)), 1);
+	assert_int_equal(store_states_expire(s, 2000, err, sizeof(err)), 1);
+	assert_int_equal(store_states_expire(s, 2000, err, sizeof(err)), 0);
+	assert_int_equal(store_state_get(s, "2", 99999, &got, err,
+	    sizeof(err)), 0);
+	store_state_clear(&got);
+	store_state_clear(NULL);
+	store_close(s);
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+	assert_int_equal(system(cmd), 0);
+}
+
 int
 main(void)
 {
@@ -465,6 +570,7 @@ main(void)
 		cmocka_unit_test(test_unwritable),
 		cmocka_unit_test(test_migrates_old_store),
 		cmocka_unit_test(test_prune),
+		cmocka_unit_test(test_states),
 	};
 
 	return cmocka_run_group_tests_name("store", tests, NULL, NULL);

@@ -1,0 +1,44 @@
+/*
+ * state.h: conversation state's keys.  Which conversation an update
+ * belongs to for its state ([state] state_scope), as the text the store
+ * keys states by.  Pure: no I/O.
+ */
+#ifndef TGW_STATE_H
+#define TGW_STATE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+struct update;
+
+enum state_scope {
+	STATE_SCOPE_CHAT_USER = 0,	/* the chat and the sender together */
+	STATE_SCOPE_CHAT = 1,		/* the chat, whoever writes */
+	STATE_SCOPE_USER = 2,		/* the sender, in any chat */
+};
+
+/* Longest key state_key() writes, with its NUL. */
+#define STATE_KEY_MAX 48
+
+/* Most bytes of a state's data (its JSON text). */
+#define STATE_DATA_MAX 65536
+
+/* Longest state name, and longest name under which `save` keeps data. */
+#define STATE_NAME_MAX 64
+
+/* True if name is 1..STATE_NAME_MAX of A-Z a-z 0-9 _ (and not "none",
+ * which means no state). */
+bool state_name_valid(const char *name);
+
+/* Parses "chat_user", "chat" or "user" into *out: 0, or -1 if it is none
+ * of them. */
+int state_scope_parse(const char *text, enum state_scope *out);
+
+/* Writes u's conversation key under scope into buf (STATE_KEY_MAX bytes):
+ * "c<chat>:u<user>", "c<chat>" or "u<user>".  Under chat_user an update
+ * without a sender (a channel post) is keyed by its chat alone, and one
+ * outside any chat (an inline query) by its sender alone.  False when u
+ * has nothing the scope keys by: it then has no state. */
+bool state_key(const struct update *u, enum state_scope scope, char *buf);
+
+#endif
