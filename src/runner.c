@@ -400,7 +400,12 @@ route(struct runner *r, const struct handler *h, const struct update *u,
 	    calls_inline_allowed(calls_method(first)) &&
 	    !calls_has_files(first) &&
 	    !(behind = behind_unsent(r, u, first, chat, sizeof(chat)))) {
-		char *s = json_dumps(first, JSON_COMPACT);
+		char *s;
+
+		/* The text marks only matter to an upload, which an inline
+		 * call never is: they are ours, not Telegram's. */
+		json_object_del(first, CALLS_TEXT_KEY);
+		s = json_dumps(first, JSON_COMPACT);
 
 		if (s != NULL && strlen(s) <= CALLS_INLINE_MAX) {
 			*answer = s;
