@@ -237,12 +237,20 @@ webhook_command(const struct config *c, const char *token, enum mode mode)
 
 	if (mode == MODE_INFO) {
 		if (botapi_call(api, "getWebhookInfo", NULL, &r) == BOTAPI_OK) {
+			/* What the Bot API says reaches a terminal: non-ASCII
+			 * as \uXXXX (C1, U+2028, bidi controls), and DEL,
+			 * which jansson leaves as it is, too. */
 			char *s = json_dumps(r.result, JSON_INDENT(2) |
-			    JSON_PRESERVE_ORDER);
+			    JSON_PRESERVE_ORDER | JSON_ENSURE_ASCII);
 			char *red = xstrdup(s);
 
 			log_redact(red);
-			printf("%s\n", red);
+			for (const char *p = red; *p != '\0'; p++)
+				if (*p == 0x7f)
+					fputs("\\u007f", stdout);
+				else
+					putchar(*p);
+			putchar('\n');
 			free(red);
 			free(s);
 			rc = 0;
@@ -252,8 +260,11 @@ webhook_command(const struct config *c, const char *token, enum mode mode)
 		    c->drop_pending_updates);
 
 		if (botapi_call_json(api, "deleteWebhook", p, &r) == BOTAPI_OK) {
-			printf("%s\n", r.description[0] ? r.description :
-			    "webhook deleted");
+			char said[sizeof(r.description) * 4];
+
+			log_escape(said, sizeof(said), r.description,
+			    strlen(r.description));
+			printf("%s\n", said[0] ? said : "webhook deleted");
 			rc = 0;
 		}
 		json_decref(p);

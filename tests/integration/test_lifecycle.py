@@ -169,6 +169,32 @@ def test_delete_webhook_command():
         assert d.emu.webhook is None
 
 
+
+def test_operator_commands_escape_what_the_bot_api_says():
+    """A Bot API answer (a local server, or whatever api_url names) reaches
+    the operator's terminal with its control characters escaped: ESC, BEL,
+    DEL, C1, U+2028 and bidi controls (found by an outside review)."""
+    nasty = "ok \x1b[2J\x07\x7f\u009b\u2028\u202e end"
+    with Daemon(HANDLERS) as d:
+        d.stop()
+        d.emu.script("getWebhookInfo", (200, {"ok": True, "result": {
+            "url": "", "pending_update_count": 0,
+            "last_error_message": nasty}}))
+        out = subprocess.run([binary(), "-c", d.conf, "--webhook-info"],
+                             capture_output=True, env=d.env, timeout=20)
+        assert out.returncode == 0, out
+        assert json.loads(out.stdout)["last_error_message"] == nasty
+        d.emu.script("deleteWebhook", (200, {"ok": True, "result": True,
+                                             "description": nasty}))
+        out2 = subprocess.run([binary(), "-c", d.conf, "--delete-webhook"],
+                              capture_output=True, env=d.env, timeout=20)
+        assert out2.returncode == 0, out2
+        for o in (out.stdout, out2.stdout):
+            for bad in (b"\x1b", b"\x07", b"\x7f", b"\xc2\x9b",
+                        "\u2028".encode(), "\u202e".encode()):
+                assert bad not in o, (bad, o)
+        assert out2.stdout.startswith(b"ok \\x1b[2J"), out2.stdout
+
 def test_bad_token_refused_without_showing_it():
     with Daemon(HANDLERS, start=False) as d:
         env = dict(d.env, TGWEBHOOKD_TOKEN="12345:short")
