@@ -270,31 +270,47 @@ store_close(struct store *s)
 	free(s);
 }
 
-int
-store_secret_get(struct store *s, const char *name, char **value, char *err,
-    size_t errlen)
+/*
+ * One value by its text key (sql selects one column, ? the key) into
+ * *text (a copy the caller frees) or, with text NULL, *num.  0 if found,
+ * 1 if not, -1 with err naming what was read.
+ */
+static int
+lookup(struct store *s, const char *sql, const char *key, char **text,
+    int64_t *num, const char *what, char *err, size_t errlen)
 {
 	sqlite3_stmt *st = NULL;
 	int rc, ret = -1;
 
 	pthread_mutex_lock(&s->mu);
-	if (sqlite3_prepare_v2(s->db, "SELECT value FROM secrets WHERE name=?",
-	    -1, &st, NULL) != SQLITE_OK)
+	if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK)
 		goto out;
-	sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
 	rc = sqlite3_step(st);
 	if (rc == SQLITE_ROW) {
-		*value = xstrdup((const char *)sqlite3_column_text(st, 0));
+		if (text != NULL)
+			*text = xstrdup((const char *)sqlite3_column_text(st,
+			    0));
+		else
+			*num = sqlite3_column_int64(st, 0);
 		ret = 0;
 	} else if (rc == SQLITE_DONE) {
 		ret = 1;
 	}
 out:
 	if (ret == -1)
-		failed(s, false, err, errlen, "reading %s", name);
+		failed(s, false, err, errlen, "reading %s", what);
 	sqlite3_finalize(st);
 	pthread_mutex_unlock(&s->mu);
 	return ret;
+}
+
+int
+store_secret_get(struct store *s, const char *name, char **value, char *err,
+    size_t errlen)
+{
+	return lookup(s, "SELECT value FROM secrets WHERE name=?", name, value,
+	    NULL, name, err, errlen);
 }
 
 int
@@ -1150,27 +1166,11 @@ int
 store_offset_get(struct store *s, const char *source, int64_t *next,
     char *err, size_t errlen)
 {
-	sqlite3_stmt *st = NULL;
-	int rc, ret = -1;
+	char what[64];
 
-	pthread_mutex_lock(&s->mu);
-	if (sqlite3_prepare_v2(s->db, "SELECT next FROM offsets WHERE source=?",
-	    -1, &st, NULL) != SQLITE_OK)
-		goto out;
-	sqlite3_bind_text(st, 1, source, -1, SQLITE_STATIC);
-	rc = sqlite3_step(st);
-	if (rc == SQLITE_ROW) {
-		*next = sqlite3_column_int64(st, 0);
-		ret = 0;
-	} else if (rc == SQLITE_DONE) {
-		ret = 1;
-	}
-out:
-	if (ret == -1)
-		failed(s, false, err, errlen, "reading the %s offset", source);
-	sqlite3_finalize(st);
-	pthread_mutex_unlock(&s->mu);
-	return ret;
+	snprintf(what, sizeof(what), "the %s offset", source);
+	return lookup(s, "SELECT next FROM offsets WHERE source=?", source,
+	    NULL, next, what, err, errlen);
 }
 
 int
