@@ -1,4 +1,4 @@
-/* Unit tests for store.c: secrets generated once and kept, dead letters,
+/* Unit tests for store_sqlite.c: secrets generated once and kept, dead letters,
  * the outbox's rows, errors kept redacted, failing writes, file modes. */
 #include <setjmp.h>
 #include <stdarg.h>
