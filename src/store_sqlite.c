@@ -1,6 +1,7 @@
 /*
  * store_sqlite.c: the store (store.h) in one SQLite database: the only
  * module that speaks SQL to SQLite.
+ *
  * One SQLite database, WAL mode (readers never block the writer, and a
  * commit is one append), behind one mutex: writes are rare (generated
  * secrets once, dead letters on failures).  Created under umask 077 so
