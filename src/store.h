@@ -246,4 +246,56 @@ int store_offset_get(struct store *s, const char *source, int64_t *next,
 int store_offset_put(struct store *s, const char *source, int64_t next,
     char *err, size_t errlen);
 
+/*
+ * Several instances of one bot on one shared store (PostgreSQL): update
+ * ids claimed by one instance at a time, and duties held through leases.
+ * Times of claims and leases are the store's own clock (the database
+ * server's), so that the instances' clocks never have to agree.
+ */
+
+/* True if other instances may share this store (so that dedup, duties
+ * and the outbox's wake-ups must go through it). */
+bool store_shared(const struct store *s);
+
+/* How long a handled update's id is kept: longer than Telegram's 24 h of
+ * redelivery. */
+#define STORE_CLAIM_KEEP_MS (48LL * 3600 * 1000)
+
+enum store_claim {
+	STORE_CLAIM_OURS = 0,	/* claimed now by instance: handle it */
+	STORE_CLAIM_DONE = 1,	/* already handled (store_update_done) */
+	STORE_CLAIM_BUSY = 2,	/* being handled by another instance, whose
+				 * claim has not expired yet */
+};
+/* Claims update_id for instance until ttl_ms from now: a claim of an
+ * instance that died expires, and another takes the update over.  The
+ * claim (enum store_claim), or -1 with err. */
+int store_update_claim(struct store *s, int64_t update_id,
+    const char *instance, int64_t ttl_ms, char *err, size_t errlen);
+/* The update's handling is committed: later claims answer DONE for
+ * STORE_CLAIM_KEEP_MS, then store_prune deletes the mark.  0 or -1. */
+int store_update_done(struct store *s, int64_t update_id, char *err,
+    size_t errlen);
+/* Gives back instance's claim of an update it did not handle (answered
+ * 503: Telegram delivers it again).  0 or -1. */
+int store_update_unclaim(struct store *s, int64_t update_id,
+    const char *instance, char *err, size_t errlen);
+
+/* Takes duty ("webhook", "polling", "outbox") for instance until ttl_ms
+ * from now when it is free or its lease has expired, or renews it when
+ * instance holds it.  1 if instance holds it now, 0 if another does
+ * (its name in holder, if not NULL), -1 with err. */
+int store_lease_take(struct store *s, const char *duty, const char *instance,
+    int64_t ttl_ms, char *holder, size_t holderlen, char *err,
+    size_t errlen);
+/* Gives duty up if instance holds it (at a clean stop, so that another
+ * takes over at once).  0 or -1 with err. */
+int store_lease_drop(struct store *s, const char *duty, const char *instance,
+    char *err, size_t errlen);
+
+/* Waits up to timeout_ms until another instance may have added calls
+ * (PostgreSQL: LISTEN/NOTIFY).  1 if so, 0 on timeout, -1 with err. */
+int store_calls_wait(struct store *s, int timeout_ms, char *err,
+    size_t errlen);
+
 #endif
