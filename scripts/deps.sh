@@ -10,7 +10,7 @@ PATH=$PATH:/usr/sbin:/sbin
 # pkg-config module -> Debian package
 libs="libmicrohttpd:libmicrohttpd-dev gnutls:libgnutls28-dev openssl:libssl-dev jansson:libjansson-dev
 libcurl:libcurl4-openssl-dev inih:libinih-dev sqlite3:libsqlite3-dev
-cmocka:libcmocka-dev"
+cmocka:libcmocka-dev libpcre2-8:libpcre2-dev"
 # command -> Debian package
 cmds="pkg-config:pkg-config cc:gcc g++:g++ make:make python3:python3 openssl:openssl
 curl:curl clang:clang valgrind:valgrind prlimit:util-linux unshare:util-linux

@@ -6,14 +6,16 @@
  */
 #include "dispatch.h"
 
-#include <ctype.h>
-#include <regex.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
+#include "log.h"
+#include "metrics.h"
+#include "pattern.h"
 #include "state.h"
 #include "update.h"
 #include "util.h"
@@ -62,177 +64,7 @@ handler_clear(struct handler *h)
 	strlist_free(h->updates);
 	strlist_free(h->commands);
 	free(h->want_state);
-	if (h->text != NULL) {
-		regfree(h->text);
-		free(h->text);
-	}
-}
-
-/*
- * What a `text =` pattern may be.  glibc's regexec() without back-references
- * never backtracks: it runs the automaton over sets of states, so its time
- * is polynomial, not exponential, but not linear either: for a pattern that
- * can start anywhere it tries each start, about (text length)^2 x (size of
- * the expanded pattern).  A back-reference makes it search, which can take
- * seconds for one message (^(.+)\1+$).  So: back-references are refused;
- * counted repetitions, which glibc expands into copies ((a{1,100}){1,100} is
- * 10,000 copies: seconds per match, and (.{1,1000}){1,1000} takes 18 s to
- * compile), are bounded by the size they expand to; and a rule sees at most
- * DISPATCH_TEXT_MAX bytes of text.  Measured on the worst patterns allowed
- * against 4 KiB of adversarial text: about 0.1 s per match.
- */
-#define RX_EXPANDED_MAX 1000	/* positions after expanding {m,n} */
-#define RX_DEPTH_MAX 32		/* nested groups */
-#define RX_SAT 1000000000u	/* sizes saturate here: no overflow */
-
-static size_t
-rx_mul(size_t a, size_t b)
-{
-	return b != 0 && a > RX_SAT / b ? RX_SAT : a * b;
-}
-
-/* The upper bound of the interval "{m}", "{m,}" or "{m,n}" at p (its end
- * in *end), or 0 if p is not a valid interval (glibc takes it literally
- * or regcomp() refuses it). */
-static size_t
-rx_interval(const char *p, const char **end)
-{
-	size_t m = 0, n;
-	const char *q = p + 1;
-
-	if (!isdigit((unsigned char)*q))
-		return 0;
-	while (isdigit((unsigned char)*q))
-		m = rx_mul(m, 10) + (size_t)(*q++ - '0');
-	n = m;
-	if (*q == ',') {
-		q++;
-		if (isdigit((unsigned char)*q)) {
-			n = 0;
-			while (isdigit((unsigned char)*q))
-				n = rx_mul(n, 10) + (size_t)(*q++ - '0');
-		} else
-			n = m + 1;	/* m copies and a starred one */
-	}
-	if (*q != '}')
-		return 0;
-	*end = q;
-	return n > 0 ? n : 1;
-}
-
-/* The end of the bracket expression opening at p (at its ']'), or NULL
- * if it never closes (regcomp() says so). */
-static const char *
-rx_bracket(const char *p)
-{
-	p++;
-	if (*p == '^')
-		p++;
-	if (*p == ']')
-		p++;		/* a literal ']' first */
-	for (; *p != '\0'; p++) {
-		if (*p == '[' && (p[1] == ':' || p[1] == '.' || p[1] == '=')) {
-			char close = p[1];
-
-			for (p += 2; *p != '\0' && !(p[0] == close &&
-			    p[1] == ']'); p++)
-				;
-			if (*p == '\0')
-				return NULL;
-			p++;
-		} else if (*p == ']')
-			return p;
-	}
-	return NULL;
-}
-
-/* 0 if pattern is one whose matching time is bounded (see above); -1
- * with why otherwise.  Syntax errors are left to regcomp(). */
-static int
-rx_bounded(const char *pattern, char *why, size_t whylen)
-{
-	/* per open group: positions so far, and those of the last atom */
-	size_t sum[RX_DEPTH_MAX + 1] = { 0 }, last[RX_DEPTH_MAX + 1] = { 0 };
-	size_t n;
-	int depth = 0;
-
-	for (const char *p = pattern; *p != '\0'; p++) {
-		const char *end;
-
-		switch (*p) {
-		case '\\':
-			if (p[1] >= '1' && p[1] <= '9') {
-				snprintf(why, whylen, "back-reference \\%c: "
-				    "matching it can take seconds for one "
-				    "message; match the repeated text in the "
-				    "handler instead", p[1]);
-				return -1;
-			}
-			if (p[1] != '\0')
-				p++;
-			sum[depth] += last[depth] = 1;
-			break;
-		case '[':
-			if ((end = rx_bracket(p)) == NULL)
-				return 0;
-			p = end;
-			sum[depth] += last[depth] = 1;
-			break;
-		case '(':
-			if (depth == RX_DEPTH_MAX) {
-				snprintf(why, whylen, "groups nested deeper "
-				    "than %d", RX_DEPTH_MAX);
-				return -1;
-			}
-			depth++;
-			sum[depth] = last[depth] = 0;
-			break;
-		case ')':
-			if (depth == 0) {
-				sum[depth] += last[depth] = 1;
-				break;
-			}
-			n = sum[depth--];
-			sum[depth] += last[depth] = n;
-			break;
-		case '+':	/* glibc makes a+ into aa* */
-			sum[depth] += last[depth];
-			last[depth] = rx_mul(last[depth], 2);
-			break;
-		case '*':
-		case '?':
-		case '|':
-		case '^':
-		case '$':
-			break;
-		case '{':
-			if ((n = rx_interval(p, &end)) == 0) {
-				sum[depth] += last[depth] = 1;
-				break;
-			}
-			p = end;
-			sum[depth] += rx_mul(last[depth], n - 1);
-			last[depth] = rx_mul(last[depth], n);
-			break;
-		default:
-			sum[depth] += last[depth] = 1;
-			break;
-		}
-		if (sum[depth] > RX_SAT)
-			sum[depth] = RX_SAT;
-	}
-	while (depth > 0) {	/* unclosed: regcomp() refuses it anyway */
-		n = sum[depth--];
-		sum[depth] += n;
-	}
-	if (sum[0] > RX_EXPANDED_MAX) {
-		snprintf(why, whylen, "its counted repetitions {m,n} expand to "
-		    "%s%zu positions, over %d: matching could take seconds "
-		    "for one message; use smaller counts, or + and *",
-		    sum[0] >= RX_SAT ? "over " : "", sum[0], RX_EXPANDED_MAX);
-		return -1;
-	}
-	return 0;
+	pattern_free(h->text);
 }
 
 static int
@@ -288,22 +120,10 @@ build_rules(struct handler *h, const struct conf_handler *ch,
 		}
 	}
 	if ((v = handler_conf_get(ch, "text", &line)) != NULL) {
-		char why[256];
-		int e;
+		char why[384];
 
-		if (rx_bounded(v, why, sizeof(why)) == -1) {
+		if ((h->text = pattern_new(v, why, sizeof(why))) == NULL) {
 			diag_add(d, c->file, line, "text", "%s", why);
-			return -1;
-		}
-		h->text = xcalloc(1, sizeof(*h->text));
-		if ((e = regcomp(h->text, v, REG_EXTENDED | REG_NOSUB)) != 0) {
-			char msg[256];
-
-			regerror(e, h->text, msg, sizeof(msg));
-			diag_add(d, c->file, line, "text", "bad regular "
-			    "expression: %s", msg);
-			free(h->text);
-			h->text = NULL;
 			rc = -1;
 		}
 	}
@@ -415,23 +235,68 @@ dispatch_free(struct dispatch *t)
 	dispatch_unref(t);
 }
 
+/* Matches reaching the work bound, logged per window before the rest are
+ * only counted (an attacker can make every update one). */
+#define LIMIT_LOG_BURST 5
+#define LIMIT_LOG_WINDOW_MS 60000
+
+static pthread_mutex_t limit_log_mu = PTHREAD_MUTEX_INITIALIZER;
+static uint64_t limit_log_window;
+static unsigned limit_log_count, limit_log_suppressed;
+
+/* Says that h's pattern gave up on a text of len bytes: never the text. */
+static void
+text_limit_reached(const struct handler *h, size_t len)
+{
+	uint64_t now = now_ms();
+	unsigned suppressed = 0;
+	bool show;
+
+	metrics_text_limit(h->name);
+	pthread_mutex_lock(&limit_log_mu);
+	if (now - limit_log_window >= LIMIT_LOG_WINDOW_MS) {
+		suppressed = limit_log_suppressed;
+		limit_log_window = now;
+		limit_log_count = limit_log_suppressed = 0;
+	}
+	show = limit_log_count++ < LIMIT_LOG_BURST;
+	if (!show)
+		limit_log_suppressed++;
+	pthread_mutex_unlock(&limit_log_mu);
+	if (suppressed > 0)
+		log_warn("%u more `text =` matches gave up at their work bound "
+		    "(not logged)", suppressed);
+	if (show)
+		log_warn("[handler.%s] (line %d): its `text =` pattern gave up "
+		    "at its work bound on a text of %zu bytes; taken as no "
+		    "match, the next handler is tried (a pattern that "
+		    "backtracks less, e.g. anchored with ^ or without nested "
+		    "repetitions, avoids it)", h->name, h->line, len);
+}
+
 /* Matches the first DISPATCH_TEXT_MAX bytes of text (cut before a
  * character, not inside one); '$' does not match at such a cut. */
 static bool
-text_matches(const regex_t *re, const char *text, size_t len)
+text_matches(const struct handler *h, const char *text, size_t len)
 {
-	regmatch_t m[1];
-	int flags = REG_STARTEND;
+	bool cut = false;
 
 	if (len > DISPATCH_TEXT_MAX) {
 		len = DISPATCH_TEXT_MAX;
 		while (len > 0 && ((unsigned char)text[len] & 0xc0) == 0x80)
 			len--;
-		flags |= REG_NOTEOL;
+		cut = true;
 	}
-	m[0].rm_so = 0;
-	m[0].rm_eo = (regoff_t)len;
-	return regexec(re, text, 1, m, flags) == 0;
+	switch (pattern_match(h->text, text, len, cut)) {
+	case PATTERN_MATCH:
+		return true;
+	case PATTERN_LIMIT:
+		text_limit_reached(h, len);
+		return false;
+	case PATTERN_NO_MATCH:
+		break;
+	}
+	return false;
 }
 
 /* state: the conversation's (NULL: none); with_state false ignores
@@ -462,8 +327,8 @@ matches(const struct handler *h, const struct update *u, const char *username,
 		if (!ok)
 			return false;
 	}
-	if (h->text != NULL && (u->text == NULL || !text_matches(h->text,
-	    u->text, u->text_len)))
+	if (h->text != NULL && (u->text == NULL || !text_matches(h, u->text,
+	    u->text_len)))
 		return false;
 	return true;
 }

@@ -11,15 +11,13 @@
 #include "diag.h"
 #include "handler.h"
 
-#include <regex.h>
-
 /* A `text =` rule sees at most this many bytes of an update's text (a
- * message of 4096 characters, Telegram's limit, can be 16 KiB of UTF-8):
- * glibc's matcher costs up to the square of the length.  Back-references
- * and counted repetitions expanding past 1000 positions are refused when
- * the table is built. */
+ * message of 4096 characters, Telegram's limit, can be 16 KiB of UTF-8),
+ * matched with a bound on its work (pattern.h): a match that reaches the
+ * bound is no match, logged and counted. */
 #define DISPATCH_TEXT_MAX 4096
 
+struct pattern;
 struct update;
 
 struct dispatch;
@@ -34,8 +32,7 @@ struct handler {
 	/* match rules; each absent rule matches everything */
 	char **updates;		/* type names */
 	char **commands;	/* without the '/' */
-	bool has_text;
-	regex_t *text;
+	struct pattern *text;
 	bool has_state;		/* a `state =` rule */
 	char *want_state;	/* the state it wants; NULL: none */
 };

@@ -7,6 +7,7 @@
 
 #include <inttypes.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "outbox.h"
@@ -39,6 +40,15 @@ struct hist {
 
 static struct hist handler_hist, wait_hist;
 static atomic_uint_fast64_t worker_exits;
+/* Per handler name (A-Z a-z 0-9 _ -, at most 64: config.c), in slots
+ * claimed once each (0 free, 1 being named, 2 named); names past the
+ * last slot count as "other", so the label set stays bounded. */
+#define TEXT_LIMIT_SLOTS 64
+static struct {
+	atomic_int state;
+	char name[65];
+	atomic_uint_fast64_t n;
+} text_limits[TEXT_LIMIT_SLOTS + 1];
 
 void
 metrics_update(int type_index, enum metric_update result)
@@ -93,6 +103,30 @@ void
 metrics_worker_exit(void)
 {
 	atomic_fetch_add_explicit(&worker_exits, 1, memory_order_relaxed);
+}
+
+void
+metrics_text_limit(const char *handler)
+{
+	size_t i;
+
+	for (i = 0; i < TEXT_LIMIT_SLOTS; i++) {
+		int st = atomic_load(&text_limits[i].state);
+
+		if (st == 0 && atomic_compare_exchange_strong(
+		    &text_limits[i].state, &st, 1)) {
+			snprintf(text_limits[i].name, sizeof(text_limits[i].name),
+			    "%s", handler);
+			atomic_store(&text_limits[i].state, 2);
+			st = 2;
+		}
+		while (st == 1)		/* another thread is naming it */
+			st = atomic_load(&text_limits[i].state);
+		if (strncmp(text_limits[i].name, handler,
+		    sizeof(text_limits[i].name) - 1) == 0)
+			break;
+	}
+	atomic_fetch_add_explicit(&text_limits[i].n, 1, memory_order_relaxed);
 }
 
 #define LOAD(x) ((uint64_t)atomic_load_explicit(&(x), memory_order_relaxed))
@@ -156,6 +190,16 @@ metrics_render(const struct metrics_gauges *g)
 	    "restarted).\n"
 	    "# TYPE tgwebhookd_worker_exits_total counter\n"
 	    "tgwebhookd_worker_exits_total %" PRIu64 "\n", LOAD(worker_exits));
+	buf_puts(&b, "# HELP tgwebhookd_text_match_limit_total `text =` "
+	    "matches that gave up at their work bound (taken as no match), "
+	    "by handler.\n"
+	    "# TYPE tgwebhookd_text_match_limit_total counter\n");
+	for (size_t i = 0; i <= TEXT_LIMIT_SLOTS; i++)
+		if (LOAD(text_limits[i].n) > 0)
+			buf_printf(&b, "tgwebhookd_text_match_limit_total{"
+			    "handler=\"%s\"} %" PRIu64 "\n", i < TEXT_LIMIT_SLOTS ?
+			    text_limits[i].name : "other",
+			    LOAD(text_limits[i].n));
 	{
 		uint64_t n429 = 0;
 

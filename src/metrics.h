@@ -38,6 +38,8 @@ void metrics_botapi(const char *method, enum botapi_status status);
 /* A worker process exited (crashed, killed at its timeout) while its
  * pool was in service. */
 void metrics_worker_exit(void);
+/* A handler's `text =` pattern gave up at its work bound (pattern.h). */
+void metrics_text_limit(const char *handler);
 
 /* Gauges the caller knows at scrape time. */
 struct metrics_gauges {

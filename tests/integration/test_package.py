@@ -125,7 +125,7 @@ def test_package_contents_metadata_and_lintian():
         assert deb_field(deb, "Architecture") == ARCH
     depends = deb_field(main, "Depends")
     for lib in ("libmicrohttpd12", "libjansson4", "libcurl4", "libssl3",
-                "libsqlite3-0", "libinih1", "python3"):
+                "libsqlite3-0", "libinih1", "libpcre2-8-0", "python3"):
         assert re.search(r"\b%s\b" % re.escape(lib), depends), depends
     assert "libjansson-dev" in deb_field(dev, "Depends")
 

@@ -114,3 +114,40 @@ def test_user_text_never_names_a_local_file():
         assert doc.params["caption"] == secret
         assert "tgwebhookd_text_params" not in doc.params
         assert b"not yours" not in b"".join(v[1] for v in doc.files.values())
+
+
+def test_text_pattern_gives_up_at_its_bound_and_the_next_handler_answers():
+    # the review's pattern: 9.5 s of CPU on 4096 bytes with glibc's regexec
+    handlers = ("[handler.hostile]\ntext = [ab]*a[ab]{20}c\nreply = hostile\n"
+                "[handler.fallback]\nupdates = message\nreply = fallback\n")
+    from test_service import metrics
+    with Daemon(handlers) as d:
+        text = "a" * 4074 + "b" * 21 + "c"
+        status, _, _, body = d.deliver(message(text, 1))
+        assert status == 200, (status, body)
+        assert json.loads(body)["text"] == "fallback"
+        # an ordinary text still matches it
+        status, _, _, body = d.deliver(message("xa" + "b" * 20 + "c", 2))
+        assert json.loads(body)["text"] == "hostile"
+        m = metrics(d)
+        assert m['tgwebhookd_text_match_limit_total{handler="hostile"}'] == 1
+        d.wait_log("gave up at its work bound")
+        line = [l for l in d.log().splitlines() if "work bound" in l][0]
+        assert "warning: [handler.hostile]" in line, line
+        assert "4096 bytes" in line, line
+        assert "aaaa" not in d.log()
+
+
+def test_bad_text_pattern_names_file_line_and_offset():
+    import subprocess
+    from harness import binary
+    with Daemon("[handler.bad]\ntext = ^(Hello|Hi$\nreply = x\n",
+                start=False) as d:
+        out = subprocess.run([binary(), "-c", d.conf, "-t"],
+                             capture_output=True, env=d.env, timeout=20)
+        assert out.returncode == 1
+        line = [l for l in out.stderr.decode().splitlines() if "text:" in l]
+        assert len(line) == 1, out.stderr
+        want = (": text: bad regular expression at offset 11: missing "
+                "closing parenthesis")
+        assert line[0].startswith(d.conf + ":") and want in line[0], line
