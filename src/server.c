@@ -80,7 +80,7 @@ struct request {
 	const char *blank;	/* where the blank line after the headers is,
 				 * if they all ended in CRLF */
 	bool admitted;		/* past the gate: counted in inflight */
-	bool chunked;
+	bool chunked;		/* refused: 411 */
 	bool body_started;
 	const char *bad_framing;	/* found in the body's framing */
 	char *inline_answer;	/* the answer's body, while it is sent */
@@ -115,7 +115,7 @@ struct server {
 	atomic_uint inflight;
 	atomic_uint suspended;	/* connections waiting for the runner */
 	struct MHD_Response *empty200, *r400, *r400close, *r403, *r404, *r405,
-	    *r413, *r503;
+	    *r411close, *r413, *r503;
 	gnutls_datum_t ticket_key;	/* TLS session tickets (resumption) */
 	_Atomic(struct creds *) creds_current;	/* served to handshakes */
 	struct creds *creds_previous;	/* for handshakes begun before a swap */
@@ -381,8 +381,16 @@ read_headers(struct request *rq, const char *method, const char *version,
 		return "a line not ended by CRLF";
 	if (h->content_length > 0 && h->transfer_encoding > 0)
 		return "both Content-Length and Transfer-Encoding";
+	/* A chunked body: libmicrohttpd 0.9.75 takes chunk lines ended by a
+	 * bare LF, which a proxy may read otherwise, so a request hidden in
+	 * the body would run.  Telegram always sends Content-Length: 411,
+	 * before any of the body is read. */
+	if (h->transfer_encoding > 0) {
+		rq->chunked = true;
+		return "a chunked body (Transfer-Encoding: chunked): only "
+		    "Content-Length is taken (a proxy in front must pass it)";
+	}
 	rq->blank = h->next;
-	rq->chunked = h->transfer_encoding > 0;
 	return NULL;
 }
 
@@ -523,10 +531,14 @@ admit(struct server *s, struct request *rq, const char *method,
 	}
 	buf_free(&hs.forwarded_for);
 	if (bad != NULL) {
+		unsigned code = rq->chunked ? MHD_HTTP_LENGTH_REQUIRED :
+		    MHD_HTTP_BAD_REQUEST;
+
 		log_rejected(s, peer_text(c, client, sizeof(client)), method,
-		    bad, MHD_HTTP_BAD_REQUEST);
+		    bad, code);
 		metrics_reject(MR_FRAMING);
-		return answer(c, MHD_HTTP_BAD_REQUEST, s->r400close);
+		return answer(c, code, rq->chunked ? s->r411close :
+		    s->r400close);
 	}
 	if (v != GATE_OK) {
 		struct MHD_Response *r = v == GATE_NOT_FOUND ? s->r404 :
@@ -581,7 +593,7 @@ on_request(void *cls, struct MHD_Connection *c, const char *url,
 		 * of where CRLF endings put it means the last header line or
 		 * the blank line ended in a bare LF.  (Further off, the
 		 * buffer was moved, and the first call has judged.) */
-		if (!rq->body_started && !rq->chunked && upload >= rq->blank &&
+		if (!rq->body_started && upload >= rq->blank &&
 		    upload < rq->blank + 2)
 			rq->bad_framing = "a line not ended by CRLF";
 		rq->body_started = true;
@@ -589,7 +601,7 @@ on_request(void *cls, struct MHD_Connection *c, const char *url,
 		    s->o.max_body)
 			buf_append(&rq->body, upload, *upload_size);
 		else
-			rq->too_large = true;	/* chunked, no length */
+			rq->too_large = true;
 		*upload_size = 0;
 		return MHD_YES;
 	}
@@ -967,6 +979,9 @@ server_start(const struct server_opts *o, char *err, size_t errlen)
 	s->r400close = fixed(400);
 	MHD_add_response_header(s->r400close, MHD_HTTP_HEADER_CONNECTION,
 	    "close");
+	s->r411close = fixed(411);
+	MHD_add_response_header(s->r411close, MHD_HTTP_HEADER_CONNECTION,
+	    "close");
 	s->r403 = fixed(403);
 	s->r404 = fixed(404);
 	s->r405 = fixed(405);
@@ -1061,6 +1076,7 @@ server_stop(struct server *s)
 	MHD_destroy_response(s->empty200);
 	MHD_destroy_response(s->r400);
 	MHD_destroy_response(s->r400close);
+	MHD_destroy_response(s->r411close);
 	MHD_destroy_response(s->r403);
 	MHD_destroy_response(s->r404);
 	MHD_destroy_response(s->r405);

@@ -117,6 +117,38 @@ def test_smuggled_requests_refused():
                 (target, out)
 
 
+def test_chunked_body_with_bare_lf_refused_and_nothing_pipelined_runs():
+    """libmicrohttpd 0.9.75 takes chunk lines ended by a bare LF and ran
+    the request pipelined behind them; a chunked body is now refused with
+    411 at its headers, and the connection closed."""
+    import json
+    import urllib.parse
+    from harness import message
+    with Daemon(HANDLERS) as d:
+        w = d.emu.webhook
+        path = urllib.parse.urlsplit(w["url"]).path
+        head = ("POST %s HTTP/1.1\r\nHost: localhost:8443\r\n"
+                "X-Telegram-Bot-Api-Secret-Token: %s\r\n" % (path, w["secret"]))
+        first = json.dumps(message("/start", 41)).encode()
+        second = json.dumps(message("/start", 42)).encode()
+        pipelined = (head + "Content-Length: %d\r\n\r\n" %
+                     len(second)).encode() + second
+        out, closed = tls_exchange(
+            d.port, (head + "Transfer-Encoding: chunked\r\n\r\n").encode() +
+            b"%x\n%s\n0\n\n" % (len(first), first) + pipelined)
+        assert out.startswith(b"HTTP/1.1 411") and closed, out
+        assert out.count(b"HTTP/1.1 ") == 1, out
+        assert b"\r\nConnection: close\r\n" in out, out
+        d.wait_log("a chunked body (Transfer-Encoding: chunked)")
+        # neither update reached a handler: delivered now, each is new
+        assert "update 41" not in d.log() and "update 42" not in d.log()
+        for uid in (41, 42):
+            status, _, _, answer = d.deliver(message("/start", uid))
+            assert status == 200 and json.loads(answer)["text"] == "hi"
+        # and no follow-up went out for either
+        assert d.emu.calls_of("sendMessage") == []
+
+
 def test_limits_hold_with_trusted_networks_empty():
     """With trusted_networks empty nobody is Telegram by address: every
     address (but trusted_proxies) is limited to per_ip_limit connections

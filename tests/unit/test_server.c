@@ -666,6 +666,59 @@ test_pipelined_requests_answered(void **state)
 }
 
 /*
+ * A chunked body is refused with 411 and the connection closed as soon as
+ * the headers are in, whatever the path: libmicrohttpd 0.9.75 takes chunk
+ * lines ended by a bare LF, and ran the request pipelined behind them.
+ */
+static char *
+chunked_head(const char *target)
+{
+	return xasprintf("POST %s HTTP/1.1\r\nHost: x\r\n"
+	    "X-Telegram-Bot-Api-Secret-Token: " SECRET "\r\n"
+	    "Transfer-Encoding: chunked\r\n\r\n", target);
+}
+
+static void
+test_chunked_refused(void **state)
+{
+	struct fixture *f = start(false, NULL, NULL);
+	char *u = start_update(33), *next = keepalive_request(34);
+	char *head = chunked_head("/hook"), *req, *out;
+	int answers;
+
+	(void)state;
+	/* chunk-size line, chunk end, last chunk and trailer end by bare LF,
+	 * then a request pipelined behind */
+	req = xasprintf("%s%zx\n%s\n0\n\n%s", head, strlen(u), u, next);
+	assert_int_equal(raw_on(f->port, req, strlen(req), &out, &answers),
+	    411);
+	assert_int_equal(answers, 1);
+	assert_non_null(strcasestr(out, "\r\nConnection: close\r\n"));
+	free(out);
+	free(req);
+	/* the headers alone are enough: the body, sent 50 ms later, and the
+	 * request behind it are never read */
+	req = xasprintf("%s%zx\r\n%s\r\n0\r\n\r\n%s", head, strlen(u), u,
+	    next);
+	assert_int_equal(raw_split(f->port, req, strlen(req), strlen(head),
+	    &out, &answers), 411);
+	assert_int_equal(answers, 1);
+	free(out);
+	free(req);
+	free(head);
+	/* before the path is looked at */
+	head = chunked_head("/nope");
+	assert_int_equal(raw(f, head, &answers), 411);
+	free(head);
+	/* neither update ever reached a handler */
+	assert_true(fresh(f, 33));
+	assert_true(fresh(f, 34));
+	free(u);
+	free(next);
+	stop(f);
+}
+
+/*
  * The gate judges the request-target as it came: a %3F or %00 that
  * libmicrohttpd decodes, or a target with no leading '/', is not the
  * secret path.
@@ -707,6 +760,7 @@ main(void)
 		cmocka_unit_test(test_bare_lf_refused),
 		cmocka_unit_test(test_pipelined_requests_answered),
 		cmocka_unit_test(test_target_judged_undecoded),
+		cmocka_unit_test(test_chunked_refused),
 	};
 	int rc;
 
