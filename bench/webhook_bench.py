@@ -200,7 +200,7 @@ def start_tgwebhookd(tmp, cert, key, port, handler):
                 "private_key = %s\nself_signed = off\nregister = off\n"
                 "trusted_networks = 127.0.0.0/8\n"
                 "reply_deadline = 30s\n"
-                "[server]\nthreads = 1\n[admin]\nlisten = off\n"
+                "[admin]\nlisten = off\n"
                 "[store]\ndir = %s\n[log]\nlevel = %s\n%s\n" % (
                     port, PATH[1:], SECRET, cert, key, store,
                     os.environ.get("BENCH_LOG_LEVEL", "info"), handler))
