@@ -379,8 +379,9 @@ def peer_versions():
 
 
 def write_results(results, handshakes, order):
+    peers_run = peer_versions()
     lines = ["# Benchmark results", "",
-             "`make bench` on %s, %d cores (%s), %s; %s; %s; %s. Server "
+             "`make bench` on %s, %d cores (%s), %s; %s; %s%s. Server "
              "pinned to core 0, wrk to core 1, %d s per run, TLS keep-alive, "
              "every answer checked (python-telegram-bot 13 cannot answer "
              "inline: a 200 is its check). CPU and RSS include a server's "
@@ -396,7 +397,7 @@ def write_results(results, handshakes, order):
                  platform.machine(), time.strftime("%Y-%m-%d"),
                  version(["nginx", "-v"]),
                  version([os.path.join(BUILD, "tgwebhookd"), "--version"]),
-                 peer_versions(), DURATION), "",
+                 "; " + peers_run if peers_run else "", DURATION), "",
              "| server | conns | req/s | × nginx | × floor | p50 µs | "
              "p99 µs | × floor | bad | CPU µs/update | × nginx | × floor | "
              "private MiB | peak RSS MiB |",
