@@ -3,7 +3,8 @@ against the Bot API emulator, with the same reply handler:
 
 - updates a second: N updates (N chats) through getUpdates (all queued
   at once, answered as follow-ups), and N delivered to the webhook one at
-  a time over one kept-alive TLS connection (answered inline);
+  a time over one kept-alive TLS connection (answered inline), and the
+  daemon's CPU per update for each (the emulator's is not counted);
 - latency: from an update being available (pushed into the emulator's
   queue; handed to the webhook) to its reply reaching the Bot API (the
   sendMessage call; the inline answer), one update at a time.
@@ -20,6 +21,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
 from harness import Daemon, message  # noqa: E402
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+from webhook_bench import cpu_ticks  # noqa: E402
 
 N = int(os.environ.get("N", "2000"))
 SAMPLES = int(os.environ.get("SAMPLES", "100"))
@@ -33,11 +36,13 @@ def polling():
                OUTBOX)
     with d:
         d.start()
+        c0 = cpu_ticks([d.proc.pid])
         t0 = time.time()
         for i in range(1, N + 1):
             d.emu.push_update(message("/start", i, chat_id=100000 + i))
         sent = d.emu.wait_calls("sendMessage", N, timeout=N / 10 + 60)
         rate = N / (sent[-1].time - t0)
+        cpu = cpu_us(cpu_ticks([d.proc.pid]) - c0)
         lat = []
         for i in range(SAMPLES):
             before = len(d.emu.calls_of("sendMessage"))
@@ -46,18 +51,20 @@ def polling():
             got = d.emu.wait_calls("sendMessage", before + 1, timeout=10)
             lat.append(got[before].time - t)
             time.sleep(0.01)
-    return rate, lat
+    return rate, cpu, lat
 
 
 def webhook():
     d = Daemon(REPLY, extra=OUTBOX)
     with d:
+        c0 = cpu_ticks([d.proc.pid])
         t0 = time.time()
         for i in range(1, N + 1):
             status, _, _, body = d.deliver(message("/start", i,
                                                    chat_id=100000 + i))
             assert status == 200 and b"sendMessage" in body, (status, body)
         rate = N / (time.time() - t0)
+        cpu = cpu_us(cpu_ticks([d.proc.pid]) - c0)
         lat = []
         for i in range(SAMPLES):
             t = time.time()
@@ -65,24 +72,30 @@ def webhook():
                                                    chat_id=7))
             lat.append(time.time() - t)
             assert b"sendMessage" in body
-    return rate, lat
+    return rate, cpu, lat
 
 
-def row(name, rate, lat):
+def cpu_us(ticks):
+    """The daemon's CPU per update, in microseconds."""
+    return ticks * 1e6 / os.sysconf("SC_CLK_TCK") / N
+
+
+def row(name, rate, cpu, lat, base=None):
     lat = sorted(lat)
     p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
-    print("| %s | %d | %.0f | %.1f | %.1f |" % (
-        name, N, rate, statistics.median(lat) * 1000, p99 * 1000))
+    print("| %s | %d | %.0f | %.1f | %s | %.1f | %.1f |" % (
+        name, N, rate, cpu, "%.2f" % (cpu / base) if base else "-",
+        statistics.median(lat) * 1000, p99 * 1000))
 
 
 def main():
-    print("| source | updates | updates/s | available -> reply at the Bot "
-          "API, median ms | p99 ms |")
-    print("|---|---|---|---|---|")
-    rate, lat = polling()
-    row("polling (getUpdates, follow-ups)", rate, lat)
-    rate, lat = webhook()
-    row("webhook (one TLS connection, inline)", rate, lat)
+    print("| source | updates | updates/s | CPU µs/update | × webhook | "
+          "available -> reply at the Bot API, median ms | p99 ms |")
+    print("|---|---|---|---|---|---|---|")
+    polled = polling()
+    hooked = webhook()
+    row("polling (getUpdates, follow-ups)", *polled, base=hooked[1])
+    row("webhook (one TLS connection, inline)", *hooked)
 
 
 if __name__ == "__main__":

@@ -77,7 +77,8 @@ main(void)
 	t0 = now_ms();
 	for (int i = 0; i < N; i++) {
 		const struct handler *h = dispatch_match(t, u, "BenchBot");
-		struct handler_input in = { u, body, sizeof(body) - 1 };
+		struct handler_input in = { .u = u, .body = body,
+		    .len = sizeof(body) - 1 };
 		json_t *calls = json_array();
 		char *answer;
 

@@ -19,6 +19,10 @@ function init(args)
    bad = 0
    -- update_ids unique across runs too (args[5]): a repeat is a duplicate
    base = (tonumber(args[5]) or 0) * 10000000000 + id * 100000000
+   -- a chat of its own per run: an answer a closed connection could not
+   -- take at the end of a run becomes a follow-up, and the next run's
+   -- answers to that chat would rightly queue behind it
+   chat = 31337 + (tonumber(args[5]) or 0)
 end
 
 request = function()
@@ -27,9 +31,9 @@ request = function()
    local body = string.format(
       '{"update_id":%d,\n"message":{"message_id":%d,"from":{"id":31337,' ..
       '"is_bot":false,"first_name":"Ann","language_code":"en"},' ..
-      '"chat":{"id":31337,"first_name":"Ann","type":"private"},' ..
+      '"chat":{"id":%d,"first_name":"Ann","type":"private"},' ..
       '"date":1781000000,"text":"/start","entities":[{"offset":0,' ..
-      '"length":6,"type":"bot_command"}]}}', uid, uid)
+      '"length":6,"type":"bot_command"}]}}', uid, uid, chat)
    return wrk.format("POST", path, {
       ["Content-Type"] = "application/json",
       ["X-Telegram-Bot-Api-Secret-Token"] = secret,

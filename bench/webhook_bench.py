@@ -84,6 +84,51 @@ def peak_rss_kib(pids):
     return total
 
 
+def private_kib(pids):
+    """The private memory of pids and their live descendants, from
+    /proc/PID/smaps_rollup: Private_Dirty and Anonymous (anonymous pages
+    once written are private dirty too, so the larger of the two is their
+    union; shared libraries' clean pages are not counted)."""
+    total = 0
+    for top in pids:
+        for pid in process_tree(top):
+            fields = {}
+            try:
+                with open("/proc/%d/smaps_rollup" % pid) as f:
+                    for line in f:
+                        parts = line.split()
+                        if len(parts) == 3 and parts[2] == "kB":
+                            fields[parts[0].rstrip(":")] = int(parts[1])
+            except OSError:
+                continue
+            total += max(fields.get("Private_Dirty", 0),
+                         fields.get("Anonymous", 0))
+    return total
+
+
+class MemorySampler:
+    """Samples private_kib(pids) while a run goes: its peak, taken with
+    the run's connections open (after the run they are closed)."""
+
+    def __init__(self, pids):
+        import threading
+        self.pids, self.peak = pids, 0
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self.loop, daemon=True)
+
+    def loop(self):
+        while not self.done.wait(0.5):
+            self.peak = max(self.peak, private_kib(self.pids))
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.done.set()
+        self.thread.join()
+
+
 def wait_port(port, timeout=10):
     import socket
     deadline = time.time() + timeout
@@ -126,20 +171,27 @@ def measure(name, pids, port, results, expect="inline", conns_list=None,
             connection="keep-alive"):
     for conns in conns_list or CONNS:
         t0 = cpu_ticks(pids)
-        r = run_wrk(port, conns, expect, connection)
+        with MemorySampler(pids) as mem:
+            r = run_wrk(port, conns, expect, connection)
         ticks = cpu_ticks(pids) - t0
         r["cpu_us"] = ticks * 1e6 / os.sysconf("SC_CLK_TCK") / max(
             r["requests"], 1)
         r["rss_mib"] = peak_rss_kib(pids) / 1024.0
+        r["private_mib"] = mem.peak / 1024.0
         results[(name, conns)] = r
         print("  %-18s c=%-3d %9.0f req/s  p50 %6d us  p99 %6d us  "
-              "cpu %6.1f us/update  rss %5.1f MiB  bad %d %s" % (
+              "cpu %6.1f us/update  rss %5.1f MiB  private %4.1f MiB  "
+              "bad %d %s" % (
                   name, conns, r["rps"], r["p50_us"], r["p99_us"],
-                  r["cpu_us"], r["rss_mib"], r["bad"],
+                  r["cpu_us"], r["rss_mib"], r["private_mib"], r["bad"],
                   r["socket_errors"]), flush=True)
 
 
 def start_tgwebhookd(tmp, cert, key, port, handler):
+    # A store of its own: an inline answer a closed connection could not
+    # take becomes a follow-up (to a Bot API that is not there), and a
+    # later server sharing the store would find its chat behind it.
+    store = tempfile.mkdtemp(prefix="store-", dir=tmp)
     conf = os.path.join(tmp, "tgwebhookd.conf")
     with open(conf, "w") as f:
         f.write("[bot]\napi_url = http://127.0.0.1:9\nusername = BenchBot\n"
@@ -148,9 +200,9 @@ def start_tgwebhookd(tmp, cert, key, port, handler):
                 "private_key = %s\nself_signed = off\nregister = off\n"
                 "trusted_networks = 127.0.0.0/8\n"
                 "reply_deadline = 30s\n"
-                "[server]\nthreads = 1\n[admin]\nlisten = off\n"
-                "[store]\ndir = %s/store\n[log]\nlevel = %s\n%s\n" % (
-                    port, PATH[1:], SECRET, cert, key, tmp,
+                "[admin]\nlisten = off\n"
+                "[store]\ndir = %s\n[log]\nlevel = %s\n%s\n" % (
+                    port, PATH[1:], SECRET, cert, key, store,
                     os.environ.get("BENCH_LOG_LEVEL", "info"), handler))
     log = open(os.path.join(tmp, "tgwebhookd.log"), "wb")
     p = subprocess.Popen(["taskset", "-c", "0",
@@ -327,13 +379,17 @@ def peer_versions():
 
 
 def write_results(results, handshakes, order):
+    peers_run = peer_versions()
     lines = ["# Benchmark results", "",
-             "`make bench` on %s, %d cores (%s), %s; %s; %s; %s. Server "
+             "`make bench` on %s, %d cores (%s), %s; %s; %s%s. Server "
              "pinned to core 0, wrk to core 1, %d s per run, TLS keep-alive, "
              "every answer checked (python-telegram-bot 13 cannot answer "
              "inline: a 200 is its check). CPU and RSS include a server's "
              "handler processes (the exec RSS counts the children alive at "
-             "the end of a run). Ratios are to nginx in the same run; "
+             "the end of a run); private memory is Private_Dirty and "
+             "Anonymous from /proc/PID/smaps_rollup (the larger: their "
+             "union), its peak sampled during the run. Ratios are to nginx "
+             "and to the floor in the same run; "
              "\"libmicrohttpd floor\" is bench/mhd_floor.c, the HTTP and TLS "
              "stack tgwebhookd is built on answering the fixed reply with no "
              "work of its own." % (
@@ -341,19 +397,29 @@ def write_results(results, handshakes, order):
                  platform.machine(), time.strftime("%Y-%m-%d"),
                  version(["nginx", "-v"]),
                  version([os.path.join(BUILD, "tgwebhookd"), "--version"]),
-                 peer_versions(), DURATION), "",
-             "| server | conns | req/s | × nginx | p50 µs | p99 µs | bad | "
-             "CPU µs/update | × nginx | peak RSS MiB |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+                 "; " + peers_run if peers_run else "", DURATION), "",
+             "| server | conns | req/s | × nginx | × floor | p50 µs | "
+             "p99 µs | × floor | bad | CPU µs/update | × nginx | × floor | "
+             "private MiB | peak RSS MiB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+
+    def ratio(a, b):
+        return "%.2f" % (a / b) if b else "-"
+
     for (name, conns), r in sorted(results.items(), key=lambda kv: (
             kv[0][1], order.index(kv[0][0]) if kv[0][0] in order else 99)):
-        base = results.get(("nginx", conns))
-        lines.append("| %s | %d | %.0f | %.2f | %d | %d | %d | %.1f | %.2f | "
-                     "%.1f |" % (name, conns, r["rps"],
-                                 r["rps"] / base["rps"] if base else 0,
-                                 r["p50_us"], r["p99_us"], r["bad"],
-                                 r["cpu_us"], r["cpu_us"] / base["cpu_us"]
-                                 if base else 0, r["rss_mib"]))
+        base = results.get(("nginx", conns), {})
+        floor = results.get(("libmicrohttpd floor", conns), {})
+        lines.append("| %s | %d | %.0f | %s | %s | %d | %d | %s | %d | %.1f | "
+                     "%s | %s | %.1f | %.1f |" % (
+                         name, conns, r["rps"],
+                         ratio(r["rps"], base.get("rps")),
+                         ratio(r["rps"], floor.get("rps")),
+                         r["p50_us"], r["p99_us"],
+                         ratio(r["p99_us"], floor.get("p99_us")), r["bad"],
+                         r["cpu_us"], ratio(r["cpu_us"], base.get("cpu_us")),
+                         ratio(r["cpu_us"], floor.get("cpu_us")),
+                         r["private_mib"], r["rss_mib"]))
     lines += ["", "TLS handshakes: a new connection per request (`Connection: "
               "close`), 10 connections, RSA-2048 certificate.", "",
               "| server | handshakes/s | × nginx | p99 µs | CPU µs/handshake |"

@@ -11,6 +11,7 @@
 #include <inttypes.h>
 #include <pthread.h>
 #include <pwd.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -513,6 +514,27 @@ wipe_free(char *s)
 	free(s);
 }
 
+/*
+ * Connection threads: [server] threads, but never more than the cores
+ * this process may run on (its affinity: taskset, systemd's
+ * CPUAffinity=, a container's cpuset).  On one core a second thread of
+ * the pool only adds switches between the two: the bench measures it.
+ */
+static unsigned
+server_threads(long want)
+{
+	cpu_set_t set;
+	int cores;
+
+	if (sched_getaffinity(0, sizeof(set), &set) == -1 ||
+	    (cores = CPU_COUNT(&set)) <= 0 || want <= cores)
+		return (unsigned)want;
+	log_info("[server] threads = %ld, but this process may run on %d "
+	    "core%s: %d connection thread%s", want, cores, cores == 1 ? "" :
+	    "s", cores, cores == 1 ? "" : "s");
+	return (unsigned)cores;
+}
+
 static void
 daemon_start(struct daemon *d)
 {
@@ -624,7 +646,7 @@ daemon_start(struct daemon *d)
 	so.tls = c->tls;
 	so.cert_pem = cert_pem;
 	so.key_pem = key_pem;
-	so.threads = (unsigned)c->threads;
+	so.threads = server_threads(c->threads);
 	so.max_clients = (unsigned)c->max_clients;
 	so.per_ip_limit = (unsigned)c->per_ip_limit;
 	so.timeout_s = (c->connection_timeout_ms + 999) / 1000;

@@ -147,13 +147,21 @@ log_redact(char *s)
 		}
 	}
 	/* Any other bot's token too (one from an old configuration, or read
-	 * back from the store by a command that never reads the token). */
-	for (char *p = s; *p != '\0'; p++) {
+	 * back from the store by a command that never reads the token).  A
+	 * token's digits end at a ':', so only the digits before each ':'
+	 * are looked at. */
+	for (char *c = s; (c = strchr(c, ':')) != NULL; ) {
+		char *p = c;
 		size_t len;
 
-		if (isdigit((unsigned char)*p) && (p == s ||
-		    !isdigit((unsigned char)p[-1])) && (len = token_at(p)) > 0)
-			p += replace(p, len, mark) - 1;
+		while (p > s && isdigit((unsigned char)p[-1]) &&
+		    c - p <= TOKEN_ID_MAX)
+			p--;
+		if (p < c && (p == s || !isdigit((unsigned char)p[-1])) &&
+		    (len = token_at(p)) > 0)
+			c = p + replace(p, len, mark);
+		else
+			c++;
 	}
 }
 
@@ -222,14 +230,26 @@ log_escape(char *dst, size_t len, const char *src, size_t n)
 	while (i < n) {
 		char esc[8];
 		const char *out = esc;
-		size_t olen, step = 1;
+		size_t olen, step = 1, run;
 		uint32_t cp;
 
+		/* Printable ASCII, most of any line, goes in runs. */
+		for (run = 0; i + run < n && s[i + run] >= 0x20 &&
+		    s[i + run] < 0x7f; run++)
+			;
+		if (run > 0) {
+			if (run > len - 1 - o)
+				run = len - 1 - o;
+			memcpy(dst + o, s + i, run);
+			o += run;
+			i += run;
+			if (o + 1 >= len)
+				break;
+			continue;
+		}
 		if (s[i] < 0x20 || s[i] == 0x7f) {
 			olen = (size_t)snprintf(esc, sizeof(esc), "\\x%02x",
 			    s[i]);
-		} else if (s[i] < 0x80) {
-			out = (const char *)s + i, olen = 1;
 		} else if ((step = utf8_at(s + i, n - i, &cp)) == 0) {
 			step = 1;
 			olen = (size_t)snprintf(esc, sizeof(esc), "\\x%02x",
@@ -263,12 +283,24 @@ log_vmsg(enum log_level level, const char *fmt, va_list ap)
 	if (log_journal) {
 		n = (size_t)snprintf(line, sizeof(line), "<%d>", (int)level);
 	} else {
+		/* The date and time to the second, made once a second per
+		 * thread (gmtime_r and strftime cost more than the rest of
+		 * a line's prefix). */
+		static _Thread_local time_t stamp_sec = -1;
+		static _Thread_local char stamp[32];
+		static _Thread_local size_t stamp_len;
 		struct timespec ts;
 		struct tm tm;
 
 		clock_gettime(CLOCK_REALTIME, &ts);
-		gmtime_r(&ts.tv_sec, &tm);
-		n = strftime(line, sizeof(line), "%Y-%m-%dT%H:%M:%S", &tm);
+		if (ts.tv_sec != stamp_sec) {
+			gmtime_r(&ts.tv_sec, &tm);
+			stamp_len = strftime(stamp, sizeof(stamp),
+			    "%Y-%m-%dT%H:%M:%S", &tm);
+			stamp_sec = ts.tv_sec;
+		}
+		memcpy(line, stamp, stamp_len);
+		n = stamp_len;
 		n += (size_t)snprintf(line + n, sizeof(line) - n,
 		    ".%03ldZ %s: ", ts.tv_nsec / 1000000, log_names[level]);
 	}

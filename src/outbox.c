@@ -125,6 +125,12 @@ struct outbox {
 	atomic_bool stopping;
 	atomic_size_t held;
 	atomic_long stored;	/* pending calls in the store */
+	/* outbox_unsent()'s answer from memory: queued counts the commits
+	 * of outbox_add() that added pending calls; none_since is what
+	 * queued was just before a count of the store found no pending
+	 * call (-1: it found some).  While the two are equal, no chat has
+	 * a call unsent. */
+	atomic_llong queued, none_since;
 	_Atomic uint64_t beat;
 	uint64_t stop_by;	/* written before stopping is set */
 
@@ -1150,11 +1156,15 @@ sender(void *arg)
 				low = true;
 		if (now >= next_count) {
 			/* what other processes (a broadcast) added, too */
+			long long before = atomic_load(&o->queued);
 			long n = store_calls_count(o->store, STORE_CALL_PENDING,
 			    NULL);
 
-			if (n >= 0)
+			if (n >= 0) {
 				atomic_store(&o->stored, n);
+				atomic_store(&o->none_since, n == 0 ? before :
+				    -1);
+			}
 			next_count = now + RELOAD_MS;
 		}
 		if (atomic_exchange(&o->wake, false) || now >= next_reload ||
@@ -1209,6 +1219,7 @@ outbox_start(struct store *s, const struct outbox_opts *opts)
 	o->slow = 1.0;
 	if ((n = store_calls_count(s, STORE_CALL_PENDING, NULL)) > 0)
 		atomic_store(&o->stored, n);
+	atomic_store(&o->none_since, n == 0 ? 0 : -1);
 	o->api = botapi_multi_new(opts->api_url, opts->token, opts->timeout_ms);
 	atomic_store(&o->beat, now_ms());
 	if (pthread_create(&o->thread, NULL, sender, o) != 0)
@@ -1383,6 +1394,8 @@ outbox_add_state(struct outbox *o, json_t *calls, size_t from,
 			pending += rows[i].state == STORE_CALL_PENDING;
 		atomic_fetch_add(&o->stored, (long)(added < pending ? added :
 		    pending));
+		if (added > 0 && pending > 0)
+			atomic_fetch_add(&o->queued, 1);
 		atomic_store(&o->wake, true);
 		botapi_multi_wakeup(o->api);
 		if (over > 0)
@@ -1403,8 +1416,21 @@ outbox_add_state(struct outbox *o, json_t *calls, size_t from,
 int
 outbox_unsent(struct outbox *o, const char *chat, char *err, size_t errlen)
 {
-	/* The store answers: calls another process (--broadcast) or an
-	 * earlier run queued count as well as those in memory. */
+	/*
+	 * Asked for every update answered inline: the store is asked only
+	 * when it may hold a pending call.  A count of the store (at start,
+	 * then every RELOAD_MS) that found none, with no commit of ours
+	 * since, means that no chat has one; a commit counts in `queued`
+	 * before the update that made it lets go of its conversation, so
+	 * the next update of that chat asks the store.  Calls another
+	 * process queues into a store of ours alone (--broadcast, bulk,
+	 * which conversation calls overtake anyway; --retry-dead) are seen
+	 * by the next count.  A store other instances write
+	 * (shared_store) is always asked: their calls are the order.
+	 */
+	if (!o->o.shared_store &&
+	    atomic_load(&o->none_since) == atomic_load(&o->queued))
+		return 0;
 	return store_calls_unsent(o->store, chat, err, errlen);
 }
 

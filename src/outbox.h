@@ -62,6 +62,9 @@ struct outbox_opts {
 					 * (0: OUTBOX_KEEP_DEAD_MS) */
 	unsigned keep_held_ms;		/* held updates never released
 					 * (0: OUTBOX_KEEP_HELD_MS) */
+	bool shared_store;		/* other instances queue calls into
+					 * the store: outbox_unsent() always
+					 * asks it */
 };
 
 /* Starts the sender, which first takes up what the store still holds. */
@@ -83,7 +86,10 @@ int outbox_add_state(struct outbox *o, json_t *calls, size_t from,
     char *err, size_t errlen);
 /* 1 if a follow-up to chat (chat_id as text) is still unsent, so that a
  * later answer to it must queue behind; 0 if none; -1 with err when the
- * store cannot tell.  Any thread. */
+ * store cannot tell.  Answered from memory, without the store, while the
+ * store held no pending call at its last count (once a second) and this
+ * outbox has queued none since; calls another process queued into an
+ * unshared store are thus seen within a second.  Any thread. */
 int outbox_unsent(struct outbox *o, const char *chat, char *err,
     size_t errlen);
 /* Turns a Bot API call (an object with "method") into a row for the

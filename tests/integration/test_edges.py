@@ -132,6 +132,17 @@ def test_large_legit_update_accepted():
         assert status == 200 and json.loads(body)["text"] == "got it"
 
 
+def test_large_header_block_accepted():
+    """A header block of 4 KiB (Telegram sends some 300 bytes; proxies add
+    their lines) fits the per-connection memory, which the bench keeps
+    small: the update is answered inline."""
+    with Daemon(HANDLERS) as d:
+        pad = ["X-Pad-%d: %s" % (i, "p" * 200) for i in range(20)]
+        status, out = request(d, body=json.dumps(message("/start", 1))
+                              .encode(), headers=pad)
+        assert status == 200 and b'"sendMessage"' in out, out
+
+
 def test_not_json_400():
     with Daemon(HANDLERS) as d:
         assert request(d, body=b"this is not json")[0] == 400

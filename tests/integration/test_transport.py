@@ -1,11 +1,14 @@
 """The transport against hostile or careless clients: TLS 1.2's suites,
 X-Forwarded-For over several lines, strict HTTP framing (no request
 smuggling), limits for connections nobody vouches for, and an inline
-answer whose connection dropped."""
+answer whose connection dropped, and no more connection threads than
+the cores the daemon may run on."""
 
+import glob
+import os
 import subprocess
 
-from harness import Daemon
+from harness import Daemon, message
 
 HANDLERS = "[handler.start]\ncommands = /start\nreply = hi\n"
 
@@ -316,3 +319,32 @@ def test_stop_while_a_handler_outlives_shutdown_timeout():
         queued = "late answer 81" in texts(d) or \
             any(r[0] == "sendMessage" for r in rows(d))
         assert inline or queued, (got, texts(d), rows(d), d.log()[-2000:])
+
+
+def mhd_threads(d):
+    """The names of the daemon's libmicrohttpd threads."""
+    names = []
+    for task in glob.glob("/proc/%d/task/*" % d.proc.pid):
+        try:
+            with open(os.path.join(task, "comm")) as f:
+                names.append(f.read().strip())
+        except OSError:
+            pass
+    return sorted(n for n in names if n.startswith("MHD-"))
+
+
+def test_connection_threads_no_more_than_its_cores():
+    """[server] threads = 2 (the default) on one core (taskset): one
+    connection thread, said in the log; the admin listener has its
+    own.  With two cores, the pool of two."""
+    with Daemon(HANDLERS, wrap=["taskset", "-c", "0"]) as d:
+        assert mhd_threads(d) == ["MHD-single", "MHD-single"], \
+            mhd_threads(d)
+        d.wait_log("[server] threads = 2, but this process may run on 1 "
+                   "core: 1 connection thread")
+        status, _, _, body = d.deliver(message("/start", 1))
+        assert status == 200 and b"sendMessage" in body, (status, body)
+    if len(os.sched_getaffinity(0)) >= 2:
+        with Daemon(HANDLERS, wrap=["taskset", "-c", "0,1"]) as d:
+            assert mhd_threads(d) == ["MHD-single", "MHD-worker",
+                                      "MHD-worker"], mhd_threads(d)

@@ -209,6 +209,10 @@ straddling(void)
 	log_warn("other bot: https://api.telegram.org/bot987654:"
 	    "ZZHdqTcvCH1vGWJxfSeofSAs0K5PALDzzz/getMe; not one: 12345:short, "
 	    "1234:QQHdqTcvCH1vGWJxfSeofSAs0K5PALDqqq");
+	/* after another colon; 20 digits of id; 21 are no id */
+	log_warn("x:99:123456:YYHdqTcvCH1vGWJxfSeofSAs0K5PALDyyy "
+	    "12345678901234567890:XXHdqTcvCH1vGWJxfSeofSAs0K5PALDxxx "
+	    "123456789012345678901:WWHdqTcvCH1vGWJxfSeofSAs0K5PALDwww");
 }
 
 static void
@@ -227,6 +231,8 @@ test_redaction_before_the_cut(void **state)
 	assert_non_null(strstr(out, "/bot[redacted]/getMe; not one: 12345:"
 	    "short, 1234:QQHdq"));		/* 4 digits: no bot id */
 	assert_null(strstr(out, "987654"));
+	assert_non_null(strstr(out, "x:99:[redacted] [redacted] "
+	    "123456789012345678901:WWHdq"));
 	free(out);
 
 	/* an error text cut to its buffer after redaction, not before */

@@ -9,6 +9,7 @@
 #include <cmocka.h>
 
 #include <jansson.h>
+#include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -258,6 +259,66 @@ test_unsent_until_delivered(void **state)
 	wait_state(f, STORE_CALL_DELIVERED, 1);
 	assert_int_equal(outbox_unsent(f->o, "9", err, sizeof(err)), 0);
 	assert_int_equal(outbox_unsent(f->o, "10", err, sizeof(err)), 0);
+	teardown(f);
+}
+
+/* outbox_unsent() with nothing pending answers from memory, so the
+ * request path does not query the store: here the store could not
+ * answer (its calls table is gone), and the answer is still "none".  A
+ * shared store (other instances queue into it) is always asked. */
+static void
+test_unsent_none_pending_not_asked(void **state)
+{
+	struct fixture *f = fixture_new();
+	struct outbox_opts o = opts_for(f);
+	char err[256], path[64];
+	sqlite3 *db;
+
+	(void)state;
+	fixture_start(f, &o);
+	snprintf(path, sizeof(path), "%s/tgwebhookd.db", f->dir);
+	assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+	assert_int_equal(sqlite3_exec(db, "DROP TABLE calls", NULL, NULL,
+	    NULL), SQLITE_OK);
+	assert_int_equal(outbox_unsent(f->o, "9", err, sizeof(err)), 0);
+	outbox_stop(f->o, 0);
+	o.shared_store = true;
+	fixture_start(f, &o);
+	assert_int_equal(outbox_unsent(f->o, "9", err, sizeof(err)), -1);
+	sqlite3_close(db);
+	teardown(f);
+}
+
+/* A call another process queues into the store (--broadcast) counts as
+ * unsent once the sender has counted the store again (once a second). */
+static void
+test_unsent_queued_by_another_process(void **state)
+{
+	struct fixture *f = setup();
+	struct store *other;
+	struct store_call row = { 0 };
+	json_t *call = json_loads("{\"method\":\"sendMessage\",\"chat_id\":9,"
+	    "\"text\":\"x\"}", 0, NULL);
+	char err[256];
+	int unsent = 0;
+
+	(void)state;
+	assert_int_equal(outbox_unsent(f->o, "9", err, sizeof(err)), 0);
+	other = store_open(f->dir, err, sizeof(err));
+	assert_non_null(other);
+	assert_int_equal(outbox_call_row(call, "b:1", &row, err, sizeof(err)),
+	    0);
+	row.not_before_ms += 3600000;	/* stays pending while we look */
+	assert_int_equal(store_calls_add(other, &row, 1, NULL, err,
+	    sizeof(err)), 0);
+	for (int i = 0; i < 500 && (unsent = outbox_unsent(f->o, "9", err,
+	    sizeof(err))) == 0; i++)
+		usleep(10000);
+	assert_int_equal(unsent, 1);
+	assert_int_equal(outbox_unsent(f->o, "10", err, sizeof(err)), 0);
+	store_call_clear(&row);
+	json_decref(call);
+	store_close(other);
 	teardown(f);
 }
 
@@ -672,6 +733,8 @@ main(void)
 		cmocka_unit_test(test_group_migrated_to_supergroup),
 		cmocka_unit_test(test_left_at_stop_stays_in_the_store),
 		cmocka_unit_test(test_unsent_until_delivered),
+		cmocka_unit_test(test_unsent_none_pending_not_asked),
+		cmocka_unit_test(test_unsent_queued_by_another_process),
 		cmocka_unit_test(test_local_files_uploaded_from_upload_dir),
 		cmocka_unit_test(test_lanes_in_order),
 		cmocka_unit_test(test_bulk_keeps_its_share),
