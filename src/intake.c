@@ -46,7 +46,7 @@ struct intake {
 	struct runner *r;
 	struct bot_identity *id;
 	struct store *store;	/* clustered: claims; NULL: none */
-	const char *instance;
+	char *instance;
 	int64_t claim_ttl_ms;
 };
 
@@ -87,6 +87,7 @@ intake_free(struct intake *in)
 		return;
 	dispatch_unref(in->t);
 	pthread_rwlock_destroy(&in->lock);
+	free(in->instance);
 	free(in);
 }
 
@@ -108,7 +109,8 @@ intake_set_cluster(struct intake *in, struct store *s, const char *instance,
     int64_t ttl_ms)
 {
 	in->store = s;
-	in->instance = instance;
+	free(in->instance);
+	in->instance = xstrdup(instance);
 	in->claim_ttl_ms = ttl_ms;
 }
 

@@ -57,7 +57,7 @@ struct intake *intake_new(struct dedup *dd, struct dispatch *t,
 /* Several instances on one store: each new update id is claimed in s
  * for instance (for ttl_ms, the longest it takes to answer) before it is
  * handled, and marked done once answered; an id another instance handles
- * or handled is answered busy or as a duplicate.  s and instance are lent.
+ * or handled is answered busy or as a duplicate.  s is lent.
  * Call before the first submit. */
 void intake_set_cluster(struct intake *in, struct store *s,
     const char *instance, int64_t ttl_ms);
