@@ -1271,7 +1271,9 @@ sender(void *arg)
 			break;
 		if (held && (!atomic_load(&o->stopping) || now < o->stop_by))
 			dispatch(o);
-		botapi_multi_wait(o->api, wait_ms(o));
+		/* not holding: only calls in flight to wait for, whatever
+		 * the heaps say is due */
+		botapi_multi_wait(o->api, held ? wait_ms(o) : 200);
 		while (botapi_multi_done(o->api, &tag, &r)) {
 			struct item *it = (struct item *)(uintptr_t)tag;
 

@@ -9,10 +9,10 @@ twice; SIGTERM gives the duties up at once.
 The store they share is made by shared_store() alone: a SQLite directory
 on this machine now; a PostgreSQL run swaps that one function."""
 
+import http.client
 import os
 import re
 import signal
-import sqlite3
 import tempfile
 import threading
 import time
@@ -72,6 +72,8 @@ class Cluster:
         for i, n in enumerate(names):
             self.d[n].start(wait_register=i == 0)
             self.d[n].wait_log("cluster: instance %s" % n)
+            assert eventually(lambda: "tgwebhookd_duty_held" in
+                              self.metrics(n), 10), n
         if not polling:
             self.path, self.secret = stored_secrets(self.d[names[0]].store)
 
@@ -92,9 +94,15 @@ class Cluster:
             return []
 
     def metrics(self, name):
-        with urllib.request.urlopen("http://127.0.0.1:%d/metrics" %
-                                    self.d[name].admin_port, timeout=5) as r:
-            return r.read().decode()
+        """Instance name's /metrics; "" while its admin listener is not
+        up yet (it starts after the "serving" line)."""
+        try:
+            with urllib.request.urlopen("http://127.0.0.1:%d/metrics" %
+                                        self.d[name].admin_port,
+                                        timeout=5) as r:
+                return r.read().decode()
+        except (OSError, http.client.HTTPException):
+            return ""
 
     def holder(self, duty):
         """The live instance whose /metrics says it holds duty, or None."""
