@@ -107,6 +107,11 @@ static const struct ckey ckeys[] = {
 	{ "store", "dir", C_STR, 0, 0, O(store_dir) },
 	{ "store", "sync", C_STR, 0, 0, O(store_sync) },
 
+	/* A lease shorter than 2 s is renewed too often for a slow store;
+	 * longer than 5 minutes leaves duties undone that long. */
+	{ "cluster", "instance", C_STR, 0, 0, O(cluster_instance) },
+	{ "cluster", "lease", C_DURATION, 2000, 300000, O(cluster_lease_ms) },
+
 	{ "outbox", "rate", C_LONG, 1, 1000, O(outbox_rate) },
 	{ "outbox", "chat_interval", C_DURATION, 0, 60000,
 	    O(outbox_chat_interval_ms) },
@@ -254,8 +259,8 @@ loader_section(struct loader *l, const char *s)
 	if (!section_known(name)) {
 		diag_add(l->d, l->c->file, l->line, NULL,
 		    "unknown section [%s]: sections are [bot], [webhook], "
-		    "[polling], [server], [store], [outbox], [admin], [log] "
-		    "and [handler.NAME]",
+		    "[polling], [server], [store], [cluster], [outbox], "
+		    "[state], [admin], [log] and [handler.NAME]",
 		    name);
 		return;
 	}
@@ -551,6 +556,7 @@ config_new(const char *file)
 	c->dedup_size = 16384;
 	c->store_dir = xstrdup("/var/lib/tgwebhookd");
 	c->store_sync = xstrdup("normal");
+	c->cluster_lease_ms = 10000;
 	c->state_scope = xstrdup("chat_user");
 	c->admin_listen = xstrdup("127.0.0.1:9187");
 	c->outbox_rate = 30;
@@ -724,6 +730,46 @@ config_user_uid(const struct config *c)
 	return pw->pw_uid;
 }
 
+/* An instance's name goes into log lines, metrics labels and the store's
+ * leases: a short word. */
+static bool
+instance_valid(const char *s)
+{
+	size_t n = strlen(s);
+
+	return n > 0 && n <= CLUSTER_INSTANCE_MAX && strspn(s,
+	    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+	    "._-") == n;
+}
+
+/* [cluster] instance: set, the daemon is one of several on its store;
+ * unset, it is named after the host (characters outside the allowed ones
+ * become '-'). */
+static void
+cluster_check(struct config *c, struct diag *d)
+{
+	char host[256];
+
+	if (c->cluster_instance != NULL) {
+		c->clustered = true;
+		if (!instance_valid(c->cluster_instance))
+			diag_add(d, c->file, config_line(c, "cluster",
+			    "instance"), "instance", "'%.80s' is not a name of "
+			    "1 to %d letters, digits, '.', '_' or '-': name "
+			    "this instance (e.g. its host name)",
+			    c->cluster_instance, CLUSTER_INSTANCE_MAX);
+		return;
+	}
+	if (gethostname(host, sizeof(host)) == -1 || host[0] == '\0')
+		snprintf(host, sizeof(host), "tgwebhookd");
+	host[sizeof(host) - 1] = '\0';
+	host[CLUSTER_INSTANCE_MAX] = '\0';
+	for (char *p = host; *p != '\0'; p++)
+		if (strchr("._-", *p) == NULL && !isalnum((unsigned char)*p))
+			*p = '-';
+	c->cluster_instance = xstrdup(host);
+}
+
 /* Cross-field rules, run once every key is read. */
 static void
 config_check(struct config *c, struct diag *d)
@@ -876,6 +922,7 @@ config_check(struct config *c, struct diag *d)
 	    strcmp(c->store_sync, "full") != 0)
 		diag_add(d, f, config_line(c, "store", "sync"), "sync",
 		    "'%s' is not normal or full", c->store_sync);
+	cluster_check(c, d);
 	if (state_scope_parse(c->state_scope, &c->state_scope_kind) == -1)
 		diag_add(d, f, config_line(c, "state", "state_scope"),
 		    "state_scope", "'%s' is not chat_user, chat or user",

@@ -86,6 +86,14 @@ struct config {
 	char *store_dir;
 	char *store_sync;	/* "normal" or "full" */
 
+	/* [cluster] */
+#define CLUSTER_INSTANCE_MAX 63
+	char *cluster_instance;	/* this instance's name; the host name
+				 * (made safe) when not set */
+	bool clustered;		/* [cluster] instance set: several
+				 * instances share the store */
+	unsigned cluster_lease_ms;	/* a duty's lease */
+
 	/* [outbox] */
 	long outbox_rate;		/* calls per second, all chats */
 	unsigned outbox_chat_interval_ms;	/* between calls to one chat */

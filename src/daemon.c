@@ -23,6 +23,7 @@
 #include "botapi.h"
 #include "dedup.h"
 #include "dispatch.h"
+#include "duty.h"
 #include "gate.h"
 #include "handlers/plugin.h"
 #include "intake.h"
@@ -111,6 +112,9 @@ struct daemon {
 	struct dedup *dedup;
 	struct intake *intake;
 	struct admin *admin;
+	struct duty *duty;	/* the duties' leases */
+	bool clustered;		/* several instances share the store */
+	bool wh_held;		/* the webhook duty, as the loop last saw */
 	struct bot_identity id;
 	struct cert_info info;	/* the certificate served */
 	char *path, *secret;
@@ -194,12 +198,17 @@ register_webhook(struct daemon *d)
 	const struct config *c = d->c;
 	struct webhook_params wp = { 0 };
 
+	/* Several instances: only the webhook duty's holder registers and
+	 * watches; the others only learn the bot's name. */
+	bool reg = c->register_webhook && duty_held(d->duty, DUTY_WEBHOOK);
+
 	pthread_mutex_lock(&d->mu);
 	webhook_stop(d->wh);
 	d->wh = NULL;
-	d->registering = c->register_webhook;
+	d->registering = reg;
+	d->wh_held = duty_held(d->duty, DUTY_WEBHOOK);
 	pthread_mutex_unlock(&d->mu);
-	if (!c->register_webhook && atomic_load(&d->id.username) != NULL)
+	if (!reg && atomic_load(&d->id.username) != NULL)
 		return;
 	wp.url = webhook_url(c, d->path);
 	wp.secret_token = d->secret;
@@ -210,7 +219,7 @@ register_webhook(struct daemon *d)
 	wp.ip_address = c->ip_address;
 	pthread_mutex_lock(&d->mu);
 	d->wh = webhook_start(botapi_new(c->api_url, d->token,
-	    c->api_timeout_ms), &wp, c->register_webhook, &d->id);
+	    c->api_timeout_ms), &wp, reg, &d->id);
 	pthread_mutex_unlock(&d->mu);
 	free(wp.url);
 }
@@ -222,6 +231,20 @@ static bool
 healthy(struct daemon *d)
 {
 	return now_ms() - outbox_heartbeat(d->outbox) < 10000;
+}
+
+/* The duties this instance takes: the outbox, and its source's. */
+static unsigned
+duties_of(const struct config *c)
+{
+	return 1U << DUTY_OUTBOX | (c->polling ? 1U << DUTY_POLLING :
+	    1U << DUTY_WEBHOOK);
+}
+
+static bool
+duty_wanted(const struct daemon *d, enum duty_kind k)
+{
+	return (duties_of(d->c) & (1U << k)) != 0;
 }
 
 /* For /healthz and /metrics, on the admin thread. */
@@ -256,6 +279,12 @@ probe(void *arg, struct metrics_gauges *g)
 			}
 	}
 	g->registered = registered;
+	snprintf(g->instance, sizeof(g->instance), "%s",
+	    d->c->cluster_instance);
+	g->clustered = d->clustered;
+	for (int k = 0; k < DUTIES; k++)
+		g->duty[k] = duty_wanted(d, (enum duty_kind)k) ?
+		    duty_held(d->duty, (enum duty_kind)k) : -1;
 	g->telegram_pending = st.pending_update_count;
 	g->telegram_last_error = st.last_error_date;
 	g->store_failing_since = store_failing_since(d->store, g->store_error,
@@ -565,6 +594,15 @@ daemon_start(struct daemon *d)
 		fatal("%s", err);
 	log_add_secret(d->path);
 	log_add_secret(d->secret);
+	/* Several instances on one store: the duties through leases, each
+	 * taken now if free, so that the first instance starts with them. */
+	d->clustered = c->clustered || store_shared(d->store);
+	if (d->clustered)
+		log_notice("cluster: instance %s, lease %u ms: sharing the "
+		    "store with other instances", c->cluster_instance,
+		    c->cluster_lease_ms);
+	d->duty = duty_start(d->store, d->clustered, c->cluster_instance,
+	    c->cluster_lease_ms, duties_of(c));
 
 	if (c->tls) {
 		if (daemon_certificate(c, true, &d->info, &diag) != 0)
@@ -611,6 +649,8 @@ daemon_start(struct daemon *d)
 	    .max_pending = c->outbox_max_pending,
 	    .keep_dead_ms = c->outbox_keep_dead_ms,
 	    .keep_held_ms = c->outbox_keep_held_ms,
+	    .duty = d->clustered ? d->duty : NULL,
+	    .shared = d->clustered,
 	});
 	/* Polling has no webhook answer: reply_deadline 0 makes every call
 	 * a follow-up (the first one first) and holds a slow handler's
@@ -624,6 +664,11 @@ daemon_start(struct daemon *d)
 	replay_held(d);
 	d->dedup = dedup_new((size_t)c->dedup_size);
 	d->intake = intake_new(d->dedup, d->dispatch, d->runner, &d->id);
+	/* A claim lasts until the update is answered: within reply_deadline,
+	 * and Telegram waits 60 s at most for an answer. */
+	if (d->clustered)
+		intake_set_cluster(d->intake, d->store, c->cluster_instance,
+		    (int64_t)c->reply_deadline_ms + 60000);
 	if (c->polling) {
 		d->poller = poller_start(&(struct poller_opts){
 		    .api_url = c->api_url,
@@ -635,6 +680,7 @@ daemon_start(struct daemon *d)
 		    .allowed_updates = c->allowed_updates,
 		    .store = d->store,
 		    .intake = d->intake,
+		    .duty = d->clustered ? d->duty : NULL,
 		}, err, sizeof(err));
 		if (d->poller == NULL)
 			fatal("[store] dir: %s", err);
@@ -681,7 +727,7 @@ warn_restart_keys(const struct config *a, const struct config *b)
 		"api_url", "threads", "handler_threads", "max_clients",
 		"per_ip_limit", "connection_timeout", "dedup_size", "max_body",
 		"reply_deadline", "[outbox]", "registration", "chat_queue",
-		"source", "[polling]", "[state]" };
+		"source", "[polling]", "[state]", "[cluster]" };
 	bool diff[nitems(keys)] = { 0 };
 	char list[512] = "";
 #define STR_DIFF(x, y) (strcmp((x) ? (x) : "", (y) ? (y) : "") != 0)
@@ -728,6 +774,9 @@ warn_restart_keys(const struct config *a, const struct config *b)
 	    a->poll_takeover != b->poll_takeover;
 	diff[22] = a->state_scope_kind != b->state_scope_kind ||
 	    a->state_ttl_ms != b->state_ttl_ms;
+	diff[23] = STR_DIFF(a->cluster_instance, b->cluster_instance) ||
+	    a->clustered != b->clustered ||
+	    a->cluster_lease_ms != b->cluster_lease_ms;
 #undef STR_DIFF
 	for (size_t i = 0; i < nitems(keys); i++)
 		if (diff[i]) {
@@ -790,6 +839,9 @@ keep_running_values(const struct config *old, struct config *nc)
 	KEEP(register_webhook);
 	KEEP(max_connections);
 	KEEP(drop_pending_updates);
+	KEEP_STR(cluster_instance);
+	KEEP(clustered);
+	KEEP(cluster_lease_ms);
 #undef KEEP
 #undef KEEP_STR
 }
@@ -950,6 +1002,10 @@ daemon_loop(struct daemon *d, const sigset_t *sigs)
 		}
 		if (sig == SIGHUP)
 			daemon_reload(d);
+		/* The webhook duty moved: register (and watch) or stop. */
+		if (d->clustered && !d->c->polling &&
+		    duty_held(d->duty, DUTY_WEBHOOK) != d->wh_held)
+			register_webhook(d);
 		update_status(d);
 		if (d->watchdog_ms != 0 && now_ms() >= next_ping &&
 		    healthy(d)) {
@@ -964,17 +1020,24 @@ static void
 daemon_stop(struct daemon *d)
 {
 	admin_stop(d->admin);
-	/* The poll ends at once; the batch in hand is answered. */
+	/* The poll ends at once; the batch in hand is answered.  Each duty
+	 * is given up as soon as its work has stopped, so that another
+	 * instance takes it over at once. */
 	poller_stop(d->poller);
+	duty_drop(d->duty, DUTY_POLLING);
 	if (d->srv != NULL) {
 		server_quiesce(d->srv);
 		drain(d->srv, d->c->shutdown_timeout_ms);
 	}
 	webhook_stop(d->wh);
+	duty_drop(d->duty, DUTY_WEBHOOK);
 	server_stop(d->srv);
 	runner_free(d->runner);
 	intake_free(d->intake);
-	outbox_stop(d->outbox, d->c->shutdown_timeout_ms);
+	/* Clustered, another instance sends what is left: stop at once
+	 * (calls in flight finish). */
+	outbox_stop(d->outbox, d->clustered ? 0 : d->c->shutdown_timeout_ms);
+	duty_stop(d->duty);
 	dedup_free(d->dedup);
 	dispatch_free(d->dispatch);
 	store_close(d->store);

@@ -10,6 +10,13 @@
  * user lets go.  An update the runner could not take is forgotten by
  * dedup, so that its next delivery is handled as new: the rule that makes
  * a webhook's 503 and a poller's retry safe.
+ *
+ * Several instances on one store: dedup in memory sees only this
+ * instance's deliveries, so a new id is also claimed in the store.  Ours:
+ * handled, and marked done once answered.  Done elsewhere: a duplicate.
+ * Being handled elsewhere, or the store failing: busy (503, Telegram
+ * delivers it again).  Where dedup forgets an id, the claim is given
+ * back too.
  */
 #include "intake.h"
 
@@ -26,6 +33,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "runner.h"
+#include "store.h"
 #include "update.h"
 #include "util.h"
 #include "webhook.h"
@@ -37,6 +45,9 @@ struct intake {
 	struct dedup *dd;
 	struct runner *r;
 	struct bot_identity *id;
+	struct store *store;	/* clustered: claims; NULL: none */
+	char *instance;
+	int64_t claim_ttl_ms;
 };
 
 /* An update whose handler runs on a handler thread. */
@@ -76,6 +87,7 @@ intake_free(struct intake *in)
 		return;
 	dispatch_unref(in->t);
 	pthread_rwlock_destroy(&in->lock);
+	free(in->instance);
 	free(in);
 }
 
@@ -92,11 +104,81 @@ intake_swap(struct intake *in, struct dispatch *t)
 	dispatch_unref(old);
 }
 
+void
+intake_set_cluster(struct intake *in, struct store *s, const char *instance,
+    int64_t ttl_ms)
+{
+	in->store = s;
+	free(in->instance);
+	in->instance = xstrdup(instance);
+	in->claim_ttl_ms = ttl_ms;
+}
+
+/* Clustered: gives back this instance's claim of an update not handled. */
+static void
+unclaim(struct intake *in, int64_t update_id)
+{
+	char err[512];
+
+	if (in->store != NULL && store_update_unclaim(in->store, update_id,
+	    in->instance, err, sizeof(err)) == -1)
+		log_warn("update %" PRId64 ": %s (another instance takes it "
+		    "when the claim expires)", update_id, err);
+}
+
+/* Clustered: the update is answered, its calls committed. */
+static void
+claim_done(struct intake *in, int64_t update_id)
+{
+	char err[512];
+
+	if (in->store != NULL && store_update_done(in->store, update_id, err,
+	    sizeof(err)) == -1)
+		log_warn("update %" PRId64 ": handled, but %s (a redelivery "
+		    "after the claim expires could be handled again)",
+		    update_id, err);
+}
+
+/*
+ * Clustered: claims a new id.  0: ours, handle it.  1: answered (res
+ * filled, done() still to call): a duplicate, or busy.
+ */
+static int
+claim(struct intake *in, const struct update *u, struct intake_result *res)
+{
+	char err[512];
+	int c;
+
+	if (in->store == NULL)
+		return 0;
+	c = store_update_claim(in->store, u->id, in->instance,
+	    in->claim_ttl_ms, err, sizeof(err));
+	if (c == STORE_CLAIM_OURS)
+		return 0;
+	if (c == STORE_CLAIM_DONE) {
+		log_info("update %" PRId64 ": already handled (by this or "
+		    "another instance); answered 200 again", u->id);
+		metrics_update(u->type_index, MU_DUPLICATE);
+		return 1;
+	}
+	if (c == STORE_CLAIM_BUSY)
+		log_info("update %" PRId64 ": another instance is handling it; "
+		    "answered busy (Telegram delivers it again)", u->id);
+	else
+		log_err("update %" PRId64 ": %s; answered busy (Telegram "
+		    "delivers it again)", u->id, err);
+	dedup_forget(in->dd, u->id);
+	metrics_update(u->type_index, MU_RETRY);
+	res->status = INTAKE_BUSY;
+	return 1;
+}
+
 /* Not handled: let the next delivery count as new. */
 static void
 forget(struct intake *in, struct intake_result *res, int type_index)
 {
 	dedup_forget(in->dd, res->update_id);
+	unclaim(in, res->update_id);
 	metrics_update(type_index, MU_RETRY);
 	res->status = INTAKE_BUSY;
 }
@@ -111,6 +193,8 @@ on_ready(void *arg)
 
 	if (runner_finish(p->job, &res.answer) == -1)
 		forget(p->in, &res, p->type_index);
+	else
+		claim_done(p->in, p->update_id);
 	p->cb.done(p->cb.arg, &res);
 	free(p);
 }
@@ -149,6 +233,12 @@ intake_submit(struct intake *in, char *body, size_t len,
 		cb->done(cb->arg, &res);
 		return;
 	}
+	if (claim(in, u, &res) == 1) {
+		update_free(u);
+		free(body);
+		cb->done(cb->arg, &res);
+		return;
+	}
 	if (u->type_index == -1)
 		log_debug("update %" PRId64 ": type '%s' is unknown to this "
 		    "version; answered 200", u->id, u->type);
@@ -163,6 +253,7 @@ intake_submit(struct intake *in, char *body, size_t len,
 	pthread_rwlock_unlock(&in->lock);
 	switch (started) {
 	case RUNNER_DONE:
+		claim_done(in, res.update_id);
 		cb->done(cb->arg, &res);
 		return;
 	case RUNNER_BUSY:
@@ -205,6 +296,13 @@ intake_undelivered(struct intake *in, int64_t update_id, int type_index,
 	if (runner_undelivered(in->r, update_id, answer) == 0)
 		return 0;
 	dedup_forget(in->dd, update_id);
+	/* The store marked it done when it was answered, and has no way
+	 * back (store.h): with the store failing now, a redelivery to any
+	 * instance is answered as a duplicate. */
+	if (in->store != NULL)
+		log_err("update %" PRId64 ": its answer was lost and the store "
+		    "cannot queue it; marked handled in the store, so a "
+		    "redelivery is not handled again", update_id);
 	metrics_update(type_index, MU_RETRY);
 	return -1;
 }

@@ -16,6 +16,7 @@ struct bot_identity;
 struct dedup;
 struct dispatch;
 struct runner;
+struct store;
 
 struct intake;
 
@@ -53,6 +54,13 @@ struct intake_cb {
  * to the table t is taken. */
 struct intake *intake_new(struct dedup *dd, struct dispatch *t,
     struct runner *r, struct bot_identity *id);
+/* Several instances on one store: each new update id is claimed in s
+ * for instance (for ttl_ms, the longest it takes to answer) before it is
+ * handled, and marked done once answered; an id another instance handles
+ * or handled is answered busy or as a duplicate.  s is lent.
+ * Call before the first submit. */
+void intake_set_cluster(struct intake *in, struct store *s,
+    const char *instance, int64_t ttl_ms);
 /* Drops the table reference and frees in.  Call after every done(). */
 void intake_free(struct intake *in);
 /* Updates submitted from now on use table t (a reference is taken);

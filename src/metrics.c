@@ -289,5 +289,18 @@ metrics_render(const struct metrics_gauges *g)
 		    "tgwebhookd_poll_conflict %d\n", g->polls, g->poll_errors,
 		    (double)g->poll_last_ok_ms / 1000.0, g->poll_offset,
 		    g->poll_conflict ? 1 : 0);
+	/* the name is [A-Za-z0-9._-] (config.c): no escaping */
+	buf_printf(&b, "# HELP tgwebhookd_instance_info This instance "
+	    "([cluster] instance) and whether several share its store (1).\n"
+	    "# TYPE tgwebhookd_instance_info gauge\n"
+	    "tgwebhookd_instance_info{instance=\"%s\",clustered=\"%s\"} 1\n"
+	    "# HELP tgwebhookd_duty_held 1 while this instance holds the "
+	    "duty (of several instances, one does).\n"
+	    "# TYPE tgwebhookd_duty_held gauge\n", g->instance, g->clustered ?
+	    "yes" : "no");
+	for (int k = 0; k < DUTIES; k++)
+		if (g->duty[k] >= 0)
+			buf_printf(&b, "tgwebhookd_duty_held{duty=\"%s\"} %d\n",
+			    duty_name((enum duty_kind)k), g->duty[k]);
 	return buf_steal(&b);
 }

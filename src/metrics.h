@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 #include "botapi.h"
+#include "duty.h"
 #include "store.h"
 
 enum metric_update {
@@ -63,6 +64,10 @@ struct metrics_gauges {
 	char poll_error[256];		/* "" when the last poll worked */
 	char webhook_mismatch[256];	/* how Telegram's webhook is not
 					 * ours, or "" */
+	char instance[64];		/* [cluster] instance */
+	bool clustered;
+	signed char duty[DUTIES];	/* 1: held, 0: another instance
+					 * holds it, -1: not this source's */
 };
 
 /* The Prometheus text exposition (caller frees). */

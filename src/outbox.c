@@ -48,6 +48,7 @@
 
 #include "botapi.h"
 #include "calls.h"
+#include "duty.h"
 #include "log.h"
 #include "metrics.h"
 #include "store.h"
@@ -58,6 +59,7 @@
 				 * wait in the store */
 #define QUEUE_MEMORY 8		/* calls of one chat's queue in memory */
 #define RELOAD_MS 1000		/* look for rows other processes added */
+#define WATCH_MS 500		/* one store_calls_wait() */
 #define PRUNE_MS 60000
 #define SWEEP_MS 30000
 #define BACKOFF_MIN_MS 1000
@@ -121,6 +123,8 @@ struct outbox {
 	struct store *store;
 	struct botapi_multi *api;
 	pthread_t thread;
+	pthread_t watcher;	/* o.shared: store_calls_wait() */
+	bool active;		/* holds the outbox duty (sender thread) */
 	atomic_bool wake;
 	atomic_bool stopping;
 	atomic_size_t held;
@@ -1134,6 +1138,102 @@ prune(struct outbox *o)
 		    "keep_delivered, keep_dead and keep_held", n);
 }
 
+/*
+ * Empties memory: every chat, queue and call read (they stay in the
+ * store), and the lanes' cursors, so that the next load reads from the
+ * start.  Nothing may be in flight.
+ */
+static void
+forget_all(struct outbox *o)
+{
+	/* Calls of their own first: they are only in the heaps, which are
+	 * emptied as they are read. */
+	for (int l = 0; l < LANES; l++) {
+		struct heap *h = &o->heaps[l];
+
+		for (size_t i = 0; i < h->n; i++) {
+			h->v[i]->heap_pos = SIZE_MAX;
+			if (h->v[i]->chat == NULL)
+				queue_free(o, h->v[i]);
+		}
+		h->n = 0;
+	}
+	for (size_t b = 0; b < BUCKETS; b++)
+		while (o->buckets[b] != NULL) {
+			struct chat *c = o->buckets[b];
+
+			o->buckets[b] = c->hnext;
+			for (int l = 0; l < LANES; l++)
+				if (c->q[l] != NULL)
+					queue_free(o, c->q[l]);
+			chat_free(c);
+		}
+	for (int l = 0; l < LANES; l++) {
+		o->cursor[l] = 0;
+		o->more_in_store[l] = false;
+	}
+}
+
+/*
+ * Whether this instance sends now.  Gaining the duty: a pause of
+ * chat_interval, since the last holder may have just sent to a chat.
+ * Losing it: no call starts any more; memory is forgotten once the calls
+ * in flight are done.
+ */
+static bool
+holding(struct outbox *o)
+{
+	bool held = duty_held(o->o.duty, DUTY_OUTBOX);
+
+	if (held && !o->active) {
+		uint64_t after = now_us() + (uint64_t)o->o.chat_interval_ms *
+		    1000;
+
+		o->active = true;
+		if (o->o.duty != NULL && o->next_send_us < after)
+			o->next_send_us = o->next_paid_us = after;
+		atomic_store(&o->wake, true);
+	} else if (!held && o->active &&
+	    botapi_multi_running(o->api) == 0) {
+		o->active = false;
+		forget_all(o);
+		flush_outcomes(o);
+		log_notice("outbox: not sending: another instance holds the "
+		    "outbox duty (calls are queued in the store for it)");
+	}
+	return held;
+}
+
+/* o.shared: wakes the sender when another instance queued calls. */
+static void *
+watcher(void *arg)
+{
+	struct outbox *o = arg;
+	char err[512];
+	bool failing = false;
+
+	while (!atomic_load(&o->stopping)) {
+		int rc;
+
+		if (!duty_held(o->o.duty, DUTY_OUTBOX)) {
+			usleep(WATCH_MS * 1000);
+			continue;
+		}
+		rc = store_calls_wait(o->store, WATCH_MS, err, sizeof(err));
+		if (rc == 1) {
+			atomic_store(&o->wake, true);
+			botapi_multi_wakeup(o->api);
+		} else if (rc == -1) {
+			/* the sender's reload still runs every second */
+			if (!failing)
+				log_warn("outbox: %s", err);
+			usleep(WATCH_MS * 1000);
+		}
+		failing = rc == -1;
+	}
+	return NULL;
+}
+
 static void *
 sender(void *arg)
 {
@@ -1148,7 +1248,7 @@ sender(void *arg)
 		uint64_t now = now_ms();
 		struct botapi_result r;
 		uint64_t tag;
-		bool low = false;
+		bool low = false, held;
 
 		atomic_store(&o->beat, now);
 		for (int l = 0; l < LANES; l++)
@@ -1167,8 +1267,9 @@ sender(void *arg)
 			}
 			next_count = now + RELOAD_MS;
 		}
-		if (atomic_exchange(&o->wake, false) || now >= next_reload ||
-		    low) {
+		held = holding(o);
+		if (held && (atomic_exchange(&o->wake, false) ||
+		    now >= next_reload || low)) {
 			load(o);
 			next_reload = now + RELOAD_MS;
 		}
@@ -1178,9 +1279,11 @@ sender(void *arg)
 		    botapi_multi_running(o->api) == 0 && (now >= o->stop_by ||
 		    nothing_before(o, o->stop_by)))
 			break;
-		if (!atomic_load(&o->stopping) || now < o->stop_by)
+		if (held && (!atomic_load(&o->stopping) || now < o->stop_by))
 			dispatch(o);
-		botapi_multi_wait(o->api, wait_ms(o));
+		/* not holding: only calls in flight to wait for, whatever
+		 * the heaps say is due */
+		botapi_multi_wait(o->api, held ? wait_ms(o) : 200);
 		while (botapi_multi_done(o->api, &tag, &r)) {
 			struct item *it = (struct item *)(uintptr_t)tag;
 
@@ -1191,7 +1294,8 @@ sender(void *arg)
 		flush_outcomes(o);
 		now = now_ms();
 		if (now >= next_prune) {
-			prune(o);
+			if (held)
+				prune(o);
 			next_prune = now + PRUNE_MS;
 		}
 		if (now >= next_sweep) {
@@ -1224,6 +1328,8 @@ outbox_start(struct store *s, const struct outbox_opts *opts)
 	atomic_store(&o->beat, now_ms());
 	if (pthread_create(&o->thread, NULL, sender, o) != 0)
 		fatal("outbox: cannot start the sender thread");
+	if (o->o.shared && pthread_create(&o->watcher, NULL, watcher, o) != 0)
+		fatal("outbox: cannot start the store watcher thread");
 	return o;
 }
 
@@ -1426,9 +1532,9 @@ outbox_unsent(struct outbox *o, const char *chat, char *err, size_t errlen)
 	 * process queues into a store of ours alone (--broadcast, bulk,
 	 * which conversation calls overtake anyway; --retry-dead) are seen
 	 * by the next count.  A store other instances write
-	 * (shared_store) is always asked: their calls are the order.
+	 * (shared) is always asked: their calls are the order.
 	 */
-	if (!o->o.shared_store &&
+	if (!o->o.shared &&
 	    atomic_load(&o->none_since) == atomic_load(&o->queued))
 		return 0;
 	return store_calls_unsent(o->store, chat, err, errlen);
@@ -1476,32 +1582,13 @@ outbox_stop(struct outbox *o, unsigned timeout_ms)
 	atomic_store(&o->stopping, true);
 	botapi_multi_wakeup(o->api);
 	pthread_join(o->thread, NULL);
+	if (o->o.shared)
+		pthread_join(o->watcher, NULL);
 	flush_outcomes(o);
 	left = o->in_memory;
 	for (int l = 0; l < LANES; l++)
 		more = more || o->more_in_store[l];
-	/* Calls of their own first: they are only in the heaps, which are
-	 * emptied as they are read. */
-	for (int l = 0; l < LANES; l++) {
-		struct heap *h = &o->heaps[l];
-
-		for (size_t i = 0; i < h->n; i++) {
-			h->v[i]->heap_pos = SIZE_MAX;
-			if (h->v[i]->chat == NULL)
-				queue_free(o, h->v[i]);
-		}
-		h->n = 0;
-	}
-	for (size_t b = 0; b < BUCKETS; b++)
-		while (o->buckets[b] != NULL) {
-			struct chat *c = o->buckets[b];
-
-			o->buckets[b] = c->hnext;
-			for (int l = 0; l < LANES; l++)
-				if (c->q[l] != NULL)
-					queue_free(o, c->q[l]);
-			chat_free(c);
-		}
+	forget_all(o);
 	if (left > 0 || more)
 		log_notice("outbox: %zu%s call(s) wait in the store; they are "
 		    "sent after the next start", left, more ? "+" : "");

@@ -62,12 +62,23 @@ struct outbox_opts {
 					 * (0: OUTBOX_KEEP_DEAD_MS) */
 	unsigned keep_held_ms;		/* held updates never released
 					 * (0: OUTBOX_KEEP_HELD_MS) */
-	bool shared_store;		/* other instances queue calls into
-					 * the store: outbox_unsent() always
-					 * asks it */
+	struct duty *duty;		/* sends only while this instance
+					 * holds DUTY_OUTBOX (duty.h); NULL:
+					 * always */
+	bool shared;			/* other instances queue calls too:
+					 * woken by store_calls_wait(), and
+					 * outbox_unsent() always asks the
+					 * store */
 };
 
-/* Starts the sender, which first takes up what the store still holds. */
+/* Starts the sender, which first takes up what the store still holds.
+ * With several instances, only the holder of the outbox duty sends, so
+ * that Telegram's limits are one budget and each chat's order holds; the
+ * others only queue.  A sender that loses the duty stops starting calls
+ * at once and forgets what it read (the store keeps it, and the next
+ * holder sends it, calls in flight at the change again: at least once);
+ * one that gains it waits chat_interval first, so that the last holder's
+ * last message to a chat and its first are that far apart. */
 struct outbox *outbox_start(struct store *s, const struct outbox_opts *o);
 /* Durably queues the calls of `calls` (a JSON array) from index `from`
  * on, made for update_id: the n-th call is keyed (update_id, n), so the

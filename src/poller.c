@@ -19,6 +19,13 @@
  *
  * The wait is curl multi's, woken by poller_stop(): a 50 s poll never
  * holds up a stop.
+ *
+ * Several instances: only the holder of the polling duty polls (two
+ * getUpdates at once end one with 409).  One that gains it reads the
+ * offset the last holder kept; one that loses it abandons its poll at
+ * once and hands nothing of it to intake (what was not confirmed comes
+ * again to the next holder; intake's claims keep anything from being
+ * handled twice).
  */
 #include "poller.h"
 
@@ -33,6 +40,7 @@
 #include <string.h>
 
 #include "botapi.h"
+#include "duty.h"
 #include "intake.h"
 #include "log.h"
 #include "metrics.h"
@@ -45,6 +53,7 @@
  * timeout at the latest; the margin is the network's. */
 #define HTTP_MARGIN_MS 15000U
 #define OFFSET_NAME "polling"
+#define STANDBY_MS 200		/* how often a non-holder looks at its duty */
 
 /* One update of the batch in hand and intake's answer to it. */
 struct slot {
@@ -64,6 +73,7 @@ struct poller {
 	pthread_cond_t cv;	/* intake's answers; naps */
 	atomic_bool stopping;
 	bool took_over;		/* deleteWebhook was called */
+	bool holding;		/* of the polling duty, as last seen */
 	int64_t offset;
 	size_t answered;	/* of the batch in hand */
 	struct poller_state st;
@@ -262,9 +272,12 @@ conflict(struct poller *p, const struct botapi_result *r,
 	return wait;
 }
 
+static void abandon(struct poller *);
+
 /* One getUpdates call, waited for while not stopping.  0 with r, or -1
  * when stopping (the call is abandoned: nothing it returns is confirmed,
- * so the next start asks for it again). */
+ * so the next start asks for it again), 1 when the polling duty was lost
+ * (abandoned as well). */
 static int
 poll_once(struct poller *p, struct botapi_result *r)
 {
@@ -278,13 +291,77 @@ poll_once(struct poller *p, struct botapi_result *r)
 	botapi_multi_start(p->m, 1, "getUpdates", body);
 	free(body);
 	while (!atomic_load(&p->stopping)) {
-		botapi_multi_wait(p->m, 1000);
+		if (!duty_held(p->o.duty, DUTY_POLLING)) {
+			abandon(p);
+			return 1;
+		}
+		botapi_multi_wait(p->m, p->o.duty != NULL ? STANDBY_MS : 1000);
 		if (botapi_multi_done(p->m, &tag, r)) {
 			metrics_botapi("getUpdates", r->status);
+			/* lost while the answer came: the next holder asks
+			 * for it again */
+			if (!duty_held(p->o.duty, DUTY_POLLING)) {
+				botapi_result_clear(r);
+				return 1;
+			}
 			return 0;
 		}
 	}
 	return -1;
+}
+
+/* Drops the poll in flight: a new multi handle (under mu, since
+ * poller_stop() wakes the current one). */
+static void
+abandon(struct poller *p)
+{
+	struct botapi_multi *m = botapi_multi_new(p->o.api_url, p->o.token,
+	    p->o.timeout_ms + HTTP_MARGIN_MS), *old;
+
+	pthread_mutex_lock(&p->mu);
+	old = p->m;
+	p->m = m;
+	pthread_mutex_unlock(&p->mu);
+	botapi_multi_free(old);
+}
+
+/*
+ * Waits until this instance holds the polling duty; on gaining it, takes
+ * the offset the last holder kept.  true if stopping.
+ */
+static bool
+standby(struct poller *p)
+{
+	char err[512];
+	int64_t next;
+	int rc;
+
+	while (!duty_held(p->o.duty, DUTY_POLLING)) {
+		if (p->holding)
+			log_notice("getUpdates: not polling: another instance "
+			    "holds the polling duty");
+		p->holding = false;
+		if (nap(p, STANDBY_MS))
+			return true;
+	}
+	if (p->holding)
+		return false;
+	p->holding = true;
+	if ((rc = store_offset_get(p->o.store, OFFSET_NAME, &next, err,
+	    sizeof(err))) == -1) {
+		/* from the offset in memory: intake's claims keep what
+		 * was handled from being handled again */
+		log_err("getUpdates: %s; polling from offset %" PRId64,
+		    err, p->offset);
+		return false;
+	}
+	pthread_mutex_lock(&p->mu);
+	if (rc == 0 && next > p->offset)
+		p->offset = p->st.offset = next;
+	pthread_mutex_unlock(&p->mu);
+	log_notice("getUpdates: this instance holds the polling duty: polling "
+	    "from offset %" PRId64, p->offset);
+	return false;
 }
 
 static void *
@@ -297,8 +374,14 @@ poller_thread(void *arg)
 		struct botapi_result r;
 		unsigned long wait = 0;
 
-		if (poll_once(p, &r) == -1)
+		int rc;
+
+		if (p->o.duty != NULL && standby(p))
 			break;
+		if ((rc = poll_once(p, &r)) == -1)
+			break;
+		if (rc == 1)
+			continue;
 		switch (r.status) {
 		case BOTAPI_OK:
 			if (!json_is_array(r.result)) {
@@ -410,8 +493,8 @@ poller_stop(struct poller *p)
 	pthread_mutex_lock(&p->mu);
 	atomic_store(&p->stopping, true);
 	pthread_cond_broadcast(&p->cv);
-	pthread_mutex_unlock(&p->mu);
 	botapi_multi_wakeup(p->m);
+	pthread_mutex_unlock(&p->mu);
 	pthread_join(p->thread, NULL);
 	botapi_multi_free(p->m);
 	pthread_cond_destroy(&p->cv);

@@ -28,6 +28,9 @@ struct poller_opts {
 	const char *allowed_updates;	/* comma list, or NULL */
 	struct store *store;	/* lent */
 	struct intake *intake;	/* lent */
+	struct duty *duty;	/* polls only while this instance holds
+				 * DUTY_POLLING (duty.h), from the offset
+				 * in the store; NULL: always */
 };
 
 struct poller;

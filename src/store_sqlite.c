@@ -21,6 +21,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <unistd.h>
 
 #include "log.h"
 #include "util.h"
@@ -162,7 +163,16 @@ static const char schema[] =
     " name TEXT NOT NULL,"
     " data TEXT NOT NULL CHECK (json_valid(data)),"
     " expires INTEGER NOT NULL DEFAULT 0,"
-    " update_id INTEGER NOT NULL DEFAULT 0);";
+    " update_id INTEGER NOT NULL DEFAULT 0);"
+    "CREATE TABLE IF NOT EXISTS claims ("
+    " update_id INTEGER PRIMARY KEY,"
+    " instance TEXT NOT NULL,"
+    " until INTEGER NOT NULL,"
+    " done INTEGER NOT NULL DEFAULT 0);"
+    "CREATE TABLE IF NOT EXISTS leases ("
+    " duty TEXT PRIMARY KEY,"
+    " instance TEXT NOT NULL,"
+    " until INTEGER NOT NULL);";
 
 /*
  * Schema version 1 gave calls a lane.  A store of version 0 holds
@@ -183,15 +193,16 @@ static const char migrate_lanes[] =
     "COMMIT;";
 
 /*
- * Schema version 2 added the states table (conversation state).  It is
- * new, so the schema's CREATE TABLE IF NOT EXISTS makes it in a store of
- * an older version and no rows need converting.
+ * Schema version 2 added the states table (conversation state), version 3
+ * the claims and leases tables (several instances on one store).  They
+ * are new, so the schema's CREATE TABLE IF NOT EXISTS makes them in a
+ * store of an older version and no rows need converting.
  */
 static const char indexes[] =
     "CREATE INDEX IF NOT EXISTS calls_lane ON calls(state, lane, id);"
     "CREATE INDEX IF NOT EXISTS calls_queue ON "
     " calls(state, lane, chat, id);"
-    "PRAGMA user_version = 2;";
+    "PRAGMA user_version = 3;";
 
 /* Brings an older store to the current schema.  0, or -1 with *msg. */
 static int
@@ -1025,12 +1036,14 @@ held_to_dead(struct store *s, int64_t before, char *err, size_t errlen)
 	return n;
 }
 
+static long claims_prune(struct store *, char *, size_t);
+
 long
 store_prune(struct store *s, const struct store_keep *k, char *err,
     size_t errlen)
 {
 	int64_t now = wall_ms();
-	long a, b, c, d, e;
+	long a, b, c, d, e, f;
 
 	if ((a = store_calls_purge(s, STORE_CALL_DELIVERED, now -
 	    (int64_t)k->delivered_ms, err, errlen)) < 0 ||
@@ -1039,9 +1052,10 @@ store_prune(struct store *s, const struct store_keep *k, char *err,
 	    (c = store_dead_updates_purge(s, (now - (int64_t)k->dead_ms) /
 	    1000, err, errlen)) < 0 ||
 	    (d = held_to_dead(s, now - (int64_t)k->held_ms, err, errlen)) < 0 ||
-	    (e = store_states_expire(s, now, err, errlen)) < 0)
+	    (e = store_states_expire(s, now, err, errlen)) < 0 ||
+	    (f = claims_prune(s, err, errlen)) < 0)
 		return -1;
-	return a + b + c + d + e;
+	return a + b + c + d + e + f;
 }
 
 long
@@ -1277,4 +1291,256 @@ out:
 	sqlite3_finalize(st);
 	pthread_mutex_unlock(&s->mu);
 	return ret;
+}
+
+/*
+ * Several instances on one SQLite store (one machine: a zero-downtime
+ * restart, or instances side by side): claims and leases are rows,
+ * written under BEGIN IMMEDIATE, so that two processes never both win.
+ * Their times are SQLite's own clock (NOW_MS), the one the instances
+ * share.  Wake-ups between processes: SQLite has no notification, so
+ * store_calls_wait() polls PRAGMA data_version (which changes when
+ * another connection commits) in short steps, and reads the calls'
+ * AUTOINCREMENT counter only when it changed.
+ */
+#define NOW_MS "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)"
+#define WAIT_STEP_MS 25
+
+bool
+store_shared(const struct store *s)
+{
+	/* A SQLite store is one machine's: several instances share it only
+	 * when told so ([cluster] instance). */
+	(void)s;
+	return false;
+}
+
+/* Runs sql (binding ?1 an int64, ?2 and ?3 texts, ?4 an int64) inside the
+ * current transaction; with col >= 0 the first row's column col is put
+ * in *num (or copied into text, if not NULL) and 1 returned, 0 if no row.
+ * -1 on failure (SQLite's error left for failed()). */
+static int
+cluster_step(struct store *s, const char *sql, int64_t a, const char *b,
+    const char *c, int64_t d, int col, int64_t *num, char *text,
+    size_t textlen)
+{
+	sqlite3_stmt *st = NULL;
+	int rc, ret = -1;
+
+	if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK)
+		return -1;
+	if (sqlite3_bind_parameter_count(st) >= 1)
+		sqlite3_bind_int64(st, 1, a);
+	if (sqlite3_bind_parameter_count(st) >= 2)
+		sqlite3_bind_text(st, 2, b, -1, SQLITE_STATIC);
+	if (sqlite3_bind_parameter_count(st) >= 3)
+		sqlite3_bind_text(st, 3, c, -1, SQLITE_STATIC);
+	if (sqlite3_bind_parameter_count(st) >= 4)
+		sqlite3_bind_int64(st, 4, d);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW && col >= 0) {
+		if (num != NULL)
+			*num = sqlite3_column_int64(st, col);
+		if (text != NULL)
+			snprintf(text, textlen, "%s", sqlite3_column_text(st,
+			    col) ? (const char *)sqlite3_column_text(st, col) :
+			    "");
+		ret = 1;
+	} else if (rc == SQLITE_DONE) {
+		ret = 0;
+	}
+	sqlite3_finalize(st);
+	return ret;
+}
+
+int
+store_update_claim(struct store *s, int64_t update_id, const char *instance,
+    int64_t ttl_ms, char *err, size_t errlen)
+{
+	int64_t state = 0;
+	int rc, ret = -1;
+
+	pthread_mutex_lock(&s->mu);
+	if (begin(s) == -1) {
+		failed(s, true, err, errlen, "claiming update %lld",
+		    (long long)update_id);
+		goto out;
+	}
+	/* 0: ours now (new, ours already, or another's that expired), 1:
+	 * done, 2: another's, still running. */
+	rc = cluster_step(s, "SELECT CASE WHEN done THEN 1"
+	    " WHEN instance = ?2 OR until <= " NOW_MS " THEN 0 ELSE 2 END"
+	    " FROM claims WHERE update_id = ?1", update_id, instance, NULL, 0,
+	    0, &state, NULL, 0);
+	if (rc == 0 || (rc == 1 && state == 0))
+		rc = cluster_step(s, "INSERT INTO claims(update_id, instance,"
+		    " until) VALUES (?1, ?2, " NOW_MS " + ?4)"
+		    " ON CONFLICT(update_id) DO UPDATE SET"
+		    " instance = excluded.instance, until = excluded.until",
+		    update_id, instance, NULL, ttl_ms, -1, NULL, NULL, 0);
+	if (rc == -1)
+		failed(s, true, err, errlen, "claiming update %lld",
+		    (long long)update_id);
+	if (commit(s, rc == -1 ? -1 : 0, err, errlen, "claiming an update") ==
+	    0)
+		ret = (int)state;
+out:
+	pthread_mutex_unlock(&s->mu);
+	return ret;
+}
+
+/* One statement of the cluster's in its own transaction.  0 or -1. */
+static int
+cluster_exec(struct store *s, const char *what, const char *sql, int64_t a,
+    const char *b, const char *c, int64_t d, char *err, size_t errlen)
+{
+	int rc;
+
+	pthread_mutex_lock(&s->mu);
+	rc = cluster_step(s, sql, a, b, c, d, -1, NULL, NULL, 0) == -1 ? -1 :
+	    0;
+	if (rc == -1)
+		failed(s, true, err, errlen, "%s", what);
+	else
+		wrote(s);
+	pthread_mutex_unlock(&s->mu);
+	return rc;
+}
+
+int
+store_update_done(struct store *s, int64_t update_id, char *err,
+    size_t errlen)
+{
+	/* until is when it was done: store_prune counts the keep from it */
+	return cluster_exec(s, "marking an update handled",
+	    "INSERT INTO claims(update_id, instance, until, done)"
+	    " VALUES (?1, '', " NOW_MS ", 1) ON CONFLICT(update_id) DO UPDATE"
+	    " SET done = 1, until = excluded.until", update_id, NULL, NULL, 0,
+	    err, errlen);
+}
+
+int
+store_update_unclaim(struct store *s, int64_t update_id, const char *instance,
+    char *err, size_t errlen)
+{
+	return cluster_exec(s, "giving back an update's claim",
+	    "DELETE FROM claims WHERE update_id = ?1 AND instance = ?2"
+	    " AND NOT done", update_id, instance, NULL, 0, err, errlen);
+}
+
+/* Handled updates' marks past STORE_CLAIM_KEEP_MS, and claims that
+ * expired as long ago.  Count or -1. */
+static long
+claims_prune(struct store *s, char *err, size_t errlen)
+{
+	long n = -1;
+
+	pthread_mutex_lock(&s->mu);
+	if (cluster_step(s, "DELETE FROM claims WHERE until < " NOW_MS
+	    " - ?1", STORE_CLAIM_KEEP_MS, NULL, NULL, 0, -1, NULL, NULL, 0) ==
+	    0)
+		n = sqlite3_changes(s->db);
+	if (n == -1)
+		failed(s, true, err, errlen, "pruning handled updates' ids");
+	else
+		wrote(s);
+	pthread_mutex_unlock(&s->mu);
+	return n;
+}
+
+int
+store_lease_take(struct store *s, const char *duty, const char *instance,
+    int64_t ttl_ms, char *holder, size_t holderlen, char *err,
+    size_t errlen)
+{
+	char who[128] = "";
+	int rc, ret = -1;
+
+	pthread_mutex_lock(&s->mu);
+	if (begin(s) == -1) {
+		failed(s, true, err, errlen, "taking the %s duty", duty);
+		goto out;
+	}
+	rc = cluster_step(s, "INSERT INTO leases(duty, instance, until)"
+	    " VALUES (?2, ?3, " NOW_MS " + ?4) ON CONFLICT(duty) DO UPDATE"
+	    " SET instance = excluded.instance, until = excluded.until"
+	    " WHERE leases.instance = excluded.instance"
+	    " OR leases.until <= " NOW_MS, 0, duty, instance, ttl_ms, -1,
+	    NULL, NULL, 0);
+	if (rc != -1)
+		rc = cluster_step(s, "SELECT instance FROM leases WHERE"
+		    " duty = ?2", 0, duty, NULL, 0, 0, NULL, who, sizeof(who));
+	if (rc == -1)
+		failed(s, true, err, errlen, "taking the %s duty", duty);
+	if (commit(s, rc == -1 ? -1 : 0, err, errlen, "taking a duty") ==
+	    0) {
+		ret = strcmp(who, instance) == 0;
+		if (holder != NULL)
+			snprintf(holder, holderlen, "%s", who);
+	}
+out:
+	pthread_mutex_unlock(&s->mu);
+	return ret;
+}
+
+int
+store_lease_drop(struct store *s, const char *duty, const char *instance,
+    char *err, size_t errlen)
+{
+	return cluster_exec(s, "giving up a duty",
+	    "DELETE FROM leases WHERE duty = ?2 AND instance = ?3", 0, duty,
+	    instance, 0, err, errlen);
+}
+
+/* The calls' AUTOINCREMENT counter, and PRAGMA data_version into *ver.
+ * 0 or -1. */
+static int
+calls_mark(struct store *s, int64_t *ver, int64_t *seq, char *err,
+    size_t errlen)
+{
+	int rc;
+
+	pthread_mutex_lock(&s->mu);
+	rc = cluster_step(s, "PRAGMA data_version", 0, NULL, NULL, 0, 0, ver,
+	    NULL, 0);
+	if (rc == 1 && seq != NULL) {
+		*seq = 0;
+		rc = cluster_step(s, "SELECT seq FROM sqlite_sequence"
+		    " WHERE name = 'calls'", 0, NULL, NULL, 0, 0, seq, NULL,
+		    0);
+	}
+	if (rc == -1)
+		failed(s, false, err, errlen, "waiting for calls");
+	pthread_mutex_unlock(&s->mu);
+	return rc == -1 ? -1 : 0;
+}
+
+int
+store_calls_wait(struct store *s, int timeout_ms, char *err, size_t errlen)
+{
+	int64_t ver0, seq0, ver, seq;
+	uint64_t until = now_ms() + (uint64_t)(timeout_ms > 0 ? timeout_ms :
+	    0);
+
+	if (calls_mark(s, &ver0, &seq0, err, errlen) == -1)
+		return -1;
+	for (;;) {
+		uint64_t now = now_ms();
+		unsigned step;
+
+		if (now >= until)
+			return 0;
+		step = until - now < WAIT_STEP_MS ? (unsigned)(until - now) :
+		    WAIT_STEP_MS;
+		usleep(step * 1000);
+		if (calls_mark(s, &ver, NULL, err, errlen) == -1)
+			return -1;
+		if (ver == ver0)
+			continue;
+		ver0 = ver;
+		if (calls_mark(s, &ver, &seq, err, errlen) == -1)
+			return -1;
+		if (seq != seq0)
+			return 1;
+	}
 }

@@ -566,6 +566,61 @@ test_state_keys(void **state)
 	unlink(path);
 }
 
+/* [cluster]: unset, the instance is the host's name and not clustered;
+ * set, clustered, its name checked; lease bounded; errors with lines. */
+static void
+test_cluster_keys(void **state)
+{
+	struct diag d = { 0 };
+	struct config *c = load_text(minimal, &d);
+	char want[256], host[256] = "";
+
+	(void)state;
+	assert_non_null(c);
+	assert_false(c->clustered);
+	assert_int_equal(c->cluster_lease_ms, 10000);
+	assert_int_equal(gethostname(host, sizeof(host)), 0);
+	host[CLUSTER_INSTANCE_MAX] = '\0';
+	if (strspn(host, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+	    "0123456789._-") == strlen(host))
+		assert_string_equal(c->cluster_instance, host);
+	config_free(c);
+	unlink(path);
+
+	c = load_text("[bot]\ntoken = " TOKEN "\n[webhook]\ndomain = b.example\n"
+	    "[cluster]\ninstance = web-1.a_b\nlease = 3s\n"
+	    "[handler.a]\nreply = hi\n", &d);
+	assert_non_null(c);
+	assert_int_equal(d.count, 0);
+	assert_true(c->clustered);
+	assert_string_equal(c->cluster_instance, "web-1.a_b");
+	assert_int_equal(c->cluster_lease_ms, 3000);
+	config_free(c);
+	unlink(path);
+
+	c = load_text("[bot]\ntoken = " TOKEN "\n[webhook]\ndomain = b.example\n"
+	    "[cluster]\ninstance = a b\nlease = 1s\n"
+	    "[handler.a]\nreply = hi\n", &d);
+	config_free(c);
+	HAS(6, "instance: 'a b' is not a name of 1 to 63 letters, digits, "
+	    "'.', '_' or '-'");
+	HAS(7, "lease: 1s is out of range");
+	assert_int_equal(d.count, 2);
+	diag_free(&d);
+	unlink(path);
+
+	c = load_text("[bot]\ntoken = " TOKEN "\n[webhook]\ndomain = b.example\n"
+	    "[cluster]\ninstance = "
+	    "0123456789012345678901234567890123456789012345678901234567890123"
+	    "\nlease = 6m\n[handler.a]\nreply = hi\n", &d);
+	config_free(c);
+	HAS(6, "instance: '0123");
+	HAS(7, "lease: 6m is out of range");
+	assert_int_equal(d.count, 2);
+	diag_free(&d);
+	unlink(path);
+}
+
 int
 main(void)
 {
@@ -581,6 +636,7 @@ main(void)
 		cmocka_unit_test(test_long_continuation_is_linear),
 		cmocka_unit_test(test_outbox_lane_keys),
 		cmocka_unit_test(test_state_keys),
+		cmocka_unit_test(test_cluster_keys),
 	};
 
 	return cmocka_run_group_tests_name("config", tests, NULL, NULL);

@@ -312,6 +312,51 @@ test_undelivered_answer(void **state)
 	teardown(f);
 }
 
+/* Several instances on one store: intake claims each new id.  Another
+ * instance's live claim: busy (and forgotten, so busy again, not a
+ * duplicate); done by another: a duplicate, the handler not run; handled
+ * here: done for the others; a busy runner's update: its claim given
+ * back, so that another instance may take it at once. */
+static void
+test_cluster_claims(void **state)
+{
+	struct fixture *f = setup(0);
+	struct store *b;
+	struct seen s;
+	char err[256];
+
+	(void)state;
+	b = store_open(f->dir, err, sizeof(err));
+	assert_non_null(b);
+	intake_set_cluster(f->in, f->s, "a", 60000);
+
+	assert_int_equal(store_update_claim(b, 50, "b", 60000, err,
+	    sizeof(err)), STORE_CLAIM_OURS);
+	submit(f, body_of(50, "/quick"), &s);
+	assert_int_equal(s.r.status, INTAKE_BUSY);
+	assert_null(s.r.answer);
+	submit(f, body_of(50, "/quick"), &s);
+	assert_int_equal(s.r.status, INTAKE_BUSY);
+	assert_int_equal(store_update_done(b, 50, err, sizeof(err)), 0);
+	submit(f, body_of(50, "/quick"), &s);
+	assert_int_equal(s.r.status, INTAKE_OK);
+	assert_null(s.r.answer);
+
+	submit(f, body_of(51, "/quick"), &s);
+	assert_int_equal(s.r.status, INTAKE_OK);
+	assert_non_null(s.r.answer);
+	free(s.r.answer);
+	assert_int_equal(store_update_claim(b, 51, "b", 60000, err,
+	    sizeof(err)), STORE_CLAIM_DONE);
+
+	submit(f, body_of(52, "/slow"), &s);
+	assert_int_equal(s.r.status, INTAKE_BUSY);
+	assert_int_equal(store_update_claim(b, 52, "b", 60000, err,
+	    sizeof(err)), STORE_CLAIM_OURS);
+	store_close(b);
+	teardown(f);
+}
+
 int
 main(void)
 {
@@ -321,6 +366,7 @@ main(void)
 		cmocka_unit_test(test_slow_handler_answers_later),
 		cmocka_unit_test(test_swapped_table),
 		cmocka_unit_test(test_undelivered_answer),
+		cmocka_unit_test(test_cluster_claims),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

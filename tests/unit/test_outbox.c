@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "duty.h"
 #include "outbox.h"
 #include "store.h"
 
@@ -282,7 +283,7 @@ test_unsent_none_pending_not_asked(void **state)
 	    NULL), SQLITE_OK);
 	assert_int_equal(outbox_unsent(f->o, "9", err, sizeof(err)), 0);
 	outbox_stop(f->o, 0);
-	o.shared_store = true;
+	o.shared = true;
 	fixture_start(f, &o);
 	assert_int_equal(outbox_unsent(f->o, "9", err, sizeof(err)), -1);
 	sqlite3_close(db);
@@ -724,6 +725,70 @@ test_paid_lane_at_paid_rate(void **state)
 	teardown(f);
 }
 
+/* Two instances on one store: only the outbox duty's holder sends, calls
+ * queued by the other are delivered by it, once each and in order; when
+ * it gives the duty up the other sends, and what either queues is still
+ * delivered once. */
+static void
+test_one_sender_of_two(void **state)
+{
+	struct fixture *f = fixture_new();
+	struct store *s2;
+	struct duty *da, *db;
+	struct outbox *o2;
+	struct outbox_opts oa = opts_for(f), ob;
+	char err[256];
+	struct fixture f2;
+
+	(void)state;
+	s2 = store_open(f->dir, err, sizeof(err));
+	assert_non_null(s2);
+	da = duty_start(f->s, true, "a", 2000, 1U << DUTY_OUTBOX);
+	db = duty_start(s2, true, "b", 2000, 1U << DUTY_OUTBOX);
+	assert_true(duty_held(da, DUTY_OUTBOX));
+	assert_false(duty_held(db, DUTY_OUTBOX));
+	ob = oa;
+	oa.duty = da;
+	oa.shared = true;
+	ob.duty = db;
+	ob.shared = true;
+	fixture_start(f, &oa);
+	o2 = outbox_start(s2, &ob);
+	f2 = *f;
+	f2.o = o2;
+	f2.s = s2;
+	/* queued by b, which does not hold the duty: a sends them */
+	add(&f2, 1, "[{\"method\":\"sendMessage\",\"chat_id\":7,\"text\":\"1\"},"
+	    "{\"method\":\"sendMessage\",\"chat_id\":7,\"text\":\"2\"}]");
+	fake_wait(f->api, "sendMessage", 2);
+	assert_string_equal(text_of(f, 0), "1/7");
+	assert_string_equal(text_of(f, 1), "2/7");
+	wait_state(f, STORE_CALL_DELIVERED, 2);
+	assert_int_equal(outbox_pending(o2), 0);
+
+	/* a gives the duty up: b takes it and sends what a queues */
+	duty_drop(da, DUTY_OUTBOX);
+	for (int i = 0; i < 300 && !duty_held(db, DUTY_OUTBOX); i++)
+		usleep(10000);
+	assert_true(duty_held(db, DUTY_OUTBOX));
+	add(f, 2, "[{\"method\":\"sendMessage\",\"chat_id\":7,\"text\":\"3\"}]");
+	add(&f2, 3, "[{\"method\":\"sendMessage\",\"chat_id\":8,\"text\":\"4\"}]");
+	wait_state(f, STORE_CALL_DELIVERED, 4);
+	fake_wait(f->api, "sendMessage", 4);
+	usleep(300 * 1000);
+	/* once each: nobody sent twice */
+	assert_int_equal(fake_count(f->api, "sendMessage"), 4);
+	assert_int_equal(outbox_pending(f->o), 0);
+
+	outbox_stop(o2, 0);
+	duty_stop(db);
+	outbox_stop(f->o, 0);
+	f->o = NULL;
+	duty_stop(da);
+	store_close(s2);
+	teardown(f);
+}
+
 int
 main(void)
 {
@@ -745,6 +810,7 @@ main(void)
 		cmocka_unit_test(test_bounds),
 		cmocka_unit_test(test_handler_marks_bulk),
 		cmocka_unit_test(test_paid_lane_at_paid_rate),
+		cmocka_unit_test(test_one_sender_of_two),
 	};
 
 	return cmocka_run_group_tests_name("outbox", tests, NULL, NULL);

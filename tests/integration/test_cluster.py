@@ -1,0 +1,279 @@
+"""Several instances of one bot on one shared store (issue 14): three
+daemons (instances a, b, c), each on its own port, one emulator.  The same
+update delivered to two instances at once is handled once; only one
+registers the webhook; only one sends, within Telegram's limits as the
+emulator enforces them; kill -9 of the sender, or of the poller, and
+another takes over within the lease with nothing lost and nothing handled
+twice; SIGTERM gives the duties up at once.
+
+The store they share is made by shared_store() alone: a SQLite directory
+on this machine now; a PostgreSQL run swaps that one function."""
+
+import http.client
+import os
+import re
+import signal
+import tempfile
+import threading
+import time
+import urllib.request
+
+import botapi_emu
+from harness import (TOKEN, Daemon, eventually, message, post_update,
+                     stored_secrets)
+
+NAMES = ("a", "b", "c")
+
+
+def shared_store(tmp):
+    """(Daemon keyword arguments, extra config text) for the store every
+    instance shares."""
+    return {"store": os.path.join(tmp, "store")}, ""
+
+
+def runs_script(tmp, calls=1, pause="0.3"):
+    """An exec handler that notes each run of an update in RUNS, takes
+    a while (so that two deliveries overlap), then makes `calls`
+    sendMessage calls to the update's chat."""
+    path = os.path.join(tmp, "runs.sh")
+    with open(path, "w") as f:
+        f.write("#!/bin/sh\ncat >/dev/null\n"
+                "echo \"$TGW_UPDATE_ID\" >> %s/RUNS\nsleep %s\ni=1\n"
+                "while [ $i -le %d ]; do\n"
+                "printf '{\"method\":\"sendMessage\",\"chat_id\":%%s,"
+                "\"text\":\"u%%s-%%s\"}\\n' \"$TGW_CHAT_ID\" "
+                "\"$TGW_UPDATE_ID\" $i\ni=$((i+1))\ndone\n" % (
+                    tmp, pause, calls))
+    os.chmod(path, 0o700)
+    return path
+
+
+class Cluster:
+    """Instances a, b, c on one store and one emulator; a starts first
+    (and so takes the duties)."""
+
+    def __init__(self, calls=1, lease="2s", polling=False, pause="0.3",
+                 names=NAMES):
+        self.tmp = tempfile.TemporaryDirectory(prefix="tgw-cluster-")
+        self.emu = botapi_emu.Emulator(TOKEN).start()
+        self.polling = polling
+        kw, store_text = shared_store(self.tmp.name)
+        handler = "[handler.runs]\nexec = %s\ntimeout = 10s\n" % runs_script(
+            self.tmp.name, calls, pause)
+        self.d = {}
+        for n in names:
+            extra = store_text + "[cluster]\ninstance = %s\nlease = %s\n" % (
+                n, lease)
+            if polling:
+                extra += "[bot]\nsource = polling\n[polling]\ntimeout = 2s\n"
+            self.d[n] = Daemon(handler, webhook="reply_deadline = 0s\n",
+                               tls=False, register=not polling, start=False,
+                               emu=self.emu, extra=extra, **kw)
+        for i, n in enumerate(names):
+            self.d[n].start(wait_register=i == 0)
+            self.d[n].wait_log("cluster: instance %s" % n)
+            assert eventually(lambda: "tgwebhookd_duty_held" in
+                              self.metrics(n), 10), n
+        if not polling:
+            self.path, self.secret = stored_secrets(self.d[names[0]].store)
+
+    def post(self, name, update):
+        """Delivers update to instance name as Telegram would; the HTTP
+        status."""
+        raw = post_update(self.d[name].port, update, self.path, self.secret,
+                          tls=False)
+        m = re.match(rb"HTTP/1\.[01] (\d+)", raw)
+        assert m, raw
+        return int(m.group(1)), raw
+
+    def runs(self):
+        try:
+            with open(os.path.join(self.tmp.name, "RUNS")) as f:
+                return [int(x) for x in f.read().split()]
+        except FileNotFoundError:
+            return []
+
+    def metrics(self, name):
+        """Instance name's /metrics; "" while its admin listener is not
+        up yet (it starts after the "serving" line)."""
+        try:
+            with urllib.request.urlopen("http://127.0.0.1:%d/metrics" %
+                                        self.d[name].admin_port,
+                                        timeout=5) as r:
+                return r.read().decode()
+        except (OSError, http.client.HTTPException):
+            return ""
+
+    def holder(self, duty):
+        """The live instance whose /metrics says it holds duty, or None."""
+        held = [n for n, d in self.d.items() if d.proc is not None and
+                'tgwebhookd_duty_held{duty="%s"} 1' % duty in self.metrics(n)]
+        assert len(held) <= 1, held
+        return held[0] if held else None
+
+    def texts(self):
+        return [c.params.get("text") for c in self.emu.calls_of("sendMessage")]
+
+    def kill(self, name):
+        self.d[name].kill()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            for d in self.d.values():
+                if d.proc is not None:
+                    rc = d.stop()
+                    if exc[0] is None:
+                        d.check_clean(rc)
+        finally:
+            for d in self.d.values():
+                if d.proc is not None:
+                    d.proc.kill()
+                    d.proc.wait()
+                d.tmp.cleanup()
+            self.emu.stop()
+            self.tmp.cleanup()
+
+
+def test_same_update_to_two_instances_at_once_is_handled_once():
+    with Cluster() as c:
+        for uid in range(1, 9):
+            got = {}
+            u = message("/go", uid, chat_id=100 + uid)
+            go = threading.Barrier(2)
+
+            def send(name):
+                go.wait()
+                got[name] = c.post(name, u)[0]
+            ts = [threading.Thread(target=send, args=(n,)) for n in "ab"]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join()
+            # one handled it; the other was told "busy" (503: Telegram
+            # delivers it again) or, once done, "seen" (200)
+            assert sorted(got.values()) in ([200, 200], [200, 503]), got
+            if 503 in got.values():
+                late = [n for n, s in got.items() if s == 503][0]
+                assert eventually(lambda: c.post(late, u)[0] == 200)
+        assert eventually(lambda: len(c.texts()) == 8)
+        assert sorted(c.runs()) == list(range(1, 9)), c.runs()
+        assert sorted(c.texts()) == sorted("u%d-1" % i for i in range(1, 9))
+        # a redelivery to the third instance, later: not handled again
+        assert c.post("c", message("/go", 3, chat_id=103))[0] == 200
+        assert c.runs().count(3) == 1
+
+
+def test_only_one_instance_registers_the_webhook():
+    with Cluster() as c:
+        assert c.holder("webhook") == "a"
+        for n in "bc":
+            assert 'tgwebhookd_duty_held{duty="webhook"} 0' in c.metrics(n)
+            assert 'instance="%s",clustered="yes"' % n in c.metrics(n)
+        assert len(c.emu.calls_of("setWebhook")) == 1
+        # every instance is healthy: the others need not register
+        for n in NAMES:
+            with urllib.request.urlopen("http://127.0.0.1:%d/healthz" %
+                                        c.d[n].admin_port, timeout=5) as r:
+                assert r.status == 200
+
+
+def test_one_sender_within_telegrams_limits():
+    with Cluster(calls=4, pause="0") as c:
+        c.emu.enforce_limits = True
+        sender = c.holder("outbox")
+        assert sender == "a"
+        # 6 chats, each with 4 calls, queued through all three
+        for i in range(6):
+            assert c.post(NAMES[i % 3], message("/go", 10 + i,
+                                                chat_id=200 + i))[0] == 200
+        assert eventually(lambda: len(c.texts()) >= 24, 30), c.texts()
+        assert c.emu.violations == 0
+        texts = c.texts()
+        assert sorted(texts) == sorted("u%d-%d" % (10 + i, k)
+                                       for i in range(6) for k in (1, 2, 3, 4))
+        # each chat's calls in order
+        for i in range(6):
+            mine = [t for t in texts if t.startswith("u%d-" % (10 + i))]
+            assert mine == ["u%d-%d" % (10 + i, k) for k in (1, 2, 3, 4)]
+        for n in NAMES:
+            if n != sender:
+                assert 'tgwebhookd_duty_held{duty="outbox"} 0' in \
+                    c.metrics(n)
+
+
+def test_sender_killed_another_takes_over_within_the_lease():
+    with Cluster(calls=8, pause="0") as c:
+        c.emu.enforce_limits = True      # one chat: 1 a second
+        assert c.holder("outbox") == "a"
+        assert c.post("b", message("/go", 30, chat_id=300))[0] == 200
+        assert eventually(lambda: len(c.texts()) >= 2, 10)
+        c.kill("a")
+        killed = time.time()
+        sent = len(c.texts())
+        assert eventually(lambda: len(c.texts()) > sent, 15)
+        took = time.time() - killed
+        # the lease (2 s) runs out, a standby takes it at its next try
+        # (lease / 10), waits chat_interval (1 s), then the 1/s chat
+        # pace: well under the lease twice over
+        assert took < 2 * 2 + 2, took
+        new = c.holder("outbox")
+        assert new in ("b", "c")
+        assert eventually(lambda: set(c.texts()) >=
+                          set("u30-%d" % k for k in range(1, 9)), 20), \
+            c.texts()
+        # none lost; a call in flight at the kill may go twice (at least
+        # once), never more
+        for k in range(1, 9):
+            assert 1 <= c.texts().count("u30-%d" % k) <= 2, c.texts()
+        assert c.emu.violations == 0
+
+
+def test_sigterm_gives_the_duties_up_at_once():
+    with Cluster(lease="30s") as c:
+        assert c.holder("outbox") == "a" and c.holder("webhook") == "a"
+        t0 = time.time()
+        assert c.d["a"].stop() == 0
+        assert eventually(lambda: c.holder("outbox") is not None, 10)
+        assert eventually(lambda: c.holder("webhook") is not None, 10)
+        # far sooner than the 30 s lease
+        assert time.time() - t0 < 10
+        assert "gave the outbox duty up" in c.d["a"].log()
+        # and the new holder sends what is queued now
+        n = c.holder("outbox")
+        other = [x for x in "bc" if x != n][0]
+        assert c.post(other, message("/go", 40, chat_id=400))[0] == 200
+        assert eventually(lambda: "u40-1" in c.texts(), 10)
+
+
+def push(c, chat):
+    """Queues a /go for getUpdates under the emulator's next id."""
+    u = message("/go", 0, chat_id=chat)
+    del u["update_id"]
+    return c.emu.push_update(u)
+
+
+def test_polling_poller_killed_another_continues_from_the_offset():
+    with Cluster(polling=True, lease="2s", pause="0") as c:
+        assert eventually(lambda: c.holder("polling") == "a", 5)
+        for i in range(5):
+            push(c, 500 + i)
+        assert eventually(lambda: len(c.runs()) == 5, 15), c.runs()
+        first = sorted(c.runs())
+        c.kill("a")
+        for i in range(5):
+            push(c, 600 + i)
+        assert eventually(lambda: len(set(c.runs())) == 10, 20), c.runs()
+        new = c.holder("polling")
+        assert new in ("b", "c")
+        # it took the offset the dead poller kept, not its own start's
+        assert "holds the polling duty: polling from offset %d" % (
+            first[-1] + 1) in c.d[new].log(), c.d[new].log()[-3000:]
+        # every update handled once, the first five not again
+        assert sorted(c.runs()) == sorted(set(c.runs())), c.runs()
+        assert eventually(lambda: len(c.texts()) == 10, 15), c.texts()
+        # only the holder polls: no 409 between instances
+        for n in "bc":
+            assert "another getUpdates is running" not in c.d[n].log()
