@@ -21,7 +21,7 @@ WERROR ?=
 SANITIZE ?=
 
 VERSION := $(shell cat VERSION 2>/dev/null || echo 0.0.0)
-PKGS := libmicrohttpd gnutls openssl jansson libcurl inih sqlite3
+PKGS := libmicrohttpd gnutls openssl jansson libcurl inih sqlite3 libpq
 
 ifneq ($(SANITIZE),)
 BUILD ?= build-san

@@ -85,6 +85,8 @@ struct config {
 	/* [store] */
 	char *store_dir;
 	char *store_sync;	/* "normal" or "full" */
+	char *store_backend;	/* "sqlite" or "postgresql" */
+	char *store_postgresql;	/* libpq conninfo, never a password */
 
 	/* [outbox] */
 	long outbox_rate;		/* calls per second, all chats */

@@ -31,7 +31,7 @@ store_open_with(const struct store_options *o, char *err, size_t errlen)
 	case STORE_SQLITE:
 		return store_sqlite_backend.open(o, err, errlen);
 	case STORE_POSTGRESQL:
-		break;
+		return store_pg_backend.open(o, err, errlen);
 	}
 	errf(err, errlen, "unknown store backend %d", (int)o->backend);
 	return NULL;

@@ -41,6 +41,10 @@ struct store *store_open(const char *dir, char *err, size_t errlen);
 void store_close(struct store *s);
 /* The backend's name ("sqlite", "postgresql"). */
 const char *store_backend_name(const struct store *s);
+/* Checks a PostgreSQL connection string or URI: 0, or -1 with err if
+ * libpq cannot parse it or it holds a password (which belongs in
+ * ~/.pgpass, PGPASSFILE or PGPASSWORD); err never quotes a password. */
+int store_conninfo_check(const char *conninfo, char *err, size_t errlen);
 /* The bot's numeric id in token ("123456:ABC..."): 0 and *id, or -1 if
  * token has no id. */
 int store_bot_id(const char *token, int64_t *id);
