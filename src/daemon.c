@@ -506,11 +506,12 @@ read_pems(const struct config *c, char **cert, char **key, char *err,
 }
 
 struct store *
-daemon_store_open(const struct config *c, const char *token, char *err,
-    size_t errlen)
+daemon_store_open(const struct config *c, const char *token, bool check,
+    char *err, size_t errlen)
 {
 	struct store_options o = { .backend = STORE_SQLITE,
-		.dir = c->store_dir, .conninfo = c->store_postgresql };
+		.dir = c->store_dir, .conninfo = c->store_postgresql,
+		.check = check };
 	struct store *s;
 	char why[1024];
 	const char *key = "dir";
@@ -552,7 +553,8 @@ daemon_start(struct daemon *d)
 	 * is refused, as a token they may read is. */
 	if (daemon_check_files(c, &diag) == -1)
 		fatal("%s", diag.text);
-	if ((d->store = daemon_store_open(c, d->token, err, sizeof(err))) ==
+	if ((d->store = daemon_store_open(c, d->token, false, err,
+	    sizeof(err))) ==
 	    NULL)
 		fatal("%s", err);
 	store_set_sync_full(d->store, strcmp(c->store_sync, "full") == 0);

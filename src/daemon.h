@@ -32,9 +32,10 @@ int daemon_check_files(const struct config *c, struct diag *d);
 
 /* Opens the store [store] backend names, the bot's id taken from token
  * (which PostgreSQL keys rows by; SQLite needs none: token may be NULL).
- * NULL with err naming the key and what is wrong. */
+ * check: as -t, changing nothing (store_options).  NULL with err naming
+ * the key and what is wrong. */
 struct store *daemon_store_open(const struct config *c, const char *token,
-    char *err, size_t errlen);
+    bool check, char *err, size_t errlen);
 
 /* Becomes [server] user for good (no supplementary groups; root cannot be
  * regained).  0, or -1 with err. */

@@ -195,12 +195,14 @@ check_store(const struct config *c, const char *token, struct diag *d)
 	char err[1024];
 	struct store *s;
 
-	if ((s = daemon_store_open(c, token, err, sizeof(err))) == NULL) {
+	if ((s = daemon_store_open(c, token, true, err, sizeof(err))) ==
+	    NULL) {
 		diag_add(d, c->file, config_line(c, "store", "postgresql"),
 		    NULL, "%s", err);
 		return;
 	}
-	printf("store: PostgreSQL reached, schema current\n");
+	printf("store: PostgreSQL reached; its schema is current or can be "
+	    "made so\n");
 	store_close(s);
 }
 
@@ -213,8 +215,10 @@ check_only(struct config *c, struct diag *d)
 	if ((token = config_token(c, err, sizeof(err))) == NULL)
 		diag_add(d, c->file, config_line(c, "bot", "token_file"),
 		    "token", "%s", err);
-	else if (strcmp(c->store_backend, "postgresql") == 0)
-		check_store(c, token, d);
+	else if (strcmp(c->store_backend, "postgresql") == 0 &&
+	    c->store_postgresql != NULL && c->store_postgresql[0] != '\0' &&
+	    store_conninfo_check(c->store_postgresql, err, sizeof(err)) == 0)
+		check_store(c, token, d);	/* else config_check said why */
 	if (token != NULL) {
 		explicit_bzero(token, strlen(token));
 		free(token);
@@ -323,7 +327,7 @@ store_command(const struct config *c, enum mode mode, const char *arg,
 		    "needs the bot's id from the token: %s\n", err);
 		return 1;
 	}
-	s = daemon_store_open(c, token, err, sizeof(err));
+	s = daemon_store_open(c, token, false, err, sizeof(err));
 	if (token != NULL)
 		explicit_bzero(token, strlen(token));
 	free(token);

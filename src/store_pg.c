@@ -325,7 +325,10 @@ conn(struct store *s, char *err, size_t errlen)
 		return NULL;
 	}
 	s->backoff = 0;
-	log_info("store postgresql (%s): connected", s->where);
+	if (atomic_load(&s->failing_since) != 0)
+		log_info("store postgresql (%s): connected again", s->where);
+	else
+		log_debug("store postgresql (%s): connected", s->where);
 	return s->conn;
 }
 
@@ -362,7 +365,15 @@ run_bin(struct store *s, bool writing, const char *what, const char *sql,
 		}
 		return r;
 	}
-	one_line(msg, sizeof(msg), PQerrorMessage(c));
+	/* the server's message without its LINE and caret lines */
+	if (r != NULL && PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY) !=
+	    NULL)
+		snprintf(msg, sizeof(msg), "%s: %s", PQresultErrorField(r,
+		    PG_DIAG_SEVERITY) != NULL ? PQresultErrorField(r,
+		    PG_DIAG_SEVERITY) : "ERROR", PQresultErrorField(r,
+		    PG_DIAG_MESSAGE_PRIMARY));
+	else
+		one_line(msg, sizeof(msg), PQerrorMessage(c));
 	errf(err, errlen, "store postgresql (%s): %s: %s%s", s->where, what,
 	    msg, result_advice(r));
 	PQclear(r);
@@ -501,7 +512,7 @@ static const char *const migrations[PG_SCHEMA] = {
 /* Creates or migrates the schema in one transaction, under an advisory
  * lock that instances starting at once queue on.  0 or -1 with err. */
 static int
-schema(struct store *s, char *err, size_t errlen)
+schema(struct store *s, bool check, char *err, size_t errlen)
 {
 	PGresult *r;
 	char ver[16];
@@ -542,6 +553,11 @@ schema(struct store *s, char *err, size_t errlen)
 	    exec1(s, true, "migrating the schema", "INSERT INTO tgw_schema "
 	    "(version) VALUES ($1)", 1, v, err, errlen) == -1))
 		goto out;
+	if (check) {
+		/* -t: it would work; change nothing */
+		commit(s, -1, "checking the schema", err, errlen);
+		return 0;
+	}
 	if (have < PG_SCHEMA)
 		log_info("store postgresql (%s): schema version %ld -> %d",
 		    s->where, have, PG_SCHEMA);
@@ -596,7 +612,8 @@ pg_open(const struct store_options *o, char *err, size_t errlen)
 	snprintf(s->channel, sizeof(s->channel), "tgw_calls_%" PRId64,
 	    o->bot_id);
 	pthread_mutex_lock(&s->mu);
-	if (conn(s, err, errlen) == NULL || schema(s, err, errlen) == -1) {
+	if (conn(s, err, errlen) == NULL || schema(s, o->check, err,
+	    errlen) == -1) {
 		pthread_mutex_unlock(&s->mu);
 		pg_close(s);
 		return NULL;
