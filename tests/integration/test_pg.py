@@ -83,6 +83,12 @@ def test_pg_update_handled_and_secrets_kept_in_database():
             assert bots == [TOKEN.split(":")[0]], bots
             assert not os.path.exists(os.path.join(d.store,
                                                    "tgwebhookd.db"))
+            # the operator's commands read the same database
+            out = subprocess.run([binary(), "-c", d.conf, "--outbox"],
+                                 capture_output=True, text=True, env=d.env,
+                                 timeout=30)
+            assert out.returncode == 0, out
+            assert "failed updates (handler failed" in out.stdout, out.stdout
             # a restart serves the same path, read from the database
             assert d.stop() == 0
             d.start()
