@@ -1193,7 +1193,9 @@ pg_dead_updates_purge(struct store *s, int64_t before_s, char *err,
 }
 
 /* Held updates older than before (wall ms) were answered but never
- * released: they become dead letters, in one statement. */
+ * released: they become dead letters, in one statement.  Dead letters'
+ * times are whole seconds cut down (floor), as SQLite's strftime('%s'):
+ * ::bigint alone rounds up half the time. */
 static long
 held_to_dead(struct store *s, int64_t before, char *err, size_t errlen)
 {
@@ -1210,8 +1212,8 @@ held_to_dead(struct store *s, int64_t before, char *err, size_t errlen)
 	    "to_char(to_timestamp(created / 1000) AT TIME ZONE 'UTC', "
 	    "'YYYY-MM-DD HH24:MI:SS') || ' UTC and never released ([outbox] "
 	    "keep_held): its calls were never queued', body, "
-	    "extract(epoch FROM now())::bigint FROM old ORDER BY update_id",
-	    2, v, err, errlen);
+	    "floor(extract(epoch FROM now()))::bigint FROM old ORDER BY "
+	    "update_id", 2, v, err, errlen);
 	if (n > 0)
 		log_err("store: %ld held update(s) older than [outbox] "
 		    "keep_held were never handled: kept as failed updates "
@@ -1346,8 +1348,8 @@ pg_dead_update(struct store *s, int64_t update_id, const char *handler,
 	pthread_mutex_lock(&s->mu);
 	r = run_bin(s, true, "keeping an update as a dead letter", "INSERT "
 	    "INTO tgw_dead_updates (bot, update_id, handler, reason, body, "
-	    "created) VALUES ($1, $2, $3, $4, $5, extract(epoch FROM "
-	    "now())::bigint)", 5, v, lens, bin, err, errlen);
+	    "created) VALUES ($1, $2, $3, $4, $5, floor(extract(epoch FROM "
+	    "now()))::bigint)", 5, v, lens, bin, err, errlen);
 	pthread_mutex_unlock(&s->mu);
 	PQclear(r);
 	free(why);
