@@ -519,6 +519,14 @@ daemon_store_open(const struct config *c, const char *token, bool check,
 	if (strcmp(c->store_backend, "postgresql") == 0) {
 		o.backend = STORE_POSTGRESQL;
 		key = "postgresql";
+		/* [store] dir still holds the generated certificate and
+		 * key, and started as root is handed over to [server] user:
+		 * made here as SQLite's open makes it. */
+		if (!check && dir_ensure(c->store_dir, 0700, why,
+		    sizeof(why)) == -1) {
+			errf(err, errlen, "[store] dir: %s", why);
+			return NULL;
+		}
 		if (store_bot_id(token, &o.bot_id) == -1) {
 			errf(err, errlen, "[store] postgresql: the token has no "
 			    "bot id (digits before ':') to key the store's "

@@ -13,7 +13,7 @@ import subprocess
 import sys
 
 from harness import (ROOT, TOKEN, Daemon, binary, calls_script, eventually,
-                     message, skip, texts)
+                     message, post_update, skip, texts)
 
 from test_faults import health
 
@@ -175,5 +175,39 @@ def test_pg_stopped_answers_503_then_recovers_losing_nothing():
             assert eventually(lambda: health(d)[0] == 200, 30), health(d)
             want = {"m21-2", "m21-3", "m21-4", "m22-2", "m22-3", "m22-4"}
             assert eventually(lambda: want <= set(texts(d)), 60), texts(d)
+    finally:
+        pg.destroy()
+
+
+def test_pg_started_as_root_hands_over_a_store_dir_it_made():
+    """Started as root with [server] user, the daemon hands [store] dir
+    (where the generated certificate goes) to that user: with the
+    PostgreSQL backend nothing else makes it, so the daemon does (before:
+    it stopped at start, '[store] dir: No such file or directory')."""
+    if os.geteuid() != 0:
+        skip("needs root (to start the daemon as root with [server] user)")
+    pg = server()
+    try:
+        d = Daemon("[handler.hi]\nreply = hello\n", tls=False,
+                   register=False, extra="[server]\nuser = nobody\n",
+                   start=False)
+        with open(d.conf) as f:
+            text = f.read()
+        # the superuser, trusted on the socket: nobody has no password file
+        text = text.replace("[store]\n", "[store]\nbackend = postgresql\n"
+                            "postgresql = %s\n" % pg.conninfo(), 1)
+        with open(d.conf, "w") as f:
+            f.write(text)
+        assert not os.path.exists(d.store)
+        with d:
+            d.start()
+            st = os.stat(d.store)
+            assert st.st_uid == 65534 and st.st_mode & 0o777 == 0o700, st
+            kept = dict(line.split("|") for line in pg.psql(
+                "SELECT name, value FROM tgw_secrets").split())
+            out = post_update(d.port, message("hi", 31, chat_id=31),
+                              kept["webhook_path"], kept["secret_token"],
+                              tls=False)
+            assert out.startswith(b"HTTP/1.1 200") and b"hello" in out, out
     finally:
         pg.destroy()
