@@ -21,7 +21,8 @@ WERROR ?=
 SANITIZE ?=
 
 VERSION := $(shell cat VERSION 2>/dev/null || echo 0.0.0)
-PKGS := libmicrohttpd gnutls openssl jansson libcurl inih sqlite3 libpcre2-8
+PKGS := libmicrohttpd gnutls openssl jansson libcurl inih sqlite3 libpcre2-8 \
+	libpq
 
 ifneq ($(SANITIZE),)
 BUILD ?= build-san

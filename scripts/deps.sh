@@ -10,7 +10,7 @@ PATH=$PATH:/usr/sbin:/sbin
 # pkg-config module -> Debian package
 libs="libmicrohttpd:libmicrohttpd-dev gnutls:libgnutls28-dev openssl:libssl-dev jansson:libjansson-dev
 libcurl:libcurl4-openssl-dev inih:libinih-dev sqlite3:libsqlite3-dev
-cmocka:libcmocka-dev libpcre2-8:libpcre2-dev"
+cmocka:libcmocka-dev libpcre2-8:libpcre2-dev libpq:libpq-dev"
 # command -> Debian package
 cmds="pkg-config:pkg-config cc:gcc g++:g++ make:make python3:python3 openssl:openssl
 curl:curl clang:clang valgrind:valgrind prlimit:util-linux unshare:util-linux
@@ -41,6 +41,8 @@ if command -v dpkg-query >/dev/null 2>&1 &&
     grep -q 'ok installed'; then
 	need="$need libclang-rt-14-dev"
 fi
+# the PostgreSQL server the store's tests start (tests/pgserver.py)
+[ -x /usr/lib/postgresql/15/bin/initdb ] || need="$need postgresql-15"
 # the alert rules' tests read YAML (tests/integration/test_monitoring.py)
 command -v python3 >/dev/null 2>&1 && python3 -c 'import yaml' 2>/dev/null ||
     need="$need python3-yaml"
@@ -68,12 +70,13 @@ $SUDO apt-get update -qq
 # not start (or start at boot) on a developer's machine because of make
 # test.  policy-rc.d (Debian policy 9.3.3) keeps services from starting
 # during the install, unless the machine already has one of its own.
+# So is postgresql-15's: the tests start a server of their own.
 case " $need " in
-*" prometheus "*)	quiet_prometheus=1 ;;
-*)			quiet_prometheus= ;;
+*" prometheus "*|*" postgresql-15 "*)	quiet_services=1 ;;
+*)			quiet_services= ;;
 esac
 policy=
-if [ -n "$quiet_prometheus" ] && [ ! -e /usr/sbin/policy-rc.d ]; then
+if [ -n "$quiet_services" ] && [ ! -e /usr/sbin/policy-rc.d ]; then
 	policy=/usr/sbin/policy-rc.d
 	printf '#!/bin/sh\nexit 101\n' | $SUDO tee $policy >/dev/null
 	$SUDO chmod 0755 $policy
@@ -83,7 +86,14 @@ rc=0
 $SUDO apt-get install -y -qq --no-install-recommends $need || rc=$?
 [ -n "$policy" ] && $SUDO rm -f "$policy"
 # ... nor at boot: installed just now, so its enablement is ours to undo
-if [ -n "$quiet_prometheus" ] && command -v systemctl >/dev/null 2>&1; then
-	$SUDO systemctl disable prometheus.service >/dev/null 2>&1 || true
+if [ -n "$quiet_services" ] && command -v systemctl >/dev/null 2>&1; then
+	case " $need " in
+	*" prometheus "*)	$SUDO systemctl disable prometheus.service \
+				    >/dev/null 2>&1 || true ;;
+	esac
+	case " $need " in
+	*" postgresql-15 "*)	$SUDO systemctl disable postgresql.service \
+				    >/dev/null 2>&1 || true ;;
+	esac
 fi
 exit $rc

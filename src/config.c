@@ -30,6 +30,7 @@
 #include "gate.h"
 #include "log.h"
 #include "state.h"
+#include "store.h"
 #include "update.h"
 #include "util.h"
 
@@ -106,6 +107,8 @@ static const struct ckey ckeys[] = {
 
 	{ "store", "dir", C_STR, 0, 0, O(store_dir) },
 	{ "store", "sync", C_STR, 0, 0, O(store_sync) },
+	{ "store", "backend", C_STR, 0, 0, O(store_backend) },
+	{ "store", "postgresql", C_STR, 0, 0, O(store_postgresql) },
 
 	/* A lease shorter than 2 s is renewed too often for a slow store;
 	 * longer than 5 minutes leaves duties undone that long. */
@@ -557,6 +560,7 @@ config_new(const char *file)
 	c->store_dir = xstrdup("/var/lib/tgwebhookd");
 	c->store_sync = xstrdup("normal");
 	c->cluster_lease_ms = 10000;
+	c->store_backend = xstrdup("sqlite");
 	c->state_scope = xstrdup("chat_user");
 	c->admin_listen = xstrdup("127.0.0.1:9187");
 	c->outbox_rate = 30;
@@ -923,6 +927,26 @@ config_check(struct config *c, struct diag *d)
 		diag_add(d, f, config_line(c, "store", "sync"), "sync",
 		    "'%s' is not normal or full", c->store_sync);
 	cluster_check(c, d);
+	if (strcmp(c->store_backend, "sqlite") != 0 &&
+	    strcmp(c->store_backend, "postgresql") != 0)
+		diag_add(d, f, config_line(c, "store", "backend"), "backend",
+		    "'%s' is not sqlite or postgresql", c->store_backend);
+	else if (strcmp(c->store_backend, "postgresql") == 0 &&
+	    str_empty(c->store_postgresql))
+		diag_add(d, f, config_line(c, "store", "backend"), "backend",
+		    "postgresql needs [store] postgresql = CONNINFO (a libpq "
+		    "connection string or URI, e.g. host=db.example dbname="
+		    "tgwebhookd user=tgwebhookd)");
+	else if (strcmp(c->store_backend, "sqlite") == 0 &&
+	    !str_empty(c->store_postgresql))
+		diag_add(d, f, config_line(c, "store", "postgresql"),
+		    "postgresql", "set, but [store] backend is sqlite: set "
+		    "backend = postgresql to use it, or remove the line");
+	if (!str_empty(c->store_postgresql) &&
+	    store_conninfo_check(c->store_postgresql, err,
+	    sizeof(err)) == -1)
+		diag_add(d, f, config_line(c, "store", "postgresql"),
+		    "postgresql", "%s", err);
 	if (state_scope_parse(c->state_scope, &c->state_scope_kind) == -1)
 		diag_add(d, f, config_line(c, "state", "state_scope"),
 		    "state_scope", "'%s' is not chat_user, chat or user",

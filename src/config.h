@@ -85,6 +85,8 @@ struct config {
 	/* [store] */
 	char *store_dir;
 	char *store_sync;	/* "normal" or "full" */
+	char *store_backend;	/* "sqlite" or "postgresql" */
+	char *store_postgresql;	/* libpq conninfo, never a password */
 
 	/* [cluster] */
 #define CLUSTER_INSTANCE_MAX 63

@@ -535,6 +535,40 @@ read_pems(const struct config *c, char **cert, char **key, char *err,
 	return 0;
 }
 
+struct store *
+daemon_store_open(const struct config *c, const char *token, bool check,
+    char *err, size_t errlen)
+{
+	struct store_options o = { .backend = STORE_SQLITE,
+		.dir = c->store_dir, .conninfo = c->store_postgresql,
+		.instance = c->cluster_instance, .check = check };
+	struct store *s;
+	char why[1024];
+	const char *key = "dir";
+
+	if (strcmp(c->store_backend, "postgresql") == 0) {
+		o.backend = STORE_POSTGRESQL;
+		key = "postgresql";
+		/* [store] dir still holds the generated certificate and
+		 * key, and started as root is handed over to [server] user:
+		 * made here as SQLite's open makes it. */
+		if (!check && dir_ensure(c->store_dir, 0700, why,
+		    sizeof(why)) == -1) {
+			errf(err, errlen, "[store] dir: %s", why);
+			return NULL;
+		}
+		if (store_bot_id(token, &o.bot_id) == -1) {
+			errf(err, errlen, "[store] postgresql: the token has no "
+			    "bot id (digits before ':') to key the store's "
+			    "rows by");
+			return NULL;
+		}
+	}
+	if ((s = store_open_with(&o, why, sizeof(why))) == NULL)
+		errf(err, errlen, "[store] %s: %s", key, why);
+	return s;
+}
+
 static void
 wipe_free(char *s)
 {
@@ -578,8 +612,10 @@ daemon_start(struct daemon *d)
 	 * is refused, as a token they may read is. */
 	if (daemon_check_files(c, &diag) == -1)
 		fatal("%s", diag.text);
-	if ((d->store = store_open(c->store_dir, err, sizeof(err))) == NULL)
-		fatal("[store] dir: %s", err);
+	if ((d->store = daemon_store_open(c, d->token, false, err,
+	    sizeof(err))) ==
+	    NULL)
+		fatal("%s", err);
 	store_set_sync_full(d->store, strcmp(c->store_sync, "full") == 0);
 	/* Empty path and secret_token: generated once, kept in the store,
 	 * so restarts (and Telegram) keep using the same ones. */
@@ -723,7 +759,8 @@ static void
 warn_restart_keys(const struct config *a, const struct config *b)
 {
 	static const char *const keys[] = { "domain", "port", "listen",
-		"path", "secret_token", "tls", "store dir", "store sync",
+		"path", "secret_token", "tls", "[store] dir, backend, postgresql",
+		"store sync",
 		"api_url", "threads", "handler_threads", "max_clients",
 		"per_ip_limit", "connection_timeout", "dedup_size", "max_body",
 		"reply_deadline", "[outbox]", "registration", "chat_queue",
@@ -738,7 +775,9 @@ warn_restart_keys(const struct config *a, const struct config *b)
 	diff[3] = STR_DIFF(a->path, b->path);
 	diff[4] = STR_DIFF(a->secret_token, b->secret_token);
 	diff[5] = a->tls != b->tls;
-	diff[6] = STR_DIFF(a->store_dir, b->store_dir);
+	diff[6] = STR_DIFF(a->store_dir, b->store_dir) ||
+	    STR_DIFF(a->store_backend, b->store_backend) ||
+	    STR_DIFF(a->store_postgresql, b->store_postgresql);
 	diff[7] = STR_DIFF(a->store_sync, b->store_sync);
 	diff[8] = STR_DIFF(a->api_url, b->api_url);
 	diff[9] = a->threads != b->threads;
@@ -804,6 +843,8 @@ keep_running_values(const struct config *old, struct config *nc)
 	KEEP_STR(secret_token);
 	KEEP_STR(store_dir);
 	KEEP_STR(store_sync);
+	KEEP_STR(store_backend);
+	KEEP_STR(store_postgresql);
 	KEEP_STR(api_url);
 	KEEP_STR(allowed_updates);
 	KEEP_STR(ip_address);

@@ -11,6 +11,8 @@
 #include "cert.h"
 #include "config.h"
 
+struct store;
+
 /* A certificate closer to its end than this is warned about. */
 #define CERT_WARN_DAYS 30
 
@@ -27,6 +29,13 @@ int daemon_certificate(const struct config *c, bool make,
  * file_check_private, for the user config_user_uid() names).  Problems
  * go to d; returns 0 or -1. */
 int daemon_check_files(const struct config *c, struct diag *d);
+
+/* Opens the store [store] backend names, the bot's id taken from token
+ * (which PostgreSQL keys rows by; SQLite needs none: token may be NULL).
+ * check: as -t, changing nothing (store_options).  NULL with err naming
+ * the key and what is wrong. */
+struct store *daemon_store_open(const struct config *c, const char *token,
+    bool check, char *err, size_t errlen);
 
 /* Becomes [server] user for good (no supplementary groups; root cannot be
  * regained).  0, or -1 with err. */

@@ -186,6 +186,26 @@ scrub_token_env(void)
 	unsetenv("TGWEBHOOKD_TOKEN");
 }
 
+/* -t with a PostgreSQL store: connects, creates or migrates the schema
+ * (as the daemon would at start), and says what is wrong and what fixes
+ * it; SQLite's store is checked by daemon_check_files(). */
+static void
+check_store(const struct config *c, const char *token, struct diag *d)
+{
+	char err[1024];
+	struct store *s;
+
+	if ((s = daemon_store_open(c, token, true, err, sizeof(err))) ==
+	    NULL) {
+		diag_add(d, c->file, config_line(c, "store", "postgresql"),
+		    NULL, "%s", err);
+		return;
+	}
+	printf("store: PostgreSQL reached; its schema is current or can be "
+	    "made so\n");
+	store_close(s);
+}
+
 static int
 check_only(struct config *c, struct diag *d)
 {
@@ -195,7 +215,11 @@ check_only(struct config *c, struct diag *d)
 	if ((token = config_token(c, err, sizeof(err))) == NULL)
 		diag_add(d, c->file, config_line(c, "bot", "token_file"),
 		    "token", "%s", err);
-	else {
+	else if (strcmp(c->store_backend, "postgresql") == 0 &&
+	    c->store_postgresql != NULL && c->store_postgresql[0] != '\0' &&
+	    store_conninfo_check(c->store_postgresql, err, sizeof(err)) == 0)
+		check_store(c, token, d);	/* else config_check said why */
+	if (token != NULL) {
 		explicit_bzero(token, strlen(token));
 		free(token);
 	}
@@ -277,7 +301,8 @@ webhook_command(const struct config *c, const char *token, enum mode mode)
 	return rc;
 }
 
-/* The operator commands: the store only, no token needed. */
+/* The operator commands: the store only (the token only for the bot id
+ * a PostgreSQL store keys rows by). */
 static int
 store_command(const struct config *c, enum mode mode, const char *arg,
     const char *text, const char *over)
@@ -285,7 +310,7 @@ store_command(const struct config *c, enum mode mode, const char *arg,
 	struct ops_limits lim = { c->outbox_rate, c->outbox_max_pending,
 		c->outbox_max_pending_per_chat };
 	unsigned ms = 0;
-	char err[512];
+	char err[1024], *token = NULL;
 	struct store *s;
 	int rc = 1;
 
@@ -295,8 +320,19 @@ store_command(const struct config *c, enum mode mode, const char *arg,
 		fprintf(stderr, "tgwebhookd: %s\n", err);
 		return 2;
 	}
-	if ((s = store_open(c->store_dir, err, sizeof(err))) == NULL) {
-		fprintf(stderr, "tgwebhookd: [store] dir: %s\n", err);
+	/* PostgreSQL keys rows by the bot's id, which is in the token. */
+	if (strcmp(c->store_backend, "postgresql") == 0 &&
+	    (token = config_token(c, err, sizeof(err))) == NULL) {
+		fprintf(stderr, "tgwebhookd: [store] backend = postgresql "
+		    "needs the bot's id from the token: %s\n", err);
+		return 1;
+	}
+	s = daemon_store_open(c, token, false, err, sizeof(err));
+	if (token != NULL)
+		explicit_bzero(token, strlen(token));
+	free(token);
+	if (s == NULL) {
+		fprintf(stderr, "tgwebhookd: %s\n", err);
 		return 1;
 	}
 	store_set_sync_full(s, strcmp(c->store_sync, "full") == 0);

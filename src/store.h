@@ -1,9 +1,12 @@
 /*
- * store.h: durable state in [store] dir: generated secrets (webhook path
- * and secret token) and dead letters (updates whose handler failed, kept
- * with the reason so that nothing is dropped silently).  The interface
- * speaks of names, updates and calls, not of rows: another backend can
- * take its place.  Thread-safe.
+ * store.h: durable state: generated secrets (webhook path and secret
+ * token) and dead letters (updates whose handler failed, kept with the
+ * reason so that nothing is dropped silently), the outbox, held updates,
+ * offsets and conversation states.  The interface speaks of names,
+ * updates and calls, not of rows; two backends implement it, chosen at
+ * open: SQLite in [store] dir (store_sqlite.c) and PostgreSQL
+ * (store_pg.c), which several instances of one bot may share.
+ * Thread-safe.
  */
 #ifndef TGW_STORE_H
 #define TGW_STORE_H
@@ -14,10 +17,40 @@
 
 struct store;
 
-/* Opens (creating if needed, mode 0700 dir, 0600 file) the store in dir.
- * NULL with err on failure. */
+enum store_kind {
+	STORE_SQLITE = 0,	/* one file in dir, for one machine */
+	STORE_POSTGRESQL = 1,	/* a database several instances share */
+};
+
+struct store_options {
+	enum store_kind backend;
+	const char *dir;	/* SQLite: the directory of the file */
+	const char *conninfo;	/* PostgreSQL: libpq string or URI */
+	int64_t bot_id;		/* PostgreSQL: the token's numeric id, the
+				 * first column of every row's key */
+	const char *instance;	/* PostgreSQL: shown as application_name */
+	bool check;		/* PostgreSQL (-t): connect and try the
+				 * schema's creation or migration in a
+				 * transaction rolled back: nothing changes */
+};
+
+/* Opens the store o names: SQLite creates it if needed (mode 0700 dir,
+ * 0600 file); PostgreSQL connects, creates or migrates its schema.  NULL
+ * with err saying what is wrong and what fixes it. */
+struct store *store_open_with(const struct store_options *o, char *err,
+    size_t errlen);
+/* store_open_with() for the SQLite store in dir. */
 struct store *store_open(const char *dir, char *err, size_t errlen);
 void store_close(struct store *s);
+/* The backend's name ("sqlite", "postgresql"). */
+const char *store_backend_name(const struct store *s);
+/* Checks a PostgreSQL connection string or URI: 0, or -1 with err if
+ * libpq cannot parse it or it holds a password (which belongs in
+ * ~/.pgpass, PGPASSFILE or PGPASSWORD); err never quotes a password. */
+int store_conninfo_check(const char *conninfo, char *err, size_t errlen);
+/* The bot's numeric id in token ("123456:ABC..."): 0 and *id, or -1 if
+ * token has no id. */
+int store_bot_id(const char *token, int64_t *id);
 
 /* Looks up a kept secret: 0 and *value (caller frees), 1 if none, -1 with
  * err on failure. */

@@ -9,9 +9,8 @@
  * hold the webhook secrets.
  */
 #include "store.h"
+#include "store_backend.h"
 
-#include <openssl/evp.h>
-#include <openssl/rand.h>
 #include <pthread.h>
 #include <sqlite3.h>
 #include <stdarg.h>
@@ -32,6 +31,7 @@
 #define STORE_FILE "tgwebhookd.db"
 
 struct store {
+	struct store_base base;	/* first: store.c reaches the table */
 	pthread_mutex_t mu;
 	sqlite3 *db;
 	char *path;
@@ -113,8 +113,8 @@ wrote(struct store *s)
 	atomic_store(&s->failing_since, 0);
 }
 
-int64_t
-store_failing_since(struct store *s, char *why, size_t len)
+static int64_t
+sqlite_failing_since(struct store *s, char *why, size_t len)
 {
 	int64_t since = atomic_load(&s->failing_since);
 
@@ -228,11 +228,12 @@ migrate(sqlite3 *db, char **msg)
 	    -1;
 }
 
-struct store *
-store_open(const char *dir, char *err, size_t errlen)
+static struct store *
+sqlite_open(const struct store_options *o, char *err, size_t errlen)
 {
 	struct store *s = xcalloc(1, sizeof(*s));
 	char *path = NULL, *msg = NULL;
+	const char *dir = o->dir;
 	mode_t old;
 	int rc;
 
@@ -261,6 +262,7 @@ store_open(const char *dir, char *err, size_t errlen)
 	pthread_mutex_init(&s->mu, NULL);
 	pthread_mutex_init(&s->why_mu, NULL);
 	s->path = path;
+	s->base.be = &store_sqlite_backend;
 	return s;
 fail:
 	if (s->db != NULL)
@@ -270,8 +272,8 @@ fail:
 	return NULL;
 }
 
-void
-store_close(struct store *s)
+static void
+sqlite_close(struct store *s)
 {
 	if (s == NULL)
 		return;
@@ -317,16 +319,16 @@ out:
 	return ret;
 }
 
-int
-store_secret_get(struct store *s, const char *name, char **value, char *err,
+static int
+sqlite_secret_get(struct store *s, const char *name, char **value, char *err,
     size_t errlen)
 {
 	return lookup(s, "SELECT value FROM secrets WHERE name=?", name, value,
 	    NULL, name, err, errlen);
 }
 
-int
-store_secret_put(struct store *s, const char *name, const char *value,
+static int
+sqlite_secret_put(struct store *s, const char *name, const char *value,
     char *err, size_t errlen)
 {
 	sqlite3_stmt *st = NULL;
@@ -350,60 +352,13 @@ out:
 	return ret;
 }
 
-char *
-store_secret_ensure(struct store *s, const char *name, size_t bytes,
-    char *err, size_t errlen)
-{
-	unsigned char raw[64];
-	char b64[96], *value = NULL;
-	int n, rc;
-
-	if ((rc = store_secret_get(s, name, &value, err, errlen)) == 0)
-		return value;
-	if (rc == -1)
-		return NULL;
-	if (bytes > sizeof(raw) || RAND_bytes(raw, (int)bytes) != 1) {
-		errf(err, errlen, "RAND_bytes failed");
-		return NULL;
-	}
-	n = EVP_EncodeBlock((unsigned char *)b64, raw, (int)bytes);
-	/* base64 -> base64url without padding: Telegram's secret_token
-	 * alphabet is A-Z a-z 0-9 _ - and a URL path wants no '/'. */
-	for (int i = 0; i < n; i++) {
-		if (b64[i] == '+')
-			b64[i] = '-';
-		else if (b64[i] == '/')
-			b64[i] = '_';
-		else if (b64[i] == '=')
-			b64[i] = '\0';
-	}
-	explicit_bzero(raw, sizeof(raw));
-	if (store_secret_put(s, name, b64, err, errlen) == -1)
-		return NULL;
-	return xstrdup(b64);
-}
-
-/* An error text as it is kept: redacted, since the log is not its only
- * reader (--outbox prints it).  Caller frees; NULL stays NULL. */
-static char *
-redacted(const char *text)
-{
-	char *r;
-
-	if (text == NULL)
-		return NULL;
-	r = xstrdup(text);
-	log_redact(r);
-	return r;
-}
-
-int
-store_dead_update(struct store *s, int64_t update_id, const char *handler,
+static int
+sqlite_dead_update(struct store *s, int64_t update_id, const char *handler,
     const char *reason, const char *body, size_t len, char *err,
     size_t errlen)
 {
 	sqlite3_stmt *st = NULL;
-	char *why = redacted(reason);
+	char *why = store_redacted(reason);
 	int ret = -1;
 
 	pthread_mutex_lock(&s->mu);
@@ -429,8 +384,8 @@ out:
 	return ret;
 }
 
-long
-store_dead_count(struct store *s)
+static long
+sqlite_dead_count(struct store *s)
 {
 	sqlite3_stmt *st = NULL;
 	long n = -1;
@@ -444,32 +399,13 @@ store_dead_count(struct store *s)
 	return n;
 }
 
-void
-store_set_sync_full(struct store *s, bool full)
+static void
+sqlite_set_sync_full(struct store *s, bool full)
 {
 	pthread_mutex_lock(&s->mu);
 	sqlite3_exec(s->db, full ? "PRAGMA synchronous=FULL" :
 	    "PRAGMA synchronous=NORMAL", NULL, NULL, NULL);
 	pthread_mutex_unlock(&s->mu);
-}
-
-void
-store_call_clear(struct store_call *c)
-{
-	free(c->key);
-	free(c->method);
-	free(c->chat);
-	free(c->params);
-	free(c->last_error);
-	memset(c, 0, sizeof(*c));
-}
-
-void
-store_calls_free(struct store_call *calls, size_t n)
-{
-	for (size_t i = 0; i < n; i++)
-		store_call_clear(&calls[i]);
-	free(calls);
 }
 
 static char *
@@ -607,16 +543,8 @@ state_write(struct store *s, const char *key, const struct store_state *st)
 	return ret;
 }
 
-int
-store_calls_add(struct store *s, const struct store_call *calls, size_t n,
-    size_t *added, char *err, size_t errlen)
-{
-	return store_calls_add_state(s, calls, n, NULL, NULL, added, err,
-	    errlen);
-}
-
-int
-store_calls_add_state(struct store *s, const struct store_call *calls,
+static int
+sqlite_calls_add_state(struct store *s, const struct store_call *calls,
     size_t n, const char *key, const struct store_state *state,
     size_t *added, char *err, size_t errlen)
 {
@@ -669,8 +597,8 @@ out:
 	return ok;
 }
 
-long
-store_calls_pending(struct store *s, enum store_lane lane, int64_t after,
+static long
+sqlite_calls_pending(struct store *s, enum store_lane lane, int64_t after,
     size_t max, struct store_call **out, char *err, size_t errlen)
 {
 	return query_calls(s, "SELECT " COLS " FROM calls WHERE state = 0 AND "
@@ -678,8 +606,8 @@ store_calls_pending(struct store *s, enum store_lane lane, int64_t after,
 	    out, err, errlen);
 }
 
-long
-store_calls_of_chat(struct store *s, enum store_lane lane, const char *chat,
+static long
+sqlite_calls_of_chat(struct store *s, enum store_lane lane, const char *chat,
     int64_t after, int64_t upto, size_t max, struct store_call **out,
     char *err, size_t errlen)
 {
@@ -709,16 +637,16 @@ query_count(struct store *s, const char *sql, const char *text, int64_t a)
 	return n;
 }
 
-long
-store_calls_chat_count(struct store *s, const char *chat)
+static long
+sqlite_calls_chat_count(struct store *s, const char *chat)
 {
 	/* lane IN (...) lets the (state, lane, chat, id) index serve it */
 	return query_count(s, "SELECT count(*) FROM calls WHERE state = 0 AND "
 	    "lane IN (0, 1, 2, 3) AND chat = ?1 AND ?2 = ?2", chat, 0);
 }
 
-int
-store_calls_lanes(struct store *s, struct store_lane_depth out[STORE_LANES])
+static int
+sqlite_calls_lanes(struct store *s, struct store_lane_depth out[STORE_LANES])
 {
 	sqlite3_stmt *st = NULL;
 	int rc = SQLITE_ERROR;
@@ -741,8 +669,8 @@ store_calls_lanes(struct store *s, struct store_lane_depth out[STORE_LANES])
 	return rc == SQLITE_DONE ? 0 : -1;
 }
 
-long
-store_broadcasts(struct store *s, struct store_broadcast *out, size_t max,
+static long
+sqlite_broadcasts(struct store *s, struct store_broadcast *out, size_t max,
     char *err, size_t errlen)
 {
 	sqlite3_stmt *st = NULL;
@@ -779,16 +707,16 @@ store_broadcasts(struct store *s, struct store_broadcast *out, size_t max,
 	return rc == SQLITE_DONE ? (long)n : -1;
 }
 
-long
-store_broadcast_known(struct store *s, const char *id)
+static long
+sqlite_broadcast_known(struct store *s, const char *id)
 {
 	return query_count(s, "SELECT count(*) FROM calls WHERE "
 	    "key >= 'b:' || ?1 || ':' AND key < 'b:' || ?1 || ';' AND ?2 = ?2",
 	    id, 0);
 }
 
-int
-store_calls_update(struct store *s, const struct store_outcome *o, size_t n,
+static int
+sqlite_calls_update(struct store *s, const struct store_outcome *o, size_t n,
     char *err, size_t errlen)
 {
 	sqlite3_stmt *st = NULL;
@@ -806,7 +734,7 @@ store_calls_update(struct store *s, const struct store_outcome *o, size_t n,
 	    -1, &st, NULL) != SQLITE_OK)
 		goto out;
 	for (size_t i = 0; i < n; i++) {
-		char *e = redacted(o[i].error);
+		char *e = store_redacted(o[i].error);
 		int rc;
 
 		sqlite3_reset(st);
@@ -859,8 +787,8 @@ exec_changes(struct store *s, const char *what, const char *sql,
 	return n;
 }
 
-long
-store_calls_rechat(struct store *s, const char *from, int64_t to, char *err,
+static long
+sqlite_calls_rechat(struct store *s, const char *from, int64_t to, char *err,
     size_t errlen)
 {
 	return exec_changes(s, "moving calls to the chat's new id",
@@ -869,16 +797,16 @@ store_calls_rechat(struct store *s, const char *from, int64_t to, char *err,
 	    "chat = ?1 AND ?3 = ?3", from, to, 0, err, errlen);
 }
 
-long
-store_calls_list(struct store *s, enum store_call_state state, size_t max,
+static long
+sqlite_calls_list(struct store *s, enum store_call_state state, size_t max,
     struct store_call **out, char *err, size_t errlen)
 {
 	return query_calls(s, "SELECT " COLS " FROM calls WHERE state = ?1 AND "
 	    "?2 = ?2 ORDER BY id LIMIT ?3", state, 0, max, out, err, errlen);
 }
 
-long
-store_calls_count(struct store *s, enum store_call_state state,
+static long
+sqlite_calls_count(struct store *s, enum store_call_state state,
     int64_t *oldest_ms)
 {
 	sqlite3_stmt *st = NULL;
@@ -899,8 +827,8 @@ store_calls_count(struct store *s, enum store_call_state state,
 	return n;
 }
 
-int
-store_calls_unsent(struct store *s, const char *chat, char *err,
+static int
+sqlite_calls_unsent(struct store *s, const char *chat, char *err,
     size_t errlen)
 {
 	sqlite3_stmt *st = NULL;
@@ -920,8 +848,8 @@ store_calls_unsent(struct store *s, const char *chat, char *err,
 	return rc;
 }
 
-long
-store_calls_retry_dead(struct store *s, int64_t id, char *err, size_t errlen)
+static long
+sqlite_calls_retry_dead(struct store *s, int64_t id, char *err, size_t errlen)
 {
 	/* Dead calls come back as new rows (new ids), so that a running
 	 * sender, which reads pending calls by increasing id, sees them; the
@@ -971,8 +899,8 @@ out:
 	return n;
 }
 
-long
-store_calls_purge(struct store *s, enum store_call_state state,
+static long
+sqlite_calls_purge(struct store *s, enum store_call_state state,
     int64_t before_ms, char *err, size_t errlen)
 {
 	return exec_changes(s, "pruning the outbox",
@@ -1038,8 +966,8 @@ held_to_dead(struct store *s, int64_t before, char *err, size_t errlen)
 
 static long claims_prune(struct store *, char *, size_t);
 
-long
-store_prune(struct store *s, const struct store_keep *k, char *err,
+static long
+sqlite_prune(struct store *s, const struct store_keep *k, char *err,
     size_t errlen)
 {
 	int64_t now = wall_ms();
@@ -1058,8 +986,8 @@ store_prune(struct store *s, const struct store_keep *k, char *err,
 	return a + b + c + d + e + f;
 }
 
-long
-store_dead_updates_purge(struct store *s, int64_t before_s, char *err,
+static long
+sqlite_dead_updates_purge(struct store *s, int64_t before_s, char *err,
     size_t errlen)
 {
 	return exec_changes(s, "purging dead letters",
@@ -1067,8 +995,8 @@ store_dead_updates_purge(struct store *s, int64_t before_s, char *err,
 	    "created < ?2 AND ?3 = ?3", NULL, before_s, 0, err, errlen);
 }
 
-int
-store_update_hold(struct store *s, int64_t update_id, const char *handler,
+static int
+sqlite_update_hold(struct store *s, int64_t update_id, const char *handler,
     const char *body, size_t len, char *err, size_t errlen)
 {
 	sqlite3_stmt *st = NULL;
@@ -1095,8 +1023,8 @@ store_update_hold(struct store *s, int64_t update_id, const char *handler,
 	return ret;
 }
 
-int
-store_update_release(struct store *s, int64_t update_id, char *err,
+static int
+sqlite_update_release(struct store *s, int64_t update_id, char *err,
     size_t errlen)
 {
 	return exec_changes(s, "releasing a held update",
@@ -1147,8 +1075,8 @@ read_updates(struct store *s, const char *sql, long max,
 	return (long)n;
 }
 
-long
-store_updates_held(struct store *s, struct store_update **out, char *err,
+static long
+sqlite_updates_held(struct store *s, struct store_update **out, char *err,
     size_t errlen)
 {
 	return read_updates(s, "SELECT 0, update_id, handler, NULL, 0, body "
@@ -1156,8 +1084,8 @@ store_updates_held(struct store *s, struct store_update **out, char *err,
 	    err, errlen);
 }
 
-long
-store_dead_updates(struct store *s, long max, struct store_update **out,
+static long
+sqlite_dead_updates(struct store *s, long max, struct store_update **out,
     char *err, size_t errlen)
 {
 	return read_updates(s, "SELECT id, update_id, handler, reason, created, "
@@ -1165,20 +1093,9 @@ store_dead_updates(struct store *s, long max, struct store_update **out,
 	    errlen);
 }
 
-void
-store_updates_free(struct store_update *u, size_t n)
-{
-	for (size_t i = 0; i < n; i++) {
-		free(u[i].handler);
-		free(u[i].body);
-		free(u[i].reason);
-	}
-	free(u);
-}
-
 /* The poller's offset: the first update_id not yet made durable. */
-int
-store_offset_get(struct store *s, const char *source, int64_t *next,
+static int
+sqlite_offset_get(struct store *s, const char *source, int64_t *next,
     char *err, size_t errlen)
 {
 	char what[64];
@@ -1188,8 +1105,8 @@ store_offset_get(struct store *s, const char *source, int64_t *next,
 	    NULL, next, what, err, errlen);
 }
 
-int
-store_offset_put(struct store *s, const char *source, int64_t next,
+static int
+sqlite_offset_put(struct store *s, const char *source, int64_t next,
     char *err, size_t errlen)
 {
 	sqlite3_stmt *st = NULL;
@@ -1213,20 +1130,8 @@ out:
 	return ret;
 }
 
-void
-store_state_clear(struct store_state *st)
-{
-	if (st == NULL)
-		return;
-	free(st->name);
-	free(st->data);
-	st->name = st->data = NULL;
-	st->expires_ms = 0;
-	st->update_id = 0;
-}
-
-int
-store_state_get(struct store *s, const char *key, int64_t now_ms,
+static int
+sqlite_state_get(struct store *s, const char *key, int64_t now_ms,
     struct store_state *out, char *err, size_t errlen)
 {
 	sqlite3_stmt *st = NULL;
@@ -1261,16 +1166,8 @@ out:
 	return ret;
 }
 
-int
-store_state_put(struct store *s, const char *key,
-    const struct store_state *state, char *err, size_t errlen)
-{
-	return store_calls_add_state(s, NULL, 0, key, state, NULL, err,
-	    errlen);
-}
-
-long
-store_states_expire(struct store *s, int64_t now_ms, char *err,
+static long
+sqlite_states_expire(struct store *s, int64_t now_ms, char *err,
     size_t errlen)
 {
 	sqlite3_stmt *st = NULL;
@@ -1306,8 +1203,8 @@ out:
 #define NOW_MS "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)"
 #define WAIT_STEP_MS 25
 
-bool
-store_shared(const struct store *s)
+static bool
+sqlite_shared(const struct store *s)
 {
 	/* A SQLite store is one machine's: several instances share it only
 	 * when told so ([cluster] instance). */
@@ -1353,8 +1250,8 @@ cluster_step(struct store *s, const char *sql, int64_t a, const char *b,
 	return ret;
 }
 
-int
-store_update_claim(struct store *s, int64_t update_id, const char *instance,
+static int
+sqlite_update_claim(struct store *s, int64_t update_id, const char *instance,
     int64_t ttl_ms, char *err, size_t errlen)
 {
 	int64_t state = 0;
@@ -1407,8 +1304,8 @@ cluster_exec(struct store *s, const char *what, const char *sql, int64_t a,
 	return rc;
 }
 
-int
-store_update_done(struct store *s, int64_t update_id, char *err,
+static int
+sqlite_update_done(struct store *s, int64_t update_id, char *err,
     size_t errlen)
 {
 	/* until is when it was done: store_prune counts the keep from it */
@@ -1419,8 +1316,8 @@ store_update_done(struct store *s, int64_t update_id, char *err,
 	    err, errlen);
 }
 
-int
-store_update_unclaim(struct store *s, int64_t update_id, const char *instance,
+static int
+sqlite_update_unclaim(struct store *s, int64_t update_id, const char *instance,
     char *err, size_t errlen)
 {
 	return cluster_exec(s, "giving back an update's claim",
@@ -1448,8 +1345,8 @@ claims_prune(struct store *s, char *err, size_t errlen)
 	return n;
 }
 
-int
-store_lease_take(struct store *s, const char *duty, const char *instance,
+static int
+sqlite_lease_take(struct store *s, const char *duty, const char *instance,
     int64_t ttl_ms, char *holder, size_t holderlen, char *err,
     size_t errlen)
 {
@@ -1483,8 +1380,8 @@ out:
 	return ret;
 }
 
-int
-store_lease_drop(struct store *s, const char *duty, const char *instance,
+static int
+sqlite_lease_drop(struct store *s, const char *duty, const char *instance,
     char *err, size_t errlen)
 {
 	return cluster_exec(s, "giving up a duty",
@@ -1515,8 +1412,8 @@ calls_mark(struct store *s, int64_t *ver, int64_t *seq, char *err,
 	return rc == -1 ? -1 : 0;
 }
 
-int
-store_calls_wait(struct store *s, int timeout_ms, char *err, size_t errlen)
+static int
+sqlite_calls_wait(struct store *s, int timeout_ms, char *err, size_t errlen)
 {
 	int64_t ver0, seq0, ver, seq;
 	uint64_t until = now_ms() + (uint64_t)(timeout_ms > 0 ? timeout_ms :
@@ -1544,3 +1441,46 @@ store_calls_wait(struct store *s, int timeout_ms, char *err, size_t errlen)
 			return 1;
 	}
 }
+
+const struct store_backend store_sqlite_backend = {
+	.name = "sqlite",
+	.open = sqlite_open,
+	.close = sqlite_close,
+	.secret_get = sqlite_secret_get,
+	.secret_put = sqlite_secret_put,
+	.failing_since = sqlite_failing_since,
+	.set_sync_full = sqlite_set_sync_full,
+	.calls_add_state = sqlite_calls_add_state,
+	.state_get = sqlite_state_get,
+	.states_expire = sqlite_states_expire,
+	.calls_unsent = sqlite_calls_unsent,
+	.calls_pending = sqlite_calls_pending,
+	.calls_of_chat = sqlite_calls_of_chat,
+	.calls_chat_count = sqlite_calls_chat_count,
+	.calls_lanes = sqlite_calls_lanes,
+	.broadcasts = sqlite_broadcasts,
+	.broadcast_known = sqlite_broadcast_known,
+	.calls_update = sqlite_calls_update,
+	.calls_rechat = sqlite_calls_rechat,
+	.calls_list = sqlite_calls_list,
+	.calls_count = sqlite_calls_count,
+	.calls_retry_dead = sqlite_calls_retry_dead,
+	.calls_purge = sqlite_calls_purge,
+	.prune = sqlite_prune,
+	.update_hold = sqlite_update_hold,
+	.update_release = sqlite_update_release,
+	.updates_held = sqlite_updates_held,
+	.dead_update = sqlite_dead_update,
+	.dead_count = sqlite_dead_count,
+	.dead_updates = sqlite_dead_updates,
+	.dead_updates_purge = sqlite_dead_updates_purge,
+	.offset_get = sqlite_offset_get,
+	.offset_put = sqlite_offset_put,
+	.shared = sqlite_shared,
+	.update_claim = sqlite_update_claim,
+	.update_done = sqlite_update_done,
+	.update_unclaim = sqlite_update_unclaim,
+	.lease_take = sqlite_lease_take,
+	.lease_drop = sqlite_lease_drop,
+	.calls_wait = sqlite_calls_wait,
+};

@@ -28,7 +28,19 @@ count() {	# count TAP lines from a file: $1 = file, $2 = suite name
 }
 
 out=$(mktemp)
-trap 'rm -f "$out"' EXIT
+# One PostgreSQL server of the run's own for the unit tests' PostgreSQL
+# cases (tests/pgserver.py: initdb in a temporary directory, as nobody,
+# on a unix socket there), stopped at the end whatever happens.  Under
+# make test they always run: a server that does not start is a failure.
+pgdir=$(mktemp -d /tmp/tgw-pg-XXXXXX)
+trap 'python3 tests/pgserver.py stop "$pgdir"; rm -rf "$out" "$pgdir"' EXIT
+if TGW_TEST_PG=$(python3 tests/pgserver.py start "$pgdir" 2> "$out"); then
+	export TGW_TEST_PG
+else
+	cat "$out"
+	failed=$((failed + 1))
+	failures+=("PostgreSQL: the tests' server did not start (see above)")
+fi
 
 for t in "$BUILD"/tests/test_*; do
 	[ -x "$t" ] || continue

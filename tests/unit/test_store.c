@@ -1,11 +1,18 @@
-/* Unit tests for store_sqlite.c: secrets generated once and kept, dead letters,
- * the outbox's rows, errors kept redacted, failing writes, file modes. */
+/* Unit tests for the store (store.h) on both backends: secrets generated
+ * once and kept, dead letters, the outbox's rows, errors kept redacted,
+ * states; SQLite's failing writes, file modes and migration; PostgreSQL's
+ * schema version, bot keys and the cluster section (claims, leases,
+ * wake-ups) with several handles at once.  The PostgreSQL cases run
+ * against the server TGW_TEST_PG names (tests/run.sh starts one: see
+ * tests/pgserver.py), and skip, saying so, without it. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <libpq-fe.h>
+#include <pthread.h>
 #include <sqlite3.h>
 
 #include <stdio.h>
@@ -14,10 +21,67 @@
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "log.h"
 #include "store.h"
 #include "util.h"
+
+/* The backend a case runs on: its prestate. */
+struct backend {
+	enum store_kind kind;
+};
+static struct backend on_sqlite = { STORE_SQLITE };
+static struct backend on_pg = { STORE_POSTGRESQL };
+
+static bool
+is_pg(void **state)
+{
+	return ((struct backend *)*state)->kind == STORE_POSTGRESQL;
+}
+
+/* Skips a PostgreSQL case when no server was given. */
+static void
+need_backend(void **state)
+{
+	if (is_pg(state) && getenv("TGW_TEST_PG") == NULL) {
+		print_message("# no TGW_TEST_PG (a conninfo): PostgreSQL cases "
+		    "skipped; make test starts a server for them\n");
+		skip();
+	}
+}
+
+/* A bot id of its own for each directory a case made, so that on one
+ * database every case starts from an empty store (rows are keyed by
+ * the bot) and a reopen finds its rows again. */
+static int64_t
+bot_of(const char *dir)
+{
+	uint64_t h = 1469598103934665603ULL;
+
+	for (const char *p = dir; *p != '\0'; p++)
+		h = (h ^ (unsigned char)*p) * 1099511628211ULL;
+	return (int64_t)(h >> 2) + 1;
+}
+
+/* Opens the store of dir on the case's backend. */
+static struct store *
+topen(void **state, const char *dir, char *err, size_t errlen)
+{
+	struct store_options o = { .backend = STORE_SQLITE, .dir = dir };
+	struct store *s;
+
+	if (is_pg(state)) {
+		o.backend = STORE_POSTGRESQL;
+		o.conninfo = getenv("TGW_TEST_PG");
+		o.bot_id = bot_of(dir);
+		o.instance = "test";
+	}
+	s = store_open_with(&o, err, errlen);
+	if (s == NULL)
+		print_message("# %s\n", err);
+	return s;
+}
 
 static void
 test_secrets_and_dead_letters(void **state)
@@ -27,10 +91,10 @@ test_secrets_and_dead_letters(void **state)
 	char *a, *b, *v = NULL;
 	struct stat st;
 
-	(void)state;
+	need_backend(state);
 	assert_non_null(mkdtemp(dir));
 	snprintf(sub, sizeof(sub), "%s/state/deep", dir);
-	s = store_open(sub, err, sizeof(err));
+	s = topen(state, sub, err, sizeof(err));
 	assert_non_null(s);
 	assert_int_equal(store_secret_get(s, "x", &v, err, sizeof(err)), 1);
 	a = store_secret_ensure(s, "secret_token", 32, err, sizeof(err));
@@ -47,7 +111,7 @@ test_secrets_and_dead_letters(void **state)
 	store_close(s);
 
 	/* reopened: the same secret, the dead letter kept */
-	s = store_open(sub, err, sizeof(err));
+	s = topen(state, sub, err, sizeof(err));
 	b = store_secret_ensure(s, "secret_token", 32, err, sizeof(err));
 	assert_string_equal(a, b);
 	assert_int_equal(store_dead_count(s), 1);
@@ -80,11 +144,13 @@ test_secrets_and_dead_letters(void **state)
 	store_close(s);
 	free(a);
 	free(b);
-	assert_int_equal(stat(sub, &st), 0);
-	assert_int_equal(st.st_mode & 0777, 0700);
-	snprintf(sub, sizeof(sub), "%s/state/deep/tgwebhookd.db", dir);
-	assert_int_equal(stat(sub, &st), 0);
-	assert_int_equal(st.st_mode & 0077, 0);
+	if (!is_pg(state)) {
+		assert_int_equal(stat(sub, &st), 0);
+		assert_int_equal(st.st_mode & 0777, 0700);
+		snprintf(sub, sizeof(sub), "%s/state/deep/tgwebhookd.db", dir);
+		assert_int_equal(stat(sub, &st), 0);
+		assert_int_equal(st.st_mode & 0077, 0);
+	}
 	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
 	assert_int_equal(system(cmd), 0);
 }
@@ -111,11 +177,12 @@ test_calls(void **state)
 	struct store_outcome oc[2];
 	struct store *s;
 	size_t added;
+	int64_t second;
 	long n;
 
-	(void)state;
+	need_backend(state);
 	assert_non_null(mkdtemp(dir));
-	s = store_open(dir, err, sizeof(err));
+	s = topen(state, dir, err, sizeof(err));
 	rows[0] = call(k1, chat, p1);
 	rows[1] = call(k2, chat, p2);
 	rows[2] = call(NULL, NULL, p3);
@@ -132,9 +199,10 @@ test_calls(void **state)
 	assert_string_equal(got[0].key, "u:1:1");
 	assert_null(got[2].chat);
 	assert_in_range(got[1].id, got[0].id + 1, INT64_MAX);
+	second = got[1].id;	/* ids grow; they need not start at 1 */
 	store_calls_free(got, (size_t)n);
-	n = store_calls_pending(s, STORE_LANE_CONVERSATION, 2, 10, &got, err,
-	    sizeof(err));
+	n = store_calls_pending(s, STORE_LANE_CONVERSATION, second, 10, &got,
+	    err, sizeof(err));
 	assert_int_equal(n, 2);
 	store_calls_free(got, (size_t)n);
 
@@ -190,10 +258,10 @@ test_errors_kept_redacted(void **state)
 	size_t added;
 	long n;
 
-	(void)state;
+	need_backend(state);
 	log_add_secret("hook-path-kept-secret");
 	assert_non_null(mkdtemp(dir));
-	s = store_open(dir, err, sizeof(err));
+	s = topen(state, dir, err, sizeof(err));
 	assert_non_null(s);
 	assert_int_equal(store_calls_add(s, &row, 1, &added, err,
 	    sizeof(err)), 0);
@@ -237,9 +305,9 @@ test_unsent_and_held_order(void **state)
 	struct store *s;
 	long n;
 
-	(void)state;
+	need_backend(state);
 	assert_non_null(mkdtemp(dir));
-	s = store_open(dir, err, sizeof(err));
+	s = topen(state, dir, err, sizeof(err));
 	assert_non_null(s);
 	assert_int_equal(store_calls_unsent(s, "42", err, sizeof(err)), 0);
 	assert_int_equal(store_calls_add(s, &row, 1, NULL, err, sizeof(err)),
@@ -408,9 +476,9 @@ test_prune(void **state)
 	struct store *s;
 	long n;
 
-	(void)state;
+	need_backend(state);
 	assert_non_null(mkdtemp(dir));
-	s = store_open(dir, err, sizeof(err));
+	s = topen(state, dir, err, sizeof(err));
 	assert_non_null(s);
 	assert_int_equal(store_calls_add(s, rows, 2, NULL, err, sizeof(err)),
 	    0);
@@ -469,9 +537,9 @@ test_states(void **state)
 	struct store *s;
 	size_t added = 9;
 
-	(void)state;
+	need_backend(state);
 	assert_non_null(mkdtemp(dir));
-	s = store_open(dir, err, sizeof(err));
+	s = topen(state, dir, err, sizeof(err));
 	assert_non_null(s);
 	assert_int_equal(store_state_get(s, "42:5", 1000, &got, err,
 	    sizeof(err)), 1);
@@ -540,7 +608,7 @@ test_states(void **state)
 	assert_int_equal(store_state_put(s, "1", &a, err, sizeof(err)), 0);
 	assert_int_equal(store_state_put(s, "2", &b, err, sizeof(err)), 0);
 	store_close(s);
-	s = store_open(dir, err, sizeof(err));
+	s = topen(state, dir, err, sizeof(err));
 	assert_non_null(s);
 	assert_int_equal(store_state_get(s, "1", 1999, &got, err,
 	    sizeof(err)), 0);
@@ -558,19 +626,348 @@ test_states(void **state)
 	assert_int_equal(system(cmd), 0);
 }
 
+static void
+quiet(void *arg, const char *message)
+{
+	(void)arg;
+	(void)message;
+}
+
+/* Runs sql as the test server's user on database db (NULL: the one
+ * TGW_TEST_PG names); 0 if it worked. */
+static int
+pg_exec(const char *db, const char *sql)
+{
+	const char *keys[] = { "dbname", "dbname", NULL };
+	const char *vals[] = { getenv("TGW_TEST_PG"), db, NULL };
+	PGconn *c;
+	PGresult *r;
+	int ok;
+
+	if (db == NULL)
+		keys[1] = vals[1] = NULL;
+	c = PQconnectdbParams(keys, vals, 1);
+	if (PQstatus(c) != CONNECTION_OK) {
+		print_message("# %s", PQerrorMessage(c));
+		PQfinish(c);
+		return -1;
+	}
+	PQsetNoticeProcessor(c, quiet, NULL);
+	r = PQexec(c, sql);
+	ok = PQresultStatus(r) == PGRES_COMMAND_OK ||
+	    PQresultStatus(r) == PGRES_TUPLES_OK ? 0 : -1;
+	if (ok == -1)
+		print_message("# %s: %s", sql, PQerrorMessage(c));
+	PQclear(r);
+	PQfinish(c);
+	return ok;
+}
+
+/* Two bots on one database: each sees its own rows only. */
+static void
+test_pg_bots_apart(void **state)
+{
+	char err[512], da[64], db[64], *v = NULL;
+	struct store *a, *b;
+
+	need_backend(state);
+	snprintf(da, sizeof(da), "/bots-apart/%d/a", (int)getpid());
+	snprintf(db, sizeof(db), "/bots-apart/%d/b", (int)getpid());
+	assert_non_null(a = topen(state, da, err, sizeof(err)));
+	assert_non_null(b = topen(state, db, err, sizeof(err)));
+	assert_int_equal(store_secret_put(a, "webhook_path", "pa", err,
+	    sizeof(err)), 0);
+	assert_int_equal(store_secret_get(b, "webhook_path", &v, err,
+	    sizeof(err)), 1);
+	assert_int_equal(store_dead_update(a, 1, "h", "r", "{}", 2, err,
+	    sizeof(err)), 0);
+	assert_int_equal(store_dead_count(b), 0);
+	assert_int_equal(store_dead_count(a), 1);
+	assert_true(store_shared(a));
+	assert_string_equal(store_backend_name(a), "postgresql");
+	store_close(a);
+	store_close(b);
+}
+
+/* A database whose schema a newer daemon wrote is refused, saying
+ * which version and what to do. */
+static void
+test_pg_schema_newer_refused(void **state)
+{
+	char err[1024], db[64], drop[96], create[96], conninfo[512];
+	struct store_options o = { .backend = STORE_POSTGRESQL, .bot_id = 5 };
+	struct store *s;
+
+	need_backend(state);
+	snprintf(db, sizeof(db), "tgw_newer_%d", (int)getpid());
+	snprintf(drop, sizeof(drop), "DROP DATABASE IF EXISTS %s", db);
+	snprintf(create, sizeof(create), "CREATE DATABASE %s", db);
+	assert_int_equal(pg_exec("postgres", drop), 0);
+	assert_int_equal(pg_exec("postgres", create), 0);
+	snprintf(conninfo, sizeof(conninfo), "%s dbname=%s",
+	    getenv("TGW_TEST_PG"), db);
+	o.conninfo = conninfo;
+	assert_non_null(s = store_open_with(&o, err, sizeof(err)));
+	store_close(s);
+	assert_int_equal(pg_exec(db, "UPDATE tgw_schema SET version = 99"), 0);
+	assert_null(store_open_with(&o, err, sizeof(err)));
+	print_message("# %s\n", err);
+	assert_non_null(strstr(err, "schema is version 99, newer than this "
+	    "tgwebhookd knows (1)"));
+	assert_int_equal(pg_exec("postgres", drop), 0);
+}
+
+/* No server there: the error says where (never a password) and what
+ * to check; a conninfo with a password is refused before any try. */
+static void
+test_pg_unreachable(void **state)
+{
+	char err[1024];
+	struct store_options o = { .backend = STORE_POSTGRESQL, .bot_id = 5,
+		.conninfo = "host=/nonexistent-tgw port=5999 dbname=x" };
+
+	need_backend(state);
+	assert_null(store_open_with(&o, err, sizeof(err)));
+	print_message("# %s\n", err);
+	assert_non_null(strstr(err, "host /nonexistent-tgw port 5999"));
+	assert_non_null(strstr(err, "the server is unreachable"));
+	o.conninfo = "postgresql://u:hunter2@localhost/x";
+	assert_null(store_open_with(&o, err, sizeof(err)));
+	assert_non_null(strstr(err, "holds a password"));
+	assert_null(strstr(err, "hunter2"));
+	o.conninfo = "host=localhost password=hunter2";
+	assert_int_equal(store_conninfo_check(o.conninfo, err, sizeof(err)),
+	    -1);
+	assert_null(strstr(err, "hunter2"));
+	assert_int_equal(store_conninfo_check("host=/run/pg dbname=t", err,
+	    sizeof(err)), 0);
+}
+
+struct claimer {
+	struct store *s;
+	const char *instance;
+	pthread_barrier_t *go;
+	int64_t update_id;
+	int got;
+};
+
+static void *
+claim_thread(void *arg)
+{
+	struct claimer *c = arg;
+	char err[512];
+
+	pthread_barrier_wait(c->go);
+	c->got = store_update_claim(c->s, c->update_id, c->instance, 60000,
+	    err, sizeof(err));
+	return NULL;
+}
+
+/* Claims: of two instances claiming one update at the same moment,
+ * exactly one gets it; DONE once handled; an expired claim is taken
+ * over; a claim given back is free at once. */
+static void
+test_pg_claims(void **state)
+{
+	char err[512], dir[64];
+	struct store *a, *b;
+	pthread_barrier_t go;
+	uint64_t until;
+	int rc;
+
+	need_backend(state);
+	snprintf(dir, sizeof(dir), "/claims/%d", (int)getpid());
+	assert_non_null(a = topen(state, dir, err, sizeof(err)));
+	assert_non_null(b = topen(state, dir, err, sizeof(err)));
+	for (int64_t u = 100; u < 120; u++) {
+		struct claimer ca = { a, "a", &go, u, -9 };
+		struct claimer cb = { b, "b", &go, u, -9 };
+		pthread_t ta, tb;
+
+		pthread_barrier_init(&go, NULL, 2);
+		pthread_create(&ta, NULL, claim_thread, &ca);
+		pthread_create(&tb, NULL, claim_thread, &cb);
+		pthread_join(ta, NULL);
+		pthread_join(tb, NULL);
+		pthread_barrier_destroy(&go);
+		assert_true((ca.got == STORE_CLAIM_OURS &&
+		    cb.got == STORE_CLAIM_BUSY) || (ca.got == STORE_CLAIM_BUSY &&
+		    cb.got == STORE_CLAIM_OURS));
+	}
+	assert_int_equal(store_update_done(a, 100, err, sizeof(err)), 0);
+	assert_int_equal(store_update_claim(b, 100, "b", 60000, err,
+	    sizeof(err)), STORE_CLAIM_DONE);
+	assert_int_equal(store_update_claim(a, 100, "a", 60000, err,
+	    sizeof(err)), STORE_CLAIM_DONE);
+
+	/* expiry, on the server's clock */
+	assert_int_equal(store_update_claim(a, 200, "a", 300, err,
+	    sizeof(err)), STORE_CLAIM_OURS);
+	assert_int_equal(store_update_claim(b, 200, "b", 60000, err,
+	    sizeof(err)), STORE_CLAIM_BUSY);
+	until = now_ms() + 10000;
+	while ((rc = store_update_claim(b, 200, "b", 60000, err,
+	    sizeof(err))) == STORE_CLAIM_BUSY && now_ms() < until)
+		usleep(50000);
+	assert_int_equal(rc, STORE_CLAIM_OURS);
+
+	/* given back: another claims it at once; only the holder can */
+	assert_int_equal(store_update_claim(a, 300, "a", 60000, err,
+	    sizeof(err)), STORE_CLAIM_OURS);
+	assert_int_equal(store_update_unclaim(b, 300, "b", err, sizeof(err)),
+	    0);
+	assert_int_equal(store_update_claim(b, 300, "b", 60000, err,
+	    sizeof(err)), STORE_CLAIM_BUSY);
+	assert_int_equal(store_update_unclaim(a, 300, "a", err, sizeof(err)),
+	    0);
+	assert_int_equal(store_update_claim(b, 300, "b", 60000, err,
+	    sizeof(err)), STORE_CLAIM_OURS);
+	store_close(a);
+	store_close(b);
+}
+
+/* Leases: taken, refused to another (naming the holder), renewed by the
+ * holder, taken over once expired, free at once when dropped. */
+static void
+test_pg_leases(void **state)
+{
+	char err[512], dir[64], holder[64];
+	struct store *a, *b;
+	uint64_t until;
+	int rc;
+
+	need_backend(state);
+	snprintf(dir, sizeof(dir), "/leases/%d", (int)getpid());
+	assert_non_null(a = topen(state, dir, err, sizeof(err)));
+	assert_non_null(b = topen(state, dir, err, sizeof(err)));
+	assert_int_equal(store_lease_take(a, "outbox", "a", 60000, holder,
+	    sizeof(holder), err, sizeof(err)), 1);
+	assert_int_equal(store_lease_take(b, "outbox", "b", 60000, holder,
+	    sizeof(holder), err, sizeof(err)), 0);
+	assert_string_equal(holder, "a");
+	assert_int_equal(store_lease_take(a, "outbox", "a", 300, NULL, 0, err,
+	    sizeof(err)), 1);
+	/* another duty is another lease */
+	assert_int_equal(store_lease_take(b, "webhook", "b", 60000, NULL, 0,
+	    err, sizeof(err)), 1);
+	until = now_ms() + 10000;
+	while ((rc = store_lease_take(b, "outbox", "b", 60000, NULL, 0, err,
+	    sizeof(err))) == 0 && now_ms() < until)
+		usleep(50000);
+	assert_int_equal(rc, 1);
+	assert_int_equal(store_lease_take(a, "outbox", "a", 60000, holder,
+	    sizeof(holder), err, sizeof(err)), 0);
+	assert_string_equal(holder, "b");
+	/* only the holder drops it */
+	assert_int_equal(store_lease_drop(a, "outbox", "a", err, sizeof(err)),
+	    0);
+	assert_int_equal(store_lease_take(a, "outbox", "a", 60000, NULL, 0,
+	    err, sizeof(err)), 0);
+	assert_int_equal(store_lease_drop(b, "outbox", "b", err, sizeof(err)),
+	    0);
+	assert_int_equal(store_lease_take(a, "outbox", "a", 60000, NULL, 0,
+	    err, sizeof(err)), 1);
+	store_close(a);
+	store_close(b);
+}
+
+struct adder {
+	struct store *s;
+	pthread_barrier_t *go;
+	int rc;
+};
+
+static void *
+add_thread(void *arg)
+{
+	struct adder *a = arg;
+	struct store_call c = call(NULL, NULL, "{\"chat_id\":1}");
+	char err[512];
+
+	pthread_barrier_wait(a->go);
+	usleep(100000);	/* not a wait for an event: the other thread is
+			 * to be in store_calls_wait() first, which the
+			 * test passes either way */
+	a->rc = store_calls_add(a->s, &c, 1, NULL, err, sizeof(err));
+	return NULL;
+}
+
+/* store_calls_wait(): times out with nothing queued; woken by another
+ * handle's store_calls_add(), well before its timeout. */
+static void
+test_pg_calls_wait(void **state)
+{
+	char err[512], dir[64];
+	struct store *a, *b;
+	pthread_barrier_t go;
+	struct adder ad;
+	pthread_t t;
+	uint64_t t0;
+	int rc;
+
+	need_backend(state);
+	snprintf(dir, sizeof(dir), "/wait/%d", (int)getpid());
+	assert_non_null(a = topen(state, dir, err, sizeof(err)));
+	assert_non_null(b = topen(state, dir, err, sizeof(err)));
+	/* the first wait opens its connection (1: it may have missed one) */
+	while ((rc = store_calls_wait(a, 50, err, sizeof(err))) == 1)
+		;
+	assert_int_equal(rc, 0);
+	t0 = now_ms();
+	assert_int_equal(store_calls_wait(a, 200, err, sizeof(err)), 0);
+	assert_in_range(now_ms() - t0, 150, 5000);
+
+	ad = (struct adder){ b, &go, -9 };
+	pthread_barrier_init(&go, NULL, 2);
+	pthread_create(&t, NULL, add_thread, &ad);
+	pthread_barrier_wait(&go);
+	t0 = now_ms();
+	assert_int_equal(store_calls_wait(a, 20000, err, sizeof(err)), 1);
+	assert_in_range(now_ms() - t0, 0, 15000);
+	pthread_join(t, NULL);
+	pthread_barrier_destroy(&go);
+	assert_int_equal(ad.rc, 0);
+	/* another bot's calls do not wake it */
+	{
+		struct store *other;
+
+		snprintf(dir, sizeof(dir), "/wait/%d/other", (int)getpid());
+		other = topen(state, dir, err, sizeof(err));
+		struct store_call c = call(NULL, NULL, "{\"chat_id\":2}");
+
+		assert_non_null(other);
+		assert_int_equal(store_calls_add(other, &c, 1, NULL, err,
+		    sizeof(err)), 0);
+		assert_int_equal(store_calls_wait(a, 300, err, sizeof(err)),
+		    0);
+		store_close(other);
+	}
+	store_close(a);
+	store_close(b);
+}
+
 int
 main(void)
 {
+#define BOTH(t) { #t, t, NULL, NULL, &on_sqlite }, \
+	{ #t " (postgresql)", t, NULL, NULL, &on_pg }
+#define PG(t) { #t " (postgresql)", t, NULL, NULL, &on_pg }
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_secrets_and_dead_letters),
-		cmocka_unit_test(test_calls),
-		cmocka_unit_test(test_errors_kept_redacted),
-		cmocka_unit_test(test_unsent_and_held_order),
+		BOTH(test_secrets_and_dead_letters),
+		BOTH(test_calls),
+		BOTH(test_errors_kept_redacted),
+		BOTH(test_unsent_and_held_order),
 		cmocka_unit_test(test_failing_writes),
 		cmocka_unit_test(test_unwritable),
 		cmocka_unit_test(test_migrates_old_store),
-		cmocka_unit_test(test_prune),
-		cmocka_unit_test(test_states),
+		BOTH(test_prune),
+		BOTH(test_states),
+		PG(test_pg_bots_apart),
+		PG(test_pg_schema_newer_refused),
+		PG(test_pg_unreachable),
+		PG(test_pg_claims),
+		PG(test_pg_leases),
+		PG(test_pg_calls_wait),
 	};
 
 	return cmocka_run_group_tests_name("store", tests, NULL, NULL);

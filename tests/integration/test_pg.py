@@ -1,0 +1,213 @@
+"""The daemon on a PostgreSQL store ([store] backend = postgresql), against
+a server of the test's own (tests/pgserver.py: initdb in a temporary
+directory, run as nobody, on a unix socket, stopped at the end): an update
+handled with its follow-up delivered, the generated secrets kept in the
+database across a restart; -t's diagnosis of each fault (server stopped,
+wrong user or password, no database, no permission, a password in the
+configuration); and the server stopped while the daemon runs: 503 with
+Retry-After and /healthz naming the cause, then, once it is back,
+requests succeed and nothing queued is lost."""
+
+import os
+import subprocess
+import sys
+
+from harness import (ROOT, TOKEN, Daemon, binary, calls_script, eventually,
+                     message, post_update, skip, texts)
+
+from test_faults import health
+
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+import pgserver  # noqa: E402
+
+
+def server():
+    why = pgserver.available()
+    if why:
+        skip(why)
+    return pgserver.start_new()
+
+
+def pg_daemon(pg, n=2, conninfo=None, outbox="", start=True, register=True):
+    """A daemon whose store is pg's database tgw, as user tgw (its
+    password from a PGPASSFILE), with an exec handler making n calls."""
+    d = Daemon("", start=False, register=register,
+               env={"PGPASSFILE": pg.passfile},
+               extra="[outbox]\n" + outbox)
+    with open(d.conf) as f:
+        text = f.read()
+    text = text.replace("[store]\n", "[store]\nbackend = postgresql\n"
+                        "postgresql = %s\n" % (conninfo or
+                                               pg.conninfo(user="tgw")), 1)
+    with open(d.conf, "w") as f:
+        f.write(text + "[handler.calls]\nexec = %s\n" % calls_script(d, n))
+    if start:
+        d.start()
+    return d
+
+
+def check(d, env=None):
+    """tgwebhookd -t: its exit code and everything it printed."""
+    p = subprocess.run([binary(), "-t", "-c", d.conf], env=dict(
+        d.env, **(env or {})), stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, timeout=60)
+    return p.returncode, p.stdout.decode()
+
+
+def set_conninfo(d, conninfo):
+    with open(d.conf) as f:
+        lines = f.read().split("\n")
+    lines = ["postgresql = " + conninfo if x.startswith("postgresql =")
+             else x for x in lines]
+    with open(d.conf, "w") as f:
+        f.write("\n".join(lines))
+
+
+def test_pg_update_handled_and_secrets_kept_in_database():
+    pg = server()
+    try:
+        d = pg_daemon(pg)
+        with d:
+            status, _, _, body = d.deliver(message("hi", 11, chat_id=11))
+            assert status == 200 and b'"m11-1"' in body, (status, body)
+            d.emu.wait_calls("sendMessage", 1)
+            assert texts(d) == ["m11-2"], texts(d)
+            kept = pg.psql("SELECT name FROM tgw_secrets ORDER BY name")
+            assert kept.split() == ["secret_token", "webhook_path"], kept
+            path = pg.psql("SELECT value FROM tgw_secrets WHERE name = "
+                           "'webhook_path'").strip()
+            url = d.emu.calls_of("setWebhook")[0].params["url"]
+            assert url.endswith("/" + path), (url, path)
+            # rows keyed by the bot: the token's id
+            bots = pg.psql("SELECT DISTINCT bot FROM tgw_calls").split()
+            assert bots == [TOKEN.split(":")[0]], bots
+            assert not os.path.exists(os.path.join(d.store,
+                                                   "tgwebhookd.db"))
+            # the operator's commands read the same database
+            out = subprocess.run([binary(), "-c", d.conf, "--outbox"],
+                                 capture_output=True, text=True, env=d.env,
+                                 timeout=30)
+            assert out.returncode == 0, out
+            assert "failed updates (handler failed" in out.stdout, out.stdout
+            # a restart serves the same path, read from the database
+            assert d.stop() == 0
+            d.start()
+            urls = [c.params["url"] for c in d.emu.calls_of("setWebhook")]
+            assert urls[-1] == url, urls
+            status, _, _, body = d.deliver(message("hi", 12, chat_id=12))
+            assert status == 200 and b'"m12-1"' in body
+            assert "password" not in d.log().lower().replace(
+                "no password in", ""), d.log()
+    finally:
+        pg.destroy()
+
+
+def test_pg_check_says_what_is_wrong():
+    pg = server()
+    try:
+        d = pg_daemon(pg, start=False)
+        with d:
+            rc, out = check(d)
+            assert rc == 0 and "store: PostgreSQL reached" in out and \
+                "configuration OK" in out, out
+            # -t tried the schema's creation in a transaction it rolled
+            # back: nothing was made
+            assert pg.psql("SELECT to_regclass('tgw_schema')").strip() == \
+                "", "-t created the schema"
+            # no such database
+            set_conninfo(d, pg.conninfo(user="tgw", dbname="nosuch"))
+            rc, out = check(d)
+            assert rc == 1 and "no such database (3D000): create it " \
+                "(createdb" in out and "[store] postgresql" in out, out
+            # no such user, and a wrong password
+            set_conninfo(d, pg.conninfo(user="nosuchuser"))
+            rc, out = check(d)
+            assert rc == 1 and "authentication failed" in out and \
+                "pg_hba.conf" in out, out
+            set_conninfo(d, pg.conninfo(user="tgw"))
+            rc, out = check(d, {"PGPASSFILE": "/dev/null",
+                                "PGPASSWORD": "wrong-one"})
+            assert rc == 1 and "password authentication failed" in out and \
+                "~/.pgpass" in out, out
+            assert "wrong-one" not in out, out
+            # connected, but the user may not create or read the tables
+            set_conninfo(d, pg.conninfo(user="tgw_noperm"))
+            rc, out = check(d)
+            assert rc == 1 and "no permission, 42501: GRANT" in out, out
+            # a password in the configuration: refused, never printed
+            set_conninfo(d, "postgresql://tgw:s3cret-pw@localhost/tgw")
+            rc, out = check(d)
+            assert rc == 1 and "holds a password" in out and \
+                "PGPASSFILE" in out, out
+            assert "s3cret-pw" not in out, out
+            # the server stopped
+            set_conninfo(d, pg.conninfo(user="tgw"))
+            pg.stop()
+            rc, out = check(d)
+            assert rc == 1 and "the server is unreachable" in out and \
+                "pg_isready" in out, out
+    finally:
+        pg.destroy()
+
+
+def test_pg_stopped_answers_503_then_recovers_losing_nothing():
+    pg = server()
+    try:
+        # one call a second to a chat: follow-ups are still queued when
+        # the server stops
+        d = pg_daemon(pg, n=4, outbox="chat_interval = 1s\n")
+        with d:
+            status, _, _, body = d.deliver(message("x", 21, chat_id=21))
+            assert status == 200 and b'"m21-1"' in body, (status, body)
+            pg.stop()
+            status, _, headers, body = d.deliver(message("x", 22,
+                                                         chat_id=22))
+            assert status == 503, (status, body)
+            assert headers.get("retry-after"), headers
+            assert body == b""
+            code, h = eventually(lambda: (lambda r: r if r[0] == 503
+                                          else None)(health(d)))
+            assert code == 503 and "connect" in h["store"], h
+            pg.start()
+            # Telegram's retry is handled once the server is back
+            assert eventually(lambda: d.deliver(message(
+                "x", 22, chat_id=22))[0] == 200, 30)
+            assert eventually(lambda: health(d)[0] == 200, 30), health(d)
+            want = {"m21-2", "m21-3", "m21-4", "m22-2", "m22-3", "m22-4"}
+            assert eventually(lambda: want <= set(texts(d)), 60), texts(d)
+    finally:
+        pg.destroy()
+
+
+def test_pg_started_as_root_hands_over_a_store_dir_it_made():
+    """Started as root with [server] user, the daemon hands [store] dir
+    (where the generated certificate goes) to that user: with the
+    PostgreSQL backend nothing else makes it, so the daemon does (before:
+    it stopped at start, '[store] dir: No such file or directory')."""
+    if os.geteuid() != 0:
+        skip("needs root (to start the daemon as root with [server] user)")
+    pg = server()
+    try:
+        d = Daemon("[handler.hi]\nreply = hello\n", tls=False,
+                   register=False, extra="[server]\nuser = nobody\n",
+                   start=False)
+        with open(d.conf) as f:
+            text = f.read()
+        # the superuser, trusted on the socket: nobody has no password file
+        text = text.replace("[store]\n", "[store]\nbackend = postgresql\n"
+                            "postgresql = %s\n" % pg.conninfo(), 1)
+        with open(d.conf, "w") as f:
+            f.write(text)
+        assert not os.path.exists(d.store)
+        with d:
+            d.start()
+            st = os.stat(d.store)
+            assert st.st_uid == 65534 and st.st_mode & 0o777 == 0o700, st
+            kept = dict(line.split("|") for line in pg.psql(
+                "SELECT name, value FROM tgw_secrets").split())
+            out = post_update(d.port, message("hi", 31, chat_id=31),
+                              kept["webhook_path"], kept["secret_token"],
+                              tls=False)
+            assert out.startswith(b"HTTP/1.1 200") and b"hello" in out, out
+    finally:
+        pg.destroy()
