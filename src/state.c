@@ -10,7 +10,9 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "handler.h"
 #include "update.h"
+#include "util.h"
 
 bool
 state_name_valid(const char *name)
@@ -55,4 +57,59 @@ state_key(const struct update *u, enum state_scope scope, char *buf)
 	else
 		return false;
 	return true;
+}
+
+json_t *
+state_to_json(const struct handler_state *hs)
+{
+	return json_pack("{s:s?,s:O}", "name", hs->name, "data", hs->data);
+}
+
+int
+state_from_json(json_t *v, struct handler_state *hs, char *err,
+    size_t errlen)
+{
+	json_t *name = NULL, *data = NULL;
+	const char *key;
+	json_t *val;
+
+	if (hs == NULL) {
+		errf(err, errlen, "a state was given, but this update has no "
+		    "conversation state (nothing its [state] state_scope keys "
+		    "by)");
+		return -1;
+	}
+	if (!json_is_null(v) && !json_is_object(v)) {
+		errf(err, errlen, "bad state: \"state\" must be null or an "
+		    "object {\"name\": ..., \"data\": {...}}");
+		return -1;
+	}
+	json_object_foreach(v, key, val) {
+		if (strcmp(key, "name") == 0)
+			name = val;
+		else if (strcmp(key, "data") == 0)
+			data = val;
+		else {
+			errf(err, errlen, "bad state: unknown key \"%.64s\" "
+			    "(only \"name\" and \"data\")", key);
+			return -1;
+		}
+	}
+	if (name != NULL && !json_is_null(name) && (!json_is_string(name) ||
+	    !state_name_valid(json_string_value(name)))) {
+		errf(err, errlen, "bad state: its name must be null or 1-%d of "
+		    "A-Z a-z 0-9 _ (and not \"none\")", STATE_NAME_MAX);
+		return -1;
+	}
+	if (data != NULL && !json_is_object(data)) {
+		errf(err, errlen, "bad state: its data must be a JSON object");
+		return -1;
+	}
+	free(hs->name);
+	hs->name = json_is_string(name) ? xstrdup(json_string_value(name)) :
+	    NULL;
+	json_decref(hs->data);
+	hs->data = data != NULL ? json_incref(data) : json_object();
+	hs->changed = true;
+	return 0;
 }

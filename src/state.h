@@ -6,10 +6,12 @@
 #ifndef TGW_STATE_H
 #define TGW_STATE_H
 
+#include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
 
 struct update;
+struct handler_state;
 
 enum state_scope {
 	STATE_SCOPE_CHAT_USER = 0,	/* the chat and the sender together */
@@ -40,5 +42,16 @@ int state_scope_parse(const char *text, enum state_scope *out);
  * outside any chat (an inline query) by its sender alone.  False when u
  * has nothing the scope keys by: it then has no state. */
 bool state_key(const struct update *u, enum state_scope scope, char *buf);
+
+/* The state as a code handler is given it (state_io = on): a new
+ * {"name": NAME or null, "data": {...}}. */
+json_t *state_to_json(const struct handler_state *hs);
+/* Takes a code handler's new state, the value v of its output's "state":
+ * null (no state: the data cleared too) or {"name": NAME or null,
+ * "data": {...}} (data left out: {}).  hs NULL: the update has no
+ * conversation state, and any v is an error.  0 with hs changed, or -1
+ * with err and hs as it was. */
+int state_from_json(json_t *v, struct handler_state *hs, char *err,
+    size_t errlen);
 
 #endif

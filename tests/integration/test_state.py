@@ -5,9 +5,11 @@ the commit, SIGKILL before the commit, and expiry."""
 import json
 import os
 import sqlite3
+import subprocess
 import time
 
-from harness import Daemon, eventually, message, texts
+from harness import (Daemon, binary, compile_plugin, dead_letters,
+                     eventually, message, texts)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FORM = os.path.join(HERE, "..", "..", "conf", "form.conf")
@@ -114,3 +116,202 @@ def test_failed_commit_leaves_the_old_state_and_no_calls():
             ("c42:u7", "awaiting_age", '{"name":"Ann"}')]), states(d)
         assert texts(d) == ["What is your name?",
                             "Hello, Ann. How old are you?"]
+
+
+# ---- code handlers: state_io = on ----
+
+# An exec handler counting per conversation: it reads the state from the
+# environment and prints a new one beside its reply; the message text
+# picks a bad state instead.  Without TGW_STATE (state_io off) it says so.
+COUNTER = r'''#!/usr/bin/python3
+import json, os, sys
+u = json.load(sys.stdin)
+chat = u["message"]["chat"]["id"]
+text = u["message"].get("text", "")
+if "TGW_STATE" not in os.environ:
+    print(json.dumps({"method": "sendMessage", "chat_id": chat,
+                      "text": "no state"}))
+    print(json.dumps({"state": {"name": "counting"}}))
+    sys.exit()
+blocker = os.path.join(os.path.dirname(sys.argv[0]), "block")
+if text == "block" and os.path.exists(blocker):
+    with open(blocker + ".pid", "w") as f:
+        f.write(str(os.getpid()))
+    os.kill(os.getpid(), 19)          # SIGSTOP: stays until killed
+name = os.environ["TGW_STATE"]
+data = json.loads(os.environ["TGW_STATE_DATA"])
+n = data.get("n", 0) + 1
+print(json.dumps({"method": "sendMessage", "chat_id": chat,
+                  "text": "%s %d" % (name or "none", n)}))
+if text == "badname":
+    print(json.dumps({"state": {"name": "two words"}}))
+elif text == "baddata":
+    print(json.dumps({"state": {"name": "x", "data": [1]}}))
+elif text == "big":
+    print(json.dumps({"state": {"name": "x", "data": {"s": "x" * 70000}}}))
+elif text == "twice":
+    print('{"state": null}\n{"state": null}')
+elif text == "clear":
+    print('{"state": null}')
+else:
+    print(json.dumps({"state": {"name": "counting", "data": {"n": n}}}))
+'''
+
+
+def counter_daemon(state_io="on", kind="exec", source=COUNTER, extra=""):
+    d = Daemon("", start=False, extra=extra)
+    path = os.path.join(d.dir, "counter")
+    with open(path, "w") as f:
+        f.write(source)
+    os.chmod(path, 0o700)
+    with open(d.conf, "a") as f:
+        f.write("[handler.counter]\nupdates = message\n%s = %s\n%s" % (
+            kind, path, "state_io = %s\n" % state_io if state_io else ""))
+    d.start()
+    return d
+
+
+def test_exec_state_io():
+    with counter_daemon() as d:
+        assert say(d, "a", 1) == "none 1"
+        assert say(d, "b", 2) == "counting 2"
+        assert eventually(lambda: states(d) == [
+            ("c42:u7", "counting", '{"n":2}')]), states(d)
+        # another user of the chat counts on their own
+        assert say(d, "c", 3, user_id=8) == "none 1"
+        # bad state output: a dead letter saying why, nothing committed
+        for i, (text, why) in enumerate([
+                ("badname", "bad state: its name must be null or 1-64"),
+                ("baddata", "bad state: its data must be a JSON object"),
+                ("twice", "a second state object (one per update)"),
+                ("big", "its state's data would be over 65536 bytes")]):
+            status = d.deliver(message(text, 10 + i))[0]
+            assert status == 200
+            assert eventually(lambda: len(dead_letters(d)) == i + 1)
+            reason = dead_letters(d)[i][2]
+            assert why in reason, reason
+        assert ("c42:u7", "counting", '{"n":2}') in states(d)
+        assert say(d, "d", 20) == "counting 3"
+        assert say(d, "clear", 21) == "counting 4"
+        # cleared: kept only as the mark of the update that cleared it
+        assert eventually(lambda: ("c42:u7", "", "{}") in states(d)), \
+            states(d)
+        assert say(d, "e", 22) == "none 1"
+        assert texts(d).count("counting 4") == 1
+
+
+def test_exec_without_state_io_is_unchanged():
+    """Without the key the handler sees no state, and a state object in
+    its output is what it always was: an object with no method."""
+    with counter_daemon(state_io=None) as d:
+        assert d.deliver(message("a", 1))[0] == 200
+        assert eventually(lambda: dead_letters(d))
+        assert "call 2: a call needs \"method\"" in dead_letters(d)[0][2]
+        assert states(d) == []
+
+
+def test_state_io_must_be_on_or_off():
+    d = Daemon("[handler.x]\nexec = /bin/cat\nstate_io = yes\n",
+               start=False)
+    try:
+        out = subprocess.run([binary(), "-c", d.conf, "-t"],
+                             capture_output=True, env=d.env, timeout=20)
+        line = 1 + open(d.conf).read().split("state_io = yes")[0].count(
+            "\n")
+        assert out.returncode == 1
+        assert ("%s:%d: state_io: 'yes' is not on or off" % (d.conf, line)
+                in out.stderr.decode()), out.stderr.decode()
+    finally:
+        d.close()
+
+
+WORKER = r'''#!/usr/bin/python3
+import json, sys
+for line in sys.stdin:
+    env = json.loads(line)
+    u, st = env["update"], env["state"]
+    chat = u["message"]["chat"]["id"]
+    text = u["message"]["text"]
+    n = st["data"].get("n", 0) + 1
+    out = [{"method": "sendMessage", "chat_id": chat,
+            "text": "%s %d" % (st["name"] or "none", n)}]
+    if text == "bad":
+        out.append({"state": {"name": "none"}})
+    else:
+        out.append({"state": {"name": "counting", "data": {"n": n}}})
+    print(json.dumps(out), flush=True)
+'''
+
+
+def test_worker_state_io():
+    with counter_daemon(kind="worker", source=WORKER) as d:
+        assert say(d, "a", 1) == "none 1"
+        assert say(d, "b", 2) == "counting 2"
+        assert d.deliver(message("bad", 3))[0] == 200
+        assert eventually(lambda: dead_letters(d))
+        assert "bad answer: bad state: its name" in dead_letters(d)[0][2]
+        # the worker stays, and the state is as the last good answer left it
+        assert say(d, "c", 4) == "counting 3"
+        assert eventually(lambda: states(d) == [
+            ("c42:u7", "counting", '{"n":3}')]), states(d)
+
+
+PLUGIN = r'''
+#include <string.h>
+#include <tgwebhookd.h>
+
+#if TGW_ABI_MINOR < 1
+#error no conversation state in this tgwebhookd.h
+#endif
+
+static int
+handle(void *state, const struct tgw_update *u, struct tgw_reply *r)
+{
+	const json_t *data = tgw_state_data(u);
+	const char *name = tgw_state_name(u), *text = tgw_update_text(u, NULL);
+	json_int_t n;
+	char out[128];
+
+	(void)state;
+	if (data == NULL)
+		return tgw_reply_text(r, "no state");
+	n = json_integer_value(json_object_get(data, "n")) + 1;
+	if (strcmp(text, "bad") == 0)
+		return tgw_reply_state(r, "a b", NULL) == -1 ? 0 : -1;
+	if (tgw_reply_state(r, "counting", json_pack("{sI}", "n", n)) == -1)
+		return -1;
+	/* what was read stays as it was */
+	snprintf(out, sizeof(out), "%s %lld %lld", name ? name : "none",
+	    (long long)n, (long long)json_integer_value(json_object_get(
+	    tgw_state_data(u), "n")));
+	return tgw_reply_text(r, out);
+}
+
+TGW_PLUGIN(0, NULL, handle, NULL);
+'''
+
+
+def test_plugin_state_io():
+    d = Daemon("", start=False)
+    try:
+        so = compile_plugin(d, "counter", PLUGIN)
+        with open(d.conf, "a") as f:
+            f.write("[handler.counter]\nplugin = %s\nstate_io = on\n" % so)
+        d.start()
+        assert say(d, "a", 1) == "none 1 0"
+        assert say(d, "b", 2) == "counting 2 1"
+        # a bad state fails the update, whatever handle() returns
+        assert d.deliver(message("bad", 3))[0] == 200
+        assert eventually(lambda: dead_letters(d))
+        assert "tgw_reply_state(): the name is not" in dead_letters(d)[0][2]
+        assert eventually(lambda: states(d) == [
+            ("c42:u7", "counting", '{"n":2}')]), states(d)
+        d.stop()
+        # without state_io the plugin reads no state
+        text = open(d.conf).read().replace("state_io = on\n", "")
+        open(d.conf, "w").write(text)
+        d.start()
+        status, _, _, body = d.deliver(message("c", 4))
+        assert json.loads(body)["text"] == "no state"
+    finally:
+        d.close()
