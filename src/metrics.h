@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 #include "botapi.h"
+#include "state.h"
 #include "store.h"
 
 enum metric_update {
@@ -39,6 +40,13 @@ void metrics_botapi(const char *method, enum botapi_status status);
  * pool was in service. */
 void metrics_worker_exit(void);
 
+/* A conversation state was committed (the counts by name are stale). */
+void metrics_state_written(void);
+/* How many metrics_state_written() so far. */
+uint64_t metrics_state_writes(void);
+/* n states were deleted at their expiry. */
+void metrics_states_expired(long n);
+
 /* Gauges the caller knows at scrape time. */
 struct metrics_gauges {
 	long outbox_pending;
@@ -61,6 +69,13 @@ struct metrics_gauges {
 	char poll_error[256];		/* "" when the last poll worked */
 	char webhook_mismatch[256];	/* how Telegram's webhook is not
 					 * ours, or "" */
+	/* conversation states by name: the configuration's names (a
+	 * bounded set), the rest as other; states_known false: no count */
+	bool states_known;
+	size_t nstates;
+	char state_names[STATE_NAMES_MAX][STATE_NAME_MAX + 1];
+	long state_counts[STATE_NAMES_MAX];
+	long states_other;
 };
 
 /* The Prometheus text exposition (caller frees). */

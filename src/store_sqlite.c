@@ -1278,3 +1278,46 @@ out:
 	pthread_mutex_unlock(&s->mu);
 	return ret;
 }
+
+int
+store_states_count(struct store *s, int64_t now_ms, char *const *names,
+    long *counts, long *total, char *err, size_t errlen)
+{
+	sqlite3_stmt *st = NULL;
+	int rc, ret = -1;
+
+	*total = 0;
+	for (size_t i = 0; names[i] != NULL; i++)
+		counts[i] = 0;
+	pthread_mutex_lock(&s->mu);
+	if (sqlite3_prepare_v2(s->db, "SELECT name, count(*) FROM states "
+	    "WHERE name != '' AND (expires = 0 OR expires > ?) GROUP BY name",
+	    -1, &st, NULL) != SQLITE_OK)
+		goto out;
+	sqlite3_bind_int64(st, 1, now_ms);
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		const char *name = (const char *)sqlite3_column_text(st, 0);
+		long n = (long)sqlite3_column_int64(st, 1);
+
+		*total += n;
+		for (size_t i = 0; names[i] != NULL; i++)
+			if (strcmp(names[i], name) == 0)
+				counts[i] = n;
+	}
+	if (rc == SQLITE_DONE)
+		ret = 0;
+out:
+	if (ret == -1)
+		failed(s, false, err, errlen, "counting states");
+	sqlite3_finalize(st);
+	pthread_mutex_unlock(&s->mu);
+	return ret;
+}
+
+long
+store_states_delete_all(struct store *s, char *err, size_t errlen)
+{
+	return exec_changes(s, "deleting every state", "DELETE FROM states "
+	    "WHERE ?1 IS NULL AND ?2 = ?2 AND ?3 = ?3", NULL, 0, 0, err,
+	    errlen);
+}

@@ -315,3 +315,106 @@ def test_plugin_state_io():
         assert json.loads(body)["text"] == "no state"
     finally:
         d.close()
+
+
+# ---- the operator's commands ----
+
+def ops(d, *args):
+    out = subprocess.run([binary(), "-c", d.conf] + list(args),
+                         capture_output=True, env=d.env, timeout=20)
+    return out.returncode, out.stdout.decode(), out.stderr.decode()
+
+
+def test_operator_shows_and_resets_states_while_the_daemon_runs():
+    with Daemon(form_handlers()) as d:
+        assert say(d, "/form", 1) == "What is your name?"
+        # a name with a bidi override and an escape sequence: shown escaped
+        assert say(d, "Ann\u202e\x1b[2J", 2).startswith("Hello, Ann")
+        assert say(d, "/form", 3, user_id=8) == "What is your name?"
+        rc, out, err = ops(d, "--state", "42", "7")
+        assert rc == 0, err
+        lines = out.splitlines()
+        assert lines[0] == "state of c42:u7: awaiting_age", out
+        # ESC is escaped by JSON already, U+202E by the command
+        assert lines[1] == '  data: {"name":"Ann\\u202e\\u001B[2J"}', out
+        assert lines[2].startswith("  expires: ") and "UTC (in 2" in \
+            lines[2], out       # ttl = 1d: in 23h or 24h
+        assert lines[3] == "  written by update 2", out
+        assert "\x1b" not in out and "\u202e" not in out
+        # the chat alone (a channel's key under chat_user): none
+        assert ops(d, "--state", "42")[1] == "state of c42: none\n"
+        rc, _, err = ops(d, "--state", "x42")
+        assert rc == 2 and "--state x42: 'x42' is not a chat id" in err, err
+        # reset one: that user starts over, the other goes on
+        rc, out, err = ops(d, "--state-reset", "42", "7")
+        assert (rc, out) == (0, "state of c42:u7 reset\n"), (out, err)
+        assert ops(d, "--state", "42", "7")[1] == "state of c42:u7: none\n"
+        assert say(d, "41", 4) == "Send /form to fill in the form."
+        assert say(d, "Bob", 5, user_id=8) == "Hello, Bob. How old are you?"
+        rc, out, err = ops(d, "--state-reset", "all")
+        assert (rc, out) == (0, "1 state(s) reset\n"), (out, err)
+        assert states(d) == []
+        assert say(d, "41", 6, user_id=8) == \
+            "Send /form to fill in the form."
+
+
+def test_operator_key_follows_state_scope():
+    text = form_handlers().replace("state_scope = chat_user",
+                                   "state_scope = user")
+    assert "state_scope = user" in text
+    with Daemon(text) as d:
+        assert say(d, "/form", 1) == "What is your name?"
+        rc, out, _ = ops(d, "--state", "-", "7")
+        assert out == "state of u7: awaiting_name\n  data: {}\n" \
+            "  expires: " + out.split("expires: ")[1], out
+        rc, _, err = ops(d, "--state", "42", "7")
+        assert rc == 2 and "state_scope = user keys a conversation by " \
+            "its user alone: give - USER" in err, err
+
+
+# ---- /metrics ----
+
+def metric(d, name):
+    import urllib.request
+    with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % d.admin_port,
+                                timeout=5) as r:
+        text = r.read().decode()
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None
+
+
+def test_metrics_count_states_by_name_and_expiries():
+    # a ttl long enough to see the states counted (at most a second after
+    # they change) before they expire
+    with Daemon(form_handlers(ttl="5s")) as d:
+        # the names are the configuration's: known before any state
+        assert metric(d, 'tgwebhookd_states{name="awaiting_age"}') == 0
+        assert metric(d, 'tgwebhookd_states{name="other"}') == 0
+        assert metric(d, "tgwebhookd_state_expiries_total") == 0
+        assert say(d, "/form", 1) == "What is your name?"
+        assert say(d, "/form", 2, user_id=8) == "What is your name?"
+        assert eventually(lambda: metric(
+            d, 'tgwebhookd_states{name="awaiting_name"}') == 2)
+        # a name no key of the configuration uses is "other"
+        db = sqlite3.connect(os.path.join(d.store, "tgwebhookd.db"))
+        db.execute("INSERT INTO states(key, name, data) VALUES "
+                   "('c1', 'made_by_code', '{}')")
+        db.commit()
+        db.close()
+        assert say(d, "Ann", 3) == "Hello, Ann. How old are you?"
+        assert eventually(lambda: metric(
+            d, 'tgwebhookd_states{name="awaiting_age"}') == 1)
+        assert metric(d, 'tgwebhookd_states{name="other"}') == 1
+        assert metric(d, 'tgwebhookd_states{name="made_by_code"}') is None
+        # past the ttl both form states are gone: deleted and counted at
+        # the next count (a state written makes it due); not a
+        # synchronisation: the states' lifetime has to pass
+        time.sleep(5.2)
+        assert say(d, "/form", 4, user_id=9) == "What is your name?"
+        assert eventually(lambda: metric(
+            d, "tgwebhookd_state_expiries_total") == 2), \
+            metric(d, "tgwebhookd_state_expiries_total")
+        assert metric(d, 'tgwebhookd_states{name="awaiting_name"}') == 1
+        assert metric(d, 'tgwebhookd_states{name="awaiting_age"}') == 0

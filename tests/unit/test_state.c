@@ -141,6 +141,49 @@ test_from_json(void **state)
 	json_decref(hs.data);
 }
 
+/* The key of the conversation an operator names (--state CHAT [USER]). */
+static void
+test_key_args(void **state)
+{
+	char key[STATE_KEY_MAX], err[256];
+
+	(void)state;
+	assert_int_equal(state_key_args(STATE_SCOPE_CHAT_USER, "42", "7", key,
+	    err, sizeof(err)), 0);
+	assert_string_equal(key, "c42:u7");
+	assert_int_equal(state_key_args(STATE_SCOPE_CHAT_USER, "-100123", NULL,
+	    key, err, sizeof(err)), 0);
+	assert_string_equal(key, "c-100123");
+	assert_int_equal(state_key_args(STATE_SCOPE_CHAT_USER, "-", "7", key,
+	    err, sizeof(err)), 0);
+	assert_string_equal(key, "u7");
+	assert_int_equal(state_key_args(STATE_SCOPE_CHAT, "42", NULL, key, err,
+	    sizeof(err)), 0);
+	assert_string_equal(key, "c42");
+	assert_int_equal(state_key_args(STATE_SCOPE_USER, "-", "7", key, err,
+	    sizeof(err)), 0);
+	assert_string_equal(key, "u7");
+
+	assert_int_equal(state_key_args(STATE_SCOPE_CHAT, "42", "7", key, err,
+	    sizeof(err)), -1);
+	assert_non_null(strstr(err, "give no USER"));
+	assert_int_equal(state_key_args(STATE_SCOPE_USER, "42", "7", key, err,
+	    sizeof(err)), -1);
+	assert_non_null(strstr(err, "give - USER"));
+	assert_int_equal(state_key_args(STATE_SCOPE_CHAT_USER, "-", "-", key,
+	    err, sizeof(err)), -1);
+	assert_non_null(strstr(err, "no conversation"));
+	assert_int_equal(state_key_args(STATE_SCOPE_CHAT_USER, "4x", NULL, key,
+	    err, sizeof(err)), -1);
+	assert_string_equal(err, "'4x' is not a chat id (a whole number, or - "
+	    "for none)");
+	assert_int_equal(state_key_args(STATE_SCOPE_CHAT_USER, "1", " 7", key,
+	    err, sizeof(err)), -1);
+	assert_non_null(strstr(err, "is not a user id"));
+	assert_int_equal(state_key_args(STATE_SCOPE_CHAT_USER,
+	    "99999999999999999999", NULL, key, err, sizeof(err)), -1);
+}
+
 int
 main(void)
 {
@@ -148,6 +191,7 @@ main(void)
 		cmocka_unit_test(test_scope_names),
 		cmocka_unit_test(test_keys),
 		cmocka_unit_test(test_from_json),
+		cmocka_unit_test(test_key_args),
 	};
 
 	return cmocka_run_group_tests_name("state", tests, NULL, NULL);
