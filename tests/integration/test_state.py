@@ -4,12 +4,14 @@ the commit, SIGKILL before the commit, and expiry."""
 
 import json
 import os
+import signal
 import sqlite3
 import subprocess
+import threading
 import time
 
 from harness import (Daemon, binary, compile_plugin, dead_letters,
-                     eventually, message, texts)
+                     eventually, message, settle, texts)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FORM = os.path.join(HERE, "..", "..", "conf", "form.conf")
@@ -134,6 +136,9 @@ if "TGW_STATE" not in os.environ:
     print(json.dumps({"state": {"name": "counting"}}))
     sys.exit()
 blocker = os.path.join(os.path.dirname(sys.argv[0]), "block")
+if text == "slow":
+    import time
+    time.sleep(0.3)                   # both updates of a race run at once
 if text == "block" and os.path.exists(blocker):
     with open(blocker + ".pid", "w") as f:
         f.write(str(os.getpid()))
@@ -418,3 +423,92 @@ def test_metrics_count_states_by_name_and_expiries():
             metric(d, "tgwebhookd_state_expiries_total")
         assert metric(d, 'tgwebhookd_states{name="awaiting_name"}') == 1
         assert metric(d, 'tgwebhookd_states{name="awaiting_age"}') == 0
+
+
+# ---- atomic and ordered ----
+
+def test_two_updates_of_a_chat_at_the_same_moment_on_two_connections():
+    """Both are handled, one after the other: the second reads the state
+    the first committed (at once, both would read none and count 1)."""
+    with counter_daemon() as d:
+        w = d.emu.webhook
+        path = "/" + w["url"].split("/", 3)[3]
+        conns = [d.emu._connect() for _ in range(2)]
+        for c in conns:
+            c.connect()       # both open before either request
+        start = threading.Barrier(2)
+        status, errors = [], []
+
+        def client(i, conn):
+            try:
+                start.wait()
+                conn.request("POST", path, body=json.dumps(
+                    message("slow", 1 + i)), headers={
+                        "X-Telegram-Bot-Api-Secret-Token": w["secret"],
+                        "Content-Type": "application/json"})
+                resp = conn.getresponse()
+                resp.read()
+                status.append(resp.status)
+            except Exception as e:   # reported below
+                errors.append(repr(e))
+            finally:
+                conn.close()
+
+        threads = [threading.Thread(target=client, args=(i, c))
+                   for i, c in enumerate(conns)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert not errors and status == [200, 200], (errors, status)
+        d.emu.wait_calls("sendMessage", 2)
+        assert texts(d) == ["none 1", "counting 2"], texts(d)
+        assert eventually(lambda: [r[:3] for r in states(d)] == [
+            ("c42:u7", "counting", '{"n":2}')]), states(d)
+        # the second waited for the first: its turn came when the first's
+        # state was committed
+        assert "ms for an earlier update of chat 42" in d.log()
+
+
+def test_sigkill_between_the_handler_and_the_commit():
+    """The daemon dies while the handler of update 2 runs: after the
+    restart the state is the old one and no call of the killed run went
+    out; Telegram's redelivery (or the replay of the held update) is then
+    handled once, from the old state."""
+    with counter_daemon() as d:
+        assert say(d, "a", 1) == "none 1"
+        assert eventually(lambda: states(d) == [
+            ("c42:u7", "counting", '{"n":1}')]), states(d)
+        blocker = os.path.join(d.dir, "block")
+        open(blocker, "w").close()
+        t = threading.Thread(target=lambda: _try(d.deliver,
+                                                 message("block", 2)))
+        t.start()
+        pid = eventually(lambda: os.path.exists(blocker + ".pid") and
+                         open(blocker + ".pid").read())
+        assert pid, d.log()
+        d.kill()
+        os.kill(int(pid), signal.SIGKILL)   # its process group stays
+        t.join(30)
+        assert states(d) == [("c42:u7", "counting", '{"n":1}')]
+        assert texts(d) == ["none 1"]
+        os.unlink(blocker)
+        d.start()
+        _try(d.deliver, message("block", 2))
+        d.emu.wait_calls("sendMessage", 2)
+        assert eventually(lambda: states(d) == [
+            ("c42:u7", "counting", '{"n":2}')]), states(d)
+        # a second redelivery is not handled again either
+        _try(d.deliver, message("block", 2))
+        settle(d)
+        assert texts(d) == ["none 1", "counting 2"], texts(d)
+        assert dead_letters(d) == []
+
+
+def _try(f, *args):
+    """f(*args), or None if the connection broke (the daemon was
+    killed)."""
+    try:
+        return f(*args)
+    except OSError:
+        return None
