@@ -512,3 +512,18 @@ def _try(f, *args):
         return f(*args)
     except OSError:
         return None
+
+
+def test_form_bot_example():
+    """examples/form-bot: the form as an exec handler with state_io."""
+    src = os.path.join(HERE, "..", "..", "examples", "form-bot")
+    with counter_daemon(source=open(src).read()) as d:
+        assert say(d, "/form", 1) == "What is your name?"
+        assert say(d, "Ann", 2) == "Hello, Ann. How old are you?"
+        assert say(d, "old", 3) == "Please send your age as a number."
+        assert say(d, "41", 4) == "Ann, 41: is that right? (yes/no)"
+        assert eventually(lambda: states(d) == [
+            ("c42:u7", "confirm", '{"name":"Ann","age":41}')]), states(d)
+        assert say(d, "yes", 5) == "Thank you, Ann. Saved."
+        assert say(d, "hi", 6) == "Send /form to fill in the form."
+        assert dead_letters(d) == []
