@@ -268,8 +268,8 @@ ops_state(struct store *s, const char *key, FILE *out)
 		return 0;
 	}
 	if (st.name == NULL) {
-		fprintf(out, "state of %s: none (ended by update %" PRId64 ")\n",
-		    key, st.update_id);
+		fprintf(out, "state of %s: none (ended by update %" PRId64
+		    ")\n", key, st.update_id);
 		store_state_clear(&st);
 		return 0;
 	}

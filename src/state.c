@@ -91,8 +91,8 @@ state_key_args(enum state_scope scope, const char *chat, const char *user,
 	u.has_chat = id_arg(chat, &u.chat_id, &bad_chat);
 	u.has_from = id_arg(user, &u.from_id, &bad_user);
 	if (bad_chat || bad_user) {
-		errf(err, errlen, "'%.32s' is not a %s id (a whole number, or - "
-		    "for none)", bad_chat ? chat : user, bad_chat ? "chat" :
+		errf(err, errlen, "'%.32s' is not a %s id (a whole number, or "
+		    "- for none)", bad_chat ? chat : user, bad_chat ? "chat" :
 		    "user");
 		return -1;
 	}
@@ -187,7 +187,9 @@ state_from_json(json_t *v, struct handler_state *hs, char *err,
 	hs->name = json_is_string(name) ? xstrdup(json_string_value(name)) :
 	    NULL;
 	json_decref(hs->data);
-	hs->data = data != NULL ? json_incref(data) : json_object();
+	/* no state has no data: a conversation ended starts afresh */
+	hs->data = data != NULL && hs->name != NULL ? json_incref(data) :
+	    json_object();
 	hs->changed = true;
 	return 0;
 }

@@ -65,7 +65,7 @@ char **state_names(const struct config *c);
 json_t *state_to_json(const struct handler_state *hs);
 /* Takes a code handler's new state, the value v of its output's "state":
  * null (no state: the data cleared too) or {"name": NAME or null,
- * "data": {...}} (data left out: {}).  hs NULL: the update has no
+ * "data": {...}} (data left out, or no name: {}).  hs NULL: the update has no
  * conversation state, and any v is an error.  0 with hs changed, or -1
  * with err and hs as it was. */
 int state_from_json(json_t *v, struct handler_state *hs, char *err,

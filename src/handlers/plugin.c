@@ -632,6 +632,10 @@ tgw_reply_state(struct tgw_reply *r, const char *name, json_t *data)
 	free(r->state->name);
 	r->state->name = name != NULL ? xstrdup(name) : NULL;
 	json_decref(r->state->data);
+	if (name == NULL && data != NULL) {
+		json_decref(data);	/* no state has no data */
+		data = NULL;
+	}
 	r->state->data = data != NULL ? data : json_object();
 	r->state->changed = true;
 	return 0;

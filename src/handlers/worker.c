@@ -90,7 +90,8 @@ struct pool {
 	char **argv;
 	unsigned n, timeout_ms;
 	bool by_chat;		/* affinity = chat */
-	bool state_io;		/* state_io = on: envelopes in, a state out */
+	bool state_io;		/* state_io = on: envelopes in, a state
+				 * out */
 
 	pthread_mutex_t mu;
 	pthread_cond_t idle;	/* a worker became free */
@@ -728,7 +729,8 @@ worker_run(void *arg, const struct handler_input *in, json_t *calls,
 
 		buf_puts(&env, "{\"update\":");
 		buf_append(&env, body, len);
-		buf_printf(&env, ",\"state\":%s}", text != NULL ? text : "null");
+		buf_printf(&env, ",\"state\":%s}", text != NULL ? text :
+		    "null");
 		free(text);
 		json_decref(s);
 		body = env.data;
@@ -757,8 +759,8 @@ worker_run(void *arg, const struct handler_input *in, json_t *calls,
 		return -1;
 	}
 	if ((rc = send_line(w->p.in, body, len, deadline, why,
-	    sizeof(why))) == 0 &&
-	    (rc = read_line(w->p.out, &line, deadline, why, sizeof(why))) == 0) {
+	    sizeof(why))) == 0 && (rc = read_line(w->p.out, &line, deadline,
+	    why, sizeof(why))) == 0) {
 		rc = calls_parse_line(line.data != NULL ? line.data : "",
 		    line.len, calls, pl->state_io ? &st : NULL, msg, msglen);
 		if (rc == 0 && st != NULL && state_from_json(st, in->state,

@@ -133,6 +133,12 @@ test_from_json(void **state)
 	assert_true(json_equal(back, v));
 	json_decref(back);
 	json_decref(v);
+	/* no name: the data goes too */
+	v = json_loads("{\"name\":null,\"data\":{\"n\":1}}", 0, NULL);
+	assert_int_equal(state_from_json(v, &hs, err, sizeof(err)), 0);
+	json_decref(v);
+	assert_null(hs.name);
+	assert_int_equal(json_object_size(hs.data), 0);
 	/* no conversation state at all */
 	assert_int_equal(state_from_json(json_null(), NULL, err, sizeof(err)),
 	    -1);

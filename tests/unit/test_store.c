@@ -557,7 +557,8 @@ test_states(void **state)
 	/* counted by name (unexpired, no "none" marks), then all deleted */
 	{
 		struct store_state none = { NULL, NULL, 0, 9 };
-		char *names[] = { "awaiting_name", "awaiting_age", "gone", NULL };
+		char *names[] = { "awaiting_name", "awaiting_age", "gone",
+			NULL };
 		long counts[3] = { -1, -1, -1 }, total = -1;
 
 		a.expires_ms = 5000;
