@@ -233,8 +233,8 @@ healthy(struct daemon *d)
  * The states by name for /metrics.  Counting is a scan of the states
  * table, so it is done again only when a state was committed since (at
  * most once a second) or a minute has passed (an operator's reset, an
- * expiry), deleting the expired states first.  Under d->mu (the names
- * change at a reload).
+ * expiry).  Read only: a write here would tell the store it works
+ * again while it fails.  Under d->mu (the names change at a reload).
  */
 static void
 states_gauges(struct daemon *d, struct metrics_gauges *g)
@@ -252,10 +252,6 @@ states_gauges(struct daemon *d, struct metrics_gauges *g)
 	    (gen != d->states_gen && now - d->states_at >= 1000)) {
 		d->states_at = now;
 		d->states_gen = gen;
-		/* expired ones go first, counted as the outbox's pruning
-		 * counts those it deletes */
-		metrics_states_expired(store_states_expire(d->store,
-		    wall_ms(), err, sizeof(err)));
 		d->states_known = store_states_count(d->store, wall_ms(),
 		    d->state_names, d->state_counts, &total, err,
 		    sizeof(err)) == 0;

@@ -616,8 +616,9 @@ tgw_reply_state(struct tgw_reply *r, const char *name, json_t *data)
 	const char *why = NULL;
 
 	if (r->state == NULL)
-		why = "this update has no conversation state (state_io = on, "
-		    "and something [state] state_scope keys by)";
+		why = "this update has no conversation state (it needs "
+		    "state_io = on, and a chat or sender [state] state_scope "
+		    "keys by)";
 	else if (name != NULL && !state_name_valid(name))
 		why = "the name is not 1-64 of A-Z a-z 0-9 _ (NULL: none)";
 	else if (data != NULL && !json_is_object(data))
