@@ -39,11 +39,37 @@ calls_check(json_t *call, char *err, size_t errlen)
 	return 0;
 }
 
+/*
+ * If state is not NULL and call is a state object ({"state": ...}, no
+ * "method"), takes its value into *state: 1; -1 with err for a second one
+ * or one with other keys; 0 if call is no state object.
+ */
+static int
+take_state(json_t *call, json_t **state, char *err, size_t errlen)
+{
+	if (state == NULL || !json_is_object(call) ||
+	    json_object_get(call, "method") != NULL ||
+	    json_object_get(call, "state") == NULL)
+		return 0;
+	if (json_object_size(call) != 1) {
+		errf(err, errlen, "a state object has one key, \"state\"");
+		return -1;
+	}
+	if (*state != NULL) {
+		errf(err, errlen, "a second state object (one per update)");
+		return -1;
+	}
+	*state = json_incref(json_object_get(call, "state"));
+	return 1;
+}
+
 json_t *
-calls_parse_stream(const char *buf, size_t len, char *err, size_t errlen)
+calls_parse_stream(const char *buf, size_t len, json_t **state, char *err,
+    size_t errlen)
 {
 	json_t *calls = json_array();
 	size_t off = 0, n = 0;
+	int rc;
 
 	for (;;) {
 		json_error_t jerr;
@@ -67,6 +93,13 @@ calls_parse_stream(const char *buf, size_t len, char *err, size_t errlen)
 			goto fail;
 		}
 		off += (size_t)jerr.position;
+		if ((rc = take_state(call, state, cerr, sizeof(cerr))) != 0) {
+			json_decref(call);
+			if (rc == 1)
+				continue;
+			errf(err, errlen, "object %zu: %s", n, cerr);
+			goto fail;
+		}
 		if (calls_check(call, cerr, sizeof(cerr)) == -1) {
 			errf(err, errlen, "call %zu: %s", n, cerr);
 			json_decref(call);
@@ -76,6 +109,10 @@ calls_parse_stream(const char *buf, size_t len, char *err, size_t errlen)
 	}
 	return calls;
 fail:
+	if (state != NULL) {
+		json_decref(*state);
+		*state = NULL;
+	}
 	json_decref(calls);
 	return NULL;
 }
@@ -132,13 +169,14 @@ calls_chat(json_t *call, char *out, size_t len)
 }
 
 int
-calls_parse_line(const char *buf, size_t len, json_t *calls, char *err,
-    size_t errlen)
+calls_parse_line(const char *buf, size_t len, json_t *calls, json_t **state,
+    char *err, size_t errlen)
 {
 	json_error_t jerr;
 	json_t *got = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &jerr), *call;
 	char why[256];
-	size_t i;
+	size_t i, n;
+	int rc;
 
 	if (got == NULL) {
 		errf(err, errlen, "bad answer: not JSON: %s (column %d)",
@@ -169,12 +207,23 @@ calls_parse_line(const char *buf, size_t len, json_t *calls, char *err,
 		json_decref(got);
 		return -1;
 	}
-	json_array_foreach(got, i, call)
-		if (calls_check(call, why, sizeof(why)) == -1) {
-			errf(err, errlen, "bad answer: call %zu: %s", i + 1, why);
-			json_decref(got);
-			return -1;
+	for (i = 0, n = 1; i < json_array_size(got); i++, n++) {
+		call = json_array_get(got, i);
+		if ((rc = take_state(call, state, why, sizeof(why))) == 0 &&
+		    calls_check(call, why, sizeof(why)) == 0)
+			continue;
+		if (rc == 1) {
+			json_array_remove(got, i--);
+			continue;
 		}
+		errf(err, errlen, "bad answer: call %zu: %s", n, why);
+		if (state != NULL) {
+			json_decref(*state);
+			*state = NULL;
+		}
+		json_decref(got);
+		return -1;
+	}
 	json_array_extend(calls, got);
 	json_decref(got);
 	return 0;

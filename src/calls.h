@@ -21,15 +21,19 @@
 
 /* Parses zero or more JSON objects separated by whitespace (an exec
  * handler's stdout).  Returns a new array of calls, or NULL with err
- * saying which object is wrong and why. */
-json_t *calls_parse_stream(const char *buf, size_t len, char *err,
-    size_t errlen);
+ * saying which object is wrong and why.  state NULL: every object is a
+ * call; else one object {"state": V} (no "method") may be among them,
+ * and *state gets a reference to V (NULL if there was none; the caller
+ * sets *state to NULL first and decrefs it). */
+json_t *calls_parse_stream(const char *buf, size_t len, json_t **state,
+    char *err, size_t errlen);
 /* Parses a worker's answer line: a JSON array of at most CALLS_MAX calls
  * ([] for none), appended to calls; or {"error": "why"}, the worker's
- * own failure.  0, or -1 with err ("bad answer: ..." or "failed: why")
- * and calls unchanged. */
-int calls_parse_line(const char *buf, size_t len, json_t *calls, char *err,
-    size_t errlen);
+ * own failure.  state as for calls_parse_stream(): one element of the
+ * array may be {"state": V}.  0, or -1 with err ("bad answer: ..." or
+ * "failed: why") and calls unchanged. */
+int calls_parse_line(const char *buf, size_t len, json_t *calls,
+    json_t **state, char *err, size_t errlen);
 /* Checks one call: an object whose "method" is a non-empty string of
  * letters.  0 or -1 with err. */
 int calls_check(json_t *call, char *err, size_t errlen);

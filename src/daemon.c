@@ -34,6 +34,7 @@
 #include "poller.h"
 #include "runner.h"
 #include "server.h"
+#include "state.h"
 #include "store.h"
 #include "update.h"
 #include "util.h"
@@ -123,6 +124,11 @@ struct daemon {
 	/* what the admin thread reads, written by the main thread */
 	pthread_mutex_t mu;	/* wh, registering, cert_expiry */
 	bool registering;
+	char **state_names;	/* for /metrics: the configuration's */
+	/* the states counted by name, on the admin thread only */
+	uint64_t states_at, states_gen;
+	bool states_known;
+	long state_counts[STATE_NAMES_MAX], states_other;
 	int64_t cert_expiry;
 };
 
@@ -247,6 +253,48 @@ duty_wanted(const struct daemon *d, enum duty_kind k)
 	return (duties_of(d->c) & (1U << k)) != 0;
 }
 
+/*
+ * The states by name for /metrics.  Counting is a scan of the states
+ * table, so it is done again only when a state was committed since (at
+ * most once a second) or a minute has passed (an operator's reset, an
+ * expiry).  Read only: a write here would tell the store it works
+ * again while it fails.  Under d->mu (the names change at a reload).
+ */
+static void
+states_gauges(struct daemon *d, struct metrics_gauges *g)
+{
+	uint64_t now = now_ms(), gen = metrics_state_writes();
+	long sum = 0, total;
+	char err[256];
+	size_t n = 0;
+
+	if (d->state_names == NULL)
+		return;
+	while (d->state_names[n] != NULL)
+		n++;
+	if (d->states_at == 0 || now - d->states_at >= 60000 ||
+	    (gen != d->states_gen && now - d->states_at >= 1000)) {
+		d->states_at = now;
+		d->states_gen = gen;
+		d->states_known = store_states_count(d->store, wall_ms(),
+		    d->state_names, d->state_counts, &total, err,
+		    sizeof(err)) == 0;
+		if (!d->states_known)
+			log_warn("metrics: %s", err);
+		for (size_t i = 0; i < n; i++)
+			sum += d->state_counts[i];
+		d->states_other = total - sum;
+	}
+	g->states_known = d->states_known;
+	g->nstates = n;
+	for (size_t i = 0; i < n; i++) {
+		snprintf(g->state_names[i], sizeof(g->state_names[i]), "%s",
+		    d->state_names[i]);
+		g->state_counts[i] = d->state_counts[i];
+	}
+	g->states_other = d->states_other;
+}
+
 /* For /healthz and /metrics, on the admin thread. */
 static bool
 probe(void *arg, struct metrics_gauges *g)
@@ -261,6 +309,7 @@ probe(void *arg, struct metrics_gauges *g)
 	registered = !d->registering || st.registered;
 	memcpy(g->webhook_mismatch, st.mismatch, sizeof(st.mismatch));
 	g->cert_expiry = d->cert_expiry;
+	states_gauges(d, g);
 	pthread_mutex_unlock(&d->mu);
 	g->outbox_pending = store_calls_count(d->store, STORE_CALL_PENDING,
 	    &oldest);
@@ -696,6 +745,9 @@ daemon_start(struct daemon *d)
 	    c->polling ? 0 : c->reply_deadline_ms, d->outbox, d->store);
 	runner_set_state(d->runner, c->state_scope_kind, c->state_ttl_ms,
 	    &d->id.username);
+	pthread_mutex_lock(&d->mu);
+	d->state_names = state_names(c);
+	pthread_mutex_unlock(&d->mu);
 	dispatch_start(d->dispatch);
 	replay_held(d);
 	d->dedup = dedup_new((size_t)c->dedup_size);
@@ -955,6 +1007,9 @@ daemon_reload(struct daemon *d)
 	d->info = ni;
 	pthread_mutex_lock(&d->mu);
 	d->cert_expiry = nc->tls ? (int64_t)ni.not_after : 0;
+	strlist_free(d->state_names);
+	d->state_names = state_names(nc);
+	d->states_at = 0;
 	pthread_mutex_unlock(&d->mu);
 	config_free(d->c);
 	d->c = nc;
@@ -1083,6 +1138,7 @@ daemon_stop(struct daemon *d)
 	dispatch_free(d->dispatch);
 	store_close(d->store);
 	cert_info_clear(&d->info);
+	strlist_free(d->state_names);
 	free(atomic_load(&d->id.username));
 	wipe_free(d->secret);
 	free(d->path);

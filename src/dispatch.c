@@ -46,6 +46,24 @@ handler_conf_get(const struct conf_handler *h, const char *key, int *line)
 	return NULL;
 }
 
+int
+handler_conf_state_io(const struct conf_handler *h, const struct config *c,
+    struct diag *d)
+{
+	int line;
+	const char *v = handler_conf_get(h, "state_io", &line);
+
+	if (v == NULL || strcmp(v, "off") == 0)
+		return 0;
+	if (strcmp(v, "on") == 0)
+		return 1;
+	if (d != NULL)
+		diag_add(d, c->file, line, "state_io", "'%s' is not on or off "
+		    "(on: the handler is given the conversation's state and "
+		    "may return a new one)", v);
+	return -1;
+}
+
 static bool
 key_in(const char *key, const char *const *keys, size_t n)
 {
@@ -195,7 +213,8 @@ dispatch_new(const struct config *c, struct diag *d)
 			t->handlers[t->n - 1].table = t;
 			t->uses_state |= t->handlers[t->n - 1].has_state ||
 			    handler_conf_get(h, "set_state", NULL) != NULL ||
-			    handler_conf_get(h, "save", NULL) != NULL;
+			    handler_conf_get(h, "save", NULL) != NULL ||
+			    handler_conf_state_io(h, c, NULL) == 1;
 		}
 	if (bad) {
 		dispatch_free(t);

@@ -55,8 +55,8 @@ const struct handler *dispatch_match(const struct dispatch *t,
     const struct update *u, const char *username);
 /* True if a handler of t has a `state =` rule (matching then needs the
  * conversation's state: dispatch_match_state()) or changes the state
- * (set_state, save).  False: t knows nothing of state, and none is read
- * for its updates. */
+ * (set_state, save, a code handler's state_io = on).  False: t knows
+ * nothing of state, and none is read for its updates. */
 bool dispatch_uses_state(const struct dispatch *t);
 /* The first handler matching u in state (NULL: none), or NULL.
  * dispatch_match() ignores `state =` rules: the runner matches again with

@@ -67,5 +67,10 @@ extern const struct handler_kind handler_worker;
 /* The value of key in h, or NULL; *line gets its line if not NULL. */
 const char *handler_conf_get(const struct conf_handler *h, const char *key,
     int *line);
+/* `state_io = on | off` of a code handler (exec, worker, plugin): 1 on
+ * (it is given the conversation's state and may return a new one), 0
+ * off or absent, -1 with the problem in d (d NULL: not reported). */
+int handler_conf_state_io(const struct conf_handler *h,
+    const struct config *c, struct diag *d);
 
 #endif

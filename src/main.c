@@ -26,12 +26,14 @@
 #include "handlers/proc.h"
 #include "log.h"
 #include "ops.h"
+#include "state.h"
 #include "store.h"
 #include "util.h"
 
 /* Modes from MODE_OUTBOX on work on the store alone. */
 enum mode { MODE_RUN, MODE_TEST, MODE_INFO, MODE_DELETE, MODE_OUTBOX,
-	MODE_RETRY_DEAD, MODE_PURGE_DEAD, MODE_BROADCAST };
+	MODE_RETRY_DEAD, MODE_PURGE_DEAD, MODE_BROADCAST, MODE_STATE,
+	MODE_STATE_RESET };
 
 static void
 usage(FILE *f)
@@ -39,7 +41,8 @@ usage(FILE *f)
 	fprintf(f,
 	    "usage: tgwebhookd [-c FILE] [-t | --webhook-info | --delete-webhook |\n"
 	    "                  --outbox | --retry-dead ID|all | --purge-dead AGE |\n"
-	    "                  --broadcast FILE [--text TEXT] [--over DURATION]]\n"
+	    "                  --broadcast FILE [--text TEXT] [--over DURATION] |\n"
+	    "                  --state CHAT [USER] | --state-reset CHAT [USER]|all]\n"
 	    "       tgwebhookd --version | --help\n"
 	    "\n"
 	    "Receives Telegram Bot API webhooks over HTTPS and runs the bot's\n"
@@ -57,6 +60,9 @@ usage(FILE *f)
 	    "                      id that gets --text; --over 8h spreads them evenly;\n"
 	    "                      run again after an interruption, it queues only\n"
 	    "                      what is missing\n"
+	    "  --state CHAT [USER] show a conversation's state (- for no chat)\n"
+	    "  --state-reset CHAT [USER]|all\n"
+	    "                      clear one conversation's state, or every one\n"
 	    "  --version           print the version\n"
 	    "  --help              this text\n",
 	    CONFIG_DEFAULT_FILE);
@@ -305,12 +311,12 @@ webhook_command(const struct config *c, const char *token, enum mode mode)
  * a PostgreSQL store keys rows by). */
 static int
 store_command(const struct config *c, enum mode mode, const char *arg,
-    const char *text, const char *over)
+    const char *arg2, const char *text, const char *over)
 {
 	struct ops_limits lim = { c->outbox_rate, c->outbox_max_pending,
 		c->outbox_max_pending_per_chat };
 	unsigned ms = 0;
-	char err[1024], *token = NULL;
+	char err[1024], key[STATE_KEY_MAX], *token = NULL;
 	struct store *s;
 	int rc = 1;
 
@@ -318,6 +324,14 @@ store_command(const struct config *c, enum mode mode, const char *arg,
 	    config_parse_duration(mode == MODE_PURGE_DEAD ? arg : over, &ms,
 	    err, sizeof(err)) == -1) {
 		fprintf(stderr, "tgwebhookd: %s\n", err);
+		return 2;
+	}
+	if ((mode == MODE_STATE || (mode == MODE_STATE_RESET &&
+	    strcmp(arg, "all") != 0)) && state_key_args(c->state_scope_kind,
+	    arg, arg2, key, err, sizeof(err)) == -1) {
+		fprintf(stderr, "tgwebhookd: --%s %s%s%s: %s\n", mode ==
+		    MODE_STATE ? "state" : "state-reset", arg, arg2 ? " " : "",
+		    arg2 ? arg2 : "", err);
 		return 2;
 	}
 	/* PostgreSQL keys rows by the bot's id, which is in the token. */
@@ -349,6 +363,13 @@ store_command(const struct config *c, enum mode mode, const char *arg,
 	case MODE_BROADCAST:
 		rc = ops_broadcast(s, arg, text, ms, &lim, stdout);
 		break;
+	case MODE_STATE:
+		rc = ops_state(s, key, stdout);
+		break;
+	case MODE_STATE_RESET:
+		rc = ops_state_reset(s, strcmp(arg, "all") == 0 ? NULL : key,
+		    stdout);
+		break;
 	default:
 		break;
 	}
@@ -368,12 +389,14 @@ main(int argc, char **argv)
 		{ "broadcast", required_argument, NULL, 'B' },
 		{ "text", required_argument, NULL, 'T' },
 		{ "over", required_argument, NULL, 'W' },
+		{ "state", required_argument, NULL, 'S' },
+		{ "state-reset", required_argument, NULL, 'X' },
 		{ "version", no_argument, NULL, 'V' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
 	const char *file = CONFIG_DEFAULT_FILE, *arg = NULL, *text = NULL;
-	const char *over = NULL;
+	const char *over = NULL, *arg2 = NULL;
 	enum mode mode = MODE_RUN;
 	struct config *c;
 	struct diag d = { 0 };
@@ -409,6 +432,14 @@ main(int argc, char **argv)
 			mode = MODE_BROADCAST;
 			arg = optarg;
 			break;
+		case 'S':
+			mode = MODE_STATE;
+			arg = optarg;
+			break;
+		case 'X':
+			mode = MODE_STATE_RESET;
+			arg = optarg;
+			break;
 		case 'T':
 			text = optarg;
 			break;
@@ -426,6 +457,10 @@ main(int argc, char **argv)
 			return 2;
 		}
 	}
+	/* --state and --state-reset take an optional USER after CHAT */
+	if ((mode == MODE_STATE || (mode == MODE_STATE_RESET &&
+	    strcmp(arg, "all") != 0)) && optind == argc - 1)
+		arg2 = argv[optind++];
 	if (optind != argc || ((text != NULL || over != NULL) &&
 	    mode != MODE_BROADCAST)) {
 		usage(stderr);
@@ -453,7 +488,7 @@ main(int argc, char **argv)
 		return rc;
 	}
 	if (mode >= MODE_OUTBOX) {
-		rc = store_command(c, mode, arg, text, over);
+		rc = store_command(c, mode, arg, arg2, text, over);
 		diag_free(&d);
 		config_free(c);
 		return rc;

@@ -49,6 +49,7 @@ static struct {
 	char name[65];
 	atomic_uint_fast64_t n;
 } text_limits[TEXT_LIMIT_SLOTS + 1];
+static atomic_uint_fast64_t state_writes, state_expiries;
 
 void
 metrics_update(int type_index, enum metric_update result)
@@ -129,7 +130,27 @@ metrics_text_limit(const char *handler)
 	atomic_fetch_add_explicit(&text_limits[i].n, 1, memory_order_relaxed);
 }
 
+void
+metrics_state_written(void)
+{
+	atomic_fetch_add_explicit(&state_writes, 1, memory_order_relaxed);
+}
+
+void
+metrics_states_expired(long n)
+{
+	if (n > 0)
+		atomic_fetch_add_explicit(&state_expiries, (uint64_t)n,
+		    memory_order_relaxed);
+}
+
 #define LOAD(x) ((uint64_t)atomic_load_explicit(&(x), memory_order_relaxed))
+
+uint64_t
+metrics_state_writes(void)
+{
+	return LOAD(state_writes);
+}
 
 static void
 hist_render(struct buf *b, const struct hist *h, const char *name,
@@ -244,6 +265,21 @@ metrics_render(const struct metrics_gauges *g)
 		buf_printf(&b, "tgwebhookd_outbox_lane_oldest_seconds{lane="
 		    "\"%s\"} %.3f\n", outbox_lane_name((enum store_lane)l),
 		    g->lane_oldest_s[l]);
+	if (g->states_known) {
+		buf_puts(&b, "# HELP tgwebhookd_states Conversation states "
+		    "kept, by name (names no state = or set_state key uses: "
+		    "other).\n# TYPE tgwebhookd_states gauge\n");
+		for (size_t i = 0; i < g->nstates; i++)
+			buf_printf(&b, "tgwebhookd_states{name=\"%s\"} %ld\n",
+			    g->state_names[i], g->state_counts[i]);
+		buf_printf(&b, "tgwebhookd_states{name=\"other\"} %ld\n",
+		    g->states_other);
+	}
+	buf_printf(&b, "# HELP tgwebhookd_state_expiries_total Conversation "
+	    "states deleted at their [state] ttl.\n"
+	    "# TYPE tgwebhookd_state_expiries_total counter\n"
+	    "tgwebhookd_state_expiries_total %" PRIu64 "\n",
+	    LOAD(state_expiries));
 	if (g->cert_expiry > 0)
 		buf_printf(&b, "# HELP tgwebhookd_certificate_expiry_timestamp"
 		    "_seconds When the served certificate expires.\n"

@@ -10,6 +10,7 @@
 
 #include "botapi.h"
 #include "duty.h"
+#include "state.h"
 #include "store.h"
 
 enum metric_update {
@@ -42,6 +43,13 @@ void metrics_worker_exit(void);
 /* A handler's `text =` pattern gave up at its work bound (pattern.h). */
 void metrics_text_limit(const char *handler);
 
+/* A conversation state was committed (the counts by name are stale). */
+void metrics_state_written(void);
+/* How many metrics_state_written() so far. */
+uint64_t metrics_state_writes(void);
+/* n states were deleted at their expiry. */
+void metrics_states_expired(long n);
+
 /* Gauges the caller knows at scrape time. */
 struct metrics_gauges {
 	long outbox_pending;
@@ -68,6 +76,14 @@ struct metrics_gauges {
 	bool clustered;
 	signed char duty[DUTIES];	/* 1: held, 0: another instance
 					 * holds it, -1: not this source's */
+
+	/* conversation states by name: the configuration's names (a
+	 * bounded set), the rest as other; states_known false: no count */
+	bool states_known;
+	size_t nstates;
+	char state_names[STATE_NAMES_MAX][STATE_NAME_MAX + 1];
+	long state_counts[STATE_NAMES_MAX];
+	long states_other;
 };
 
 /* The Prometheus text exposition (caller frees). */

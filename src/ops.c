@@ -250,6 +250,83 @@ ops_purge_dead(struct store *s, uint64_t age_ms, FILE *out)
 	return 0;
 }
 
+int
+ops_state(struct store *s, const char *key, FILE *out)
+{
+	struct store_state st;
+	char err[256], when[64], a[32], *data;
+	size_t len;
+	int rc;
+
+	if ((rc = store_state_get(s, key, wall_ms(), &st, err,
+	    sizeof(err))) == -1) {
+		fprintf(stderr, "tgwebhookd: %s\n", err);
+		return 1;
+	}
+	if (rc == 1) {
+		fprintf(out, "state of %s: none\n", key);
+		return 0;
+	}
+	if (st.name == NULL) {
+		fprintf(out, "state of %s: none (ended by update %" PRId64
+		    ")\n", key, st.update_id);
+		store_state_clear(&st);
+		return 0;
+	}
+	/* The data is what users typed: a terminal obeys what it is sent. */
+	len = strlen(st.data);
+	data = xmalloc(len * 6 + 1);
+	log_escape(data, len * 6 + 1, st.data, len);
+	fprintf(out, "state of %s: %s\n  data: %s\n", key, st.name, data);
+	if (st.expires_ms > 0) {
+		time_t t = (time_t)(st.expires_ms / 1000);
+		struct tm tm;
+
+		gmtime_r(&t, &tm);
+		strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S UTC", &tm);
+		/* age() of the time as far before now as the expiry is after */
+		age(2 * wall_ms() - st.expires_ms, a, sizeof(a));
+		fprintf(out, "  expires: %s (in %s)\n", when, a);
+	} else {
+		fprintf(out, "  expires: never ([state] ttl = 0)\n");
+	}
+	if (st.update_id != 0)
+		fprintf(out, "  written by update %" PRId64 "\n", st.update_id);
+	free(data);
+	store_state_clear(&st);
+	return 0;
+}
+
+int
+ops_state_reset(struct store *s, const char *key, FILE *out)
+{
+	struct store_state st;
+	char err[256];
+	long n;
+	int had;
+	bool named;
+
+	if (key == NULL) {
+		if ((n = store_states_delete_all(s, err, sizeof(err))) < 0) {
+			fprintf(stderr, "tgwebhookd: %s\n", err);
+			return 1;
+		}
+		fprintf(out, "%ld state(s) reset\n", n);
+		return 0;
+	}
+	had = store_state_get(s, key, wall_ms(), &st, err, sizeof(err));
+	named = had == 0 && st.name != NULL;
+	store_state_clear(&st);
+	if (had == -1 || store_state_put(s, key, NULL, err, sizeof(err)) ==
+	    -1) {
+		fprintf(stderr, "tgwebhookd: %s\n", err);
+		return 1;
+	}
+	fprintf(out, "state of %s %s\n", key, named ? "reset" :
+	    "reset (it had none)");
+	return 0;
+}
+
 static bool
 chat_id_valid(const char *s)
 {

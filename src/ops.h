@@ -1,7 +1,8 @@
 /*
  * ops.h: operator commands on the store, run from the command line while
  * the daemon runs or not (SQLite serialises the writers): list the outbox,
- * re-queue or purge dead letters, queue a broadcast.
+ * re-queue or purge dead letters, queue a broadcast, show or reset a
+ * conversation's state.
  */
 #ifndef TGW_OPS_H
 #define TGW_OPS_H
@@ -27,6 +28,14 @@ int ops_outbox(struct store *s, const struct ops_limits *l, FILE *out);
 int ops_retry_dead(struct store *s, const char *which, FILE *out);
 /* Deletes dead calls older than age_ms.  Returns the exit status. */
 int ops_purge_dead(struct store *s, uint64_t age_ms, FILE *out);
+
+/* Prints the conversation state of key (state_key_args()): its name and
+ * data (escaped), when it expires, and the update that wrote it; "none"
+ * when it has none.  Returns the exit status. */
+int ops_state(struct store *s, const char *key, FILE *out);
+/* Deletes the state of key, or with key NULL every state.  Returns the
+ * exit status. */
+int ops_state_reset(struct store *s, const char *key, FILE *out);
 
 /* Parses one line of a broadcast file into a call row keyed `key`: a JSON
  * call ({"method": ...}), or a chat id (123, -100123, @channel) that gets

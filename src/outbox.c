@@ -1129,13 +1129,18 @@ prune(struct outbox *o)
 	struct store_keep k = { o->o.keep_ms, o->o.keep_dead_ms,
 		o->o.keep_held_ms };
 	char err[256];
-	long n = store_prune(o->store, &k, err, sizeof(err));
+	/* expired states first, to count them (store_prune would too) */
+	long e = store_states_expire(o->store, wall_ms(), err, sizeof(err));
+	long n = e < 0 ? -1 : store_prune(o->store, &k, err, sizeof(err));
 
+	metrics_states_expired(e);
 	if (n < 0)
 		log_warn("outbox: pruning: %s", err);
 	else if (n > 0)
 		log_info("outbox: pruned %ld finished row(s) past "
 		    "keep_delivered, keep_dead and keep_held", n);
+	if (e > 0)
+		log_info("outbox: %ld conversation state(s) expired", e);
 }
 
 /*

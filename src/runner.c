@@ -424,6 +424,8 @@ route(struct runner *r, const struct handler *h, const struct update *u,
 		*answer = NULL;
 		return -1;
 	}
+	if (with_state)
+		metrics_state_written();
 	metrics_update(u->type_index, *answer != NULL ? MU_INLINE : n > 0 ?
 	    MU_FOLLOWUP : MU_NO_CALLS);
 	metrics_handler_ms(now_ms() - start);

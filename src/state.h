@@ -6,10 +6,12 @@
 #ifndef TGW_STATE_H
 #define TGW_STATE_H
 
+#include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
 
 struct update;
+struct handler_state;
 
 enum state_scope {
 	STATE_SCOPE_CHAT_USER = 0,	/* the chat and the sender together */
@@ -40,5 +42,33 @@ int state_scope_parse(const char *text, enum state_scope *out);
  * outside any chat (an inline query) by its sender alone.  False when u
  * has nothing the scope keys by: it then has no state. */
 bool state_key(const struct update *u, enum state_scope scope, char *buf);
+
+/* The key under scope of the conversation of chat and user as an
+ * operator names them (decimal ids; NULL or "-": none), as state_key()
+ * would write it for an update of that chat and sender.  0, or -1 with
+ * err saying what to give instead. */
+int state_key_args(enum state_scope scope, const char *chat,
+    const char *user, char *buf, char *err, size_t errlen);
+
+/* Most state names /metrics counts by name (the rest are "other"). */
+#define STATE_NAMES_MAX 32
+
+struct config;
+
+/* The state names c's handlers use in `state =` and `set_state =` (not
+ * none), each once, the first STATE_NAMES_MAX: a NULL-terminated list
+ * (free with strlist_free). */
+char **state_names(const struct config *c);
+
+/* The state as a code handler is given it (state_io = on): a new
+ * {"name": NAME or null, "data": {...}}. */
+json_t *state_to_json(const struct handler_state *hs);
+/* Takes a code handler's new state, the value v of its output's "state":
+ * null (no state: the data cleared too) or {"name": NAME or null,
+ * "data": {...}} (data left out, or no name: {}).  hs NULL: the update has no
+ * conversation state, and any v is an error.  0 with hs changed, or -1
+ * with err and hs as it was. */
+int state_from_json(json_t *v, struct handler_state *hs, char *err,
+    size_t errlen);
 
 #endif

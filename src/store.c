@@ -221,6 +221,20 @@ store_states_expire(struct store *s, int64_t now_ms, char *err, size_t errlen)
 }
 
 int
+store_states_count(struct store *s, int64_t now_ms, char *const *names,
+    long *counts, long *total, char *err, size_t errlen)
+{
+	return be(s)->states_count(s, now_ms, names, counts, total, err,
+	    errlen);
+}
+
+long
+store_states_delete_all(struct store *s, char *err, size_t errlen)
+{
+	return be(s)->states_delete_all(s, err, errlen);
+}
+
+int
 store_calls_unsent(struct store *s, const char *chat, char *err,
     size_t errlen)
 {

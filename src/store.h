@@ -146,6 +146,14 @@ int store_state_put(struct store *s, const char *key,
 /* Deletes the states expired by now_ms.  Count, or -1 with err. */
 long store_states_expire(struct store *s, int64_t now_ms, char *err,
     size_t errlen);
+/* Counts the states not expired by now_ms (not "none" marks): into
+ * counts[i] those named names[i] (NULL-terminated), into *total all of
+ * them.  0, or -1 with err. */
+int store_states_count(struct store *s, int64_t now_ms,
+    char *const *names, long *counts, long *total, char *err,
+    size_t errlen);
+/* Deletes every state (and "none" mark).  Count, or -1 with err. */
+long store_states_delete_all(struct store *s, char *err, size_t errlen);
 
 /* 1 if a call to chat (chat_id as text) is still pending (queued, in
  * flight or waiting to be retried), 0 if none, -1 with err. */

@@ -41,6 +41,10 @@ struct store_backend {
 	    struct store_state *out, char *err, size_t errlen);
 	long (*states_expire)(struct store *s, int64_t now_ms, char *err,
 	    size_t errlen);
+	int (*states_count)(struct store *s, int64_t now_ms,
+	    char *const *names, long *counts, long *total, char *err,
+	    size_t errlen);
+	long (*states_delete_all)(struct store *s, char *err, size_t errlen);
 	int (*calls_unsent)(struct store *s, const char *chat, char *err,
 	    size_t errlen);
 	long (*calls_pending)(struct store *s, enum store_lane lane,

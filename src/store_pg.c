@@ -888,6 +888,48 @@ pg_states_expire(struct store *s, int64_t now_ms, char *err, size_t errlen)
 }
 
 static int
+pg_states_count(struct store *s, int64_t now_ms, char *const *names,
+    long *counts, long *total, char *err, size_t errlen)
+{
+	char now[24];
+	const char *v[2] = { s->bot, now };
+	PGresult *r;
+	int ret = -1;
+
+	*total = 0;
+	for (size_t i = 0; names[i] != NULL; i++)
+		counts[i] = 0;
+	snprintf(now, sizeof(now), "%" PRId64, now_ms);
+	pthread_mutex_lock(&s->mu);
+	if ((r = run(s, false, "counting states", "SELECT name, count(*) FROM "
+	    "tgw_states WHERE bot = $1 AND name != '' AND (expires = 0 OR "
+	    "expires > $2) GROUP BY name", 2, v, err, errlen)) != NULL) {
+		for (int row = 0; row < PQntuples(r); row++) {
+			const char *name = PQgetvalue(r, row, 0);
+			long n = (long)num(r, row, 1);
+
+			*total += n;
+			for (size_t i = 0; names[i] != NULL; i++)
+				if (strcmp(names[i], name) == 0)
+					counts[i] = n;
+		}
+		ret = 0;
+	}
+	PQclear(r);
+	pthread_mutex_unlock(&s->mu);
+	return ret;
+}
+
+static long
+pg_states_delete_all(struct store *s, char *err, size_t errlen)
+{
+	const char *v[1] = { s->bot };
+
+	return changes(s, true, "deleting every state", "DELETE FROM "
+	    "tgw_states WHERE bot = $1", 1, v, err, errlen);
+}
+
+static int
 pg_calls_unsent(struct store *s, const char *chat, char *err, size_t errlen)
 {
 	int64_t n = 0;
@@ -1613,6 +1655,8 @@ const struct store_backend store_pg_backend = {
 	.calls_add_state = pg_calls_add_state,
 	.state_get = pg_state_get,
 	.states_expire = pg_states_expire,
+	.states_count = pg_states_count,
+	.states_delete_all = pg_states_delete_all,
 	.calls_unsent = pg_calls_unsent,
 	.calls_pending = pg_calls_pending,
 	.calls_of_chat = pg_calls_of_chat,

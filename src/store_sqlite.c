@@ -1190,6 +1190,49 @@ out:
 	return ret;
 }
 
+static int
+sqlite_states_count(struct store *s, int64_t now_ms, char *const *names,
+    long *counts, long *total, char *err, size_t errlen)
+{
+	sqlite3_stmt *st = NULL;
+	int rc, ret = -1;
+
+	*total = 0;
+	for (size_t i = 0; names[i] != NULL; i++)
+		counts[i] = 0;
+	pthread_mutex_lock(&s->mu);
+	if (sqlite3_prepare_v2(s->db, "SELECT name, count(*) FROM states "
+	    "WHERE name != '' AND (expires = 0 OR expires > ?) GROUP BY name",
+	    -1, &st, NULL) != SQLITE_OK)
+		goto out;
+	sqlite3_bind_int64(st, 1, now_ms);
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		const char *name = (const char *)sqlite3_column_text(st, 0);
+		long n = (long)sqlite3_column_int64(st, 1);
+
+		*total += n;
+		for (size_t i = 0; names[i] != NULL; i++)
+			if (strcmp(names[i], name) == 0)
+				counts[i] = n;
+	}
+	if (rc == SQLITE_DONE)
+		ret = 0;
+out:
+	if (ret == -1)
+		failed(s, false, err, errlen, "counting states");
+	sqlite3_finalize(st);
+	pthread_mutex_unlock(&s->mu);
+	return ret;
+}
+
+static long
+sqlite_states_delete_all(struct store *s, char *err, size_t errlen)
+{
+	/* exec_changes' bindings find no parameter here: harmless */
+	return exec_changes(s, "deleting every state", "DELETE FROM states",
+	    NULL, 0, 0, err, errlen);
+}
+
 /*
  * Several instances on one SQLite store (one machine: a zero-downtime
  * restart, or instances side by side): claims and leases are rows,
@@ -1453,6 +1496,8 @@ const struct store_backend store_sqlite_backend = {
 	.calls_add_state = sqlite_calls_add_state,
 	.state_get = sqlite_state_get,
 	.states_expire = sqlite_states_expire,
+	.states_count = sqlite_states_count,
+	.states_delete_all = sqlite_states_delete_all,
 	.calls_unsent = sqlite_calls_unsent,
 	.calls_pending = sqlite_calls_pending,
 	.calls_of_chat = sqlite_calls_of_chat,

@@ -39,9 +39,21 @@
  * build with `pkg-config --cflags --libs tgwebhookd`, which brings
  * jansson's flags, and link with -shared -fPIC.
  *
+ * Conversation state (TGW_ABI_MINOR 1).  With `state_io = on` in the
+ * handler's section (a key the daemon reads; it is not passed to init()),
+ * tgw_state_name() and tgw_state_data() read the conversation's state as
+ * it was when the update's turn came, and tgw_reply_state() sets the new
+ * one, committed with the update's calls in one transaction (such calls
+ * are then all follow-ups, none inline).  Without state_io the reads
+ * return NULL and tgw_reply_state() fails.
+ *
  * ABI.  TGW_ABI_VERSION changes whenever a structure or a function
  * signature below changes; a plugin built for another version is refused
- * at load with a message saying to rebuild it.
+ * at load with a message saying to rebuild it.  TGW_ABI_MINOR counts
+ * compatible additions (new functions): a plugin of an older minor
+ * version loads unchanged; one that calls a function of a newer minor
+ * version than the daemon's is refused at load (dlopen names the missing
+ * symbol).  Test for it at build time: #if TGW_ABI_MINOR >= 1.
  */
 #ifndef TGWEBHOOKD_H
 #define TGWEBHOOKD_H
@@ -57,6 +69,7 @@ extern "C" {
 #endif
 
 #define TGW_ABI_VERSION 1
+#define TGW_ABI_MINOR 1
 
 /* The update being handled (opaque). */
 struct tgw_update;
@@ -144,6 +157,25 @@ int tgw_reply_text(struct tgw_reply *r, const char *text);
  * the log). */
 void tgw_reply_fail(struct tgw_reply *r, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
+
+/* ---- Conversation state (TGW_ABI_MINOR 1; needs state_io = on) ---- */
+
+/* The conversation's state name, or NULL when it has none (or the update
+ * has no conversation state). */
+const char *tgw_state_name(const struct tgw_update *u);
+/* Its data, a JSON object ({} when there is none); NULL when the update
+ * has no conversation state: state_io is off, or the update has nothing
+ * [state] state_scope keys by.  What was read stays as it was when
+ * tgw_reply_state() sets a new state. */
+const json_t *tgw_state_data(const struct tgw_update *u);
+/* Sets the conversation's new state: name (1-64 of A-Z a-z 0-9 _), or
+ * NULL for none (its data cleared too); data a JSON object or NULL ({});
+ * the reference is always taken.  The last call wins.  Its data is at
+ * most 64 KiB as JSON.  Returns 0, or -1 when the update has no
+ * conversation state, the name is not a name or data is not an object:
+ * then the update fails (a dead letter, nothing sent) whatever handle()
+ * returns. */
+int tgw_reply_state(struct tgw_reply *r, const char *name, json_t *data);
 
 /* ---- Logging (to the daemon's log, prefixed with the handler name) ---- */
 

@@ -4,7 +4,9 @@
  * Protocol (README "Exec handlers"): the Update on stdin; TGW_UPDATE_ID,
  * TGW_UPDATE_TYPE, TGW_CHAT_ID, TGW_COMMAND, TGW_ARGS and TGW_HANDLER in a
  * small environment (never the token); Bot API calls as JSON objects on
- * stdout.  No shell: argv comes from the config parser.  The child leads
+ * stdout.  With state_io = on, the conversation's state in TGW_STATE and
+ * TGW_STATE_DATA, and one {"state": ...} object on stdout sets a new one.
+ * No shell: argv comes from the config parser.  The child leads
  * its own process group so that a timeout, or the end of the run, kills
  * everything it started.  stdout is capped (over the cap is a failure),
  * stderr is capped (the rest is dropped and said so) and logged with the
@@ -25,6 +27,7 @@
 #include "handler.h"
 #include "log.h"
 #include "proc.h"
+#include "state.h"
 #include "update.h"
 #include "util.h"
 
@@ -36,9 +39,10 @@ struct exec {
 	char *name;
 	char **argv;
 	unsigned timeout_ms;
+	bool state_io;		/* state_io = on */
 };
 
-static const char *const exec_keys[] = { "timeout", NULL };
+static const char *const exec_keys[] = { "timeout", "state_io", NULL };
 
 static void
 exec_destroy(void *arg)
@@ -57,22 +61,31 @@ exec_create(const struct conf_handler *h, const struct config *c,
     struct diag *d)
 {
 	struct exec *e = xcalloc(1, sizeof(*e));
+	int io = handler_conf_state_io(h, c, d);
 
 	e->name = xstrdup(h->name);
 	e->timeout_ms = EXEC_DEFAULT_TIMEOUT_MS;
 	e->argv = proc_argv(h, c, "exec", d);
-	if (proc_timeout(h, c, &e->timeout_ms, d) == -1 || e->argv == NULL) {
+	e->state_io = io == 1;
+	if (proc_timeout(h, c, &e->timeout_ms, d) == -1 || e->argv == NULL ||
+	    io == -1) {
 		exec_destroy(e);
 		return NULL;
 	}
 	return e;
 }
 
-/* The child's environment: only what the protocol promises. */
+/* The child's environment: only what the protocol promises.  With
+ * state_io, the state too: in the environment rather than on stdin, so
+ * that stdin stays the Update as Telegram sent it (a program opting in
+ * parses what it parsed before, and a shell script reads $TGW_STATE
+ * without a JSON parser).  The data is at most STATE_DATA_MAX bytes, well
+ * under the kernel's limit for one string (128 KiB). */
 static char **
-exec_env(const struct exec *e, const struct update *u)
+exec_env(const struct exec *e, const struct handler_input *in)
 {
-	char **env = xcalloc(10, sizeof(*env));
+	const struct update *u = in->u;
+	char **env = xcalloc(12, sizeof(*env));
 	size_t n = 0;
 
 	env[n++] = xstrdup("PATH=/usr/local/bin:/usr/bin:/bin");
@@ -86,6 +99,15 @@ exec_env(const struct exec *e, const struct update *u)
 	/* An environment string ends at NUL; cap the arguments so that a
 	 * huge message cannot hit E2BIG. */
 	env[n++] = xasprintf("TGW_ARGS=%.8192s", u->args ? u->args : "");
+	if (e->state_io && in->state != NULL) {
+		char *data = json_dumps(in->state->data, JSON_COMPACT);
+
+		env[n++] = xasprintf("TGW_STATE=%s", in->state->name != NULL ?
+		    in->state->name : "");
+		env[n++] = xasprintf("TGW_STATE_DATA=%s", data != NULL ? data :
+		    "{}");
+		free(data);
+	}
 	env[n] = NULL;
 	return env;
 }
@@ -144,7 +166,7 @@ exec_run(void *arg, const struct handler_input *in, json_t *calls, char *msg,
 	struct buf out = { 0 }, errb = { 0 };
 	bool out_over = false, err_over = false, timed_out = false;
 	size_t written = 0;
-	char **env = exec_env(e, in->u), how[128];
+	char **env = exec_env(e, in), how[128];
 	uint64_t deadline = now_ms() + e->timeout_ms;
 	int status = 0, rc = -1;
 
@@ -234,9 +256,17 @@ exec_run(void *arg, const struct handler_input *in, json_t *calls, char *msg,
 	}
 	{
 		char perr_msg[256];
+		json_t *st = NULL;
 		json_t *got = calls_parse_stream(out.data ? out.data : "",
-		    out.len, perr_msg, sizeof(perr_msg));
+		    out.len, e->state_io ? &st : NULL, perr_msg,
+		    sizeof(perr_msg));
 
+		if (got != NULL && st != NULL && state_from_json(st, in->state,
+		    perr_msg, sizeof(perr_msg)) == -1) {
+			json_decref(got);
+			got = NULL;
+		}
+		json_decref(st);
 		if (got == NULL) {
 			errf(msg, msglen, "bad output on stdout: %s", perr_msg);
 			goto kill;

@@ -37,6 +37,7 @@
 #include "handler.h"
 #include "plugin.h"
 #include "log.h"
+#include "state.h"
 #include "tgwebhookd.h"
 #include "update.h"
 #include "util.h"
@@ -65,12 +66,16 @@ struct plugin {
 	const struct tgw_plugin *api;
 	void *state;
 	bool inited;
+	bool state_io;		/* state_io = on */
 };
 
-/* What handle() sees: the update and where its calls go. */
+/* What handle() sees: the update, its conversation's state as read
+ * (state_io; data NULL: none kept), and where its calls go. */
 struct tgw_update {
 	const struct update *u;
 	const char *handler;
+	char *state_name;
+	json_t *state_data;
 };
 
 struct tgw_reply {
@@ -78,6 +83,9 @@ struct tgw_reply {
 	json_t *calls;
 	char *err;
 	size_t errlen;
+	struct handler_state *state;	/* NULL: no state to set */
+	char state_err[160];	/* why tgw_reply_state() failed ("": it
+				 * did not): the update fails too */
 };
 
 /* Set once, before any thread, by a daemon that stays root. */
@@ -86,8 +94,9 @@ static bool allow_root;
 /* The handler whose plugin code runs on this thread, for tgw_log(). */
 static _Thread_local const char *current;
 
+/* The daemon's keys: never the plugin's options. */
 static const char *const match_keys[] = { "plugin", "updates", "commands",
-	"text", NULL };
+	"text", "state", "state_io", NULL };
 
 static bool
 is_match_key(const char *key)
@@ -337,6 +346,15 @@ plugin_create(const struct conf_handler *h, const struct config *c,
 
 	p->name = xstrdup(h->name);
 	p->path = xstrdup(handler_conf_get(h, "plugin", &line));
+	switch (handler_conf_state_io(h, c, d)) {
+	case -1:
+		goto fail;
+	case 1:
+		p->state_io = true;
+		break;
+	default:
+		break;
+	}
 	if (geteuid() == 0 && !allow_root) {
 		/* Checked, not loaded: a constructor would run as root. */
 		if (check_unloaded(p->path, config_user_uid(c), err,
@@ -416,8 +434,9 @@ plugin_run(void *arg, const struct handler_input *in, json_t *calls,
     char *err, size_t errlen)
 {
 	struct plugin *p = arg;
-	struct tgw_update tu = { in->u, p->name };
-	struct tgw_reply r = { in->u, calls, err, errlen };
+	struct handler_state *hs = p->state_io ? in->state : NULL;
+	struct tgw_update tu = { in->u, p->name, NULL, NULL };
+	struct tgw_reply r = { in->u, calls, err, errlen, hs, "" };
 	int rc;
 
 	err[0] = '\0';
@@ -426,9 +445,20 @@ plugin_run(void *arg, const struct handler_input *in, json_t *calls,
 		    p->path);
 		return -1;
 	}
+	if (hs != NULL) {
+		/* a snapshot: tgw_reply_state() may replace hs's */
+		tu.state_name = hs->name != NULL ? xstrdup(hs->name) : NULL;
+		tu.state_data = json_incref(hs->data);
+	}
 	current = p->name;
 	rc = p->api->handle(p->state, &tu, &r);
 	current = NULL;
+	free(tu.state_name);
+	json_decref(tu.state_data);
+	if (rc == 0 && r.state_err[0] != '\0') {
+		errf(err, errlen, "tgw_reply_state(): %s", r.state_err);
+		rc = -1;
+	}
 	if (rc != 0) {
 		if (err[0] == '\0')
 			errf(err, errlen, "plugin failed");
@@ -566,6 +596,50 @@ tgw_reply_text(struct tgw_reply *r, const char *text)
 		return -1;
 	}
 	return tgw_reply_call(r, "sendMessage", params);
+}
+
+const char *
+tgw_state_name(const struct tgw_update *u)
+{
+	return u->state_name;
+}
+
+const json_t *
+tgw_state_data(const struct tgw_update *u)
+{
+	return u->state_data;
+}
+
+int
+tgw_reply_state(struct tgw_reply *r, const char *name, json_t *data)
+{
+	const char *why = NULL;
+
+	if (r->state == NULL)
+		why = "this update has no conversation state (it needs "
+		    "state_io = on, and a chat or sender [state] state_scope "
+		    "keys by)";
+	else if (name != NULL && !state_name_valid(name))
+		why = "the name is not 1-64 of A-Z a-z 0-9 _ (NULL: none)";
+	else if (data != NULL && !json_is_object(data))
+		why = "data is not a JSON object";
+	if (why != NULL) {
+		json_decref(data);
+		errf(r->state_err, sizeof(r->state_err), "%s", why);
+		tgw_log(TGW_LOG_WARN, "update %" PRId64 ": tgw_reply_state: %s",
+		    r->u->id, why);
+		return -1;
+	}
+	free(r->state->name);
+	r->state->name = name != NULL ? xstrdup(name) : NULL;
+	json_decref(r->state->data);
+	if (name == NULL && data != NULL) {
+		json_decref(data);	/* no state has no data */
+		data = NULL;
+	}
+	r->state->data = data != NULL ? data : json_object();
+	r->state->changed = true;
+	return 0;
 }
 
 void

@@ -4,7 +4,10 @@
  * Protocol (README "Worker handlers"): the worker reads one Update per
  * line on stdin and answers each with exactly one line on stdout: a JSON
  * array of Bot API calls ([] for none), or {"error": "why"} to make the
- * update a dead letter.  stderr is its log.  It gets the
+ * update a dead letter.  With state_io = on the line is an envelope,
+ * {"update": Update, "state": {"name": ..., "data": {...}}} ("state":
+ * null when the update has no conversation), and the array may hold one
+ * {"state": ...} element: the new state.  stderr is its log.  It gets the
  * same small environment as exec handlers, without the per-update
  * variables, plus TGW_WORKER (its index in the pool).
  *
@@ -54,6 +57,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "proc.h"
+#include "state.h"
 #include "update.h"
 #include "util.h"
 
@@ -86,6 +90,8 @@ struct pool {
 	char **argv;
 	unsigned n, timeout_ms;
 	bool by_chat;		/* affinity = chat */
+	bool state_io;		/* state_io = on: envelopes in, a state
+				 * out */
 
 	pthread_mutex_t mu;
 	pthread_cond_t idle;	/* a worker became free */
@@ -97,7 +103,7 @@ struct pool {
 };
 
 static const char *const worker_keys[] = { "workers", "timeout", "affinity",
-	NULL };
+	"state_io", NULL };
 
 static pthread_mutex_t registry_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct pool *registry;
@@ -412,7 +418,7 @@ worker_create(const struct conf_handler *h, const struct config *c,
 {
 	unsigned n = 1, timeout_ms = WORKER_DEFAULT_TIMEOUT_MS;
 	bool by_chat = true;
-	int before = d->count;
+	int before = d->count, io;
 	const char *v;
 	char **argv, *key;
 	struct buf k = { 0 };
@@ -421,6 +427,7 @@ worker_create(const struct conf_handler *h, const struct config *c,
 
 	argv = proc_argv(h, c, "worker", d);
 	proc_timeout(h, c, &timeout_ms, d);
+	io = handler_conf_state_io(h, c, d);
 	if ((v = handler_conf_get(h, "workers", &line)) != NULL) {
 		char *end;
 		unsigned long x;
@@ -444,7 +451,9 @@ worker_create(const struct conf_handler *h, const struct config *c,
 		strlist_free(argv);
 		return NULL;
 	}
-	buf_printf(&k, "%s\n%u\n%u\n%d", h->name, n, timeout_ms, by_chat);
+	/* state_io changes the line protocol: a new pool */
+	buf_printf(&k, "%s\n%u\n%u\n%d\n%d", h->name, n, timeout_ms, by_chat,
+	    io);
 	for (char **a = argv; *a != NULL; a++)
 		buf_printf(&k, "\n%s", *a);
 	key = buf_steal(&k);
@@ -468,6 +477,7 @@ worker_create(const struct conf_handler *h, const struct config *c,
 	pl->n = n;
 	pl->timeout_ms = timeout_ms;
 	pl->by_chat = by_chat;
+	pl->state_io = io == 1;
 	pthread_mutex_init(&pl->mu, NULL);
 	cond_init_monotonic(&pl->idle);
 	pl->w = xcalloc(n, sizeof(*pl->w));
@@ -693,11 +703,13 @@ worker_run(void *arg, const struct handler_input *in, json_t *calls,
 {
 	struct pool *pl = arg;
 	uint64_t deadline = now_ms() + pl->timeout_ms;
-	struct buf line = { 0 };
+	struct buf line = { 0 }, env = { 0 };
 	char *flat = NULL;
 	const char *body = in->body;
+	size_t len = in->len;
 	char why[256];
 	struct wproc *w;
+	json_t *st = NULL;
 	int rc = -1, want = -1;
 	bool kill_it = false;
 
@@ -710,6 +722,19 @@ worker_run(void *arg, const struct handler_input *in, json_t *calls,
 			if (*p == '\n' || *p == '\r')
 				*p = ' ';
 		body = flat;
+	}
+	if (pl->state_io) {
+		json_t *s = in->state != NULL ? state_to_json(in->state) : NULL;
+		char *text = s != NULL ? json_dumps(s, JSON_COMPACT) : NULL;
+
+		buf_puts(&env, "{\"update\":");
+		buf_append(&env, body, len);
+		buf_printf(&env, ",\"state\":%s}", text != NULL ? text :
+		    "null");
+		free(text);
+		json_decref(s);
+		body = env.data;
+		len = env.len;
 	}
 	if (pl->by_chat && in->u->has_chat)
 		want = (int)((uint64_t)in->u->chat_id % pl->n);
@@ -730,14 +755,21 @@ worker_run(void *arg, const struct handler_input *in, json_t *calls,
 			errf(msg, msglen, "no worker free within %ums (all %u "
 			    "busy or restarting)", pl->timeout_ms, pl->n);
 		free(flat);
+		buf_free(&env);
 		return -1;
 	}
-	if ((rc = send_line(w->p.in, body, in->len, deadline, why,
-	    sizeof(why))) == 0 &&
-	    (rc = read_line(w->p.out, &line, deadline, why, sizeof(why))) == 0)
+	if ((rc = send_line(w->p.in, body, len, deadline, why,
+	    sizeof(why))) == 0 && (rc = read_line(w->p.out, &line, deadline,
+	    why, sizeof(why))) == 0) {
 		rc = calls_parse_line(line.data != NULL ? line.data : "",
-		    line.len, calls, msg, msglen);
-	else {
+		    line.len, calls, pl->state_io ? &st : NULL, msg, msglen);
+		if (rc == 0 && st != NULL && state_from_json(st, in->state,
+		    why, sizeof(why)) == -1) {
+			errf(msg, msglen, "bad answer: %s", why);
+			json_array_clear(calls);
+			rc = -1;
+		}
+	} else {
 		kill_it = true;
 		if (rc == -2)
 			errf(msg, msglen, "worker %u timed out after %ums "
@@ -750,7 +782,9 @@ worker_run(void *arg, const struct handler_input *in, json_t *calls,
 	}
 
 	release(pl, w, kill_it);
+	json_decref(st);
 	buf_free(&line);
+	buf_free(&env);
 	free(flat);
 	return rc;
 }

@@ -11,7 +11,9 @@ button presses) delivered over TLS that trusts only that certificate.
 Prints what came in, what was answered inline and what went out as a
 follow-up.  Then the same daemon and handlers again with source = polling:
 the Simple Poll bot over long polling (getUpdates), where every call is a
-follow-up.  Then stops everything."""
+follow-up.  Then conf/form.conf, a multi-step form in configuration
+alone (conversation state), with the operator's --state on the way.  Then
+stops everything."""
 
 import argparse
 import json
@@ -118,6 +120,72 @@ def polling_phase(args, conf, text, emu, env, log, ann, chat):
         raise
 
 
+def form_phase(args, emu, tmp, env, log, ann, chat):
+    """conf/form.conf, the multi-step form in configuration alone: its
+    replies that move the conversation to another state are follow-ups,
+    committed with the state.  Returns the daemon's exit code."""
+    port = botapi_emu.free_port()
+    emu.forward = ("127.0.0.1", port)
+    with open(args.form) as f:
+        text = f.read()
+    text = set_key(text, "api_url", emu.url)
+    text = set_key(text, "listen", "127.0.0.1:%d" % port)
+    text = set_key(text, "dir", os.path.join(tmp, "form-store"))
+    text += "\n[admin]\nlisten = 127.0.0.1:%d\n" % botapi_emu.free_port()
+    conf = os.path.join(tmp, "form.conf")
+    with open(conf, "w") as f:
+        f.write(text)
+    print("\n[form]    %s: a name, an age and a yes or no, in "
+          "configuration alone;\n          each reply that changes the "
+          "conversation's state is a follow-up,\n          committed "
+          "with the state in one transaction" % os.path.relpath(
+              args.form, ROOT))
+    seen = len(emu.calls_of("getWebhookInfo"))
+    proc = subprocess.Popen([args.daemon, "-c", conf], stdout=log,
+                            stderr=log, env=env)
+    try:
+        # registered once the daemon reads its webhook back
+        emu.wait_calls("getWebhookInfo", seen + 1, timeout=20)
+        for i, said in enumerate(["/form", "Ann", "old", "41", "no", "Ann",
+                                  "42", "yes", "hello"]):
+            update = {"update_id": 600000 + i, "message": {
+                "message_id": 200 + i, "from": ann, "chat": chat,
+                "date": int(time.time()), "text": said}}
+            if said.startswith("/"):
+                update["message"]["entities"] = [
+                    {"offset": 0, "length": len(said), "type":
+                     "bot_command"}]
+            before = len(emu.calls_of("sendMessage"))
+            status, _, _, body = emu.deliver(update)
+            print("Ann   -> bot  %s" % said)
+            if body:
+                print("  inline     %s" % describe(json.loads(body)))
+            else:
+                c = emu.wait_calls("sendMessage", before + 1,
+                                   timeout=10)[before]
+                print("  follow-up  %s" % describe(dict(
+                    c.params, method=c.method)))
+            settle(os.path.join(tmp, "form-store"))
+            if said == "42":
+                out = subprocess.run(
+                    [args.daemon, "-c", conf, "--state", str(chat["id"]),
+                     str(ann["id"])], capture_output=True, text=True,
+                    env=env, timeout=20)
+                print("[operator] tgwebhookd --state %d %d, while it runs:"
+                      % (chat["id"], ann["id"]))
+                for line in out.stdout.splitlines():
+                    print("           " + line)
+        print()
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(20)
+        print("[stop]    SIGTERM: tgwebhookd exited %d" % rc)
+        return rc
+    except Exception:
+        proc.kill()
+        proc.wait()
+        raise
+
+
 def settle(store, timeout=10.0):
     """Waits until the bot's follow-ups are all delivered, as a user reads
     the answers before typing on: a chat's next answer goes inline only
@@ -144,6 +212,8 @@ def main():
                                                      "tgwebhookd"))
     ap.add_argument("--config", default=os.path.join(ROOT, "conf",
                                                      "hello.conf"))
+    ap.add_argument("--form", default=os.path.join(ROOT, "conf",
+                                                   "form.conf"))
     args = ap.parse_args()
 
     tmp = tempfile.TemporaryDirectory(prefix="tgw-demo-")
@@ -269,6 +339,8 @@ def main():
         print("[stop]    SIGTERM: tgwebhookd finished and exited %d" % rc)
         if rc == 0:
             rc = polling_phase(args, conf, text, emu, env, log, ann, chat)
+        if rc == 0:
+            rc = form_phase(args, emu, tmp.name, env, log, ann, chat)
     except Exception as e:
         print("demo failed: %s" % e, file=sys.stderr)
         proc.kill()

@@ -14,8 +14,9 @@ int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	char err[256];
-	json_t *calls = calls_parse_stream((const char *)data, size, err,
-	    sizeof(err));
+	json_t *state = NULL;
+	json_t *calls = calls_parse_stream((const char *)data, size, &state,
+	    err, sizeof(err));
 	size_t i;
 	json_t *c;
 
@@ -31,11 +32,14 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			calls_upload_clear(&up);
 	}
 	json_decref(calls);
+	json_decref(state);
+	state = NULL;
 	calls = json_array();
-	if (calls_parse_line((const char *)data, size, calls, err,
+	if (calls_parse_line((const char *)data, size, calls, &state, err,
 	    sizeof(err)) == 0)
 		json_array_foreach(calls, i, c)
 			(void)calls_inline_allowed(calls_method(c));
+	json_decref(state);
 	json_decref(calls);
 	return 0;
 }

@@ -1,5 +1,5 @@
-"""make demo, as a user runs it: every step answered as shown, and the
-daemon exits 0."""
+"""make demo, as a user runs it: every step answered as shown (the form
+of conf/form.conf included), and the daemon exits 0."""
 
 import os
 import subprocess
@@ -31,7 +31,19 @@ def test_demo_runs_the_whole_conversation():
                  'follow-up  answerCallbackQuery: "You voted for Tacos."',
                  'follow-up  editMessageText: "\U0001f4ca Dinner? (closed) / '
                  'Curry: 0 / Tacos: 1 / 1 vote"',
-                 'the poll ended at once; tgwebhookd exited 0'):
+                 'the poll ended at once; tgwebhookd exited 0',
+                 # the form of conf/form.conf, in configuration alone
+                 'follow-up  sendMessage: "Hello, Ann. How old are you?"',
+                 'inline     sendMessage: "Please send your age as a '
+                 'number."',
+                 'follow-up  sendMessage: "Ann, 42: is that right? '
+                 '(yes/no)"',
+                 'state of c31337:u31337: confirm\n'
+                 '             data: {"name":"Ann","age":"42"}',
+                 'follow-up  sendMessage: "Thank you, Ann. Saved."',
+                 'inline     sendMessage: "Send /form to fill in the '
+                 'form."',
+                 'SIGTERM: tgwebhookd exited 0'):
         assert want in text, "no %r in:\n%s" % (want, text)
     for bad in ("AddressSanitizer", "runtime error:", "LeakSanitizer"):
         assert bad not in text, text

@@ -14,7 +14,7 @@
 static json_t *
 parse(const char *s, char *err)
 {
-	return calls_parse_stream(s, strlen(s), err, 256);
+	return calls_parse_stream(s, strlen(s), NULL, err, 256);
 }
 
 static void
@@ -75,7 +75,8 @@ test_stream_count_capped(void **state)
 	(void)state;
 	for (int i = 0; i < CALLS_MAX + 1; i++)
 		buf_puts(&b, "{\"method\":\"a\"}");
-	assert_null(calls_parse_stream(b.data, b.len, err, sizeof(err)));
+	assert_null(calls_parse_stream(b.data, b.len, NULL, err,
+	    sizeof(err)));
 	assert_non_null(strstr(err, "more than"));
 	buf_free(&b);
 }
@@ -110,16 +111,17 @@ test_line(void **state)
 	};
 
 	(void)state;
-	assert_int_equal(calls_parse_line("[]", 2, calls, err, sizeof(err)), 0);
+	assert_int_equal(calls_parse_line("[]", 2, calls, NULL, err,
+	    sizeof(err)), 0);
 	assert_int_equal(json_array_size(calls), 0);
 	assert_int_equal(calls_parse_line("[{\"method\":\"sendMessage\","
 	    "\"chat_id\":1},{\"method\":\"sendDice\",\"chat_id\":1}] ",
-	    73, calls, err, sizeof(err)), 0);
+	    73, calls, NULL, err, sizeof(err)), 0);
 	assert_int_equal(json_array_size(calls), 2);
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		err[0] = '\0';
 		assert_int_equal(calls_parse_line(bad[i].line,
-		    strlen(bad[i].line), calls, err, sizeof(err)), -1);
+		    strlen(bad[i].line), calls, NULL, err, sizeof(err)), -1);
 		if (strncmp(err, bad[i].want, strlen(bad[i].want)) != 0)
 			fail_msg("'%s': got '%s', want '%s...'", bad[i].line,
 			    err, bad[i].want);
@@ -140,7 +142,7 @@ test_line_count_capped(void **state)
 	for (int i = 0; i <= CALLS_MAX; i++)
 		buf_printf(&b, "%s{\"method\":\"sendMessage\"}", i ? "," : "");
 	buf_puts(&b, "]");
-	assert_int_equal(calls_parse_line(b.data, b.len, calls, err,
+	assert_int_equal(calls_parse_line(b.data, b.len, calls, NULL, err,
 	    sizeof(err)), -1);
 	{
 		char want[64];
@@ -150,6 +152,59 @@ test_line_count_capped(void **state)
 		assert_string_equal(err, want);
 	}
 	buf_free(&b);
+	json_decref(calls);
+}
+
+/* A state object among the calls: taken out when asked for (once), a
+ * call like any other (so refused: no method) when not. */
+static void
+test_state_objects(void **state)
+{
+	const char *two = "{\"state\":null} {\"state\":null}";
+	const char *both = "{\"method\":\"sendMessage\"} {\"state\":"
+	    "{\"name\":\"a\"}}";
+	const char *line;
+	json_t *st = NULL, *calls;
+	char err[256];
+
+	(void)state;
+	calls = calls_parse_stream(both, strlen(both), &st, err, sizeof(err));
+	assert_non_null(calls);
+	assert_int_equal(json_array_size(calls), 1);
+	assert_string_equal(json_string_value(json_object_get(st, "name")),
+	    "a");
+	json_decref(calls);
+	json_decref(st);
+	st = NULL;
+	/* not asked for: an ordinary object without a method */
+	assert_null(calls_parse_stream(both, strlen(both), NULL, err,
+	    sizeof(err)));
+	assert_string_equal(err, "call 2: a call needs \"method\" as a string");
+	assert_null(calls_parse_stream(two, strlen(two), &st, err,
+	    sizeof(err)));
+	assert_string_equal(err, "object 2: a second state object (one per "
+	    "update)");
+	assert_null(st);
+	assert_null(calls_parse_stream("{\"state\":1,\"x\":2}", 19, &st,
+	    err, sizeof(err)));
+	assert_string_equal(err, "object 1: a state object has one key, "
+	    "\"state\"");
+
+	calls = json_array();
+	line = "[{\"state\":null},{\"method\":\"sendDice\"}]";
+	assert_int_equal(calls_parse_line(line, strlen(line), calls, &st, err,
+	    sizeof(err)), 0);
+	assert_int_equal(json_array_size(calls), 1);
+	assert_true(json_is_null(st));
+	json_decref(st);
+	st = NULL;
+	line = "[{\"state\":null},{\"state\":null}]";
+	assert_int_equal(calls_parse_line(line, strlen(line), calls, &st, err,
+	    sizeof(err)), -1);
+	assert_string_equal(err, "bad answer: call 2: a second state object "
+	    "(one per update)");
+	assert_null(st);
+	assert_int_equal(json_array_size(calls), 1);	/* unchanged */
 	json_decref(calls);
 }
 
@@ -341,6 +396,7 @@ main(void)
 		cmocka_unit_test(test_stream_count_capped),
 		cmocka_unit_test(test_line),
 		cmocka_unit_test(test_line_count_capped),
+		cmocka_unit_test(test_state_objects),
 		cmocka_unit_test(test_inline_allowed),
 		cmocka_unit_test(test_webhook_methods_never_sent),
 		cmocka_unit_test(test_chat),

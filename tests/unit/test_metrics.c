@@ -116,6 +116,30 @@ test_counters_and_histogram(void **state)
 	assert_float_equal(sample(text, "tgwebhookd_certificate_expiry_timestamp_"
 	    "seconds"), 1800000000, 1e-9);
 	assert_float_equal(sample(text, "tgwebhookd_telegram_pending_updates"), 4, 1e-9);
+	/* no state count yet: no state gauge; the expiry counter always */
+	assert_null(strstr(text, "tgwebhookd_states{"));
+	assert_float_equal(sample(text, "tgwebhookd_state_expiries_total"), 0,
+	    1e-9);
+	free(text);
+	g.states_known = true;
+	g.nstates = 2;
+	snprintf(g.state_names[0], sizeof(g.state_names[0]), "asked");
+	snprintf(g.state_names[1], sizeof(g.state_names[1]), "confirm");
+	g.state_counts[0] = 3;
+	g.states_other = 5;
+	metrics_states_expired(2);
+	metrics_states_expired(-1);	/* a failed expiry counts nothing */
+	metrics_state_written();
+	assert_int_equal(metrics_state_writes(), 1);
+	text = metrics_render(&g);
+	assert_float_equal(sample(text, "tgwebhookd_states{name=\"asked\"}"), 3,
+	    1e-9);
+	assert_float_equal(sample(text, "tgwebhookd_states{name=\"confirm\"}"),
+	    0, 1e-9);
+	assert_float_equal(sample(text, "tgwebhookd_states{name=\"other\"}"), 5,
+	    1e-9);
+	assert_float_equal(sample(text, "tgwebhookd_state_expiries_total"), 2,
+	    1e-9);
 	free(text);
 }
 

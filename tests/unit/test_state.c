@@ -7,8 +7,10 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <stdlib.h>
 #include <string.h>
 
+#include "handler.h"
 #include "state.h"
 #include "update.h"
 
@@ -84,12 +86,118 @@ test_keys(void **state)
 	update_free(chan);
 }
 
+/* A code handler's new state: what is taken, and what is refused with
+ * the state left as it was. */
+static void
+test_from_json(void **state)
+{
+	struct handler_state hs = { NULL, json_object(), false };
+	const char *bad[] = { "1", "\"x\"", "[]", "{\"name\":\"none\"}",
+		"{\"name\":\"a b\"}", "{\"name\":7}", "{\"data\":[]}",
+		"{\"name\":\"a\",\"other\":1}",
+		/* 65 letters */
+		"{\"name\":\"a1234567890123456789012345678901234567890123"
+		"456789012345678901234\"}" };
+	char err[256];
+	json_t *v, *back;
+
+	(void)state;
+	v = json_loads("{\"name\":\"asked\",\"data\":{\"n\":1}}", 0, NULL);
+	assert_int_equal(state_from_json(v, &hs, err, sizeof(err)), 0);
+	json_decref(v);
+	assert_true(hs.changed);
+	assert_string_equal(hs.name, "asked");
+	assert_int_equal(json_integer_value(json_object_get(hs.data, "n")), 1);
+	back = state_to_json(&hs);
+	v = json_loads("{\"name\":\"asked\",\"data\":{\"n\":1}}", 0, NULL);
+	assert_true(json_equal(back, v));
+	json_decref(back);
+	json_decref(v);
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		v = json_loads(bad[i], JSON_DECODE_ANY, NULL);
+		assert_non_null(v);
+		err[0] = '\0';
+		if (state_from_json(v, &hs, err, sizeof(err)) != -1)
+			fail_msg("%s was taken", bad[i]);
+		assert_true(strncmp(err, "bad state: ", 11) == 0);
+		json_decref(v);
+		assert_string_equal(hs.name, "asked");	/* as it was */
+	}
+	/* null: no state, the data cleared */
+	assert_int_equal(state_from_json(json_null(), &hs, err, sizeof(err)),
+	    0);
+	assert_null(hs.name);
+	assert_int_equal(json_object_size(hs.data), 0);
+	back = state_to_json(&hs);
+	v = json_loads("{\"name\":null,\"data\":{}}", 0, NULL);
+	assert_true(json_equal(back, v));
+	json_decref(back);
+	json_decref(v);
+	/* no name: the data goes too */
+	v = json_loads("{\"name\":null,\"data\":{\"n\":1}}", 0, NULL);
+	assert_int_equal(state_from_json(v, &hs, err, sizeof(err)), 0);
+	json_decref(v);
+	assert_null(hs.name);
+	assert_int_equal(json_object_size(hs.data), 0);
+	/* no conversation state at all */
+	assert_int_equal(state_from_json(json_null(), NULL, err, sizeof(err)),
+	    -1);
+	assert_true(strstr(err, "has no conversation state") != NULL);
+	free(hs.name);
+	json_decref(hs.data);
+}
+
+/* The key of the conversation an operator names (--state CHAT [USER]). */
+static void
+test_key_args(void **state)
+{
+	char key[STATE_KEY_MAX], err[256];
+
+	(void)state;
+	assert_int_equal(state_key_args(STATE_SCOPE_CHAT_USER, "42", "7", key,
+	    err, sizeof(err)), 0);
+	assert_string_equal(key, "c42:u7");
+	assert_int_equal(state_key_args(STATE_SCOPE_CHAT_USER, "-100123", NULL,
+	    key, err, sizeof(err)), 0);
+	assert_string_equal(key, "c-100123");
+	assert_int_equal(state_key_args(STATE_SCOPE_CHAT_USER, "-", "7", key,
+	    err, sizeof(err)), 0);
+	assert_string_equal(key, "u7");
+	assert_int_equal(state_key_args(STATE_SCOPE_CHAT, "42", NULL, key, err,
+	    sizeof(err)), 0);
+	assert_string_equal(key, "c42");
+	assert_int_equal(state_key_args(STATE_SCOPE_USER, "-", "7", key, err,
+	    sizeof(err)), 0);
+	assert_string_equal(key, "u7");
+
+	assert_int_equal(state_key_args(STATE_SCOPE_CHAT, "42", "7", key, err,
+	    sizeof(err)), -1);
+	assert_non_null(strstr(err, "give no USER"));
+	assert_int_equal(state_key_args(STATE_SCOPE_USER, "42", "7", key, err,
+	    sizeof(err)), -1);
+	assert_non_null(strstr(err, "give - USER"));
+	assert_int_equal(state_key_args(STATE_SCOPE_CHAT_USER, "-", "-", key,
+	    err, sizeof(err)), -1);
+	assert_non_null(strstr(err, "no conversation"));
+	assert_int_equal(state_key_args(STATE_SCOPE_CHAT_USER, "4x", NULL, key,
+	    err, sizeof(err)), -1);
+	assert_string_equal(err, "'4x' is not a chat id (a whole number, or - "
+	    "for none)");
+	assert_int_equal(state_key_args(STATE_SCOPE_CHAT_USER, "1", " 7", key,
+	    err, sizeof(err)), -1);
+	assert_non_null(strstr(err, "is not a user id"));
+	assert_int_equal(state_key_args(STATE_SCOPE_CHAT_USER,
+	    "99999999999999999999", NULL, key, err, sizeof(err)), -1);
+}
+
 int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_scope_names),
 		cmocka_unit_test(test_keys),
+		cmocka_unit_test(test_from_json),
+		cmocka_unit_test(test_key_args),
 	};
 
 	return cmocka_run_group_tests_name("state", tests, NULL, NULL);

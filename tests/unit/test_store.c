@@ -621,6 +621,41 @@ test_states(void **state)
 	    sizeof(err)), 0);
 	store_state_clear(&got);
 	store_state_clear(NULL);
+
+	/* counted by name (unexpired, no "none" marks), then all deleted */
+	{
+		struct store_state none = { NULL, NULL, 0, 9 };
+		char *names[] = { "awaiting_name", "awaiting_age", "gone",
+			NULL };
+		long counts[3] = { -1, -1, -1 }, total = -1;
+
+		a.expires_ms = 5000;
+		assert_int_equal(store_state_put(s, "3", &a, err, sizeof(err)),
+		    0);
+		assert_int_equal(store_state_put(s, "4", &a, err, sizeof(err)),
+		    0);
+		assert_int_equal(store_state_put(s, "5", &none, err,
+		    sizeof(err)), 0);
+		b.name = "elsewhere";
+		assert_int_equal(store_state_put(s, "6", &b, err, sizeof(err)),
+		    0);
+		assert_int_equal(store_states_count(s, 4000, names, counts,
+		    &total, err, sizeof(err)), 0);
+		assert_int_equal(counts[0], 2);
+		assert_int_equal(counts[1], 1);	/* "2" */
+		assert_int_equal(counts[2], 0);
+		assert_int_equal(total, 4);	/* and "6", elsewhere */
+		assert_int_equal(store_states_count(s, 5000, names, counts,
+		    &total, err, sizeof(err)), 0);
+		assert_int_equal(counts[0], 0);	/* expired */
+		assert_int_equal(total, 2);
+		/* and the "none" mark of 42:5 */
+		assert_int_equal(store_states_delete_all(s, err, sizeof(err)),
+		    6);
+		assert_int_equal(store_states_count(s, 0, names, counts,
+		    &total, err, sizeof(err)), 0);
+		assert_int_equal(total, 0);
+	}
 	store_close(s);
 	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
 	assert_int_equal(system(cmd), 0);
