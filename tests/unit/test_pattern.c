@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "pattern.h"
 #include "util.h"
@@ -200,6 +201,59 @@ test_hostile_patterns_reach_the_limit(void **state)
 		}
 }
 
+/* Thread CPU time in ms: what a match cost, whatever else the machine
+ * runs. */
+static double
+cpu_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+	return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+/*
+ * One counted step that goes through the whole text uncounted (a
+ * possessive or auto-possessified repeat, \X*, a lookahead's scan),
+ * reached at each step of an anchored pattern's backtracking: with the
+ * match limit alone these took 2-3.3 s of CPU on 4 KiB.  The callouts'
+ * budget counts the characters too: each gives up within milliseconds.
+ * CPU time is asserted, with room for a sanitizer build (the bound is
+ * 100 times under what they took).
+ */
+static void
+test_uncounted_scans_are_bounded(void **state)
+{
+	static const char *const hostile[] = {
+		"^(?:a?){0,40}\\X*+!z",
+		"^(?:a?){0,40}\\X*!z",
+		"^(?:a?){0,30}(?=\\X*+!)z",
+		"^(?:a?){0,30}(?=\\p{L}*+!)z",
+		"^(?:a?){0,40}(?>.*)!z",
+	};
+	char *s = text_of(4096, "a", " z");
+
+	(void)state;
+	for (size_t e = 0; e < nitems(engines); e++)
+		for (size_t i = 0; i < nitems(hostile); i++) {
+			struct pattern *p = compile(engines[e], hostile[i]);
+			double t0 = cpu_ms(), took;
+			enum pattern_result r = pattern_match(p, s, 4096,
+			    false);
+
+			took = cpu_ms() - t0;
+			print_message("# %s%s over 4096 bytes: %s, %.1f ms of "
+			    "CPU\n", engines[e], hostile[i], r == PATTERN_LIMIT ?
+			    "limit reached" : "no limit", took);
+			assert_int_equal(r, PATTERN_LIMIT);
+			if (took > 30.0)
+				fail_msg("%s%s: %.1f ms of CPU", engines[e],
+				    hostile[i], took);
+			pattern_free(p);
+		}
+	free(s);
+}
+
 /* What the bound leaves to sane patterns: a short text gets the whole
  * budget to share among few positions; a 4 KiB message still matches
  * patterns that backtrack over its words. */
@@ -240,6 +294,7 @@ main(void)
 		cmocka_unit_test(test_cut_is_not_the_end),
 		cmocka_unit_test(test_bad_patterns),
 		cmocka_unit_test(test_hostile_patterns_reach_the_limit),
+		cmocka_unit_test(test_uncounted_scans_are_bounded),
 		cmocka_unit_test(test_sane_patterns_have_room),
 	};
 
