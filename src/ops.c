@@ -254,7 +254,7 @@ int
 ops_state(struct store *s, const char *key, FILE *out)
 {
 	struct store_state st;
-	char err[256], when[64], a[32], *data;
+	char err[256], when[64], a[32], *name, *data;
 	size_t len;
 	int rc;
 
@@ -273,11 +273,15 @@ ops_state(struct store *s, const char *key, FILE *out)
 		store_state_clear(&st);
 		return 0;
 	}
-	/* The data is what users typed: a terminal obeys what it is sent. */
+	/* The data is what users typed, and the name is the store's (another
+	 * program, an older version, or a shared database's other writer may
+	 * have put anything there): a terminal obeys what it is sent. */
 	len = strlen(st.data);
 	data = xmalloc(len * 6 + 1);
 	log_escape(data, len * 6 + 1, st.data, len);
-	fprintf(out, "state of %s: %s\n  data: %s\n", key, st.name, data);
+	name = xmalloc(strlen(st.name) * 6 + 1);
+	log_escape(name, strlen(st.name) * 6 + 1, st.name, strlen(st.name));
+	fprintf(out, "state of %s: %s\n  data: %s\n", key, name, data);
 	if (st.expires_ms > 0) {
 		time_t t = (time_t)(st.expires_ms / 1000);
 		struct tm tm;
@@ -292,6 +296,7 @@ ops_state(struct store *s, const char *key, FILE *out)
 	}
 	if (st.update_id != 0)
 		fprintf(out, "  written by update %" PRId64 "\n", st.update_id);
+	free(name);
 	free(data);
 	store_state_clear(&st);
 	return 0;

@@ -182,6 +182,40 @@ test_outbox_prints_errors_redacted_and_escaped(void **state)
 	assert_int_equal(system(cmd), 0);
 }
 
+/* --state prints what the store holds: a name no handler could set
+ * (written by another program, or another writer of a shared database)
+ * reaches the terminal escaped, as the data does. */
+static void
+test_state_name_and_data_escaped(void **state)
+{
+	char dir[] = "/tmp/tgw-ops-test-XXXXXX", err[256], cmd[160];
+	char name[] = "ask\x1b]0;owned\x07\x1b[2J", data[] =
+	    "{\"t\":\"\x7f[31m\xe2\x80\xae\"}";
+	struct store_state st = { .name = name, .data = data, .update_id = 7 };
+	struct store *s;
+	char *out = NULL;
+	size_t len = 0;
+	FILE *f;
+
+	(void)state;
+	assert_non_null(mkdtemp(dir));
+	assert_non_null(s = store_open(dir, err, sizeof(err)));
+	assert_int_equal(store_state_put(s, "c5:u6", &st, err, sizeof(err)),
+	    0);
+	assert_non_null(f = open_memstream(&out, &len));
+	assert_int_equal(ops_state(s, "c5:u6", f), 0);
+	fclose(f);
+	assert_non_null(strstr(out, "state of c5:u6: ask\\x1b]0;owned\\x07"
+	    "\\x1b[2J\n"));
+	assert_non_null(strstr(out, "\\x7f[31m\\u202e"));
+	assert_null(strstr(out, "\x1b"));
+	assert_null(strstr(out, "\x07"));
+	free(out);
+	store_close(s);
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+	assert_int_equal(system(cmd), 0);
+}
+
 int
 main(void)
 {
@@ -189,6 +223,7 @@ main(void)
 		cmocka_unit_test(test_broadcast_lines),
 		cmocka_unit_test(test_broadcast_bounded_and_shown),
 		cmocka_unit_test(test_outbox_prints_errors_redacted_and_escaped),
+		cmocka_unit_test(test_state_name_and_data_escaped),
 	};
 
 	return cmocka_run_group_tests_name("ops", tests, NULL, NULL);
