@@ -137,6 +137,46 @@ state_names(const struct config *c)
 	return names;
 }
 
+/* True if v nests deeper than left levels (a scalar is none).  Stops
+ * at the bound, so a hostile document costs at most its first levels. */
+static bool
+too_deep(json_t *v, int left)
+{
+	const char *key;
+	json_t *item;
+	size_t i;
+
+	if (!json_is_object(v) && !json_is_array(v))
+		return false;
+	if (left == 0)
+		return true;
+	if (json_is_object(v)) {
+		json_object_foreach(v, key, item)
+			if (too_deep(item, left - 1))
+				return true;
+	} else {
+		json_array_foreach(v, i, item)
+			if (too_deep(item, left - 1))
+				return true;
+	}
+	return false;
+}
+
+int
+state_data_check(json_t *data, char *err, size_t errlen)
+{
+	if (!json_is_object(data)) {
+		errf(err, errlen, "bad state: its data must be a JSON object");
+		return -1;
+	}
+	if (too_deep(data, STATE_DATA_DEPTH)) {
+		errf(err, errlen, "bad state: its data nests more than %d "
+		    "levels deep", STATE_DATA_DEPTH);
+		return -1;
+	}
+	return 0;
+}
+
 json_t *
 state_to_json(const struct handler_state *hs)
 {
@@ -179,10 +219,8 @@ state_from_json(json_t *v, struct handler_state *hs, char *err,
 		    "A-Z a-z 0-9 _ (and not \"none\")", STATE_NAME_MAX);
 		return -1;
 	}
-	if (data != NULL && !json_is_object(data)) {
-		errf(err, errlen, "bad state: its data must be a JSON object");
+	if (data != NULL && state_data_check(data, err, errlen) == -1)
 		return -1;
-	}
 	free(hs->name);
 	hs->name = json_is_string(name) ? xstrdup(json_string_value(name)) :
 	    NULL;

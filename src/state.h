@@ -25,6 +25,12 @@ enum state_scope {
 /* Most bytes of a state's data (its JSON text). */
 #define STATE_DATA_MAX 65536
 
+/* Deepest nesting of a state's data (the object itself is 1): the store
+ * checks its JSON too (SQLite's json_valid() takes at most 2000 levels,
+ * jansson parses 2048), and a state the store refuses would be refused
+ * at every redelivery of its update. */
+#define STATE_DATA_DEPTH 100
+
 /* Longest state name, and longest name under which `save` keeps data. */
 #define STATE_NAME_MAX 64
 
@@ -59,6 +65,10 @@ struct config;
  * none), each once, the first STATE_NAMES_MAX: a NULL-terminated list
  * (free with strlist_free). */
 char **state_names(const struct config *c);
+
+/* Checks a code handler's new state data: an object nested at most
+ * STATE_DATA_DEPTH deep.  0, or -1 with err. */
+int state_data_check(json_t *data, char *err, size_t errlen);
 
 /* The state as a code handler is given it (state_io = on): a new
  * {"name": NAME or null, "data": {...}}. */

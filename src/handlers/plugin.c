@@ -614,6 +614,7 @@ int
 tgw_reply_state(struct tgw_reply *r, const char *name, json_t *data)
 {
 	const char *why = NULL;
+	char bad[128];
 
 	if (r->state == NULL)
 		why = "this update has no conversation state (it needs "
@@ -621,8 +622,9 @@ tgw_reply_state(struct tgw_reply *r, const char *name, json_t *data)
 		    "keys by)";
 	else if (name != NULL && !state_name_valid(name))
 		why = "the name is not 1-64 of A-Z a-z 0-9 _ (NULL: none)";
-	else if (data != NULL && !json_is_object(data))
-		why = "data is not a JSON object";
+	else if (data != NULL && state_data_check(data, bad, sizeof(bad)) ==
+	    -1)
+		why = bad;
 	if (why != NULL) {
 		json_decref(data);
 		errf(r->state_err, sizeof(r->state_err), "%s", why);

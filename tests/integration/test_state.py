@@ -154,6 +154,9 @@ elif text == "baddata":
     print(json.dumps({"state": {"name": "x", "data": [1]}}))
 elif text == "big":
     print(json.dumps({"state": {"name": "x", "data": {"s": "x" * 70000}}}))
+elif text == "deep":                  # deeper than SQLite's json_valid()
+    print('{"state": {"name": "x", "data": %s}}'
+          % ('{"a":' * 2040 + '{}' + '}' * 2040))
 elif text == "twice":
     print('{"state": null}\n{"state": null}')
 elif text == "clear":
@@ -189,7 +192,8 @@ def test_exec_state_io():
                 ("badname", "bad state: its name must be null or 1-64"),
                 ("baddata", "bad state: its data must be a JSON object"),
                 ("twice", "a second state object (one per update)"),
-                ("big", "its state's data would be over 65536 bytes")]):
+                ("big", "its state's data would be over 65536 bytes"),
+                ("deep", "bad state: its data nests more than 100 levels")]):
             status = d.deliver(message(text, 10 + i))[0]
             assert status == 200
             assert eventually(lambda: len(dead_letters(d)) == i + 1)

@@ -147,6 +147,65 @@ test_from_json(void **state)
 	json_decref(hs.data);
 }
 
+/* Data nested n deep: {"a":{"a":...{}}} (the outer object is 1). */
+static json_t *
+nested(int n)
+{
+	json_t *v = json_object();
+
+	while (--n > 0) {
+		json_t *outer = json_object();
+
+		json_object_set_new(outer, "a", v);
+		v = outer;
+	}
+	return v;
+}
+
+/* A state's data nested past STATE_DATA_DEPTH is refused where the
+ * handler's output is read: deeper than the store's JSON check takes
+ * (SQLite: 2000), it made every delivery of its update a 503. */
+static void
+test_data_depth(void **state)
+{
+	static const int deeper[] = { STATE_DATA_DEPTH + 1, 2040 };
+	struct handler_state hs = { 0 };
+	char err[256];
+	json_t *v, *list;
+
+	(void)state;
+	hs.data = json_object();
+	v = json_pack("{s:s,s:o}", "name", "deep", "data",
+	    nested(STATE_DATA_DEPTH));
+	assert_int_equal(state_from_json(v, &hs, err, sizeof(err)), 0);
+	json_decref(v);
+	assert_string_equal(hs.name, "deep");
+	for (size_t i = 0; i < sizeof(deeper) / sizeof(deeper[0]); i++) {
+		v = json_pack("{s:s,s:o}", "name", "deeper", "data",
+		    nested(deeper[i]));
+		assert_int_equal(state_from_json(v, &hs, err, sizeof(err)),
+		    -1);
+		assert_non_null(strstr(err, "bad state: its data nests more "
+		    "than 100 levels deep"));
+		json_decref(v);
+		assert_string_equal(hs.name, "deep");	/* as it was */
+	}
+	/* arrays count as objects do: the data object holding arrays
+	 * STATE_DATA_DEPTH deep */
+	list = json_array();
+	for (int i = 1; i < STATE_DATA_DEPTH; i++) {
+		json_t *outer = json_array();
+
+		json_array_append_new(outer, list);
+		list = outer;
+	}
+	v = json_pack("{s:s,s:{s:o}}", "name", "x", "data", "l", list);
+	assert_int_equal(state_from_json(v, &hs, err, sizeof(err)), -1);
+	json_decref(v);
+	free(hs.name);
+	json_decref(hs.data);
+}
+
 /* The key of the conversation an operator names (--state CHAT [USER]). */
 static void
 test_key_args(void **state)
@@ -197,6 +256,7 @@ main(void)
 		cmocka_unit_test(test_scope_names),
 		cmocka_unit_test(test_keys),
 		cmocka_unit_test(test_from_json),
+		cmocka_unit_test(test_data_depth),
 		cmocka_unit_test(test_key_args),
 	};
 
