@@ -167,6 +167,9 @@ held_ours(struct daemon *d, int64_t update_id)
 	if (c == -1)
 		log_warn("update %" PRId64 ": held, and %s; tried again at the "
 		    "next pick-up", update_id, err);
+	if (c == STORE_CLAIM_BUSY)
+		log_debug("update %" PRId64 ": held, and another live instance "
+		    "handles it; left to it", update_id);
 	if (c == STORE_CLAIM_DONE && store_update_release(d->store,
 	    update_id, err, sizeof(err)) == -1)
 		log_warn("update %" PRId64 ": %s", update_id, err);

@@ -372,3 +372,35 @@ def test_one_conversation_busy_elsewhere_past_the_deadline_is_503():
         assert eventually(lambda: c.texts() == ["u81 saw none",
                                                 "u82 saw s1"], 10), \
             c.texts()
+
+
+def test_held_update_replayed_only_once_its_instance_died():
+    with Cluster(pause="6", lease="2s") as c:
+        # b and c are away while a holds the update (reply_deadline 0:
+        # answered at once, its handler still running)
+        for n in "bc":
+            assert c.d[n].stop() == 0
+        assert c.post("a", message("/go", 90, chat_id=900))[0] == 200
+        assert eventually(lambda: c.runs() == [90], 5), c.runs()
+        since = {n: len(c.d[n].log()) for n in "bc"}
+        for n in "bc":
+            c.d[n].start(wait_register=False)
+        # at start, and at the pick-up a lease later, each leaves it to
+        # a, which still runs it
+        for n in "bc":
+            c.d[n].wait_log("update 90: held, and another live instance "
+                            "handles it; left to it", 10, since[n])
+            at = c.d[n].log(since[n]).index("left to it") + 10
+            c.d[n].wait_log("update 90: held, and another live instance "
+                            "handles it; left to it", 10, since[n] + at)
+        assert c.runs() == [90], c.runs()
+        # a dies mid-handler: once its claim expires (2 s), one of b, c
+        # replays it, once; its call goes out once
+        c.kill("a")
+        assert eventually(lambda: c.runs() == [90, 90], 10), c.runs()
+        assert eventually(lambda: c.texts() == ["u90-1"], 15), c.texts()
+        replayed = [n for n in "bc" if "update 90: its handler was still "
+                    "running when the instance that held it stopped" in
+                    c.d[n].log(since[n])]
+        assert len(replayed) == 1, replayed
+        assert c.runs() == [90, 90]
