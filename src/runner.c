@@ -350,7 +350,8 @@ key_text(const char *key, char *buf, size_t len)
 /*
  * The conversation lock across instances: a lease in the shared store,
  * taken by the job that holds the key here.  lease_take(): 1 taken (or
- * renewed), 0 another instance holds it, -1 the store failed (logged).
+ * renewed), 0 another instance holds it, -1 the store failed (logged;
+ * update_id -1: a renewal).
  */
 static int
 lease_take(struct runner *r, const char *key, int64_t update_id)
@@ -361,9 +362,12 @@ lease_take(struct runner *r, const char *key, int64_t update_id)
 	snprintf(name, sizeof(name), "c:%s", key);
 	rc = store_lease_take(r->store, name, r->instance, r->lease_ms, holder,
 	    sizeof(holder), err, sizeof(err));
-	if (rc == -1)
+	if (rc == -1 && update_id >= 0)
 		log_err("update %" PRId64 ": its conversation's lease in the "
 		    "store cannot be taken: %s", update_id, err);
+	else if (rc == -1)
+		log_err("cluster: the lease of conversation %s cannot be "
+		    "renewed: %s", key, err);
 	return rc;
 }
 
