@@ -116,6 +116,7 @@ struct daemon {
 	struct duty *duty;	/* the duties' leases */
 	bool clustered;		/* several instances share the store */
 	bool wh_held;		/* the webhook duty, as the loop last saw */
+	uint64_t next_pickup;	/* clustered: held updates looked at next */
 	struct bot_identity id;
 	struct cert_info info;	/* the certificate served */
 	char *path, *secret;
@@ -145,8 +146,40 @@ drain(struct server *srv, unsigned timeout_ms)
 		    n);
 }
 
+/*
+ * Clustered: whether this instance replays a held update: only when it
+ * claims it (the instance that held it died, or was this one); one that
+ * another live instance is handling is left to it, and one already done
+ * (its calls queued, the hold not yet released) is released.
+ */
+static bool
+held_ours(struct daemon *d, int64_t update_id)
+{
+	char err[512];
+	int c;
+
+	if (!d->clustered)
+		return true;
+	if (runner_handles(d->runner, update_id))
+		return false;
+	c = store_update_claim(d->store, update_id, d->c->cluster_instance,
+	    d->c->cluster_lease_ms, err, sizeof(err));
+	if (c == -1)
+		log_warn("update %" PRId64 ": held, and %s; tried again at the "
+		    "next pick-up", update_id, err);
+	if (c == STORE_CLAIM_BUSY)
+		log_debug("update %" PRId64 ": held, and another live instance "
+		    "handles it; left to it", update_id);
+	if (c == STORE_CLAIM_DONE && store_update_release(d->store,
+	    update_id, err, sizeof(err)) == -1)
+		log_warn("update %" PRId64 ": %s", update_id, err);
+	return c == STORE_CLAIM_OURS;
+}
+
 /* Updates answered before their handler finished, then the daemon
- * stopped (or died): handled again, their calls queued as follow-ups. */
+ * stopped (or died): handled again, their calls queued as follow-ups.
+ * Clustered, at start and at every pick-up ([cluster] lease), only those
+ * no live instance claims. */
 static void
 replay_held(struct daemon *d)
 {
@@ -159,10 +192,14 @@ replay_held(struct daemon *d)
 		return;
 	}
 	for (long i = 0; i < n; i++) {
-		struct update *u = update_parse(held[i].body, held[i].len, err,
-		    sizeof(err));
-		const struct handler *h = u != NULL ? dispatch_match(
-		    d->dispatch, u, atomic_load(&d->id.username)) : NULL;
+		struct update *u;
+		const struct handler *h;
+
+		if (!held_ours(d, held[i].update_id))
+			continue;
+		u = update_parse(held[i].body, held[i].len, err, sizeof(err));
+		h = u != NULL ? dispatch_match(d->dispatch, u,
+		    atomic_load(&d->id.username)) : NULL;
 
 		/* Quick handlers too: an update that waited for an
 		 * earlier one of its chat was held whatever its kind. */
@@ -175,13 +212,17 @@ replay_held(struct daemon *d)
 			    held[i].body, held[i].len, err, sizeof(err));
 			store_update_release(d->store, held[i].update_id, err,
 			    sizeof(err));
+			if (d->clustered)
+				store_update_done(d->store, held[i].update_id,
+				    err, sizeof(err));
 			update_free(u);
 			continue;
 		}
 		log_notice("update %" PRId64 ": its handler was still running "
-		    "when the daemon stopped (or it waited for an earlier "
-		    "update of its chat): handling it again (calls become "
-		    "follow-ups)", held[i].update_id);
+		    "when %s stopped (or it waited for an earlier update of "
+		    "its chat): handling it again (calls become follow-ups)",
+		    held[i].update_id, d->clustered ? "the instance that held "
+		    "it" : "the daemon");
 		runner_replay(d->runner, h, u, held[i].body, held[i].len);
 		held[i].body = NULL;
 	}
@@ -745,6 +786,9 @@ daemon_start(struct daemon *d)
 	    c->polling ? 0 : c->reply_deadline_ms, d->outbox, d->store);
 	runner_set_state(d->runner, c->state_scope_kind, c->state_ttl_ms,
 	    &d->id.username);
+	if (d->clustered)
+		runner_set_cluster(d->runner, c->cluster_instance,
+		    c->cluster_lease_ms);
 	pthread_mutex_lock(&d->mu);
 	d->state_names = state_names(c);
 	pthread_mutex_unlock(&d->mu);
@@ -1102,6 +1146,12 @@ daemon_loop(struct daemon *d, const sigset_t *sigs)
 		if (d->clustered && !d->c->polling &&
 		    duty_held(d->duty, DUTY_WEBHOOK) != d->wh_held)
 			register_webhook(d);
+		/* Held updates of an instance that died: their claims have
+		 * expired. */
+		if (d->clustered && now_ms() >= d->next_pickup) {
+			replay_held(d);
+			d->next_pickup = now_ms() + d->c->cluster_lease_ms;
+		}
 		update_status(d);
 		if (d->watchdog_ms != 0 && now_ms() >= next_ping &&
 		    healthy(d)) {

@@ -13,7 +13,8 @@
  *
  * Several instances on one store: dedup in memory sees only this
  * instance's deliveries, so a new id is also claimed in the store.  Ours:
- * handled, and marked done once answered.  Done elsewhere: a duplicate.
+ * handled, and marked done once answered (held while its handler runs
+ * on: done once its calls are queued, runner.c).  Done elsewhere: a duplicate.
  * Being handled elsewhere, or the store failing: busy (503, Telegram
  * delivers it again).  Where dedup forgets an id, the claim is given
  * back too.
@@ -190,10 +191,12 @@ on_ready(void *arg)
 	struct pending *p = arg;
 	struct intake_result res = { .status = INTAKE_OK,
 		.update_id = p->update_id, .type_index = p->type_index };
+	int rc = runner_finish(p->job, &res.answer);
 
-	if (runner_finish(p->job, &res.answer) == -1)
+	/* 1: held, its handler runs on; the runner marks the claim done. */
+	if (rc == -1)
 		forget(p->in, &res, p->type_index);
-	else
+	else if (rc == 0)
 		claim_done(p->in, p->update_id);
 	p->cb.done(p->cb.arg, &res);
 	free(p);

@@ -18,6 +18,18 @@
  * key wait in its line, off the handler queue, and are put on it one at
  * a time as the key passes to them.  A waiting job is on the deadline
  * list like any other, so it is answered (and held) at its own deadline.
+ *
+ * Several instances (runner_set_cluster()): the key is also a lease in
+ * the shared store ("c:<key>"), taken once the key is held here and given
+ * back once the calls are committed, renewed meanwhile every lease / 3 by
+ * the lease thread.  A job whose key another instance holds polls for it
+ * with backoff on a handler thread; at its deadline it is answered 503
+ * (never held: Telegram delivers it again), while one already held waits
+ * on (its update is answered and durable) for at most LEASE_WAIT_MS, then
+ * is left held for a later pick-up.  The same thread renews the claims of
+ * held updates being handled here, so that another instance takes one
+ * over (runner_replay()) only once this one has died.  Not clustered,
+ * none of this runs: no store call is added.
  */
 #include "runner.h"
 
@@ -29,6 +41,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "calls.h"
 #include "dispatch.h"
@@ -63,6 +76,10 @@ struct job {
 	bool gone;		/* runner_go() called: may be queued */
 	int64_t waited_ms;	/* how long it waited for its key; -1: not */
 	struct job *wnext;	/* its conversation's line */
+	bool leased;		/* clustered: holds its key's lease */
+	bool lease_busy;	/* clustered: another instance held it */
+	bool inheld;		/* on the held list */
+	struct job *hnext, *hprev;	/* held list */
 };
 
 /* A conversation key in use: held by the update being handled, with the
@@ -71,6 +88,7 @@ struct conv {
 	char key[UPDATE_KEY_MAX];
 	struct job *whead, *wtail;
 	size_t waiting;
+	bool leased;		/* its lease in the shared store is ours */
 	struct conv *next;	/* hash chain */
 };
 
@@ -99,7 +117,22 @@ struct runner {
 	enum state_scope state_scope;
 	unsigned state_ttl_ms;
 	_Atomic(char *) *username;
+	/* several instances (runner_set_cluster()) */
+	bool clustered;
+	char *instance;
+	unsigned lease_ms;
+	struct job *hhead;	/* held updates being handled here */
+	pthread_mutex_t lease_mu;	/* a renewal against a drop */
+	pthread_cond_t lease_cv;	/* the lease thread's wait */
+	pthread_t lease_thread;
+	bool lease_threaded;
+	bool lease_stop;
 };
+
+/* A held job waits this long at most for its conversation's lease. */
+#define LEASE_WAIT_MS 60000
+#define LEASE_POLL_MIN_MS 10
+#define LEASE_POLL_MAX_MS 250
 
 /* One update's conversation state while its handler runs. */
 struct run_state {
@@ -314,6 +347,233 @@ key_text(const char *key, char *buf, size_t len)
 	return buf;
 }
 
+/*
+ * The conversation lock across instances: a lease in the shared store,
+ * taken by the job that holds the key here.  lease_take(): 1 taken (or
+ * renewed), 0 another instance holds it, -1 the store failed (logged;
+ * update_id -1: a renewal).
+ */
+static int
+lease_take(struct runner *r, const char *key, int64_t update_id)
+{
+	char name[UPDATE_KEY_MAX + 2], holder[128], err[512];
+	int rc;
+
+	snprintf(name, sizeof(name), "c:%s", key);
+	rc = store_lease_take(r->store, name, r->instance, r->lease_ms, holder,
+	    sizeof(holder), err, sizeof(err));
+	if (rc == -1 && update_id >= 0)
+		log_err("update %" PRId64 ": its conversation's lease in the "
+		    "store cannot be taken: %s", update_id, err);
+	else if (rc == -1)
+		log_err("cluster: the lease of conversation %s cannot be "
+		    "renewed: %s", key, err);
+	return rc;
+}
+
+/* Marks key's lease as ours (so that the lease thread renews it), or not.
+ * Under r->mu. */
+static void
+conv_leased(struct runner *r, const char *key, bool leased)
+{
+	struct conv *c = key_held(r, key);
+
+	if (c != NULL)
+		c->leased = leased;
+}
+
+/* Gives key's lease back (its calls are committed).  Under lease_mu, so
+ * that a renewal in progress cannot take it again after the drop. */
+static void
+lease_drop(struct runner *r, const char *key)
+{
+	char name[UPDATE_KEY_MAX + 2], err[512];
+
+	snprintf(name, sizeof(name), "c:%s", key);
+	pthread_mutex_lock(&r->lease_mu);
+	pthread_mutex_lock(&r->mu);
+	conv_leased(r, key, false);
+	pthread_mutex_unlock(&r->mu);
+	if (store_lease_drop(r->store, name, r->instance, err,
+	    sizeof(err)) == -1)
+		log_warn("%s (another instance takes the conversation when "
+		    "its lease expires)", err);
+	pthread_mutex_unlock(&r->lease_mu);
+}
+
+/* The held list: updates held in the store and handled here, whose
+ * claims the lease thread renews.  Under r->mu. */
+static void
+held_add(struct runner *r, struct job *j)
+{
+	if (!r->clustered || j->inheld)
+		return;
+	j->inheld = true;
+	j->hprev = NULL;
+	j->hnext = r->hhead;
+	if (r->hhead != NULL)
+		r->hhead->hprev = j;
+	r->hhead = j;
+}
+
+static void
+held_remove(struct runner *r, struct job *j)
+{
+	if (!j->inheld)
+		return;
+	if (j->hprev != NULL)
+		j->hprev->hnext = j->hnext;
+	else
+		r->hhead = j->hnext;
+	if (j->hnext != NULL)
+		j->hnext->hprev = j->hprev;
+	j->inheld = false;
+	j->hnext = j->hprev = NULL;
+}
+
+/* Clustered: claims (or renews the claim of) a held update for a lease,
+ * so that it passes to another instance only once this one dies. */
+static int
+held_claim(struct runner *r, int64_t update_id)
+{
+	char err[512];
+	int rc = store_update_claim(r->store, update_id, r->instance,
+	    r->lease_ms, err, sizeof(err));
+
+	if (rc == -1)
+		log_warn("update %" PRId64 ": held, and its claim cannot be "
+		    "renewed: %s", update_id, err);
+	return rc;
+}
+
+/* Renews every lease / 3 the conversation leases and the held updates'
+ * claims of this instance. */
+static void *
+lease_thread(void *arg)
+{
+	struct runner *r = arg;
+
+	pthread_mutex_lock(&r->mu);
+	while (!r->lease_stop) {
+		struct timespec ts = deadline_after(r->lease_ms / 3);
+		char (*keys)[UPDATE_KEY_MAX] = NULL;
+		int64_t *ids = NULL;
+		size_t nk = 0, ni = 0, ck = 0, ci = 0;
+
+		pthread_cond_timedwait(&r->lease_cv, &r->mu, &ts);
+		for (size_t b = 0; b < CONV_BUCKETS; b++)
+			for (struct conv *c = r->convs[b]; c != NULL;
+			    c = c->next) {
+				if (!c->leased)
+					continue;
+				if (nk == ck) {
+					ck = ck ? ck * 2 : 16;
+					keys = xrealloc(keys, ck *
+					    sizeof(*keys));
+				}
+				memcpy(keys[nk++], c->key, sizeof(c->key));
+			}
+		for (struct job *j = r->hhead; j != NULL; j = j->hnext) {
+			if (ni == ci) {
+				ci = ci ? ci * 2 : 16;
+				ids = xrealloc(ids, ci * sizeof(*ids));
+			}
+			ids[ni++] = j->u->id;
+		}
+		pthread_mutex_unlock(&r->mu);
+		for (size_t i = 0; i < nk; i++) {
+			struct conv *c;
+			bool still;
+
+			pthread_mutex_lock(&r->lease_mu);
+			pthread_mutex_lock(&r->mu);
+			still = (c = key_held(r, keys[i])) != NULL &&
+			    c->leased;
+			pthread_mutex_unlock(&r->mu);
+			if (still && lease_take(r, keys[i], -1) == 0)
+				log_warn("cluster: the lease of conversation "
+				    "%s passed to another instance while its "
+				    "update ran here (the store stalled "
+				    "longer than [cluster] lease)", keys[i]);
+			pthread_mutex_unlock(&r->lease_mu);
+		}
+		for (size_t i = 0; i < ni; i++)
+			held_claim(r, ids[i]);
+		free(keys);
+		free(ids);
+		pthread_mutex_lock(&r->mu);
+	}
+	pthread_mutex_unlock(&r->mu);
+	return NULL;
+}
+
+void
+runner_set_cluster(struct runner *r, const char *instance, unsigned lease_ms)
+{
+	if (r->store == NULL)
+		return;
+	r->clustered = true;
+	r->instance = xstrdup(instance);
+	r->lease_ms = lease_ms;
+	if (pthread_create(&r->lease_thread, NULL, lease_thread, r) != 0)
+		fatal("runner: cannot start the conversation lease thread");
+	r->lease_threaded = true;
+}
+
+/*
+ * Clustered: waits on a handler thread for j's conversation lease, which
+ * another instance holds (or the store could not tell), polling with
+ * backoff.  0: j holds it.  -1: given up: j was answered 503 at its
+ * deadline, or it is held and waited LEASE_WAIT_MS (or the daemon
+ * stops), and is left held for a later pick-up.
+ */
+static int
+job_lease(struct runner *r, struct job *j)
+{
+	unsigned pause = LEASE_POLL_MIN_MS;
+	uint64_t until = now_ms() + LEASE_WAIT_MS;
+	bool refused, late, stopping;
+	int rc;
+
+	for (;;) {
+		rc = lease_take(r, j->key, j->u->id);
+		pthread_mutex_lock(&r->mu);
+		if (rc == 1) {
+			j->leased = true;
+			conv_leased(r, j->key, true);
+		} else
+			j->lease_busy = true;
+		late = j->answered;
+		stopping = r->stopping;
+		refused = late && !j->held;	/* 503 at its deadline */
+		pthread_mutex_unlock(&r->mu);
+		if (refused) {
+			if (rc == 1) {
+				lease_drop(r, j->key);
+				j->leased = false;
+			}
+			return -1;
+		}
+		if (rc == 1)
+			return 0;
+		if (late && (now_ms() >= until || stopping)) {
+			char err[512];
+
+			log_warn("update %" PRId64 ": another instance still "
+			    "handles its conversation; left held for a later "
+			    "pick-up", j->u->id);
+			if (store_update_unclaim(r->store, j->u->id,
+			    r->instance, err, sizeof(err)) == -1)
+				log_warn("update %" PRId64 ": %s", j->u->id,
+				    err);
+			return -1;
+		}
+		usleep(pause * 1000);
+		if ((pause *= 2) > LEASE_POLL_MAX_MS)
+			pause = LEASE_POLL_MAX_MS;
+	}
+}
+
 static void
 job_unref_locked(struct job *j)
 {
@@ -505,10 +765,10 @@ fail:
 }
 
 /* Runs a quick handler on the caller's thread; the caller holds key (or
- * "") for it. */
+ * "") for it, and its lease when leased. */
 static enum runner_status
 run_quick(struct runner *r, const struct handler *h, struct update *u,
-    char *body, size_t len, const char *key, char **answer)
+    char *body, size_t len, const char *key, bool leased, char **answer)
 {
 	uint64_t start = now_ms();
 	struct run_state rs;
@@ -521,12 +781,25 @@ run_quick(struct runner *r, const struct handler *h, struct update *u,
 		json_decref(calls);
 	}
 	run_state_clear(&rs);
+	if (leased)
+		lease_drop(r, key);
 	pthread_mutex_lock(&r->mu);
 	key_done(r, key);
 	pthread_mutex_unlock(&r->mu);
 	update_free(u);
 	free(body);
 	return rc == -1 ? RUNNER_BUSY : RUNNER_DONE;
+}
+
+/* Clustered: lets go of a key runner_start() took (and its lease). */
+static void
+cross_undo(struct runner *r, const char *key, bool leased)
+{
+	if (leased)
+		lease_drop(r, key);
+	pthread_mutex_lock(&r->mu);
+	key_done(r, key);
+	pthread_mutex_unlock(&r->mu);
 }
 
 static struct job *
@@ -555,6 +828,8 @@ runner_start(struct runner *r, const struct handler *h, struct update *u,
 	struct conv *c = NULL;
 	struct job *j;
 	char why[160];
+	bool cross;
+	int lease = 0;
 
 	*answer = NULL;
 	*jobp = NULL;
@@ -585,16 +860,30 @@ runner_start(struct runner *r, const struct handler *h, struct update *u,
 	pthread_mutex_lock(&r->mu);
 	if (key[0] != '\0')
 		c = key_held(r, key);
-	if (!h->blocking && c == NULL) {
+	/* Clustered, a key free here is taken here first, then across
+	 * instances (outside our lock: a store round trip). */
+	if ((cross = r->clustered && key[0] != '\0' && c == NULL)) {
+		key_acquire(r, key, NULL);
+		pthread_mutex_unlock(&r->mu);
+		lease = lease_take(r, key, u->id);
+		pthread_mutex_lock(&r->mu);
+		if (lease == 1)
+			conv_leased(r, key, true);
+	}
+	if (lease == -1)
+		goto busy;
+	if (!h->blocking && c == NULL && (!cross || lease == 1)) {
 		/* Nothing earlier of its conversation runs: on this
 		 * thread, holding the key meanwhile. */
-		if (key[0] != '\0')
+		if (key[0] != '\0' && !cross)
 			key_acquire(r, key, NULL);
 		pthread_mutex_unlock(&r->mu);
-		return run_quick(r, h, u, body, len, key, answer);
+		return run_quick(r, h, u, body, len, key, cross, answer);
 	}
 	if (r->pending >= r->max_pending || r->stopping) {
 		pthread_mutex_unlock(&r->mu);
+		if (cross)
+			cross_undo(r, key, lease == 1);
 		log_warn("update %" PRId64 ": %zu handlers already waiting: "
 		    "answering 503 so that Telegram retries later", u->id,
 		    r->max_pending);
@@ -604,6 +893,7 @@ runner_start(struct runner *r, const struct handler *h, struct update *u,
 	}
 	if (c != NULL && c->waiting >= r->chat_queue) {
 		pthread_mutex_unlock(&r->mu);
+		/* (c != NULL: not cross) */
 		log_warn("update %" PRId64 ": %s already has %zu update%s "
 		    "waiting ([server] chat_queue): answering 503 so that "
 		    "Telegram retries later", u->id, key_text(key, what,
@@ -616,13 +906,28 @@ runner_start(struct runner *r, const struct handler *h, struct update *u,
 	r->pending++;
 	j = job_new(r, h, u, body, len, key);
 	j->refs = 3;	/* the caller, the handler thread, the deadline list */
-	j->granted = key[0] == '\0' || key_acquire(r, key, j);
+	j->granted = key[0] == '\0' || cross || key_acquire(r, key, j);
+	j->leased = lease == 1;
+	/* Another instance handles its conversation: a handler thread
+	 * waits for the lease, and its deadline answers 503. */
+	j->lease_busy = cross && lease == 0;
 	pthread_mutex_unlock(&r->mu);
 	if (!j->granted)
 		log_debug("update %" PRId64 ": waits for an earlier update of "
 		    "%s", u->id, key_text(key, what, sizeof(what)));
+	if (j->lease_busy)
+		log_debug("update %" PRId64 ": waits for another instance's "
+		    "update of %s", u->id, key_text(key, what, sizeof(what)));
 	*jobp = j;
 	return RUNNER_PENDING;
+busy:
+	pthread_mutex_unlock(&r->mu);
+	cross_undo(r, key, false);
+	log_warn("update %" PRId64 ": answering 503 so that Telegram retries "
+	    "later", u->id);
+	update_free(u);
+	free(body);
+	return RUNNER_BUSY;
 }
 
 void
@@ -643,10 +948,23 @@ runner_replay(struct runner *r, const struct handler *h, struct update *u,
 	j->refs = 1;
 	pthread_mutex_lock(&r->mu);
 	r->pending++;
+	held_add(r, j);
 	j->granted = key[0] == '\0' || key_acquire(r, key, j);
 	if (j->granted)
 		enqueue(r, j);
 	pthread_mutex_unlock(&r->mu);
+}
+
+bool
+runner_handles(struct runner *r, int64_t update_id)
+{
+	bool found = false;
+
+	pthread_mutex_lock(&r->mu);
+	for (struct job *j = r->hhead; j != NULL && !found; j = j->hnext)
+		found = j->u->id == update_id;
+	pthread_mutex_unlock(&r->mu);
+	return found;
 }
 
 void
@@ -690,7 +1008,7 @@ runner_finish(struct job *j, char **answer)
 	pthread_mutex_lock(&r->mu);
 	*answer = j->answer;
 	j->answer = NULL;
-	rc = j->retry ? -1 : 0;
+	rc = j->retry ? -1 : j->held && r->clustered ? 1 : 0;
 	job_unref_locked(j);
 	pthread_mutex_unlock(&r->mu);
 	return rc;
@@ -742,6 +1060,12 @@ hold(struct runner *r, struct job *j)
 		return;
 	}
 	j->held = true;
+	/* Clustered: its claim now lasts a lease, renewed while it is
+	 * handled here, so that it passes on only if this instance dies. */
+	if (r->clustered) {
+		held_add(r, j);
+		held_claim(r, j->u->id);
+	}
 }
 
 static void
@@ -753,10 +1077,16 @@ release(struct runner *r, struct job *j)
 	pthread_mutex_lock(&r->mu);
 	held = j->held;
 	pthread_mutex_unlock(&r->mu);
-	if (held && store_update_release(r->store, j->u->id, err,
-	    sizeof(err)) == -1)
+	if (!held)
+		return;
+	if (store_update_release(r->store, j->u->id, err, sizeof(err)) == -1)
 		log_err("update %" PRId64 ": %s (it will be handled again at "
 		    "the next start)", j->u->id, err);
+	/* Clustered: done before it leaves the held list, so that a
+	 * pick-up that no longer finds it here finds it done. */
+	else if (r->clustered && store_update_done(r->store, j->u->id, err,
+	    sizeof(err)) == -1)
+		log_warn("update %" PRId64 ": handled, but %s", j->u->id, err);
 }
 
 static void *
@@ -790,6 +1120,15 @@ handler_thread(void *arg)
 			pthread_cond_broadcast(&r->work);
 		pthread_mutex_unlock(&r->mu);
 
+		if (r->clustered && j->key[0] != '\0' && !j->leased &&
+		    job_lease(r, j) == -1) {
+			/* Answered 503, or left held: not handled here. */
+			pthread_mutex_lock(&r->mu);
+			held_remove(r, j);
+			key_done(r, j->key);
+			job_unref_locked(j);
+			continue;
+		}
 		h = j->h;
 		rc = run_handler(r, &h, j->u, j->body, j->len, &calls, &rs);
 
@@ -818,7 +1157,12 @@ handler_thread(void *arg)
 		 * start handles it again. */
 		if (late && rc != -1)
 			release(r, j);
+		if (j->leased) {
+			lease_drop(r, j->key);
+			j->leased = false;
+		}
 		pthread_mutex_lock(&r->mu);
+		held_remove(r, j);
 		if (!late) {
 			j->answer = answer;
 			j->retry = rc == -1;
@@ -861,18 +1205,29 @@ deadline_thread(void *arg)
 		/* Still running: jobs answered first have left the list. */
 		deadline_remove(r, j);
 		j->answered = true;
-		hold(r, j);
-		if (j->granted)
-			log_info("update %" PRId64 ": handler %s still running "
-			    "at reply_deadline (%ums): answered %s, its calls "
-			    "will be follow-ups", j->u->id, j->h->name,
-			    r->deadline_ms, j->retry ? "503" : "200");
-		else
-			log_info("update %" PRId64 ": still waiting for an "
-			    "earlier update of its conversation at "
-			    "reply_deadline (%ums): answered %s, its calls "
-			    "will be follow-ups", j->u->id, r->deadline_ms,
-			    j->retry ? "503" : "200");
+		if (j->lease_busy && !j->leased) {
+			/* Another instance handles its conversation: held
+			 * here, it could run before an earlier update there
+			 * is committed.  Telegram delivers it again. */
+			j->retry = true;
+			log_info("update %" PRId64 ": another instance still "
+			    "handles its conversation at reply_deadline "
+			    "(%ums): answered 503", j->u->id, r->deadline_ms);
+		} else {
+			hold(r, j);
+			if (j->granted)
+				log_info("update %" PRId64 ": handler %s still "
+				    "running at reply_deadline (%ums): answered "
+				    "%s, its calls will be follow-ups",
+				    j->u->id, j->h->name, r->deadline_ms,
+				    j->retry ? "503" : "200");
+			else
+				log_info("update %" PRId64 ": still waiting for "
+				    "an earlier update of its conversation at "
+				    "reply_deadline (%ums): answered %s, its "
+				    "calls will be follow-ups", j->u->id,
+				    r->deadline_ms, j->retry ? "503" : "200");
+		}
 		pthread_mutex_unlock(&r->mu);
 		j->ready(j->arg);
 		pthread_mutex_lock(&r->mu);
@@ -891,6 +1246,8 @@ runner_new(unsigned threads, size_t max_queue, size_t chat_queue,
 	pthread_mutex_init(&r->mu, NULL);
 	pthread_cond_init(&r->work, NULL);
 	cond_init_monotonic(&r->timer);
+	cond_init_monotonic(&r->lease_cv);
+	pthread_mutex_init(&r->lease_mu, NULL);
 	r->maxthreads = threads;
 	r->max_pending = max_queue;
 	r->chat_queue = chat_queue;
@@ -919,9 +1276,19 @@ runner_free(struct runner *r)
 	pthread_cond_broadcast(&r->timer);
 	pthread_mutex_unlock(&r->mu);
 	pthread_join(r->deadline_thread, NULL);
+	if (r->lease_threaded) {
+		pthread_mutex_lock(&r->mu);
+		r->lease_stop = true;
+		pthread_cond_signal(&r->lease_cv);
+		pthread_mutex_unlock(&r->mu);
+		pthread_join(r->lease_thread, NULL);
+	}
+	free(r->instance);
 	free(r->threads);
 	pthread_cond_destroy(&r->work);
 	pthread_cond_destroy(&r->timer);
+	pthread_cond_destroy(&r->lease_cv);
+	pthread_mutex_destroy(&r->lease_mu);
 	pthread_mutex_destroy(&r->mu);
 	free(r);
 }

@@ -24,20 +24,25 @@
  *
  * The conversation lock is small on purpose: acquire(key) for a job, which
  * either gets it or waits in line; release(key), which hands it to the
- * next job in line; and a wake-up for that job.  Today it lives in memory.
- * For several instances sharing PostgreSQL (the cluster issue), acquire
- * becomes taking a lease row (bot, key) with the instance's name and an
- * expiry of [cluster] lease, renewed while the handler runs; a job whose
- * key another instance holds waits here as it does now, and is woken by a
- * NOTIFY on release (or a poll, bounded by the lease) rather than by
- * release() in this process; an instance that dies lets its leases expire,
- * so its keys pass on within [cluster] lease.  Order across instances
- * comes from taking the next waiter by update_id.  Nothing outside
- * runner.c sees the lock.
+ * next job in line; and a wake-up for that job.  It lives in memory, and
+ * with several instances on one store (runner_set_cluster()) also in the
+ * store: a lease ("c:<key>", [cluster] lease long, renewed while the
+ * handler runs) taken once the key is held here and given back once the
+ * calls are committed.  Across instances the guarantee is one update of a
+ * conversation at a time, each reading the state the one before it
+ * committed, and follow-ups queued in that order; which of two updates
+ * that reach two instances at once goes first is whichever takes the
+ * lease (Telegram delivers a chat's updates one at a time, so that race
+ * needs a redelivery or a slow answer).  A job whose key another instance
+ * holds polls for it with backoff until its deadline, then is answered
+ * RUNNER_BUSY-like (runner_finish() -1: 503); held already, it waits on.
+ * An instance that dies lets its leases expire, so its keys pass on within
+ * [cluster] lease.  Nothing outside runner.c sees the lock.
  */
 #ifndef TGW_RUNNER_H
 #define TGW_RUNNER_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -62,6 +67,13 @@ struct runner *runner_new(unsigned threads, size_t max_queue,
  * Call before any update is started. */
 void runner_set_state(struct runner *r, enum state_scope scope,
     unsigned ttl_ms, _Atomic(char *) *username);
+/* Several instances share the store: conversations are also locked in
+ * it (above), and the claims of updates held while handled here are
+ * renewed every lease_ms / 3 with a lease_ms expiry, so that another
+ * instance picks them up only once this one dies.  instance is copied.
+ * Call before any update is started. */
+void runner_set_cluster(struct runner *r, const char *instance,
+    unsigned lease_ms);
 /* Waits for queued, waiting and running handlers, then frees the
  * runner. */
 void runner_free(struct runner *r);
@@ -88,12 +100,18 @@ void runner_go(struct job *j, void (*ready)(void *arg), void *arg);
  * makes is a follow-up, and the hold is released once they are queued.
  * It takes its turn in its conversation like a new update, so replaying
  * in the held order keeps each chat's order.  Takes ownership of u and
- * body. */
+ * body.  Clustered, the caller has claimed the update for this instance
+ * (store_update_claim()); the runner renews the claim and marks it done
+ * once the calls are queued. */
 void runner_replay(struct runner *r, const struct handler *h,
     struct update *u, char *body, size_t len);
+/* True if update_id is held and being handled (or replayed) here. */
+bool runner_handles(struct runner *r, int64_t update_id);
 /* After ready: hands over the inline call (or NULL) and releases the job
- * for the caller.  Returns 0, or -1 when the answer must be 503 (the
- * store could not take the follow-ups). */
+ * for the caller.  Returns 0; 1 when answered while its handler runs on,
+ * clustered (the runner marks its claim done once the calls are queued);
+ * or -1 when the answer must be 503 (the store could not take the
+ * follow-ups, or another instance handles its conversation). */
 int runner_finish(struct job *j, char **answer);
 /* The inline call (JSON text, taken) that runner_start or runner_finish
  * gave for update_id could not be delivered on its connection: queues it

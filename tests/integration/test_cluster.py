@@ -53,20 +53,24 @@ class Cluster:
     (and so takes the duties)."""
 
     def __init__(self, calls=1, lease="2s", polling=False, pause="0.3",
-                 names=NAMES):
+                 names=NAMES, handler=None, deadline="0s"):
         self.tmp = tempfile.TemporaryDirectory(prefix="tgw-cluster-")
         self.emu = botapi_emu.Emulator(TOKEN).start()
         self.polling = polling
         kw, store_text = shared_store(self.tmp.name)
-        handler = "[handler.runs]\nexec = %s\ntimeout = 10s\n" % runs_script(
-            self.tmp.name, calls, pause)
+        if handler is None:
+            handler = "[handler.runs]\nexec = %s\ntimeout = 10s\n" % (
+                runs_script(self.tmp.name, calls, pause))
+        else:
+            handler = handler(self.tmp.name)
         self.d = {}
         for n in names:
             extra = store_text + "[cluster]\ninstance = %s\nlease = %s\n" % (
                 n, lease)
             if polling:
                 extra += "[bot]\nsource = polling\n[polling]\ntimeout = 2s\n"
-            self.d[n] = Daemon(handler, webhook="reply_deadline = 0s\n",
+            self.d[n] = Daemon(handler,
+                               webhook="reply_deadline = %s\n" % deadline,
                                tls=False, register=not polling, start=False,
                                emu=self.emu, extra=extra, **kw)
         for i, n in enumerate(names):
@@ -277,3 +281,126 @@ def test_polling_poller_killed_another_continues_from_the_offset():
         # only the holder polls: no 409 between instances
         for n in "bc":
             assert "another getUpdates is running" not in c.d[n].log()
+
+
+def form_script(tmp, pause="0.5"):
+    """[handler.form]: an exec handler with state_io = on that notes its
+    start and end in RUNS ("+id", "-id"), takes pause seconds, answers
+    what state it found and moves the conversation one step on (s1,
+    s2, ...)."""
+    path = os.path.join(tmp, "form.sh")
+    with open(path, "w") as f:
+        f.write("#!/bin/sh\ncat >/dev/null\n"
+                "echo \"+$TGW_UPDATE_ID\" >> %s/RUNS\nsleep %s\n"
+                "n=${TGW_STATE#s}\n[ -z \"$n\" ] && n=0\n"
+                "printf '{\"method\":\"sendMessage\",\"chat_id\":%%s,"
+                "\"text\":\"u%%s saw %%s\"}\\n' \"$TGW_CHAT_ID\" "
+                "\"$TGW_UPDATE_ID\" \"${TGW_STATE:-none}\"\n"
+                "printf '{\"state\":{\"name\":\"s%%d\"}}\\n' $((n+1))\n"
+                "echo \"-$TGW_UPDATE_ID\" >> %s/RUNS\n" % (tmp, pause, tmp))
+    os.chmod(path, 0o700)
+    return "[handler.form]\nupdates = message\nexec = %s\ntimeout = 10s\n" \
+        "state_io = on\n" % path
+
+
+def run_marks(c):
+    try:
+        with open(os.path.join(c.tmp.name, "RUNS")) as f:
+            return f.read().split()
+    except FileNotFoundError:
+        return []
+
+
+def at_once(c, posts):
+    """Posts (instance, update) pairs at the same moment; their statuses."""
+    got = {}
+    go = threading.Barrier(len(posts))
+
+    def send(i, name, u):
+        go.wait()
+        got[i] = c.post(name, u)[0]
+    ts = [threading.Thread(target=send, args=(i, n, u))
+          for i, (n, u) in enumerate(posts)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    return [got[i] for i in range(len(posts))]
+
+
+def test_one_conversation_on_two_instances_at_once_runs_one_at_a_time():
+    with Cluster(handler=form_script, deadline="5s", names="ab") as c:
+        for rnd in range(3):
+            chat = 700 + rnd
+            first, second = 10 * rnd + 71, 10 * rnd + 72
+            got = at_once(c, [("a", message("hi", first, chat_id=chat)),
+                              ("b", message("hi", second, chat_id=chat))])
+            # the one that waited for the other's lease ran once that
+            # one's state was committed: both answered within the deadline
+            assert got == [200, 200], got
+            mine = [t for t in run_marks(c) if t[1:] in (str(first),
+                                                        str(second))]
+            # one at a time: a start, its end, the other's start, its end
+            assert len(mine) == 4 and mine[0][1:] == mine[1][1:] and \
+                mine[0][0] == "+" and mine[1][0] == "-", mine
+            one, two = int(mine[0][1:]), int(mine[2][1:])
+            # the second saw the first's state; follow-ups in that order
+            want = ["u%d saw none" % one, "u%d saw s1" % two]
+            assert eventually(lambda: [t for t in c.texts() if t.startswith(
+                ("u%d " % first, "u%d " % second))] == want, 10), c.texts()
+        waited = c.d["a"].log() + c.d["b"].log()
+        assert "waits for another instance's update of chat" in waited
+
+
+def test_one_conversation_busy_elsewhere_past_the_deadline_is_503():
+    with Cluster(handler=lambda tmp: form_script(tmp, pause="3"),
+                 deadline="1s", names="ab") as c:
+        # a's handler runs on past its deadline: answered, held
+        assert c.post("a", message("hi", 81, chat_id=800))[0] == 200
+        assert eventually(lambda: "+81" in run_marks(c), 5)
+        t0 = time.time()
+        assert c.post("b", message("hi", 82, chat_id=800))[0] == 503
+        # waited its deadline for the lease, not more, and never ran
+        assert 0.8 < time.time() - t0 < 3, time.time() - t0
+        assert "+82" not in run_marks(c)
+        assert "another instance still handles its conversation at " \
+            "reply_deadline" in c.d["b"].log()
+        # Telegram delivers it again: once a committed, it runs on a's state
+        assert eventually(lambda: "-81" in run_marks(c), 10)
+        assert eventually(lambda: c.post("b", message(
+            "hi", 82, chat_id=800))[0] == 200, 10)
+        assert eventually(lambda: c.texts() == ["u81 saw none",
+                                                "u82 saw s1"], 10), \
+            c.texts()
+
+
+def test_held_update_replayed_only_once_its_instance_died():
+    with Cluster(pause="6", lease="2s") as c:
+        # b and c are away while a holds the update (reply_deadline 0:
+        # answered at once, its handler still running)
+        for n in "bc":
+            assert c.d[n].stop() == 0
+        assert c.post("a", message("/go", 90, chat_id=900))[0] == 200
+        assert eventually(lambda: c.runs() == [90], 5), c.runs()
+        since = {n: len(c.d[n].log()) for n in "bc"}
+        for n in "bc":
+            c.d[n].start(wait_register=False)
+        # at start, and at the pick-up a lease later, each leaves it to
+        # a, which still runs it
+        for n in "bc":
+            c.d[n].wait_log("update 90: held, and another live instance "
+                            "handles it; left to it", 10, since[n])
+            at = c.d[n].log(since[n]).index("left to it") + 10
+            c.d[n].wait_log("update 90: held, and another live instance "
+                            "handles it; left to it", 10, since[n] + at)
+        assert c.runs() == [90], c.runs()
+        # a dies mid-handler: once its claim expires (2 s), one of b, c
+        # replays it, once; its call goes out once
+        c.kill("a")
+        assert eventually(lambda: c.runs() == [90, 90], 10), c.runs()
+        assert eventually(lambda: c.texts() == ["u90-1"], 15), c.texts()
+        replayed = [n for n in "bc" if "update 90: its handler was still "
+                    "running when the instance that held it stopped" in
+                    c.d[n].log(since[n])]
+        assert len(replayed) == 1, replayed
+        assert c.runs() == [90, 90]
