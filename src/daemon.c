@@ -19,6 +19,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <openssl/rand.h>
+
 #include "admin.h"
 #include "botapi.h"
 #include "dedup.h"
@@ -115,6 +117,10 @@ struct daemon {
 	struct admin *admin;
 	struct duty *duty;	/* the duties' leases */
 	bool clustered;		/* several instances share the store */
+	char holder[96];	/* who holds claims and leases: the
+				 * instance's name and a random mark of
+				 * this process, so that two instances
+				 * given one name never both act */
 	bool wh_held;		/* the webhook duty, as the loop last saw */
 	uint64_t next_pickup;	/* clustered: held updates looked at next */
 	struct bot_identity id;
@@ -162,7 +168,7 @@ held_ours(struct daemon *d, int64_t update_id)
 		return true;
 	if (runner_handles(d->runner, update_id))
 		return false;
-	c = store_update_claim(d->store, update_id, d->c->cluster_instance,
+	c = store_update_claim(d->store, update_id, d->holder,
 	    d->c->cluster_lease_ms, err, sizeof(err));
 	if (c == -1)
 		log_warn("update %" PRId64 ": held, and %s; tried again at the "
@@ -625,6 +631,21 @@ read_pems(const struct config *c, char **cert, char **key, char *err,
 	return 0;
 }
 
+/* The name this process holds claims and leases by: the instance's, and
+ * eight random hex digits.  A restarted instance is another holder: what
+ * its last life held passes on when the leases expire (or at once, after
+ * a clean stop), as for any instance that died. */
+static void
+holder_name(struct daemon *d)
+{
+	unsigned char r[4];
+
+	if (RAND_bytes(r, sizeof(r)) != 1)
+		fatal("cluster: no random bytes for the instance's mark");
+	snprintf(d->holder, sizeof(d->holder), "%s#%02x%02x%02x%02x",
+	    d->c->cluster_instance, r[0], r[1], r[2], r[3]);
+}
+
 struct store *
 daemon_store_open(const struct config *c, const char *token, bool check,
     char *err, size_t errlen)
@@ -723,11 +744,12 @@ daemon_start(struct daemon *d)
 	/* Several instances on one store: the duties through leases, each
 	 * taken now if free, so that the first instance starts with them. */
 	d->clustered = c->clustered || store_shared(d->store);
+	holder_name(d);
 	if (d->clustered)
-		log_notice("cluster: instance %s, lease %u ms: sharing the "
-		    "store with other instances", c->cluster_instance,
-		    c->cluster_lease_ms);
-	d->duty = duty_start(d->store, d->clustered, c->cluster_instance,
+		log_notice("cluster: instance %s (%s), lease %u ms: sharing "
+		    "the store with other instances", c->cluster_instance,
+		    d->holder, c->cluster_lease_ms);
+	d->duty = duty_start(d->store, d->clustered, d->holder,
 	    c->cluster_lease_ms, duties_of(c));
 
 	if (c->tls) {
@@ -787,7 +809,7 @@ daemon_start(struct daemon *d)
 	runner_set_state(d->runner, c->state_scope_kind, c->state_ttl_ms,
 	    &d->id.username);
 	if (d->clustered)
-		runner_set_cluster(d->runner, c->cluster_instance,
+		runner_set_cluster(d->runner, d->holder,
 		    c->cluster_lease_ms);
 	pthread_mutex_lock(&d->mu);
 	d->state_names = state_names(c);
@@ -799,7 +821,7 @@ daemon_start(struct daemon *d)
 	/* A claim lasts until the update is answered: within reply_deadline,
 	 * and Telegram waits 60 s at most for an answer. */
 	if (d->clustered)
-		intake_set_cluster(d->intake, d->store, c->cluster_instance,
+		intake_set_cluster(d->intake, d->store, d->holder,
 		    (int64_t)c->reply_deadline_ms + 60000);
 	if (c->polling) {
 		d->poller = poller_start(&(struct poller_opts){

@@ -404,3 +404,44 @@ def test_held_update_replayed_only_once_its_instance_died():
                     c.d[n].log(since[n])]
         assert len(replayed) == 1, replayed
         assert c.runs() == [90, 90]
+
+
+def test_two_instances_given_one_name_never_both_act():
+    """A copied configuration (or one host name in two containers): two
+    instances called a.  Claims and leases are held by the name and a
+    mark of the process, so they still handle each update once and only
+    one holds each duty."""
+    with Cluster(names=("a", "b")) as c:
+        # b's configuration says instance = a too: start it again so
+        c.d["b"].stop()
+        with open(c.d["b"].conf) as f:
+            text = f.read()
+        with open(c.d["b"].conf, "w") as f:
+            f.write(text.replace("instance = b", "instance = a"))
+        c.d["b"].start(wait_register=False)
+        c.d["b"].wait_log("cluster: instance a")
+        assert eventually(lambda: "tgwebhookd_duty_held" in c.metrics("b"),
+                          10)
+        for uid in range(1, 7):
+            got = {}
+            u = message("/go", uid, chat_id=200 + uid)
+            go = threading.Barrier(2)
+
+            def send(name):
+                go.wait()
+                got[name] = c.post(name, u)[0]
+            ts = [threading.Thread(target=send, args=(n,)) for n in "ab"]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join()
+            assert sorted(got.values()) in ([200, 200], [200, 503]), got
+            if 503 in got.values():
+                late = [n for n, s in got.items() if s == 503][0]
+                assert eventually(lambda: c.post(late, u)[0] == 200)
+        assert eventually(lambda: len(c.texts()) == 6)
+        assert sorted(c.runs()) == list(range(1, 7)), c.runs()
+        for duty in ("outbox", "webhook"):
+            held = ['tgwebhookd_duty_held{duty="%s"} 1' % duty in
+                    c.metrics(n) for n in "ab"]
+            assert held.count(True) == 1, (duty, held)
