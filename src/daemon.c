@@ -590,7 +590,8 @@ daemon_store_open(const struct config *c, const char *token, bool check,
 {
 	struct store_options o = { .backend = STORE_SQLITE,
 		.dir = c->store_dir, .conninfo = c->store_postgresql,
-		.instance = c->cluster_instance, .check = check };
+		.instance = c->cluster_instance, .check = check,
+		.connections = (int)c->store_connections };
 	struct store *s;
 	char why[1024];
 	const char *key = "dir";
@@ -829,7 +830,8 @@ warn_restart_keys(const struct config *a, const struct config *b)
 	diff[5] = a->tls != b->tls;
 	diff[6] = STR_DIFF(a->store_dir, b->store_dir) ||
 	    STR_DIFF(a->store_backend, b->store_backend) ||
-	    STR_DIFF(a->store_postgresql, b->store_postgresql);
+	    STR_DIFF(a->store_postgresql, b->store_postgresql) ||
+	    a->store_connections != b->store_connections;
 	diff[7] = STR_DIFF(a->store_sync, b->store_sync);
 	diff[8] = STR_DIFF(a->api_url, b->api_url);
 	diff[9] = a->threads != b->threads;
@@ -897,6 +899,7 @@ keep_running_values(const struct config *old, struct config *nc)
 	KEEP_STR(store_sync);
 	KEEP_STR(store_backend);
 	KEEP_STR(store_postgresql);
+	KEEP(store_connections);
 	KEEP_STR(api_url);
 	KEEP_STR(allowed_updates);
 	KEEP_STR(ip_address);

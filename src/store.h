@@ -29,6 +29,9 @@ struct store_options {
 	int64_t bot_id;		/* PostgreSQL: the token's numeric id, the
 				 * first column of every row's key */
 	const char *instance;	/* PostgreSQL: shown as application_name */
+	int connections;	/* PostgreSQL: connections in the pool (0:
+				 * one); a caller that finds all busy waits
+				 * a bounded time, then fails */
 	bool check;		/* PostgreSQL (-t): connect and try the
 				 * schema's creation or migration in a
 				 * transaction rolled back: nothing changes */

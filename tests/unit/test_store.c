@@ -981,6 +981,117 @@ test_pg_calls_wait(void **state)
 	store_close(b);
 }
 
+/* A store call blocked in a thread of its own: a secret written while
+ * the test holds the table's lock. */
+struct blocked {
+	struct store *s;
+	int rc;
+	char err[512];
+};
+
+static void *
+put_thread(void *arg)
+{
+	struct blocked *b = arg;
+
+	b->rc = store_secret_put(b->s, "pool", "v", b->err, sizeof(b->err));
+	return NULL;
+}
+
+/* The test's own session holding tgw_secrets locked (NULL if it could
+ * not), until pool_unlock(). */
+static PGconn *
+pool_lock(void)
+{
+	const char *keys[] = { "dbname", NULL };
+	const char *vals[] = { getenv("TGW_TEST_PG"), NULL };
+	PGconn *c = PQconnectdbParams(keys, vals, 1);
+
+	PQsetNoticeProcessor(c, quiet, NULL);
+	if (PQstatus(c) != CONNECTION_OK || pg_exec(NULL, "SELECT 1") != 0) {
+		PQfinish(c);
+		return NULL;
+	}
+	PQclear(PQexec(c, "BEGIN"));
+	PQclear(PQexec(c, "LOCK TABLE tgw_secrets IN ACCESS EXCLUSIVE MODE"));
+	return c;
+}
+
+/* Waits (bounded) until a session of the daemon waits on a lock. */
+static bool
+pool_waiting(PGconn *c)
+{
+	for (int i = 0; i < 500; i++) {
+		PGresult *r = PQexec(c, "SELECT count(*) FROM pg_stat_activity "
+		    "WHERE application_name = 'tgwebhookd pool' AND "
+		    "wait_event_type = 'Lock'");
+		bool yes = PQresultStatus(r) == PGRES_TUPLES_OK &&
+		    strcmp(PQgetvalue(r, 0, 0), "0") != 0;
+
+		PQclear(r);
+		if (yes)
+			return true;
+		usleep(10000);
+	}
+	return false;
+}
+
+/* The pool: while one caller's statement waits on a lock (up to the
+ * store's lock timeout), another caller gets a second connection at
+ * once; with a pool of one, it waits a bounded time and fails saying
+ * why. */
+static void
+test_pg_pool(void **state)
+{
+	struct store_options o = { .backend = STORE_POSTGRESQL,
+		.instance = "pool" };
+	struct blocked b = { 0 };
+	char err[512], *v = NULL;
+	pthread_t t;
+	uint64_t t0;
+	PGconn *lock;
+
+	need_backend(state);
+	o.conninfo = getenv("TGW_TEST_PG");
+	o.bot_id = bot_of("/pool") + getpid();
+	for (int size = 2; size >= 1; size--) {
+		o.connections = size;
+		assert_non_null(b.s = store_open_with(&o, err, sizeof(err)));
+		assert_non_null(lock = pool_lock());
+		pthread_create(&t, NULL, put_thread, &b);
+		assert_true(pool_waiting(lock));
+		t0 = now_ms();
+		if (size == 2) {
+			/* another table, on the second connection */
+			assert_true(store_calls_count(b.s, STORE_CALL_PENDING,
+			    NULL) >= 0);
+			assert_in_range(now_ms() - t0, 0, 1000);
+		} else {
+			assert_int_equal(store_secret_get(b.s, "pool", &v, err,
+			    sizeof(err)), -1);
+			assert_in_range(now_ms() - t0, 1500, 2900);
+			print_message("# %s\n", err);
+			assert_non_null(strstr(err, "all 1 connections busy"));
+			assert_true(store_failing_since(b.s, NULL, 0) > 0);
+		}
+		pthread_join(t, NULL);
+		/* the lock timeout ended the blocked statement */
+		assert_int_equal(b.rc, -1);
+		assert_non_null(strstr(b.err, "lock"));
+		PQclear(PQexec(lock, "ROLLBACK"));
+		PQfinish(lock);
+		assert_int_equal(store_secret_put(b.s, "pool", "w", err,
+		    sizeof(err)), 0);
+		assert_int_equal(store_failing_since(b.s, NULL, 0), 0);
+		assert_int_equal(store_secret_get(b.s, "pool", &v, err,
+		    sizeof(err)), 0);
+		assert_string_equal(v, "w");
+		free(v);
+		v = NULL;
+		store_close(b.s);
+	}
+}
+
 int
 main(void)
 {
@@ -1003,6 +1114,7 @@ main(void)
 		PG(test_pg_claims),
 		PG(test_pg_leases),
 		PG(test_pg_calls_wait),
+		PG(test_pg_pool),
 	};
 
 	return cmocka_run_group_tests_name("store", tests, NULL, NULL);
