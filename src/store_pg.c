@@ -853,6 +853,25 @@ pg_secret_add(struct store *s, const char *name, const char *value,
 	    3, v, err, errlen) < 0 ? -1 : 0;
 }
 
+/*
+ * In a transaction about to insert calls: waits for the bot's lock on
+ * new call ids.  A sender reads pending calls by increasing id and goes
+ * on after the last it saw; an identity value is taken at the INSERT
+ * but seen at the COMMIT, so two instances queueing at once could
+ * commit ids 16 then 15, and a sender that read 16 would never see 15.
+ * Under this lock, held to the commit, ids are committed in order, as
+ * SQLite's single writer gives them.  0 or -1 with err.
+ */
+static int
+calls_lock(struct pgc *pc, char *err, size_t errlen)
+{
+	const char *v[1] = { pc != NULL ? pc->s->bot : NULL };
+
+	return exec1(pc, true, "waiting for the outbox's lock", "SELECT "
+	    "pg_advisory_xact_lock(hashtextextended('tgw_calls ' || $1, 0))",
+	    1, v, err, errlen);
+}
+
 /* Rows of COLS into *out.  Count or -1 with err. */
 static long
 read_calls(struct store *s, const char *sql, int n, const char *const *v,
@@ -910,6 +929,8 @@ pg_calls_add_state(struct store *s, const struct store_call *calls,
 	    key != NULL ? " and a conversation state" : "");
 	pc = take(s, err, errlen);
 	if (begin(pc, what, err, errlen) == -1)
+		goto out;
+	if (n > 0 && calls_lock(pc, err, errlen) == -1)
 		goto out;
 	for (size_t i = 0; i < n; i++) {
 		const struct store_call *c = &calls[i];
@@ -1329,19 +1350,37 @@ pg_calls_retry_dead(struct store *s, int64_t id, char *err, size_t errlen)
 	char i[24], now[24];
 	const char *v[3] = { s->bot, i, now };
 
+	struct pgc *pc;
+	PGresult *r = NULL;
+	long count = -1;
+	int ok = -1;
+
 	snprintf(i, sizeof(i), "%" PRId64, id);
 	snprintf(now, sizeof(now), "%" PRId64, wall_ms());
-	/* Dead calls come back as new rows (new ids), so that a running
-	 * sender, which reads pending calls by increasing id, sees them;
-	 * the dead row goes in the same statement, as it holds the call's
-	 * unique key. */
-	return changes(s, true, "queueing dead calls again", "WITH dead AS "
+	pc = take(s, err, errlen);
+	if (begin(pc, "queueing dead calls again", err, errlen) == -1)
+		goto out;
+	/* Dead calls come back as new rows (new ids, under the lock that
+	 * commits ids in order), so that a running sender, which reads
+	 * pending calls by increasing id, sees them; the dead row goes in
+	 * the same statement, as it holds the call's unique key. */
+	if (calls_lock(pc, err, errlen) == 0 && (r = run(pc, true,
+	    "queueing dead calls again", "WITH dead AS "
 	    "(DELETE FROM tgw_calls WHERE bot = $1 AND state = 2 AND "
 	    "($2::bigint = 0 OR id = $2::bigint) RETURNING id, key, method, "
 	    "chat, params, lane) INSERT INTO tgw_calls (bot, key, method, "
 	    "chat, params, created, not_before, lane) SELECT $1, key, method, "
 	    "chat, params, $3, $3, lane FROM dead ORDER BY id", 3, v, err,
-	    errlen);
+	    errlen)) != NULL) {
+		count = strtol(PQcmdTuples(r), NULL, 10);
+		ok = 0;
+	}
+	PQclear(r);
+	if (commit(pc, ok, "queueing dead calls again", err, errlen) == -1)
+		count = -1;
+out:
+	give(s, pc);
+	return count;
 }
 
 static long
