@@ -61,6 +61,11 @@ int store_secret_get(struct store *s, const char *name, char **value,
     char *err, size_t errlen);
 int store_secret_put(struct store *s, const char *name, const char *value,
     char *err, size_t errlen);
+/* Keeps value as the secret called name unless it has one already (of
+ * instances sharing the store, the first kept wins: read it back with
+ * store_secret_get).  0 or -1 with err. */
+int store_secret_add(struct store *s, const char *name, const char *value,
+    char *err, size_t errlen);
 /* Returns the kept secret called name, or makes one of `bytes` random
  * bytes (URL-safe base64, so also valid as a secret_token), keeps it and
  * returns it.  NULL with err on failure. */

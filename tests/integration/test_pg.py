@@ -299,3 +299,73 @@ def test_pg_slow_database_answers_503_in_bounded_time_then_recovers():
             assert sorted(t for t in texts(d) if t in want) == sorted(want)
     finally:
         pg.destroy()
+
+
+def test_pg_self_signed_certificate_shared_by_instances():
+    """self_signed = on, two instances on one PostgreSQL store, each with
+    its own certificate paths, started at the same moment: the first to
+    keep its pair in the store (an insert if absent) wins; both write that
+    one, byte for byte (the key 0600), setWebhook uploads it, and
+    Telegram's deliveries, which trust only the upload, reach both."""
+    import threading
+    import botapi_emu
+    pg = server()
+    emu = botapi_emu.Emulator(TOKEN).start()
+    ds = []
+    try:
+        for name in "ab":
+            d = Daemon("[handler.hi]\nreply = hello\n", emu=emu,
+                       start=False, env={"PGPASSFILE": pg.passfile},
+                       extra="[cluster]\ninstance = %s\n" % name)
+            with open(d.conf) as f:
+                text = f.read()
+            text = text.replace("[store]\n", "[store]\nbackend = postgresql"
+                                "\npostgresql = %s\n" % pg.conninfo(
+                                    user="tgw"), 1)
+            with open(d.conf, "w") as f:
+                f.write(text)
+            ds.append(d)
+        ts = [threading.Thread(target=d.start, kwargs={
+            "wait_register": False}) for d in ds]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        assert all(d.proc is not None for d in ds)
+        emu.wait_calls("setWebhook", 1)
+        pems = [open(os.path.join(d.store, "webhook.pem"), "rb").read()
+                for d in ds]
+        keys = [os.path.join(d.store, "webhook.key") for d in ds]
+        assert pems[0] == pems[1] and pems[0].startswith(
+            b"-----BEGIN CERTIFICATE-----"), pems
+        assert open(keys[0], "rb").read() == open(keys[1], "rb").read()
+        for k in keys:
+            assert os.stat(k).st_mode & 0o777 == 0o600, oct(os.stat(k).st_mode)
+        with open(emu.webhook["cert"], "rb") as f:
+            assert f.read().strip() == pems[0].strip()
+        made = sum(d.log().count("making a self-signed certificate")
+                   for d in ds)
+        assert made >= 1, [d.log() for d in ds]
+        assert any("writing the one kept in the store" in d.log()
+                   for d in ds) or made == 2, [d.log() for d in ds]
+        kept = pg.psql("SELECT count(*) FROM tgw_secrets WHERE name = "
+                       "'self_signed_pair'").strip()
+        assert kept == "1", kept
+        # the emulator trusts only the uploaded certificate: both serve it
+        for i, d in enumerate(ds):
+            emu.forward = ("127.0.0.1", d.port)
+            status, _, _, body = emu.deliver(message("hi", 50 + i,
+                                                     chat_id=50 + i),
+                                             keepalive=False)
+            assert status == 200 and b"hello" in body, (status, body)
+        for d in ds:
+            assert "BEGIN PRIVATE KEY" not in d.log()
+            d.check_clean(d.stop())
+    finally:
+        for d in ds:
+            if d.proc is not None:
+                d.proc.kill()
+                d.proc.wait()
+            d.tmp.cleanup()
+        emu.stop()
+        pg.destroy()
