@@ -96,7 +96,8 @@ class SharedStore:
         if self.db is None:
             return stored_secrets(d.store)
         kept = dict(line.split("|") for line in psql(
-            self.conninfo, "SELECT name, value FROM tgw_secrets").split())
+            self.conninfo, "SELECT name, value FROM tgw_secrets WHERE name "
+            "<> 'self_signed_pair'").split())
         return kept["webhook_path"], kept["secret_token"]
 
     def close(self):
