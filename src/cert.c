@@ -78,17 +78,10 @@ bio_string(BIO *b, size_t *len)
 }
 
 int
-cert_generate(const char *domain, int bits, int days, const char *cert_path,
-    const char *key_path, char *err, size_t errlen)
+cert_write(const char *cert_path, const char *cert_pem, const char *key_path,
+    const char *key_pem, char *err, size_t errlen)
 {
-	EVP_PKEY *key = NULL;
-	X509 *x = NULL;
-	X509_NAME *name;
-	BIO *kb = NULL, *cb = NULL;
-	unsigned char serial[16];
-	BIGNUM *bn = NULL;
-	char *san = NULL, *kpem = NULL, *cpem = NULL, *dir = NULL;
-	size_t klen = 0, clen = 0;
+	char *dir;
 	int rc = -1;
 
 	dir = xstrdup(key_path);
@@ -98,6 +91,50 @@ cert_generate(const char *domain, int bits, int days, const char *cert_path,
 	dir = xstrdup(cert_path);
 	if (dir_ensure(dirname(dir), 0700, err, errlen) == -1)
 		goto out;
+	/* Key first: a certificate without its key is useless, and a
+	 * crash in between leaves only a key, which the next start
+	 * reports instead of overwriting. */
+	if (file_write_atomic(key_path, key_pem, strlen(key_pem), 0600, err,
+	    errlen) == -1 || file_write_atomic(cert_path, cert_pem,
+	    strlen(cert_pem), 0644, err, errlen) == -1)
+		goto out;
+	rc = 0;
+out:
+	free(dir);
+	return rc;
+}
+
+int
+cert_generate(const char *domain, int bits, int days, const char *cert_path,
+    const char *key_path, char *err, size_t errlen)
+{
+	char *cpem = NULL, *kpem = NULL;
+	int rc = -1;
+
+	if (cert_make(domain, bits, days, &cpem, &kpem, err, errlen) == -1)
+		return -1;
+	rc = cert_write(cert_path, cpem, key_path, kpem, err, errlen);
+	explicit_bzero(kpem, strlen(kpem));
+	free(kpem);
+	free(cpem);
+	return rc;
+}
+
+int
+cert_make(const char *domain, int bits, int days, char **cert_pem,
+    char **key_pem, char *err, size_t errlen)
+{
+	EVP_PKEY *key = NULL;
+	X509 *x = NULL;
+	X509_NAME *name;
+	BIO *kb = NULL, *cb = NULL;
+	unsigned char serial[16];
+	BIGNUM *bn = NULL;
+	char *san = NULL, *kpem = NULL, *cpem = NULL;
+	size_t klen = 0, clen = 0;
+	int rc = -1;
+
+	*cert_pem = *key_pem = NULL;
 	if ((key = EVP_RSA_gen((unsigned)bits)) == NULL) {
 		ssl_err(err, errlen, "EVP_RSA_gen()");
 		goto out;
@@ -145,12 +182,9 @@ cert_generate(const char *domain, int bits, int days, const char *cert_path,
 	}
 	kpem = bio_string(kb, &klen);
 	cpem = bio_string(cb, &clen);
-	/* Key first: a certificate without its key is useless, and a
-	 * crash in between leaves only a key, which the next start
-	 * reports instead of overwriting. */
-	if (file_write_atomic(key_path, kpem, klen, 0600, err, errlen) == -1 ||
-	    file_write_atomic(cert_path, cpem, clen, 0644, err, errlen) == -1)
-		goto out;
+	*key_pem = kpem;
+	*cert_pem = cpem;
+	kpem = cpem = NULL;
 	rc = 0;
 out:
 	if (kpem != NULL)
@@ -158,7 +192,6 @@ out:
 	free(kpem);
 	free(cpem);
 	free(san);
-	free(dir);
 	BN_free(bn);
 	BIO_free(kb);
 	BIO_free(cb);

@@ -28,6 +28,15 @@ bool cert_domain_is_ip(const char *domain);
  * address); writes both atomically, the key 0600.  0 or -1 with err. */
 int cert_generate(const char *domain, int bits, int days, const char *cert_path,
     const char *key_path, char *err, size_t errlen);
+/* cert_generate()'s pair in memory: *cert_pem and *key_pem (PEM text,
+ * the caller frees both, and wipes the key first).  0 or -1 with err. */
+int cert_make(const char *domain, int bits, int days, char **cert_pem,
+    char **key_pem, char *err, size_t errlen);
+/* Writes a pair as cert_generate() does: the directories made 0700 if
+ * missing, the key first and 0600, each file atomically (a new temp
+ * file, O_EXCL, fsynced, renamed).  0 or -1 with err. */
+int cert_write(const char *cert_path, const char *cert_pem,
+    const char *key_path, const char *key_pem, char *err, size_t errlen);
 /* Checks the certificate at cert_path (the first PEM certificate in the
  * file; the rest is its chain) and the key at key_path for domain.
  * Returns 0 and fills info, or -1 with err saying what is wrong and what

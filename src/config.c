@@ -109,6 +109,8 @@ static const struct ckey ckeys[] = {
 	{ "store", "sync", C_STR, 0, 0, O(store_sync) },
 	{ "store", "backend", C_STR, 0, 0, O(store_backend) },
 	{ "store", "postgresql", C_STR, 0, 0, O(store_postgresql) },
+	/* PostgreSQL's pool: one slow statement holds one connection */
+	{ "store", "connections", C_LONG, 1, 64, O(store_connections) },
 
 	/* A lease shorter than 2 s is renewed too often for a slow store;
 	 * longer than 5 minutes leaves duties undone that long. */
@@ -561,6 +563,7 @@ config_new(const char *file)
 	c->store_sync = xstrdup("normal");
 	c->cluster_lease_ms = 10000;
 	c->store_backend = xstrdup("sqlite");
+	c->store_connections = 4;
 	c->state_scope = xstrdup("chat_user");
 	c->admin_listen = xstrdup("127.0.0.1:9187");
 	c->outbox_rate = 30;

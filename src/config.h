@@ -87,6 +87,7 @@ struct config {
 	char *store_sync;	/* "normal" or "full" */
 	char *store_backend;	/* "sqlite" or "postgresql" */
 	char *store_postgresql;	/* libpq conninfo, never a password */
+	long store_connections;	/* PostgreSQL: the pool's size */
 
 	/* [cluster] */
 #define CLUSTER_INSTANCE_MAX 63

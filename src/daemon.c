@@ -50,6 +50,82 @@ file_exists(const char *path)
 	return stat(path, &st) == 0;
 }
 
+/* The secret that keeps a generated pair in a shared store: the
+ * certificate's PEM, then the key's. */
+#define SHARED_PAIR "self_signed_pair"
+#define PEM_KEY "-----BEGIN PRIVATE KEY-----"
+
+/*
+ * Several instances on one store, self_signed = on, and neither file
+ * here: every instance must serve the one certificate Telegram trusts.
+ * The first instance to make a pair keeps it in the store (an insert if
+ * absent: of two instances starting at once, the first kept wins, and
+ * both write that one); the others write the store's copy to their
+ * paths (cert_write(): key 0600, temp files O_EXCL, renamed).
+ * daemon_certificate() then checks the files as ever.  0, or -1 with
+ * err.
+ */
+static int
+shared_certificate(const struct config *c, struct store *s, char *err,
+    size_t errlen)
+{
+	char *pair = NULL, *cpem = NULL, *kpem = NULL, *cert = NULL;
+	const char *key;
+	int rc = -1, got;
+
+	if (s == NULL || !store_shared(s) || !c->self_signed ||
+	    file_exists(c->certificate) || file_exists(c->private_key))
+		return 0;
+	if ((got = store_secret_get(s, SHARED_PAIR, &pair, err,
+	    errlen)) == -1)
+		return -1;
+	if (got == 1) {
+		log_notice("making a self-signed certificate for %s (RSA %ld, "
+		    "%ld days), kept in the store for every instance",
+		    c->domain, c->key_bits, c->cert_days);
+		if (cert_make(c->domain, (int)c->key_bits, (int)c->cert_days,
+		    &cpem, &kpem, err, errlen) == -1)
+			goto out;
+		pair = xasprintf("%s%s", cpem, kpem);
+		got = store_secret_add(s, SHARED_PAIR, pair, err, errlen);
+		explicit_bzero(pair, strlen(pair));
+		free(pair);
+		pair = NULL;
+		if (got == -1 || (got = store_secret_get(s, SHARED_PAIR, &pair,
+		    err, errlen)) == -1)
+			goto out;
+		if (got == 1) {
+			errf(err, errlen, "the store lost the certificate "
+			    "just kept (%s): start again", SHARED_PAIR);
+			goto out;
+		}
+	} else {
+		log_notice("certificate: writing the one kept in the store "
+		    "(every instance serves it) to %s", c->certificate);
+	}
+	if ((key = strstr(pair, PEM_KEY)) == NULL || key == pair ||
+	    strncmp(pair, "-----BEGIN CERTIFICATE-----", 27) != 0) {
+		errf(err, errlen, "the store's secret %s is not a certificate "
+		    "and its key in PEM: delete it (DELETE FROM tgw_secrets "
+		    "WHERE name = '%s') to have a new pair made", SHARED_PAIR,
+		    SHARED_PAIR);
+		goto out;
+	}
+	cert = xstrndup(pair, (size_t)(key - pair));
+	rc = cert_write(c->certificate, cert, c->private_key, key, err,
+	    errlen);
+out:
+	if (kpem != NULL)
+		explicit_bzero(kpem, strlen(kpem));
+	if (pair != NULL)
+		explicit_bzero(pair, strlen(pair));
+	free(kpem);
+	free(cpem);
+	free(pair);
+	free(cert);
+	return rc;
+}
+
 int
 daemon_certificate(const struct config *c, bool make, struct cert_info *info,
     struct diag *d)
@@ -652,7 +728,8 @@ daemon_store_open(const struct config *c, const char *token, bool check,
 {
 	struct store_options o = { .backend = STORE_SQLITE,
 		.dir = c->store_dir, .conninfo = c->store_postgresql,
-		.instance = c->cluster_instance, .check = check };
+		.instance = c->cluster_instance, .check = check,
+		.connections = (int)c->store_connections };
 	struct store *s;
 	char why[1024];
 	const char *key = "dir";
@@ -753,6 +830,8 @@ daemon_start(struct daemon *d)
 	    c->cluster_lease_ms, duties_of(c));
 
 	if (c->tls) {
+		if (shared_certificate(c, d->store, err, sizeof(err)) == -1)
+			fatal("%s: certificate: %s", c->file, err);
 		if (daemon_certificate(c, true, &d->info, &diag) != 0)
 			fatal("%s", diag.text);
 		if (d->info.days_left < CERT_WARN_DAYS)
@@ -895,7 +974,8 @@ warn_restart_keys(const struct config *a, const struct config *b)
 	diff[5] = a->tls != b->tls;
 	diff[6] = STR_DIFF(a->store_dir, b->store_dir) ||
 	    STR_DIFF(a->store_backend, b->store_backend) ||
-	    STR_DIFF(a->store_postgresql, b->store_postgresql);
+	    STR_DIFF(a->store_postgresql, b->store_postgresql) ||
+	    a->store_connections != b->store_connections;
 	diff[7] = STR_DIFF(a->store_sync, b->store_sync);
 	diff[8] = STR_DIFF(a->api_url, b->api_url);
 	diff[9] = a->threads != b->threads;
@@ -963,6 +1043,7 @@ keep_running_values(const struct config *old, struct config *nc)
 	KEEP_STR(store_sync);
 	KEEP_STR(store_backend);
 	KEEP_STR(store_postgresql);
+	KEEP(store_connections);
 	KEEP_STR(api_url);
 	KEEP_STR(allowed_updates);
 	KEEP_STR(ip_address);
@@ -1019,7 +1100,7 @@ daemon_reload(struct daemon *d)
 	struct dispatch *nt = NULL;
 	struct cert_info ni = { 0 };
 	char err[1024], *cert_pem = NULL, *key_pem = NULL;
-	bool new_cert;
+	bool new_cert, shared_bad = false;
 
 	notify_send("RELOADING=1\nSTATUS=reloading %s", d->c->file);
 	log_notice("SIGHUP: reloading %s", d->c->file);
@@ -1032,6 +1113,12 @@ daemon_reload(struct daemon *d)
 		nt = dispatch_new(nc, &diag);
 	}
 	if (nt != NULL && nc->tls &&
+	    shared_certificate(nc, d->store, err, sizeof(err)) == -1) {
+		diag_add(&diag, nc->file, config_line(nc, "webhook",
+		    "certificate"), "certificate", "%s", err);
+		shared_bad = true;
+	}
+	if (nt != NULL && nc->tls && !shared_bad &&
 	    daemon_certificate(nc, true, &ni, &diag) == 0 &&
 	    read_pems(nc, &cert_pem, &key_pem, err, sizeof(err)) == -1)
 		diag_add(&diag, nc->file, 0, "certificate", "%s", err);

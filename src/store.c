@@ -139,6 +139,15 @@ store_secret_ensure(struct store *s, const char *name, size_t bytes,
 	return value;
 }
 
+int
+store_secret_add(struct store *s, const char *name, const char *value,
+    char *err, size_t errlen)
+{
+	if (be(s)->secret_add == NULL)
+		return store_secret_put(s, name, value, err, errlen);
+	return be(s)->secret_add(s, name, value, err, errlen);
+}
+
 int64_t
 store_failing_since(struct store *s, char *why, size_t len)
 {

@@ -29,6 +29,9 @@ struct store_options {
 	int64_t bot_id;		/* PostgreSQL: the token's numeric id, the
 				 * first column of every row's key */
 	const char *instance;	/* PostgreSQL: shown as application_name */
+	int connections;	/* PostgreSQL: connections in the pool (0:
+				 * one); a caller that finds all busy waits
+				 * a bounded time, then fails */
 	bool check;		/* PostgreSQL (-t): connect and try the
 				 * schema's creation or migration in a
 				 * transaction rolled back: nothing changes */
@@ -57,6 +60,11 @@ int store_bot_id(const char *token, int64_t *id);
 int store_secret_get(struct store *s, const char *name, char **value,
     char *err, size_t errlen);
 int store_secret_put(struct store *s, const char *name, const char *value,
+    char *err, size_t errlen);
+/* Keeps value as the secret called name unless it has one already (of
+ * instances sharing the store, the first kept wins: read it back with
+ * store_secret_get).  0 or -1 with err. */
+int store_secret_add(struct store *s, const char *name, const char *value,
     char *err, size_t errlen);
 /* Returns the kept secret called name, or makes one of `bytes` random
  * bytes (URL-safe base64, so also valid as a secret_token), keeps it and

@@ -9,12 +9,16 @@
  * - The daemon creates and migrates the schema itself, in one
  *   transaction under an advisory lock (instances starting at once wait
  *   for each other); a schema newer than this code knows is refused.
- * - One connection behind one mutex (a libpq connection is not
- *   thread-safe), with connect, statement and lock timeouts and TCP
- *   keepalives, so that a slow or dead server makes a call fail within
- *   seconds and never blocks for ever.  A broken connection is opened
- *   again on the next use, with backoff; until then calls fail at once
- *   and store_failing_since() names the cause (/healthz, 503s).
+ * - A pool of [store] connections connections (a libpq connection is
+ *   not thread-safe: a caller holds one alone, from take() to give()),
+ *   with connect, statement and lock timeouts and TCP keepalives, so that
+ *   a slow or dead server makes a call fail within seconds and never
+ *   blocks for ever.  One slow statement holds one connection, not every
+ *   caller: the others take another, and when all are busy a caller
+ *   waits at most PG_TAKE_MS, then fails (a 503 on the request path).
+ * - A broken connection is opened again on its next use, with its own
+ *   backoff; until then calls on it fail at once and
+ *   store_failing_since() names the cause (/healthz, 503s).
  * - store_calls_wait() listens on a connection of its own: a LISTEN
  *   would otherwise hold the main one while it waits.
  * - The conninfo's password is never here: libpq reads it from
@@ -51,17 +55,38 @@
 /* Backoff between attempts to reconnect (ms). */
 #define PG_BACKOFF_MIN 250
 #define PG_BACKOFF_MAX 4000
+/* How long a caller waits for a free connection when all are busy (ms):
+ * under lock_timeout, so that a request that waited and then met the
+ * slow lock is still answered within PG_TAKE_MS + PG_LOCK_MS. */
+#define PG_TAKE_MS 2000
+/* The request path's bounds (a claim, on a connection thread of the
+ * server: a few of them serve every connection, so a claim gives up
+ * early and the update is answered 503): the wait for a connection, and
+ * the claim's lock and statement timeouts. */
+#define PG_CLAIM_TAKE_MS 500
+#define PG_CLAIM_LOCK_MS "500"
+#define PG_CLAIM_STATEMENT_MS "1000"
 
 #define COLS "id, key, method, chat, params, attempts, created, not_before, " \
     "last_error, state, lane"
 
-struct store {
-	struct store_base base;	/* first: store.c reaches the table */
-	pthread_mutex_t mu;	/* conn, in_tx, retry_at, backoff */
+/* One connection of the pool: its fields belong to the caller that took
+ * it (busy), the busy flag to the pool's mutex. */
+struct pgc {
+	struct store *s;
+	bool busy;
 	PGconn *conn;
 	bool in_tx;		/* no reconnecting inside a transaction */
 	int64_t retry_at;	/* monotonic ms: no attempt before */
 	unsigned backoff;
+};
+
+struct store {
+	struct store_base base;	/* first: store.c reaches the table */
+	pthread_mutex_t mu;	/* the pool's busy flags */
+	pthread_cond_t freed;	/* a connection was given back */
+	struct pgc *pool;
+	int npool;
 	char *conninfo;
 	char *app;		/* application_name */
 	char where[160];	/* the server, for messages (no password) */
@@ -189,10 +214,13 @@ result_advice(const PGresult *res)
 		    "SCHEMA public and USAGE, or make it the database's "
 		    "owner)";
 	if (strcmp(st, "57014") == 0)
-		return " (the statement took longer than "
-		    PG_STATEMENT_MS " ms: is the server overloaded?)";
+		return " (the statement took longer than its timeout, "
+		    PG_STATEMENT_MS " ms, a claim's " PG_CLAIM_STATEMENT_MS
+		    " ms: is the server overloaded?)";
 	if (strcmp(st, "55P03") == 0)
-		return " (a lock was held longer than " PG_LOCK_MS " ms)";
+		return " (a lock was held longer than the lock timeout, "
+		    PG_LOCK_MS " ms, a claim's " PG_CLAIM_LOCK_MS " ms: see "
+		    "pg_locks and pg_stat_activity on the server)";
 	if (strncmp(st, "53", 2) == 0)
 		return " (the server is out of a resource: see its log)";
 	if (strncmp(st, "08", 2) == 0 || strncmp(st, "57P", 3) == 0)
@@ -296,60 +324,138 @@ backoff_grow(unsigned *b)
 	    PG_BACKOFF_MAX : *b * 2;
 }
 
-/* s's connection, opened again if it broke (unless the backoff's wait
- * is not over).  s->mu held.  NULL with err. */
+/* pc's connection, opened again if it broke (unless the backoff's wait
+ * is not over).  pc taken.  NULL with err. */
 static PGconn *
-conn(struct store *s, char *err, size_t errlen)
+conn(struct pgc *pc, char *err, size_t errlen)
 {
+	struct store *s = pc->s;
 	char why[768];
 
-	if (s->conn != NULL)
-		return s->conn;
-	if (s->in_tx) {
+	if (pc->conn != NULL)
+		return pc->conn;
+	if (pc->in_tx) {
 		errf(err, errlen, "store postgresql (%s): the connection was "
 		    "lost inside a transaction", s->where);
 		return NULL;
 	}
-	if ((int64_t)now_ms() < s->retry_at) {
+	if ((int64_t)now_ms() < pc->retry_at) {
 		pg_failing_since(s, why, sizeof(why));
 		errf(err, errlen, "store postgresql (%s): not connected (%s); "
 		    "trying again in %" PRId64 " ms", s->where, why,
-		    s->retry_at - (int64_t)now_ms());
+		    pc->retry_at - (int64_t)now_ms());
 		return NULL;
 	}
-	if ((s->conn = pg_connect(s->conninfo, s->app, s->where, err,
+	if ((pc->conn = pg_connect(s->conninfo, s->app, s->where, err,
 	    errlen)) == NULL) {
-		backoff_grow(&s->backoff);
-		s->retry_at = (int64_t)now_ms() + s->backoff;
+		backoff_grow(&pc->backoff);
+		pc->retry_at = (int64_t)now_ms() + pc->backoff;
 		mark_failing(s, true, "connecting", err);
 		return NULL;
 	}
-	s->backoff = 0;
+	pc->backoff = 0;
 	if (atomic_load(&s->failing_since) != 0)
 		log_info("store postgresql (%s): connected again", s->where);
 	else
 		log_debug("store postgresql (%s): connected", s->where);
-	return s->conn;
+	return pc->conn;
+}
+
+/*
+ * A free connection of s's pool, for the caller alone until give():
+ * one already open first, then one whose backoff is over, then any.
+ * When all are busy, waits up to wait_ms for one; then NULL with err
+ * (and s marked failing: /healthz says why).
+ */
+static struct pgc *
+take_within(struct store *s, int wait_ms, char *err, size_t errlen)
+{
+	struct timespec until;
+	struct pgc *pc = NULL;
+	int64_t now;
+	int rc = 0;
+
+	clock_gettime(CLOCK_MONOTONIC, &until);
+	until.tv_sec += wait_ms / 1000;
+	until.tv_nsec += (long)(wait_ms % 1000) * 1000000L;
+	if (until.tv_nsec >= 1000000000L) {
+		until.tv_sec++;
+		until.tv_nsec -= 1000000000L;
+	}
+	pthread_mutex_lock(&s->mu);
+	for (;;) {
+		now = (int64_t)now_ms();
+		for (int i = 0; i < s->npool; i++) {
+			struct pgc *c = &s->pool[i];
+
+			if (c->busy)
+				continue;
+			if (c->conn != NULL) {
+				pc = c;
+				break;
+			}
+			if (pc == NULL || (pc->retry_at > now &&
+			    c->retry_at <= now))
+				pc = c;
+		}
+		if (pc != NULL || rc == ETIMEDOUT)
+			break;
+		rc = pthread_cond_timedwait(&s->freed, &s->mu, &until);
+	}
+	if (pc != NULL)
+		pc->busy = true;
+	pthread_mutex_unlock(&s->mu);
+	if (pc == NULL) {
+		errf(err, errlen, "store postgresql (%s): all %d connections "
+		    "busy for %d ms (a slow statement or a lock held on the "
+		    "server: see pg_stat_activity; or raise [store] "
+		    "connections)", s->where, s->npool, wait_ms);
+		mark_failing(s, false, "waiting for a connection", err);
+	}
+	return pc;
+}
+
+static struct pgc *
+take(struct store *s, char *err, size_t errlen)
+{
+	return take_within(s, PG_TAKE_MS, err, errlen);
+}
+
+/* Gives pc (NULL: none) back to s's pool. */
+static void
+give(struct store *s, struct pgc *pc)
+{
+	if (pc == NULL)
+		return;
+	pthread_mutex_lock(&s->mu);
+	pc->busy = false;
+	pthread_cond_signal(&s->freed);
+	pthread_mutex_unlock(&s->mu);
 }
 
 /*
  * Runs sql with n text parameters (NULL: SQL NULL; lens and bin, if not
- * NULL, make a parameter binary) on s's connection; s->mu held.  The
+ * NULL, make a parameter binary) on the connection pc, taken.  The
  * result if it is a command or rows; else NULL with err "store ...:
- * what: reason (advice)", and for a write or a lost connection, s is
- * marked failing.
+ * what: reason (advice)", and for a write or a lost connection, the
+ * store is marked failing.  pc NULL (take() failed and said why in
+ * err): NULL.
  */
 static PGresult *
-run_bin(struct store *s, bool writing, const char *what, const char *sql,
+run_bin(struct pgc *pc, bool writing, const char *what, const char *sql,
     int n, const char *const *v, const int *lens, const int *bin, char *err,
     size_t errlen)
 {
+	struct store *s;
 	char msg[512];
 	PGresult *r;
 	PGconn *c;
 	ExecStatusType st;
 
-	if ((c = conn(s, err, errlen)) == NULL)
+	if (pc == NULL)
+		return NULL;
+	s = pc->s;
+	if ((c = conn(pc, err, errlen)) == NULL)
 		return NULL;
 	/* without parameters, the simple protocol: a migration is several
 	 * statements */
@@ -381,8 +487,8 @@ run_bin(struct store *s, bool writing, const char *what, const char *sql,
 		/* Opened again on the next use: at once the first time
 		 * (a server restart), with backoff if that fails. */
 		PQfinish(c);
-		s->conn = NULL;
-		s->retry_at = 0;
+		pc->conn = NULL;
+		pc->retry_at = 0;
 		mark_failing(s, true, what, msg);
 	} else if (writing) {
 		mark_failing(s, false, what, msg);
@@ -391,44 +497,46 @@ run_bin(struct store *s, bool writing, const char *what, const char *sql,
 }
 
 static PGresult *
-run(struct store *s, bool writing, const char *what, const char *sql, int n,
+run(struct pgc *pc, bool writing, const char *what, const char *sql, int n,
     const char *const *v, char *err, size_t errlen)
 {
-	return run_bin(s, writing, what, sql, n, v, NULL, NULL, err, errlen);
+	return run_bin(pc, writing, what, sql, n, v, NULL, NULL, err, errlen);
 }
 
 /* Runs a statement whose result is not read: 0 or -1 with err. */
 static int
-exec1(struct store *s, bool writing, const char *what, const char *sql,
+exec1(struct pgc *pc, bool writing, const char *what, const char *sql,
     int n, const char *const *v, char *err, size_t errlen)
 {
-	PGresult *r = run(s, writing, what, sql, n, v, err, errlen);
+	PGresult *r = run(pc, writing, what, sql, n, v, err, errlen);
 
 	PQclear(r);
 	return r != NULL ? 0 : -1;
 }
 
 static int
-begin(struct store *s, const char *what, char *err, size_t errlen)
+begin(struct pgc *pc, const char *what, char *err, size_t errlen)
 {
-	if (exec1(s, true, what, "BEGIN", 0, NULL, err, errlen) == -1)
+	if (exec1(pc, true, what, "BEGIN", 0, NULL, err, errlen) == -1)
 		return -1;
-	s->in_tx = true;
+	pc->in_tx = true;
 	return 0;
 }
 
 /* Ends begin()'s transaction: commits if ok is 0, else rolls back.  0 if
  * committed. */
 static int
-commit(struct store *s, int ok, const char *what, char *err, size_t errlen)
+commit(struct pgc *pc, int ok, const char *what, char *err, size_t errlen)
 {
 	char ignore[64];
 
-	s->in_tx = false;
+	if (pc == NULL)
+		return -1;
+	pc->in_tx = false;
 	if (ok == 0)
-		return exec1(s, true, what, "COMMIT", 0, NULL, err, errlen);
-	if (s->conn != NULL)
-		(void)exec1(s, false, what, "ROLLBACK", 0, NULL, ignore,
+		return exec1(pc, true, what, "COMMIT", 0, NULL, err, errlen);
+	if (pc->conn != NULL)
+		(void)exec1(pc, false, what, "ROLLBACK", 0, NULL, ignore,
 		    sizeof(ignore));
 	return -1;
 }
@@ -512,24 +620,25 @@ static const char *const migrations[PG_SCHEMA] = {
 /* Creates or migrates the schema in one transaction, under an advisory
  * lock that instances starting at once queue on.  0 or -1 with err. */
 static int
-schema(struct store *s, bool check, char *err, size_t errlen)
+schema(struct pgc *pc, bool check, char *err, size_t errlen)
 {
+	struct store *s = pc->s;
 	PGresult *r;
 	char ver[16];
 	const char *v[1] = { ver };
 	long have;
 	int ok = -1;
 
-	if (begin(s, "creating the schema", err, errlen) == -1)
+	if (begin(pc, "creating the schema", err, errlen) == -1)
 		return -1;
-	if (exec1(s, true, "waiting for the schema lock",
+	if (exec1(pc, true, "waiting for the schema lock",
 	    "SELECT pg_advisory_xact_lock(" PG_SCHEMA_LOCK ")", 0, NULL, err,
 	    errlen) == -1 ||
-	    exec1(s, true, "creating the schema", "CREATE TABLE IF NOT EXISTS "
+	    exec1(pc, true, "creating the schema", "CREATE TABLE IF NOT EXISTS "
 	    "tgw_schema (version integer NOT NULL)", 0, NULL, err,
 	    errlen) == -1)
 		goto out;
-	if ((r = run(s, false, "reading the schema's version", "SELECT "
+	if ((r = run(pc, false, "reading the schema's version", "SELECT "
 	    "coalesce(max(version), 0) FROM tgw_schema", 0, NULL, err,
 	    errlen)) == NULL)
 		goto out;
@@ -544,18 +653,18 @@ schema(struct store *s, bool check, char *err, size_t errlen)
 		goto out;
 	}
 	for (long i = have; i < PG_SCHEMA; i++)
-		if (exec1(s, true, "migrating the schema", migrations[i], 0,
+		if (exec1(pc, true, "migrating the schema", migrations[i], 0,
 		    NULL, err, errlen) == -1)
 			goto out;
 	snprintf(ver, sizeof(ver), "%d", PG_SCHEMA);
-	if (have < PG_SCHEMA && (exec1(s, true, "migrating the schema",
+	if (have < PG_SCHEMA && (exec1(pc, true, "migrating the schema",
 	    "DELETE FROM tgw_schema", 0, NULL, err, errlen) == -1 ||
-	    exec1(s, true, "migrating the schema", "INSERT INTO tgw_schema "
+	    exec1(pc, true, "migrating the schema", "INSERT INTO tgw_schema "
 	    "(version) VALUES ($1)", 1, v, err, errlen) == -1))
 		goto out;
 	if (check) {
 		/* -t: it would work; change nothing */
-		commit(s, -1, "checking the schema", err, errlen);
+		commit(pc, -1, "checking the schema", err, errlen);
 		return 0;
 	}
 	if (have < PG_SCHEMA)
@@ -563,7 +672,7 @@ schema(struct store *s, bool check, char *err, size_t errlen)
 		    s->where, have, PG_SCHEMA);
 	ok = 0;
 out:
-	return commit(s, ok, "creating the schema", err, errlen);
+	return commit(pc, ok, "creating the schema", err, errlen);
 }
 
 static void
@@ -571,8 +680,11 @@ pg_close(struct store *s)
 {
 	if (s == NULL)
 		return;
-	PQfinish(s->conn);
+	for (int i = 0; i < s->npool; i++)
+		PQfinish(s->pool[i].conn);
+	free(s->pool);
 	PQfinish(s->listen);
+	pthread_cond_destroy(&s->freed);
 	pthread_mutex_destroy(&s->mu);
 	pthread_mutex_destroy(&s->why_mu);
 	pthread_mutex_destroy(&s->wait_mu);
@@ -584,7 +696,9 @@ pg_close(struct store *s)
 static struct store *
 pg_open(const struct store_options *o, char *err, size_t errlen)
 {
+	pthread_condattr_t ca;
 	struct store *s;
+	struct pgc *pc;
 
 	if (o->conninfo == NULL || o->conninfo[0] == '\0') {
 		errf(err, errlen, "[store] postgresql is empty: give a libpq "
@@ -601,6 +715,14 @@ pg_open(const struct store_options *o, char *err, size_t errlen)
 	s = xcalloc(1, sizeof(*s));
 	s->base.be = &store_pg_backend;
 	pthread_mutex_init(&s->mu, NULL);
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&s->freed, &ca);
+	pthread_condattr_destroy(&ca);
+	s->npool = o->connections > 0 ? o->connections : 1;
+	s->pool = xcalloc((size_t)s->npool, sizeof(*s->pool));
+	for (int i = 0; i < s->npool; i++)
+		s->pool[i].s = s;
 	pthread_mutex_init(&s->why_mu, NULL);
 	pthread_mutex_init(&s->wait_mu, NULL);
 	s->conninfo = xstrdup(o->conninfo);
@@ -611,14 +733,17 @@ pg_open(const struct store_options *o, char *err, size_t errlen)
 	snprintf(s->bot, sizeof(s->bot), "%" PRId64, o->bot_id);
 	snprintf(s->channel, sizeof(s->channel), "tgw_calls_%" PRId64,
 	    o->bot_id);
-	pthread_mutex_lock(&s->mu);
-	if (conn(s, err, errlen) == NULL || schema(s, o->check, err,
+	/* The first connection is opened now: a store that cannot be
+	 * reached, or whose schema is refused, is not opened.  The others
+	 * open on their first use. */
+	pc = take(s, err, errlen);
+	if (conn(pc, err, errlen) == NULL || schema(pc, o->check, err,
 	    errlen) == -1) {
-		pthread_mutex_unlock(&s->mu);
+		give(s, pc);
 		pg_close(s);
 		return NULL;
 	}
-	pthread_mutex_unlock(&s->mu);
+	give(s, pc);
 	return s;
 }
 
@@ -644,12 +769,13 @@ static int
 lookup(struct store *s, const char *what, const char *sql, const char *key,
     char **value, int64_t *n, char *err, size_t errlen)
 {
+	struct pgc *pc;
 	const char *v[2] = { s->bot, key };
 	PGresult *r;
 	int ret = -1;
 
-	pthread_mutex_lock(&s->mu);
-	if ((r = run(s, false, what, sql, 2, v, err, errlen)) != NULL) {
+	pc = take(s, err, errlen);
+	if ((r = run(pc, false, what, sql, 2, v, err, errlen)) != NULL) {
 		ret = PQntuples(r) == 0 ? 1 : 0;
 		if (ret == 0 && value != NULL)
 			*value = text(r, 0, 0);
@@ -657,7 +783,7 @@ lookup(struct store *s, const char *what, const char *sql, const char *key,
 			*n = num(r, 0, 0);
 	}
 	PQclear(r);
-	pthread_mutex_unlock(&s->mu);
+	give(s, pc);
 	return ret;
 }
 
@@ -666,14 +792,15 @@ static long
 changes(struct store *s, bool writing, const char *what, const char *sql,
     int n, const char *const *v, char *err, size_t errlen)
 {
+	struct pgc *pc;
 	PGresult *r;
 	long count = -1;
 
-	pthread_mutex_lock(&s->mu);
-	if ((r = run(s, writing, what, sql, n, v, err, errlen)) != NULL)
+	pc = take(s, err, errlen);
+	if ((r = run(pc, writing, what, sql, n, v, err, errlen)) != NULL)
 		count = strtol(PQcmdTuples(r), NULL, 10);
 	PQclear(r);
-	pthread_mutex_unlock(&s->mu);
+	give(s, pc);
 	return count;
 }
 
@@ -681,16 +808,17 @@ changes(struct store *s, bool writing, const char *what, const char *sql,
 static long
 count1(struct store *s, const char *sql, int n, const char *const *v)
 {
+	struct pgc *pc;
 	char err[256];
 	PGresult *r;
 	long count = -1;
 
-	pthread_mutex_lock(&s->mu);
-	if ((r = run(s, false, "counting", sql, n, v, err, sizeof(err))) !=
+	pc = take(s, err, sizeof(err));
+	if ((r = run(pc, false, "counting", sql, n, v, err, sizeof(err))) !=
 	    NULL && PQntuples(r) > 0)
 		count = (long)num(r, 0, 0);
 	PQclear(r);
-	pthread_mutex_unlock(&s->mu);
+	give(s, pc);
 	return count;
 }
 
@@ -725,18 +853,38 @@ pg_secret_add(struct store *s, const char *name, const char *value,
 	    3, v, err, errlen) < 0 ? -1 : 0;
 }
 
+/*
+ * In a transaction about to insert calls: waits for the bot's lock on
+ * new call ids.  A sender reads pending calls by increasing id and goes
+ * on after the last it saw; an identity value is taken at the INSERT
+ * but seen at the COMMIT, so two instances queueing at once could
+ * commit ids 16 then 15, and a sender that read 16 would never see 15.
+ * Under this lock, held to the commit, ids are committed in order, as
+ * SQLite's single writer gives them.  0 or -1 with err.
+ */
+static int
+calls_lock(struct pgc *pc, char *err, size_t errlen)
+{
+	const char *v[1] = { pc != NULL ? pc->s->bot : NULL };
+
+	return exec1(pc, true, "waiting for the outbox's lock", "SELECT "
+	    "pg_advisory_xact_lock(hashtextextended('tgw_calls ' || $1, 0))",
+	    1, v, err, errlen);
+}
+
 /* Rows of COLS into *out.  Count or -1 with err. */
 static long
 read_calls(struct store *s, const char *sql, int n, const char *const *v,
     struct store_call **out, char *err, size_t errlen)
 {
+	struct pgc *pc;
 	struct store_call *calls = NULL;
 	PGresult *r;
 	long rows = -1;
 
 	*out = NULL;
-	pthread_mutex_lock(&s->mu);
-	if ((r = run(s, false, "reading the outbox", sql, n, v, err,
+	pc = take(s, err, errlen);
+	if ((r = run(pc, false, "reading the outbox", sql, n, v, err,
 	    errlen)) != NULL) {
 		rows = PQntuples(r);
 		calls = rows > 0 ? xcalloc((size_t)rows, sizeof(*calls)) :
@@ -760,7 +908,7 @@ read_calls(struct store *s, const char *sql, int n, const char *const *v,
 		}
 	}
 	PQclear(r);
-	pthread_mutex_unlock(&s->mu);
+	give(s, pc);
 	*out = calls;
 	return rows;
 }
@@ -770,6 +918,7 @@ pg_calls_add_state(struct store *s, const struct store_call *calls,
     size_t n, const char *key, const struct store_state *state,
     size_t *added, char *err, size_t errlen)
 {
+	struct pgc *pc;
 	char what[64], lane[8], cstate[8], created[24], nb[24], exp[24],
 	    uid[24];
 	size_t count = 0;
@@ -778,8 +927,10 @@ pg_calls_add_state(struct store *s, const struct store_call *calls,
 
 	snprintf(what, sizeof(what), "queueing %zu call(s)%s", n,
 	    key != NULL ? " and a conversation state" : "");
-	pthread_mutex_lock(&s->mu);
-	if (begin(s, what, err, errlen) == -1)
+	pc = take(s, err, errlen);
+	if (begin(pc, what, err, errlen) == -1)
+		goto out;
+	if (n > 0 && calls_lock(pc, err, errlen) == -1)
 		goto out;
 	for (size_t i = 0; i < n; i++) {
 		const struct store_call *c = &calls[i];
@@ -792,7 +943,7 @@ pg_calls_add_state(struct store *s, const struct store_call *calls,
 		snprintf(cstate, sizeof(cstate), "%d", (int)c->state);
 		/* the key's unique constraint: queued or delivered
 		 * already, skipped */
-		if ((r = run(s, true, what, "INSERT INTO tgw_calls (bot, key, "
+		if ((r = run(pc, true, what, "INSERT INTO tgw_calls (bot, key, "
 		    "method, chat, params, created, not_before, lane, state, "
 		    "last_error, finished) VALUES ($1, $2, $3, $4, $5, $6, $7, "
 		    "$8, $9, $10, CASE WHEN $9::integer = 0 THEN NULL ELSE "
@@ -815,7 +966,7 @@ pg_calls_add_state(struct store *s, const struct store_call *calls,
 			snprintf(uid, sizeof(uid), "%" PRId64,
 			    state->update_id);
 		}
-		if (exec1(s, true, what, state == NULL ? "DELETE FROM "
+		if (exec1(pc, true, what, state == NULL ? "DELETE FROM "
 		    "tgw_states WHERE bot = $1 AND key = $2" :
 		    "INSERT INTO tgw_states (bot, key, name, data, expires, "
 		    "update_id) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT "
@@ -831,14 +982,14 @@ pg_calls_add_state(struct store *s, const struct store_call *calls,
 	if (count > 0) {
 		const char *v[1] = { s->channel };
 
-		if (exec1(s, true, what, "SELECT pg_notify($1, '')", 1, v, err,
+		if (exec1(pc, true, what, "SELECT pg_notify($1, '')", 1, v, err,
 		    errlen) == -1)
 			goto out;
 	}
 	ok = 0;
 out:
-	ok = commit(s, ok, what, err, errlen);
-	pthread_mutex_unlock(&s->mu);
+	ok = commit(pc, ok, what, err, errlen);
+	give(s, pc);
 	if (added != NULL)
 		*added = ok == 0 ? count : 0;
 	return ok;
@@ -848,6 +999,7 @@ static int
 pg_state_get(struct store *s, const char *key, int64_t now_ms,
     struct store_state *out, char *err, size_t errlen)
 {
+	struct pgc *pc;
 	char now[24];
 	const char *v[3] = { s->bot, key, now };
 	PGresult *r;
@@ -855,8 +1007,8 @@ pg_state_get(struct store *s, const char *key, int64_t now_ms,
 
 	memset(out, 0, sizeof(*out));
 	snprintf(now, sizeof(now), "%" PRId64, now_ms);
-	pthread_mutex_lock(&s->mu);
-	if ((r = run(s, false, "reading a conversation state", "SELECT name, "
+	pc = take(s, err, errlen);
+	if ((r = run(pc, false, "reading a conversation state", "SELECT name, "
 	    "data, expires, update_id FROM tgw_states WHERE bot = $1 AND "
 	    "key = $2 AND (expires = 0 OR expires > $3)", 3, v, err,
 	    errlen)) != NULL) {
@@ -871,7 +1023,7 @@ pg_state_get(struct store *s, const char *key, int64_t now_ms,
 		}
 	}
 	PQclear(r);
-	pthread_mutex_unlock(&s->mu);
+	give(s, pc);
 	return ret;
 }
 
@@ -891,6 +1043,7 @@ static int
 pg_states_count(struct store *s, int64_t now_ms, char *const *names,
     long *counts, long *total, char *err, size_t errlen)
 {
+	struct pgc *pc;
 	char now[24];
 	const char *v[2] = { s->bot, now };
 	PGresult *r;
@@ -900,8 +1053,8 @@ pg_states_count(struct store *s, int64_t now_ms, char *const *names,
 	for (size_t i = 0; names[i] != NULL; i++)
 		counts[i] = 0;
 	snprintf(now, sizeof(now), "%" PRId64, now_ms);
-	pthread_mutex_lock(&s->mu);
-	if ((r = run(s, false, "counting states", "SELECT name, count(*) FROM "
+	pc = take(s, err, errlen);
+	if ((r = run(pc, false, "counting states", "SELECT name, count(*) FROM "
 	    "tgw_states WHERE bot = $1 AND name != '' AND (expires = 0 OR "
 	    "expires > $2) GROUP BY name", 2, v, err, errlen)) != NULL) {
 		for (int row = 0; row < PQntuples(r); row++) {
@@ -916,7 +1069,7 @@ pg_states_count(struct store *s, int64_t now_ms, char *const *names,
 		ret = 0;
 	}
 	PQclear(r);
-	pthread_mutex_unlock(&s->mu);
+	give(s, pc);
 	return ret;
 }
 
@@ -985,13 +1138,14 @@ pg_calls_chat_count(struct store *s, const char *chat)
 static int
 pg_calls_lanes(struct store *s, struct store_lane_depth out[STORE_LANES])
 {
+	struct pgc *pc;
 	const char *v[1] = { s->bot };
 	char err[256];
 	PGresult *r;
 
 	memset(out, 0, STORE_LANES * sizeof(*out));
-	pthread_mutex_lock(&s->mu);
-	r = run(s, false, "reading the outbox's lanes", "SELECT lane, "
+	pc = take(s, err, sizeof(err));
+	r = run(pc, false, "reading the outbox's lanes", "SELECT lane, "
 	    "count(*), min(created) FROM tgw_calls WHERE bot = $1 AND "
 	    "state = 0 GROUP BY lane", 1, v, err, sizeof(err));
 	for (int i = 0; r != NULL && i < PQntuples(r); i++) {
@@ -1002,7 +1156,7 @@ pg_calls_lanes(struct store *s, struct store_lane_depth out[STORE_LANES])
 		out[l].depth = (long)num(r, i, 1);
 		out[l].oldest_ms = num(r, i, 2);
 	}
-	pthread_mutex_unlock(&s->mu);
+	give(s, pc);
 	if (r == NULL)
 		return -1;
 	PQclear(r);
@@ -1013,16 +1167,17 @@ static long
 pg_broadcasts(struct store *s, struct store_broadcast *out, size_t max,
     char *err, size_t errlen)
 {
+	struct pgc *pc;
 	char m[24];
 	const char *v[2] = { s->bot, m };
 	PGresult *r;
 	long n = -1;
 
 	snprintf(m, sizeof(m), "%zu", max);
-	pthread_mutex_lock(&s->mu);
+	pc = take(s, err, errlen);
 	/* key "b:<16 hex>:<line>"; a range (bytes: COLLATE "C"), so that
 	 * the key's unique index serves it */
-	if ((r = run(s, false, "reading broadcasts", "SELECT substr(key, 3, "
+	if ((r = run(pc, false, "reading broadcasts", "SELECT substr(key, 3, "
 	    "16), sum((state = 1)::integer), sum((state = 0)::integer), "
 	    "sum((state = 2)::integer), min(created), coalesce(max(CASE WHEN "
 	    "state = 0 THEN not_before END), 0) FROM tgw_calls WHERE bot = $1 "
@@ -1041,7 +1196,7 @@ pg_broadcasts(struct store *s, struct store_broadcast *out, size_t max,
 		}
 	}
 	PQclear(r);
-	pthread_mutex_unlock(&s->mu);
+	give(s, pc);
 	return n;
 }
 
@@ -1058,6 +1213,7 @@ static int
 pg_calls_update(struct store *s, const struct store_outcome *o, size_t n,
     char *err, size_t errlen)
 {
+	struct pgc *pc;
 	char what[64], id[24], st[8], att[16], nb[24], now[24];
 	int ok = -1;
 
@@ -1065,8 +1221,8 @@ pg_calls_update(struct store *s, const struct store_outcome *o, size_t n,
 		return 0;
 	snprintf(what, sizeof(what), "recording %zu outcome(s)", n);
 	snprintf(now, sizeof(now), "%" PRId64, wall_ms());
-	pthread_mutex_lock(&s->mu);
-	if (begin(s, what, err, errlen) == -1)
+	pc = take(s, err, errlen);
+	if (begin(pc, what, err, errlen) == -1)
 		goto out;
 	for (size_t i = 0; i < n; i++) {
 		char *e = store_redacted(o[i].error);
@@ -1077,7 +1233,7 @@ pg_calls_update(struct store *s, const struct store_outcome *o, size_t n,
 		snprintf(st, sizeof(st), "%d", (int)o[i].state);
 		snprintf(att, sizeof(att), "%d", o[i].attempts);
 		snprintf(nb, sizeof(nb), "%" PRId64, o[i].not_before_ms);
-		rc = exec1(s, true, what, "UPDATE tgw_calls SET state = $3, "
+		rc = exec1(pc, true, what, "UPDATE tgw_calls SET state = $3, "
 		    "attempts = $4, not_before = $5, last_error = coalesce($6, "
 		    "last_error), finished = CASE WHEN $3::integer = 0 THEN "
 		    "NULL ELSE $7::bigint END WHERE bot = $1 AND id = $2", 7, v,
@@ -1088,8 +1244,8 @@ pg_calls_update(struct store *s, const struct store_outcome *o, size_t n,
 	}
 	ok = 0;
 out:
-	ok = commit(s, ok, what, err, errlen);
-	pthread_mutex_unlock(&s->mu);
+	ok = commit(pc, ok, what, err, errlen);
+	give(s, pc);
 	return ok;
 }
 
@@ -1100,6 +1256,7 @@ static long
 pg_calls_rechat(struct store *s, const char *from, int64_t to, char *err,
     size_t errlen)
 {
+	struct pgc *pc;
 	const char *what = "moving calls to the chat's new id";
 	char t[24], id[24];
 	PGresult *r;
@@ -1107,13 +1264,13 @@ pg_calls_rechat(struct store *s, const char *from, int64_t to, char *err,
 	int ok = -1;
 
 	snprintf(t, sizeof(t), "%" PRId64, to);
-	pthread_mutex_lock(&s->mu);
-	if (begin(s, what, err, errlen) == -1)
+	pc = take(s, err, errlen);
+	if (begin(pc, what, err, errlen) == -1)
 		goto out;
 	{
 		const char *v[2] = { s->bot, from };
 
-		if ((r = run(s, true, what, "SELECT id, params FROM tgw_calls "
+		if ((r = run(pc, true, what, "SELECT id, params FROM tgw_calls "
 		    "WHERE bot = $1 AND state = 0 AND chat = $2 ORDER BY id "
 		    "FOR UPDATE", 2, v, err, errlen)) == NULL)
 			goto out;
@@ -1132,7 +1289,7 @@ pg_calls_rechat(struct store *s, const char *from, int64_t to, char *err,
 		json_decref(p);
 		v[3] = params != NULL ? params : PQgetvalue(r, (int)n, 1);
 		snprintf(id, sizeof(id), "%s", PQgetvalue(r, (int)n, 0));
-		rc = exec1(s, true, what, "UPDATE tgw_calls SET chat = $3, "
+		rc = exec1(pc, true, what, "UPDATE tgw_calls SET chat = $3, "
 		    "params = $4 WHERE bot = $1 AND id = $2", 4, v, err,
 		    errlen);
 		free(params);
@@ -1144,9 +1301,9 @@ pg_calls_rechat(struct store *s, const char *from, int64_t to, char *err,
 	PQclear(r);
 	ok = 0;
 out:
-	if (commit(s, ok, what, err, errlen) == -1)
+	if (commit(pc, ok, what, err, errlen) == -1)
 		n = -1;
-	pthread_mutex_unlock(&s->mu);
+	give(s, pc);
 	return n;
 }
 
@@ -1167,14 +1324,15 @@ static long
 pg_calls_count(struct store *s, enum store_call_state state,
     int64_t *oldest_ms)
 {
+	struct pgc *pc;
 	char st[8], err[256];
 	const char *v[2] = { s->bot, st };
 	PGresult *r;
 	long n = -1;
 
 	snprintf(st, sizeof(st), "%d", (int)state);
-	pthread_mutex_lock(&s->mu);
-	if ((r = run(s, false, "counting calls", "SELECT count(*), "
+	pc = take(s, err, sizeof(err));
+	if ((r = run(pc, false, "counting calls", "SELECT count(*), "
 	    "coalesce(min(created), 0) FROM tgw_calls WHERE bot = $1 AND "
 	    "state = $2", 2, v, err, sizeof(err))) != NULL) {
 		n = (long)num(r, 0, 0);
@@ -1182,7 +1340,7 @@ pg_calls_count(struct store *s, enum store_call_state state,
 			*oldest_ms = num(r, 0, 1);
 	}
 	PQclear(r);
-	pthread_mutex_unlock(&s->mu);
+	give(s, pc);
 	return n;
 }
 
@@ -1192,19 +1350,37 @@ pg_calls_retry_dead(struct store *s, int64_t id, char *err, size_t errlen)
 	char i[24], now[24];
 	const char *v[3] = { s->bot, i, now };
 
+	struct pgc *pc;
+	PGresult *r = NULL;
+	long count = -1;
+	int ok = -1;
+
 	snprintf(i, sizeof(i), "%" PRId64, id);
 	snprintf(now, sizeof(now), "%" PRId64, wall_ms());
-	/* Dead calls come back as new rows (new ids), so that a running
-	 * sender, which reads pending calls by increasing id, sees them;
-	 * the dead row goes in the same statement, as it holds the call's
-	 * unique key. */
-	return changes(s, true, "queueing dead calls again", "WITH dead AS "
+	pc = take(s, err, errlen);
+	if (begin(pc, "queueing dead calls again", err, errlen) == -1)
+		goto out;
+	/* Dead calls come back as new rows (new ids, under the lock that
+	 * commits ids in order), so that a running sender, which reads
+	 * pending calls by increasing id, sees them; the dead row goes in
+	 * the same statement, as it holds the call's unique key. */
+	if (calls_lock(pc, err, errlen) == 0 && (r = run(pc, true,
+	    "queueing dead calls again", "WITH dead AS "
 	    "(DELETE FROM tgw_calls WHERE bot = $1 AND state = 2 AND "
 	    "($2::bigint = 0 OR id = $2::bigint) RETURNING id, key, method, "
 	    "chat, params, lane) INSERT INTO tgw_calls (bot, key, method, "
 	    "chat, params, created, not_before, lane) SELECT $1, key, method, "
 	    "chat, params, $3, $3, lane FROM dead ORDER BY id", 3, v, err,
-	    errlen);
+	    errlen)) != NULL) {
+		count = strtol(PQcmdTuples(r), NULL, 10);
+		ok = 0;
+	}
+	PQclear(r);
+	if (commit(pc, ok, "queueing dead calls again", err, errlen) == -1)
+		count = -1;
+out:
+	give(s, pc);
+	return count;
 }
 
 static long
@@ -1290,6 +1466,7 @@ static int
 pg_update_hold(struct store *s, int64_t update_id, const char *handler,
     const char *body, size_t len, char *err, size_t errlen)
 {
+	struct pgc *pc;
 	char u[24], now[24];
 	const char *v[5] = { s->bot, u, handler, body, now };
 	const int lens[5] = { 0, 0, 0, (int)len, 0 };
@@ -1298,13 +1475,13 @@ pg_update_hold(struct store *s, int64_t update_id, const char *handler,
 
 	snprintf(u, sizeof(u), "%" PRId64, update_id);
 	snprintf(now, sizeof(now), "%" PRId64, wall_ms());
-	pthread_mutex_lock(&s->mu);
-	r = run_bin(s, true, "holding an update", "INSERT INTO "
+	pc = take(s, err, errlen);
+	r = run_bin(pc, true, "holding an update", "INSERT INTO "
 	    "tgw_held_updates (bot, update_id, handler, body, created) VALUES "
 	    "($1, $2, $3, $4, $5) ON CONFLICT (bot, update_id) DO UPDATE SET "
 	    "handler = excluded.handler, body = excluded.body, created = "
 	    "excluded.created", 5, v, lens, bin, err, errlen);
-	pthread_mutex_unlock(&s->mu);
+	give(s, pc);
 	PQclear(r);
 	return r != NULL ? 0 : -1;
 }
@@ -1328,14 +1505,15 @@ static long
 read_updates(struct store *s, const char *sql, const char *max,
     struct store_update **out, char *err, size_t errlen)
 {
+	struct pgc *pc;
 	const char *v[2] = { s->bot, max };
 	struct store_update *u = NULL;
 	PGresult *r;
 	long n = -1;
 
 	*out = NULL;
-	pthread_mutex_lock(&s->mu);
-	if ((r = run(s, false, "reading updates", sql, 2, v, err, errlen)) !=
+	pc = take(s, err, errlen);
+	if ((r = run(pc, false, "reading updates", sql, 2, v, err, errlen)) !=
 	    NULL) {
 		n = PQntuples(r);
 		u = n > 0 ? xcalloc((size_t)n, sizeof(*u)) : NULL;
@@ -1349,7 +1527,7 @@ read_updates(struct store *s, const char *sql, const char *max,
 		}
 	}
 	PQclear(r);
-	pthread_mutex_unlock(&s->mu);
+	give(s, pc);
 	*out = u;
 	return n;
 }
@@ -1380,6 +1558,7 @@ pg_dead_update(struct store *s, int64_t update_id, const char *handler,
     const char *reason, const char *body, size_t len, char *err,
     size_t errlen)
 {
+	struct pgc *pc;
 	char u[24], *why = store_redacted(reason);
 	const char *v[5] = { s->bot, u, handler, why, body };
 	const int lens[5] = { 0, 0, 0, 0, (int)len };
@@ -1387,12 +1566,12 @@ pg_dead_update(struct store *s, int64_t update_id, const char *handler,
 	PGresult *r;
 
 	snprintf(u, sizeof(u), "%" PRId64, update_id);
-	pthread_mutex_lock(&s->mu);
-	r = run_bin(s, true, "keeping an update as a dead letter", "INSERT "
+	pc = take(s, err, errlen);
+	r = run_bin(pc, true, "keeping an update as a dead letter", "INSERT "
 	    "INTO tgw_dead_updates (bot, update_id, handler, reason, body, "
 	    "created) VALUES ($1, $2, $3, $4, $5, floor(extract(epoch FROM "
 	    "now()))::bigint)", 5, v, lens, bin, err, errlen);
-	pthread_mutex_unlock(&s->mu);
+	give(s, pc);
 	PQclear(r);
 	free(why);
 	return r != NULL ? 0 : -1;
@@ -1439,6 +1618,7 @@ static int
 pg_update_claim(struct store *s, int64_t update_id, const char *instance,
     int64_t ttl_ms, char *err, size_t errlen)
 {
+	struct pgc *pc;
 	char u[24], t[24];
 	const char *v[4] = { s->bot, u, instance, t };
 	PGresult *r;
@@ -1446,8 +1626,17 @@ pg_update_claim(struct store *s, int64_t update_id, const char *instance,
 
 	snprintf(u, sizeof(u), "%" PRId64, update_id);
 	snprintf(t, sizeof(t), "%" PRId64, ttl_ms);
-	pthread_mutex_lock(&s->mu);
-	if ((r = run(s, true, "claiming an update", "INSERT INTO tgw_claims "
+	/* on the request path: bounded tighter than other calls, in a
+	 * transaction for SET LOCAL (one round trip with its BEGIN) */
+	pc = take_within(s, PG_CLAIM_TAKE_MS, err, errlen);
+	if (exec1(pc, true, "claiming an update", "BEGIN; SET LOCAL "
+	    "lock_timeout = " PG_CLAIM_LOCK_MS "; SET LOCAL statement_timeout "
+	    "= " PG_CLAIM_STATEMENT_MS, 0, NULL, err, errlen) == -1) {
+		r = NULL;
+		goto out;
+	}
+	pc->in_tx = true;
+	if ((r = run(pc, true, "claiming an update", "INSERT INTO tgw_claims "
 	    "(bot, update_id, instance, expires) VALUES ($1, $2, $3, now() + "
 	    "$4 * interval '1 millisecond') ON CONFLICT (bot, update_id) DO "
 	    "UPDATE SET instance = excluded.instance, expires = "
@@ -1460,7 +1649,7 @@ pg_update_claim(struct store *s, int64_t update_id, const char *instance,
 		goto out;
 	}
 	PQclear(r);
-	if ((r = run(s, false, "reading a claim", "SELECT done FROM tgw_claims "
+	if ((r = run(pc, false, "reading a claim", "SELECT done FROM tgw_claims "
 	    "WHERE bot = $1 AND update_id = $2", 2, v, err, errlen)) == NULL)
 		goto out;
 	/* gone since (unclaimed, pruned): BUSY, and Telegram retries */
@@ -1468,7 +1657,10 @@ pg_update_claim(struct store *s, int64_t update_id, const char *instance,
 	    STORE_CLAIM_DONE : STORE_CLAIM_BUSY;
 out:
 	PQclear(r);
-	pthread_mutex_unlock(&s->mu);
+	if (pc != NULL && pc->in_tx && commit(pc, ret == -1 ? -1 : 0,
+	    "claiming an update", err, errlen) == -1)
+		ret = -1;
+	give(s, pc);
 	return ret;
 }
 
@@ -1505,6 +1697,7 @@ pg_lease_take(struct store *s, const char *duty, const char *instance,
     int64_t ttl_ms, char *holder, size_t holderlen, char *err,
     size_t errlen)
 {
+	struct pgc *pc;
 	char t[24];
 	const char *v[4] = { s->bot, duty, instance, t };
 	PGresult *r;
@@ -1513,8 +1706,8 @@ pg_lease_take(struct store *s, const char *duty, const char *instance,
 	snprintf(t, sizeof(t), "%" PRId64, ttl_ms);
 	if (holder != NULL && holderlen > 0)
 		holder[0] = '\0';
-	pthread_mutex_lock(&s->mu);
-	if ((r = run(s, true, "taking a lease", "INSERT INTO tgw_leases (bot, "
+	pc = take(s, err, errlen);
+	if ((r = run(pc, true, "taking a lease", "INSERT INTO tgw_leases (bot, "
 	    "duty, holder, expires) VALUES ($1, $2, $3, now() + $4 * "
 	    "interval '1 millisecond') ON CONFLICT (bot, duty) DO UPDATE SET "
 	    "holder = excluded.holder, expires = excluded.expires WHERE "
@@ -1528,7 +1721,7 @@ pg_lease_take(struct store *s, const char *duty, const char *instance,
 		goto out;
 	}
 	PQclear(r);
-	if ((r = run(s, false, "reading a lease", "SELECT holder FROM "
+	if ((r = run(pc, false, "reading a lease", "SELECT holder FROM "
 	    "tgw_leases WHERE bot = $1 AND duty = $2", 2, v, err, errlen)) ==
 	    NULL)
 		goto out;
@@ -1537,7 +1730,7 @@ pg_lease_take(struct store *s, const char *duty, const char *instance,
 	ret = 0;
 out:
 	PQclear(r);
-	pthread_mutex_unlock(&s->mu);
+	give(s, pc);
 	return ret;
 }
 

@@ -7,28 +7,108 @@ another takes over within the lease with nothing lost and nothing handled
 twice; SIGTERM gives the duties up at once.
 
 The store they share is made by shared_store() alone: a SQLite directory
-on this machine now; a PostgreSQL run swaps that one function."""
+on this machine, or (each test again, named ..._on_postgresql) a database
+of its own on the tests' PostgreSQL server: TGW_TEST_PG, which
+tests/run.sh starts (tests/pgserver.py), or else a server of this run's
+own."""
 
+import atexit
 import http.client
+import itertools
 import os
 import re
 import signal
+import subprocess
+import sys
 import tempfile
 import threading
 import time
 import urllib.request
 
 import botapi_emu
-from harness import (TOKEN, Daemon, eventually, message, post_update,
-                     stored_secrets)
+from harness import (ROOT, TOKEN, Daemon, eventually, message, post_update,
+                     skip, stored_secrets)
+
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+import pgserver  # noqa: E402
 
 NAMES = ("a", "b", "c")
 
+# The backend the tests run on: "sqlite", or "postgresql" while an
+# ..._on_postgresql test runs.
+BACKEND = ["sqlite"]
+_PG = {}
+_DB_SEQ = itertools.count(1)
+
+
+def pg_conninfo():
+    """The superuser's conninfo of the tests' server (trusted on its
+    socket): TGW_TEST_PG, or a server this run starts once."""
+    if os.environ.get("TGW_TEST_PG"):
+        return os.environ["TGW_TEST_PG"]
+    if "server" not in _PG:
+        why = pgserver.available()
+        if why:
+            skip(why)
+        _PG["server"] = pgserver.start_new()
+        atexit.register(_PG["server"].destroy)
+    return _PG["server"].conninfo()
+
+
+def with_db(conninfo, db):
+    return " ".join([x for x in conninfo.split() if not
+                     x.startswith("dbname=")] + ["dbname=" + db])
+
+
+def psql(conninfo, sql):
+    out = subprocess.run([os.path.join(pgserver.BIN, "psql"), "-X", "-q",
+                          "-At", "-v", "ON_ERROR_STOP=1", "-d", conninfo,
+                          "-c", sql], check=True, cwd="/",
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         timeout=60)
+    return out.stdout.decode()
+
+
+class SharedStore:
+    """The store every instance shares: Daemon keyword arguments (kw),
+    what the configuration's [store] section gets (conf), the generated
+    secrets (secrets()), and close()."""
+
+    def __init__(self, tmp):
+        self.kw = {"store": os.path.join(tmp, "store")}
+        self.conf = ""
+        self.db = None
+        if BACKEND[0] == "postgresql":
+            base = pg_conninfo()
+            # a database of each test's own: no test sees another's rows
+            self.db = "tgw_cluster_%d_%d" % (os.getpid(), next(_DB_SEQ))
+            self.admin = with_db(base, "postgres")
+            psql(self.admin, 'CREATE DATABASE "%s"' % self.db)
+            self.conninfo = with_db(base, self.db)
+            self.conf = "backend = postgresql\npostgresql = %s\n" % (
+                self.conninfo)
+
+    def edit(self, text):
+        """The configuration text with the store's keys."""
+        return text.replace("[store]\n", "[store]\n" + self.conf, 1)
+
+    def secrets(self, d):
+        if self.db is None:
+            return stored_secrets(d.store)
+        kept = dict(line.split("|") for line in psql(
+            self.conninfo, "SELECT name, value FROM tgw_secrets WHERE name "
+            "<> 'self_signed_pair'").split())
+        return kept["webhook_path"], kept["secret_token"]
+
+    def close(self):
+        if self.db is not None:
+            psql(self.admin, 'DROP DATABASE IF EXISTS "%s" WITH (FORCE)'
+                 % self.db)
+
 
 def shared_store(tmp):
-    """(Daemon keyword arguments, extra config text) for the store every
-    instance shares."""
-    return {"store": os.path.join(tmp, "store")}, ""
+    """The store every instance shares (a SharedStore)."""
+    return SharedStore(tmp)
 
 
 def runs_script(tmp, calls=1, pause="0.3"):
@@ -57,7 +137,7 @@ class Cluster:
         self.tmp = tempfile.TemporaryDirectory(prefix="tgw-cluster-")
         self.emu = botapi_emu.Emulator(TOKEN).start()
         self.polling = polling
-        kw, store_text = shared_store(self.tmp.name)
+        self.store = shared_store(self.tmp.name)
         if handler is None:
             handler = "[handler.runs]\nexec = %s\ntimeout = 10s\n" % (
                 runs_script(self.tmp.name, calls, pause))
@@ -65,21 +145,25 @@ class Cluster:
             handler = handler(self.tmp.name)
         self.d = {}
         for n in names:
-            extra = store_text + "[cluster]\ninstance = %s\nlease = %s\n" % (
-                n, lease)
+            extra = "[cluster]\ninstance = %s\nlease = %s\n" % (n, lease)
             if polling:
                 extra += "[bot]\nsource = polling\n[polling]\ntimeout = 2s\n"
             self.d[n] = Daemon(handler,
                                webhook="reply_deadline = %s\n" % deadline,
                                tls=False, register=not polling, start=False,
-                               emu=self.emu, extra=extra, **kw)
+                               emu=self.emu, extra=extra,
+                               **self.store.kw)
+            with open(self.d[n].conf) as f:
+                text = self.store.edit(f.read())
+            with open(self.d[n].conf, "w") as f:
+                f.write(text)
         for i, n in enumerate(names):
             self.d[n].start(wait_register=i == 0)
             self.d[n].wait_log("cluster: instance %s" % n)
             assert eventually(lambda: "tgwebhookd_duty_held" in
                               self.metrics(n), 10), n
         if not polling:
-            self.path, self.secret = stored_secrets(self.d[names[0]].store)
+            self.path, self.secret = self.store.secrets(self.d[names[0]])
 
     def post(self, name, update):
         """Delivers update to instance name as Telegram would; the HTTP
@@ -138,6 +222,7 @@ class Cluster:
                     d.proc.wait()
                 d.tmp.cleanup()
             self.emu.stop()
+            self.store.close()
             self.tmp.cleanup()
 
 
@@ -445,3 +530,20 @@ def test_two_instances_given_one_name_never_both_act():
             held = ['tgwebhookd_duty_held{duty="%s"} 1' % duty in
                     c.metrics(n) for n in "ab"]
             assert held.count(True) == 1, (duty, held)
+
+
+def _on_postgresql(test):
+    def run():
+        BACKEND[0] = "postgresql"
+        try:
+            test()
+        finally:
+            BACKEND[0] = "sqlite"
+    run.__doc__ = test.__doc__
+    return run
+
+
+# every test again on a PostgreSQL store: test_..._on_postgresql
+for _name, _fn in list(globals().items()):
+    if _name.startswith("test_") and callable(_fn):
+        globals()[_name + "_on_postgresql"] = _on_postgresql(_fn)

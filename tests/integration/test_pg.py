@@ -13,7 +13,7 @@ import subprocess
 import sys
 
 from harness import (ROOT, TOKEN, Daemon, binary, calls_script, eventually,
-                     message, post_update, skip, texts)
+                     message, post_update, raw_request, skip, texts)
 
 from test_faults import health
 
@@ -73,7 +73,10 @@ def test_pg_update_handled_and_secrets_kept_in_database():
             d.emu.wait_calls("sendMessage", 1)
             assert texts(d) == ["m11-2"], texts(d)
             kept = pg.psql("SELECT name FROM tgw_secrets ORDER BY name")
-            assert kept.split() == ["secret_token", "webhook_path"], kept
+            # the generated certificate too (self_signed = on): every
+            # instance serves the one kept there
+            assert kept.split() == ["secret_token", "self_signed_pair",
+                                    "webhook_path"], kept
             path = pg.psql("SELECT value FROM tgw_secrets WHERE name = "
                            "'webhook_path'").strip()
             url = d.emu.calls_of("setWebhook")[0].params["url"]
@@ -204,10 +207,170 @@ def test_pg_started_as_root_hands_over_a_store_dir_it_made():
             st = os.stat(d.store)
             assert st.st_uid == 65534 and st.st_mode & 0o777 == 0o700, st
             kept = dict(line.split("|") for line in pg.psql(
-                "SELECT name, value FROM tgw_secrets").split())
+                "SELECT name, value FROM tgw_secrets WHERE name <> "
+                "'self_signed_pair'").split())
             out = post_update(d.port, message("hi", 31, chat_id=31),
                               kept["webhook_path"], kept["secret_token"],
                               tls=False)
             assert out.startswith(b"HTTP/1.1 200") and b"hello" in out, out
     finally:
+        pg.destroy()
+
+
+class Locker:
+    """A psql session of its own holding LOCK TABLE table until release():
+    every statement of the daemon's on that table waits."""
+
+    def __init__(self, pg, table):
+        self.p = subprocess.Popen(
+            [os.path.join(pgserver.BIN, "psql"), "-X", "-q", "-h", pg.sock,
+             "-p", str(pgserver.PORT), "-U", "postgres", "-d", "tgw"],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, text=True, cwd="/")
+        self.p.stdin.write("BEGIN; LOCK TABLE %s IN ACCESS EXCLUSIVE MODE;\n"
+                           % table)
+        self.p.stdin.flush()
+        assert eventually(lambda: pg.psql(
+            "SELECT count(*) FROM pg_locks l JOIN pg_class c ON "
+            "c.oid = l.relation WHERE c.relname = '%s' AND l.mode = "
+            "'AccessExclusiveLock' AND l.granted" % table).strip() != "0",
+            30), "the lock was not taken"
+
+    def release(self):
+        if self.p.poll() is None:
+            self.p.communicate("ROLLBACK;\n\\q\n", timeout=30)
+
+
+def test_pg_slow_database_answers_503_in_bounded_time_then_recovers():
+    """A lock held on tgw_claims makes every claim wait: a claim gives up
+    after 0.5 s (its lock timeout; 0.5 s for a free connection), so
+    that the server's few connection threads (one per core) are not all
+    held.  Eight updates at once are each answered 503 + Retry-After
+    within 5 s (before: one connection behind a mutex and the store's
+    3 s lock timeout, 24 s for the last); /healthz names the lock; once
+    it is gone each is handled once, with its follow-ups."""
+    import json
+    import threading
+    import time
+    pg = server()
+    try:
+        d = pg_daemon(pg, n=2)
+        with d:
+            status, _, _, body = d.deliver(message("x", 40, chat_id=40))
+            assert status == 200 and b'"m40-1"' in body, (status, body)
+            kept = dict(line.split("|") for line in pg.psql(
+                "SELECT name, value FROM tgw_secrets WHERE name IN "
+                "('webhook_path', 'secret_token')").split())
+            lock = Locker(pg, "tgw_claims")
+            answers = {}
+
+            def post(i):
+                t0 = time.monotonic()
+                body = json.dumps(message("x", 41 + i, chat_id=41 + i))
+                out = raw_request(d.port, (
+                    "POST /%s HTTP/1.1\r\nHost: localhost\r\n"
+                    "Content-Type: application/json\r\n"
+                    "Content-Length: %d\r\n"
+                    "X-Telegram-Bot-Api-Secret-Token: %s\r\n"
+                    "Connection: close\r\n\r\n%s" % (
+                        kept["webhook_path"], len(body),
+                        kept["secret_token"], body)).encode(), timeout=30)
+                answers[i] = (out, time.monotonic() - t0)
+            try:
+                ts = [threading.Thread(target=post, args=(i,))
+                      for i in range(8)]
+                for t in ts:
+                    t.start()
+                code, h = eventually(lambda: (lambda r: r if r[0] == 503
+                                              else None)(health(d)), 30)
+                assert "lock" in h["store"] or "busy" in h["store"], h
+                for t in ts:
+                    t.join(60)
+            finally:
+                lock.release()
+            for i, (out, took) in sorted(answers.items(), key=lambda x: -x[1][1]):
+                assert out.startswith(b"HTTP/1.1 503"), (i, out[:200])
+                assert b"\r\nretry-after:" in out.lower(), out[:300]
+                print("# update %d: 503 in %.1f s" % (41 + i, took))
+                assert took < 5, (i, took)
+            assert len(answers) == 8, answers
+            # Telegram's retries: handled, once each
+            for i in range(8):
+                assert eventually(lambda: d.deliver(message(
+                    "x", 41 + i, chat_id=41 + i))[0] == 200, 30)
+            assert eventually(lambda: health(d)[0] == 200, 30), health(d)
+            want = {"m%d-2" % (41 + i) for i in range(8)}
+            assert eventually(lambda: want <= set(texts(d)), 60), texts(d)
+            assert sorted(t for t in texts(d) if t in want) == sorted(want)
+    finally:
+        pg.destroy()
+
+
+def test_pg_self_signed_certificate_shared_by_instances():
+    """self_signed = on, two instances on one PostgreSQL store, each with
+    its own certificate paths, started at the same moment: the first to
+    keep its pair in the store (an insert if absent) wins; both write that
+    one, byte for byte (the key 0600), setWebhook uploads it, and
+    Telegram's deliveries, which trust only the upload, reach both."""
+    import threading
+    import botapi_emu
+    pg = server()
+    emu = botapi_emu.Emulator(TOKEN).start()
+    ds = []
+    try:
+        for name in "ab":
+            d = Daemon("[handler.hi]\nreply = hello\n", emu=emu,
+                       start=False, env={"PGPASSFILE": pg.passfile},
+                       extra="[cluster]\ninstance = %s\n" % name)
+            with open(d.conf) as f:
+                text = f.read()
+            text = text.replace("[store]\n", "[store]\nbackend = postgresql"
+                                "\npostgresql = %s\n" % pg.conninfo(
+                                    user="tgw"), 1)
+            with open(d.conf, "w") as f:
+                f.write(text)
+            ds.append(d)
+        ts = [threading.Thread(target=d.start, kwargs={
+            "wait_register": False}) for d in ds]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        assert all(d.proc is not None for d in ds)
+        emu.wait_calls("setWebhook", 1)
+        pems = [open(os.path.join(d.store, "webhook.pem"), "rb").read()
+                for d in ds]
+        keys = [os.path.join(d.store, "webhook.key") for d in ds]
+        assert pems[0] == pems[1] and pems[0].startswith(
+            b"-----BEGIN CERTIFICATE-----"), pems
+        assert open(keys[0], "rb").read() == open(keys[1], "rb").read()
+        for k in keys:
+            assert os.stat(k).st_mode & 0o777 == 0o600, oct(os.stat(k).st_mode)
+        with open(emu.webhook["cert"], "rb") as f:
+            assert f.read().strip() == pems[0].strip()
+        made = sum(d.log().count("making a self-signed certificate")
+                   for d in ds)
+        assert made >= 1, [d.log() for d in ds]
+        assert any("writing the one kept in the store" in d.log()
+                   for d in ds) or made == 2, [d.log() for d in ds]
+        kept = pg.psql("SELECT count(*) FROM tgw_secrets WHERE name = "
+                       "'self_signed_pair'").strip()
+        assert kept == "1", kept
+        # the emulator trusts only the uploaded certificate: both serve it
+        for i, d in enumerate(ds):
+            emu.forward = ("127.0.0.1", d.port)
+            status, _, _, body = emu.deliver(message("hi", 50 + i,
+                                                     chat_id=50 + i),
+                                             keepalive=False)
+            assert status == 200 and b"hello" in body, (status, body)
+        for d in ds:
+            assert "BEGIN PRIVATE KEY" not in d.log()
+            d.check_clean(d.stop())
+    finally:
+        for d in ds:
+            if d.proc is not None:
+                d.proc.kill()
+                d.proc.wait()
+            d.tmp.cleanup()
+        emu.stop()
         pg.destroy()

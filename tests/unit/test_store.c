@@ -13,6 +13,7 @@
 
 #include <libpq-fe.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <sqlite3.h>
 
 #include <stdio.h>
@@ -981,6 +982,210 @@ test_pg_calls_wait(void **state)
 	store_close(b);
 }
 
+/* A store call blocked in a thread of its own: a secret written while
+ * the test holds the table's lock. */
+struct blocked {
+	struct store *s;
+	int rc;
+	char err[512];
+};
+
+static void *
+put_thread(void *arg)
+{
+	struct blocked *b = arg;
+
+	b->rc = store_secret_put(b->s, "pool", "v", b->err, sizeof(b->err));
+	return NULL;
+}
+
+/* The test's own session holding tgw_secrets locked (NULL if it could
+ * not), until pool_unlock(). */
+static PGconn *
+pool_lock(const char *table, const char *mode)
+{
+	char sql[128];
+
+	const char *keys[] = { "dbname", NULL };
+	const char *vals[] = { getenv("TGW_TEST_PG"), NULL };
+	PGconn *c = PQconnectdbParams(keys, vals, 1);
+
+	PQsetNoticeProcessor(c, quiet, NULL);
+	if (PQstatus(c) != CONNECTION_OK || pg_exec(NULL, "SELECT 1") != 0) {
+		PQfinish(c);
+		return NULL;
+	}
+	PQclear(PQexec(c, "BEGIN"));
+	snprintf(sql, sizeof(sql), "LOCK TABLE %s IN %s MODE", table, mode);
+	PQclear(PQexec(c, sql));
+	return c;
+}
+
+/* How many sessions of the store's, instance name, wait on a lock. */
+static int
+lock_waiters(PGconn *c, const char *name)
+{
+	char sql[256];
+	PGresult *r;
+	int n;
+
+	snprintf(sql, sizeof(sql), "SELECT count(*) FROM pg_stat_activity "
+	    "WHERE application_name = 'tgwebhookd %s' AND wait_event_type = "
+	    "'Lock'", name);
+	r = PQexec(c, sql);
+	n = PQresultStatus(r) == PGRES_TUPLES_OK ? atoi(PQgetvalue(r, 0, 0)) :
+	    -1;
+	PQclear(r);
+	return n;
+}
+
+/* Waits (bounded: 5 s) until n sessions of instance name wait on a
+ * lock. */
+static bool
+pool_waiting(PGconn *c, const char *name, int n)
+{
+	for (int i = 0; i < 500; i++) {
+		if (lock_waiters(c, name) >= n)
+			return true;
+		usleep(10000);
+	}
+	return false;
+}
+
+/* The pool: while one caller's statement waits on a lock (up to the
+ * store's lock timeout), another caller gets a second connection at
+ * once; with a pool of one, it waits a bounded time and fails saying
+ * why. */
+static void
+test_pg_pool(void **state)
+{
+	struct store_options o = { .backend = STORE_POSTGRESQL,
+		.instance = "pool" };
+	struct blocked b = { 0 };
+	char err[512], *v = NULL;
+	pthread_t t;
+	uint64_t t0;
+	PGconn *lock;
+
+	need_backend(state);
+	o.conninfo = getenv("TGW_TEST_PG");
+	o.bot_id = bot_of("/pool") + getpid();
+	for (int size = 2; size >= 1; size--) {
+		o.connections = size;
+		assert_non_null(b.s = store_open_with(&o, err, sizeof(err)));
+		assert_non_null(lock = pool_lock("tgw_secrets",
+		    "ACCESS EXCLUSIVE"));
+		pthread_create(&t, NULL, put_thread, &b);
+		assert_true(pool_waiting(lock, "pool", 1));
+		t0 = now_ms();
+		if (size == 2) {
+			/* another table, on the second connection */
+			assert_true(store_calls_count(b.s, STORE_CALL_PENDING,
+			    NULL) >= 0);
+			assert_in_range(now_ms() - t0, 0, 1000);
+		} else {
+			assert_int_equal(store_secret_get(b.s, "pool", &v, err,
+			    sizeof(err)), -1);
+			assert_in_range(now_ms() - t0, 1500, 2900);
+			print_message("# %s\n", err);
+			assert_non_null(strstr(err, "all 1 connections busy"));
+			assert_true(store_failing_since(b.s, NULL, 0) > 0);
+		}
+		pthread_join(t, NULL);
+		/* the lock timeout ended the blocked statement */
+		assert_int_equal(b.rc, -1);
+		assert_non_null(strstr(b.err, "lock"));
+		PQclear(PQexec(lock, "ROLLBACK"));
+		PQfinish(lock);
+		assert_int_equal(store_secret_put(b.s, "pool", "w", err,
+		    sizeof(err)), 0);
+		assert_int_equal(store_failing_since(b.s, NULL, 0), 0);
+		assert_int_equal(store_secret_get(b.s, "pool", &v, err,
+		    sizeof(err)), 0);
+		assert_string_equal(v, "w");
+		free(v);
+		v = NULL;
+		store_close(b.s);
+	}
+}
+
+/* Queues a call with a conversation state (held up by the test's lock
+ * on tgw_states), or, with key NULL, one call alone, then notes the
+ * pending calls it sees (bit 1: X, bit 2: Y). */
+struct queuer {
+	struct store *s;
+	const char *key;
+	struct store_call c;
+	int rc, seen;
+	atomic_int done;
+};
+
+static void *
+queue_thread(void *arg)
+{
+	struct queuer *q = arg;
+	struct store_state st = { .data = NULL, .update_id = 1 };
+	struct store_call *out;
+	char err[512];
+	long n;
+
+	st.name = (char *)"step";
+	q->rc = store_calls_add_state(q->s, &q->c, 1, q->key, q->key != NULL ?
+	    &st : NULL, NULL, err, sizeof(err));
+	if (q->rc == -1)
+		print_message("# %s\n", err);
+	n = store_calls_pending(q->s, STORE_LANE_CONVERSATION, 0, 100, &out,
+	    err, sizeof(err));
+	for (long i = 0; i < n; i++)
+		q->seen |= strcmp(out[i].key, "X") == 0 ? 1 :
+		    strcmp(out[i].key, "Y") == 0 ? 2 : 0;
+	store_calls_free(out, n > 0 ? (size_t)n : 0);
+	atomic_store(&q->done, 1);
+	return NULL;
+}
+
+/* Two instances queueing at once: a sender reads pending calls by
+ * increasing id, so ids must be seen in the order they were given.  X
+ * takes its id, then its transaction waits (the test's lock on
+ * tgw_states); Y, queued meanwhile on another handle, must not be seen
+ * before X (it waits for X's commit): a sender that read Y's id would go
+ * on after it and never send X. */
+static void
+test_pg_call_ids_committed_in_order(void **state)
+{
+	char err[512], dir[64];
+	struct queuer x = { 0 }, y = { 0 };
+	pthread_t tx, ty;
+	PGconn *lock;
+
+	need_backend(state);
+	snprintf(dir, sizeof(dir), "/order/%d", (int)getpid());
+	assert_non_null(x.s = topen(state, dir, err, sizeof(err)));
+	assert_non_null(y.s = topen(state, dir, err, sizeof(err)));
+	x.key = "chat:1";
+	x.c = call((char *)"X", (char *)"1", (char *)"{\"chat_id\":1}");
+	y.c = call((char *)"Y", (char *)"2", (char *)"{\"chat_id\":2}");
+	assert_non_null(lock = pool_lock("tgw_states", "SHARE"));
+	pthread_create(&tx, NULL, queue_thread, &x);
+	assert_true(pool_waiting(lock, "test", 1));
+	pthread_create(&ty, NULL, queue_thread, &y);
+	/* Y waits for X's commit, or (ids seen out of order) is done at
+	 * once: whichever comes first, within 2 s */
+	for (int i = 0; i < 200 && !atomic_load(&y.done) &&
+	    lock_waiters(lock, "test") < 2; i++)
+		usleep(10000);
+	PQclear(PQexec(lock, "ROLLBACK"));
+	PQfinish(lock);
+	pthread_join(tx, NULL);
+	pthread_join(ty, NULL);
+	assert_int_equal(x.rc, 0);
+	assert_int_equal(y.rc, 0);
+	/* what Y's queuer saw once its call was in: X too */
+	assert_int_equal(y.seen, 3);
+	store_close(x.s);
+	store_close(y.s);
+}
+
 int
 main(void)
 {
@@ -1003,6 +1208,8 @@ main(void)
 		PG(test_pg_claims),
 		PG(test_pg_leases),
 		PG(test_pg_calls_wait),
+		PG(test_pg_pool),
+		PG(test_pg_call_ids_committed_in_order),
 	};
 
 	return cmocka_run_group_tests_name("store", tests, NULL, NULL);
