@@ -150,15 +150,33 @@ store_conninfo_check(const char *conninfo, char *err, size_t errlen)
 			PQfreemem(msg);
 		return -1;
 	}
-	for (o = opts; o->keyword != NULL; o++)
-		if (strcmp(o->keyword, "password") == 0 && o->val != NULL) {
-			errf(err, errlen, "holds a password: keep it out of the "
-			    "configuration and give it by libpq's own means: "
-			    "~/.pgpass or a file named by PGPASSFILE (mode "
-			    "0600), PGPASSWORD in the service's environment, "
-			    "or a systemd credential read into one of them");
+	for (o = opts; o->keyword != NULL && rc == 0; o++) {
+		if (o->val == NULL)
+			continue;
+		/* libpq marks every secret option ("password",
+		 * "sslpassword") with the display character '*' */
+		if (strchr(o->dispchar, '*') != NULL) {
+			errf(err, errlen, "holds a password (%s): keep it out "
+			    "of the configuration and give it by libpq's own "
+			    "means: ~/.pgpass or a file named by PGPASSFILE "
+			    "(mode 0600), PGPASSWORD in the service's "
+			    "environment, or a systemd credential read into "
+			    "one of them", o->keyword);
+			rc = -1;
+		/* libpq reads a dbname holding '=' or a URI as a whole
+		 * connection string of its own: where a password would
+		 * pass unseen, and be shown as the database's name */
+		} else if (strcmp(o->keyword, "dbname") == 0 &&
+		    (strchr(o->val, '=') != NULL ||
+		    strncmp(o->val, "postgresql://", 13) == 0 ||
+		    strncmp(o->val, "postgres://", 11) == 0)) {
+			errf(err, errlen, "its dbname is a connection string "
+			    "of its own: give its keys directly (host=, "
+			    "dbname=, user=), the password by libpq's own "
+			    "means");
 			rc = -1;
 		}
+	}
 	PQconninfoFree(opts);
 	return rc;
 }

@@ -108,10 +108,13 @@ class Server:
                   "CREATE ROLE tgw_noperm LOGIN PASSWORD '%s';"
                   % (PASSWORD, PASSWORD), dbname="postgres")
         self.psql("CREATE DATABASE tgw OWNER tgw", dbname="postgres")
-        with open(self.passfile, "w") as f:
+        # made new, never through a name planted first: the directory
+        # belongs to the server's user, this may run as root
+        fd = os.open(self.passfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL |
+                     os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as f:
             f.write("*:*:*:tgw:%s\n*:*:*:tgw_noperm:%s\n"
                     % (PASSWORD, PASSWORD))
-        os.chmod(self.passfile, 0o600)
         return self
 
     def create_db(self, name, owner="tgw"):

@@ -779,6 +779,39 @@ test_pg_unreachable(void **state)
 	    sizeof(err)), 0);
 }
 
+/* Every secret option libpq knows is refused, and a dbname that libpq
+ * would read as a connection string of its own; never quoted back.
+ * (No server needed.) */
+static void
+test_conninfo_secrets_refused(void **state)
+{
+	static const char *bad[] = {
+		"host=localhost password=hunter2",
+		"host=localhost password='hun ter2'",
+		"postgresql://u:hunter2@localhost/x",
+		"postgresql://localhost/x?password=hunter2",
+		"host=localhost sslpassword=hunter2",
+		"postgresql://localhost/x?sslpassword=hunter2",
+		"dbname='postgresql://u:hunter2@127.0.0.1:1/d'",
+		"dbname='host=h password=hunter2'",
+		"dbname=postgres://u:hunter2@h/d",
+	};
+	char err[1024];
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		err[0] = '\0';
+		assert_int_equal(store_conninfo_check(bad[i], err,
+		    sizeof(err)), -1);
+		assert_null(strstr(err, "hunter2"));
+		assert_true(err[0] != '\0');
+	}
+	assert_int_equal(store_conninfo_check("host=/run/pg dbname=t "
+	    "user=tgw", err, sizeof(err)), 0);
+	assert_int_equal(store_conninfo_check("postgresql://tgw@db.example/"
+	    "tgw?sslmode=verify-full", err, sizeof(err)), 0);
+}
+
 struct claimer {
 	struct store *s;
 	const char *instance;
@@ -1200,6 +1233,7 @@ main(void)
 		cmocka_unit_test(test_failing_writes),
 		cmocka_unit_test(test_unwritable),
 		cmocka_unit_test(test_migrates_old_store),
+		cmocka_unit_test(test_conninfo_secrets_refused),
 		BOTH(test_prune),
 		BOTH(test_states),
 		PG(test_pg_bots_apart),
