@@ -243,6 +243,26 @@ store_states_delete_all(struct store *s, char *err, size_t errlen)
 	return be(s)->states_delete_all(s, err, errlen);
 }
 
+long
+store_states_list(struct store *s, const char *after, int64_t now_ms,
+    size_t max, struct store_state_row **out, char *err, size_t errlen)
+{
+	*out = NULL;
+	return be(s)->states_list(s, after, now_ms, max, out, err, errlen);
+}
+
+void
+store_state_rows_free(struct store_state_row *rows, size_t n)
+{
+	if (rows == NULL)
+		return;
+	for (size_t i = 0; i < n; i++) {
+		free(rows[i].key);
+		store_state_clear(&rows[i].st);
+	}
+	free(rows);
+}
+
 int
 store_calls_unsent(struct store *s, const char *chat, char *err,
     size_t errlen)

@@ -162,6 +162,18 @@ int store_states_count(struct store *s, int64_t now_ms,
     size_t errlen);
 /* Deletes every state (and "none" mark).  Count, or -1 with err. */
 long store_states_delete_all(struct store *s, char *err, size_t errlen);
+/* A state with its conversation key, as store_states_list() gives it. */
+struct store_state_row {
+	char *key;
+	struct store_state st;
+};
+/* Up to max states (and "none" marks) not expired by now_ms whose key is
+ * after `after` (NULL: from the first), in key order (bytewise), into
+ * *out (free with store_state_rows_free): page on with the last key.
+ * Count, or -1 with err. */
+long store_states_list(struct store *s, const char *after, int64_t now_ms,
+    size_t max, struct store_state_row **out, char *err, size_t errlen);
+void store_state_rows_free(struct store_state_row *rows, size_t n);
 
 /* 1 if a call to chat (chat_id as text) is still pending (queued, in
  * flight or waiting to be retried), 0 if none, -1 with err. */

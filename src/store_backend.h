@@ -45,6 +45,9 @@ struct store_backend {
 	    char *const *names, long *counts, long *total, char *err,
 	    size_t errlen);
 	long (*states_delete_all)(struct store *s, char *err, size_t errlen);
+	long (*states_list)(struct store *s, const char *after,
+	    int64_t now_ms, size_t max, struct store_state_row **out,
+	    char *err, size_t errlen);
 	int (*calls_unsent)(struct store *s, const char *chat, char *err,
 	    size_t errlen);
 	long (*calls_pending)(struct store *s, enum store_lane lane,

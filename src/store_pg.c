@@ -1092,6 +1092,47 @@ pg_states_count(struct store *s, int64_t now_ms, char *const *names,
 }
 
 static long
+pg_states_list(struct store *s, const char *after, int64_t now_ms,
+    size_t max, struct store_state_row **out, char *err, size_t errlen)
+{
+	struct pgc *pc;
+	char now[24], lim[24];
+	const char *v[4] = { s->bot, after != NULL ? after : "", now, lim };
+	struct store_state_row *rows;
+	PGresult *r;
+	long ret = -1;
+
+	snprintf(now, sizeof(now), "%" PRId64, now_ms);
+	snprintf(lim, sizeof(lim), "%zu", max);
+	pc = take(s, err, errlen);
+	/* COLLATE "C": bytewise, as SQLite orders, whatever the
+	 * database's collation */
+	if ((r = run(pc, false, "listing states", "SELECT key, name, data, "
+	    "expires, update_id FROM tgw_states WHERE bot = $1 AND key "
+	    "COLLATE \"C\" > $2 AND (expires = 0 OR expires > $3) ORDER BY "
+	    "key COLLATE \"C\" LIMIT $4", 4, v, err, errlen)) != NULL) {
+		int nt = PQntuples(r);
+
+		rows = xcalloc(nt > 0 ? (size_t)nt : 1, sizeof(*rows));
+		for (int i = 0; i < nt; i++) {
+			const char *name = PQgetvalue(r, i, 1);
+
+			rows[i].key = text(r, i, 0);
+			rows[i].st.name = name[0] != '\0' ? xstrdup(name) :
+			    NULL;
+			rows[i].st.data = text(r, i, 2);
+			rows[i].st.expires_ms = num(r, i, 3);
+			rows[i].st.update_id = num(r, i, 4);
+		}
+		*out = rows;
+		ret = nt;
+	}
+	PQclear(r);
+	give(s, pc);
+	return ret;
+}
+
+static long
 pg_states_delete_all(struct store *s, char *err, size_t errlen)
 {
 	const char *v[1] = { s->bot };
@@ -1868,6 +1909,7 @@ const struct store_backend store_pg_backend = {
 	.states_expire = pg_states_expire,
 	.states_count = pg_states_count,
 	.states_delete_all = pg_states_delete_all,
+	.states_list = pg_states_list,
 	.calls_unsent = pg_calls_unsent,
 	.calls_pending = pg_calls_pending,
 	.calls_of_chat = pg_calls_of_chat,

@@ -1226,6 +1226,51 @@ out:
 }
 
 static long
+sqlite_states_list(struct store *s, const char *after, int64_t now_ms,
+    size_t max, struct store_state_row **out, char *err, size_t errlen)
+{
+	sqlite3_stmt *st = NULL;
+	struct store_state_row *rows;
+	long n = 0, ret = -1;
+	int rc;
+
+	rows = xcalloc(max > 0 ? max : 1, sizeof(*rows));
+	pthread_mutex_lock(&s->mu);
+	if (sqlite3_prepare_v2(s->db, "SELECT key, name, data, expires, "
+	    "update_id FROM states WHERE key > ? AND (expires = 0 OR "
+	    "expires > ?) ORDER BY key LIMIT ?", -1, &st, NULL) != SQLITE_OK)
+		goto out;
+	sqlite3_bind_text(st, 1, after != NULL ? after : "", -1,
+	    SQLITE_STATIC);
+	sqlite3_bind_int64(st, 2, now_ms);
+	sqlite3_bind_int64(st, 3, (sqlite3_int64)max);
+	while ((size_t)n < max && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+		const char *name = (const char *)sqlite3_column_text(st, 1);
+
+		rows[n].key = xstrdup((const char *)sqlite3_column_text(st,
+		    0));
+		rows[n].st.name = name[0] != '\0' ? xstrdup(name) : NULL;
+		rows[n].st.data = xstrdup((const char *)sqlite3_column_text(st,
+		    2));
+		rows[n].st.expires_ms = sqlite3_column_int64(st, 3);
+		rows[n].st.update_id = sqlite3_column_int64(st, 4);
+		n++;
+	}
+	if ((size_t)n == max || rc == SQLITE_DONE)
+		ret = n;
+out:
+	if (ret == -1) {
+		failed(s, false, err, errlen, "listing states");
+		store_state_rows_free(rows, (size_t)n);
+	} else {
+		*out = rows;
+	}
+	sqlite3_finalize(st);
+	pthread_mutex_unlock(&s->mu);
+	return ret;
+}
+
+static long
 sqlite_states_delete_all(struct store *s, char *err, size_t errlen)
 {
 	/* exec_changes' bindings find no parameter here: harmless */
@@ -1498,6 +1543,7 @@ const struct store_backend store_sqlite_backend = {
 	.states_expire = sqlite_states_expire,
 	.states_count = sqlite_states_count,
 	.states_delete_all = sqlite_states_delete_all,
+	.states_list = sqlite_states_list,
 	.calls_unsent = sqlite_calls_unsent,
 	.calls_pending = sqlite_calls_pending,
 	.calls_of_chat = sqlite_calls_of_chat,

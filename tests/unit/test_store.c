@@ -1219,6 +1219,55 @@ test_pg_call_ids_committed_in_order(void **state)
 	store_close(y.s);
 }
 
+/* States listed in bytewise key order a page at a time, "none" marks
+ * included and expired states not: what --migrate-store copies. */
+static void
+test_states_list(void **state)
+{
+	char dir[] = "/tmp/tgw-store-test-XXXXXX", err[256], cmd[160];
+	struct store_state a = { "asked", "{\"n\":1}", 0, 3 };
+	struct store_state soon = { "soon", NULL, 2000, 0 };
+	struct store_state none = { NULL, NULL, 0, 9 };
+	struct store_state_row *rows;
+	struct store *s;
+
+	need_backend(state);
+	assert_non_null(mkdtemp(dir));
+	s = topen(state, dir, err, sizeof(err));
+	assert_non_null(s);
+	assert_int_equal(store_states_list(s, NULL, 1000, 10, &rows, err,
+	    sizeof(err)), 0);
+	store_state_rows_free(rows, 0);
+	/* "B" < "a" < "b:1" bytewise, whatever a collation says */
+	assert_int_equal(store_state_put(s, "b:1", &a, err, sizeof(err)), 0);
+	assert_int_equal(store_state_put(s, "a", &soon, err, sizeof(err)), 0);
+	assert_int_equal(store_state_put(s, "B", &none, err, sizeof(err)), 0);
+	assert_int_equal(store_states_list(s, NULL, 1000, 2, &rows, err,
+	    sizeof(err)), 2);
+	assert_string_equal(rows[0].key, "B");
+	assert_null(rows[0].st.name);
+	assert_int_equal(rows[0].st.update_id, 9);
+	assert_string_equal(rows[1].key, "a");
+	assert_string_equal(rows[1].st.name, "soon");
+	assert_int_equal(rows[1].st.expires_ms, 2000);
+	store_state_rows_free(rows, 2);
+	assert_int_equal(store_states_list(s, "a", 1000, 2, &rows, err,
+	    sizeof(err)), 1);
+	assert_string_equal(rows[0].key, "b:1");
+	assert_string_equal(rows[0].st.name, "asked");
+	assert_string_equal(rows[0].st.data, "{\"n\":1}");
+	assert_int_equal(rows[0].st.update_id, 3);
+	store_state_rows_free(rows, 1);
+	/* by 2000 "a" has expired */
+	assert_int_equal(store_states_list(s, NULL, 2000, 10, &rows, err,
+	    sizeof(err)), 2);
+	assert_string_equal(rows[1].key, "b:1");
+	store_state_rows_free(rows, 2);
+	store_close(s);
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+	assert_int_equal(system(cmd), 0);
+}
+
 int
 main(void)
 {
@@ -1236,6 +1285,7 @@ main(void)
 		cmocka_unit_test(test_conninfo_secrets_refused),
 		BOTH(test_prune),
 		BOTH(test_states),
+		BOTH(test_states_list),
 		PG(test_pg_bots_apart),
 		PG(test_pg_schema_newer_refused),
 		PG(test_pg_unreachable),
