@@ -44,6 +44,8 @@ struct store *store_open_with(const struct store_options *o, char *err,
     size_t errlen);
 /* store_open_with() for the SQLite store in dir. */
 struct store *store_open(const char *dir, char *err, size_t errlen);
+/* The SQLite store's file in its dir. */
+#define STORE_SQLITE_FILE "tgwebhookd.db"
 void store_close(struct store *s);
 /* The backend's name ("sqlite", "postgresql"). */
 const char *store_backend_name(const struct store *s);
@@ -119,7 +121,8 @@ void store_call_clear(struct store_call *c);
 void store_calls_free(struct store_call *calls, size_t n);
 
 /* Adds calls in one transaction; a call whose key is already queued (or
- * was delivered recently) is skipped.  *added (if not NULL) counts the new
+ * was delivered recently) is skipped.  Each keeps its created_ms,
+ * not_before_ms, attempts (0 for a new call) and last_error as given.  *added (if not NULL) counts the new
  * ones.  0 or -1 with err: then nothing was added. */
 int store_calls_add(struct store *s, const struct store_call *calls, size_t n,
     size_t *added, char *err, size_t errlen);

@@ -938,7 +938,7 @@ pg_calls_add_state(struct store *s, const struct store_call *calls,
 {
 	struct pgc *pc;
 	char what[64], lane[8], cstate[8], created[24], nb[24], exp[24],
-	    uid[24];
+	    uid[24], att[16];
 	size_t count = 0;
 	PGresult *r;
 	int ok = -1;
@@ -952,20 +952,23 @@ pg_calls_add_state(struct store *s, const struct store_call *calls,
 		goto out;
 	for (size_t i = 0; i < n; i++) {
 		const struct store_call *c = &calls[i];
-		const char *v[10] = { s->bot, c->key, c->method, c->chat,
-			c->params, created, nb, lane, cstate, c->last_error };
+		const char *v[11] = { s->bot, c->key, c->method, c->chat,
+			c->params, created, nb, lane, cstate, c->last_error,
+			att };
 
 		snprintf(created, sizeof(created), "%" PRId64, c->created_ms);
 		snprintf(nb, sizeof(nb), "%" PRId64, c->not_before_ms);
 		snprintf(lane, sizeof(lane), "%d", (int)c->lane);
 		snprintf(cstate, sizeof(cstate), "%d", (int)c->state);
+		snprintf(att, sizeof(att), "%d", c->attempts);
 		/* the key's unique constraint: queued or delivered
 		 * already, skipped */
 		if ((r = run(pc, true, what, "INSERT INTO tgw_calls (bot, key, "
 		    "method, chat, params, created, not_before, lane, state, "
-		    "last_error, finished) VALUES ($1, $2, $3, $4, $5, $6, $7, "
-		    "$8, $9, $10, CASE WHEN $9::integer = 0 THEN NULL ELSE "
-		    "$6::bigint END) ON CONFLICT (bot, key) DO NOTHING", 10, v,
+		    "last_error, finished, attempts) VALUES ($1, $2, $3, $4, "
+		    "$5, $6, $7, $8, $9, $10, CASE WHEN $9::integer = 0 THEN "
+		    "NULL ELSE $6::bigint END, $11) ON CONFLICT (bot, key) DO "
+		    "NOTHING", 11, v,
 		    err, errlen)) == NULL)
 			goto out;
 		count += (size_t)strtoul(PQcmdTuples(r), NULL, 10);

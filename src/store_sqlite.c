@@ -28,7 +28,7 @@
 #define COLS "id, key, method, chat, params, attempts, created, not_before, " \
     "last_error, state, lane"
 
-#define STORE_FILE "tgwebhookd.db"
+#define STORE_FILE STORE_SQLITE_FILE
 
 struct store {
 	struct store_base base;	/* first: store.c reaches the table */
@@ -558,8 +558,9 @@ sqlite_calls_add_state(struct store *s, const struct store_call *calls,
 		goto out;
 	if (sqlite3_prepare_v2(s->db, "INSERT OR IGNORE INTO calls(key, "
 	    "method, chat, params, created, not_before, lane, state, "
-	    "last_error, finished) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, "
-	    "CASE WHEN ?8 = 0 THEN NULL ELSE ?5 END)", -1, &st, NULL) !=
+	    "last_error, finished, attempts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, "
+	    "?, CASE WHEN ?8 = 0 THEN NULL ELSE ?5 END, ?10)", -1, &st,
+	    NULL) !=
 	    SQLITE_OK)
 		goto out;
 	for (size_t i = 0; i < n; i++) {
@@ -575,6 +576,7 @@ sqlite_calls_add_state(struct store *s, const struct store_call *calls,
 		sqlite3_bind_int(st, 7, (int)c->lane);
 		sqlite3_bind_int(st, 8, (int)c->state);
 		sqlite3_bind_text(st, 9, c->last_error, -1, SQLITE_STATIC);
+		sqlite3_bind_int(st, 10, c->attempts);
 		if (sqlite3_step(st) != SQLITE_DONE)
 			goto out;
 		count += (size_t)sqlite3_changes(s->db);

@@ -1219,6 +1219,36 @@ test_pg_call_ids_committed_in_order(void **state)
 	store_close(y.s);
 }
 
+/* A call added keeps what it is given: its times, attempts and last
+ * error (what --migrate-store copies). */
+static void
+test_calls_add_keeps_attempts(void **state)
+{
+	char dir[] = "/tmp/tgw-store-test-XXXXXX", err[256], cmd[160];
+	struct store_call c = { .key = "u:8:0", .method = "sendMessage",
+		.chat = "42", .params = "{\"text\":\"hi\"}", .attempts = 3,
+		.created_ms = 1000, .not_before_ms = 5000,
+		.last_error = "HTTP 502", .lane = STORE_LANE_CONVERSATION };
+	struct store_call *got;
+	struct store *s;
+
+	need_backend(state);
+	assert_non_null(mkdtemp(dir));
+	s = topen(state, dir, err, sizeof(err));
+	assert_non_null(s);
+	assert_int_equal(store_calls_add(s, &c, 1, NULL, err, sizeof(err)), 0);
+	assert_int_equal(store_calls_pending(s, STORE_LANE_CONVERSATION, 0, 10,
+	    &got, err, sizeof(err)), 1);
+	assert_int_equal(got[0].attempts, 3);
+	assert_int_equal(got[0].created_ms, 1000);
+	assert_int_equal(got[0].not_before_ms, 5000);
+	assert_string_equal(got[0].last_error, "HTTP 502");
+	store_calls_free(got, 1);
+	store_close(s);
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+	assert_int_equal(system(cmd), 0);
+}
+
 /* States listed in bytewise key order a page at a time, "none" marks
  * included and expired states not: what --migrate-store copies. */
 static void
@@ -1286,6 +1316,7 @@ main(void)
 		BOTH(test_prune),
 		BOTH(test_states),
 		BOTH(test_states_list),
+		BOTH(test_calls_add_keeps_attempts),
 		PG(test_pg_bots_apart),
 		PG(test_pg_schema_newer_refused),
 		PG(test_pg_unreachable),
