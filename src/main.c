@@ -33,7 +33,7 @@
 /* Modes from MODE_OUTBOX on work on the store alone. */
 enum mode { MODE_RUN, MODE_TEST, MODE_INFO, MODE_DELETE, MODE_OUTBOX,
 	MODE_RETRY_DEAD, MODE_PURGE_DEAD, MODE_BROADCAST, MODE_STATE,
-	MODE_STATE_RESET };
+	MODE_STATE_RESET, MODE_MIGRATE };
 
 static void
 usage(FILE *f)
@@ -42,7 +42,8 @@ usage(FILE *f)
 	    "usage: tgwebhookd [-c FILE] [-t | --webhook-info | --delete-webhook |\n"
 	    "                  --outbox | --retry-dead ID|all | --purge-dead AGE |\n"
 	    "                  --broadcast FILE [--text TEXT] [--over DURATION] |\n"
-	    "                  --state CHAT [USER] | --state-reset CHAT [USER]|all]\n"
+	    "                  --state CHAT [USER] | --state-reset CHAT [USER]|all |\n"
+	    "                  --migrate-store DIR [--force]]\n"
 	    "       tgwebhookd --version | --help\n"
 	    "\n"
 	    "Receives Telegram Bot API webhooks over HTTPS and runs the bot's\n"
@@ -63,6 +64,10 @@ usage(FILE *f)
 	    "  --state CHAT [USER] show a conversation's state (- for no chat)\n"
 	    "  --state-reset CHAT [USER]|all\n"
 	    "                      clear one conversation's state, or every one\n"
+	    "  --migrate-store DIR copy the SQLite store in DIR into the configured\n"
+	    "                      [store] backend = postgresql (every daemon of\n"
+	    "                      both stopped); --force: even into a store that\n"
+	    "                      has pending calls or other secrets\n"
 	    "  --version           print the version\n"
 	    "  --help              this text\n",
 	    CONFIG_DEFAULT_FILE);
@@ -309,9 +314,39 @@ webhook_command(const struct config *c, const char *token, enum mode mode)
 
 /* The operator commands: the store only (the token only for the bot id
  * a PostgreSQL store keys rows by). */
+/* --migrate-store dir: the SQLite store there into s (PostgreSQL). */
+static int
+migrate_store(struct store *s, const char *dir, bool force)
+{
+	char err[1024], *path = xasprintf("%s/%s", dir, STORE_SQLITE_FILE);
+	struct store *from = NULL;
+	struct stat st;
+	int e, rc = 1;
+
+	/* an existing store only: store_open would make one */
+	e = stat(path, &st) == -1 ? errno : 0;
+	if (e != 0 || !S_ISREG(st.st_mode)) {
+		fprintf(stderr, "tgwebhookd: --migrate-store %s: not a "
+		    "tgwebhookd SQLite store (%s: %s): give the [store] dir "
+		    "the SQLite daemon used\n", dir, STORE_SQLITE_FILE,
+		    e != 0 ? strerror(e) : "not a regular file");
+		goto out;
+	}
+	if ((from = store_open(dir, err, sizeof(err))) == NULL) {
+		fprintf(stderr, "tgwebhookd: --migrate-store %s: %s\n", dir,
+		    err);
+		goto out;
+	}
+	rc = ops_migrate(from, dir, s, force, stdout);
+out:
+	store_close(from);
+	free(path);
+	return rc;
+}
+
 static int
 store_command(const struct config *c, enum mode mode, const char *arg,
-    const char *arg2, const char *text, const char *over)
+    const char *arg2, const char *text, const char *over, bool force)
 {
 	struct ops_limits lim = { c->outbox_rate, c->outbox_max_pending,
 		c->outbox_max_pending_per_chat };
@@ -334,6 +369,14 @@ store_command(const struct config *c, enum mode mode, const char *arg,
 		    arg2 ? arg2 : "", err);
 		return 2;
 	}
+	if (mode == MODE_MIGRATE && strcmp(c->store_backend, "postgresql") !=
+	    0) {
+		fprintf(stderr, "tgwebhookd: --migrate-store copies into the "
+		    "PostgreSQL store: set [store] backend = postgresql (and "
+		    "postgresql = ...) in the configuration it runs with "
+		    "(now: backend = %s)\n", c->store_backend);
+		return 1;
+	}
 	/* PostgreSQL keys rows by the bot's id, which is in the token. */
 	if (strcmp(c->store_backend, "postgresql") == 0 &&
 	    (token = config_token(c, err, sizeof(err))) == NULL) {
@@ -351,6 +394,9 @@ store_command(const struct config *c, enum mode mode, const char *arg,
 	}
 	store_set_sync_full(s, strcmp(c->store_sync, "full") == 0);
 	switch (mode) {
+	case MODE_MIGRATE:
+		rc = migrate_store(s, arg, force);
+		break;
 	case MODE_OUTBOX:
 		rc = ops_outbox(s, &lim, stdout);
 		break;
@@ -391,6 +437,8 @@ main(int argc, char **argv)
 		{ "over", required_argument, NULL, 'W' },
 		{ "state", required_argument, NULL, 'S' },
 		{ "state-reset", required_argument, NULL, 'X' },
+		{ "migrate-store", required_argument, NULL, 'M' },
+		{ "force", no_argument, NULL, 'F' },
 		{ "version", no_argument, NULL, 'V' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
@@ -398,6 +446,7 @@ main(int argc, char **argv)
 	const char *file = CONFIG_DEFAULT_FILE, *arg = NULL, *text = NULL;
 	const char *over = NULL, *arg2 = NULL;
 	enum mode mode = MODE_RUN;
+	bool force = false;
 	struct config *c;
 	struct diag d = { 0 };
 	char err[512], *token;
@@ -440,6 +489,13 @@ main(int argc, char **argv)
 			mode = MODE_STATE_RESET;
 			arg = optarg;
 			break;
+		case 'M':
+			mode = MODE_MIGRATE;
+			arg = optarg;
+			break;
+		case 'F':
+			force = true;
+			break;
 		case 'T':
 			text = optarg;
 			break;
@@ -462,7 +518,7 @@ main(int argc, char **argv)
 	    strcmp(arg, "all") != 0)) && optind == argc - 1)
 		arg2 = argv[optind++];
 	if (optind != argc || ((text != NULL || over != NULL) &&
-	    mode != MODE_BROADCAST)) {
+	    mode != MODE_BROADCAST) || (force && mode != MODE_MIGRATE)) {
 		usage(stderr);
 		return 2;
 	}
@@ -488,7 +544,7 @@ main(int argc, char **argv)
 		return rc;
 	}
 	if (mode >= MODE_OUTBOX) {
-		rc = store_command(c, mode, arg, arg2, text, over);
+		rc = store_command(c, mode, arg, arg2, text, over, force);
 		diag_free(&d);
 		config_free(c);
 		return rc;

@@ -551,3 +551,300 @@ out:
 	store_calls_free(rows, m);
 	return rc;
 }
+
+/*
+ * --migrate-store: a SQLite store copied into the PostgreSQL one.
+ */
+#define MIGRATE_MAX 1000000	/* calls, dead updates: more is refused */
+#define MIGRATE_PAGE 500
+
+/* The secrets a store keeps (daemon.c's names). */
+static const char *const migrate_secrets[] = { "webhook_path",
+	"secret_token", "self_signed_pair", NULL };
+
+struct migrate_counts {
+	long secrets, offsets, states, held, dead_updates, dead_updates_had;
+	size_t calls, calls_added;
+	long pending, dead;
+};
+
+static int
+call_by_id(const void *a, const void *b)
+{
+	const struct store_call *x = a, *y = b;
+
+	return x->id < y->id ? -1 : x->id > y->id;
+}
+
+/* Refuses what would mix two bots' or two webhooks' stores, unless
+ * force.  0, or -1 having said why. */
+static int
+migrate_check(struct store *from, struct store *to, const char *id,
+    bool force)
+{
+	char err[1024], *a = NULL, *b = NULL;
+	int64_t oldest;
+	long pending;
+	int ga, gb, rc = -1;
+
+	if ((gb = store_secret_get(to, "migrated_from", &b, err,
+	    sizeof(err))) == -1)
+		goto fail;
+	if (gb == 0 && strcmp(b, id) == 0 && !force) {
+		fprintf(stderr, "tgwebhookd: --migrate-store: this SQLite store "
+		    "was moved into the PostgreSQL store already: nothing "
+		    "done (--force copies it again; calls without a key are "
+		    "then queued twice)\n");
+		goto out;
+	}
+	free(b);
+	b = NULL;
+	if ((pending = store_calls_count(to, STORE_CALL_PENDING, &oldest)) <
+	    0) {
+		snprintf(err, sizeof(err), "store: cannot count the PostgreSQL "
+		    "store's calls");
+		goto fail;
+	}
+	if (pending > 0 && !force) {
+		fprintf(stderr, "tgwebhookd: --migrate-store: the PostgreSQL "
+		    "store holds %ld pending call(s) of this bot already: stop "
+		    "every instance and move into a store of its own "
+		    "(--force adds the SQLite store's calls to them)\n",
+		    pending);
+		goto out;
+	}
+	for (size_t i = 0; migrate_secrets[i] != NULL; i++) {
+		if ((ga = store_secret_get(from, migrate_secrets[i], &a, err,
+		    sizeof(err))) == -1 || (gb = store_secret_get(to,
+		    migrate_secrets[i], &b, err, sizeof(err))) == -1)
+			goto fail;
+		if (ga == 0 && gb == 0 && strcmp(a, b) != 0 && !force) {
+			fprintf(stderr, "tgwebhookd: --migrate-store: the "
+			    "PostgreSQL store keeps a different %s: it serves "
+			    "another webhook (of this bot id); nothing done "
+			    "(--force replaces it with the SQLite store's)\n",
+			    migrate_secrets[i]);
+			goto out;
+		}
+		free(a);
+		free(b);
+		a = b = NULL;
+	}
+	rc = 0;
+	goto out;
+fail:
+	fprintf(stderr, "tgwebhookd: --migrate-store: %s\n", err);
+out:
+	free(a);
+	free(b);
+	return rc;
+}
+
+/* Secrets, offsets, states, held and dead updates.  0 or -1 with err. */
+static int
+migrate_rows(struct store *from, struct store *to, struct migrate_counts *n,
+    char *err, size_t errlen)
+{
+	struct store_update *u = NULL, *had = NULL;
+	struct store_state_row *rows = NULL;
+	char *v = NULL, *after = NULL;
+	long got = 0, nhad = 0, nu = 0;
+	int64_t next, their;
+	int rc = -1, g;
+
+	for (size_t i = 0; migrate_secrets[i] != NULL; i++) {
+		if ((g = store_secret_get(from, migrate_secrets[i], &v, err,
+		    errlen)) == -1)
+			goto out;
+		if (g == 0) {
+			if (store_secret_put(to, migrate_secrets[i], v, err,
+			    errlen) == -1)
+				goto out;
+			n->secrets++;
+		}
+		free(v);
+		v = NULL;
+	}
+	/* the poller's offset: the later one, so that no update made
+	 * durable in either store is asked for again */
+	if ((g = store_offset_get(from, "polling", &next, err, errlen)) == -1)
+		goto out;
+	if (g == 0) {
+		if ((g = store_offset_get(to, "polling", &their, err,
+		    errlen)) == -1 || store_offset_put(to, "polling", g == 0 &&
+		    their > next ? their : next, err, errlen) == -1)
+			goto out;
+		n->offsets++;
+	}
+	do {
+		if ((got = store_states_list(from, after, wall_ms(),
+		    MIGRATE_PAGE, &rows, err, errlen)) == -1)
+			goto out;
+		for (long i = 0; i < got; i++)
+			if (store_state_put(to, rows[i].key, &rows[i].st, err,
+			    errlen) == -1)
+				goto out;
+		n->states += got;
+		if (got > 0) {
+			free(after);
+			after = xstrdup(rows[got - 1].key);
+		}
+		store_state_rows_free(rows, (size_t)got);
+		rows = NULL;
+	} while (got == MIGRATE_PAGE);
+	got = 0;
+	if ((nu = store_updates_held(from, &u, err, errlen)) == -1)
+		goto out;
+	for (long i = 0; i < nu; i++)
+		if (store_update_hold(to, u[i].update_id, u[i].handler,
+		    u[i].body, u[i].len, err, errlen) == -1)
+			goto out;
+	n->held = nu;
+	store_updates_free(u, (size_t)nu);
+	u = NULL;
+	/* dead updates, oldest first; one the PostgreSQL store has (a run
+	 * again) is not added twice */
+	if ((nu = store_dead_updates(from, MIGRATE_MAX + 1, &u, err,
+	    errlen)) == -1 || (nhad = store_dead_updates(to, MIGRATE_MAX + 1,
+	    &had, err, errlen)) == -1)
+		goto out;
+	if (nu > MIGRATE_MAX || nhad > MIGRATE_MAX) {
+		snprintf(err, errlen, "more than %d dead updates: purge them "
+		    "first (--purge-dead)", MIGRATE_MAX);
+		goto out;
+	}
+	for (long i = nu - 1; i >= 0; i--) {
+		bool dup = false;
+
+		for (long j = 0; j < nhad && !dup; j++)
+			dup = had[j].update_id == u[i].update_id &&
+			    had[j].len == u[i].len && strcmp(had[j].handler,
+			    u[i].handler) == 0 && memcmp(had[j].body,
+			    u[i].body, u[i].len) == 0;
+		if (dup) {
+			n->dead_updates_had++;
+			continue;
+		}
+		if (store_dead_update(to, u[i].update_id, u[i].handler,
+		    u[i].reason, u[i].body, u[i].len, err, errlen) == -1)
+			goto out;
+		n->dead_updates++;
+	}
+	rc = 0;
+out:
+	free(v);
+	free(after);
+	store_state_rows_free(rows, (size_t)got);
+	store_updates_free(u, nu > 0 ? (size_t)nu : 0);
+	store_updates_free(had, nhad > 0 ? (size_t)nhad : 0);
+	return rc;
+}
+
+/* Every pending and dead call, in their order, added in one
+ * transaction.  0 or -1 with err. */
+static int
+migrate_calls(struct store *from, struct store *to, struct migrate_counts *n,
+    char *err, size_t errlen)
+{
+	struct store_call *all = NULL, *page;
+	size_t have = 0, cap = 0;
+	long got;
+	int rc = -1;
+
+	for (int lane = 0; lane < STORE_LANES; lane++) {
+		int64_t after = 0;
+
+		do {
+			if ((got = store_calls_pending(from, (enum store_lane)
+			    lane, after, MIGRATE_PAGE, &page, err, errlen)) ==
+			    -1)
+				goto out;
+			if (have + (size_t)got > MIGRATE_MAX) {
+				store_calls_free(page, (size_t)got);
+				snprintf(err, errlen, "more than %d calls",
+				    MIGRATE_MAX);
+				goto out;
+			}
+			if (have + (size_t)got > cap) {
+				cap = (have + (size_t)got) * 2;
+				all = xrealloc(all, cap * sizeof(*all));
+			}
+			if (got > 0) {
+				memcpy(all + have, page, (size_t)got *
+				    sizeof(*page));
+				after = page[got - 1].id;
+			}
+			have += (size_t)got;
+			n->pending += got;
+			free(page);	/* its fields now belong to all */
+		} while (got == MIGRATE_PAGE);
+	}
+	if ((got = store_calls_list(from, STORE_CALL_DEAD, MIGRATE_MAX -
+	    have + 1, &page, err, errlen)) == -1)
+		goto out;
+	if (have + (size_t)got > MIGRATE_MAX) {
+		store_calls_free(page, (size_t)got);
+		snprintf(err, errlen, "more than %d calls", MIGRATE_MAX);
+		goto out;
+	}
+	if (got > 0) {
+		all = xrealloc(all, (have + (size_t)got) *
+		    sizeof(*all));
+		memcpy(all + have, page, (size_t)got * sizeof(*page));
+	}
+	free(page);
+	have += (size_t)got;
+	n->dead = got;
+	/* new ids in the old ids' order: each chat's calls go in order */
+	if (have > 0)
+		qsort(all, have, sizeof(*all), call_by_id);
+	n->calls = have;
+	if (have > 0 && store_calls_add(to, all, have, &n->calls_added, err,
+	    errlen) == -1)
+		goto out;
+	rc = 0;
+out:
+	store_calls_free(all, have);
+	return rc;
+}
+
+int
+ops_migrate(struct store *from, const char *dir, struct store *to,
+    bool force, FILE *out)
+{
+	struct migrate_counts n = { 0 };
+	char err[1024], *id;
+	int rc = 1;
+
+	/* the SQLite store's own mark, kept in the PostgreSQL one when
+	 * done: a second run knows it */
+	if ((id = store_secret_ensure(from, "store_id", 16, err,
+	    sizeof(err))) == NULL) {
+		fprintf(stderr, "tgwebhookd: --migrate-store %s: %s\n", dir,
+		    err);
+		return 1;
+	}
+	if (migrate_check(from, to, id, force) == -1)
+		goto out;
+	if (migrate_rows(from, to, &n, err, sizeof(err)) == -1 ||
+	    migrate_calls(from, to, &n, err, sizeof(err)) == -1 ||
+	    store_secret_put(to, "migrated_from", id, err, sizeof(err)) ==
+	    -1) {
+		fprintf(stderr, "tgwebhookd: --migrate-store %s: %s (what was "
+		    "copied stays; run it again with --force once fixed)\n",
+		    dir, err);
+		goto out;
+	}
+	fprintf(out, "moved %s into the PostgreSQL store:\n"
+	    "  secrets: %ld\n  offsets: %ld\n"
+	    "  pending calls: %ld\n  dead calls: %ld\n"
+	    "  calls already there (by key): %zu\n"
+	    "  dead updates: %ld (%ld already there)\n"
+	    "  held updates: %ld\n  states: %ld\n", dir, n.secrets, n.offsets,
+	    n.pending, n.dead, n.calls - n.calls_added, n.dead_updates,
+	    n.dead_updates_had, n.held, n.states);
+	rc = 0;
+out:
+	free(id);
+	return rc;
+}

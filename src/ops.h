@@ -7,6 +7,7 @@
 #ifndef TGW_OPS_H
 #define TGW_OPS_H
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 
@@ -54,4 +55,14 @@ int ops_broadcast_line(const char *line, const char *text, const char *key,
 int ops_broadcast(struct store *s, const char *path, const char *text,
     uint64_t over_ms, const struct ops_limits *l, FILE *out);
 
+/* --migrate-store: copies the SQLite store `from` (in dir) into the
+ * PostgreSQL store `to`: the secrets (webhook path, secret token, the
+ * shared self-signed pair), the poller's offset, conversation states,
+ * held and dead updates, then every pending and dead call (keys, lanes,
+ * attempts, times, in their order) in one transaction.  Refuses, changing
+ * nothing, when to holds pending calls, a different secret, or this
+ * store moved already, unless force.  Both stores' daemons must be
+ * stopped.  Prints the counts; returns the exit status. */
+int ops_migrate(struct store *from, const char *dir, struct store *to,
+    bool force, FILE *out);
 #endif
