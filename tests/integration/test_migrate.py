@@ -32,6 +32,8 @@ def run(d, *args):
     p = subprocess.run([binary(), "-c", d.conf] + list(args),
                        capture_output=True, text=True, env=d.env,
                        timeout=60)
+    for bad in ("Sanitizer", "runtime error:"):
+        assert bad not in p.stderr, p.stderr
     return p.returncode, p.stdout, p.stderr
 
 
