@@ -128,6 +128,24 @@ def test_migrate_sqlite_store_to_postgresql():
             "text") or "") for c in new.emu.calls_of("sendMessage")) or
             b"Hello, Ann" in body, 30)
         new.check_clean(new.stop())
+        # --force copies again: what has a key (the call, delivered now)
+        # or is the same (the failed update) is not added twice
+        calls = pg.psql("SELECT count(*) FROM tgw_calls").strip()
+        rc, out, err = run(new, "--migrate-store", old.store, "--force")
+        assert rc == 0, err
+        assert "  calls already there (by key): 1\n" in out and \
+            "  dead updates: 0 (1 already there)\n" in out, out
+        assert pg.psql("SELECT count(*) FROM tgw_calls").strip() == calls
+        # a PostgreSQL store that serves another webhook: refused
+        pg.psql("UPDATE tgw_secrets SET value = 'zq-theirs' WHERE name = "
+                "'secret_token'; DELETE FROM tgw_secrets WHERE name = "
+                "'migrated_from'")
+        rc, out, err = run(new, "--migrate-store", old.store)
+        assert rc == 1 and "the PostgreSQL store keeps a different " \
+            "secret_token" in err and "--force replaces it" in err, err
+        assert secret not in err and "zq-theirs" not in err, err
+        assert pg.psql("SELECT value FROM tgw_secrets WHERE name = "
+                       "'secret_token'").strip() == "zq-theirs"
     finally:
         if new is not None:
             new.close()
