@@ -582,14 +582,14 @@ static int
 migrate_check(struct store *from, struct store *to, const char *id,
     bool force)
 {
-	char err[1024], *a = NULL, *b = NULL;
+	char err[1024] = "", *a = NULL, *b = NULL;
 	int64_t oldest;
 	long pending;
 	int ga, gb, rc = -1;
 
 	if ((gb = store_secret_get(to, "migrated_from", &b, err,
 	    sizeof(err))) == -1)
-		goto fail;
+		goto out;
 	if (gb == 0 && strcmp(b, id) == 0 && !force) {
 		fprintf(stderr, "tgwebhookd: --migrate-store: this SQLite store "
 		    "was moved into the PostgreSQL store already: nothing "
@@ -603,7 +603,7 @@ migrate_check(struct store *from, struct store *to, const char *id,
 	    0) {
 		snprintf(err, sizeof(err), "store: cannot count the PostgreSQL "
 		    "store's calls");
-		goto fail;
+		goto out;
 	}
 	if (pending > 0 && !force) {
 		fprintf(stderr, "tgwebhookd: --migrate-store: the PostgreSQL "
@@ -617,7 +617,7 @@ migrate_check(struct store *from, struct store *to, const char *id,
 		if ((ga = store_secret_get(from, migrate_secrets[i], &a, err,
 		    sizeof(err))) == -1 || (gb = store_secret_get(to,
 		    migrate_secrets[i], &b, err, sizeof(err))) == -1)
-			goto fail;
+			goto out;
 		if (ga == 0 && gb == 0 && strcmp(a, b) != 0 && !force) {
 			fprintf(stderr, "tgwebhookd: --migrate-store: the "
 			    "PostgreSQL store keeps a different %s: it serves "
@@ -631,10 +631,10 @@ migrate_check(struct store *from, struct store *to, const char *id,
 		a = b = NULL;
 	}
 	rc = 0;
-	goto out;
-fail:
-	fprintf(stderr, "tgwebhookd: --migrate-store: %s\n", err);
 out:
+	/* a store's failure (err set); a refusal said so itself */
+	if (rc == -1 && err[0] != '\0')
+		fprintf(stderr, "tgwebhookd: --migrate-store: %s\n", err);
 	free(a);
 	free(b);
 	return rc;
