@@ -226,27 +226,21 @@ class Cluster:
             self.tmp.cleanup()
 
 
+def to_a_and_b_at_once(c, u):
+    """Delivers u to instances a and b at the same moment: one handles
+    it; the other is told "busy" (503: Telegram delivers it again, and
+    then gets 200) or, once done, "seen" (200)."""
+    got = at_once(c, [("a", u), ("b", u)])
+    assert sorted(got) in ([200, 200], [200, 503]), got
+    if 503 in got:
+        late = "ab"[got.index(503)]
+        assert eventually(lambda: c.post(late, u)[0] == 200)
+
+
 def test_same_update_to_two_instances_at_once_is_handled_once():
     with Cluster() as c:
         for uid in range(1, 9):
-            got = {}
-            u = message("/go", uid, chat_id=100 + uid)
-            go = threading.Barrier(2)
-
-            def send(name):
-                go.wait()
-                got[name] = c.post(name, u)[0]
-            ts = [threading.Thread(target=send, args=(n,)) for n in "ab"]
-            for t in ts:
-                t.start()
-            for t in ts:
-                t.join()
-            # one handled it; the other was told "busy" (503: Telegram
-            # delivers it again) or, once done, "seen" (200)
-            assert sorted(got.values()) in ([200, 200], [200, 503]), got
-            if 503 in got.values():
-                late = [n for n, s in got.items() if s == 503][0]
-                assert eventually(lambda: c.post(late, u)[0] == 200)
+            to_a_and_b_at_once(c, message("/go", uid, chat_id=100 + uid))
         assert eventually(lambda: len(c.texts()) == 8)
         assert sorted(c.runs()) == list(range(1, 9)), c.runs()
         assert sorted(c.texts()) == sorted("u%d-1" % i for i in range(1, 9))
@@ -508,22 +502,7 @@ def test_two_instances_given_one_name_never_both_act():
         assert eventually(lambda: "tgwebhookd_duty_held" in c.metrics("b"),
                           10)
         for uid in range(1, 7):
-            got = {}
-            u = message("/go", uid, chat_id=200 + uid)
-            go = threading.Barrier(2)
-
-            def send(name):
-                go.wait()
-                got[name] = c.post(name, u)[0]
-            ts = [threading.Thread(target=send, args=(n,)) for n in "ab"]
-            for t in ts:
-                t.start()
-            for t in ts:
-                t.join()
-            assert sorted(got.values()) in ([200, 200], [200, 503]), got
-            if 503 in got.values():
-                late = [n for n, s in got.items() if s == 503][0]
-                assert eventually(lambda: c.post(late, u)[0] == 200)
+            to_a_and_b_at_once(c, message("/go", uid, chat_id=200 + uid))
         assert eventually(lambda: len(c.texts()) == 6)
         assert sorted(c.runs()) == list(range(1, 7)), c.runs()
         for duty in ("outbox", "webhook"):
