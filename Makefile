@@ -172,7 +172,8 @@ bench: deps
 	@$(MAKE) --no-print-directory bench-run
 
 bench-run: $(BUILD)/tgwebhookd $(BUILD)/bench/hello.so $(BUILD)/bench/enqueue \
-    $(BUILD)/bench/mhd_floor $(BUILD)/bench/update_cost
+    $(BUILD)/bench/mhd_floor $(BUILD)/bench/update_cost \
+    $(BUILD)/bench/followup.so
 	@echo "== one update's own work (bench/update_cost.c)"
 	@echo "| step | µs per update |"
 	@echo "|---|---|"
@@ -192,6 +193,11 @@ bench-run: $(BUILD)/tgwebhookd $(BUILD)/bench/hello.so $(BUILD)/bench/enqueue \
 	@echo
 	@echo "== webhook load: tgwebhookd and nginx (bench/webhook_bench.py)"
 	@TGW_BUILD=$(BUILD) python3 bench/webhook_bench.py
+	@echo
+	@# after webhook_bench.py, which writes RESULTS.md anew: this one
+	@# replaces only its own section of it
+	@echo "== several instances on one store (bench/cluster_bench.py)"
+	@TGW_BUILD=$(BUILD) python3 bench/cluster_bench.py
 
 $(BUILD)/bench/%: $(BUILD)/bench/%.o $(BUILD)/libtgw.a
 	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS)
