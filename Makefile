@@ -171,6 +171,8 @@ bench: deps
 	    echo "bench: npm could not install grammY and Telegraf: they are skipped"
 	@$(MAKE) --no-print-directory bench-run
 
+# cluster_bench.py comes after webhook_bench.py, which writes RESULTS.md
+# anew: it replaces only its own section of the file.
 bench-run: $(BUILD)/tgwebhookd $(BUILD)/bench/hello.so $(BUILD)/bench/enqueue \
     $(BUILD)/bench/mhd_floor $(BUILD)/bench/update_cost \
     $(BUILD)/bench/followup.so
@@ -194,8 +196,6 @@ bench-run: $(BUILD)/tgwebhookd $(BUILD)/bench/hello.so $(BUILD)/bench/enqueue \
 	@echo "== webhook load: tgwebhookd and nginx (bench/webhook_bench.py)"
 	@TGW_BUILD=$(BUILD) python3 bench/webhook_bench.py
 	@echo
-	@# after webhook_bench.py, which writes RESULTS.md anew: this one
-	@# replaces only its own section of it
 	@echo "== several instances on one store (bench/cluster_bench.py)"
 	@TGW_BUILD=$(BUILD) python3 bench/cluster_bench.py
 

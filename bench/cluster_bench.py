@@ -65,12 +65,36 @@ class PgServer(pgserver.Server):
     every commit here cheaper than a user's."""
 
     def start(self):
-        opts = ("-k %s -c listen_addresses='' -p %d -c max_connections=60"
+        # pg_stat_statements: what the instances ask of it per update
+        opts = ("-k %s -c listen_addresses='' -p %d -c max_connections=60 "
+                "-c shared_preload_libraries=pg_stat_statements "
+                "-c pg_stat_statements.track_planning=on"
                 % (self.sock, pgserver.PORT))
         self._run(pgserver._as_user() + [
             os.path.join(pgserver.BIN, "pg_ctl"), "-D", self.data, "-l",
             self.log, "-o", opts, "-w", "-t", "60", "start"])
         return self
+
+    def statements(self, db):
+        """(statements, their planning ms, their execution ms, commits)
+        in db since stats_reset(db)."""
+        calls, plan, run = self.psql(
+            "SELECT sum(calls), sum(total_plan_time), sum(total_exec_time) "
+            "FROM pg_stat_statements WHERE dbid = (SELECT oid FROM "
+            "pg_database WHERE datname = current_database())",
+            dbname=db).strip().split("|")
+        commits = self.psql("SELECT xact_commit FROM pg_stat_database "
+                            "WHERE datname = current_database()", dbname=db)
+        return (int(calls), float(plan), float(run),
+                int(commits) - self.commits0)
+
+    def stats_reset(self, db):
+        self.psql("CREATE EXTENSION IF NOT EXISTS pg_stat_statements",
+                  dbname=db)
+        self.psql("SELECT pg_stat_statements_reset()", dbname=db)
+        self.commits0 = int(self.psql(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = "
+            "current_database()", dbname=db))
 
     def postmaster(self):
         with open(os.path.join(self.data, "postmaster.pid")) as f:
@@ -197,7 +221,8 @@ def throughput(backend, n, pg, results):
     tmp = None
     env = {}
     if backend == "postgresql":
-        conninfo = pg.create_db("bench_%d_%d" % (n, os.getpid()))
+        db = "bench_%d_%d" % (n, os.getpid())
+        conninfo = pg.create_db(db)
         store_conf = "backend = postgresql\npostgresql = %s\n" % conninfo
         env["PGPASSFILE"] = pg.passfile
         store_dir = None
@@ -210,6 +235,8 @@ def throughput(backend, n, pg, results):
     inst = Instances(n, store_conf, env, emu, outbox, store_dir)
     try:
         counter = Counter(emu)
+        if pg:
+            pg.stats_reset(db)
         pm = pg.postmaster() if pg else None
         c0 = cpu_ticks(inst.pids())
         p0 = cpu_ticks([pm]) if pm else 0
@@ -221,6 +248,7 @@ def throughput(backend, n, pg, results):
             procs.append(run_wrk(d.port, conns, SEQ[0]))
         out = [wrk_result(p) for p in procs]
         t1 = time.time()
+        at_t1 = counter.poll()
         good = sum(r["requests"] - r["bad"] for r in out)
         got = counter.wait(good, max(60, good / 100))
         t2 = counter.last or time.time()
@@ -233,15 +261,26 @@ def throughput(backend, n, pg, results):
             tmp.cleanup()
     hz = os.sysconf("SC_CLK_TCK")
     requests = sum(r["requests"] for r in out)
+    if pg:
+        calls, plan, run, commits = pg.statements(db)
+        stmts = {"statements": calls / max(requests, 1),
+                 "commits": commits / max(requests, 1),
+                 "plan_us": plan * 1000 / max(calls, 1),
+                 "exec_us": run * 1000 / max(calls, 1)}
+    else:
+        stmts = None
     results.append({
         "backend": backend, "n": n, "requests": requests,
         "bad": sum(r["bad"] for r in out),
         "answered_s": requests / (t1 - t0),
         "delivered": got, "expected": good,
         "with_followups_s": got / (t2 - t0),
+        # None: every follow-up was delivered before the load ended
+        "drain_s": (got - at_t1) / (t2 - t1) if t2 > t1 + 0.5 else None,
         "p99_ms": max(r["p99_us"] for r in out) / 1000.0,
         "cpu_daemons": (c1 - c0) * 1e6 / hz / max(requests, 1),
         "cpu_db": (p1 - p0) * 1e6 / hz / max(requests, 1) if pm else None,
+        "pg": stmts,
     })
 
 
@@ -334,8 +373,9 @@ def tables(tp, enq, lim):
              "in all, %d s of wrk per run, the outbox at 1,000/s):" % (
                  CONNS, DURATION), "",
              "| store | instances | updates | answered/s | × SQLite, 1 | "
-             "with follow-ups delivered/s | × SQLite, 1 | p99 ms | bad | "
-             "CPU µs/update, daemons | database server | both, × SQLite, 1 |",
+             "p99 ms | bad | follow-ups delivered/s | after the load | "
+             "CPU µs/update, daemons | database server | both, "
+             "× SQLite, 1 |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     base = [r for r in tp if r["backend"] == "sqlite" and r["n"] == 1]
     base = base[0] if base else None
@@ -345,18 +385,28 @@ def tables(tp, enq, lim):
     for r in tp:
         total = r["cpu_daemons"] + (r["cpu_db"] or 0)
         lines.append(
-            "| %s | %d | %d | %.0f | %s | %.0f%s | %s | %.1f | %d | %.0f | "
-            "%s | %s |" % (
+            "| %s | %d | %d | %.0f | %s | %.1f | %d | %.0f%s | %s | %.0f "
+            "| %s | %s |" % (
                 r["backend"], r["n"], r["requests"], r["answered_s"],
                 ratio(r["answered_s"], base and base["answered_s"]),
-                r["with_followups_s"],
+                r["p99_ms"], r["bad"], r["with_followups_s"],
                 "" if r["delivered"] >= r["expected"] else
                 " (%d of %d follow-ups)" % (r["delivered"], r["expected"]),
-                ratio(r["with_followups_s"], base and
-                      base["with_followups_s"]),
-                r["p99_ms"], r["bad"], r["cpu_daemons"],
+                "%.0f" % r["drain_s"] if r["drain_s"] is not None else "-",
+                r["cpu_daemons"],
                 "%.0f" % r["cpu_db"] if r["cpu_db"] is not None else "-",
                 ratio(total, base and base["cpu_daemons"])))
+    pgs = [r for r in tp if r["pg"]]
+    if pgs:
+        lines += ["", "What the PostgreSQL runs asked of the server, per "
+                  "update (`pg_stat_statements`, `pg_stat_database`):", "",
+                  "| instances | statements | commits | planning µs a "
+                  "statement | executing µs a statement |",
+                  "|---|---|---|---|---|"]
+        for r in pgs:
+            lines.append("| %d | %.1f | %.1f | %.0f | %.0f |" % (
+                r["n"], r["pg"]["statements"], r["pg"]["commits"],
+                r["pg"]["plan_us"], r["pg"]["exec_us"]))
     lines += ["", "One queued call (`bench/enqueue.c`, `store_calls_add()` "
               "through store.h):", "",
               "| store | sync | calls per transaction | µs per call |",
@@ -382,7 +432,8 @@ def tables(tp, enq, lim):
 def write_results(lines):
     """Replaces (or adds) this bench's section of RESULTS.md."""
     head = [SECTION, "", "`bench/cluster_bench.py` on %s, %d cores, %s; "
-            "PostgreSQL %s with fsync on (its default), on a unix socket; "
+            "PostgreSQL %s with fsync on (its default) and "
+            "pg_stat_statements loaded, on a unix socket; "
             "everything (instances, server, wrk, the emulator in Python) on "
             "the same cores, unpinned." % (
                 platform.node() or "this machine", os.cpu_count(),
@@ -410,7 +461,8 @@ def write_results(lines):
 def pg_version():
     out = subprocess.run([os.path.join(pgserver.BIN, "postgres"),
                           "--version"], capture_output=True, text=True)
-    return out.stdout.split()[-1] if out.returncode == 0 else "?"
+    m = re.search(r"\d+\.\d+", out.stdout)
+    return m.group(0) if m else "?"
 
 
 def main():
