@@ -5,9 +5,9 @@
  * A block is cached by the size glibc gave it (malloc_usable_size()),
  * in one list per 16-byte chunk class up to CACHE_MAX bytes, at most
  * CACHE_KEEP per class and CACHE_BYTES in all; a thread's lists are
- * freed when it exits.  A block freed on another
- * thread than the one that took it (a slow handler's update) is simply
- * cached there: glibc's free() later finds its arena itself.
+ * freed when it exits.  A block freed on another thread than the one
+ * that took it (a slow handler's update) is simply cached there: glibc's
+ * free() later finds its arena itself.
  */
 #include "jsonmem.h"
 
