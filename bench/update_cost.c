@@ -23,7 +23,6 @@
 
 #include "config.h"
 #include "dispatch.h"
-#include "jsonmem.h"
 #include "log.h"
 #include "update.h"
 #include "util.h"
@@ -67,7 +66,6 @@ main(void)
 	uint64_t t0;
 	int fd = mkstemp(path);
 
-	jsonmem_init();	/* as the daemon does */
 	if (fd == -1 || write(fd, conf, sizeof(conf) - 1) == -1)
 		return 1;
 	close(fd);

@@ -24,7 +24,6 @@
 #include "dispatch.h"
 #include "handler.h"
 #include "handlers/proc.h"
-#include "jsonmem.h"
 #include "log.h"
 #include "ops.h"
 #include "state.h"
@@ -453,7 +452,6 @@ main(int argc, char **argv)
 	char err[512], *token;
 	int ch, rc;
 
-	jsonmem_init();
 	while ((ch = getopt_long(argc, argv, "c:thV", longopts, NULL)) != -1) {
 		switch (ch) {
 		case 'c':
