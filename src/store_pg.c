@@ -1963,6 +1963,47 @@ pg_lease_drop(struct store *s, const char *duty, const char *instance,
 	    errlen) < 0 ? -1 : 0;
 }
 
+static int
+pg_lease_get(struct store *s, const char *duty, char *holder,
+    size_t holderlen, int64_t *left_ms, char *err, size_t errlen)
+{
+	struct pgc *pc;
+	const char *v[2] = { s->bot, duty };
+	PGresult *r;
+	int ret = -1;
+
+	pc = take(s, err, errlen);
+	if ((r = run(pc, false, "reading a lease", "SELECT holder, "
+	    "floor(extract(epoch FROM expires - now()) * 1000)::bigint FROM "
+	    "tgw_leases WHERE bot = $1 AND duty = $2", 2, v, err, errlen)) !=
+	    NULL) {
+		ret = PQntuples(r) > 0 ? 0 : 1;
+		if (ret == 0) {
+			snprintf(holder, holderlen, "%s", PQgetvalue(r, 0, 0));
+			*left_ms = num(r, 0, 1);
+		}
+	}
+	PQclear(r);
+	give(s, pc);
+	return ret;
+}
+
+/* Bounded: the oldest max rows of those long ended, by the primary key. */
+static long
+pg_leases_prune(struct store *s, int64_t ended_ms, size_t max, char *err,
+    size_t errlen)
+{
+	char e[24], m[24];
+	const char *v[3] = { s->bot, e, m };
+
+	snprintf(e, sizeof(e), "%" PRId64, ended_ms);
+	snprintf(m, sizeof(m), "%zu", max);
+	return changes(s, true, "deleting ended leases", "DELETE FROM "
+	    "tgw_leases WHERE bot = $1 AND duty IN (SELECT duty FROM "
+	    "tgw_leases WHERE bot = $1 AND expires < now() - $2 * interval "
+	    "'1 millisecond' ORDER BY expires LIMIT $3)", 3, v, err, errlen);
+}
+
 /* Drains the notifications libpq has read: true if there were any. */
 static bool
 drain(PGconn *c)
@@ -2098,5 +2139,7 @@ const struct store_backend store_pg_backend = {
 	.update_unclaim = pg_update_unclaim,
 	.lease_take = pg_lease_take,
 	.lease_drop = pg_lease_drop,
+	.lease_get = pg_lease_get,
+	.leases_prune = pg_leases_prune,
 	.calls_wait = pg_calls_wait,
 };
