@@ -618,18 +618,21 @@ static int
 commit(struct pgc *pc, int ok, const char *what, char *err, size_t errlen)
 {
 	char ignore[64];
+	int rc = -1;
 
 	if (pc == NULL)
 		return -1;
-	pc->in_tx = false;
+	/* Still in the transaction: never run again on a new connection,
+	 * which has none (there a COMMIT "succeeds", whatever became of
+	 * this one), nor reconnected for. */
 	if (ok == 0) {
 		pc->committing = true;
-		return exec1(pc, true, what, "COMMIT", 0, NULL, err, errlen);
-	}
-	if (pc->conn != NULL)
+		rc = exec1(pc, true, what, "COMMIT", 0, NULL, err, errlen);
+	} else if (pc->conn != NULL)
 		(void)exec1(pc, false, what, "ROLLBACK", 0, NULL, ignore,
 		    sizeof(ignore));
-	return -1;
+	pc->in_tx = false;
+	return rc;
 }
 
 /*
