@@ -18,7 +18,15 @@
  *   waits at most PG_TAKE_MS, then fails (a 503 on the request path).
  * - A broken connection is opened again on its next use, with its own
  *   backoff; until then calls on it fail at once and
- *   store_failing_since() names the cause (/healthz, 503s).
+ *   store_failing_since() names the cause (/healthz, 503s).  A failover
+ *   (connections reset) is survived without a failure where that is
+ *   safe: a connection the server closed while idle is seen before the
+ *   next statement is sent; a statement outside a transaction that lost
+ *   its connection runs once more on a new one (but a dead letter's
+ *   insert); the transactions of queued calls, outcomes and claims run
+ *   once more from BEGIN (after a COMMIT whose answer was lost, only
+ *   when running them twice changes nothing more).  COMMIT and ROLLBACK
+ *   are never sent on a connection other than their transaction's.
  * - store_calls_wait() listens on a connection of its own: a LISTEN
  *   would otherwise hold the main one while it waits.
  * - The conninfo's password is never here: libpq reads it from
