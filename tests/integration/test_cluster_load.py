@@ -21,7 +21,6 @@ import re
 import sys
 import threading
 import time
-import urllib.request
 
 from harness import ROOT, eventually, message, post_update, skip
 
@@ -77,7 +76,7 @@ class Load:
 
     def _run(self, work):
         try:
-            for i, (chat, uid) in enumerate(work):
+            for chat, uid in work:
                 # the next update of a chat to another instance
                 name = NAMES[(uid + chat) % len(NAMES)]
                 deliver(self.c, name, message("/go", uid, chat_id=chat),
@@ -108,7 +107,8 @@ class Load:
 
 
 def per_chat(c):
-    """The texts the emulator accepted, per chat, in their order."""
+    """The texts of the emulator's sendMessage calls, per chat, in their
+    order (with limits enforced, a 429'd one too: none is allowed)."""
     got = {}
     for call in c.emu.calls_of("sendMessage"):
         got.setdefault(int(call.params["chat_id"]), []).append(
