@@ -6,7 +6,8 @@ a second per chat, 20 a minute per group):
   once, each chat's in the order of its updates;
 - the database stopped and started while updates keep arriving at all
   three: 503 with Retry-After and /healthz 503 naming the cause on each,
-  then every update handled once and every follow-up delivered;
+  then every update handled and every follow-up delivered, once (a run
+  the store failed under, logged so, is made again: at least once);
 - every daemon's connection reset (pg_terminate_backend, as a failover of
   the database server does): they reconnect and go on, nothing lost,
   nothing handled twice.
