@@ -22,8 +22,7 @@
  *   (connections reset) is survived without a failure where that is
  *   safe: a connection the server closed while idle is seen before the
  *   next statement is sent; a statement outside a transaction that lost
- *   its connection runs once more on a new one (but a dead letter's
- *   insert); the transactions of queued calls, outcomes and claims run
+ *   its connection runs once more on a new one; the transactions of queued calls, outcomes and claims run
  *   once more from BEGIN (after a COMMIT whose answer was lost, only
  *   when running them twice changes nothing more).  COMMIT and ROLLBACK
  *   are never sent on a connection other than their transaction's.
@@ -305,6 +304,19 @@ pg_failing_since(struct store *s, char *why, size_t len)
 	return since;
 }
 
+/* What the server says outside an answer (a warning, the FATAL before it
+ * closes a connection) goes to the log, on one line, instead of libpq's
+ * default of stderr as it came. */
+static void
+server_notice(void *arg, const char *message)
+{
+	char line[512];
+
+	(void)arg;
+	one_line(line, sizeof(line), message);
+	log_notice("store postgresql: the server says: %s", line);
+}
+
 /*
  * Opens a connection to conninfo, bounded: connect_timeout, keepalives
  * and tcp_user_timeout (a server that vanishes without a reset), then
@@ -355,6 +367,7 @@ pg_connect(const char *conninfo, const char *app, const char *where,
 		return NULL;
 	}
 	PQclear(r);
+	PQsetNoticeProcessor(c, server_notice, NULL);
 	return c;
 }
 
@@ -368,22 +381,36 @@ backoff_grow(unsigned *b)
 /*
  * False if the server closed c while it was idle in the pool: a failover,
  * a restart, pg_terminate_backend() or idle_session_timeout.  The server
- * says so (FATAL) and closes the socket, which libpq notices only at the
- * next statement, which would fail.  Seen before a statement is sent,
- * the connection is opened again and the statement runs once, on the new
- * one: nothing had been sent, so nothing can run twice.  One poll() that
- * returns at once; an idle connection has nothing else to read.
+ * says so (FATAL) and closes the socket, which libpq notices only at a
+ * read after the one that takes the FATAL message in, so one
+ * PQconsumeInput() is not enough: it reads the message and libpq still
+ * says CONNECTION_OK.  The socket's own state is asked first (the peer's
+ * FIN, a reset), then what is readable is consumed until nothing is.
+ * Seen before a statement is sent, the connection is opened again and
+ * the statement runs once, on the new one: nothing had been sent, so
+ * nothing can run twice.  At most IDLE_READS polls that return at once.
  */
+#define IDLE_READS 4
+
 static bool
 idle_alive(PGconn *c)
 {
-	struct pollfd pfd = { .fd = PQsocket(c), .events = POLLIN };
+	struct pollfd pfd = { .fd = PQsocket(c), .events = POLLIN | POLLRDHUP };
 
 	if (pfd.fd < 0)
 		return false;
-	if (poll(&pfd, 1, 0) <= 0)
-		return true;
-	return PQconsumeInput(c) != 0 && PQstatus(c) == CONNECTION_OK;
+	for (int i = 0; i < IDLE_READS; i++) {
+		if (poll(&pfd, 1, 0) <= 0)
+			return PQstatus(c) == CONNECTION_OK;
+		if ((pfd.revents & (POLLRDHUP | POLLHUP | POLLERR |
+		    POLLNVAL)) != 0)
+			return false;
+		if (PQconsumeInput(c) == 0 || PQstatus(c) != CONNECTION_OK)
+			return false;
+	}
+	/* Still readable after that many reads: nothing an idle
+	 * connection should have (it listens to nothing). */
+	return false;
 }
 
 /* pc's connection, opened again if it broke (unless the backoff's wait
@@ -1779,13 +1806,15 @@ pg_dead_update(struct store *s, int64_t update_id, const char *handler,
 
 	snprintf(u, sizeof(u), "%" PRId64, update_id);
 	pc = take(s, err, errlen);
-	/* a second row if run twice: never run again (it fails instead) */
-	if (pc != NULL)
-		pc->once = true;
+	/* Run again on a new connection after a failover, it must not add
+	 * a second row: one dead letter per update and handler. */
 	r = run_bin(pc, true, "keeping an update as a dead letter", "INSERT "
 	    "INTO tgw_dead_updates (bot, update_id, handler, reason, body, "
-	    "created) VALUES ($1, $2, $3, $4, $5, floor(extract(epoch FROM "
-	    "now()))::bigint)", 5, v, lens, bin, err, errlen);
+	    "created) SELECT $1::bigint, $2::bigint, $3::text, $4::text, "
+	    "$5::bytea, floor(extract(epoch FROM "
+	    "now()))::bigint WHERE NOT EXISTS (SELECT 1 FROM "
+	    "tgw_dead_updates WHERE bot = $1 AND update_id = $2 AND "
+	    "handler = $3)", 5, v, lens, bin, err, errlen);
 	give(s, pc);
 	PQclear(r);
 	free(why);

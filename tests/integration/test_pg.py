@@ -182,6 +182,45 @@ def test_pg_stopped_answers_503_then_recovers_losing_nothing():
         pg.destroy()
 
 
+def test_pg_idle_connections_the_server_closed_are_opened_again():
+    """pg_terminate_backend() of the daemon's idle connections (as a
+    failover does): the next statement notices before it is sent, even one
+    that must not run twice, such as a dead letter's insert, which used to
+    fail there (503: the handler ran again at the next delivery)."""
+    pg = server()
+    try:
+        d = pg_daemon(pg, start=False)
+        with open(os.path.join(d.dir, "calls"), "w") as f:
+            f.write("#!/bin/sh\ncat >/dev/null\nexit 1\n")
+        d.start()
+        ours = ("FROM pg_stat_activity WHERE application_name LIKE "
+                "'tgwebhookd%'")
+        with d:
+            for i in range(3):
+                status, _, _, _ = d.deliver(message("x", 100 + i,
+                                                    chat_id=100 + i))
+                assert status == 200, (i, status)
+                pg.psql("SELECT pg_terminate_backend(pid) " + ours)
+                assert eventually(lambda: pg.psql(
+                    "SELECT count(*) " + ours).strip() == "0", 10)
+                status, _, _, body = d.deliver(message("x", 200 + i,
+                                                       chat_id=200 + i))
+                assert status == 200, (i, status, body, d.log()[-2000:])
+            dead = pg.psql("SELECT update_id FROM tgw_dead_updates "
+                           "ORDER BY 1").split()
+            assert dead == [str(u) for u in (100, 101, 102, 200, 201, 202)
+                            ], dead
+            log = d.log()
+            assert "the server closed an idle connection" in log, log
+            # what the server said on its way out is a line of ours
+            for line in log.splitlines():
+                if "FATAL" in line:
+                    assert "the server says" in line or "idle" in line, \
+                        line
+    finally:
+        pg.destroy()
+
+
 def test_pg_started_as_root_hands_over_a_store_dir_it_made():
     """Started as root with [server] user, the daemon hands [store] dir
     (where the generated certificate goes) to that user: with the
