@@ -126,6 +126,67 @@ out:
 	return rc;
 }
 
+/*
+ * Several instances on one store, and this one has certificate files of
+ * its own: a self-signed certificate is what Telegram trusts alone for
+ * the webhook, so every instance must serve the same one.  With no pair
+ * in the store yet (a bot that ran alone, now one of several), this
+ * instance's pair is kept there, and the others take it.  With another
+ * pair there, this instance would serve a certificate Telegram does not
+ * trust (or upload it, and the others would): refused, saying how to
+ * resolve it.  A CA-issued certificate is not shared: nothing to check.
+ * 0, or -1 with err.
+ */
+static int
+shared_certificate_agrees(const struct config *c, struct store *s,
+    const struct cert_info *info, const char *cert, const char *key,
+    char *err, size_t errlen)
+{
+	char *pair = NULL, *mine;
+	const char *at;
+	int rc = -1, got;
+
+	if (s == NULL || !store_shared(s) || !info->self_signed)
+		return 0;
+	if ((got = store_secret_get(s, SHARED_PAIR, &pair, err,
+	    errlen)) == -1)
+		return -1;
+	if (got == 1) {
+		mine = xasprintf("%s%s", cert, key);
+		got = store_secret_add(s, SHARED_PAIR, mine, err, errlen);
+		explicit_bzero(mine, strlen(mine));
+		free(mine);
+		if (got == -1 || (got = store_secret_get(s, SHARED_PAIR, &pair,
+		    err, errlen)) == -1)
+			return -1;
+		if (got == 1) {
+			errf(err, errlen, "the store lost the certificate "
+			    "just kept (%s): start again", SHARED_PAIR);
+			return -1;
+		}
+		if (strncmp(pair, cert, strlen(cert)) == 0)
+			log_notice("certificate: %s kept in the store, so that "
+			    "every instance serves it", c->certificate);
+	}
+	at = strstr(pair, PEM_KEY);
+	if (at == NULL || (size_t)(at - pair) != strlen(cert) ||
+	    strncmp(pair, cert, strlen(cert)) != 0) {
+		errf(err, errlen, "%s is a self-signed certificate, but not "
+		    "the one kept in the store that every instance serves "
+		    "(Telegram trusts one self-signed certificate only): "
+		    "remove %s and %s to have the store's written there, or "
+		    "delete the store's (secret %s) to keep this one for every "
+		    "instance, then restart the others", c->certificate,
+		    c->certificate, c->private_key, SHARED_PAIR);
+		goto out;
+	}
+	rc = 0;
+out:
+	explicit_bzero(pair, strlen(pair));
+	free(pair);
+	return rc;
+}
+
 int
 daemon_certificate(const struct config *c, bool make, struct cert_info *info,
     struct diag *d)
@@ -843,6 +904,9 @@ daemon_start(struct daemon *d)
 		    d->info.sha256);
 		if (read_pems(c, &cert_pem, &key_pem, err, sizeof(err)) == -1)
 			fatal("%s", err);
+		if (shared_certificate_agrees(c, d->store, &d->info, cert_pem,
+		    key_pem, err, sizeof(err)) == -1)
+			fatal("%s: certificate: %s", c->file, err);
 	}
 	if (c->username != NULL && c->username[0] != '\0')
 		atomic_store(&d->id.username, xstrdup(c->username));
@@ -1120,7 +1184,9 @@ daemon_reload(struct daemon *d)
 	}
 	if (nt != NULL && nc->tls && !shared_bad &&
 	    daemon_certificate(nc, true, &ni, &diag) == 0 &&
-	    read_pems(nc, &cert_pem, &key_pem, err, sizeof(err)) == -1)
+	    (read_pems(nc, &cert_pem, &key_pem, err, sizeof(err)) == -1 ||
+	    shared_certificate_agrees(nc, d->store, &ni, cert_pem, key_pem,
+	    err, sizeof(err)) == -1))
 		diag_add(&diag, nc->file, 0, "certificate", "%s", err);
 	if (nt != NULL && nc->tls && diag.count == 0 &&
 	    server_set_certificate(d->srv, cert_pem, key_pem, err,

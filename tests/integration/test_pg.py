@@ -413,3 +413,79 @@ def test_pg_self_signed_certificate_shared_by_instances():
             d.tmp.cleanup()
         emu.stop()
         pg.destroy()
+
+
+def pg_instance(pg, emu, name):
+    d = Daemon("[handler.hi]\nreply = hello\n", emu=emu, start=False,
+               env={"PGPASSFILE": pg.passfile},
+               extra="[cluster]\ninstance = %s\n" % name)
+    with open(d.conf) as f:
+        text = f.read()
+    with open(d.conf, "w") as f:
+        f.write(text.replace("[store]\n", "[store]\nbackend = postgresql"
+                             "\npostgresql = %s\n" % pg.conninfo(
+                                 user="tgw"), 1))
+    return d
+
+
+def test_pg_instance_with_a_certificate_of_its_own():
+    """Instances on one store, one of them with self-signed certificate
+    files of its own (it ran alone before): with no pair in the store
+    yet, its pair is kept there and the next instance serves it; an
+    instance whose own self-signed certificate is another is refused at
+    start, saying which files to remove, and once they are gone it
+    serves the store's."""
+    import botapi_emu
+    pg = server()
+    emu = botapi_emu.Emulator(TOKEN).start()
+    ds = []
+    try:
+        a, b, c = (pg_instance(pg, emu, n) for n in "abc")
+        ds += [a, b, c]
+        for d in (a, c):    # a and c each made a pair, running alone
+            os.makedirs(d.store, mode=0o700, exist_ok=True)
+            subprocess.run(["openssl", "req", "-x509", "-newkey",
+                            "rsa:2048", "-nodes", "-days", "30", "-subj",
+                            "/CN=localhost", "-addext",
+                            "subjectAltName=DNS:localhost", "-keyout",
+                            os.path.join(d.store, "webhook.key"), "-out",
+                            os.path.join(d.store, "webhook.pem")],
+                           check=True, capture_output=True)
+            os.chmod(os.path.join(d.store, "webhook.key"), 0o600)
+        mine = open(os.path.join(a.store, "webhook.pem"), "rb").read()
+        a.start()
+        assert "kept in the store, so that every instance serves it" in \
+            a.log(), a.log()
+        b.start(wait_register=False)
+        assert open(os.path.join(b.store, "webhook.pem"), "rb").read() == \
+            mine
+        p = subprocess.run([binary(), "-c", c.conf], env=c.env,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           timeout=60)
+        out = p.stdout.decode()
+        assert p.returncode != 0, out
+        assert "not the one kept in the store" in out and \
+            os.path.join(c.store, "webhook.key") in out, out
+        for f in ("webhook.pem", "webhook.key"):
+            os.unlink(os.path.join(c.store, f))
+        c.start(wait_register=False)
+        assert open(os.path.join(c.store, "webhook.pem"), "rb").read() == \
+            mine
+        with open(emu.webhook["cert"], "rb") as f:
+            assert f.read().strip() == mine.strip()
+        for i, d in enumerate(ds):
+            emu.forward = ("127.0.0.1", d.port)
+            status, _, _, body = emu.deliver(message("hi", 70 + i,
+                                                     chat_id=70 + i),
+                                             keepalive=False)
+            assert status == 200 and b"hello" in body, (status, body)
+        for d in ds:
+            d.check_clean(d.stop())
+    finally:
+        for d in ds:
+            if d.proc is not None:
+                d.proc.kill()
+                d.proc.wait()
+            d.tmp.cleanup()
+        emu.stop()
+        pg.destroy()
