@@ -24,7 +24,7 @@
  * takes bulk_share of the slots while it and a higher lane are both
  * ready.  The paid lane has its own pace (paid_rate); with paid_rate off
  * its calls go in the bulk lane.  Outcomes are written back in one
- * transaction per loop, or, while calls wait in memory, per batch of
+ * transaction per loop, or, while calls go back to back, per batch of
  * loops (outcomes_due()).  outbox_add() wakes the sender to read only
  * the lanes it queued into; every lane is read at start, on gaining the
  * duty, on a shared store's wake-up and once a second.
@@ -556,26 +556,6 @@ outcome(struct outbox *o, const struct item *it, enum store_call_state st,
 	    it->not_before - now_ms() : 0);
 	oc->error = o->outcome_errs[o->noutcomes];
 	o->noutcomes++;
-}
-
-/*
- * Whether the outcomes gathered are written now.  While calls wait in
- * memory the sender is busy and writes them in batches, up to
- * OUTCOME_BATCH or OUTCOME_MS late: one transaction instead of one per
- * call, most of a delivered call's cost in the store.  A crash in
- * between sends those calls again, which at least once allows (the
- * same as a crash between a send and its outcome).  With nothing left
- * in memory they are written at once, so that an idle outbox's store is
- * up to date; a delivered call not yet written counts as unsent
- * (outbox_unsent()), which only makes a later answer to its chat a
- * follow-up, still in order.
- */
-static bool
-outcomes_due(const struct outbox *o, uint64_t now)
-{
-	return o->noutcomes > 0 && (o->in_memory == 0 ||
-	    o->noutcomes >= OUTCOME_BATCH || now >= o->outcomes_by ||
-	    atomic_load(&o->stopping));
 }
 
 static void
@@ -1144,6 +1124,39 @@ wait_ms(struct outbox *o)
 	return t > now ? (int)(t - now) : 0;
 }
 
+/*
+ * Whether the outcomes gathered are written now.  While the sender sends
+ * back to back it writes them in batches, up to OUTCOME_BATCH or
+ * OUTCOME_MS late: one transaction instead of one per call, which was
+ * most of a delivered call's cost in the store.  A crash in between
+ * sends those calls again, which at least once allows (as a crash
+ * between a send and its outcome does).  When nothing is to go within
+ * OUTCOME_MS (the outbox idle, or its calls waiting on their chats'
+ * limits) they are written at once, so that the store of a sender at
+ * rest is up to date (--outbox, and outbox_unsent(), to which a
+ * delivered call not yet written still counts as unsent: that only
+ * makes a later answer to its chat a follow-up, in order).
+ */
+static bool
+outcomes_due(const struct outbox *o, uint64_t now)
+{
+	uint64_t next = UINT64_MAX;
+
+	if (o->noutcomes == 0)
+		return false;
+	if (o->noutcomes >= OUTCOME_BATCH || now >= o->outcomes_by ||
+	    atomic_load(&o->stopping))
+		return true;
+	for (int l = 0; l < LANES; l++) {
+		uint64_t e = lane_next(o, l, l == STORE_LANE_PAID ?
+		    o->next_paid_us : o->next_send_us);
+
+		if (e < next)
+			next = e;
+	}
+	return next > now + OUTCOME_MS;
+}
+
 /* Nothing more can go out before stop_by. */
 static bool
 nothing_before(const struct outbox *o, uint64_t by)
@@ -1537,8 +1550,17 @@ outbox_add_state(struct outbox *o, json_t *calls, size_t from,
 			over++;
 		}
 	}
-	refused = outbox_limit_chats(o->store, rows, m,
-	    o->o.max_pending_per_chat);
+	/* No chat can reach max_pending_per_chat while the store holds
+	 * fewer pending calls in all (as last counted, plus ours since: the
+	 * count is never below what is there but for calls another process
+	 * queued within the last RELOAD_MS): then the store is not asked
+	 * chat by chat.  A shared store always is. */
+	if (o->o.shared || atomic_load(&o->stored) + (long)m >=
+	    o->o.max_pending_per_chat)
+		refused = outbox_limit_chats(o->store, rows, m,
+		    o->o.max_pending_per_chat);
+	else
+		refused = 0;
 	if ((rc = store_calls_add_state(o->store, rows, m, skey, state, &added,
 	    err, errlen)) == 0) {
 		size_t pending = 0;
