@@ -568,8 +568,17 @@ flush_outcomes(struct outbox *o)
 	/* A failure here is not a loss: the rows stay pending and are sent
 	 * again after a restart (at least once). */
 	if (store_calls_update(o->store, o->outcomes, o->noutcomes, err,
-	    sizeof(err)) == -1)
+	    sizeof(err)) == -1) {
 		log_err("outbox: %s", err);
+	} else {
+		long done = 0;
+
+		/* no longer pending: the count between two counts of the
+		 * store follows them down as well as up */
+		for (size_t i = 0; i < o->noutcomes; i++)
+			done += o->outcomes[i].state != STORE_CALL_PENDING;
+		atomic_fetch_sub(&o->stored, done);
+	}
 	for (size_t i = 0; i < o->noutcomes; i++)
 		free(o->outcome_errs[i]);
 	o->noutcomes = 0;
