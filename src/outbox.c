@@ -1560,10 +1560,11 @@ outbox_add_state(struct outbox *o, json_t *calls, size_t from,
 		}
 	}
 	/* No chat can reach max_pending_per_chat while the store holds
-	 * fewer pending calls in all (as last counted, plus ours since: the
-	 * count is never below what is there but for calls another process
-	 * queued within the last RELOAD_MS): then the store is not asked
-	 * chat by chat.  A shared store always is. */
+	 * fewer pending calls in all (as last counted, plus the calls added
+	 * and minus the outcomes written since: never below what is there
+	 * but for calls another process queued within the last RELOAD_MS):
+	 * then the store is not asked chat by chat.  A shared store always
+	 * is. */
 	if (o->o.shared || atomic_load(&o->stored) + (long)m >=
 	    o->o.max_pending_per_chat)
 		refused = outbox_limit_chats(o->store, rows, m,
