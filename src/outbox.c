@@ -568,17 +568,8 @@ flush_outcomes(struct outbox *o)
 	/* A failure here is not a loss: the rows stay pending and are sent
 	 * again after a restart (at least once). */
 	if (store_calls_update(o->store, o->outcomes, o->noutcomes, err,
-	    sizeof(err)) == -1) {
+	    sizeof(err)) == -1)
 		log_err("outbox: %s", err);
-	} else {
-		long done = 0;
-
-		/* no longer pending: the count between two counts of the
-		 * store follows them down as well as up */
-		for (size_t i = 0; i < o->noutcomes; i++)
-			done += o->outcomes[i].state != STORE_CALL_PENDING;
-		atomic_fetch_sub(&o->stored, done);
-	}
 	for (size_t i = 0; i < o->noutcomes; i++)
 		free(o->outcome_errs[i]);
 	o->noutcomes = 0;
@@ -1560,11 +1551,10 @@ outbox_add_state(struct outbox *o, json_t *calls, size_t from,
 		}
 	}
 	/* No chat can reach max_pending_per_chat while the store holds
-	 * fewer pending calls in all (as last counted, plus the calls added
-	 * and minus the outcomes written since: never below what is there
-	 * but for calls another process queued within the last RELOAD_MS):
-	 * then the store is not asked chat by chat.  A shared store always
-	 * is. */
+	 * fewer pending calls in all (as last counted, plus ours since: the
+	 * count is never below what is there but for calls another process
+	 * queued within the last RELOAD_MS): then the store is not asked
+	 * chat by chat.  A shared store always is. */
 	if (o->o.shared || atomic_load(&o->stored) + (long)m >=
 	    o->o.max_pending_per_chat)
 		refused = outbox_limit_chats(o->store, rows, m,

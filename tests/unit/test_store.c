@@ -1310,7 +1310,7 @@ static void
 test_sqlite_statements_kept_fresh(void **state)
 {
 	char dir[] = "/tmp/tgw-store-test-XXXXXX", err[256], cmd[160];
-	char k[] = "u:9:0", chat[] = "42", p[] = "{\"chat_id\":42}";
+	char k[16] = "u:9:0", chat[] = "42", p[] = "{\"chat_id\":42}";
 	char path[128], *v = NULL;
 	struct store_call row = call(k, chat, p), *got;
 	struct store *a, *b;
