@@ -190,11 +190,57 @@ list_broadcasts(struct store *s, const struct ops_limits *l, FILE *out)
 	return 0;
 }
 
+/* Who sends: the instance holding the outbox duty, and when its lease
+ * ends (by the store's clock), from whichever instance this runs on. */
+static int
+list_sender(struct store *s, FILE *out)
+{
+	char holder[128], name[128], why[256], err[256], *mark;
+	int64_t left = 0;
+	int rc = store_lease_get(s, "outbox", holder, sizeof(holder), &left,
+	    err, sizeof(err));
+
+	if (rc == -1) {
+		fprintf(stderr, "tgwebhookd: %s\n", err);
+		return -1;
+	}
+	if (rc == 1) {
+		/* A SQLite store is clustered only by [cluster] instance,
+		 * which the store does not know */
+		fprintf(out, "sender: %s\n", store_shared(s) ? "no instance "
+		    "holds the outbox duty now (none runs, or one is taking "
+		    "it over: within [cluster] lease)" : "no outbox duty "
+		    "held: a daemon alone on this store (not clustered) sends "
+		    "itself; instances clustered on it ([cluster] instance) "
+		    "are not running, or one is taking the duty over");
+		return 0;
+	}
+	/* the holder is "NAME#MARK": the instance's name, then a mark of
+	 * its process */
+	snprintf(name, sizeof(name), "%s", holder);
+	if ((mark = strrchr(name, '#')) != NULL)
+		*mark = '\0';
+	shown(name, why, sizeof(why));
+	if (left >= 0)
+		fprintf(out, "sender: instance %s (%s) holds the outbox duty; "
+		    "its lease ends in %" PRId64 ".%01" PRId64 "s unless "
+		    "renewed\n", why, shown(holder, err, sizeof(err)),
+		    left / 1000, left % 1000 / 100);
+	else
+		fprintf(out, "sender: none: the lease of instance %s (%s) "
+		    "ended %" PRId64 ".%01" PRId64 "s ago (it stopped or "
+		    "cannot reach the store); another instance takes the duty "
+		    "over\n", why, shown(holder, err, sizeof(err)),
+		    -left / 1000, -left % 1000 / 100);
+	return 0;
+}
+
 int
 ops_outbox(struct store *s, const struct ops_limits *l, FILE *out)
 {
 	know_secrets(s);
-	if (list_lanes(s, out) == -1 || list_broadcasts(s, l, out) == -1 ||
+	if (list_sender(s, out) == -1 ||
+	    list_lanes(s, out) == -1 || list_broadcasts(s, l, out) == -1 ||
 	    list(s, STORE_CALL_PENDING, "pending", out) == -1 ||
 	    list(s, STORE_CALL_DEAD, "dead letters", out) == -1 ||
 	    list_failed(s, out) == -1)

@@ -21,7 +21,9 @@ struct ops_limits {
 	long max_pending_per_chat;	/* 0: no bound */
 };
 
-/* Prints each lane's depth, every broadcast (sent, pending, failed, when
+/* Prints who sends (the instance holding the outbox duty and when its
+ * lease ends; or that the store is not clustered), each lane's depth,
+ * every broadcast (sent, pending, failed, when
  * it finishes at l->rate), then pending and dead calls (method, chat,
  * attempts, last error, age).  Returns the exit status. */
 int ops_outbox(struct store *s, const struct ops_limits *l, FILE *out);

@@ -356,7 +356,13 @@ long
 store_prune(struct store *s, const struct store_keep *k, char *err,
     size_t errlen)
 {
-	return be(s)->prune(s, k, err, errlen);
+	long n = be(s)->prune(s, k, err, errlen), m;
+
+	if (n < 0 || be(s)->leases_prune == NULL)
+		return n;
+	m = be(s)->leases_prune(s, STORE_LEASE_KEEP_MS, STORE_LEASE_PRUNE_MAX,
+	    err, errlen);
+	return m < 0 ? -1 : n + m;
 }
 
 int
@@ -507,4 +513,23 @@ store_calls_wait(struct store *s, int timeout_ms, char *err, size_t errlen)
 	if (be(s)->calls_wait == NULL)
 		return lacks(s, "wake-ups from other instances", err, errlen);
 	return be(s)->calls_wait(s, timeout_ms, err, errlen);
+}
+
+int
+store_lease_get(struct store *s, const char *duty, char *holder,
+    size_t holderlen, int64_t *left_ms, char *err, size_t errlen)
+{
+	if (be(s)->lease_get == NULL)
+		return lacks(s, "leases", err, errlen);
+	return be(s)->lease_get(s, duty, holder, holderlen, left_ms, err,
+	    errlen);
+}
+
+long
+store_leases_prune(struct store *s, int64_t ended_ms, size_t max, char *err,
+    size_t errlen)
+{
+	if (be(s)->leases_prune == NULL)
+		return lacks(s, "leases", err, errlen);
+	return be(s)->leases_prune(s, ended_ms, max, err, errlen);
 }

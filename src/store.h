@@ -254,8 +254,8 @@ struct store_keep {
 	uint64_t dead_ms;	/* dead calls and failed updates */
 	uint64_t held_ms;	/* held updates never released */
 };
-/* Deletes what is older than k says, and expired states.  Count of rows,
- * or -1 with err. */
+/* Deletes what is older than k says, expired states, and (bounded) long
+ * ended leases.  Count of rows, or -1 with err. */
 long store_prune(struct store *s, const struct store_keep *k, char *err,
     size_t errlen);
 
@@ -355,6 +355,23 @@ int store_lease_take(struct store *s, const char *duty, const char *instance,
 /* Gives duty up if instance holds it (at a clean stop, so that another
  * takes over at once).  0 or -1 with err. */
 int store_lease_drop(struct store *s, const char *duty, const char *instance,
+    char *err, size_t errlen);
+/* Who holds duty, as the store says (for --outbox): 0 with its holder
+ * and *left_ms, the time to the lease's end by the store's clock
+ * (negative: ended that long ago, and not yet taken over), 1 if no
+ * instance holds it, -1 with err. */
+int store_lease_get(struct store *s, const char *duty, char *holder,
+    size_t holderlen, int64_t *left_ms, char *err, size_t errlen);
+
+/* Lease rows whose lease ended more than STORE_LEASE_KEEP_MS ago (their
+ * holder died, or stalled that long: conversations' "c:<key>" leases of
+ * a crashed instance) are deleted by store_prune(), at most
+ * STORE_LEASE_PRUNE_MAX at a time. */
+#define STORE_LEASE_KEEP_MS (3600LL * 1000)
+#define STORE_LEASE_PRUNE_MAX 1000
+/* Deletes up to max lease rows whose lease ended more than ended_ms ago,
+ * oldest first.  Count, or -1 with err. */
+long store_leases_prune(struct store *s, int64_t ended_ms, size_t max,
     char *err, size_t errlen);
 
 /* Waits up to timeout_ms until another instance may have added calls

@@ -111,6 +111,10 @@ struct store_backend {
 	    size_t holderlen, char *err, size_t errlen);
 	int (*lease_drop)(struct store *s, const char *duty,
 	    const char *instance, char *err, size_t errlen);
+	int (*lease_get)(struct store *s, const char *duty, char *holder,
+	    size_t holderlen, int64_t *left_ms, char *err, size_t errlen);
+	long (*leases_prune)(struct store *s, int64_t ended_ms, size_t max,
+	    char *err, size_t errlen);
 	int (*calls_wait)(struct store *s, int timeout_ms, char *err,
 	    size_t errlen);
 };

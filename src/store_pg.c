@@ -18,7 +18,15 @@
  *   waits at most PG_TAKE_MS, then fails (a 503 on the request path).
  * - A broken connection is opened again on its next use, with its own
  *   backoff; until then calls on it fail at once and
- *   store_failing_since() names the cause (/healthz, 503s).
+ *   store_failing_since() names the cause (/healthz, 503s).  A failover
+ *   (connections reset) is survived without a failure where that is
+ *   safe: a connection the server closed while idle is seen before the
+ *   next statement is sent; a statement outside a transaction that lost
+ *   its connection runs once more on a new one (but a dead letter's
+ *   insert); the transactions of queued calls, outcomes and claims run
+ *   once more from BEGIN (after a COMMIT whose answer was lost, only
+ *   when running them twice changes nothing more).  COMMIT and ROLLBACK
+ *   are never sent on a connection other than their transaction's.
  * - store_calls_wait() listens on a connection of its own: a LISTEN
  *   would otherwise hold the main one while it waits.
  * - The conninfo's password is never here: libpq reads it from
@@ -77,6 +85,13 @@ struct pgc {
 	bool busy;
 	PGconn *conn;
 	bool in_tx;		/* no reconnecting inside a transaction */
+	bool lost;		/* a statement lost the connection (since
+				 * the caller cleared it) */
+	bool committing;	/* its COMMIT was sent: whether it took
+				 * effect is unknown if the connection is
+				 * lost now */
+	bool once;		/* the next statement is not to be run again
+				 * (it would add a second row) */
 	int64_t retry_at;	/* monotonic ms: no attempt before */
 	unsigned backoff;
 };
@@ -294,11 +309,14 @@ pg_failing_since(struct store *s, char *why, size_t len)
  * Opens a connection to conninfo, bounded: connect_timeout, keepalives
  * and tcp_user_timeout (a server that vanishes without a reset), then
  * statement and lock timeouts for its session.  The conninfo comes last
- * so that what it sets wins.  NULL with err (and advice).
+ * so that what it sets wins.  NULL with err (and advice), and in brief
+ * (if not NULL) the advice first, then libpq's message: /healthz shows
+ * the first 255 bytes of why the store fails, and the advice is what an
+ * operator acts on.
  */
 static PGconn *
 pg_connect(const char *conninfo, const char *app, const char *where,
-    char *err, size_t errlen)
+    char *err, size_t errlen, char *brief, size_t brieflen)
 {
 	static const char *const keys[] = { "connect_timeout", "keepalives",
 		"keepalives_idle", "keepalives_interval", "keepalives_count",
@@ -315,6 +333,9 @@ pg_connect(const char *conninfo, const char *app, const char *where,
 		    "out of memory");
 		errf(err, errlen, "store postgresql (%s): %s: %s", where, msg,
 		    connect_advice(msg));
+		if (brief != NULL)
+			errf(brief, brieflen, "%s (libpq: %s)",
+			    connect_advice(msg), msg);
 		PQfinish(c);
 		return NULL;
 	}
@@ -327,6 +348,8 @@ pg_connect(const char *conninfo, const char *app, const char *where,
 		one_line(msg, sizeof(msg), PQerrorMessage(c));
 		errf(err, errlen, "store postgresql (%s): setting timeouts: %s",
 		    where, msg);
+		if (brief != NULL)
+			errf(brief, brieflen, "setting timeouts: %s", msg);
 		PQclear(r);
 		PQfinish(c);
 		return NULL;
@@ -342,14 +365,43 @@ backoff_grow(unsigned *b)
 	    PG_BACKOFF_MAX : *b * 2;
 }
 
+/*
+ * False if the server closed c while it was idle in the pool: a failover,
+ * a restart, pg_terminate_backend() or idle_session_timeout.  The server
+ * says so (FATAL) and closes the socket, which libpq notices only at the
+ * next statement, which would fail.  Seen before a statement is sent,
+ * the connection is opened again and the statement runs once, on the new
+ * one: nothing had been sent, so nothing can run twice.  One poll() that
+ * returns at once; an idle connection has nothing else to read.
+ */
+static bool
+idle_alive(PGconn *c)
+{
+	struct pollfd pfd = { .fd = PQsocket(c), .events = POLLIN };
+
+	if (pfd.fd < 0)
+		return false;
+	if (poll(&pfd, 1, 0) <= 0)
+		return true;
+	return PQconsumeInput(c) != 0 && PQstatus(c) == CONNECTION_OK;
+}
+
 /* pc's connection, opened again if it broke (unless the backoff's wait
  * is not over).  pc taken.  NULL with err. */
 static PGconn *
 conn(struct pgc *pc, char *err, size_t errlen)
 {
 	struct store *s = pc->s;
-	char why[768];
+	char why[768], brief[512];
 
+	if (pc->conn != NULL && !pc->in_tx && !idle_alive(pc->conn)) {
+		one_line(why, sizeof(why), PQerrorMessage(pc->conn));
+		log_info("store postgresql (%s): the server closed an idle "
+		    "connection (%s): opening it again", s->where, why);
+		PQfinish(pc->conn);
+		pc->conn = NULL;
+		pc->retry_at = 0;
+	}
 	if (pc->conn != NULL)
 		return pc->conn;
 	if (pc->in_tx) {
@@ -365,10 +417,10 @@ conn(struct pgc *pc, char *err, size_t errlen)
 		return NULL;
 	}
 	if ((pc->conn = pg_connect(s->conninfo, s->app, s->where, err,
-	    errlen)) == NULL) {
+	    errlen, brief, sizeof(brief))) == NULL) {
 		backoff_grow(&pc->backoff);
 		pc->retry_at = (int64_t)now_ms() + pc->backoff;
-		mark_failing(s, true, "connecting", err);
+		mark_failing(s, true, "connecting", brief);
 		return NULL;
 	}
 	pc->backoff = 0;
@@ -420,8 +472,10 @@ take_within(struct store *s, int wait_ms, char *err, size_t errlen)
 			break;
 		rc = pthread_cond_timedwait(&s->freed, &s->mu, &until);
 	}
-	if (pc != NULL)
+	if (pc != NULL) {
 		pc->busy = true;
+		pc->lost = pc->committing = pc->once = false;
+	}
 	pthread_mutex_unlock(&s->mu);
 	if (pc == NULL) {
 		errf(err, errlen, "store postgresql (%s): all %d connections "
@@ -473,12 +527,36 @@ run_bin(struct pgc *pc, bool writing, const char *what, const char *sql,
 	if (pc == NULL)
 		return NULL;
 	s = pc->s;
-	if ((c = conn(pc, err, errlen)) == NULL)
-		return NULL;
-	/* without parameters, the simple protocol: a migration is several
-	 * statements */
-	r = n == 0 ? PQexec(c, sql) : PQexecParams(c, sql, n, NULL, v, lens,
-	    bin, 0);
+	for (int attempt = 0;; attempt++) {
+		if ((c = conn(pc, err, errlen)) == NULL)
+			return NULL;
+		/* without parameters, the simple protocol: a migration is
+		 * several statements */
+		r = n == 0 ? PQexec(c, sql) : PQexecParams(c, sql, n, NULL, v,
+		    lens, bin, 0);
+		st = PQresultStatus(r);
+		/*
+		 * The connection lost under a statement outside a
+		 * transaction (the server was failing over, or ended it
+		 * just as it was sent): once more, on a new connection.
+		 * Every such statement here is a read or a write that
+		 * gives the same rows when run twice, but for those marked
+		 * once.  Inside a transaction, its caller decides.
+		 */
+		if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK ||
+		    PQstatus(c) == CONNECTION_OK || pc->in_tx || pc->once ||
+		    attempt > 0)
+			break;
+		one_line(msg, sizeof(msg), PQerrorMessage(c));
+		log_info("store postgresql (%s): %s: the connection was lost "
+		    "(%s): running it again on a new one", s->where, what,
+		    msg);
+		PQclear(r);
+		PQfinish(c);
+		pc->conn = NULL;
+		pc->retry_at = 0;
+	}
+	pc->once = false;
 	st = PQresultStatus(r);
 	if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) {
 		if (writing || s->down) {
@@ -507,6 +585,7 @@ run_bin(struct pgc *pc, bool writing, const char *what, const char *sql,
 		PQfinish(c);
 		pc->conn = NULL;
 		pc->retry_at = 0;
+		pc->lost = true;
 		mark_failing(s, true, what, msg);
 	} else if (writing) {
 		mark_failing(s, false, what, msg);
@@ -547,16 +626,43 @@ static int
 commit(struct pgc *pc, int ok, const char *what, char *err, size_t errlen)
 {
 	char ignore[64];
+	int rc = -1;
 
 	if (pc == NULL)
 		return -1;
-	pc->in_tx = false;
-	if (ok == 0)
-		return exec1(pc, true, what, "COMMIT", 0, NULL, err, errlen);
-	if (pc->conn != NULL)
+	/* Still in the transaction: never run again on a new connection,
+	 * which has none (there a COMMIT "succeeds", whatever became of
+	 * this one), nor reconnected for. */
+	if (ok == 0) {
+		pc->committing = true;
+		rc = exec1(pc, true, what, "COMMIT", 0, NULL, err, errlen);
+	} else if (pc->conn != NULL)
 		(void)exec1(pc, false, what, "ROLLBACK", 0, NULL, ignore,
 		    sizeof(ignore));
-	return -1;
+	pc->in_tx = false;
+	return rc;
+}
+
+/*
+ * Whether a transaction that failed on pc is run again from its BEGIN:
+ * once, if the connection was lost in it (a failover), and either its
+ * COMMIT was never sent (so nothing of it took effect) or running it
+ * twice changes nothing more than once (idempotent).  Clears what it
+ * looked at, for the next attempt.
+ */
+static bool
+tx_again(struct pgc *pc, int attempt, bool idempotent)
+{
+	bool again;
+
+	if (pc == NULL)
+		return false;
+	again = attempt == 0 && pc->lost && (!pc->committing || idempotent);
+	if (again)
+		log_info("store postgresql (%s): the connection was lost in a "
+		    "transaction: running it again on a new one", pc->s->where);
+	pc->lost = pc->committing = false;
+	return again;
 }
 
 static int64_t
@@ -931,21 +1037,20 @@ read_calls(struct store *s, const char *sql, int n, const char *const *v,
 	return rows;
 }
 
+/* pg_calls_add_state()'s transaction on pc, from BEGIN to COMMIT; the
+ * calls added in *count.  0 or -1 with err. */
 static int
-pg_calls_add_state(struct store *s, const struct store_call *calls,
+calls_add_tx(struct pgc *pc, const char *what, const struct store_call *calls,
     size_t n, const char *key, const struct store_state *state,
-    size_t *added, char *err, size_t errlen)
+    size_t *count, char *err, size_t errlen)
 {
-	struct pgc *pc;
-	char what[64], lane[8], cstate[8], created[24], nb[24], exp[24],
-	    uid[24], att[16];
-	size_t count = 0;
+	struct store *s = pc != NULL ? pc->s : NULL;
+	char lane[8], cstate[8], created[24], nb[24], exp[24], uid[24],
+	    att[16];
 	PGresult *r;
 	int ok = -1;
 
-	snprintf(what, sizeof(what), "queueing %zu call(s)%s", n,
-	    key != NULL ? " and a conversation state" : "");
-	pc = take(s, err, errlen);
+	*count = 0;
 	if (begin(pc, what, err, errlen) == -1)
 		goto out;
 	if (n > 0 && calls_lock(pc, err, errlen) == -1)
@@ -971,7 +1076,7 @@ pg_calls_add_state(struct store *s, const struct store_call *calls,
 		    "NOTHING", 11, v,
 		    err, errlen)) == NULL)
 			goto out;
-		count += (size_t)strtoul(PQcmdTuples(r), NULL, 10);
+		*count += (size_t)strtoul(PQcmdTuples(r), NULL, 10);
 		PQclear(r);
 	}
 	/* The state and the calls commit together or not at all. */
@@ -1000,7 +1105,7 @@ pg_calls_add_state(struct store *s, const struct store_call *calls,
 	/* Other instances' senders wake (store_calls_wait) when it
 	 * commits: NOTIFY is delivered at COMMIT, and not at all if it
 	 * rolls back. */
-	if (count > 0) {
+	if (*count > 0) {
 		const char *v[1] = { s->channel };
 
 		if (exec1(pc, true, what, "SELECT pg_notify($1, '')", 1, v, err,
@@ -1009,7 +1114,34 @@ pg_calls_add_state(struct store *s, const struct store_call *calls,
 	}
 	ok = 0;
 out:
-	ok = commit(pc, ok, what, err, errlen);
+	return commit(pc, ok, what, err, errlen);
+}
+
+static int
+pg_calls_add_state(struct store *s, const struct store_call *calls,
+    size_t n, const char *key, const struct store_state *state,
+    size_t *added, char *err, size_t errlen)
+{
+	struct pgc *pc;
+	char what[64];
+	size_t count = 0;
+	bool keyed = true;
+	int ok;
+
+	snprintf(what, sizeof(what), "queueing %zu call(s)%s", n,
+	    key != NULL ? " and a conversation state" : "");
+	/* Run twice, calls with keys are skipped the second time, and the
+	 * state is written with the same values: a transaction whose
+	 * COMMIT's answer was lost may be run again (a call without a key
+	 * would be queued twice). */
+	for (size_t i = 0; i < n; i++)
+		if (calls[i].key == NULL)
+			keyed = false;
+	pc = take(s, err, errlen);
+	for (int attempt = 0; (ok = calls_add_tx(pc, what, calls, n, key,
+	    state, &count, err, errlen)) == -1 && tx_again(pc, attempt,
+	    keyed); attempt++)
+		;
 	give(s, pc);
 	if (added != NULL)
 		*added = ok == 0 ? count : 0;
@@ -1271,19 +1403,16 @@ pg_broadcast_known(struct store *s, const char *id)
 	    "key >= 'b:' || $2 || ':' AND key < 'b:' || $2 || ';'", 2, v);
 }
 
+/* pg_calls_update()'s transaction on pc, with now (wall ms) the time
+ * of the finished ones.  0 or -1 with err. */
 static int
-pg_calls_update(struct store *s, const struct store_outcome *o, size_t n,
-    char *err, size_t errlen)
+calls_update_tx(struct pgc *pc, const char *what, const char *now,
+    const struct store_outcome *o, size_t n, char *err, size_t errlen)
 {
-	struct pgc *pc;
-	char what[64], id[24], st[8], att[16], nb[24], now[24];
+	struct store *s = pc != NULL ? pc->s : NULL;
+	char id[24], st[8], att[16], nb[24];
 	int ok = -1;
 
-	if (n == 0)
-		return 0;
-	snprintf(what, sizeof(what), "recording %zu outcome(s)", n);
-	snprintf(now, sizeof(now), "%" PRId64, wall_ms());
-	pc = take(s, err, errlen);
 	if (begin(pc, what, err, errlen) == -1)
 		goto out;
 	for (size_t i = 0; i < n; i++) {
@@ -1306,7 +1435,28 @@ pg_calls_update(struct store *s, const struct store_outcome *o, size_t n,
 	}
 	ok = 0;
 out:
-	ok = commit(pc, ok, what, err, errlen);
+	return commit(pc, ok, what, err, errlen);
+}
+
+static int
+pg_calls_update(struct store *s, const struct store_outcome *o, size_t n,
+    char *err, size_t errlen)
+{
+	struct pgc *pc;
+	char what[64], now[24];
+	int ok;
+
+	if (n == 0)
+		return 0;
+	snprintf(what, sizeof(what), "recording %zu outcome(s)", n);
+	snprintf(now, sizeof(now), "%" PRId64, wall_ms());
+	/* Each outcome sets a call's row to what it says: run twice, the
+	 * same rows.  A sender whose outcomes are lost would send the calls
+	 * again. */
+	pc = take(s, err, errlen);
+	for (int attempt = 0; (ok = calls_update_tx(pc, what, now, o, n, err,
+	    errlen)) == -1 && tx_again(pc, attempt, true); attempt++)
+		;
 	give(s, pc);
 	return ok;
 }
@@ -1629,6 +1779,9 @@ pg_dead_update(struct store *s, int64_t update_id, const char *handler,
 
 	snprintf(u, sizeof(u), "%" PRId64, update_id);
 	pc = take(s, err, errlen);
+	/* a second row if run twice: never run again (it fails instead) */
+	if (pc != NULL)
+		pc->once = true;
 	r = run_bin(pc, true, "keeping an update as a dead letter", "INSERT "
 	    "INTO tgw_dead_updates (bot, update_id, handler, reason, body, "
 	    "created) VALUES ($1, $2, $3, $4, $5, floor(extract(epoch FROM "
@@ -1676,21 +1829,14 @@ pg_offset_put(struct store *s, const char *source, int64_t next, char *err,
  * UPDATE ... WHERE decides under the row's lock: of two instances at the
  * same moment, one inserts or takes over, the other sees its row.
  */
+/* pg_update_claim()'s transaction on pc: v is (bot, update, instance,
+ * ttl).  The claim, or -1 with err. */
 static int
-pg_update_claim(struct store *s, int64_t update_id, const char *instance,
-    int64_t ttl_ms, char *err, size_t errlen)
+claim_tx(struct pgc *pc, const char *const *v, char *err, size_t errlen)
 {
-	struct pgc *pc;
-	char u[24], t[24];
-	const char *v[4] = { s->bot, u, instance, t };
 	PGresult *r;
 	int ret = -1;
 
-	snprintf(u, sizeof(u), "%" PRId64, update_id);
-	snprintf(t, sizeof(t), "%" PRId64, ttl_ms);
-	/* on the request path: bounded tighter than other calls, in a
-	 * transaction for SET LOCAL (one round trip with its BEGIN) */
-	pc = take_within(s, PG_CLAIM_TAKE_MS, err, errlen);
 	if (exec1(pc, true, "claiming an update", "BEGIN; SET LOCAL "
 	    "lock_timeout = " PG_CLAIM_LOCK_MS "; SET LOCAL statement_timeout "
 	    "= " PG_CLAIM_STATEMENT_MS, 0, NULL, err, errlen) == -1) {
@@ -1722,6 +1868,27 @@ out:
 	if (pc != NULL && pc->in_tx && commit(pc, ret == -1 ? -1 : 0,
 	    "claiming an update", err, errlen) == -1)
 		ret = -1;
+	return ret;
+}
+
+static int
+pg_update_claim(struct store *s, int64_t update_id, const char *instance,
+    int64_t ttl_ms, char *err, size_t errlen)
+{
+	struct pgc *pc;
+	char u[24], t[24];
+	const char *v[4] = { s->bot, u, instance, t };
+	int ret;
+
+	snprintf(u, sizeof(u), "%" PRId64, update_id);
+	snprintf(t, sizeof(t), "%" PRId64, ttl_ms);
+	/* On the request path: bounded tighter than other calls, in a
+	 * transaction for SET LOCAL (one round trip with its BEGIN).  Run
+	 * twice, the instance's own claim is only renewed. */
+	pc = take_within(s, PG_CLAIM_TAKE_MS, err, errlen);
+	for (int attempt = 0; (ret = claim_tx(pc, v, err, errlen)) == -1 &&
+	    tx_again(pc, attempt, true); attempt++)
+		;
 	give(s, pc);
 	return ret;
 }
@@ -1807,6 +1974,47 @@ pg_lease_drop(struct store *s, const char *duty, const char *instance,
 	    errlen) < 0 ? -1 : 0;
 }
 
+static int
+pg_lease_get(struct store *s, const char *duty, char *holder,
+    size_t holderlen, int64_t *left_ms, char *err, size_t errlen)
+{
+	struct pgc *pc;
+	const char *v[2] = { s->bot, duty };
+	PGresult *r;
+	int ret = -1;
+
+	pc = take(s, err, errlen);
+	if ((r = run(pc, false, "reading a lease", "SELECT holder, "
+	    "floor(extract(epoch FROM expires - now()) * 1000)::bigint FROM "
+	    "tgw_leases WHERE bot = $1 AND duty = $2", 2, v, err, errlen)) !=
+	    NULL) {
+		ret = PQntuples(r) > 0 ? 0 : 1;
+		if (ret == 0) {
+			snprintf(holder, holderlen, "%s", PQgetvalue(r, 0, 0));
+			*left_ms = num(r, 0, 1);
+		}
+	}
+	PQclear(r);
+	give(s, pc);
+	return ret;
+}
+
+/* Bounded: the oldest max rows of those long ended, by the primary key. */
+static long
+pg_leases_prune(struct store *s, int64_t ended_ms, size_t max, char *err,
+    size_t errlen)
+{
+	char e[24], m[24];
+	const char *v[3] = { s->bot, e, m };
+
+	snprintf(e, sizeof(e), "%" PRId64, ended_ms);
+	snprintf(m, sizeof(m), "%zu", max);
+	return changes(s, true, "deleting ended leases", "DELETE FROM "
+	    "tgw_leases WHERE bot = $1 AND duty IN (SELECT duty FROM "
+	    "tgw_leases WHERE bot = $1 AND expires < now() - $2 * interval "
+	    "'1 millisecond' ORDER BY expires LIMIT $3)", 3, v, err, errlen);
+}
+
 /* Drains the notifications libpq has read: true if there were any. */
 static bool
 drain(PGconn *c)
@@ -1841,7 +2049,7 @@ pg_calls_wait(struct store *s, int timeout_ms, char *err, size_t errlen)
 	if (s->listen == NULL) {
 		if ((int64_t)now_ms() >= s->listen_retry_at &&
 		    (s->listen = pg_connect(s->conninfo, s->app, s->where, err,
-		    errlen)) != NULL) {
+		    errlen, NULL, 0)) != NULL) {
 			chan = PQescapeIdentifier(s->listen, s->channel,
 			    strlen(s->channel));
 			snprintf(msg, sizeof(msg), "LISTEN %s", chan);
@@ -1942,5 +2150,7 @@ const struct store_backend store_pg_backend = {
 	.update_unclaim = pg_update_unclaim,
 	.lease_take = pg_lease_take,
 	.lease_drop = pg_lease_drop,
+	.lease_get = pg_lease_get,
+	.leases_prune = pg_leases_prune,
 	.calls_wait = pg_calls_wait,
 };

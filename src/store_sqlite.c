@@ -1532,6 +1532,49 @@ sqlite_calls_wait(struct store *s, int timeout_ms, char *err, size_t errlen)
 	}
 }
 
+/*
+ * For --outbox and store_prune (issue 14): who holds a duty, and lease
+ * rows long ended (a crashed instance's), a bounded number at a time.
+ */
+static int
+sqlite_lease_get(struct store *s, const char *duty, char *holder,
+    size_t holderlen, int64_t *left_ms, char *err, size_t errlen)
+{
+	int rc;
+
+	pthread_mutex_lock(&s->mu);
+	rc = cluster_step(s, "SELECT until - " NOW_MS " FROM leases WHERE"
+	    " duty = ?2", 0, duty, NULL, 0, 0, left_ms, NULL, 0);
+	if (rc == 1)
+		rc = cluster_step(s, "SELECT instance FROM leases WHERE"
+		    " duty = ?2", 0, duty, NULL, 0, 0, NULL, holder,
+		    holderlen);
+	if (rc == -1)
+		failed(s, false, err, errlen, "reading the %s lease", duty);
+	pthread_mutex_unlock(&s->mu);
+	return rc == -1 ? -1 : rc == 1 ? 0 : 1;
+}
+
+static long
+sqlite_leases_prune(struct store *s, int64_t ended_ms, size_t max,
+    char *err, size_t errlen)
+{
+	long n = -1;
+
+	pthread_mutex_lock(&s->mu);
+	if (cluster_step(s, "DELETE FROM leases WHERE duty IN (SELECT duty"
+	    " FROM leases WHERE until < " NOW_MS " - ?4 ORDER BY until"
+	    " LIMIT ?1)", (int64_t)max, NULL, NULL, ended_ms, -1, NULL, NULL,
+	    0) == 0)
+		n = sqlite3_changes(s->db);
+	if (n == -1)
+		failed(s, true, err, errlen, "deleting ended leases");
+	else
+		wrote(s);
+	pthread_mutex_unlock(&s->mu);
+	return n;
+}
+
 const struct store_backend store_sqlite_backend = {
 	.name = "sqlite",
 	.open = sqlite_open,
@@ -1575,5 +1618,7 @@ const struct store_backend store_sqlite_backend = {
 	.update_unclaim = sqlite_update_unclaim,
 	.lease_take = sqlite_lease_take,
 	.lease_drop = sqlite_lease_drop,
+	.lease_get = sqlite_lease_get,
+	.leases_prune = sqlite_leases_prune,
 	.calls_wait = sqlite_calls_wait,
 };

@@ -26,8 +26,8 @@ import time
 import urllib.request
 
 import botapi_emu
-from harness import (ROOT, TOKEN, Daemon, eventually, message, post_update,
-                     skip, stored_secrets)
+from harness import (ROOT, TOKEN, Daemon, binary, eventually, message,
+                     post_update, skip, stored_secrets)
 
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 import pgserver  # noqa: E402
@@ -74,12 +74,12 @@ class SharedStore:
     what the configuration's [store] section gets (conf), the generated
     secrets (secrets()), and close()."""
 
-    def __init__(self, tmp):
+    def __init__(self, tmp, backend=None, pg=None):
         self.kw = {"store": os.path.join(tmp, "store")}
         self.conf = ""
         self.db = None
-        if BACKEND[0] == "postgresql":
-            base = pg_conninfo()
+        if (backend or BACKEND[0]) == "postgresql":
+            base = pg or pg_conninfo()
             # a database of each test's own: no test sees another's rows
             self.db = "tgw_cluster_%d_%d" % (os.getpid(), next(_DB_SEQ))
             self.admin = with_db(base, "postgres")
@@ -106,9 +106,11 @@ class SharedStore:
                  % self.db)
 
 
-def shared_store(tmp):
-    """The store every instance shares (a SharedStore)."""
-    return SharedStore(tmp)
+def shared_store(tmp, backend=None, pg=None):
+    """The store every instance shares (a SharedStore): on backend (None:
+    this run's, BACKEND), a PostgreSQL one on the server whose superuser's
+    conninfo is pg (None: the tests' server)."""
+    return SharedStore(tmp, backend, pg)
 
 
 def runs_script(tmp, calls=1, pause="0.3"):
@@ -130,14 +132,15 @@ def runs_script(tmp, calls=1, pause="0.3"):
 
 class Cluster:
     """Instances a, b, c on one store and one emulator; a starts first
-    (and so takes the duties)."""
+    (and so takes the duties).  backend and pg: shared_store()'s."""
 
     def __init__(self, calls=1, lease="2s", polling=False, pause="0.3",
-                 names=NAMES, handler=None, deadline="0s"):
+                 names=NAMES, handler=None, deadline="0s", backend=None,
+                 pg=None, extra=""):
         self.tmp = tempfile.TemporaryDirectory(prefix="tgw-cluster-")
         self.emu = botapi_emu.Emulator(TOKEN).start()
         self.polling = polling
-        self.store = shared_store(self.tmp.name)
+        self.store = shared_store(self.tmp.name, backend, pg)
         if handler is None:
             handler = "[handler.runs]\nexec = %s\ntimeout = 10s\n" % (
                 runs_script(self.tmp.name, calls, pause))
@@ -145,13 +148,14 @@ class Cluster:
             handler = handler(self.tmp.name)
         self.d = {}
         for n in names:
-            extra = "[cluster]\ninstance = %s\nlease = %s\n" % (n, lease)
+            more = "[cluster]\ninstance = %s\nlease = %s\n%s" % (n, lease,
+                                                               extra)
             if polling:
-                extra += "[bot]\nsource = polling\n[polling]\ntimeout = 2s\n"
+                more += "[bot]\nsource = polling\n[polling]\ntimeout = 2s\n"
             self.d[n] = Daemon(handler,
                                webhook="reply_deadline = %s\n" % deadline,
                                tls=False, register=not polling, start=False,
-                               emu=self.emu, extra=extra,
+                               emu=self.emu, extra=more,
                                **self.store.kw)
             with open(self.d[n].conf) as f:
                 text = self.store.edit(f.read())
@@ -509,6 +513,49 @@ def test_two_instances_given_one_name_never_both_act():
             held = ['tgwebhookd_duty_held{duty="%s"} 1' % duty in
                     c.metrics(n) for n in "ab"]
             assert held.count(True) == 1, (duty, held)
+
+
+def outbox_of(d):
+    """tgwebhookd --outbox with instance d's configuration: its output."""
+    out = subprocess.run([binary(), "-c", d.conf, "--outbox"],
+                         capture_output=True, text=True, env=d.env,
+                         timeout=30)
+    assert out.returncode == 0, out
+    return out.stdout
+
+
+def test_outbox_names_the_sender_from_any_instance():
+    with Cluster(lease="30s") as c:
+        assert c.holder("outbox") == "a"
+        for n in NAMES:
+            out = outbox_of(c.d[n])
+            m = re.search(r"^sender: instance a \(a#[0-9a-f]{8}\) holds the "
+                          r"outbox duty; its lease ends in (\d+)\.\ds "
+                          r"unless renewed$", out, re.M)
+            assert m, out
+            assert int(m.group(1)) <= 30, out
+        # a clean stop hands it over; every instance says who has it now
+        assert c.d["a"].stop() == 0
+        assert eventually(lambda: c.holder("outbox") in ("b", "c"), 10)
+        new = c.holder("outbox")
+        for n in "bc":
+            assert "sender: instance %s (%s#" % (new, new) in outbox_of(
+                c.d[n]), outbox_of(c.d[n])
+        # every instance stopped: the duty is given up, nobody sends
+        for n in "bc":
+            assert c.d[n].stop() == 0
+        out = outbox_of(c.d["a"])
+        assert ("sender: no instance holds the outbox duty now" if
+                BACKEND[0] == "postgresql" else "sender: no outbox duty "
+                "held: a daemon alone on this store (not clustered) sends "
+                "itself; instances clustered") in out, out
+    if BACKEND[0] == "sqlite":
+        # one daemon alone on its SQLite store: no duty, it says so
+        d = Daemon("[handler.hi]\nreply = hello\n", tls=False,
+                   register=False, start=False)
+        with d:
+            assert "(not clustered) sends itself" in outbox_of(d), \
+                outbox_of(d)
 
 
 def _on_postgresql(test):

@@ -522,6 +522,73 @@ test_prune(void **state)
 	assert_int_equal(system(cmd), 0);
 }
 
+/* Lease rows a crashed instance left (conversations' "c:<key>" leases,
+ * duties): those ended more than STORE_LEASE_KEEP_MS ago go at
+ * store_prune(), at most max at a time, oldest first; live ones and those
+ * just ended stay; store_lease_get() says who holds one and for how
+ * long. */
+static void
+test_leases_pruned(void **state)
+{
+	char dir[] = "/tmp/tgw-store-test-XXXXXX", err[256], cmd[160];
+	char holder[128];
+	struct store_keep keep = { 3600000, 3600000, 3600000 };
+	struct store *s;
+	int64_t left = 0;
+
+	need_backend(state);
+	assert_non_null(mkdtemp(dir));
+	assert_non_null(s = topen(state, dir, err, sizeof(err)));
+	/* a ttl in the past: leases a dead instance took hours ago */
+	assert_int_equal(store_lease_take(s, "c:c100", "dead#01", -3 *
+	    STORE_LEASE_KEEP_MS, NULL, 0, err, sizeof(err)), 1);
+	assert_int_equal(store_lease_take(s, "c:c101", "dead#01", -2 *
+	    STORE_LEASE_KEEP_MS, NULL, 0, err, sizeof(err)), 1);
+	assert_int_equal(store_lease_take(s, "polling", "dead#01", -2 *
+	    STORE_LEASE_KEEP_MS, NULL, 0, err, sizeof(err)), 1);
+	/* ended a minute ago: kept (--outbox shows whose it was) */
+	assert_int_equal(store_lease_take(s, "c:c102", "dead#01", -60000,
+	    NULL, 0, err, sizeof(err)), 1);
+	/* live */
+	assert_int_equal(store_lease_take(s, "c:c103", "live#02", 60000, NULL,
+	    0, err, sizeof(err)), 1);
+	assert_int_equal(store_lease_take(s, "outbox", "live#02", 60000, NULL,
+	    0, err, sizeof(err)), 1);
+	assert_int_equal(store_lease_get(s, "outbox", holder, sizeof(holder),
+	    &left, err, sizeof(err)), 0);
+	assert_string_equal(holder, "live#02");
+	assert_true(left > 55000 && left <= 60000);
+	assert_int_equal(store_lease_get(s, "c:c102", holder, sizeof(holder),
+	    &left, err, sizeof(err)), 0);
+	assert_true(left < -59000 && left > -65000);
+	/* bounded: two a time, the oldest first */
+	assert_int_equal(store_leases_prune(s, STORE_LEASE_KEEP_MS, 2, err,
+	    sizeof(err)), 2);
+	assert_int_equal(store_lease_get(s, "c:c100", holder, sizeof(holder),
+	    &left, err, sizeof(err)), 1);
+	assert_int_equal(store_lease_get(s, "c:c101", holder, sizeof(holder),
+	    &left, err, sizeof(err)) + store_lease_get(s, "polling", holder,
+	    sizeof(holder), &left, err, sizeof(err)), 1);
+	/* store_prune takes the rest, and only them */
+	assert_int_equal(store_prune(s, &keep, err, sizeof(err)), 1);
+	assert_int_equal(store_prune(s, &keep, err, sizeof(err)), 0);
+	assert_int_equal(store_lease_get(s, "c:c101", holder, sizeof(holder),
+	    &left, err, sizeof(err)), 1);
+	assert_int_equal(store_lease_get(s, "polling", holder, sizeof(holder),
+	    &left, err, sizeof(err)), 1);
+	assert_int_equal(store_lease_get(s, "c:c102", holder, sizeof(holder),
+	    &left, err, sizeof(err)), 0);
+	assert_int_equal(store_lease_get(s, "c:c103", holder, sizeof(holder),
+	    &left, err, sizeof(err)), 0);
+	assert_string_equal(holder, "live#02");
+	/* a pruned lease is free: another instance takes it */
+	assert_int_equal(store_lease_take(s, "polling", "new#03", 60000,
+	    holder, sizeof(holder), err, sizeof(err)), 1);
+	store_close(s);
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+	assert_int_equal(system(cmd), 0);
+}
+
 /* Conversation state: written, read back, replaced; written with calls in
  * one transaction, so a call that cannot be stored leaves the old state;
  * expired states read as none and are deleted. */
@@ -1314,6 +1381,7 @@ main(void)
 		cmocka_unit_test(test_migrates_old_store),
 		cmocka_unit_test(test_conninfo_secrets_refused),
 		BOTH(test_prune),
+		BOTH(test_leases_pruned),
 		BOTH(test_states),
 		BOTH(test_states_list),
 		BOTH(test_calls_add_keeps_attempts),
