@@ -11,6 +11,10 @@ against the Bot API emulator, with the same reply handler:
 
 The outbox is opened up (rate 1000/s, no per-chat interval) so that
 Telegram's limits, the same for both, do not hide the sources' own cost.
+Both daemons log at `[log] level = info`, the default and what
+webhook_bench.py runs (the tests' harness writes debug, which logs a
+line per delivered follow-up that the webhook's inline answer does not
+have); BENCH_LOG_LEVEL changes it.
 A measurement, not a test: compare the two figures of one run."""
 
 import os
@@ -28,6 +32,18 @@ N = int(os.environ.get("N", "2000"))
 SAMPLES = int(os.environ.get("SAMPLES", "100"))
 REPLY = "[handler.start]\ncommands = /start\nreply = Hello, {from.first_name}!\n"
 OUTBOX = "[outbox]\nrate = 1000\nchat_interval = 0\nmax_inflight = 256\n"
+LOG_LEVEL = os.environ.get("BENCH_LOG_LEVEL", "info")
+
+
+def start(d):
+    """Starts d with the bench's log level in place of the harness's."""
+    with open(d.conf) as f:
+        text = f.read()
+    assert "[log]\nlevel = debug\n" in text
+    with open(d.conf, "w") as f:
+        f.write(text.replace("[log]\nlevel = debug\n",
+                             "[log]\nlevel = %s\n" % LOG_LEVEL))
+    d.start()
 
 
 def polling():
@@ -35,7 +51,7 @@ def polling():
                extra="[bot]\nsource = polling\n[polling]\ntimeout = 10s\n" +
                OUTBOX)
     with d:
-        d.start()
+        start(d)
         c0 = cpu_ticks([d.proc.pid])
         t0 = time.time()
         for i in range(1, N + 1):
@@ -55,8 +71,9 @@ def polling():
 
 
 def webhook():
-    d = Daemon(REPLY, extra=OUTBOX)
+    d = Daemon(REPLY, extra=OUTBOX, start=False)
     with d:
+        start(d)
         c0 = cpu_ticks([d.proc.pid])
         t0 = time.time()
         for i in range(1, N + 1):

@@ -24,7 +24,10 @@
  * takes bulk_share of the slots while it and a higher lane are both
  * ready.  The paid lane has its own pace (paid_rate); with paid_rate off
  * its calls go in the bulk lane.  Outcomes are written back in one
- * transaction per loop.
+ * transaction per loop, or, while calls go back to back, per batch of
+ * loops (outcomes_due()).  outbox_add() wakes the sender to read only
+ * the lanes it queued into; every lane is read at start, on gaining the
+ * duty, on a shared store's wake-up and once a second.
  *
  * Times in memory are monotonic milliseconds; the store keeps wall-clock
  * times, converted when rows are read.
@@ -59,6 +62,8 @@
 				 * wait in the store */
 #define QUEUE_MEMORY 8		/* calls of one chat's queue in memory */
 #define RELOAD_MS 1000		/* look for rows other processes added */
+#define OUTCOME_BATCH 64	/* outcomes written in one transaction */
+#define OUTCOME_MS 100		/* at most this late while calls wait */
 #define WATCH_MS 500		/* one store_calls_wait() */
 #define PRUNE_MS 60000
 #define SWEEP_MS 30000
@@ -125,7 +130,8 @@ struct outbox {
 	pthread_t thread;
 	pthread_t watcher;	/* o.shared: store_calls_wait() */
 	bool active;		/* holds the outbox duty (sender thread) */
-	atomic_bool wake;
+	atomic_bool wake;	/* read every lane from the store */
+	atomic_uint wake_lanes;	/* lanes outbox_add() queued into */
 	atomic_bool stopping;
 	atomic_size_t held;
 	atomic_long stored;	/* pending calls in the store */
@@ -157,6 +163,7 @@ struct outbox {
 	struct store_outcome *outcomes;
 	char **outcome_errs;
 	size_t noutcomes, outcap;
+	uint64_t outcomes_by;	/* written by then (monotonic ms) */
 
 };
 
@@ -538,6 +545,8 @@ outcome(struct outbox *o, const struct item *it, enum store_call_state st,
 		o->outcome_errs = xrealloc(o->outcome_errs, o->outcap *
 		    sizeof(*o->outcome_errs));
 	}
+	if (o->noutcomes == 0)
+		o->outcomes_by = now_ms() + OUTCOME_MS;
 	oc = &o->outcomes[o->noutcomes];
 	o->outcome_errs[o->noutcomes] = error ? xstrdup(error) : NULL;
 	oc->id = it->id;
@@ -1110,7 +1119,42 @@ wait_ms(struct outbox *o)
 	}
 	if (atomic_load(&o->stopping) && o->stop_by < t)
 		t = o->stop_by;
+	if (o->noutcomes > 0 && o->outcomes_by < t)
+		t = o->outcomes_by;
 	return t > now ? (int)(t - now) : 0;
+}
+
+/*
+ * Whether the outcomes gathered are written now.  While the sender sends
+ * back to back it writes them in batches, up to OUTCOME_BATCH or
+ * OUTCOME_MS late: one transaction instead of one per call, which was
+ * most of a delivered call's cost in the store.  A crash in between
+ * sends those calls again, which at least once allows (as a crash
+ * between a send and its outcome does).  When nothing is to go within
+ * OUTCOME_MS (the outbox idle, or its calls waiting on their chats'
+ * limits) they are written at once, so that the store of a sender at
+ * rest is up to date (--outbox, and outbox_unsent(), to which a
+ * delivered call not yet written still counts as unsent: that only
+ * makes a later answer to its chat a follow-up, in order).
+ */
+static bool
+outcomes_due(const struct outbox *o, uint64_t now)
+{
+	uint64_t next = UINT64_MAX;
+
+	if (o->noutcomes == 0)
+		return false;
+	if (o->noutcomes >= OUTCOME_BATCH || now >= o->outcomes_by ||
+	    atomic_load(&o->stopping))
+		return true;
+	for (int l = 0; l < LANES; l++) {
+		uint64_t e = lane_next(o, l, l == STORE_LANE_PAID ?
+		    o->next_paid_us : o->next_send_us);
+
+		if (e < next)
+			next = e;
+	}
+	return next > now + OUTCOME_MS;
 }
 
 /* Nothing more can go out before stop_by. */
@@ -1262,7 +1306,10 @@ sender(void *arg)
 		if (now >= next_count) {
 			/* what other processes (a broadcast) added, too */
 			long long before = atomic_load(&o->queued);
-			long n = store_calls_count(o->store, STORE_CALL_PENDING,
+			long n;
+
+			flush_outcomes(o);
+			n = store_calls_count(o->store, STORE_CALL_PENDING,
 			    NULL);
 
 			if (n >= 0) {
@@ -1275,8 +1322,16 @@ sender(void *arg)
 		held = holding(o);
 		if (held && (atomic_exchange(&o->wake, false) ||
 		    now >= next_reload || low)) {
+			atomic_store(&o->wake_lanes, 0);
 			load(o);
 			next_reload = now + RELOAD_MS;
+		} else if (held) {
+			/* only the lanes outbox_add() queued into */
+			unsigned lanes = atomic_exchange(&o->wake_lanes, 0);
+
+			for (int l = 0; l < LANES; l++)
+				if (lanes & 1U << l)
+					load_lane(o, (enum store_lane)l);
 		}
 		/* Stopping: leave once nothing is in flight and nothing more
 		 * can go out before stop_by. */
@@ -1296,8 +1351,9 @@ sender(void *arg)
 			completed(o, it, &r);
 			botapi_result_clear(&r);
 		}
-		flush_outcomes(o);
 		now = now_ms();
+		if (outcomes_due(o, now))
+			flush_outcomes(o);
 		if (now >= next_prune) {
 			if (held)
 				prune(o);
@@ -1494,21 +1550,36 @@ outbox_add_state(struct outbox *o, json_t *calls, size_t from,
 			over++;
 		}
 	}
-	refused = outbox_limit_chats(o->store, rows, m,
-	    o->o.max_pending_per_chat);
+	/* No chat can reach max_pending_per_chat while the store holds
+	 * fewer pending calls in all (as last counted, plus ours since: the
+	 * count is never below what is there but for calls another process
+	 * queued within the last RELOAD_MS): then the store is not asked
+	 * chat by chat.  A shared store always is. */
+	if (o->o.shared || atomic_load(&o->stored) + (long)m >=
+	    o->o.max_pending_per_chat)
+		refused = outbox_limit_chats(o->store, rows, m,
+		    o->o.max_pending_per_chat);
+	else
+		refused = 0;
 	if ((rc = store_calls_add_state(o->store, rows, m, skey, state, &added,
 	    err, errlen)) == 0) {
 		size_t pending = 0;
+		unsigned lanes = 0;
 
 		/* about: a key queued before is not added again */
 		for (size_t i = 0; i < m; i++)
-			pending += rows[i].state == STORE_CALL_PENDING;
+			if (rows[i].state == STORE_CALL_PENDING) {
+				pending++;
+				lanes |= 1U << rows[i].lane;
+			}
 		atomic_fetch_add(&o->stored, (long)(added < pending ? added :
 		    pending));
 		if (added > 0 && pending > 0)
 			atomic_fetch_add(&o->queued, 1);
-		atomic_store(&o->wake, true);
-		botapi_multi_wakeup(o->api);
+		if (added > 0 && lanes != 0) {
+			atomic_fetch_or(&o->wake_lanes, lanes);
+			botapi_multi_wakeup(o->api);
+		}
 		if (over > 0)
 			log_err("outbox: update %" PRId64 ": %zu call(s) over "
 			    "[outbox] max_calls_per_update (%ld) kept as dead "

@@ -29,11 +29,23 @@
     "last_error, state, lane"
 
 #define STORE_FILE STORE_SQLITE_FILE
+/* Statements kept prepared per connection: the store's SQL is a fixed
+ * set of about 40 texts; past this, a statement is prepared per use. */
+#define STMT_CACHE 64
 
 struct store {
 	struct store_base base;	/* first: store.c reaches the table */
 	pthread_mutex_t mu;
 	sqlite3 *db;
+	/* Prepared once (SQLITE_PREPARE_PERSISTENT), reset after each use,
+	 * under mu: parsing and planning the SQL was most of a small
+	 * query's cost.  Keyed by the text's address, checked against the
+	 * text itself. */
+	struct {
+		const char *sql;
+		sqlite3_stmt *st;
+	} cache[STMT_CACHE];
+	size_t ncache;
 	char *path;
 	/* Since when writes fail (wall ms; 0: they work), and why. */
 	atomic_int_least64_t failing_since;
@@ -277,11 +289,77 @@ sqlite_close(struct store *s)
 {
 	if (s == NULL)
 		return;
+	for (size_t i = 0; i < s->ncache; i++)
+		sqlite3_finalize(s->cache[i].st);
 	sqlite3_close(s->db);
 	pthread_mutex_destroy(&s->mu);
 	pthread_mutex_destroy(&s->why_mu);
 	free(s->path);
 	free(s);
+}
+
+/*
+ * The statement for sql, from this connection's cache (prepared on its
+ * first use), or prepared for this use alone when the cache is full.
+ * Under s->mu; handed back with stmt_done().  SQLite's result code.
+ */
+static int
+stmt_prepare(struct store *s, const char *sql, sqlite3_stmt **out)
+{
+	int rc;
+
+	*out = NULL;
+	for (size_t i = 0; i < s->ncache; i++)
+		if (s->cache[i].sql == sql &&
+		    strcmp(sqlite3_sql(s->cache[i].st), sql) == 0) {
+			*out = s->cache[i].st;
+			return SQLITE_OK;
+		}
+	if (s->ncache == STMT_CACHE)
+		return sqlite3_prepare_v2(s->db, sql, -1, out, NULL);
+	rc = sqlite3_prepare_v3(s->db, sql, -1, SQLITE_PREPARE_PERSISTENT,
+	    out, NULL);
+	if (rc == SQLITE_OK) {
+		s->cache[s->ncache].sql = sql;
+		s->cache[s->ncache++].st = *out;
+	}
+	return rc;
+}
+
+/*
+ * Ends a use of st (NULL: none): a cached statement is reset, which ends
+ * its read of the database (a statement left stepping would hold its
+ * snapshot, and the WAL could not be checkpointed past it), and loses
+ * its bindings (they point at the caller's memory); any other is
+ * finalized.  Under s->mu.
+ */
+static void
+stmt_done(struct store *s, sqlite3_stmt *st)
+{
+	if (st == NULL)
+		return;
+	for (size_t i = 0; i < s->ncache; i++)
+		if (s->cache[i].st == st) {
+			sqlite3_reset(st);
+			sqlite3_clear_bindings(st);
+			return;
+		}
+	sqlite3_finalize(st);
+}
+
+/* Runs one statement without bindings (BEGIN, COMMIT, ROLLBACK) through
+ * the cache.  SQLite's result code, SQLITE_OK when it ran. */
+static int
+stmt_exec(struct store *s, const char *sql)
+{
+	sqlite3_stmt *st;
+	int rc;
+
+	if ((rc = stmt_prepare(s, sql, &st)) != SQLITE_OK)
+		return rc;
+	rc = sqlite3_step(st);
+	stmt_done(s, st);
+	return rc == SQLITE_DONE ? SQLITE_OK : rc;
 }
 
 /*
@@ -297,7 +375,7 @@ lookup(struct store *s, const char *sql, const char *key, char **text,
 	int rc, ret = -1;
 
 	pthread_mutex_lock(&s->mu);
-	if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK)
+	if (stmt_prepare(s, sql, &st) != SQLITE_OK)
 		goto out;
 	sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
 	rc = sqlite3_step(st);
@@ -314,7 +392,7 @@ lookup(struct store *s, const char *sql, const char *key, char **text,
 out:
 	if (ret == -1)
 		failed(s, false, err, errlen, "reading %s", what);
-	sqlite3_finalize(st);
+	stmt_done(s, st);
 	pthread_mutex_unlock(&s->mu);
 	return ret;
 }
@@ -335,8 +413,8 @@ sqlite_secret_put(struct store *s, const char *name, const char *value,
 	int ret = -1;
 
 	pthread_mutex_lock(&s->mu);
-	if (sqlite3_prepare_v2(s->db, "INSERT OR REPLACE INTO secrets"
-	    "(name, value) VALUES (?, ?)", -1, &st, NULL) != SQLITE_OK)
+	if (stmt_prepare(s, "INSERT OR REPLACE INTO secrets"
+	    "(name, value) VALUES (?, ?)", &st) != SQLITE_OK)
 		goto out;
 	sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
 	sqlite3_bind_text(st, 2, value, -1, SQLITE_STATIC);
@@ -347,7 +425,7 @@ out:
 		failed(s, true, err, errlen, "writing %s", name);
 	else
 		wrote(s);
-	sqlite3_finalize(st);
+	stmt_done(s, st);
 	pthread_mutex_unlock(&s->mu);
 	return ret;
 }
@@ -362,9 +440,9 @@ sqlite_dead_update(struct store *s, int64_t update_id, const char *handler,
 	int ret = -1;
 
 	pthread_mutex_lock(&s->mu);
-	if (sqlite3_prepare_v2(s->db, "INSERT INTO dead_updates(update_id, "
+	if (stmt_prepare(s, "INSERT INTO dead_updates(update_id, "
 	    "handler, reason, body, created) VALUES (?, ?, ?, ?, "
-	    "strftime('%s','now'))", -1, &st, NULL) != SQLITE_OK)
+	    "strftime('%s','now'))", &st) != SQLITE_OK)
 		goto out;
 	sqlite3_bind_int64(st, 1, update_id);
 	sqlite3_bind_text(st, 2, handler, -1, SQLITE_STATIC);
@@ -378,7 +456,7 @@ out:
 		    "letter", (long long)update_id);
 	else
 		wrote(s);
-	sqlite3_finalize(st);
+	stmt_done(s, st);
 	pthread_mutex_unlock(&s->mu);
 	free(why);
 	return ret;
@@ -391,10 +469,10 @@ sqlite_dead_count(struct store *s)
 	long n = -1;
 
 	pthread_mutex_lock(&s->mu);
-	if (sqlite3_prepare_v2(s->db, "SELECT count(*) FROM dead_updates", -1,
-	    &st, NULL) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
+	if (stmt_prepare(s, "SELECT count(*) FROM dead_updates", &st) ==
+	    SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
 		n = (long)sqlite3_column_int64(st, 0);
-	sqlite3_finalize(st);
+	stmt_done(s, st);
 	pthread_mutex_unlock(&s->mu);
 	return n;
 }
@@ -448,7 +526,7 @@ query_calls_text(struct store *s, const char *sql, int64_t a, int64_t b,
 
 	*out = NULL;
 	pthread_mutex_lock(&s->mu);
-	if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK)
+	if (stmt_prepare(s, sql, &st) != SQLITE_OK)
 		goto fail;
 	sqlite3_bind_int64(st, 1, a);
 	sqlite3_bind_int64(st, 2, b);
@@ -467,13 +545,13 @@ query_calls_text(struct store *s, const char *sql, int64_t a, int64_t b,
 	}
 	if (rc != SQLITE_DONE)
 		goto fail;
-	sqlite3_finalize(st);
+	stmt_done(s, st);
 	pthread_mutex_unlock(&s->mu);
 	*out = calls;
 	return (long)n;
 fail:
 	failed(s, false, err, errlen, "reading the outbox");
-	sqlite3_finalize(st);
+	stmt_done(s, st);
 	pthread_mutex_unlock(&s->mu);
 	store_calls_free(calls, n);
 	return -1;
@@ -492,8 +570,7 @@ query_calls(struct store *s, const char *sql, int64_t a, int64_t b,
 static int
 begin(struct store *s)
 {
-	return sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) ==
-	    SQLITE_OK ? 0 : -1;
+	return stmt_exec(s, "BEGIN IMMEDIATE") == SQLITE_OK ? 0 : -1;
 }
 
 /* Ends the transaction begin() started: commits it if ok is 0 (and
@@ -503,14 +580,13 @@ static int
 commit(struct store *s, int ok, char *err, size_t errlen, const char *what)
 {
 	if (ok == 0) {
-		if (sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL) ==
-		    SQLITE_OK) {
+		if (stmt_exec(s, "COMMIT") == SQLITE_OK) {
 			wrote(s);
 			return 0;
 		}
 		failed(s, true, err, errlen, "%s", what);
 	}
-	sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+	stmt_exec(s, "ROLLBACK");
 	return -1;
 }
 
@@ -522,10 +598,10 @@ state_write(struct store *s, const char *key, const struct store_state *st)
 	sqlite3_stmt *q = NULL;
 	int ret = -1;
 
-	if (sqlite3_prepare_v2(s->db, st == NULL ?
+	if (stmt_prepare(s, st == NULL ?
 	    "DELETE FROM states WHERE key = ?1" :
 	    "INSERT OR REPLACE INTO states(key, name, data, expires, "
-	    "update_id) VALUES (?1, ?2, ?3, ?4, ?5)", -1, &q, NULL) !=
+	    "update_id) VALUES (?1, ?2, ?3, ?4, ?5)", &q) !=
 	    SQLITE_OK)
 		return -1;
 	sqlite3_bind_text(q, 1, key, -1, SQLITE_STATIC);
@@ -539,7 +615,7 @@ state_write(struct store *s, const char *key, const struct store_state *st)
 	}
 	if (sqlite3_step(q) == SQLITE_DONE)
 		ret = 0;
-	sqlite3_finalize(q);
+	stmt_done(s, q);
 	return ret;
 }
 
@@ -556,11 +632,10 @@ sqlite_calls_add_state(struct store *s, const struct store_call *calls,
 	pthread_mutex_lock(&s->mu);
 	if (begin(s) == -1)
 		goto out;
-	if (sqlite3_prepare_v2(s->db, "INSERT OR IGNORE INTO calls(key, "
+	if (stmt_prepare(s, "INSERT OR IGNORE INTO calls(key, "
 	    "method, chat, params, created, not_before, lane, state, "
 	    "last_error, finished, attempts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, "
-	    "?, CASE WHEN ?8 = 0 THEN NULL ELSE ?5 END, ?10)", -1, &st,
-	    NULL) !=
+	    "?, CASE WHEN ?8 = 0 THEN NULL ELSE ?5 END, ?10)", &st) !=
 	    SQLITE_OK)
 		goto out;
 	for (size_t i = 0; i < n; i++) {
@@ -591,7 +666,7 @@ out:
 	    key != NULL ? " and a conversation state" : "");
 	if (ok == -1)
 		failed(s, true, err, errlen, "%s", what);
-	sqlite3_finalize(st);
+	stmt_done(s, st);
 	ok = commit(s, ok, err, errlen, what);
 	pthread_mutex_unlock(&s->mu);
 	if (added != NULL)
@@ -628,13 +703,13 @@ query_count(struct store *s, const char *sql, const char *text, int64_t a)
 	long n = -1;
 
 	pthread_mutex_lock(&s->mu);
-	if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) == SQLITE_OK) {
+	if (stmt_prepare(s, sql, &st) == SQLITE_OK) {
 		sqlite3_bind_text(st, 1, text, -1, SQLITE_STATIC);
 		sqlite3_bind_int64(st, 2, a);
 		if (sqlite3_step(st) == SQLITE_ROW)
 			n = (long)sqlite3_column_int64(st, 0);
 	}
-	sqlite3_finalize(st);
+	stmt_done(s, st);
 	pthread_mutex_unlock(&s->mu);
 	return n;
 }
@@ -655,8 +730,8 @@ sqlite_calls_lanes(struct store *s, struct store_lane_depth out[STORE_LANES])
 
 	memset(out, 0, STORE_LANES * sizeof(*out));
 	pthread_mutex_lock(&s->mu);
-	if (sqlite3_prepare_v2(s->db, "SELECT lane, count(*), min(created) "
-	    "FROM calls WHERE state = 0 GROUP BY lane", -1, &st, NULL) ==
+	if (stmt_prepare(s, "SELECT lane, count(*), min(created) "
+	    "FROM calls WHERE state = 0 GROUP BY lane", &st) ==
 	    SQLITE_OK)
 		while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
 			int l = sqlite3_column_int(st, 0);
@@ -666,7 +741,7 @@ sqlite_calls_lanes(struct store *s, struct store_lane_depth out[STORE_LANES])
 			out[l].depth = (long)sqlite3_column_int64(st, 1);
 			out[l].oldest_ms = sqlite3_column_int64(st, 2);
 		}
-	sqlite3_finalize(st);
+	stmt_done(s, st);
 	pthread_mutex_unlock(&s->mu);
 	return rc == SQLITE_DONE ? 0 : -1;
 }
@@ -682,11 +757,11 @@ sqlite_broadcasts(struct store *s, struct store_broadcast *out, size_t max,
 	/* key "b:<16 hex>:<line>"; a range, not LIKE, so that the key's
 	 * unique index serves it */
 	pthread_mutex_lock(&s->mu);
-	if (sqlite3_prepare_v2(s->db, "SELECT substr(key, 3, 16), "
+	if (stmt_prepare(s, "SELECT substr(key, 3, 16), "
 	    "sum(state = 1), sum(state = 0), sum(state = 2), min(created), "
 	    "coalesce(max(CASE WHEN state = 0 THEN not_before END), 0) "
 	    "FROM calls WHERE key >= 'b:' AND key < 'b;' GROUP BY 1 "
-	    "ORDER BY min(id) LIMIT ?", -1, &st, NULL) == SQLITE_OK) {
+	    "ORDER BY min(id) LIMIT ?", &st) == SQLITE_OK) {
 		sqlite3_bind_int64(st, 1, (sqlite3_int64)max);
 		while ((rc = sqlite3_step(st)) == SQLITE_ROW && n < max) {
 			struct store_broadcast *b = &out[n++];
@@ -704,7 +779,7 @@ sqlite_broadcasts(struct store *s, struct store_broadcast *out, size_t max,
 		failed(s, false, err, errlen, "reading broadcasts");
 		n = 0;
 	}
-	sqlite3_finalize(st);
+	stmt_done(s, st);
 	pthread_mutex_unlock(&s->mu);
 	return rc == SQLITE_DONE ? (long)n : -1;
 }
@@ -730,10 +805,10 @@ sqlite_calls_update(struct store *s, const struct store_outcome *o, size_t n,
 	pthread_mutex_lock(&s->mu);
 	if (begin(s) == -1)
 		goto out;
-	if (sqlite3_prepare_v2(s->db, "UPDATE calls SET state = ?, attempts = "
+	if (stmt_prepare(s, "UPDATE calls SET state = ?, attempts = "
 	    "?, not_before = ?, last_error = coalesce(?, last_error), "
 	    "finished = CASE WHEN ?1 = 0 THEN NULL ELSE ? END WHERE id = ?",
-	    -1, &st, NULL) != SQLITE_OK)
+	    &st) != SQLITE_OK)
 		goto out;
 	for (size_t i = 0; i < n; i++) {
 		char *e = store_redacted(o[i].error);
@@ -757,7 +832,7 @@ out:
 	snprintf(what, sizeof(what), "recording %zu outcome(s)", n);
 	if (ok == -1)
 		failed(s, true, err, errlen, "%s", what);
-	sqlite3_finalize(st);
+	stmt_done(s, st);
 	ok = commit(s, ok, err, errlen, what);
 	pthread_mutex_unlock(&s->mu);
 	return ok;
@@ -773,7 +848,7 @@ exec_changes(struct store *s, const char *what, const char *sql,
 	long n = -1;
 
 	pthread_mutex_lock(&s->mu);
-	if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) == SQLITE_OK) {
+	if (stmt_prepare(s, sql, &st) == SQLITE_OK) {
 		sqlite3_bind_text(st, 1, text, -1, SQLITE_STATIC);
 		sqlite3_bind_int64(st, 2, a);
 		sqlite3_bind_int64(st, 3, b);
@@ -784,7 +859,7 @@ exec_changes(struct store *s, const char *what, const char *sql,
 		failed(s, true, err, errlen, "%s", what);
 	else
 		wrote(s);
-	sqlite3_finalize(st);
+	stmt_done(s, st);
 	pthread_mutex_unlock(&s->mu);
 	return n;
 }
@@ -815,8 +890,8 @@ sqlite_calls_count(struct store *s, enum store_call_state state,
 	long n = -1;
 
 	pthread_mutex_lock(&s->mu);
-	if (sqlite3_prepare_v2(s->db, "SELECT count(*), coalesce(min(created), "
-	    "0) FROM calls WHERE state = ?", -1, &st, NULL) == SQLITE_OK) {
+	if (stmt_prepare(s, "SELECT count(*), coalesce(min(created), "
+	    "0) FROM calls WHERE state = ?", &st) == SQLITE_OK) {
 		sqlite3_bind_int(st, 1, (int)state);
 		if (sqlite3_step(st) == SQLITE_ROW) {
 			n = (long)sqlite3_column_int64(st, 0);
@@ -824,7 +899,7 @@ sqlite_calls_count(struct store *s, enum store_call_state state,
 				*oldest_ms = sqlite3_column_int64(st, 1);
 		}
 	}
-	sqlite3_finalize(st);
+	stmt_done(s, st);
 	pthread_mutex_unlock(&s->mu);
 	return n;
 }
@@ -837,15 +912,15 @@ sqlite_calls_unsent(struct store *s, const char *chat, char *err,
 	int rc = -1;
 
 	pthread_mutex_lock(&s->mu);
-	if (sqlite3_prepare_v2(s->db, "SELECT EXISTS (SELECT 1 FROM calls "
-	    "WHERE chat = ? AND state = 0)", -1, &st, NULL) == SQLITE_OK) {
+	if (stmt_prepare(s, "SELECT EXISTS (SELECT 1 FROM calls "
+	    "WHERE chat = ? AND state = 0)", &st) == SQLITE_OK) {
 		sqlite3_bind_text(st, 1, chat, -1, SQLITE_STATIC);
 		if (sqlite3_step(st) == SQLITE_ROW)
 			rc = sqlite3_column_int(st, 0) != 0;
 	}
 	if (rc == -1)
 		failed(s, false, err, errlen, "reading the outbox");
-	sqlite3_finalize(st);
+	stmt_done(s, st);
 	pthread_mutex_unlock(&s->mu);
 	return rc;
 }
@@ -931,27 +1006,27 @@ held_to_dead(struct store *s, int64_t before, char *err, size_t errlen)
 		pthread_mutex_unlock(&s->mu);
 		return -1;
 	}
-	rc = sqlite3_prepare_v2(s->db, "INSERT INTO dead_updates(update_id, "
+	rc = stmt_prepare(s, "INSERT INTO dead_updates(update_id, "
 	    "handler, reason, body, created) SELECT update_id, handler, "
 	    "'held since ' || strftime('%Y-%m-%d %H:%M:%S UTC', created / "
 	    "1000, 'unixepoch') || ' and never released ([outbox] "
 	    "keep_held): its calls were never queued', body, "
-	    "strftime('%s','now') FROM held_updates WHERE created < ?1", -1,
-	    &st, NULL) == SQLITE_OK ? 0 : -1;
+	    "strftime('%s','now') FROM held_updates WHERE created < ?1",
+	    &st) == SQLITE_OK ? 0 : -1;
 	if (rc == 0) {
 		sqlite3_bind_int64(st, 1, before);
 		rc = sqlite3_step(st) == SQLITE_DONE ? 0 : -1;
 		n = sqlite3_changes(s->db);
 	}
-	sqlite3_finalize(st);
+	stmt_done(s, st);
 	st = NULL;
-	if (rc == 0 && (rc = sqlite3_prepare_v2(s->db, "DELETE FROM "
-	    "held_updates WHERE created < ?1", -1, &st, NULL) == SQLITE_OK ?
+	if (rc == 0 && (rc = stmt_prepare(s, "DELETE FROM "
+	    "held_updates WHERE created < ?1", &st) == SQLITE_OK ?
 	    0 : -1) == 0) {
 		sqlite3_bind_int64(st, 1, before);
 		rc = sqlite3_step(st) == SQLITE_DONE ? 0 : -1;
 	}
-	sqlite3_finalize(st);
+	stmt_done(s, st);
 	if (rc == -1)
 		failed(s, true, err, errlen, "turning old held updates into "
 		    "dead letters");
@@ -1005,9 +1080,9 @@ sqlite_update_hold(struct store *s, int64_t update_id, const char *handler,
 	int ret = -1;
 
 	pthread_mutex_lock(&s->mu);
-	if (sqlite3_prepare_v2(s->db, "INSERT OR REPLACE INTO held_updates("
-	    "update_id, handler, body, created) VALUES (?, ?, ?, ?)", -1, &st,
-	    NULL) == SQLITE_OK) {
+	if (stmt_prepare(s, "INSERT OR REPLACE INTO held_updates("
+	    "update_id, handler, body, created) VALUES (?, ?, ?, ?)",
+	    &st) == SQLITE_OK) {
 		sqlite3_bind_int64(st, 1, update_id);
 		sqlite3_bind_text(st, 2, handler, -1, SQLITE_STATIC);
 		sqlite3_bind_blob(st, 3, body, (int)len, SQLITE_STATIC);
@@ -1020,7 +1095,7 @@ sqlite_update_hold(struct store *s, int64_t update_id, const char *handler,
 		    (long long)update_id);
 	else
 		wrote(s);
-	sqlite3_finalize(st);
+	stmt_done(s, st);
 	pthread_mutex_unlock(&s->mu);
 	return ret;
 }
@@ -1047,7 +1122,7 @@ read_updates(struct store *s, const char *sql, long max,
 	int rc = SQLITE_ERROR;
 
 	pthread_mutex_lock(&s->mu);
-	if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) == SQLITE_OK) {
+	if (stmt_prepare(s, sql, &st) == SQLITE_OK) {
 		sqlite3_bind_int64(st, 1, max);
 		while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
 			if (n == cap) {
@@ -1065,7 +1140,7 @@ read_updates(struct store *s, const char *sql, long max,
 			n++;
 		}
 	}
-	sqlite3_finalize(st);
+	stmt_done(s, st);
 	if (rc != SQLITE_DONE) {
 		failed(s, false, err, errlen, "reading updates");
 		pthread_mutex_unlock(&s->mu);
@@ -1115,8 +1190,8 @@ sqlite_offset_put(struct store *s, const char *source, int64_t next,
 	int ret = -1;
 
 	pthread_mutex_lock(&s->mu);
-	if (sqlite3_prepare_v2(s->db, "INSERT OR REPLACE INTO offsets"
-	    "(source, next) VALUES (?, ?)", -1, &st, NULL) != SQLITE_OK)
+	if (stmt_prepare(s, "INSERT OR REPLACE INTO offsets"
+	    "(source, next) VALUES (?, ?)", &st) != SQLITE_OK)
 		goto out;
 	sqlite3_bind_text(st, 1, source, -1, SQLITE_STATIC);
 	sqlite3_bind_int64(st, 2, next);
@@ -1127,7 +1202,7 @@ out:
 		failed(s, true, err, errlen, "writing the %s offset", source);
 	else
 		wrote(s);
-	sqlite3_finalize(st);
+	stmt_done(s, st);
 	pthread_mutex_unlock(&s->mu);
 	return ret;
 }
@@ -1141,10 +1216,9 @@ sqlite_state_get(struct store *s, const char *key, int64_t now_ms,
 
 	memset(out, 0, sizeof(*out));
 	pthread_mutex_lock(&s->mu);
-	if (sqlite3_prepare_v2(s->db, "SELECT name, data, expires, update_id "
+	if (stmt_prepare(s, "SELECT name, data, expires, update_id "
 	    "FROM states "
-	    "WHERE key = ? AND (expires = 0 OR expires > ?)", -1, &st,
-	    NULL) != SQLITE_OK)
+	    "WHERE key = ? AND (expires = 0 OR expires > ?)", &st) != SQLITE_OK)
 		goto out;
 	sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
 	sqlite3_bind_int64(st, 2, now_ms);
@@ -1163,7 +1237,7 @@ sqlite_state_get(struct store *s, const char *key, int64_t now_ms,
 out:
 	if (ret == -1)
 		failed(s, false, err, errlen, "reading the state of %s", key);
-	sqlite3_finalize(st);
+	stmt_done(s, st);
 	pthread_mutex_unlock(&s->mu);
 	return ret;
 }
@@ -1176,8 +1250,8 @@ sqlite_states_expire(struct store *s, int64_t now_ms, char *err,
 	long ret = -1;
 
 	pthread_mutex_lock(&s->mu);
-	if (sqlite3_prepare_v2(s->db, "DELETE FROM states WHERE expires != 0 "
-	    "AND expires <= ?", -1, &st, NULL) != SQLITE_OK)
+	if (stmt_prepare(s, "DELETE FROM states WHERE expires != 0 "
+	    "AND expires <= ?", &st) != SQLITE_OK)
 		goto out;
 	sqlite3_bind_int64(st, 1, now_ms);
 	if (sqlite3_step(st) == SQLITE_DONE)
@@ -1187,7 +1261,7 @@ out:
 		failed(s, true, err, errlen, "deleting expired states");
 	else
 		wrote(s);
-	sqlite3_finalize(st);
+	stmt_done(s, st);
 	pthread_mutex_unlock(&s->mu);
 	return ret;
 }
@@ -1203,9 +1277,9 @@ sqlite_states_count(struct store *s, int64_t now_ms, char *const *names,
 	for (size_t i = 0; names[i] != NULL; i++)
 		counts[i] = 0;
 	pthread_mutex_lock(&s->mu);
-	if (sqlite3_prepare_v2(s->db, "SELECT name, count(*) FROM states "
+	if (stmt_prepare(s, "SELECT name, count(*) FROM states "
 	    "WHERE name != '' AND (expires = 0 OR expires > ?) GROUP BY name",
-	    -1, &st, NULL) != SQLITE_OK)
+	    &st) != SQLITE_OK)
 		goto out;
 	sqlite3_bind_int64(st, 1, now_ms);
 	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
@@ -1222,7 +1296,7 @@ sqlite_states_count(struct store *s, int64_t now_ms, char *const *names,
 out:
 	if (ret == -1)
 		failed(s, false, err, errlen, "counting states");
-	sqlite3_finalize(st);
+	stmt_done(s, st);
 	pthread_mutex_unlock(&s->mu);
 	return ret;
 }
@@ -1238,9 +1312,9 @@ sqlite_states_list(struct store *s, const char *after, int64_t now_ms,
 
 	rows = xcalloc(max > 0 ? max : 1, sizeof(*rows));
 	pthread_mutex_lock(&s->mu);
-	if (sqlite3_prepare_v2(s->db, "SELECT key, name, data, expires, "
+	if (stmt_prepare(s, "SELECT key, name, data, expires, "
 	    "update_id FROM states WHERE key > ? AND (expires = 0 OR "
-	    "expires > ?) ORDER BY key LIMIT ?", -1, &st, NULL) != SQLITE_OK)
+	    "expires > ?) ORDER BY key LIMIT ?", &st) != SQLITE_OK)
 		goto out;
 	sqlite3_bind_text(st, 1, after != NULL ? after : "", -1,
 	    SQLITE_STATIC);
@@ -1267,7 +1341,7 @@ out:
 	} else {
 		*out = rows;
 	}
-	sqlite3_finalize(st);
+	stmt_done(s, st);
 	pthread_mutex_unlock(&s->mu);
 	return ret;
 }
@@ -1314,7 +1388,7 @@ cluster_step(struct store *s, const char *sql, int64_t a, const char *b,
 	sqlite3_stmt *st = NULL;
 	int rc, ret = -1;
 
-	if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK)
+	if (stmt_prepare(s, sql, &st) != SQLITE_OK)
 		return -1;
 	if (sqlite3_bind_parameter_count(st) >= 1)
 		sqlite3_bind_int64(st, 1, a);
@@ -1336,7 +1410,7 @@ cluster_step(struct store *s, const char *sql, int64_t a, const char *b,
 	} else if (rc == SQLITE_DONE) {
 		ret = 0;
 	}
-	sqlite3_finalize(st);
+	stmt_done(s, st);
 	return ret;
 }
 

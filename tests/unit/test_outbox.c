@@ -789,6 +789,51 @@ test_one_sender_of_two(void **state)
 	teardown(f);
 }
 
+/*
+ * Outcomes are written in batches while calls go back to back: still,
+ * a delivered call is marked while the next one to its chat waits out
+ * chat_interval (nothing else to send), and a stop writes every
+ * outcome it holds, so that nothing the Bot API took is sent again
+ * after the next start.
+ */
+static void
+test_delivered_marked_while_others_wait(void **state)
+{
+	struct fixture *f = fixture_new();
+	struct outbox_opts o = opts_for(f);
+	char calls[2048];
+	size_t len = 0, sent;
+
+	(void)state;
+	o.chat_interval_ms = 60000;
+	o.rate = 20;
+	fixture_start(f, &o);
+	add(f, 40, "[{\"method\":\"sendMessage\",\"chat_id\":50,\"text\":\"a\"},"
+	    "{\"method\":\"sendMessage\",\"chat_id\":50,\"text\":\"b\"}]");
+	wait_state(f, STORE_CALL_DELIVERED, 1);
+	assert_int_equal(fake_count(f->api, "sendMessage"), 1);
+	/* ten chats at 20 a second: most wait while the first go */
+	len += (size_t)snprintf(calls + len, sizeof(calls) - len, "[");
+	for (int i = 0; i < 10; i++)
+		len += (size_t)snprintf(calls + len, sizeof(calls) - len,
+		    "%s{\"method\":\"sendMessage\",\"chat_id\":%d,"
+		    "\"text\":\"c\"}", i > 0 ? "," : "", 60 + i);
+	snprintf(calls + len, sizeof(calls) - len, "]");
+	add(f, 41, calls);
+	for (int i = 0; i < 1000 && fake_count(f->api, "sendMessage") < 4;
+	    i++)
+		usleep(5000);
+	outbox_stop(f->o, 0);
+	f->o = NULL;
+	sent = fake_count(f->api, "sendMessage");
+	assert_true(sent >= 4 && sent < 12);
+	assert_int_equal(store_calls_count(f->s, STORE_CALL_DELIVERED, NULL),
+	    (long)sent);
+	assert_int_equal(store_calls_count(f->s, STORE_CALL_PENDING, NULL),
+	    12 - (long)sent);
+	teardown(f);
+}
+
 int
 main(void)
 {
@@ -797,6 +842,7 @@ main(void)
 		cmocka_unit_test(test_refused_is_dead_and_429_waited_out),
 		cmocka_unit_test(test_group_migrated_to_supergroup),
 		cmocka_unit_test(test_left_at_stop_stays_in_the_store),
+		cmocka_unit_test(test_delivered_marked_while_others_wait),
 		cmocka_unit_test(test_unsent_until_delivered),
 		cmocka_unit_test(test_unsent_none_pending_not_asked),
 		cmocka_unit_test(test_unsent_queued_by_another_process),

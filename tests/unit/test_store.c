@@ -1365,6 +1365,78 @@ test_states_list(void **state)
 	assert_int_equal(system(cmd), 0);
 }
 
+/*
+ * SQLite keeps its statements prepared: each use must start afresh and
+ * leave no read open.  A second handle on the same file (a --broadcast
+ * process) writes between the first one's reads, which must see every
+ * write; then no snapshot may be left held (a statement stepped to its
+ * row and not reset would hold one, and its next use would answer
+ * from it), so a checkpoint can truncate the whole WAL.
+ */
+static void
+test_sqlite_statements_kept_fresh(void **state)
+{
+	char dir[] = "/tmp/tgw-store-test-XXXXXX", err[256], cmd[160];
+	char k[16] = "u:9:0", chat[] = "42", p[] = "{\"chat_id\":42}";
+	char path[128], *v = NULL;
+	struct store_call row = call(k, chat, p), *got;
+	struct store *a, *b;
+	sqlite3 *raw;
+	sqlite3_stmt *st;
+	int64_t next;
+	size_t added;
+
+	assert_non_null(mkdtemp(dir));
+	assert_non_null(a = topen(state, dir, err, sizeof(err)));
+	assert_non_null(b = topen(state, dir, err, sizeof(err)));
+	for (int round = 0; round < 3; round++) {
+		char value[16];
+
+		/* a reads: each statement is used, and kept */
+		assert_int_equal(store_calls_count(a, STORE_CALL_PENDING,
+		    NULL), round);
+		assert_int_equal(store_calls_unsent(a, chat, err,
+		    sizeof(err)), round > 0);
+		assert_int_equal(store_offset_get(a, "polling", &next, err,
+		    sizeof(err)), round == 0 ? 1 : 0);
+		if (round > 0)
+			assert_int_equal(next, round);
+		assert_int_equal(store_secret_get(a, "s", &v, err,
+		    sizeof(err)), round == 0 ? 1 : 0);
+		if (round > 0)
+			assert_int_equal(atoi(v), round);
+		free(v);
+		v = NULL;
+		assert_int_equal(store_calls_pending(a,
+		    STORE_LANE_CONVERSATION, 0, 10, &got, err, sizeof(err)),
+		    round);
+		store_calls_free(got, (size_t)round);
+		/* b writes what a's next round must see */
+		snprintf(k, sizeof(k), "u:9:%d", round);
+		assert_int_equal(store_calls_add(b, &row, 1, &added, err,
+		    sizeof(err)), 0);
+		assert_int_equal(added, 1);
+		assert_int_equal(store_offset_put(b, "polling", round + 1,
+		    err, sizeof(err)), 0);
+		snprintf(value, sizeof(value), "%d", round + 1);
+		assert_int_equal(store_secret_put(b, "s", value, err,
+		    sizeof(err)), 0);
+	}
+	snprintf(path, sizeof(path), "%s/" STORE_SQLITE_FILE, dir);
+	assert_int_equal(sqlite3_open(path, &raw), SQLITE_OK);
+	assert_int_equal(sqlite3_prepare_v2(raw, "PRAGMA "
+	    "wal_checkpoint(TRUNCATE)", -1, &st, NULL), SQLITE_OK);
+	assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+	/* busy: 0, no reader kept it from the end of the WAL */
+	assert_int_equal(sqlite3_column_int(st, 0), 0);
+	sqlite3_finalize(st);
+	sqlite3_close(raw);
+	store_close(b);
+	store_close(a);
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+	assert_int_equal(system(cmd), 0);
+}
+
 int
 main(void)
 {
@@ -1379,6 +1451,8 @@ main(void)
 		cmocka_unit_test(test_failing_writes),
 		cmocka_unit_test(test_unwritable),
 		cmocka_unit_test(test_migrates_old_store),
+		{ "test_sqlite_statements_kept_fresh",
+		    test_sqlite_statements_kept_fresh, NULL, NULL, &on_sqlite },
 		cmocka_unit_test(test_conninfo_secrets_refused),
 		BOTH(test_prune),
 		BOTH(test_leases_pruned),
