@@ -1923,8 +1923,8 @@ pg_update_unclaim(struct store *s, int64_t update_id, const char *instance,
 
 static int
 pg_lease_take(struct store *s, const char *duty, const char *instance,
-    int64_t ttl_ms, char *holder, size_t holderlen, char *err,
-    size_t errlen)
+    int64_t ttl_ms, char *holder, size_t holderlen,
+    enum store_lease_from *from, char *err, size_t errlen)
 {
 	struct pgc *pc;
 	char t[24];
@@ -1936,15 +1936,27 @@ pg_lease_take(struct store *s, const char *duty, const char *instance,
 	if (holder != NULL && holderlen > 0)
 		holder[0] = '\0';
 	pc = take(s, err, errlen);
-	if ((r = run(pc, true, "taking a lease", "INSERT INTO tgw_leases (bot, "
+	/*
+	 * prev is the statement's snapshot, the upsert's WHERE the row's
+	 * latest version: when they differ another instance changed the
+	 * row meanwhile, and then the lease is taken only if that one gave
+	 * it up (deleted: FREE is right) or never (the WHERE refuses).
+	 * now() is one instant for both.
+	 */
+	if ((r = run(pc, true, "taking a lease", "WITH prev AS (SELECT "
+	    "CASE WHEN holder = $3 THEN 1 WHEN expires < now() THEN 2 ELSE 0 "
+	    "END AS was FROM tgw_leases WHERE bot = $1 AND duty = $2) "
+	    "INSERT INTO tgw_leases (bot, "
 	    "duty, holder, expires) VALUES ($1, $2, $3, now() + $4 * "
 	    "interval '1 millisecond') ON CONFLICT (bot, duty) DO UPDATE SET "
 	    "holder = excluded.holder, expires = excluded.expires WHERE "
 	    "tgw_leases.holder = excluded.holder OR tgw_leases.expires < "
-	    "now() RETURNING holder", 4, v, err, errlen)) == NULL)
+	    "now() RETURNING holder, (SELECT was FROM prev)", 4, v, err,
+	    errlen)) == NULL)
 		goto out;
 	if (PQntuples(r) > 0) {
 		ret = 1;
+		*from = (enum store_lease_from)num(r, 0, 1);
 		if (holder != NULL)
 			snprintf(holder, holderlen, "%s", instance);
 		goto out;

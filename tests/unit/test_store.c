@@ -541,19 +541,19 @@ test_leases_pruned(void **state)
 	assert_non_null(s = topen(state, dir, err, sizeof(err)));
 	/* a ttl in the past: leases a dead instance took hours ago */
 	assert_int_equal(store_lease_take(s, "c:c100", "dead#01", -3 *
-	    STORE_LEASE_KEEP_MS, NULL, 0, err, sizeof(err)), 1);
+	    STORE_LEASE_KEEP_MS, NULL, 0, NULL, err, sizeof(err)), 1);
 	assert_int_equal(store_lease_take(s, "c:c101", "dead#01", -2 *
-	    STORE_LEASE_KEEP_MS, NULL, 0, err, sizeof(err)), 1);
+	    STORE_LEASE_KEEP_MS, NULL, 0, NULL, err, sizeof(err)), 1);
 	assert_int_equal(store_lease_take(s, "polling", "dead#01", -2 *
-	    STORE_LEASE_KEEP_MS, NULL, 0, err, sizeof(err)), 1);
+	    STORE_LEASE_KEEP_MS, NULL, 0, NULL, err, sizeof(err)), 1);
 	/* ended a minute ago: kept (--outbox shows whose it was) */
 	assert_int_equal(store_lease_take(s, "c:c102", "dead#01", -60000,
-	    NULL, 0, err, sizeof(err)), 1);
+	    NULL, 0, NULL, err, sizeof(err)), 1);
 	/* live */
 	assert_int_equal(store_lease_take(s, "c:c103", "live#02", 60000, NULL,
-	    0, err, sizeof(err)), 1);
+	    0, NULL, err, sizeof(err)), 1);
 	assert_int_equal(store_lease_take(s, "outbox", "live#02", 60000, NULL,
-	    0, err, sizeof(err)), 1);
+	    0, NULL, err, sizeof(err)), 1);
 	assert_int_equal(store_lease_get(s, "outbox", holder, sizeof(holder),
 	    &left, err, sizeof(err)), 0);
 	assert_string_equal(holder, "live#02");
@@ -583,7 +583,7 @@ test_leases_pruned(void **state)
 	assert_string_equal(holder, "live#02");
 	/* a pruned lease is free: another instance takes it */
 	assert_int_equal(store_lease_take(s, "polling", "new#03", 60000,
-	    holder, sizeof(holder), err, sizeof(err)), 1);
+	    holder, sizeof(holder), NULL, err, sizeof(err)), 1);
 	store_close(s);
 	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
 	assert_int_equal(system(cmd), 0);
@@ -977,34 +977,83 @@ test_pg_leases(void **state)
 	assert_non_null(a = topen(state, dir, err, sizeof(err)));
 	assert_non_null(b = topen(state, dir, err, sizeof(err)));
 	assert_int_equal(store_lease_take(a, "outbox", "a", 60000, holder,
-	    sizeof(holder), err, sizeof(err)), 1);
+	    sizeof(holder), NULL, err, sizeof(err)), 1);
 	assert_int_equal(store_lease_take(b, "outbox", "b", 60000, holder,
-	    sizeof(holder), err, sizeof(err)), 0);
+	    sizeof(holder), NULL, err, sizeof(err)), 0);
 	assert_string_equal(holder, "a");
-	assert_int_equal(store_lease_take(a, "outbox", "a", 300, NULL, 0, err,
-	    sizeof(err)), 1);
+	assert_int_equal(store_lease_take(a, "outbox", "a", 300, NULL, 0, NULL,
+	    err, sizeof(err)), 1);
 	/* another duty is another lease */
 	assert_int_equal(store_lease_take(b, "webhook", "b", 60000, NULL, 0,
-	    err, sizeof(err)), 1);
+	    NULL, err, sizeof(err)), 1);
 	until = now_ms() + 10000;
-	while ((rc = store_lease_take(b, "outbox", "b", 60000, NULL, 0, err,
-	    sizeof(err))) == 0 && now_ms() < until)
+	while ((rc = store_lease_take(b, "outbox", "b", 60000, NULL, 0, NULL,
+	    err, sizeof(err))) == 0 && now_ms() < until)
 		usleep(50000);
 	assert_int_equal(rc, 1);
 	assert_int_equal(store_lease_take(a, "outbox", "a", 60000, holder,
-	    sizeof(holder), err, sizeof(err)), 0);
+	    sizeof(holder), NULL, err, sizeof(err)), 0);
 	assert_string_equal(holder, "b");
 	/* only the holder drops it */
 	assert_int_equal(store_lease_drop(a, "outbox", "a", err, sizeof(err)),
 	    0);
 	assert_int_equal(store_lease_take(a, "outbox", "a", 60000, NULL, 0,
-	    err, sizeof(err)), 0);
+	    NULL, err, sizeof(err)), 0);
 	assert_int_equal(store_lease_drop(b, "outbox", "b", err, sizeof(err)),
 	    0);
 	assert_int_equal(store_lease_take(a, "outbox", "a", 60000, NULL, 0,
-	    err, sizeof(err)), 1);
+	    NULL, err, sizeof(err)), 1);
 	store_close(a);
 	store_close(b);
+}
+
+/* What a take found: a free lease (a first start, or one given up), the
+ * taker's own (live or expired), or another's that expired (what makes
+ * the outbox wait chat_interval before it sends). */
+static void
+test_lease_from(void **state)
+{
+	char dir[] = "/tmp/tgw-store-test-XXXXXX", err[512], cmd[160];
+	enum store_lease_from from;
+	struct store *a, *b;
+
+	need_backend(state);
+	assert_non_null(mkdtemp(dir));
+	assert_non_null(a = topen(state, dir, err, sizeof(err)));
+	assert_non_null(b = topen(state, dir, err, sizeof(err)));
+	from = STORE_LEASE_EXPIRED;
+	assert_int_equal(store_lease_take(a, "outbox", "a", 60000, NULL, 0,
+	    &from, err, sizeof(err)), 1);
+	assert_int_equal(from, STORE_LEASE_FREE);
+	assert_int_equal(store_lease_take(a, "outbox", "a", 60000, NULL, 0,
+	    &from, err, sizeof(err)), 1);
+	assert_int_equal(from, STORE_LEASE_RENEWED);
+	/* a's lease ends a minute ago: a gets its own back */
+	assert_int_equal(store_lease_take(a, "outbox", "a", -60000, NULL, 0,
+	    &from, err, sizeof(err)), 1);
+	assert_int_equal(store_lease_take(a, "outbox", "a", -60000, NULL, 0,
+	    &from, err, sizeof(err)), 1);
+	assert_int_equal(from, STORE_LEASE_RENEWED);
+	/* b takes a's expired lease over */
+	assert_int_equal(store_lease_take(b, "outbox", "b", 60000, NULL, 0,
+	    &from, err, sizeof(err)), 1);
+	assert_int_equal(from, STORE_LEASE_EXPIRED);
+	assert_int_equal(store_lease_take(b, "outbox", "b", 60000, NULL, 0,
+	    &from, err, sizeof(err)), 1);
+	assert_int_equal(from, STORE_LEASE_RENEWED);
+	assert_int_equal(store_lease_take(a, "outbox", "a", 60000, NULL, 0,
+	    &from, err, sizeof(err)), 0);
+	/* given up cleanly: free for a */
+	assert_int_equal(store_lease_drop(b, "outbox", "b", err, sizeof(err)),
+	    0);
+	from = STORE_LEASE_EXPIRED;
+	assert_int_equal(store_lease_take(a, "outbox", "a", 60000, NULL, 0,
+	    &from, err, sizeof(err)), 1);
+	assert_int_equal(from, STORE_LEASE_FREE);
+	store_close(a);
+	store_close(b);
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+	assert_int_equal(system(cmd), 0);
 }
 
 struct adder {
@@ -1456,6 +1505,7 @@ main(void)
 		cmocka_unit_test(test_conninfo_secrets_refused),
 		BOTH(test_prune),
 		BOTH(test_leases_pruned),
+		BOTH(test_lease_from),
 		BOTH(test_states),
 		BOTH(test_states_list),
 		BOTH(test_calls_add_keeps_attempts),
