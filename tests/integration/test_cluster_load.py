@@ -164,22 +164,23 @@ OUTBOX_STORE_ERROR = re.compile(r"^(\S+) error: outbox: store ", re.M)
 
 
 def outcomes_lost(c):
-    """Per chat, how many of its calls were delivered by one instance
-    that then could not write to the store (so their outcome may be
-    lost), and delivered again by another: at least once, as after a
-    crash.  Calls are counted by id, from the instances' logs."""
+    """Per chat, how many of its calls were delivered by an instance that
+    then could not write to the store (so their outcome may be lost), and
+    delivered again, by it once it had the duty back or by another: at
+    least once, as after a crash.  Calls are counted by id, from the
+    instances' logs."""
     by = {}
-    for n, d in c.d.items():
+    for d in c.d.values():
         log = d.log()
         errors = [m.group(1) for m in OUTBOX_STORE_ERROR.finditer(log)]
         for m in DELIVERED.finditer(log):
             lost = any(t >= m.group(1) for t in errors)
             by.setdefault((int(m.group(2)), int(m.group(3))), []).append(
-                (n, lost))
+                (m.group(1), lost))
     out = {}
     for (_, chat), sends in by.items():
-        if len(set(n for n, _ in sends)) > 1 and any(lost for _, lost in
-                                                     sends[:-1]):
+        sends.sort()
+        if len(sends) > 1 and any(lost for _, lost in sends[:-1]):
             out[chat] = out.get(chat, 0) + len(sends) - 1
     return out
 
