@@ -102,8 +102,10 @@ class PgServer(pgserver.Server):
 
 
 def handler():
+    # absolute: the daemons run elsewhere, and TGW_BUILD may be relative
+    # (make bench passes "build")
     return "[handler.hello]\ncommands = /start\nplugin = %s\n" % (
-        os.path.join(BUILD, "bench", "followup.so"))
+        os.path.join(os.path.abspath(BUILD), "bench", "followup.so"))
 
 
 class Instances:

@@ -33,6 +33,8 @@ static const char *const duty_names[DUTIES] = { "webhook", "polling",
 struct duty_lease {
 	bool wanted;
 	_Atomic uint64_t until;	/* monotonic ms: held until then; 0: not */
+	_Atomic bool took_expired;	/* held since a take from an expired
+					 * lease; stored before until */
 	pthread_mutex_t mu;
 	char holder[128];
 };
@@ -62,22 +64,31 @@ take(struct duty *d, enum duty_kind k)
 {
 	struct duty_lease *l = &d->l[k];
 	char holder[128] = "", err[512];
+	enum store_lease_from from;
 	uint64_t asked = now_ms();
 	bool had = atomic_load(&l->until) > asked;
 	int rc = store_lease_take(d->store, duty_names[k], d->instance,
-	    d->lease_ms, holder, sizeof(holder), err, sizeof(err));
+	    d->lease_ms, holder, sizeof(holder), &from, err, sizeof(err));
 
 	pthread_mutex_lock(&l->mu);
 	snprintf(l->holder, sizeof(l->holder), "%s", rc == -1 ? "" : holder);
 	pthread_mutex_unlock(&l->mu);
 	if (rc == 1) {
+		/* before until, so that whoever sees the duty held sees how
+		 * it was gained */
+		if (!had)
+			atomic_store(&l->took_expired, from ==
+			    STORE_LEASE_EXPIRED);
 		/* counted from before the question: the store's lease
 		 * started no earlier */
 		atomic_store(&l->until, asked + d->lease_ms -
 		    d->lease_ms / 10);
 		if (!had)
-			log_notice("cluster: instance %s holds the %s duty now",
-			    d->instance, duty_names[k]);
+			log_notice("cluster: instance %s holds the %s duty now"
+			    "%s", d->instance, duty_names[k],
+			    from == STORE_LEASE_EXPIRED ? " (its holder's "
+			    "lease had expired)" : from == STORE_LEASE_FREE ?
+			    " (nobody held it)" : "");
 		return;
 	}
 	atomic_store(&l->until, 0);
@@ -174,6 +185,14 @@ duty_held(struct duty *d, enum duty_kind k)
 	if (d == NULL || !d->clustered)
 		return true;
 	return atomic_load(&d->l[k].until) > now_ms();
+}
+
+bool
+duty_took_expired(struct duty *d, enum duty_kind k)
+{
+	if (d == NULL || !d->clustered)
+		return false;
+	return atomic_load(&d->l[k].took_expired);
 }
 
 void

@@ -33,6 +33,12 @@ struct duty *duty_start(struct store *s, bool clustered, const char *instance,
  * instance can take the lease).  Always true when not clustered or d is
  * NULL.  Any thread. */
 bool duty_held(struct duty *d, enum duty_kind k);
+/* True if instance holds k since it took it over from another instance
+ * whose lease had expired (that one died or stalled, maybe just after
+ * acting: a chat it sent to may not take another message yet).  False
+ * when k was free (a first start, or another instance gave it up), when
+ * not clustered, or when d is NULL.  Any thread. */
+bool duty_took_expired(struct duty *d, enum duty_kind k);
 /* Who holds k as last seen ("" if nobody, or not clustered). */
 void duty_holder(struct duty *d, enum duty_kind k, char *out, size_t len);
 /* Stops wanting k and gives its lease up, so that another instance takes

@@ -123,6 +123,9 @@ struct heap {
 	size_t n, cap;
 };
 
+/* [outbox] rate's bound in config.c: the sends window_next() keeps */
+#define WINDOW_MAX 1000
+
 struct outbox {
 	struct outbox_opts o;
 	struct store *store;
@@ -154,6 +157,9 @@ struct outbox {
 
 	uint64_t next_send_us;	/* global pace */
 	uint64_t next_paid_us;	/* the paid lane's pace */
+	/* the global pace's last rate sends (us; 0: none yet), a ring */
+	uint64_t window[WINDOW_MAX];
+	size_t window_i;
 	double bulk_credit;	/* slots owed to bulk while others are busy */
 	double slow;		/* >= 1: pace divisor after repeated 429s */
 	uint64_t recent429[3];
@@ -577,19 +583,31 @@ flush_outcomes(struct outbox *o)
 
 /* ---- sending ---- */
 
-/* The global pace: 1/rate apart, plus 2.5% so that delays on the way
- * (the network, the Bot API's own clock) cannot squeeze rate+1 calls into
- * one of Telegram's seconds. */
+/*
+ * The global pace: 1/rate apart, plus PACE_MARGIN so that delays on the
+ * way (the network, the Bot API's own clock) cannot squeeze rate+1 calls
+ * into one of Telegram's seconds.  2 %: any rate+1 calls span at least
+ * 1.02 s as sent (window_next()), 20 ms over Telegram's second and 40 ms
+ * over the 0.98 s window in which the emulator (tests/emulator/
+ * botapi_emu.py; Telegram is no more lenient) refuses the 31st: that is
+ * what the way there may vary by.  1.5 % met 429s on a busy machine (two
+ * in a run without window_next(), one with it); 2.5 % cost 1,000 calls
+ * 0.17 s more, past issue 14's 34 s (bench/README.md, "Several
+ * instances").
+ */
+#define PACE_MARGIN 1.02
+
 static uint64_t
 pace_us(const struct outbox *o)
 {
-	return (uint64_t)(1025000.0 * o->slow / (double)o->o.rate);
+	return (uint64_t)(PACE_MARGIN * 1e6 * o->slow / (double)o->o.rate);
 }
 
 static uint64_t
 paid_pace_us(const struct outbox *o)
 {
-	return (uint64_t)(1025000.0 * o->slow / (double)o->o.paid_rate);
+	return (uint64_t)(PACE_MARGIN * 1e6 * o->slow /
+	    (double)o->o.paid_rate);
 }
 
 /* The rest of path after dir and a '/', or NULL if path is not under
@@ -818,8 +836,8 @@ start(struct outbox *o, struct queue *q, uint64_t now)
  * late (the loop wakes on whole milliseconds, and writes outcomes between
  * sends) keeps the schedule, or the lateness would add up to percents of
  * the rate; later than half a pace (nothing was ready), the schedule
- * starts again from now.  Any 0.98 s then holds at most rate calls: n
- * calls span at least (n - 1.5) paces, and a pace is 2.5% over 1/rate.
+ * starts again from now.  n calls then span at least (n - 1.5) paces;
+ * window_next() makes any rate + 1 span PACE_MARGIN seconds.
  */
 static uint64_t
 next_slot(uint64_t slot, uint64_t us, uint64_t pace)
@@ -827,6 +845,26 @@ next_slot(uint64_t slot, uint64_t us, uint64_t pace)
 	if (us >= slot && us - slot < pace / 2)
 		return slot + pace;
 	return (slot > us ? slot : us) + pace;
+}
+
+/*
+ * The global pace's next slot after a send at us, next_slot()'s next at
+ * the earliest: never sooner than PACE_MARGIN seconds after the send rate
+ * sends ago.  next_slot() alone lets a late send keep the schedule, so
+ * rate + 1 sends may span only rate - 0.5 paces (0.998 s at 30 a
+ * second): that hole, not the margin, would eat what the margin leaves
+ * for the way to Telegram.
+ */
+static uint64_t
+window_next(struct outbox *o, uint64_t us, uint64_t next)
+{
+	size_t n = o->o.rate < WINDOW_MAX ? (size_t)o->o.rate : WINDOW_MAX;
+	uint64_t first, w = (uint64_t)(PACE_MARGIN * 1e6);
+
+	o->window[o->window_i] = us;
+	o->window_i = (o->window_i + 1) % n;
+	first = o->window[o->window_i];
+	return first != 0 && first + w > next ? first + w : next;
 }
 
 static bool
@@ -879,7 +917,8 @@ dispatch(struct outbox *o)
 		if (us < o->next_send_us || (q = pick(o, now)) == NULL)
 			return;
 		start(o, q, now);
-		o->next_send_us = next_slot(o->next_send_us, us, pace_us(o));
+		o->next_send_us = window_next(o, us, next_slot(o->next_send_us,
+		    us, pace_us(o)));
 	}
 }
 
@@ -1224,10 +1263,12 @@ forget_all(struct outbox *o)
 }
 
 /*
- * Whether this instance sends now.  Gaining the duty: a pause of
- * chat_interval, since the last holder may have just sent to a chat.
- * Losing it: no call starts any more; memory is forgotten once the calls
- * in flight are done.
+ * Whether this instance sends now.  Gaining the duty from an instance
+ * whose lease expired: a pause of chat_interval, since that one may have
+ * just sent to a chat (it died or stalled at any moment).  Gaining a free
+ * duty (a first start, or a holder that gave it up at a clean stop, once
+ * its sending had stopped) or our own back: no pause.  Losing it: no call
+ * starts any more; memory is forgotten once the calls in flight are done.
  */
 static bool
 holding(struct outbox *o)
@@ -1239,8 +1280,17 @@ holding(struct outbox *o)
 		    1000;
 
 		o->active = true;
-		if (o->o.duty != NULL && o->next_send_us < after)
-			o->next_send_us = o->next_paid_us = after;
+		if (duty_took_expired(o->o.duty, DUTY_OUTBOX)) {
+			if (o->next_send_us < after)
+				o->next_send_us = o->next_paid_us = after;
+			log_notice("outbox: sending from %u ms on: the "
+			    "instance that held the outbox duty before its "
+			    "lease expired may just have sent to a chat",
+			    o->o.chat_interval_ms);
+		} else if (o->o.duty != NULL) {
+			log_notice("outbox: sending now: the outbox duty was "
+			    "free");
+		}
 		atomic_store(&o->wake, true);
 	} else if (!held && o->active &&
 	    botapi_multi_running(o->api) == 0) {

@@ -361,7 +361,7 @@ lease_take(struct runner *r, const char *key, int64_t update_id)
 
 	snprintf(name, sizeof(name), "c:%s", key);
 	rc = store_lease_take(r->store, name, r->instance, r->lease_ms, holder,
-	    sizeof(holder), err, sizeof(err));
+	    sizeof(holder), NULL, err, sizeof(err));
 	if (rc == -1 && update_id >= 0)
 		log_err("update %" PRId64 ": its conversation's lease in the "
 		    "store cannot be taken: %s", update_id, err);

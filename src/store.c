@@ -490,12 +490,18 @@ store_update_unclaim(struct store *s, int64_t update_id,
 
 int
 store_lease_take(struct store *s, const char *duty, const char *instance,
-    int64_t ttl_ms, char *holder, size_t holderlen, char *err, size_t errlen)
+    int64_t ttl_ms, char *holder, size_t holderlen,
+    enum store_lease_from *from, char *err, size_t errlen)
 {
+	enum store_lease_from f = STORE_LEASE_FREE;
+
 	if (be(s)->lease_take == NULL)
 		return lacks(s, "leases", err, errlen);
+	if (from == NULL)
+		from = &f;
+	*from = STORE_LEASE_FREE;
 	return be(s)->lease_take(s, duty, instance, ttl_ms, holder, holderlen,
-	    err, errlen);
+	    from, err, errlen);
 }
 
 int

@@ -345,13 +345,22 @@ int store_update_done(struct store *s, int64_t update_id, char *err,
 int store_update_unclaim(struct store *s, int64_t update_id,
     const char *instance, char *err, size_t errlen);
 
+/* What store_lease_take() found before it gave instance the lease. */
+enum store_lease_from {
+	STORE_LEASE_FREE = 0,	/* no lease: a first start, or given up */
+	STORE_LEASE_RENEWED,	/* instance's own, live or expired */
+	STORE_LEASE_EXPIRED	/* another instance's, expired: it died or
+				 * stalled, maybe just after acting */
+};
+
 /* Takes duty ("webhook", "polling", "outbox") for instance until ttl_ms
  * from now when it is free or its lease has expired, or renews it when
- * instance holds it.  1 if instance holds it now, 0 if another does
- * (its name in holder, if not NULL), -1 with err. */
+ * instance holds it.  1 if instance holds it now (and, if from is not
+ * NULL, what it was before in *from), 0 if another does (its name in
+ * holder, if not NULL), -1 with err. */
 int store_lease_take(struct store *s, const char *duty, const char *instance,
-    int64_t ttl_ms, char *holder, size_t holderlen, char *err,
-    size_t errlen);
+    int64_t ttl_ms, char *holder, size_t holderlen,
+    enum store_lease_from *from, char *err, size_t errlen);
 /* Gives duty up if instance holds it (at a clean stop, so that another
  * takes over at once).  0 or -1 with err. */
 int store_lease_drop(struct store *s, const char *duty, const char *instance,

@@ -108,7 +108,8 @@ struct store_backend {
 	    const char *instance, char *err, size_t errlen);
 	int (*lease_take)(struct store *s, const char *duty,
 	    const char *instance, int64_t ttl_ms, char *holder,
-	    size_t holderlen, char *err, size_t errlen);
+	    size_t holderlen, enum store_lease_from *from, char *err,
+	    size_t errlen);
 	int (*lease_drop)(struct store *s, const char *duty,
 	    const char *instance, char *err, size_t errlen);
 	int (*lease_get)(struct store *s, const char *duty, char *holder,

@@ -26,6 +26,10 @@
  *   once more from BEGIN (after a COMMIT whose answer was lost, only
  *   when running them twice changes nothing more).  COMMIT and ROLLBACK
  *   are never sent on a connection other than their transaction's.
+ * - Every statement with parameters is prepared once per connection
+ *   (exec_prepared()) and then only executed: a new connection prepares
+ *   afresh, and a session that lost them (DISCARD ALL, a pooler) has them
+ *   prepared again.  Rows of one batch go in one statement, as arrays.
  * - store_calls_wait() listens on a connection of its own: a LISTEN
  *   would otherwise hold the main one while it waits.
  * - The conninfo's password is never here: libpq reads it from
@@ -77,6 +81,18 @@
 #define COLS "id, key, method, chat, params, attempts, created, not_before, " \
     "last_error, state, lane"
 
+/* Statements a connection keeps prepared, at most (past it, a new one is
+ * parsed and planned each time, as with PQexecParams). */
+#define PG_PREPARED_MAX 128
+
+/* A statement prepared on a connection: named "tgw_" and the hash of its
+ * text, so that one name is one text on whatever connection, even one a
+ * pooler shares. */
+struct pg_prepared {
+	uint64_t hash;
+	char *sql;
+};
+
 /* One connection of the pool: its fields belong to the caller that took
  * it (busy), the busy flag to the pool's mutex. */
 struct pgc {
@@ -91,8 +107,15 @@ struct pgc {
 				 * lost now */
 	bool once;		/* the next statement is not to be run again
 				 * (it would add a second row) */
+	bool stale;		/* a statement of its transaction was no
+				 * longer prepared: the transaction failed
+				 * before its COMMIT, safe to run again */
 	int64_t retry_at;	/* monotonic ms: no attempt before */
 	unsigned backoff;
+	/* what this connection prepared (conn's session: forgotten when
+	 * it is opened again) */
+	struct pg_prepared prepared[PG_PREPARED_MAX];
+	int nprepared;
 };
 
 struct store {
@@ -413,6 +436,83 @@ idle_alive(PGconn *c)
 	return false;
 }
 
+/* Forgets what pc's connection prepared (its session ended, or lost
+ * them). */
+static void
+prepared_forget(struct pgc *pc)
+{
+	for (int i = 0; i < pc->nprepared; i++)
+		free(pc->prepared[i].sql);
+	pc->nprepared = 0;
+}
+
+/* Whether r failed with SQLSTATE code. */
+static bool
+sqlstate_is(const PGresult *r, const char *code)
+{
+	const char *st = r != NULL ? PQresultErrorField(r, PG_DIAG_SQLSTATE) :
+	    NULL;
+
+	return st != NULL && strcmp(st, code) == 0;
+}
+
+/*
+ * Runs sql with n parameters on c as a statement prepared on it: parsed
+ * and planned once per connection (PQprepare), then only executed
+ * (PQexecPrepared).  A session that lost its prepared statements
+ * (DISCARD ALL, DEALLOCATE, a pooler that hands out another server
+ * session) answers 26000: outside a transaction the statement is
+ * prepared again and run once more; inside one, which that error
+ * aborted, pc->stale says the transaction may run again from BEGIN
+ * (tx_again()).  The result, for run_bin() to judge.
+ */
+static PGresult *
+exec_prepared(struct pgc *pc, PGconn *c, const char *sql, int n,
+    const char *const *v, const int *lens, const int *bin)
+{
+	uint64_t h = 1469598103934665603ULL;
+	char name[24];
+	PGresult *r;
+	int i;
+
+	for (const char *p = sql; *p != '\0'; p++)
+		h = (h ^ (unsigned char)*p) * 1099511628211ULL;
+	snprintf(name, sizeof(name), "tgw_%016" PRIx64, h);
+	for (int again = 0;; again++) {
+		for (i = 0; i < pc->nprepared; i++)
+			if (pc->prepared[i].hash == h &&
+			    strcmp(pc->prepared[i].sql, sql) == 0)
+				break;
+		if (i == pc->nprepared) {
+			if (pc->nprepared == PG_PREPARED_MAX)
+				return PQexecParams(c, sql, n, NULL, v, lens,
+				    bin, 0);
+			r = PQprepare(c, name, sql, n, NULL);
+			/* 42P05: the session has it already (its name is
+			 * its text's) */
+			if (PQresultStatus(r) != PGRES_COMMAND_OK &&
+			    !sqlstate_is(r, "42P05"))
+				return r;
+			PQclear(r);
+			pc->prepared[pc->nprepared].hash = h;
+			pc->prepared[pc->nprepared].sql = xstrdup(sql);
+			pc->nprepared++;
+		}
+		r = PQexecPrepared(c, name, n, v, lens, bin, 0);
+		if (!sqlstate_is(r, "26000"))
+			return r;
+		prepared_forget(pc);
+		if (pc->in_tx || again > 0) {
+			pc->stale = pc->in_tx;
+			return r;
+		}
+		log_info("store postgresql (%s): the session lost its "
+		    "prepared statements (DISCARD ALL, or a pooler): preparing "
+		    "them again", pc->s->where);
+		PQclear(r);
+	}
+}
+
 /* pc's connection, opened again if it broke (unless the backoff's wait
  * is not over).  pc taken.  NULL with err. */
 static PGconn *
@@ -443,6 +543,8 @@ conn(struct pgc *pc, char *err, size_t errlen)
 		    pc->retry_at - (int64_t)now_ms());
 		return NULL;
 	}
+	/* a new session: none of its statements are prepared */
+	prepared_forget(pc);
 	if ((pc->conn = pg_connect(s->conninfo, s->app, s->where, err,
 	    errlen, brief, sizeof(brief))) == NULL) {
 		backoff_grow(&pc->backoff);
@@ -501,7 +603,7 @@ take_within(struct store *s, int wait_ms, char *err, size_t errlen)
 	}
 	if (pc != NULL) {
 		pc->busy = true;
-		pc->lost = pc->committing = pc->once = false;
+		pc->lost = pc->committing = pc->once = pc->stale = false;
 	}
 	pthread_mutex_unlock(&s->mu);
 	if (pc == NULL) {
@@ -559,8 +661,8 @@ run_bin(struct pgc *pc, bool writing, const char *what, const char *sql,
 			return NULL;
 		/* without parameters, the simple protocol: a migration is
 		 * several statements */
-		r = n == 0 ? PQexec(c, sql) : PQexecParams(c, sql, n, NULL, v,
-		    lens, bin, 0);
+		r = n == 0 ? PQexec(c, sql) : exec_prepared(pc, c, sql, n, v,
+		    lens, bin);
 		st = PQresultStatus(r);
 		/*
 		 * The connection lost under a statement outside a
@@ -684,11 +786,14 @@ tx_again(struct pgc *pc, int attempt, bool idempotent)
 
 	if (pc == NULL)
 		return false;
-	again = attempt == 0 && pc->lost && (!pc->committing || idempotent);
+	again = attempt == 0 && ((pc->lost && (!pc->committing ||
+	    idempotent)) || pc->stale);
 	if (again)
-		log_info("store postgresql (%s): the connection was lost in a "
-		    "transaction: running it again on a new one", pc->s->where);
-	pc->lost = pc->committing = false;
+		log_info("store postgresql (%s): %s: running it again%s",
+		    pc->s->where, pc->lost ? "the connection was lost in a "
+		    "transaction" : "a transaction met a statement no longer "
+		    "prepared", pc->lost ? " on a new one" : "");
+	pc->lost = pc->committing = pc->stale = false;
 	return again;
 }
 
@@ -831,8 +936,10 @@ pg_close(struct store *s)
 {
 	if (s == NULL)
 		return;
-	for (int i = 0; i < s->npool; i++)
+	for (int i = 0; i < s->npool; i++) {
 		PQfinish(s->pool[i].conn);
+		prepared_forget(&s->pool[i]);
+	}
 	free(s->pool);
 	PQfinish(s->listen);
 	pthread_cond_destroy(&s->freed);
@@ -1064,6 +1171,30 @@ read_calls(struct store *s, const char *sql, int n, const char *const *v,
 	return rows;
 }
 
+/* Appends v to b, an array literal begun with '{', as an element: NULL,
+ * or quoted with '"' and '\' escaped. */
+static void
+array_add(struct buf *b, const char *v)
+{
+	if (b->len > 1)
+		buf_puts(b, ",");
+	if (v == NULL) {
+		buf_puts(b, "NULL");
+		return;
+	}
+	buf_puts(b, "\"");
+	for (const char *p = v; *p != '\0'; p++) {
+		if (*p == '"' || *p == '\\')
+			buf_append(b, "\\", 1);
+		buf_append(b, p, 1);
+	}
+	buf_puts(b, "\"");
+}
+
+/* Columns of calls_add_tx()'s one INSERT, as arrays. */
+enum { CA_KEY, CA_METHOD, CA_CHAT, CA_PARAMS, CA_CREATED, CA_NB, CA_LANE,
+	CA_STATE, CA_ERROR, CA_ATTEMPTS, CA_COLS };
+
 /* pg_calls_add_state()'s transaction on pc, from BEGIN to COMMIT; the
  * calls added in *count.  0 or -1 with err. */
 static int
@@ -1072,8 +1203,7 @@ calls_add_tx(struct pgc *pc, const char *what, const struct store_call *calls,
     size_t *count, char *err, size_t errlen)
 {
 	struct store *s = pc != NULL ? pc->s : NULL;
-	char lane[8], cstate[8], created[24], nb[24], exp[24], uid[24],
-	    att[16];
+	char exp[24], uid[24];
 	PGresult *r;
 	int ok = -1;
 
@@ -1082,28 +1212,60 @@ calls_add_tx(struct pgc *pc, const char *what, const struct store_call *calls,
 		goto out;
 	if (n > 0 && calls_lock(pc, err, errlen) == -1)
 		goto out;
-	for (size_t i = 0; i < n; i++) {
-		const struct store_call *c = &calls[i];
-		const char *v[11] = { s->bot, c->key, c->method, c->chat,
-			c->params, created, nb, lane, cstate, c->last_error,
-			att };
+	/*
+	 * One statement for all the calls (a round trip and a plan, not
+	 * n): arrays, one per column, unnested in the calls' order, which
+	 * ORDER BY ord keeps for their ids.  The key's unique constraint:
+	 * a call queued or delivered already, or earlier in this batch,
+	 * is skipped (DO NOTHING sees this statement's own rows).
+	 */
+	if (n > 0) {
+		struct buf a[CA_COLS] = { 0 };
+		const char *v[CA_COLS + 1];
+		char num[24];
 
-		snprintf(created, sizeof(created), "%" PRId64, c->created_ms);
-		snprintf(nb, sizeof(nb), "%" PRId64, c->not_before_ms);
-		snprintf(lane, sizeof(lane), "%d", (int)c->lane);
-		snprintf(cstate, sizeof(cstate), "%d", (int)c->state);
-		snprintf(att, sizeof(att), "%d", c->attempts);
-		/* the key's unique constraint: queued or delivered
-		 * already, skipped */
-		if ((r = run(pc, true, what, "INSERT INTO tgw_calls (bot, key, "
+		for (int k = 0; k < CA_COLS; k++)
+			buf_puts(&a[k], "{");
+		for (size_t i = 0; i < n; i++) {
+			const struct store_call *c = &calls[i];
+
+			array_add(&a[CA_KEY], c->key);
+			array_add(&a[CA_METHOD], c->method);
+			array_add(&a[CA_CHAT], c->chat);
+			array_add(&a[CA_PARAMS], c->params);
+			snprintf(num, sizeof(num), "%" PRId64, c->created_ms);
+			array_add(&a[CA_CREATED], num);
+			snprintf(num, sizeof(num), "%" PRId64,
+			    c->not_before_ms);
+			array_add(&a[CA_NB], num);
+			snprintf(num, sizeof(num), "%d", (int)c->lane);
+			array_add(&a[CA_LANE], num);
+			snprintf(num, sizeof(num), "%d", (int)c->state);
+			array_add(&a[CA_STATE], num);
+			array_add(&a[CA_ERROR], c->last_error);
+			snprintf(num, sizeof(num), "%d", c->attempts);
+			array_add(&a[CA_ATTEMPTS], num);
+		}
+		v[0] = s->bot;
+		for (int k = 0; k < CA_COLS; k++) {
+			buf_puts(&a[k], "}");
+			v[k + 1] = a[k].data;
+		}
+		r = run(pc, true, what, "INSERT INTO tgw_calls (bot, key, "
 		    "method, chat, params, created, not_before, lane, state, "
-		    "last_error, finished, attempts) VALUES ($1, $2, $3, $4, "
-		    "$5, $6, $7, $8, $9, $10, CASE WHEN $9::integer = 0 THEN "
-		    "NULL ELSE $6::bigint END, $11) ON CONFLICT (bot, key) DO "
-		    "NOTHING", 11, v,
-		    err, errlen)) == NULL)
+		    "last_error, finished, attempts) SELECT $1::bigint, k, m, "
+		    "ch, p, cr, nb, ln, st, le, CASE WHEN st = 0 THEN NULL "
+		    "ELSE cr END, at FROM unnest($2::text[], $3::text[], "
+		    "$4::text[], $5::text[], $6::bigint[], $7::bigint[], "
+		    "$8::integer[], $9::integer[], $10::text[], "
+		    "$11::integer[]) WITH ORDINALITY AS u(k, m, ch, p, cr, nb, "
+		    "ln, st, le, at, ord) ORDER BY ord ON CONFLICT (bot, key) "
+		    "DO NOTHING", CA_COLS + 1, v, err, errlen);
+		for (int k = 0; k < CA_COLS; k++)
+			buf_free(&a[k]);
+		if (r == NULL)
 			goto out;
-		*count += (size_t)strtoul(PQcmdTuples(r), NULL, 10);
+		*count = (size_t)strtoul(PQcmdTuples(r), NULL, 10);
 		PQclear(r);
 	}
 	/* The state and the calls commit together or not at all. */
@@ -1952,8 +2114,8 @@ pg_update_unclaim(struct store *s, int64_t update_id, const char *instance,
 
 static int
 pg_lease_take(struct store *s, const char *duty, const char *instance,
-    int64_t ttl_ms, char *holder, size_t holderlen, char *err,
-    size_t errlen)
+    int64_t ttl_ms, char *holder, size_t holderlen,
+    enum store_lease_from *from, char *err, size_t errlen)
 {
 	struct pgc *pc;
 	char t[24];
@@ -1965,15 +2127,27 @@ pg_lease_take(struct store *s, const char *duty, const char *instance,
 	if (holder != NULL && holderlen > 0)
 		holder[0] = '\0';
 	pc = take(s, err, errlen);
-	if ((r = run(pc, true, "taking a lease", "INSERT INTO tgw_leases (bot, "
+	/*
+	 * prev is the statement's snapshot, the upsert's WHERE the row's
+	 * latest version: when they differ another instance changed the
+	 * row meanwhile, and then the lease is taken only if that one gave
+	 * it up (deleted: FREE is right) or never (the WHERE refuses).
+	 * now() is one instant for both.
+	 */
+	if ((r = run(pc, true, "taking a lease", "WITH prev AS (SELECT "
+	    "CASE WHEN holder = $3 THEN 1 WHEN expires < now() THEN 2 ELSE 0 "
+	    "END AS was FROM tgw_leases WHERE bot = $1 AND duty = $2) "
+	    "INSERT INTO tgw_leases (bot, "
 	    "duty, holder, expires) VALUES ($1, $2, $3, now() + $4 * "
 	    "interval '1 millisecond') ON CONFLICT (bot, duty) DO UPDATE SET "
 	    "holder = excluded.holder, expires = excluded.expires WHERE "
 	    "tgw_leases.holder = excluded.holder OR tgw_leases.expires < "
-	    "now() RETURNING holder", 4, v, err, errlen)) == NULL)
+	    "now() RETURNING holder, (SELECT was FROM prev)", 4, v, err,
+	    errlen)) == NULL)
 		goto out;
 	if (PQntuples(r) > 0) {
 		ret = 1;
+		*from = (enum store_lease_from)num(r, 0, 1);
 		if (holder != NULL)
 			snprintf(holder, holderlen, "%s", instance);
 		goto out;

@@ -1511,10 +1511,11 @@ claims_prune(struct store *s, char *err, size_t errlen)
 
 static int
 sqlite_lease_take(struct store *s, const char *duty, const char *instance,
-    int64_t ttl_ms, char *holder, size_t holderlen, char *err,
-    size_t errlen)
+    int64_t ttl_ms, char *holder, size_t holderlen,
+    enum store_lease_from *from, char *err, size_t errlen)
 {
 	char who[128] = "";
+	int64_t was = STORE_LEASE_FREE;
 	int rc, ret = -1;
 
 	pthread_mutex_lock(&s->mu);
@@ -1522,12 +1523,18 @@ sqlite_lease_take(struct store *s, const char *duty, const char *instance,
 		failed(s, true, err, errlen, "taking the %s duty", duty);
 		goto out;
 	}
-	rc = cluster_step(s, "INSERT INTO leases(duty, instance, until)"
-	    " VALUES (?2, ?3, " NOW_MS " + ?4) ON CONFLICT(duty) DO UPDATE"
-	    " SET instance = excluded.instance, until = excluded.until"
-	    " WHERE leases.instance = excluded.instance"
-	    " OR leases.until <= " NOW_MS, 0, duty, instance, ttl_ms, -1,
-	    NULL, NULL, 0);
+	/* under BEGIN IMMEDIATE: nobody changes the row before the INSERT */
+	rc = cluster_step(s, "SELECT CASE WHEN instance = ?3 THEN 1"
+	    " WHEN until <= " NOW_MS " THEN 2 ELSE 0 END FROM leases"
+	    " WHERE duty = ?2", 0, duty, instance, 0, 0, &was, NULL, 0);
+	if (rc != -1)
+		rc = cluster_step(s, "INSERT INTO leases(duty, instance,"
+		    " until) VALUES (?2, ?3, " NOW_MS " + ?4) ON CONFLICT(duty)"
+		    " DO UPDATE SET instance = excluded.instance,"
+		    " until = excluded.until"
+		    " WHERE leases.instance = excluded.instance"
+		    " OR leases.until <= " NOW_MS, 0, duty, instance, ttl_ms,
+		    -1, NULL, NULL, 0);
 	if (rc != -1)
 		rc = cluster_step(s, "SELECT instance FROM leases WHERE"
 		    " duty = ?2", 0, duty, NULL, 0, 0, NULL, who, sizeof(who));
@@ -1536,6 +1543,8 @@ sqlite_lease_take(struct store *s, const char *duty, const char *instance,
 	if (commit(s, rc == -1 ? -1 : 0, err, errlen, "taking a duty") ==
 	    0) {
 		ret = strcmp(who, instance) == 0;
+		if (ret == 1)
+			*from = (enum store_lease_from)was;
 		if (holder != NULL)
 			snprintf(holder, holderlen, "%s", who);
 	}

@@ -308,6 +308,12 @@ def test_sender_killed_another_takes_over_within_the_lease():
         assert took < 2 * 2 + 2, took
         new = c.holder("outbox")
         assert new in ("b", "c")
+        # a took the free duty at its first start and sent at once; the
+        # new holder took an expired lease over: it waited chat_interval
+        assert "outbox: sending now: the outbox duty was free" in \
+            c.d["a"].log()
+        assert "outbox: sending from" not in c.d["a"].log()
+        assert "outbox: sending from 1000 ms on" in c.d[new].log()
         assert eventually(lambda: set(c.texts()) >=
                           set("u30-%d" % k for k in range(1, 9)), 20), \
             c.texts()
@@ -328,8 +334,12 @@ def test_sigterm_gives_the_duties_up_at_once():
         # far sooner than the 30 s lease
         assert time.time() - t0 < 10
         assert "gave the outbox duty up" in c.d["a"].log()
-        # and the new holder sends what is queued now
+        # and the new holder sends what is queued now: a gave the duty up
+        # once it had stopped sending, so no pause
         n = c.holder("outbox")
+        assert eventually(lambda: "outbox: sending now: the outbox duty "
+                          "was free" in c.d[n].log(), 10)
+        assert "outbox: sending from" not in c.d[n].log()
         other = [x for x in "bc" if x != n][0]
         assert c.post(other, message("/go", 40, chat_id=400))[0] == 200
         assert eventually(lambda: "u40-1" in c.texts(), 10)

@@ -190,38 +190,38 @@ test_leases(void **state)
 	char err[256], holder[64];
 
 	assert_int_equal(store_lease_take(p->a, "outbox", "a", 60000, holder,
-	    sizeof(holder), err, sizeof(err)), 1);
+	    sizeof(holder), NULL, err, sizeof(err)), 1);
 	assert_string_equal(holder, "a");
 	/* another's: refused, and told who holds it */
 	assert_int_equal(store_lease_take(p->b, "outbox", "b", 60000, holder,
-	    sizeof(holder), err, sizeof(err)), 0);
+	    sizeof(holder), NULL, err, sizeof(err)), 0);
 	assert_string_equal(holder, "a");
 	/* duties are apart */
 	assert_int_equal(store_lease_take(p->b, "polling", "b", 60000, NULL,
-	    0, err, sizeof(err)), 1);
+	    0, NULL, err, sizeof(err)), 1);
 	/* renewed by its holder */
 	assert_int_equal(store_lease_take(p->a, "outbox", "a", 60000, NULL, 0,
-	    err, sizeof(err)), 1);
+	    NULL, err, sizeof(err)), 1);
 	/* dropping another's does nothing; the holder's own frees it */
 	assert_int_equal(store_lease_drop(p->b, "outbox", "b", err,
 	    sizeof(err)), 0);
 	assert_int_equal(store_lease_take(p->b, "outbox", "b", 60000, NULL, 0,
-	    err, sizeof(err)), 0);
+	    NULL, err, sizeof(err)), 0);
 	assert_int_equal(store_lease_drop(p->a, "outbox", "a", err,
 	    sizeof(err)), 0);
 	assert_int_equal(store_lease_take(p->b, "outbox", "b", 60000, holder,
-	    sizeof(holder), err, sizeof(err)), 1);
+	    sizeof(holder), NULL, err, sizeof(err)), 1);
 	assert_string_equal(holder, "b");
 	assert_int_equal(store_lease_take(p->a, "outbox", "a", 60000, holder,
-	    sizeof(holder), err, sizeof(err)), 0);
+	    sizeof(holder), NULL, err, sizeof(err)), 0);
 	assert_string_equal(holder, "b");
 
 	/* expiry: b's lease runs out, a takes it and b is refused */
 	sql(p, "UPDATE leases SET until = until - 60001 WHERE duty = 'outbox'");
 	assert_int_equal(store_lease_take(p->a, "outbox", "a", 60000, holder,
-	    sizeof(holder), err, sizeof(err)), 1);
+	    sizeof(holder), NULL, err, sizeof(err)), 1);
 	assert_int_equal(store_lease_take(p->b, "outbox", "b", 60000, holder,
-	    sizeof(holder), err, sizeof(err)), 0);
+	    sizeof(holder), NULL, err, sizeof(err)), 0);
 	assert_string_equal(holder, "a");
 }
 
@@ -260,7 +260,7 @@ test_calls_wait(void **state)
 	assert_true(now_ms() - t0 >= 100);
 	/* another handle's commit that adds no call does not wake it */
 	assert_int_equal(store_lease_take(p->b, "webhook", "b", 60000, NULL, 0,
-	    err, sizeof(err)), 1);
+	    NULL, err, sizeof(err)), 1);
 	assert_int_equal(store_calls_wait(p->a, 100, err, sizeof(err)), 0);
 	/* another handle's store_calls_add wakes it long before the timeout */
 	assert_int_equal(pthread_create(&t, NULL, add_later, &ad), 0);

@@ -104,7 +104,7 @@ test_expiry_takeover(void **state)
 	(void)state;
 	/* a dead instance's lease: held by "a", never renewed */
 	assert_int_equal(store_lease_take(sa, "polling", "a", 2000, NULL, 0,
-	    err, sizeof(err)), 1);
+	    NULL, err, sizeof(err)), 1);
 	t0 = now_ms();
 	b = duty_start(sb, true, "b", 2000, 1U << DUTY_POLLING);
 	assert_false(duty_held(b, DUTY_POLLING));
@@ -114,11 +114,11 @@ test_expiry_takeover(void **state)
 	assert_true(now_ms() - t0 < 2000 + 1000);
 	/* the store refuses the dead one's renewal now */
 	assert_int_equal(store_lease_take(sa, "polling", "a", 2000, NULL, 0,
-	    err, sizeof(err)), 0);
+	    NULL, err, sizeof(err)), 0);
 	duty_stop(b);
 	/* stopped: the lease is free at once */
 	assert_int_equal(store_lease_take(sa, "polling", "a", 2000, NULL, 0,
-	    err, sizeof(err)), 1);
+	    NULL, err, sizeof(err)), 1);
 }
 
 static void
@@ -134,7 +134,7 @@ test_not_clustered(void **state)
 	assert_true(duty_held(NULL, DUTY_OUTBOX));
 	/* nothing written: another takes every lease */
 	assert_int_equal(store_lease_take(sb, "outbox", "y", 10000, NULL, 0,
-	    err, sizeof(err)), 1);
+	    NULL, err, sizeof(err)), 1);
 	assert_true(duty_held(d, DUTY_OUTBOX));
 	duty_stop(d);
 	duty_stop(NULL);

@@ -541,19 +541,19 @@ test_leases_pruned(void **state)
 	assert_non_null(s = topen(state, dir, err, sizeof(err)));
 	/* a ttl in the past: leases a dead instance took hours ago */
 	assert_int_equal(store_lease_take(s, "c:c100", "dead#01", -3 *
-	    STORE_LEASE_KEEP_MS, NULL, 0, err, sizeof(err)), 1);
+	    STORE_LEASE_KEEP_MS, NULL, 0, NULL, err, sizeof(err)), 1);
 	assert_int_equal(store_lease_take(s, "c:c101", "dead#01", -2 *
-	    STORE_LEASE_KEEP_MS, NULL, 0, err, sizeof(err)), 1);
+	    STORE_LEASE_KEEP_MS, NULL, 0, NULL, err, sizeof(err)), 1);
 	assert_int_equal(store_lease_take(s, "polling", "dead#01", -2 *
-	    STORE_LEASE_KEEP_MS, NULL, 0, err, sizeof(err)), 1);
+	    STORE_LEASE_KEEP_MS, NULL, 0, NULL, err, sizeof(err)), 1);
 	/* ended a minute ago: kept (--outbox shows whose it was) */
 	assert_int_equal(store_lease_take(s, "c:c102", "dead#01", -60000,
-	    NULL, 0, err, sizeof(err)), 1);
+	    NULL, 0, NULL, err, sizeof(err)), 1);
 	/* live */
 	assert_int_equal(store_lease_take(s, "c:c103", "live#02", 60000, NULL,
-	    0, err, sizeof(err)), 1);
+	    0, NULL, err, sizeof(err)), 1);
 	assert_int_equal(store_lease_take(s, "outbox", "live#02", 60000, NULL,
-	    0, err, sizeof(err)), 1);
+	    0, NULL, err, sizeof(err)), 1);
 	assert_int_equal(store_lease_get(s, "outbox", holder, sizeof(holder),
 	    &left, err, sizeof(err)), 0);
 	assert_string_equal(holder, "live#02");
@@ -583,7 +583,7 @@ test_leases_pruned(void **state)
 	assert_string_equal(holder, "live#02");
 	/* a pruned lease is free: another instance takes it */
 	assert_int_equal(store_lease_take(s, "polling", "new#03", 60000,
-	    holder, sizeof(holder), err, sizeof(err)), 1);
+	    holder, sizeof(holder), NULL, err, sizeof(err)), 1);
 	store_close(s);
 	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
 	assert_int_equal(system(cmd), 0);
@@ -792,6 +792,78 @@ test_pg_bots_apart(void **state)
 	store_close(b);
 }
 
+/* Statements are prepared once per connection; a session that lost
+ * them (DISCARD ALL or DEALLOCATE ALL: a pooler's reset) has them
+ * prepared again, outside a transaction and inside one, with no error.
+ * Here a trigger deallocates the store's own statements whenever it
+ * writes the secret "dealloc". */
+static void
+test_pg_prepared_statements_lost(void **state)
+{
+	char err[1024], db[64], drop[96], create[96], conninfo[512];
+	char k1[] = "u:9:1", k2[] = "u:9:2", chat[] = "9";
+	char p1[] = "{\"chat_id\":9,\"text\":\"a\"}";
+	struct store_options o = { .backend = STORE_POSTGRESQL, .bot_id = 5,
+		.connections = 1 };
+	struct store_call rows[1], *got = NULL;
+	struct store *s;
+	char *v = NULL;
+	size_t added;
+
+	need_backend(state);
+	snprintf(db, sizeof(db), "tgw_prepared_%d", (int)getpid());
+	snprintf(drop, sizeof(drop), "DROP DATABASE IF EXISTS %s", db);
+	snprintf(create, sizeof(create), "CREATE DATABASE %s", db);
+	assert_int_equal(pg_exec("postgres", drop), 0);
+	assert_int_equal(pg_exec("postgres", create), 0);
+	snprintf(conninfo, sizeof(conninfo), "%s dbname=%s",
+	    getenv("TGW_TEST_PG"), db);
+	o.conninfo = conninfo;
+	assert_non_null(s = store_open_with(&o, err, sizeof(err)));
+	/* the trigger runs in the store's session: it notes how many
+	 * statements that session had prepared */
+	assert_int_equal(pg_exec(db, "CREATE TABLE seen (n bigint); "
+	    "CREATE FUNCTION dealloc() RETURNS trigger LANGUAGE plpgsql AS "
+	    "$$BEGIN INSERT INTO seen SELECT count(*) FROM "
+	    "pg_prepared_statements WHERE name LIKE 'tgw%'; "
+	    "EXECUTE 'DEALLOCATE ALL'; "
+	    "RETURN NULL; END$$; CREATE TRIGGER dealloc AFTER INSERT OR "
+	    "UPDATE ON tgw_secrets FOR EACH ROW WHEN (NEW.name = 'dealloc') "
+	    "EXECUTE FUNCTION dealloc()"), 0);
+	assert_int_equal(store_secret_put(s, "x", "1", err, sizeof(err)), 0);
+	assert_int_equal(store_secret_get(s, "x", &v, err, sizeof(err)), 0);
+	assert_string_equal(v, "1");
+	free(v);
+	v = NULL;
+	/* outside a transaction: prepared again, run once more */
+	assert_int_equal(store_secret_put(s, "dealloc", "1", err,
+	    sizeof(err)), 0);
+	assert_int_equal(store_secret_get(s, "x", &v, err, sizeof(err)), 0);
+	assert_string_equal(v, "1");
+	free(v);
+	/* inside one (the outbox's lock, then the insert): the transaction
+	 * runs again from BEGIN, and its calls are queued once */
+	rows[0] = call(k1, chat, p1);
+	assert_int_equal(store_calls_add(s, rows, 1, &added, err,
+	    sizeof(err)), 0);
+	assert_int_equal(store_secret_put(s, "dealloc", "2", err,
+	    sizeof(err)), 0);
+	rows[0] = call(k2, chat, p1);
+	assert_int_equal(store_calls_add(s, rows, 1, &added, err,
+	    sizeof(err)), 0);
+	assert_int_equal(added, 1);
+	assert_int_equal(store_calls_pending(s, STORE_LANE_CONVERSATION, 0,
+	    10, &got, err, sizeof(err)), 2);
+	assert_string_equal(got[1].key, "u:9:2");
+	store_calls_free(got, 2);
+	/* prepared: the secret's write and read at least, each time */
+	assert_int_equal(pg_exec(db, "DO $$BEGIN IF (SELECT count(*) FROM "
+	    "seen WHERE n >= 2) <> 2 THEN RAISE 'not prepared: %', (SELECT "
+	    "array_agg(n) FROM seen); END IF; END$$"), 0);
+	store_close(s);
+	assert_int_equal(pg_exec("postgres", drop), 0);
+}
+
 /* A database whose schema a newer daemon wrote is refused, saying
  * which version and what to do. */
 static void
@@ -977,34 +1049,83 @@ test_pg_leases(void **state)
 	assert_non_null(a = topen(state, dir, err, sizeof(err)));
 	assert_non_null(b = topen(state, dir, err, sizeof(err)));
 	assert_int_equal(store_lease_take(a, "outbox", "a", 60000, holder,
-	    sizeof(holder), err, sizeof(err)), 1);
+	    sizeof(holder), NULL, err, sizeof(err)), 1);
 	assert_int_equal(store_lease_take(b, "outbox", "b", 60000, holder,
-	    sizeof(holder), err, sizeof(err)), 0);
+	    sizeof(holder), NULL, err, sizeof(err)), 0);
 	assert_string_equal(holder, "a");
-	assert_int_equal(store_lease_take(a, "outbox", "a", 300, NULL, 0, err,
-	    sizeof(err)), 1);
+	assert_int_equal(store_lease_take(a, "outbox", "a", 300, NULL, 0, NULL,
+	    err, sizeof(err)), 1);
 	/* another duty is another lease */
 	assert_int_equal(store_lease_take(b, "webhook", "b", 60000, NULL, 0,
-	    err, sizeof(err)), 1);
+	    NULL, err, sizeof(err)), 1);
 	until = now_ms() + 10000;
-	while ((rc = store_lease_take(b, "outbox", "b", 60000, NULL, 0, err,
-	    sizeof(err))) == 0 && now_ms() < until)
+	while ((rc = store_lease_take(b, "outbox", "b", 60000, NULL, 0, NULL,
+	    err, sizeof(err))) == 0 && now_ms() < until)
 		usleep(50000);
 	assert_int_equal(rc, 1);
 	assert_int_equal(store_lease_take(a, "outbox", "a", 60000, holder,
-	    sizeof(holder), err, sizeof(err)), 0);
+	    sizeof(holder), NULL, err, sizeof(err)), 0);
 	assert_string_equal(holder, "b");
 	/* only the holder drops it */
 	assert_int_equal(store_lease_drop(a, "outbox", "a", err, sizeof(err)),
 	    0);
 	assert_int_equal(store_lease_take(a, "outbox", "a", 60000, NULL, 0,
-	    err, sizeof(err)), 0);
+	    NULL, err, sizeof(err)), 0);
 	assert_int_equal(store_lease_drop(b, "outbox", "b", err, sizeof(err)),
 	    0);
 	assert_int_equal(store_lease_take(a, "outbox", "a", 60000, NULL, 0,
-	    err, sizeof(err)), 1);
+	    NULL, err, sizeof(err)), 1);
 	store_close(a);
 	store_close(b);
+}
+
+/* What a take found: a free lease (a first start, or one given up), the
+ * taker's own (live or expired), or another's that expired (what makes
+ * the outbox wait chat_interval before it sends). */
+static void
+test_lease_from(void **state)
+{
+	char dir[] = "/tmp/tgw-store-test-XXXXXX", err[512], cmd[160];
+	enum store_lease_from from;
+	struct store *a, *b;
+
+	need_backend(state);
+	assert_non_null(mkdtemp(dir));
+	assert_non_null(a = topen(state, dir, err, sizeof(err)));
+	assert_non_null(b = topen(state, dir, err, sizeof(err)));
+	from = STORE_LEASE_EXPIRED;
+	assert_int_equal(store_lease_take(a, "outbox", "a", 60000, NULL, 0,
+	    &from, err, sizeof(err)), 1);
+	assert_int_equal(from, STORE_LEASE_FREE);
+	assert_int_equal(store_lease_take(a, "outbox", "a", 60000, NULL, 0,
+	    &from, err, sizeof(err)), 1);
+	assert_int_equal(from, STORE_LEASE_RENEWED);
+	/* a's lease ends a minute ago: a gets its own back */
+	assert_int_equal(store_lease_take(a, "outbox", "a", -60000, NULL, 0,
+	    &from, err, sizeof(err)), 1);
+	assert_int_equal(store_lease_take(a, "outbox", "a", -60000, NULL, 0,
+	    &from, err, sizeof(err)), 1);
+	assert_int_equal(from, STORE_LEASE_RENEWED);
+	/* b takes a's expired lease over */
+	assert_int_equal(store_lease_take(b, "outbox", "b", 60000, NULL, 0,
+	    &from, err, sizeof(err)), 1);
+	assert_int_equal(from, STORE_LEASE_EXPIRED);
+	assert_int_equal(store_lease_take(b, "outbox", "b", 60000, NULL, 0,
+	    &from, err, sizeof(err)), 1);
+	assert_int_equal(from, STORE_LEASE_RENEWED);
+	assert_int_equal(store_lease_take(a, "outbox", "a", 60000, NULL, 0,
+	    &from, err, sizeof(err)), 0);
+	/* given up cleanly: free for a */
+	assert_int_equal(store_lease_drop(b, "outbox", "b", err, sizeof(err)),
+	    0);
+	from = STORE_LEASE_EXPIRED;
+	assert_int_equal(store_lease_take(a, "outbox", "a", 60000, NULL, 0,
+	    &from, err, sizeof(err)), 1);
+	assert_int_equal(from, STORE_LEASE_FREE);
+	store_close(a);
+	store_close(b);
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+	assert_int_equal(system(cmd), 0);
 }
 
 struct adder {
@@ -1316,6 +1437,70 @@ test_calls_add_keeps_attempts(void **state)
 	assert_int_equal(system(cmd), 0);
 }
 
+/* A batch in one transaction: ids in the calls' order, a key met twice
+ * in the batch or already queued skipped, NULLs and every character of
+ * the texts kept (on PostgreSQL they travel as array literals). */
+static void
+test_calls_batch(void **state)
+{
+	char dir[] = "/tmp/tgw-store-test-XXXXXX", err[256], cmd[160];
+	char odd[] = "{\"chat_id\":1,\"text\":\"a \\\"q\\\" \\\\ {x,y} NULL "
+	    "\xc3\xa9'\"}";
+	struct store_call rows[6] = {
+		{ .key = "b:1", .method = "sendMessage", .chat = "1",
+		    .params = odd, .lane = STORE_LANE_CONVERSATION },
+		{ .key = NULL, .method = "sendMessage", .chat = "1",
+		    .params = "{}", .lane = STORE_LANE_CONVERSATION },
+		{ .key = "b:1", .method = "sendPhoto", .chat = "1",
+		    .params = "{}", .lane = STORE_LANE_CONVERSATION },
+		{ .key = "NULL", .method = "sendMessage", .chat = "2",
+		    .params = "{}", .lane = STORE_LANE_CONVERSATION },
+		{ .key = "b:2", .method = "sendMessage", .chat = "\"2\"",
+		    .params = "{}", .attempts = 2, .created_ms = 7,
+		    .not_before_ms = 9, .last_error = "e\"r\\r,{}",
+		    .lane = STORE_LANE_CONVERSATION },
+		{ .key = "b:3", .method = "getMe", .chat = NULL,
+		    .params = "{}", .lane = STORE_LANE_CONVERSATION },
+	};
+	const char *keys[] = { "b:1", NULL, "NULL", "b:2", "b:3" };
+	struct store_call *got;
+	struct store *s;
+	size_t added;
+
+	need_backend(state);
+	assert_non_null(mkdtemp(dir));
+	assert_non_null(s = topen(state, dir, err, sizeof(err)));
+	assert_int_equal(store_calls_add(s, rows, 6, &added, err,
+	    sizeof(err)), 0);
+	assert_int_equal(added, 5);
+	assert_int_equal(store_calls_pending(s, STORE_LANE_CONVERSATION, 0,
+	    10, &got, err, sizeof(err)), 5);
+	for (int i = 0; i < 5; i++) {
+		if (keys[i] == NULL)
+			assert_null(got[i].key);
+		else
+			assert_string_equal(got[i].key, keys[i]);
+		if (i > 0)
+			assert_true(got[i].id > got[i - 1].id);
+	}
+	assert_string_equal(got[0].params, odd);
+	assert_string_equal(got[0].method, "sendMessage");
+	assert_string_equal(got[3].chat, "\"2\"");
+	assert_string_equal(got[3].last_error, "e\"r\\r,{}");
+	assert_int_equal(got[3].attempts, 2);
+	assert_int_equal(got[3].created_ms, 7);
+	assert_int_equal(got[3].not_before_ms, 9);
+	assert_null(got[4].chat);
+	store_calls_free(got, 5);
+	/* again: only the call without a key is new */
+	assert_int_equal(store_calls_add(s, rows, 6, &added, err,
+	    sizeof(err)), 0);
+	assert_int_equal(added, 1);
+	store_close(s);
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+	assert_int_equal(system(cmd), 0);
+}
+
 /* States listed in bytewise key order a page at a time, "none" marks
  * included and expired states not: what --migrate-store copies. */
 static void
@@ -1456,11 +1641,14 @@ main(void)
 		cmocka_unit_test(test_conninfo_secrets_refused),
 		BOTH(test_prune),
 		BOTH(test_leases_pruned),
+		BOTH(test_lease_from),
 		BOTH(test_states),
 		BOTH(test_states_list),
 		BOTH(test_calls_add_keeps_attempts),
+		BOTH(test_calls_batch),
 		PG(test_pg_bots_apart),
 		PG(test_pg_schema_newer_refused),
+		PG(test_pg_prepared_statements_lost),
 		PG(test_pg_unreachable),
 		PG(test_pg_claims),
 		PG(test_pg_leases),
