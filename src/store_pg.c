@@ -105,8 +105,6 @@ struct pgc {
 	bool committing;	/* its COMMIT was sent: whether it took
 				 * effect is unknown if the connection is
 				 * lost now */
-	bool once;		/* the next statement is not to be run again
-				 * (it would add a second row) */
 	bool stale;		/* a statement of its transaction was no
 				 * longer prepared: the transaction failed
 				 * before its COMMIT, safe to run again */
@@ -603,7 +601,7 @@ take_within(struct store *s, int wait_ms, char *err, size_t errlen)
 	}
 	if (pc != NULL) {
 		pc->busy = true;
-		pc->lost = pc->committing = pc->once = pc->stale = false;
+		pc->lost = pc->committing = pc->stale = false;
 	}
 	pthread_mutex_unlock(&s->mu);
 	if (pc == NULL) {
@@ -669,12 +667,11 @@ run_bin(struct pgc *pc, bool writing, const char *what, const char *sql,
 		 * transaction (the server was failing over, or ended it
 		 * just as it was sent): once more, on a new connection.
 		 * Every such statement here is a read or a write that
-		 * gives the same rows when run twice, but for those marked
-		 * once.  Inside a transaction, its caller decides.
+		 * gives the same rows when run twice (a dead letter's insert
+		 * too).  Inside a transaction, its caller decides.
 		 */
 		if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK ||
-		    PQstatus(c) == CONNECTION_OK || pc->in_tx || pc->once ||
-		    attempt > 0)
+		    PQstatus(c) == CONNECTION_OK || pc->in_tx || attempt > 0)
 			break;
 		one_line(msg, sizeof(msg), PQerrorMessage(c));
 		log_info("store postgresql (%s): %s: the connection was lost "
@@ -685,7 +682,6 @@ run_bin(struct pgc *pc, bool writing, const char *what, const char *sql,
 		pc->conn = NULL;
 		pc->retry_at = 0;
 	}
-	pc->once = false;
 	st = PQresultStatus(r);
 	if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) {
 		if (writing || s->down) {

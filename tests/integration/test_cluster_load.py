@@ -264,8 +264,8 @@ def test_thousand_follow_ups_through_three_instances_no_429_on_postgresql():
         assert len(c.texts()) == 1000, len(c.texts())
         # the one sender at 30 a second takes 33 s; with the posting
         # (500 exec handlers, each chat's updates one at a time) about
-        # 50 s: bounded well above that, for a loaded machine
-        assert took < 90, took
+        # 50 s.  Not asserted: timings are the benchmark's
+        # (bench/cluster_bench.py), never a test's.
         print("# 1000 follow-ups through 3 instances in %.1f s, %d "
               "answered 503 first" % (took, len(load.refused)))
 

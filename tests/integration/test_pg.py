@@ -377,6 +377,9 @@ def test_pg_self_signed_certificate_shared_by_instances():
             t.join()
         assert all(d.proc is not None for d in ds)
         emu.wait_calls("setWebhook", 1)
+        # the call is recorded before the emulator takes the webhook in
+        assert eventually(lambda: emu.webhook is not None and
+                          emu.webhook["cert"] is not None)
         pems = [open(os.path.join(d.store, "webhook.pem"), "rb").read()
                 for d in ds]
         keys = [os.path.join(d.store, "webhook.key") for d in ds]
