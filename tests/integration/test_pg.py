@@ -358,6 +358,30 @@ def test_pg_slow_database_answers_503_in_bounded_time_then_recovers():
         pg.destroy()
 
 
+def pg_instance(pg, emu, name):
+    d = Daemon("[handler.hi]\nreply = hello\n", emu=emu, start=False,
+               env={"PGPASSFILE": pg.passfile},
+               extra="[cluster]\ninstance = %s\n" % name)
+    with open(d.conf) as f:
+        text = f.read()
+    with open(d.conf, "w") as f:
+        f.write(text.replace("[store]\n", "[store]\nbackend = postgresql"
+                             "\npostgresql = %s\n" % pg.conninfo(
+                                 user="tgw"), 1))
+    return d
+
+
+def end_instances(ds, emu, pg):
+    """What a test of several instances started: killed and removed."""
+    for d in ds:
+        if d.proc is not None:
+            d.proc.kill()
+            d.proc.wait()
+        d.tmp.cleanup()
+    emu.stop()
+    pg.destroy()
+
+
 def test_pg_self_signed_certificate_shared_by_instances():
     """self_signed = on, two instances on one PostgreSQL store, each with
     its own certificate paths, started at the same moment: the first to
@@ -370,18 +394,7 @@ def test_pg_self_signed_certificate_shared_by_instances():
     emu = botapi_emu.Emulator(TOKEN).start()
     ds = []
     try:
-        for name in "ab":
-            d = Daemon("[handler.hi]\nreply = hello\n", emu=emu,
-                       start=False, env={"PGPASSFILE": pg.passfile},
-                       extra="[cluster]\ninstance = %s\n" % name)
-            with open(d.conf) as f:
-                text = f.read()
-            text = text.replace("[store]\n", "[store]\nbackend = postgresql"
-                                "\npostgresql = %s\n" % pg.conninfo(
-                                    user="tgw"), 1)
-            with open(d.conf, "w") as f:
-                f.write(text)
-            ds.append(d)
+        ds += [pg_instance(pg, emu, name) for name in "ab"]
         ts = [threading.Thread(target=d.start, kwargs={
             "wait_register": False}) for d in ds]
         for t in ts:
@@ -422,26 +435,8 @@ def test_pg_self_signed_certificate_shared_by_instances():
             assert "BEGIN PRIVATE KEY" not in d.log()
             d.check_clean(d.stop())
     finally:
-        for d in ds:
-            if d.proc is not None:
-                d.proc.kill()
-                d.proc.wait()
-            d.tmp.cleanup()
-        emu.stop()
-        pg.destroy()
+        end_instances(ds, emu, pg)
 
-
-def pg_instance(pg, emu, name):
-    d = Daemon("[handler.hi]\nreply = hello\n", emu=emu, start=False,
-               env={"PGPASSFILE": pg.passfile},
-               extra="[cluster]\ninstance = %s\n" % name)
-    with open(d.conf) as f:
-        text = f.read()
-    with open(d.conf, "w") as f:
-        f.write(text.replace("[store]\n", "[store]\nbackend = postgresql"
-                             "\npostgresql = %s\n" % pg.conninfo(
-                                 user="tgw"), 1))
-    return d
 
 
 def test_pg_instance_with_a_certificate_of_its_own():
@@ -498,10 +493,4 @@ def test_pg_instance_with_a_certificate_of_its_own():
         for d in ds:
             d.check_clean(d.stop())
     finally:
-        for d in ds:
-            if d.proc is not None:
-                d.proc.kill()
-                d.proc.wait()
-            d.tmp.cleanup()
-        emu.stop()
-        pg.destroy()
+        end_instances(ds, emu, pg)
