@@ -143,6 +143,25 @@ def test_large_header_block_accepted():
         assert status == 200 and b'"sendMessage"' in out, out
 
 
+def test_header_block_over_connection_memory_431():
+    """The per-connection memory is 12 KiB (each connection's buffer is
+    private memory, 100 connections' 1.2 MiB): a 6 KiB header block is
+    still answered, one of 11 KiB is refused with 431, which says what is
+    too large, and logged; the connection after it is served."""
+    with Daemon(HANDLERS) as d:
+        body = json.dumps(message("/start", 1)).encode()
+        six = ["X-Pad-%d: %s" % (i, "p" * 500) for i in range(12)]
+        status, out = request(d, body=body, headers=six)
+        assert status == 200 and b'"sendMessage"' in out, out
+        eleven = ["X-Pad-%d: %s" % (i, "p" * 1000) for i in range(11)]
+        status, out = request(d, body=body, headers=eleven)
+        assert status == 431, out[:200]
+        assert b"header was too big" in out, out[:300]
+        status, out = request(d, body=json.dumps(message("/start", 2))
+                              .encode())
+        assert status == 200, out[:200]
+
+
 def test_not_json_400():
     with Daemon(HANDLERS) as d:
         assert request(d, body=b"this is not json")[0] == 400
