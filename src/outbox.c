@@ -1436,6 +1436,8 @@ outbox_start(struct store *s, const struct outbox_opts *opts)
 		atomic_store(&o->stored, n);
 	atomic_store(&o->none_since, n == 0 ? 0 : -1);
 	o->api = botapi_multi_new(opts->api_url, opts->token, opts->timeout_ms);
+	/* completed() reads the status, never a sent call's result */
+	botapi_multi_status_only(o->api);
 	atomic_store(&o->beat, now_ms());
 	if (pthread_create(&o->thread, NULL, sender, o) != 0)
 		fatal("outbox: cannot start the sender thread");
@@ -1626,10 +1628,14 @@ outbox_add_state(struct outbox *o, json_t *calls, size_t from,
 		    pending));
 		if (added > 0 && pending > 0)
 			atomic_fetch_add(&o->queued, 1);
-		if (added > 0 && lanes != 0) {
-			atomic_fetch_or(&o->wake_lanes, lanes);
+		/* One wake-up per round of the sender: lanes already
+		 * marked were marked after its last look, by an add whose
+		 * wake-up is on its way (the sender clears the marks
+		 * before it reads the lanes, so these rows, committed
+		 * before, are read with them). */
+		if (added > 0 && lanes != 0 &&
+		    atomic_fetch_or(&o->wake_lanes, lanes) == 0)
 			botapi_multi_wakeup(o->api);
-		}
 		if (over > 0)
 			log_err("outbox: update %" PRId64 ": %zu call(s) over "
 			    "[outbox] max_calls_per_update (%ld) kept as dead "
