@@ -164,6 +164,9 @@ handle_batch(struct poller *p, json_t *updates)
 	pthread_mutex_lock(&p->mu);
 	p->answered = 0;
 	pthread_mutex_unlock(&p->mu);
+	/* One commit for the batch's follow-ups (intake.h), made before the
+	 * wait below: nothing is held open while runner threads finish. */
+	intake_batch_begin(p->o.intake);
 	for (size_t i = 0; i < n; i++) {
 		char *body = json_dumps(json_array_get(updates, i),
 		    JSON_COMPACT);
@@ -172,6 +175,7 @@ handle_batch(struct poller *p, json_t *updates)
 		intake_submit(p->o.intake, body, body != NULL ? strlen(body) :
 		    0, &(struct intake_cb){ NULL, on_answer, &slots[i] });
 	}
+	intake_batch_end(p->o.intake);
 	pthread_mutex_lock(&p->mu);
 	while (p->answered < n)
 		pthread_cond_wait(&p->cv, &p->mu);
