@@ -5,7 +5,9 @@
  * below it is forgotten there), so it moves past an update only once
  * intake has answered that update, which the runner does only once it is
  * durable: its calls queued in the store, or the update held (a handler
- * still running) or dead-lettered.  The offset is kept in the store
+ * still running) or dead-lettered.  A batch's calls are one commit
+ * (intake_batch_begin()), made once every update is submitted and before
+ * the wait for the rest; if it fails, the whole batch is answered busy.  The offset is kept in the store
  * before the next call sends it, so a restart or a SIGKILL resumes where
  * the last durable update left off; an update handled but not yet
  * confirmed comes again and is caught by dedup, or after a restart by the
