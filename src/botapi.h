@@ -76,6 +76,10 @@ struct botapi_multi;
 struct botapi_multi *botapi_multi_new(const char *api_url, const char *token,
     unsigned timeout_ms);
 void botapi_multi_free(struct botapi_multi *m);
+/* From now on an answer of HTTP 200 that starts as an ok envelope
+ * ({"ok":true,...) is not decoded further: its result is NULL and its
+ * description empty.  For a caller that needs only the status. */
+void botapi_multi_status_only(struct botapi_multi *m);
 /* Starts method with a JSON body (copied). */
 void botapi_multi_start(struct botapi_multi *m, uint64_t tag,
     const char *method, const char *json_body);

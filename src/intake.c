@@ -11,6 +11,10 @@
  * dedup, so that its next delivery is handled as new: the rule that makes
  * a webhook's 503 and a poller's retry safe.
  *
+ * A batch (intake_batch_begin()): an update handled on the submitting
+ * thread is answered only once the batch's follow-ups are committed, or
+ * forgotten (busy) if that commit failed.
+ *
  * Several instances on one store: dedup in memory sees only this
  * instance's deliveries, so a new id is also claimed in the store.  Ours:
  * handled, and marked done once answered (held while its handler runs
@@ -49,6 +53,17 @@ struct intake {
 	struct store *store;	/* clustered: claims; NULL: none */
 	char *instance;
 	int64_t claim_ttl_ms;
+	/* intake_batch_begin() to _end(): the submitting thread's answers
+	 * held until the batch is committed (only that thread reads these) */
+	bool batching;
+	struct held_answer *held;
+	size_t nheld, heldcap;
+};
+
+/* An answer of a batch, given at intake_batch_end(). */
+struct held_answer {
+	struct intake_result res;
+	struct intake_cb cb;
 };
 
 /* An update whose handler runs on a handler thread. */
@@ -88,6 +103,7 @@ intake_free(struct intake *in)
 		return;
 	dispatch_unref(in->t);
 	pthread_rwlock_destroy(&in->lock);
+	free(in->held);
 	free(in->instance);
 	free(in);
 }
@@ -256,6 +272,16 @@ intake_submit(struct intake *in, char *body, size_t len,
 	pthread_rwlock_unlock(&in->lock);
 	switch (started) {
 	case RUNNER_DONE:
+		if (in->batching) {
+			if (in->nheld == in->heldcap) {
+				in->heldcap = in->heldcap * 2 + 16;
+				in->held = xrealloc(in->held, in->heldcap *
+				    sizeof(*in->held));
+			}
+			in->held[in->nheld++] = (struct held_answer){ res,
+			    *cb };
+			return;
+		}
 		claim_done(in, res.update_id);
 		cb->done(cb->arg, &res);
 		return;
@@ -275,6 +301,40 @@ intake_submit(struct intake *in, char *body, size_t len,
 	if (cb->pending != NULL)
 		cb->pending(cb->arg);
 	runner_go(job, on_ready, p);
+}
+
+void
+intake_batch_begin(struct intake *in)
+{
+	in->batching = true;
+	in->nheld = 0;
+	runner_batch_begin(in->r);
+}
+
+void
+intake_batch_end(struct intake *in)
+{
+	char err[512] = "";
+	bool ok = runner_batch_end(in->r, err, sizeof(err)) == 0;
+
+	in->batching = false;
+	if (!ok && in->nheld > 0)
+		log_err("%zu update(s) of a getUpdates batch are not taken: "
+		    "their follow-ups cannot be committed (%s); nothing of "
+		    "them is sent, they are asked for again", in->nheld, err);
+	for (size_t i = 0; i < in->nheld; i++) {
+		struct held_answer *h = &in->held[i];
+
+		if (ok) {
+			claim_done(in, h->res.update_id);
+		} else {
+			free(h->res.answer);
+			h->res.answer = NULL;
+			forget(in, &h->res, h->res.type_index);
+		}
+		h->cb.done(h->cb.arg, &h->res);
+	}
+	in->nheld = 0;
 }
 
 /*

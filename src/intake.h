@@ -69,6 +69,19 @@ void intake_swap(struct intake *in, struct dispatch *t);
 /* Takes body (malloc'd, len bytes; NULL for an empty body). */
 void intake_submit(struct intake *in, char *body, size_t len,
     const struct intake_cb *cb);
+/*
+ * A batch of submits from one thread (the poller's getUpdates answer):
+ * their follow-ups are committed together (runner_batch_begin()), so
+ * the done() of an update handled on the submitting thread comes only at
+ * intake_batch_end(), once the batch is committed; if a commit failed,
+ * each of them is answered INTAKE_BUSY then (its dedup mark and claim
+ * given back), so that its next delivery is handled, not taken for a
+ * duplicate.  Updates handed to a runner thread are answered as always.
+ * Call _end() before waiting for any done(): nothing of the batch is held
+ * open meanwhile.
+ */
+void intake_batch_begin(struct intake *in);
+void intake_batch_end(struct intake *in);
 /* An inline answer (taken) that done() gave for update_id but that its
  * source could not deliver (the connection closed before or while it
  * was sent): queued as a durable follow-up, 0.  -1 when the store cannot

@@ -29,6 +29,17 @@
  * the lanes it queued into; every lane is read at start, on gaining the
  * duty, on a shared store's wake-up and once a second.
  *
+ * Group commit (outbox_batch_begin()): the adds of one thread (the
+ * poller, for a getUpdates batch) are kept in memory and committed in
+ * one transaction at outbox_batch_flush() or _end(), before anything
+ * that could see or overtake them: an add with a conversation state
+ * (the next update reads it), a job handed to another thread, the next
+ * update of a conversation that waits (runner.c).  The sender hears of
+ * them only once committed, so it never sends what the store does not
+ * hold; a failed commit is remembered until _end(), whose caller treats
+ * every update of the batch as not taken.  Other threads' adds are
+ * never deferred; a shared store is never batched.
+ *
  * Times in memory are monotonic milliseconds; the store keeps wall-clock
  * times, converted when rows are read.
  */
@@ -170,6 +181,15 @@ struct outbox {
 	char **outcome_errs;
 	size_t noutcomes, outcap;
 	uint64_t outcomes_by;	/* written by then (monotonic ms) */
+
+	/* outbox_batch_begin(): rows of batch_thread's adds, not yet in
+	 * the store; only that thread touches them */
+	atomic_bool batching;
+	pthread_t batch_thread;
+	struct store_call *batch;
+	size_t nbatch, batchcap;
+	bool batch_failed;
+	char batch_err[512];
 
 };
 
@@ -1436,6 +1456,8 @@ outbox_start(struct store *s, const struct outbox_opts *opts)
 		atomic_store(&o->stored, n);
 	atomic_store(&o->none_since, n == 0 ? 0 : -1);
 	o->api = botapi_multi_new(opts->api_url, opts->token, opts->timeout_ms);
+	/* completed() reads the status, never a sent call's result */
+	botapi_multi_status_only(o->api);
 	atomic_store(&o->beat, now_ms());
 	if (pthread_create(&o->thread, NULL, sender, o) != 0)
 		fatal("outbox: cannot start the sender thread");
@@ -1516,15 +1538,16 @@ row_refuse(struct store_call *row, const char *fmt, ...)
 	row->last_error = xstrdup(why);
 }
 
-long
-outbox_limit_chats(struct store *s, struct store_call *rows, size_t n,
+/* outbox_limit_chats() on rows[from..n), counting every row before. */
+static long
+limit_from(struct store *s, struct store_call *rows, size_t from, size_t n,
     long max_per_chat)
 {
 	long refused = 0;
 
 	if (max_per_chat <= 0)
 		return 0;
-	for (size_t i = 0; i < n; i++) {
+	for (size_t i = from; i < n; i++) {
 		long have, earlier = 0;
 
 		if (rows[i].chat == NULL || rows[i].state != STORE_CALL_PENDING)
@@ -1544,6 +1567,123 @@ outbox_limit_chats(struct store *s, struct store_call *rows, size_t n,
 		}
 	}
 	return refused;
+}
+
+long
+outbox_limit_chats(struct store *s, struct store_call *rows, size_t n,
+    long max_per_chat)
+{
+	return limit_from(s, rows, 0, n, max_per_chat);
+}
+
+/* True when this thread's adds go to the batch. */
+static bool
+deferring(struct outbox *o)
+{
+	return atomic_load(&o->batching) &&
+	    pthread_equal(o->batch_thread, pthread_self());
+}
+
+/* After a commit of rows[0..m) (added of them new): the counts, and the
+ * sender woken to read the lanes they went to. */
+static void
+committed(struct outbox *o, const struct store_call *rows, size_t m,
+    size_t added)
+{
+	size_t pending = 0;
+	unsigned lanes = 0;
+
+	/* about: a key queued before is not added again */
+	for (size_t i = 0; i < m; i++)
+		if (rows[i].state == STORE_CALL_PENDING) {
+			pending++;
+			lanes |= 1U << rows[i].lane;
+		}
+	atomic_fetch_add(&o->stored, (long)(added < pending ? added :
+	    pending));
+	if (added > 0 && pending > 0)
+		atomic_fetch_add(&o->queued, 1);
+	/* One wake-up per round of the sender: lanes already marked were
+	 * marked after its last look, by an add whose wake-up is on its
+	 * way (the sender clears the marks before it reads the lanes, so
+	 * these rows, committed before, are read with them). */
+	if (added > 0 && lanes != 0 &&
+	    atomic_fetch_or(&o->wake_lanes, lanes) == 0)
+		botapi_multi_wakeup(o->api);
+}
+
+void
+outbox_batch_begin(struct outbox *o)
+{
+	if (o == NULL || o->o.shared)
+		return;
+	o->batch_thread = pthread_self();
+	o->nbatch = 0;
+	o->batch_failed = false;
+	o->batch_err[0] = '\0';
+	atomic_store(&o->batching, true);
+}
+
+int
+outbox_batch_flush(struct outbox *o)
+{
+	char err[sizeof(o->batch_err)];
+	size_t added = 0, n;
+
+	if (o == NULL || !deferring(o))
+		return 0;
+	if ((n = o->nbatch) == 0)
+		return o->batch_failed ? -1 : 0;
+	o->nbatch = 0;
+	if (store_calls_add_state(o->store, o->batch, n, NULL, NULL, &added,
+	    err, sizeof(err)) == 0) {
+		committed(o, o->batch, n, added);
+	} else {
+		/* Nothing of it is in the store, so nothing of it is sent;
+		 * _end() says so to the caller. */
+		log_err("outbox: %zu call(s) of a batch of updates cannot be "
+		    "queued: %s", n, err);
+		if (!o->batch_failed)
+			snprintf(o->batch_err, sizeof(o->batch_err), "%s", err);
+		o->batch_failed = true;
+	}
+	for (size_t i = 0; i < n; i++)
+		store_call_clear(&o->batch[i]);
+	return o->batch_failed ? -1 : 0;
+}
+
+int
+outbox_batch_end(struct outbox *o, char *err, size_t errlen)
+{
+	int rc;
+
+	if (o == NULL || !deferring(o))
+		return 0;
+	rc = outbox_batch_flush(o);
+	if (rc == -1)
+		errf(err, errlen, "%s", o->batch_err);
+	atomic_store(&o->batching, false);
+	free(o->batch);
+	o->batch = NULL;
+	o->batchcap = 0;
+	return rc;
+}
+
+/* The calls of update_id that were made dead letters, said once. */
+static void
+log_limits(int64_t update_id, size_t over, long refused,
+    const struct outbox *o)
+{
+	if (over > 0)
+		log_err("outbox: update %" PRId64 ": %zu call(s) over "
+		    "[outbox] max_calls_per_update (%ld) kept as dead "
+		    "letters, not sent", update_id, over,
+		    o->o.max_calls_per_update);
+	if (refused > 0)
+		log_err("outbox: update %" PRId64 ": %ld call(s) over "
+		    "[outbox] max_pending_per_chat (%ld) kept as dead "
+		    "letters, not sent", update_id, refused,
+		    o->o.max_pending_per_chat);
 }
 
 int
@@ -1600,6 +1740,42 @@ outbox_add_state(struct outbox *o, json_t *calls, size_t from,
 			over++;
 		}
 	}
+	if (deferring(o) && skey == NULL) {
+		/* Into the batch, after its rows, which the limit counts
+		 * (the store holds none of them yet). */
+		size_t at = o->nbatch;
+
+		if (o->batch_failed) {
+			/* that batch is answered busy whole: this too */
+			errf(err, errlen, "%s (an earlier update's calls)",
+			    o->batch_err);
+			store_calls_free(rows, m);
+			return -1;
+		}
+		if (o->nbatch + m > o->batchcap) {
+			o->batchcap = (o->nbatch + m) * 2;
+			o->batch = xrealloc(o->batch, o->batchcap *
+			    sizeof(*o->batch));
+		}
+		memcpy(o->batch + at, rows, m * sizeof(*rows));
+		o->nbatch += m;
+		free(rows);
+		rows = o->batch + at;
+		refused = o->o.shared || atomic_load(&o->stored) +
+		    (long)o->nbatch >= o->o.max_pending_per_chat ?
+		    limit_from(o->store, o->batch, at, o->nbatch,
+		    o->o.max_pending_per_chat) : 0;
+		log_limits(update_id, over, refused, o);
+		return 0;
+	}
+	/* What this thread's batch holds commits first, before a state
+	 * that the next update reads. */
+	if (deferring(o) && outbox_batch_flush(o) == -1) {
+		errf(err, errlen, "%s (an earlier update's calls)",
+		    o->batch_err);
+		store_calls_free(rows, m);
+		return -1;
+	}
 	/* No chat can reach max_pending_per_chat while the store holds
 	 * fewer pending calls in all (as last counted, plus ours since: the
 	 * count is never below what is there but for calls another process
@@ -1613,33 +1789,8 @@ outbox_add_state(struct outbox *o, json_t *calls, size_t from,
 		refused = 0;
 	if ((rc = store_calls_add_state(o->store, rows, m, skey, state, &added,
 	    err, errlen)) == 0) {
-		size_t pending = 0;
-		unsigned lanes = 0;
-
-		/* about: a key queued before is not added again */
-		for (size_t i = 0; i < m; i++)
-			if (rows[i].state == STORE_CALL_PENDING) {
-				pending++;
-				lanes |= 1U << rows[i].lane;
-			}
-		atomic_fetch_add(&o->stored, (long)(added < pending ? added :
-		    pending));
-		if (added > 0 && pending > 0)
-			atomic_fetch_add(&o->queued, 1);
-		if (added > 0 && lanes != 0) {
-			atomic_fetch_or(&o->wake_lanes, lanes);
-			botapi_multi_wakeup(o->api);
-		}
-		if (over > 0)
-			log_err("outbox: update %" PRId64 ": %zu call(s) over "
-			    "[outbox] max_calls_per_update (%ld) kept as dead "
-			    "letters, not sent", update_id, over,
-			    o->o.max_calls_per_update);
-		if (refused > 0)
-			log_err("outbox: update %" PRId64 ": %ld call(s) over "
-			    "[outbox] max_pending_per_chat (%ld) kept as dead "
-			    "letters, not sent", update_id, refused,
-			    o->o.max_pending_per_chat);
+		committed(o, rows, m, added);
+		log_limits(update_id, over, refused, o);
 	}
 	store_calls_free(rows, m);
 	return rc;
@@ -1723,5 +1874,8 @@ outbox_stop(struct outbox *o, unsigned timeout_ms)
 		free(o->heaps[l].v);
 	free(o->outcomes);
 	free(o->outcome_errs);
+	for (size_t i = 0; i < o->nbatch; i++)
+		store_call_clear(&o->batch[i]);
+	free(o->batch);
 	free(o);
 }

@@ -95,6 +95,22 @@ int outbox_add(struct outbox *o, json_t *calls, size_t from, int64_t update_id,
 int outbox_add_state(struct outbox *o, json_t *calls, size_t from,
     int64_t update_id, const char *key, const struct store_state *state,
     char *err, size_t errlen);
+/*
+ * Group commit, for one thread (the poller): from outbox_batch_begin()
+ * on, that thread's adds without a state are kept in memory and return
+ * 0 at once; outbox_batch_flush() commits them in one transaction (only
+ * then can the sender see them), as does an add with a state before its
+ * own.  Flush before anything another thread does could overtake or read
+ * them.  A failed commit drops them (nothing of them is sent) and is
+ * remembered: from then on flush and outbox_batch_end() (which flushes
+ * and ends the batch) return -1, _end() with err, and the caller treats
+ * every update of the batch as not taken.  Other threads' adds are
+ * unchanged.  A shared store is never batched: begin does nothing, and
+ * flush and end return 0.
+ */
+void outbox_batch_begin(struct outbox *o);
+int outbox_batch_flush(struct outbox *o);
+int outbox_batch_end(struct outbox *o, char *err, size_t errlen);
 /* 1 if a follow-up to chat (chat_id as text) is still unsent, so that a
  * later answer to it must queue behind; 0 if none; -1 with err when the
  * store cannot tell.  Answered from memory, without the store, while the

@@ -5,7 +5,9 @@
  * below it is forgotten there), so it moves past an update only once
  * intake has answered that update, which the runner does only once it is
  * durable: its calls queued in the store, or the update held (a handler
- * still running) or dead-lettered.  The offset is kept in the store
+ * still running) or dead-lettered.  A batch's calls are one commit
+ * (intake_batch_begin()), made once every update is submitted and before
+ * the wait for the rest; if it fails, the whole batch is answered busy.  The offset is kept in the store
  * before the next call sends it, so a restart or a SIGKILL resumes where
  * the last durable update left off; an update handled but not yet
  * confirmed comes again and is caught by dedup, or after a restart by the
@@ -164,6 +166,9 @@ handle_batch(struct poller *p, json_t *updates)
 	pthread_mutex_lock(&p->mu);
 	p->answered = 0;
 	pthread_mutex_unlock(&p->mu);
+	/* One commit for the batch's follow-ups (intake.h), made before the
+	 * wait below: nothing is held open while runner threads finish. */
+	intake_batch_begin(p->o.intake);
 	for (size_t i = 0; i < n; i++) {
 		char *body = json_dumps(json_array_get(updates, i),
 		    JSON_COMPACT);
@@ -172,6 +177,7 @@ handle_batch(struct poller *p, json_t *updates)
 		intake_submit(p->o.intake, body, body != NULL ? strlen(body) :
 		    0, &(struct intake_cb){ NULL, on_answer, &slots[i] });
 	}
+	intake_batch_end(p->o.intake);
 	pthread_mutex_lock(&p->mu);
 	while (p->answered < n)
 		pthread_cond_wait(&p->cv, &p->mu);

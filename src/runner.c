@@ -784,6 +784,16 @@ run_quick(struct runner *r, const struct handler *h, struct update *u,
 	if (leased)
 		lease_drop(r, key);
 	pthread_mutex_lock(&r->mu);
+	if (key[0] != '\0' && key_held(r, key) != NULL &&
+	    key_held(r, key)->whead != NULL) {
+		/* The next update of the conversation runs on another
+		 * thread: a batch's calls are committed before it can
+		 * queue its own (a waiter leaves the line only through
+		 * key_done(), so the one seen is still there). */
+		pthread_mutex_unlock(&r->mu);
+		(void)outbox_batch_flush(r->outbox);
+		pthread_mutex_lock(&r->mu);
+	}
 	key_done(r, key);
 	pthread_mutex_unlock(&r->mu);
 	update_free(u);
@@ -918,6 +928,9 @@ runner_start(struct runner *r, const struct handler *h, struct update *u,
 	if (j->lease_busy)
 		log_debug("update %" PRId64 ": waits for another instance's "
 		    "update of %s", u->id, key_text(key, what, sizeof(what)));
+	/* A batch's calls so far are committed before this job, on another
+	 * thread, can queue its own (a failure is the batch's, at its end). */
+	(void)outbox_batch_flush(r->outbox);
 	*jobp = j;
 	return RUNNER_PENDING;
 busy:
@@ -928,6 +941,19 @@ busy:
 	update_free(u);
 	free(body);
 	return RUNNER_BUSY;
+}
+
+void
+runner_batch_begin(struct runner *r)
+{
+	if (!r->clustered)
+		outbox_batch_begin(r->outbox);
+}
+
+int
+runner_batch_end(struct runner *r, char *err, size_t errlen)
+{
+	return outbox_batch_end(r->outbox, err, errlen);
 }
 
 void

@@ -91,6 +91,16 @@ enum runner_status {
 enum runner_status runner_start(struct runner *r, const struct handler *h,
     struct update *u, char *body, size_t len, char **answer,
     struct job **job);
+/* A source's batch of updates (the poller's getUpdates answer), on one
+ * thread: the follow-ups of the updates runner_start() handles on it are
+ * committed together (outbox_batch_begin()), before a job is handed to
+ * another thread and before a conversation's waiting update runs.
+ * runner_batch_end() commits the rest: 0, or -1 with err when a commit
+ * failed (nothing of it is sent): then every update the batch answered
+ * RUNNER_DONE must be treated as not taken.  Clustered, or without an
+ * outbox, the calls are committed update by update, as outside a batch. */
+void runner_batch_begin(struct runner *r);
+int runner_batch_end(struct runner *r, char *err, size_t errlen);
 /* Queues a pending job; ready(arg) is then called exactly once, from
  * another thread, when its answer is known.  Call it only once the caller
  * is ready to be told (a suspended connection). */

@@ -596,3 +596,61 @@ def test_update_waiting_for_its_chat_is_held_and_the_batch_goes_on():
                 if c.params["chat_id"] == 42] == ["re slow", "re fast"]
         d.wait_log("update 2: message: handler any: 1 follow-up")
         assert all_sent(d, 3)
+
+
+def test_a_batch_reads_the_state_its_earlier_update_committed():
+    """One getUpdates batch holds a whole form for one user and an update
+    of another chat: the follow-ups of a batch are committed together, but
+    a state is committed at once with its calls, so each step of the form
+    reads the one before it; the chat's answers come in order."""
+    from test_state import form_handlers
+    d = polling_daemon(form_handlers(), start=False)
+    with d:
+        for i, text in enumerate(["/form", "Ann", "41"], 1):
+            d.emu.push_update(message(text, i))
+        d.emu.push_update(message("/form", 4, chat_id=43, user_id=9))
+        d.start()
+        assert eventually(lambda: offset(d) == 5)
+        d.emu.wait_calls("sendMessage", 4)
+        assert [c.params["text"] for c in d.emu.calls_of("sendMessage")
+                if c.params["chat_id"] == 42] == [
+            "What is your name?", "Hello, Ann. How old are you?",
+            "Ann, 41: is that right? (yes/no)"]
+        assert all_sent(d, 4)
+        # one batch: every update was in the first getUpdates' answer
+        assert [c.params.get("offset") for c in
+                d.emu.calls_of("getUpdates")][:2] == [0, 5]
+
+
+def retried(d):
+    """Updates answered busy so far (/metrics)."""
+    m = re.search(r'tgwebhookd_updates_total\{type="message",result="retry"\}'
+                  r' (\d+)', admin(d, "/metrics")[1])
+    return int(m.group(1)) if m else 0
+
+
+def test_a_batch_whose_commit_fails_is_answered_busy_whole():
+    """Every write of the store fails (as on a full disk) while a batch is
+    handled: nothing of it is sent, the offset stays, and the updates are
+    asked for again and handled then, each once: not taken for
+    duplicates of themselves."""
+    from test_faults import set_fsize
+    d = polling_daemon()
+    with d:
+        d.wait_log("polling getUpdates from offset")
+        assert eventually(lambda: d.emu.calls_of("getUpdates"))
+        set_fsize(d.proc.pid, 1)
+        try:
+            for i in range(1, 4):
+                d.emu.push_update(message("/start", i, chat_id=100 + i))
+            # handled, then all three not taken (the log cannot be
+            # written either: the metrics say it)
+            assert eventually(lambda: retried(d) >= 3, timeout=30)
+            assert d.emu.calls_of("sendMessage") == []
+            assert offset(d) in (None, 0, 1)
+        finally:
+            set_fsize(d.proc.pid, "unlimited")
+        assert eventually(lambda: offset(d) == 4, timeout=30)
+        sent = all_sent(d, 3)
+        assert sorted(c.params["chat_id"] for c in sent) == [101, 102, 103]
+        assert "already handled" not in d.log()

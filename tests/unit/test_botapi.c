@@ -200,6 +200,90 @@ test_description_redacted_before_the_cut(void **state)
 	botapi_result_clear(&r);
 }
 
+/* One call on m, waited for: its status, r filled. */
+static enum botapi_status
+multi_call(struct botapi_multi *m, const char *method, const char *body,
+    struct botapi_result *r)
+{
+	uint64_t tag = 0;
+
+	botapi_multi_start(m, 7, method, body);
+	while (!botapi_multi_done(m, &tag, r))
+		botapi_multi_wait(m, 100);
+	assert_int_equal(tag, 7);
+	return r->status;
+}
+
+/*
+ * The sender asks for the status only: an ok envelope's result is not
+ * decoded, whatever spacing it has; anything else of HTTP 200 is decoded
+ * in full as before (garbage, no "ok", "ok" not first, not true).  A
+ * handle reused after an upload sends JSON again with its headers.
+ */
+static void
+test_multi_status_only(void **state)
+{
+	struct fake_botapi *f = fake_start();
+	struct botapi_multi *m = botapi_multi_new(f->url, "1:A", 5000);
+	struct botapi_field fl[1] = { { .name = "chat_id", .value = "5" } };
+	struct botapi_result r;
+	uint64_t tag = 0;
+
+	(void)state;
+	fake_script(f, "sendMessage", 200, "{\"ok\":true,\"result\":{"
+	    "\"message_id\":3}}");
+	fake_script(f, "sendMessage", 200, "{ \"ok\" : true }");
+	fake_script(f, "sendMessage", 200, "{\"ok\":truex}");
+	fake_script(f, "sendMessage", 200, "{\"result\":1,\"ok\":true}");
+	fake_script(f, "sendMessage", 200, "{\"ok\":false,\"error_code\":"
+	    "400,\"description\":\"Bad Request: no\"}");
+	fake_script(f, "sendMessage", 200, "{\"ok\":tru");
+	/* not yet: decoded in full */
+	assert_int_equal(multi_call(m, "getMe", "{}", &r), BOTAPI_OK);
+	assert_true(json_is_true(r.result));
+	botapi_result_clear(&r);
+	botapi_multi_status_only(m);
+	assert_int_equal(multi_call(m, "sendMessage", "{\"chat_id\":1}", &r),
+	    BOTAPI_OK);
+	assert_null(r.result);
+	assert_int_equal(r.http_status, 200);
+	botapi_result_clear(&r);
+	assert_int_equal(multi_call(m, "sendMessage", "{}", &r), BOTAPI_OK);
+	assert_null(r.result);
+	botapi_result_clear(&r);
+	assert_int_equal(multi_call(m, "sendMessage", "{}", &r),
+	    BOTAPI_TRANSIENT);
+	assert_non_null(strstr(r.description, "envelope"));
+	botapi_result_clear(&r);
+	/* "ok" not first: decoded, and ok */
+	assert_int_equal(multi_call(m, "sendMessage", "{}", &r), BOTAPI_OK);
+	assert_int_equal(json_integer_value(r.result), 1);
+	botapi_result_clear(&r);
+	assert_int_equal(multi_call(m, "sendMessage", "{}", &r),
+	    BOTAPI_PERMANENT);
+	assert_string_equal(r.description, "Bad Request: no");
+	botapi_result_clear(&r);
+	assert_int_equal(multi_call(m, "sendMessage", "{}", &r),
+	    BOTAPI_TRANSIENT);
+	botapi_result_clear(&r);
+	/* an upload, then JSON again on the same handle */
+	botapi_multi_start_upload(m, 8, "sendDocument", fl, 1);
+	while (!botapi_multi_done(m, &tag, &r))
+		botapi_multi_wait(m, 100);
+	assert_int_equal(tag, 8);
+	assert_int_equal(r.status, BOTAPI_OK);
+	botapi_result_clear(&r);
+	assert_int_equal(multi_call(m, "sendMessage", "{\"chat_id\":9}", &r),
+	    BOTAPI_OK);
+	botapi_result_clear(&r);
+	fake_wait(f, "sendMessage", 7);
+	assert_string_equal(fake_body(f, "sendMessage", 6), "{\"chat_id\":9}");
+	assert_non_null(strstr(fake_body(f, "sendDocument", 0),
+	    "name=\"chat_id\""));
+	botapi_multi_free(m);
+	fake_stop(f);
+}
+
 int
 main(void)
 {
@@ -212,6 +296,7 @@ main(void)
 		cmocka_unit_test(test_unreachable_is_transient),
 		cmocka_unit_test(test_upload_sends_the_opened_file),
 		cmocka_unit_test(test_description_redacted_before_the_cut),
+		cmocka_unit_test(test_multi_status_only),
 	};
 
 	return cmocka_run_group_tests_name("botapi", tests, NULL, NULL);

@@ -125,6 +125,16 @@ text_of(struct fixture *f, size_t i)
 	return text;
 }
 
+/* Where text ("a/5") is among the first n sendMessage calls, or -1. */
+static int
+sent_at(struct fixture *f, size_t n, const char *text)
+{
+	for (size_t i = 0; i < n; i++)
+		if (strcmp(text_of(f, i), text) == 0)
+			return (int)i;
+	return -1;
+}
+
 static void
 wait_state(struct fixture *f, enum store_call_state st, long n)
 {
@@ -840,11 +850,86 @@ test_delivered_marked_while_others_wait(void **state)
 	teardown(f);
 }
 
+/*
+ * A batch (the poller's): its adds reach the store, and so the sender,
+ * only at its flush or end, in one commit, in their order; an add with a
+ * state commits the batch first.  A commit that fails drops what it
+ * held, and the batch stays failed: later adds to it fail too and its
+ * end says so; nothing of it is ever sent.
+ */
+static void
+test_batch_committed_at_its_end_or_not_at_all(void **state)
+{
+	struct fixture *f = setup();
+	struct store_state st = { "asked", "{}", 0, 7 };
+	json_t *a = json_loads("[{\"method\":\"sendMessage\",\"chat_id\":5,"
+	    "\"text\":\"s\"}]", 0, NULL);
+	char err[256] = "", path[64];
+	sqlite3 *db;
+
+	(void)state;
+	outbox_batch_begin(f->o);
+	add(f, 1, "[{\"method\":\"sendMessage\",\"chat_id\":5,\"text\":"
+	    "\"a\"}]");
+	add(f, 2, "[{\"method\":\"sendMessage\",\"chat_id\":5,\"text\":"
+	    "\"b\"},{\"method\":\"sendMessage\",\"chat_id\":6,\"text\":"
+	    "\"c\"}]");
+	assert_int_equal(store_calls_count(f->s, STORE_CALL_PENDING, NULL), 0);
+	assert_int_equal(outbox_batch_end(f->o, err, sizeof(err)), 0);
+	wait_state(f, STORE_CALL_DELIVERED, 3);
+	fake_wait(f->api, "sendMessage", 3);
+	/* chat 5's in order; chat 6's goes its own way */
+	assert_int_equal(sent_at(f, 3, "a/5") < sent_at(f, 3, "b/5"), 1);
+	assert_int_equal(sent_at(f, 3, "c/6") >= 0, 1);
+
+	/* a state: what the batch holds is committed before it */
+	outbox_batch_begin(f->o);
+	add(f, 3, "[{\"method\":\"sendMessage\",\"chat_id\":5,\"text\":"
+	    "\"d\"}]");
+	assert_int_equal(outbox_add_state(f->o, a, 0, 7, "c5", &st, err,
+	    sizeof(err)), 0);
+	wait_state(f, STORE_CALL_DELIVERED, 5);
+	assert_int_equal(outbox_batch_end(f->o, err, sizeof(err)), 0);
+	fake_wait(f->api, "sendMessage", 5);
+	assert_string_equal(text_of(f, 3), "d/5");
+	assert_string_equal(text_of(f, 4), "s/5");
+
+	/* another process holds the write lock past the busy timeout */
+	outbox_batch_begin(f->o);
+	add(f, 4, "[{\"method\":\"sendMessage\",\"chat_id\":5,\"text\":"
+	    "\"e\"}]");
+	snprintf(path, sizeof(path), "%s/tgwebhookd.db", f->dir);
+	assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+	assert_int_equal(sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL),
+	    SQLITE_OK);
+	assert_int_equal(outbox_batch_flush(f->o), -1);
+	assert_int_equal(sqlite3_exec(db, "COMMIT", NULL, NULL, NULL),
+	    SQLITE_OK);
+	sqlite3_close(db);
+	assert_int_equal(outbox_add(f->o, a, 0, 8, err, sizeof(err)), -1);
+	assert_int_equal(outbox_batch_end(f->o, err, sizeof(err)), -1);
+	assert_non_null(strstr(err, "queueing"));
+	assert_int_equal(store_calls_count(f->s, STORE_CALL_PENDING, NULL), 0);
+	assert_int_equal(store_calls_count(f->s, STORE_CALL_DELIVERED, NULL),
+	    5);
+	/* the next batch starts afresh */
+	outbox_batch_begin(f->o);
+	add(f, 4, "[{\"method\":\"sendMessage\",\"chat_id\":5,\"text\":"
+	    "\"e\"}]");
+	assert_int_equal(outbox_batch_end(f->o, err, sizeof(err)), 0);
+	wait_state(f, STORE_CALL_DELIVERED, 6);
+	fake_wait(f->api, "sendMessage", 6);
+	assert_string_equal(text_of(f, 5), "e/5");
+	json_decref(a);
+	teardown(f);
+}
+
 int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_in_order_and_recorded),
+		cmocka_unit_test(test_batch_committed_at_its_end_or_not_at_all),
 		cmocka_unit_test(test_refused_is_dead_and_429_waited_out),
 		cmocka_unit_test(test_group_migrated_to_supergroup),
 		cmocka_unit_test(test_left_at_stop_stays_in_the_store),
