@@ -253,7 +253,16 @@ easy_options(CURL *c, struct sink *k, unsigned timeout_ms)
 	curl_easy_setopt(c, CURLOPT_ACCEPT_ENCODING, "");
 }
 
-/* The call's outcome from curl's code and the sink. */
+/* JSON's whitespace (RFC 8259), not C's: no NUL, no form feed. */
+static size_t
+skip_space(const char *s, size_t len, size_t i)
+{
+	while (i < len && (s[i] == ' ' || s[i] == '\t' || s[i] == '\r' ||
+	    s[i] == '\n'))
+		i++;
+	return i;
+}
+
 /*
  * True if an answer of HTTP 200 is an ok Bot API envelope by its start:
  * '{', then "ok", ':' and true, then ',' or '}' (JSON whitespace allowed
@@ -269,17 +278,16 @@ ok_envelope(const char *s, size_t len)
 	for (size_t p = 0; p < sizeof(parts) / sizeof(parts[0]); p++) {
 		size_t n = strlen(parts[p]);
 
-		while (i < len && strchr(" \t\r\n", s[i]) != NULL)
-			i++;
+		i = skip_space(s, len, i);
 		if (len - i < n || memcmp(s + i, parts[p], n) != 0)
 			return false;
 		i += n;
 	}
-	while (i < len && strchr(" \t\r\n", s[i]) != NULL)
-		i++;
+	i = skip_space(s, len, i);
 	return i < len && (s[i] == ',' || s[i] == '}');
 }
 
+/* The call's outcome from curl's code and the sink. */
 static enum botapi_status
 finish(CURL *c, CURLcode rc, struct sink *k, const char *method,
     bool status_only, struct botapi_result *r)
