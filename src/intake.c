@@ -53,9 +53,11 @@ struct intake {
 	struct store *store;	/* clustered: claims; NULL: none */
 	char *instance;
 	int64_t claim_ttl_ms;
-	/* intake_batch_begin() to _end(): the submitting thread's answers
-	 * held until the batch is committed (only that thread reads these) */
-	bool batching;
+	/* intake_batch_begin() to _end(): batch_thread's answers held
+	 * until the batch is committed (only that thread reads held);
+	 * another thread's submits are answered as always */
+	atomic_bool batching;
+	pthread_t batch_thread;
 	struct held_answer *held;
 	size_t nheld, heldcap;
 };
@@ -218,6 +220,14 @@ on_ready(void *arg)
 	free(p);
 }
 
+/* True when this thread's submits belong to a batch. */
+static bool
+batched(struct intake *in)
+{
+	return atomic_load(&in->batching) &&
+	    pthread_equal(in->batch_thread, pthread_self());
+}
+
 void
 intake_submit(struct intake *in, char *body, size_t len,
     const struct intake_cb *cb)
@@ -272,7 +282,7 @@ intake_submit(struct intake *in, char *body, size_t len,
 	pthread_rwlock_unlock(&in->lock);
 	switch (started) {
 	case RUNNER_DONE:
-		if (in->batching) {
+		if (batched(in)) {
 			if (in->nheld == in->heldcap) {
 				in->heldcap = in->heldcap * 2 + 16;
 				in->held = xrealloc(in->held, in->heldcap *
@@ -306,8 +316,9 @@ intake_submit(struct intake *in, char *body, size_t len,
 void
 intake_batch_begin(struct intake *in)
 {
-	in->batching = true;
+	in->batch_thread = pthread_self();
 	in->nheld = 0;
+	atomic_store(&in->batching, true);
 	runner_batch_begin(in->r);
 }
 
@@ -317,7 +328,7 @@ intake_batch_end(struct intake *in)
 	char err[512] = "";
 	bool ok = runner_batch_end(in->r, err, sizeof(err)) == 0;
 
-	in->batching = false;
+	atomic_store(&in->batching, false);
 	if (!ok && in->nheld > 0)
 		log_err("%zu update(s) of a getUpdates batch are not taken: "
 		    "their follow-ups cannot be committed (%s); nothing of "
