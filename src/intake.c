@@ -228,22 +228,20 @@ batched(struct intake *in)
 	    pthread_equal(in->batch_thread, pthread_self());
 }
 
-void
-intake_submit(struct intake *in, char *body, size_t len,
-    const struct intake_cb *cb)
+/* The rest of a submit, from u (NULL: not an update, res->error says
+ * why); u and body are taken. */
+static void
+submit(struct intake *in, struct update *u, char *body, size_t len,
+    struct intake_result *r, const struct intake_cb *cb)
 {
-	struct intake_result res = { .status = INTAKE_OK, .update_id = -1,
-		.type_index = -1 };
+	struct intake_result res = *r;
 	const struct handler *h;
-	struct update *u;
 	struct pending *p;
 	struct job *job;
 	char *username;
 	int type_index;
 	enum runner_status started;
 
-	u = update_parse(body != NULL ? body : "", len, res.error,
-	    sizeof(res.error));
 	if (u == NULL) {
 		free(body);
 		metrics_reject(MR_BAD_UPDATE);
@@ -311,6 +309,30 @@ intake_submit(struct intake *in, char *body, size_t len,
 	if (cb->pending != NULL)
 		cb->pending(cb->arg);
 	runner_go(job, on_ready, p);
+}
+
+void
+intake_submit(struct intake *in, char *body, size_t len,
+    const struct intake_cb *cb)
+{
+	struct intake_result res = { .status = INTAKE_OK, .update_id = -1,
+		.type_index = -1 };
+	struct update *u = update_parse(body != NULL ? body : "", len,
+	    res.error, sizeof(res.error));
+
+	submit(in, u, body, len, &res, cb);
+}
+
+void
+intake_submit_json(struct intake *in, json_t *update, char *body,
+    size_t len, const struct intake_cb *cb)
+{
+	struct intake_result res = { .status = INTAKE_OK, .update_id = -1,
+		.type_index = -1 };
+	struct update *u = update_from_json(update, res.error,
+	    sizeof(res.error));
+
+	submit(in, u, body, len, &res, cb);
 }
 
 void

@@ -12,6 +12,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <jansson.h>
+
 struct bot_identity;
 struct dedup;
 struct dispatch;
@@ -69,6 +71,13 @@ void intake_swap(struct intake *in, struct dispatch *t);
 /* Takes body (malloc'd, len bytes; NULL for an empty body). */
 void intake_submit(struct intake *in, char *body, size_t len,
     const struct intake_cb *cb);
+/* The same for an update its source has parsed already (the poller: an
+ * item of getUpdates' answer, whose parse kept the last of a duplicated
+ * key, as the old round trip through text did): a reference to update is
+ * taken, and body (malloc'd, len bytes), its text, for the handlers that
+ * read text. */
+void intake_submit_json(struct intake *in, json_t *update, char *body,
+    size_t len, const struct intake_cb *cb);
 /*
  * A batch of submits from one thread (the poller's getUpdates answer):
  * their follow-ups are committed together (runner_batch_begin()), so

@@ -170,12 +170,15 @@ handle_batch(struct poller *p, json_t *updates)
 	 * wait below: nothing is held open while runner threads finish. */
 	intake_batch_begin(p->o.intake);
 	for (size_t i = 0; i < n; i++) {
-		char *body = json_dumps(json_array_get(updates, i),
-		    JSON_COMPACT);
+		json_t *item = json_array_get(updates, i);
+		/* the text for the handlers that read it (exec, worker, a
+		 * held or dead update); intake does not parse it again */
+		char *body = json_dumps(item, JSON_COMPACT);
 
 		slots[i].p = p;
-		intake_submit(p->o.intake, body, body != NULL ? strlen(body) :
-		    0, &(struct intake_cb){ NULL, on_answer, &slots[i] });
+		intake_submit_json(p->o.intake, json_incref(item), body,
+		    body != NULL ? strlen(body) : 0,
+		    &(struct intake_cb){ NULL, on_answer, &slots[i] });
 	}
 	intake_batch_end(p->o.intake);
 	pthread_mutex_lock(&p->mu);

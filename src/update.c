@@ -288,10 +288,8 @@ update_view(struct update *u)
 struct update *
 update_parse(const char *body, size_t len, char *err, size_t errlen)
 {
-	struct update *u;
 	json_error_t jerr;
-	json_t *root, *id, *v;
-	const char *key;
+	json_t *root;
 
 	root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
 	if (root == NULL) {
@@ -299,6 +297,16 @@ update_parse(const char *body, size_t len, char *err, size_t errlen)
 		    jerr.text, jerr.line, jerr.column);
 		return NULL;
 	}
+	return update_from_json(root, err, errlen);
+}
+
+struct update *
+update_from_json(json_t *root, char *err, size_t errlen)
+{
+	struct update *u;
+	json_t *id, *v;
+	const char *key;
+
 	if (!json_is_object(root)) {
 		errf(err, errlen, "not a JSON object");
 		json_decref(root);

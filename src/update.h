@@ -45,6 +45,10 @@ struct update {
  * integer update_id.  An unknown type is not an error. */
 struct update *update_parse(const char *body, size_t len, char *err,
     size_t errlen);
+/* The same from an update already parsed (update_parse() rejects
+ * duplicated keys; a caller of this chooses): root's reference is taken,
+ * also on error. */
+struct update *update_from_json(json_t *root, char *err, size_t errlen);
 void update_free(struct update *u);
 
 /* Room for a conversation key ("c" or "u" and a 64-bit id). */

@@ -339,6 +339,45 @@ test_rejects(void **state)
 	}
 }
 
+/* An update parsed by its source (the poller's getUpdates item) gives
+ * the view its text gives; what is not an update is refused with a
+ * reason, its reference dropped (the leak checks of the sanitizer and
+ * valgrind runs see it). */
+static void
+test_from_json(void **state)
+{
+	const char *s = "{\"update_id\":7,\"message\":{\"message_id\":1,"
+	    "\"chat\":{\"id\":-5,\"type\":\"group\"},\"from\":{\"id\":"
+	    "9},\"text\":\"/start@SomeBot go\",\"entities\":[{\"type\":"
+	    "\"bot_command\",\"offset\":0,\"length\":14}]}}";
+	static const char *const bad[] = {
+		"[1,2]", "{\"message\":{}}", "{\"update_id\":\"1\"}", "null",
+	};
+	struct update *a = update_parse(s, strlen(s), NULL, 0), *b;
+	char err[256];
+
+	(void)state;
+	b = update_from_json(json_loads(s, 0, NULL), NULL, 0);
+	assert_non_null(a);
+	assert_non_null(b);
+	assert_int_equal(b->id, a->id);
+	assert_string_equal(b->type, a->type);
+	assert_int_equal(b->chat_id, a->chat_id);
+	assert_int_equal(b->from_id, a->from_id);
+	assert_string_equal(b->text, a->text);
+	assert_string_equal(b->command, a->command);
+	assert_string_equal(b->command_target, a->command_target);
+	assert_string_equal(b->args, a->args);
+	update_free(a);
+	update_free(b);
+	for (size_t i = 0; i < nitems(bad); i++) {
+		err[0] = '\0';
+		assert_null(update_from_json(json_loads(bad[i],
+		    JSON_DECODE_ANY, NULL), err, sizeof(err)));
+		assert_string_not_equal(err, "");
+	}
+}
+
 static void
 test_bare_update(void **state)
 {
@@ -422,6 +461,7 @@ main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_every_corpus_file_parses),
+		cmocka_unit_test(test_from_json),
 		cmocka_unit_test(test_rich_message_text),
 		cmocka_unit_test(test_start_payload),
 		cmocka_unit_test(test_no_entities_legacy_start),
