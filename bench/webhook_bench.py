@@ -202,10 +202,13 @@ def botapi_url():
     return EMU[0].url
 
 
-def start_tgwebhookd(tmp, cert, key, port, handler):
-    # A store of its own: an inline answer a closed connection could not
-    # take becomes a follow-up (to the emulator), and a later server
-    # sharing the store would find its chat behind it until it is sent.
+def start_tgwebhookd(tmp, cert, key, port, handler, wrap=None, env=None,
+                     timeout=10):
+    """The daemon on core 0, or under wrap (an argv prefix: valgrind for
+    request_cost.py) with env added to its environment.
+    A store of its own: an inline answer a closed connection could not
+    take becomes a follow-up (to the emulator), and a later server
+    sharing the store would find its chat behind it until it is sent."""
     store = tempfile.mkdtemp(prefix="store-", dir=tmp)
     conf = os.path.join(tmp, "tgwebhookd.conf")
     with open(conf, "w") as f:
@@ -220,11 +223,12 @@ def start_tgwebhookd(tmp, cert, key, port, handler):
                     botapi_url(), port, PATH[1:], SECRET, cert, key, store,
                     os.environ.get("BENCH_LOG_LEVEL", "info"), handler))
     log = open(os.path.join(tmp, "tgwebhookd.log"), "wb")
-    p = subprocess.Popen(["taskset", "-c", "0",
-                          os.path.join(BUILD, "tgwebhookd"), "-c", conf],
+    p = subprocess.Popen((wrap or ["taskset", "-c", "0"]) +
+                         [os.path.join(BUILD, "tgwebhookd"), "-c", conf],
                          stdout=log, stderr=log,
-                         env=dict(os.environ, TGWEBHOOKD_TOKEN=TOKEN))
-    wait_port(port)
+                         env=dict(os.environ, TGWEBHOOKD_TOKEN=TOKEN,
+                                  **(env or {})))
+    wait_port(port, timeout)
     return p
 
 
@@ -323,16 +327,22 @@ def version(cmd):
         return "not installed"
 
 
-def main():
-    for tool in ("wrk", "nginx", "taskset", "openssl"):
-        if shutil.which(tool) is None:
-            sys.exit("bench: %s is missing (make bench installs it)" % tool)
-    tmp = tempfile.mkdtemp(prefix="tgw-bench-")
+def self_signed(tmp):
+    """A certificate for localhost and its key, in tmp: their paths."""
     cert, key = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048",
                     "-nodes", "-keyout", key, "-out", cert, "-days", "30",
                     "-subj", "/CN=localhost"], check=True,
                    capture_output=True)
+    return cert, key
+
+
+def main():
+    for tool in ("wrk", "nginx", "taskset", "openssl"):
+        if shutil.which(tool) is None:
+            sys.exit("bench: %s is missing (make bench installs it)" % tool)
+    tmp = tempfile.mkdtemp(prefix="tgw-bench-")
+    cert, key = self_signed(tmp)
     results = {}
     # The same answer from each handler kind (bench/handlers/).
     handlers = os.path.join(ROOT, "bench", "handlers")
