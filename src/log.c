@@ -252,7 +252,10 @@ log_vmsg(enum log_level level, const char *fmt, va_list ap)
 	if (level > log_level)
 		return;
 	if (log_journal) {
-		n = (size_t)snprintf(line, sizeof(line), "<%d>", (int)level);
+		/* syslog's priority: one digit */
+		line[n++] = '<';
+		line[n++] = (char)('0' + (int)level);
+		line[n++] = '>';
 	} else {
 		/* The date and time to the second, made once a second per
 		 * thread (gmtime_r and strftime cost more than the rest of
@@ -262,6 +265,8 @@ log_vmsg(enum log_level level, const char *fmt, va_list ap)
 		static _Thread_local size_t stamp_len;
 		struct timespec ts;
 		struct tm tm;
+		unsigned ms;
+		size_t nlen = strlen(log_names[level]);
 
 		clock_gettime(CLOCK_REALTIME, &ts);
 		if (ts.tv_sec != stamp_sec) {
@@ -272,8 +277,19 @@ log_vmsg(enum log_level level, const char *fmt, va_list ap)
 		}
 		memcpy(line, stamp, stamp_len);
 		n = stamp_len;
-		n += (size_t)snprintf(line + n, sizeof(line) - n,
-		    ".%03ldZ %s: ", ts.tv_nsec / 1000000, log_names[level]);
+		/* ".mmmZ level: " by hand: snprintf cost as much as the
+		 * rest of the prefix */
+		ms = (unsigned)(ts.tv_nsec / 1000000);
+		line[n++] = '.';
+		line[n++] = (char)('0' + ms / 100);
+		line[n++] = (char)('0' + ms / 10 % 10);
+		line[n++] = (char)('0' + ms % 10);
+		line[n++] = 'Z';
+		line[n++] = ' ';
+		memcpy(line + n, log_names[level], nlen);
+		n += nlen;
+		line[n++] = ':';
+		line[n++] = ' ';
 	}
 	va_copy(aq, ap);
 	r = vsnprintf(text, sizeof(text), fmt, aq);
