@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "decimal.h"
 #include "utf8.h"
 #include "util.h"
 
@@ -93,16 +94,9 @@ put_string(struct buf *b, size_t max, const char *s, size_t n)
 static enum put
 put_integer(struct buf *b, size_t max, json_int_t v)
 {
-	char digits[24], *d = digits + sizeof(digits);
-	/* the magnitude, INT64_MIN's too */
-	uint64_t m = v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
+	char digits[DECIMAL_I64_MAX];
 
-	do
-		*--d = (char)('0' + m % 10);
-	while ((m /= 10) > 0);
-	if (v < 0)
-		*--d = '-';
-	return put(b, max, d, (size_t)(digits + sizeof(digits) - d));
+	return put(b, max, digits, decimal_i64(digits, (int64_t)v));
 }
 
 static enum put
