@@ -80,6 +80,27 @@ def dump(pid):
                    capture_output=True, timeout=60)
 
 
+def calls_into(path, names):
+    """How many times each function in names was called, from callgrind's
+    call counts (callgrind_annotate --tree=caller: the callers' lines
+    above each function's own line)."""
+    out = subprocess.run(["callgrind_annotate", "--auto=no", "--threshold=100",
+                          "--tree=caller", path],
+                         capture_output=True, text=True).stdout
+    counts, pending = dict.fromkeys(names, 0), 0
+    for line in out.splitlines():
+        m = re.search(r"<\s.*\(([\d,]+)x\)", line)
+        if m:
+            pending += int(m.group(1).replace(",", ""))
+            continue
+        m = re.search(r"\*\s+\S*:(\w+) \[", line)
+        if m and m.group(1) in counts:
+            counts[m.group(1)] += pending
+        if line.strip() == "" or m:
+            pending = 0
+    return counts
+
+
 def per_update(parts, n):
     """(function, instructions per update) from the two runs' counts,
     largest first."""
@@ -123,6 +144,10 @@ def count(name, tmp, cert, key, start):
           "%.0f instructions, %.0f less libc's memset (%.0f: the pool's "
           "reset is most of it)" % (name, n1, n2, total, total - memset,
                                     memset))
+    names = ("malloc", "free", "calloc", "realloc")
+    c = [calls_into(os.path.join(tmp, f), names) for _, f in runs]
+    print("  calls per update: " + ", ".join(
+        "%s %.1f" % (k, (c[1][k] - c[0][k]) / n) for k in names))
     print("  own instructions per update, the top %d:" % TOP)
     for fn, v in rows[:TOP]:
         print("  %8.0f  %s" % (v, fn))
@@ -145,6 +170,7 @@ def main():
     cert, key = wb.self_signed(tmp)
     extra = dict(kv.split("=", 1) for kv in
                  os.environ.get("COST_ENV", "").split() if "=" in kv)
+    extra = dict(wb.DAEMON_ENV, **extra)
     kinds = {
         "reply": "reply = Hello, {from.first_name}! I am a bot that says "
                  "hello.",

@@ -2,7 +2,7 @@
 HTTP server here) and tgwebhookd with each handler kind giving the same
 answer (reply, plugin, worker, exec: bench/handlers/), side by side, in
 one run.  BENCH_KINDS=reply,plugin picks kinds; BENCH_CONNS and
-BENCH_SECONDS shape the runs.
+BENCH_SECONDS shape the runs; BENCH_ENV adds to the daemons' environment.
 
 wrk (bench/webhook.lua) POSTs a private /start update with a fresh
 update_id to the secret path over TLS keep-alive, at 1, 10 and 100
@@ -31,6 +31,10 @@ BUILD = os.path.abspath(os.environ.get("TGW_BUILD",
                                        os.path.join(ROOT, "build")))
 DURATION = int(os.environ.get("BENCH_SECONDS", "8"))
 CONNS = [int(c) for c in os.environ.get("BENCH_CONNS", "1,10,100").split(",")]
+# BENCH_ENV="K=V ...": added to each tgwebhookd's environment (what a
+# unit's Environment= lines would set)
+DAEMON_ENV = dict(kv.split("=", 1) for kv in
+                  os.environ.get("BENCH_ENV", "").split() if "=" in kv)
 PATH = "/hook-Vq3kZ8pL2mW9xR4tY7uB1nE6"
 SECRET = "s3cret_T0ken-for-the-benchmark"
 REPLY = {"method": "sendMessage", "chat_id": 31337,
@@ -227,7 +231,7 @@ def start_tgwebhookd(tmp, cert, key, port, handler, wrap=None, env=None,
                          [os.path.join(BUILD, "tgwebhookd"), "-c", conf],
                          stdout=log, stderr=log,
                          env=dict(os.environ, TGWEBHOOKD_TOKEN=TOKEN,
-                                  **(env or {})))
+                                  **dict(DAEMON_ENV, **(env or {}))))
     wait_port(port, timeout)
     return p
 
