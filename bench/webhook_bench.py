@@ -2,7 +2,7 @@
 HTTP server here) and tgwebhookd with each handler kind giving the same
 answer (reply, plugin, worker, exec: bench/handlers/), side by side, in
 one run.  BENCH_KINDS=reply,plugin picks kinds; BENCH_CONNS and
-BENCH_SECONDS shape the runs.
+BENCH_SECONDS shape the runs; BENCH_ENV adds to the daemons' environment.
 
 wrk (bench/webhook.lua) POSTs a private /start update with a fresh
 update_id to the secret path over TLS keep-alive, at 1, 10 and 100
@@ -31,6 +31,10 @@ BUILD = os.path.abspath(os.environ.get("TGW_BUILD",
                                        os.path.join(ROOT, "build")))
 DURATION = int(os.environ.get("BENCH_SECONDS", "8"))
 CONNS = [int(c) for c in os.environ.get("BENCH_CONNS", "1,10,100").split(",")]
+# BENCH_ENV="K=V ...": added to each tgwebhookd's environment (what a
+# unit's Environment= lines would set)
+DAEMON_ENV = dict(kv.split("=", 1) for kv in
+                  os.environ.get("BENCH_ENV", "").split() if "=" in kv)
 PATH = "/hook-Vq3kZ8pL2mW9xR4tY7uB1nE6"
 SECRET = "s3cret_T0ken-for-the-benchmark"
 REPLY = {"method": "sendMessage", "chat_id": 31337,
@@ -202,10 +206,13 @@ def botapi_url():
     return EMU[0].url
 
 
-def start_tgwebhookd(tmp, cert, key, port, handler):
-    # A store of its own: an inline answer a closed connection could not
-    # take becomes a follow-up (to the emulator), and a later server
-    # sharing the store would find its chat behind it until it is sent.
+def start_tgwebhookd(tmp, cert, key, port, handler, wrap=None, env=None,
+                     timeout=10):
+    """The daemon on core 0, or under wrap (an argv prefix: valgrind for
+    request_cost.py) with env added to its environment.
+    A store of its own: an inline answer a closed connection could not
+    take becomes a follow-up (to the emulator), and a later server
+    sharing the store would find its chat behind it until it is sent."""
     store = tempfile.mkdtemp(prefix="store-", dir=tmp)
     conf = os.path.join(tmp, "tgwebhookd.conf")
     with open(conf, "w") as f:
@@ -220,11 +227,12 @@ def start_tgwebhookd(tmp, cert, key, port, handler):
                     botapi_url(), port, PATH[1:], SECRET, cert, key, store,
                     os.environ.get("BENCH_LOG_LEVEL", "info"), handler))
     log = open(os.path.join(tmp, "tgwebhookd.log"), "wb")
-    p = subprocess.Popen(["taskset", "-c", "0",
-                          os.path.join(BUILD, "tgwebhookd"), "-c", conf],
+    p = subprocess.Popen((wrap or ["taskset", "-c", "0"]) +
+                         [os.path.join(BUILD, "tgwebhookd"), "-c", conf],
                          stdout=log, stderr=log,
-                         env=dict(os.environ, TGWEBHOOKD_TOKEN=TOKEN))
-    wait_port(port)
+                         env=dict(os.environ, TGWEBHOOKD_TOKEN=TOKEN,
+                                  **dict(DAEMON_ENV, **(env or {}))))
+    wait_port(port, timeout)
     return p
 
 
@@ -323,16 +331,22 @@ def version(cmd):
         return "not installed"
 
 
-def main():
-    for tool in ("wrk", "nginx", "taskset", "openssl"):
-        if shutil.which(tool) is None:
-            sys.exit("bench: %s is missing (make bench installs it)" % tool)
-    tmp = tempfile.mkdtemp(prefix="tgw-bench-")
+def self_signed(tmp):
+    """A certificate for localhost and its key, in tmp: their paths."""
     cert, key = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048",
                     "-nodes", "-keyout", key, "-out", cert, "-days", "30",
                     "-subj", "/CN=localhost"], check=True,
                    capture_output=True)
+    return cert, key
+
+
+def main():
+    for tool in ("wrk", "nginx", "taskset", "openssl"):
+        if shutil.which(tool) is None:
+            sys.exit("bench: %s is missing (make bench installs it)" % tool)
+    tmp = tempfile.mkdtemp(prefix="tgw-bench-")
+    cert, key = self_signed(tmp)
     results = {}
     # A file written moments ago (the binaries make just built) is dirty
     # in the page cache until written back, and smaps counts its mapped

@@ -324,6 +324,18 @@ gate_client(const struct gate *g, const struct gate_request *r,
 	return 0;
 }
 
+void
+gate_client_text(const struct gate *g, const struct gate_request *r,
+    char *client, size_t clientlen)
+{
+	unsigned char addr[16];
+
+	if (gate_client(g, r, addr) == 0)
+		gate_addr_format(addr, client, clientlen);
+	else
+		snprintf(client, clientlen, "unknown");
+}
+
 enum gate_verdict
 gate_check(const struct gate *g, const struct gate_request *r, char *client,
     size_t clientlen)
@@ -334,12 +346,8 @@ gate_check(const struct gate *g, const struct gate_request *r, char *client,
 	size_t ulen;
 
 	known = gate_client(g, r, addr) == 0;
-	if (client != NULL) {
-		if (known)
-			gate_addr_format(addr, client, clientlen);
-		else
-			snprintf(client, clientlen, "unknown");
-	}
+	if (client != NULL)
+		gate_client_text(g, r, client, clientlen);
 	/* The query string is not part of the path Telegram was given. */
 	ulen = (q = strchr(r->url, '?')) != NULL ? (size_t)(q - r->url) :
 	    strlen(r->url);

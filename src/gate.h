@@ -62,8 +62,14 @@ struct gate *gate_new(const char *path, const char *secret,
     struct netlist *networks, struct netlist *proxies);
 void gate_free(struct gate *g);
 /* Checks r in the order of the edge table: path, source, secret, method.
- * client receives the address judged (after X-Forwarded-For), as text. */
+ * client (unless NULL) receives the address judged, as
+ * gate_client_text() gives it. */
 enum gate_verdict gate_check(const struct gate *g, const struct gate_request *r,
+    char *client, size_t clientlen);
+/* The address r is judged by (after X-Forwarded-For) as text, "unknown"
+ * if there is none: for the log of a refused request, made only then
+ * (inet_ntop costs more than the rest of the checks). */
+void gate_client_text(const struct gate *g, const struct gate_request *r,
     char *client, size_t clientlen);
 const char *gate_verdict_name(enum gate_verdict v);
 /* True if peer is known by its address to be Telegram or a trusted proxy:

@@ -20,6 +20,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "utf8.h"
 #include "util.h"
 
 #define LOG_LINE_MAX 4096
@@ -178,36 +179,6 @@ log_redact_copy(char *dst, size_t len, const char *src)
 	free(t);
 }
 
-/* The length of the valid UTF-8 sequence at s (at most n bytes), with its
- * code point in *cp; 0 if the bytes are not one (overlong, a surrogate,
- * over U+10FFFF, cut short). */
-static size_t
-utf8_at(const unsigned char *s, size_t n, uint32_t *cp)
-{
-	size_t len;
-	uint32_t c, min;
-
-	if (s[0] >= 0xc2 && s[0] <= 0xdf) {
-		len = 2, c = s[0] & 0x1f, min = 0x80;
-	} else if (s[0] >= 0xe0 && s[0] <= 0xef) {
-		len = 3, c = s[0] & 0x0f, min = 0x800;
-	} else if (s[0] >= 0xf0 && s[0] <= 0xf4) {
-		len = 4, c = s[0] & 0x07, min = 0x10000;
-	} else
-		return 0;
-	if (len > n)
-		return 0;
-	for (size_t i = 1; i < len; i++) {
-		if ((s[i] & 0xc0) != 0x80)
-			return 0;
-		c = c << 6 | (s[i] & 0x3f);
-	}
-	if (c < min || c > 0x10ffff || (c >= 0xd800 && c <= 0xdfff))
-		return 0;
-	*cp = c;
-	return len;
-}
-
 /* Code points written as \uXXXX: C1 controls, the line and paragraph
  * separators (JavaScript and some viewers break lines there), and the
  * bidirectional overrides that make a line read other than it is. */
@@ -281,7 +252,10 @@ log_vmsg(enum log_level level, const char *fmt, va_list ap)
 	if (level > log_level)
 		return;
 	if (log_journal) {
-		n = (size_t)snprintf(line, sizeof(line), "<%d>", (int)level);
+		/* syslog's priority: one digit */
+		line[n++] = '<';
+		line[n++] = (char)('0' + (int)level);
+		line[n++] = '>';
 	} else {
 		/* The date and time to the second, made once a second per
 		 * thread (gmtime_r and strftime cost more than the rest of
@@ -291,6 +265,8 @@ log_vmsg(enum log_level level, const char *fmt, va_list ap)
 		static _Thread_local size_t stamp_len;
 		struct timespec ts;
 		struct tm tm;
+		unsigned ms;
+		size_t nlen = strlen(log_names[level]);
 
 		clock_gettime(CLOCK_REALTIME, &ts);
 		if (ts.tv_sec != stamp_sec) {
@@ -301,8 +277,19 @@ log_vmsg(enum log_level level, const char *fmt, va_list ap)
 		}
 		memcpy(line, stamp, stamp_len);
 		n = stamp_len;
-		n += (size_t)snprintf(line + n, sizeof(line) - n,
-		    ".%03ldZ %s: ", ts.tv_nsec / 1000000, log_names[level]);
+		/* ".mmmZ level: " by hand: snprintf cost as much as the
+		 * rest of the prefix */
+		ms = (unsigned)(ts.tv_nsec / 1000000);
+		line[n++] = '.';
+		line[n++] = (char)('0' + ms / 100);
+		line[n++] = (char)('0' + ms / 10 % 10);
+		line[n++] = (char)('0' + ms % 10);
+		line[n++] = 'Z';
+		line[n++] = ' ';
+		memcpy(line + n, log_names[level], nlen);
+		n += nlen;
+		line[n++] = ':';
+		line[n++] = ' ';
 	}
 	va_copy(aq, ap);
 	r = vsnprintf(text, sizeof(text), fmt, aq);

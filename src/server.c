@@ -16,7 +16,6 @@
 
 #include <gnutls/abstract.h>
 #include <gnutls/gnutls.h>
-#include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <microhttpd.h>
@@ -74,7 +73,6 @@ struct stranger {
 struct request {
 	struct server *s;
 	struct MHD_Connection *conn;
-	char *target;		/* the request-target as received */
 	const char *target_at;	/* where it was in the request line */
 	size_t target_len;
 	const char *blank;	/* where the blank line after the headers is,
@@ -93,6 +91,7 @@ struct request {
 	int64_t update_id;
 	int type_index;
 	char *answer;		/* intake's inline call, until answered */
+	char target[];		/* the request-target as received */
 };
 
 /* A certificate chain and its key, as GnuTLS hands them to a handshake.
@@ -286,19 +285,40 @@ line_ends_in_crlf(const char *end)
 	return end[0] == '\0' && end[1] == '\0';
 }
 
+/* RFC 9110's tchar, in the C locale's ASCII as isalnum() had it. */
+static bool
+is_tchar(unsigned char c)
+{
+	switch (c) {
+	case '!': case '#': case '$': case '%': case '&': case '\'':
+	case '*': case '+': case '-': case '.': case '^': case '_':
+	case '`': case '|': case '~':
+		return true;
+	}
+	return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') ||
+	    (c >= 'A' && c <= 'Z');
+}
+
 static bool
 is_token(const char *p, size_t n)
 {
-	static const char tchar[] = "!#$%&'*+-.^_`|~";
-
 	if (n == 0)
 		return false;
 	for (size_t i = 0; i < n; i++)
-		if (!isalnum((unsigned char)p[i]) &&
-		    (p[i] == '\0' || strchr(tchar, p[i]) == NULL))
+		if (!is_tchar((unsigned char)p[i]))
 			return false;
 	return true;
 }
+
+/* key (of key_size bytes) is the header name, in any case. */
+static bool
+header_is(const char *key, size_t key_size, const char *name,
+    size_t name_size)
+{
+	return key_size == name_size && strcasecmp(key, name) == 0;
+}
+#define HEADER_IS(key, key_size, name) \
+	header_is(key, key_size, name, sizeof(name) - 1)
 
 static void
 framing_fault(struct headers *h, const char *why)
@@ -325,18 +345,20 @@ on_header(void *cls, enum MHD_ValueKind kind, const char *key,
 			framing_fault(h, "a control character in a header");
 	h->next = line_ends_in_crlf(value + value_size) ?
 	    value + value_size + 2 : NULL;
-	if (strcasecmp(key, "X-Forwarded-For") == 0) {
+	/* the name's length first: most lines are none of these */
+	if (HEADER_IS(key, key_size, "X-Forwarded-For")) {
 		if (h->forwarded_lines++ > 0)
 			buf_append(&h->forwarded_for, ",", 1);
 		buf_append(&h->forwarded_for, value, value_size);
-	} else if (strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH) == 0) {
+	} else if (HEADER_IS(key, key_size, MHD_HTTP_HEADER_CONTENT_LENGTH)) {
 		if (h->content_length++ > 0)
 			framing_fault(h, "Content-Length given twice");
 		if (value_size == 0 || strspn(value, "0123456789") !=
 		    value_size)
 			framing_fault(h, "a Content-Length that is not a "
 			    "number");
-	} else if (strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING) == 0) {
+	} else if (HEADER_IS(key, key_size,
+	    MHD_HTTP_HEADER_TRANSFER_ENCODING)) {
 		if (h->transfer_encoding++ > 0)
 			framing_fault(h, "Transfer-Encoding given twice");
 		/* libmicrohttpd decodes chunked only, and reads anything
@@ -403,13 +425,16 @@ read_headers(struct request *rq, const char *method, const char *version,
 static void *
 on_uri(void *cls, const char *uri, struct MHD_Connection *c)
 {
-	struct request *rq = xcalloc(1, sizeof(*rq));
+	size_t len = uri != NULL ? strlen(uri) : 0;
+	/* one allocation with its target */
+	struct request *rq = xcalloc(1, sizeof(*rq) + len + 1);
 
 	rq->s = cls;
 	rq->conn = c;
-	rq->target = xstrdup(uri != NULL ? uri : "");
+	if (len > 0)
+		memcpy(rq->target, uri, len);
 	rq->target_at = uri;
-	rq->target_len = strlen(rq->target);
+	rq->target_len = len;
 	return rq;
 }
 
@@ -504,8 +529,9 @@ admit(struct server *s, struct request *rq, const char *method,
 		.secret_header = MHD_lookup_connection_value(c,
 		    MHD_HEADER_KIND, "X-Telegram-Bot-Api-Secret-Token"),
 	};
-	const char *cl, *bad;
+	const char *cl = NULL, *bad;
 	char client[64];
+	bool too_large = false;
 	enum gate_verdict v = GATE_OK;
 	static const unsigned codes[] = {
 		[GATE_NOT_FOUND] = MHD_HTTP_NOT_FOUND,
@@ -525,8 +551,16 @@ admit(struct server *s, struct request *rq, const char *method,
 		gr.forwarded_for = hs.forwarded_for.data != NULL ?
 		    hs.forwarded_for.data : "";
 	if (bad == NULL) {
+		cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND,
+		    MHD_HTTP_HEADER_CONTENT_LENGTH);
+		too_large = cl != NULL && strtoull(cl, NULL, 10) >
+		    s->o.max_body;
+		/* the client's address as text only for a refusal's log */
 		pthread_rwlock_rdlock(&s->lock);
-		v = gate_check(s->o.gate, &gr, client, sizeof(client));
+		v = gate_check(s->o.gate, &gr, NULL, 0);
+		if (v != GATE_OK || too_large)
+			gate_client_text(s->o.gate, &gr, client,
+			    sizeof(client));
 		pthread_rwlock_unlock(&s->lock);
 	}
 	buf_free(&hs.forwarded_for);
@@ -552,9 +586,7 @@ admit(struct server *s, struct request *rq, const char *method,
 	stranger_proved(s, c);
 	if (atomic_load(&s->quiescing))
 		return answer(c, MHD_HTTP_SERVICE_UNAVAILABLE, s->r503);
-	cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND,
-	    MHD_HTTP_HEADER_CONTENT_LENGTH);
-	if (cl != NULL && strtoull(cl, NULL, 10) > s->o.max_body) {
+	if (too_large) {
 		log_rejected(s, client, method, "body over max_body",
 		    MHD_HTTP_CONTENT_TOO_LARGE);
 		metrics_reject(MR_TOO_LARGE);
@@ -647,7 +679,6 @@ on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
 	if (rq->admitted)
 		atomic_fetch_sub(&s->inflight, 1);
 	buf_free(&rq->body);
-	free(rq->target);
 	free(rq);
 	*con_cls = NULL;
 }

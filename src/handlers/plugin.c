@@ -581,20 +581,23 @@ tgw_reply_call(struct tgw_reply *r, const char *method, json_t *params)
 int
 tgw_reply_text(struct tgw_reply *r, const char *text)
 {
-	json_t *params;
+	json_t *params, *t;
 
 	if (!r->u->has_chat) {
 		tgw_log(TGW_LOG_WARN, "update %" PRId64 ": tgw_reply_text: a "
 		    "%s has no chat to answer in", r->u->id, r->u->type);
 		return -1;
 	}
-	params = json_pack("{sIss}", "chat_id", (json_int_t)r->u->chat_id,
-	    "text", text != NULL ? text : "");
-	if (params == NULL) {
+	/* not json_pack(): reading its format cost as much as the rest */
+	if ((t = json_string(text != NULL ? text : "")) == NULL) {
 		tgw_log(TGW_LOG_WARN, "update %" PRId64 ": tgw_reply_text: "
 		    "the text is not UTF-8", r->u->id);
 		return -1;
 	}
+	params = json_object();
+	json_object_set_new(params, "chat_id",
+	    json_integer((json_int_t)r->u->chat_id));
+	json_object_set_new(params, "text", t);
 	return tgw_reply_call(r, "sendMessage", params);
 }
 

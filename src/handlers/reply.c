@@ -28,7 +28,7 @@ struct param {
 
 struct reply {
 	struct template *text;	/* NULL when reply is empty */
-	char *method;
+	json_t *method;		/* made once, shared by every reply */
 	struct param *params;
 	size_t nparams;
 	bool params_chat;	/* params set chat_id themselves */
@@ -49,7 +49,7 @@ reply_destroy(void *arg)
 	if (r == NULL)
 		return;
 	template_free(r->text);
-	free(r->method);
+	json_decref(r->method);
 	free(r->next_state);
 	free(r->save_name);
 	template_free(r->save);
@@ -165,9 +165,9 @@ reply_create(const struct conf_handler *h, const struct config *c,
 	text = handler_conf_get(h, "reply", &line);
 	method = handler_conf_get(h, "method", &mline);
 	params = handler_conf_get(h, "params", &pline);
-	r->method = xstrdup(method != NULL ? method : "sendMessage");
+	r->method = json_string(method != NULL ? method : "sendMessage");
 	{
-		json_t *probe = json_pack("{ss}", "method", r->method);
+		json_t *probe = json_pack("{sO?}", "method", r->method);
 
 		if (calls_check(probe, err, sizeof(err)) == -1) {
 			diag_add(d, c->file, mline, "method", "%s", err);
@@ -238,7 +238,7 @@ reply_run(void *arg, const struct handler_input *in, json_t *calls, char *err,
 		st->changed = true;
 	}
 	call = json_object();
-	json_object_set_new(call, "method", json_string(r->method));
+	json_object_set(call, "method", r->method);
 	if (u->has_chat)
 		json_object_set_new(call, "chat_id",
 		    json_integer((json_int_t)u->chat_id));

@@ -125,6 +125,33 @@ def test_failing_plugin_is_dead_letter_and_sends_nothing():
         assert d.emu.calls_of("sendMessage") == []
 
 
+NOT_UTF8 = r'''
+#include <tgwebhookd.h>
+static int handle(void *s, const struct tgw_update *u, struct tgw_reply *r)
+{
+	(void)s;
+	(void)u;
+	/* refused, said so, and the plugin goes on */
+	if (tgw_reply_text(r, "caf\xe9") != -1)
+		return -1;
+	return tgw_reply_text(r, "caf\xc3\xa9 \"ok\"\n");
+}
+TGW_PLUGIN(0, 0, handle, 0);
+'''
+
+
+def test_reply_text_refuses_what_is_not_utf8():
+    with plugin_daemon("u", NOT_UTF8) as d:
+        d.start()
+        status, _, _, body = d.deliver(message("hi", 7))
+        answer = json.loads(body)
+        assert status == 200, body
+        assert answer == {"method": "sendMessage", "chat_id": 42,
+                          "text": "caf\u00e9 \"ok\"\n"}, answer
+        d.wait_log("update 7: tgw_reply_text: the text is not UTF-8")
+        assert d.emu.calls_of("sendMessage") == []
+
+
 BLOCKING = r'''
 #include <unistd.h>
 #include <tgwebhookd.h>

@@ -139,8 +139,15 @@ check(struct gate *g, const char *url, const char *method, const char *peer,
 	struct sockaddr_storage ss = sa(peer);
 	struct gate_request r = { url, method, (struct sockaddr *)&ss, secret,
 		xff };
+	enum gate_verdict v = gate_check(g, &r, client, 64);
+	char text[64];
 
-	return gate_check(g, &r, client, 64);
+	/* the server asks for the address's text apart, only to log a
+	 * refusal: the same verdict without it, the same text */
+	assert_int_equal(gate_check(g, &r, NULL, 0), v);
+	gate_client_text(g, &r, text, sizeof(text));
+	assert_string_equal(text, client);
+	return v;
 }
 
 static void
@@ -203,6 +210,7 @@ test_forwarded_for(void **state)
 	/* garbage in the header: nothing is trusted */
 	assert_int_equal(check(g, "/hook123", "POST", "127.0.0.1", "s3cret",
 	    "149.154.167.1, junk", client), GATE_BAD_SOURCE);
+	assert_string_equal(client, "unknown");
 	gate_free(g);
 }
 

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "log.h"
@@ -52,15 +53,25 @@ static void
 test_levels_and_format(void **state)
 {
 	char *out;
+	time_t before, after;
+	struct tm tm;
 
 	(void)state;
 	unsetenv("JOURNAL_STREAM");
 	log_init(LOG_LVL_INFO);
+	before = time(NULL);
 	out = capture(levels);
+	after = time(NULL);
 	assert_null(strstr(out, "not written"));
-	/* 2026-11-25T08:42:45.771Z notice: notice 1 */
+	/* 2026-11-25T08:42:45.771Z notice: notice 1, in UTC, now */
 	assert_int_equal(strlen(out) > 25, 1);
 	assert_memory_equal(out + 19, ".", 1);
+	for (int i = 20; i < 23; i++)
+		assert_true(out[i] >= '0' && out[i] <= '9');
+	assert_memory_equal(out + 23, "Z notice: notice 1\n", 19);
+	memset(&tm, 0, sizeof(tm));
+	assert_non_null(strptime(out, "%Y-%m-%dT%H:%M:%S", &tm));
+	assert_in_range(timegm(&tm), before, after);
 	assert_non_null(strstr(out, "Z notice: notice 1\n"));
 	assert_non_null(strstr(out, "Z warning: warning two\n"));
 	assert_non_null(strstr(out, "Z error: error\n"));

@@ -586,6 +586,48 @@ test_smuggling_refused(void **state)
 	stop(f);
 }
 
+/*
+ * Header names: any of RFC 9110's token characters is taken, anything
+ * else refused; the names the server checks are found in any case and
+ * only whole.
+ */
+static void
+test_header_names(void **state)
+{
+	struct fixture *f = start(false, NULL, NULL);
+	static const char *bad[] = { "X@A", "X(A", "X/A", "X\"A",
+		"X{A", "X\x80" "A", "X\x7f" "A" };
+	char *u = start_update(41), *v = start_update(42), *h;
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		h = xasprintf("%s: a\r\n", bad[i]);
+		assert_int_equal(hook_status(f, "/hook", h, u), 400);
+		free(h);
+	}
+	/* the second Content-Length in lower case, in mixed case */
+	assert_int_equal(hook_status(f, "/hook", "content-length: 5\r\n", u),
+	    400);
+	assert_int_equal(hook_status(f, "/hook", "cONTENT-lENGTH: 5\r\n", u),
+	    400);
+	assert_int_equal(hook_status(f, "/hook", "transfer-encoding: gzip\r\n",
+	    u), 400);
+	assert_true(fresh(f, 41));
+	/* a name that only begins like one checked is another header */
+	assert_int_equal(hook_status(f, "/hook", "Content-Lengths: x\r\n"
+	    "X-A!#$%&'*+-.^_`|~09az: a\r\nTransfer-Encodingx: gzip\r\n", u),
+	    200);
+	assert_false(fresh(f, 41));
+	/* X-Forwarded-For in lower case is still read: from the loopback
+	 * peer (not a trusted proxy here) it is ignored, and the update
+	 * is answered */
+	assert_int_equal(hook_status(f, "/hook", "x-forwarded-for: 8.8.8.8\r\n",
+	    v), 200);
+	free(u);
+	free(v);
+	stop(f);
+}
+
 /* Bare LF line endings anywhere, from the request line to the blank
  * line, the last two with the body right behind them. */
 static void
@@ -757,6 +799,7 @@ main(void)
 		cmocka_unit_test(test_two_servers_their_own_certificates),
 		cmocka_unit_test(test_forwarded_for_over_several_lines),
 		cmocka_unit_test(test_smuggling_refused),
+		cmocka_unit_test(test_header_names),
 		cmocka_unit_test(test_bare_lf_refused),
 		cmocka_unit_test(test_pipelined_requests_answered),
 		cmocka_unit_test(test_target_judged_undecoded),

@@ -295,6 +295,34 @@ test_conversation_keys(void **state)
 		assert_string_equal(key, "c-100555");
 		update_free(u);
 	}
+	/* the widest ids there are, and 0 */
+	{
+		static const struct {
+			const char *update, *key;
+		} ends[] = {
+			{ "{\"update_id\":1,\"message\":{\"message_id\":1,"
+			  "\"date\":1,\"chat\":{\"id\":-9223372036854775808,"
+			  "\"type\":\"group\"}}}", "c-9223372036854775808" },
+			{ "{\"update_id\":1,\"message\":{\"message_id\":1,"
+			  "\"date\":1,\"chat\":{\"id\":0,\"type\":"
+			  "\"group\"}}}", "c0" },
+			{ "{\"update_id\":1,\"callback_query\":{\"id\":\"q\","
+			  "\"from\":{\"id\":9223372036854775807,\"is_bot\":"
+			  "false,\"first_name\":\"A\"},\"chat_instance\":"
+			  "\"i\"}}", "u9223372036854775807" },
+		};
+
+		for (size_t i = 0; i < nitems(ends); i++) {
+			struct update *u = update_parse(ends[i].update,
+			    strlen(ends[i].update), NULL, 0);
+
+			assert_non_null(u);
+			memset(key, 'x', sizeof(key));
+			assert_true(update_conversation_key(u, key));
+			assert_string_equal(key, ends[i].key);
+			update_free(u);
+		}
+	}
 }
 
 static void
