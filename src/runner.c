@@ -43,7 +43,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "answer.h"
 #include "calls.h"
 #include "dispatch.h"
 #include "log.h"
@@ -661,11 +660,19 @@ route(struct runner *r, const struct handler *h, const struct update *u,
 	    calls_inline_allowed(calls_method(first)) &&
 	    !calls_has_files(first) &&
 	    !(behind = behind_unsent(r, u, first, chat, sizeof(chat)))) {
+		char *s;
+
 		/* The text marks only matter to an upload, which an inline
 		 * call never is: they are ours, not Telegram's. */
 		json_object_del(first, CALLS_TEXT_KEY);
-		if ((*answer = answer_json(first, CALLS_INLINE_MAX)) != NULL)
+		s = json_dumps(first, JSON_COMPACT);
+
+		if (s != NULL && strlen(s) <= CALLS_INLINE_MAX) {
+			*answer = s;
 			from = 1;
+		} else {
+			free(s);
+		}
 	}
 	if (outbox_add_state(r->outbox, calls, from, u->id, with_state ?
 	    rs->key : NULL, &st, err, sizeof(err)) == -1) {

@@ -17,7 +17,6 @@
 #include <string.h>
 #include <strings.h>
 
-#include "decimal.h"
 #include "util.h"
 
 static const char *const update_types[UPDATE_TYPES_N] = {
@@ -377,17 +376,14 @@ bool
 update_conversation_key(const struct update *u, char *buf)
 {
 	int64_t id;
-	char kind = 'c';
 
-	_Static_assert(UPDATE_KEY_MAX >= 1 + DECIMAL_I64_MAX + 1,
-	    "a key is \"c\" or \"u\", the id and a NUL");
 	if (u->has_chat)
-		id = u->chat_id;
+		snprintf(buf, UPDATE_KEY_MAX, "c%" PRId64, u->chat_id);
 	else if (u->has_from)
-		id = u->from_id, kind = 'u';
-	else if (!json_int_at(u->obj, "voter_chat", "id", &id))
+		snprintf(buf, UPDATE_KEY_MAX, "u%" PRId64, u->from_id);
+	else if (json_int_at(u->obj, "voter_chat", "id", &id))
+		snprintf(buf, UPDATE_KEY_MAX, "c%" PRId64, id);
+	else
 		return false;
-	buf[0] = kind;
-	buf[1 + decimal_i64(buf + 1, id)] = '\0';
 	return true;
 }
