@@ -66,6 +66,8 @@ struct intake {
 struct held_answer {
 	struct intake_result res;
 	struct intake_cb cb;
+	bool deferred;		/* it queued calls into the batch, */
+	uint64_t mark;		/* up to this mark (runner_batch_mark()) */
 };
 
 /* An update whose handler runs on a handler thread. */
@@ -241,6 +243,7 @@ submit(struct intake *in, struct update *u, char *body, size_t len,
 	char *username;
 	int type_index;
 	enum runner_status started;
+	uint64_t mark0, mark;
 
 	if (u == NULL) {
 		free(body);
@@ -276,6 +279,7 @@ submit(struct intake *in, struct update *u, char *body, size_t len,
 	 * while a quick handler runs (a slow one's job holds a reference). */
 	pthread_rwlock_rdlock(&in->lock);
 	h = dispatch_match(in->t, u, username);
+	mark0 = runner_batch_mark(in->r);
 	started = runner_start(in->r, h, u, body, len, &res.answer, &job);
 	pthread_rwlock_unlock(&in->lock);
 	switch (started) {
@@ -286,8 +290,9 @@ submit(struct intake *in, struct update *u, char *body, size_t len,
 				in->held = xrealloc(in->held, in->heldcap *
 				    sizeof(*in->held));
 			}
+			mark = runner_batch_mark(in->r);
 			in->held[in->nheld++] = (struct held_answer){ res,
-			    *cb };
+			    *cb, mark != mark0, mark };
 			return;
 		}
 		claim_done(in, res.update_id);
@@ -349,24 +354,31 @@ intake_batch_end(struct intake *in)
 {
 	char err[512] = "";
 	bool ok = runner_batch_end(in->r, err, sizeof(err)) == 0;
+	size_t lost = 0;
 
 	atomic_store(&in->batching, false);
-	if (!ok && in->nheld > 0)
-		log_err("%zu update(s) of a getUpdates batch are not taken: "
-		    "their follow-ups cannot be committed (%s); nothing of "
-		    "them is sent, they are asked for again", in->nheld, err);
+	/* After a failed commit, only the updates whose calls it held (or
+	 * that came after it) are not taken: what an earlier commit, or an
+	 * update's own with its state, made durable stands, and running
+	 * those again would run them against a later state. */
 	for (size_t i = 0; i < in->nheld; i++) {
 		struct held_answer *h = &in->held[i];
 
-		if (ok) {
+		if (ok || !h->deferred || runner_batch_durable(in->r,
+		    h->mark)) {
 			claim_done(in, h->res.update_id);
 		} else {
 			free(h->res.answer);
 			h->res.answer = NULL;
 			forget(in, &h->res, h->res.type_index);
+			lost++;
 		}
 		h->cb.done(h->cb.arg, &h->res);
 	}
+	if (lost > 0)
+		log_err("%zu update(s) of a getUpdates batch are not taken: "
+		    "their follow-ups cannot be committed (%s); nothing of "
+		    "them is sent, they are asked for again", lost, err);
 	in->nheld = 0;
 }
 

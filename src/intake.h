@@ -83,9 +83,10 @@ void intake_submit_json(struct intake *in, json_t *update, char *body,
  * their follow-ups are committed together (runner_batch_begin()), so
  * the done() of an update handled on the submitting thread comes only at
  * intake_batch_end(), once the batch is committed; if a commit failed,
- * each of them is answered INTAKE_BUSY then (its dedup mark and claim
- * given back), so that its next delivery is handled, not taken for a
- * duplicate.  Updates handed to a runner thread are answered as always.
+ * each of them whose calls it held, or that queued calls after it, is
+ * answered INTAKE_BUSY then (its dedup mark and claim given back), so
+ * that its next delivery is handled, not taken for a duplicate; the
+ * others are durable and answered OK.  Updates handed to a runner thread are answered as always.
  * Call _end() before waiting for any done(): nothing of the batch is held
  * open meanwhile.
  */

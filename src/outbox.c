@@ -75,6 +75,8 @@
 #define RELOAD_MS 1000		/* look for rows other processes added */
 #define OUTCOME_BATCH 64	/* outcomes written in one transaction */
 #define OUTCOME_MS 100		/* at most this late while calls wait */
+#define OUTCOME_RETRY_MS 1000	/* written again this long after the store
+				 * refused them */
 #define WATCH_MS 500		/* one store_calls_wait() */
 #define PRUNE_MS 60000
 #define SWEEP_MS 30000
@@ -181,6 +183,7 @@ struct outbox {
 	char **outcome_errs;
 	size_t noutcomes, outcap;
 	uint64_t outcomes_by;	/* written by then (monotonic ms) */
+	bool outcomes_failing;	/* the store refused the last write */
 
 	/* outbox_batch_begin(): rows of batch_thread's adds, not yet in
 	 * the store; only that thread touches them */
@@ -190,6 +193,9 @@ struct outbox {
 	size_t nbatch, batchcap;
 	bool batch_failed;
 	char batch_err[512];
+	/* adds deferred since begin, and how many of them are committed
+	 * (outbox_batch_mark()) */
+	uint64_t batch_adds, batch_committed;
 
 };
 
@@ -477,6 +483,8 @@ item_from_row(struct store_call *r, int64_t wall, uint64_t mono)
 	return it;
 }
 
+static bool outcome_settled(const struct outbox *o, int64_t id);
+
 /* Reads what the lane's reader has not seen yet, up to LANE_MEMORY. */
 static void
 load_lane(struct outbox *o, enum store_lane lane)
@@ -499,6 +507,8 @@ load_lane(struct outbox *o, enum store_lane lane)
 			struct queue *q;
 
 			o->cursor[lane] = r->id;
+			if (o->noutcomes > 0 && outcome_settled(o, r->id))
+				continue;
 			if (r->chat != NULL) {
 				struct chat *c = chat_get(o, r->chat);
 
@@ -551,7 +561,9 @@ refill(struct outbox *o, struct queue *q)
 		return;
 	}
 	for (long i = 0; i < n; i++)
-		queue_append(o, q, item_from_row(&rows[i], wall, mono));
+		if (o->noutcomes == 0 || !outcome_settled(o, rows[i].id))
+			queue_append(o, q, item_from_row(&rows[i], wall,
+			    mono));
 	store_calls_free(rows, (size_t)n);
 	if (n < QUEUE_MEMORY)
 		q->more = false;
@@ -584,6 +596,13 @@ outcome(struct outbox *o, const struct item *it, enum store_call_state st,
 	o->noutcomes++;
 }
 
+/*
+ * Writes the outcomes gathered.  Those the store refuses stay gathered
+ * and are written again OUTCOME_RETRY_MS later, and at stop: a delivered
+ * call whose mark never reaches the store would be sent again at the
+ * next start (or by the next sender).  Meanwhile the lanes' readers skip
+ * the rows they settle (outcome_settled()).
+ */
 static void
 flush_outcomes(struct outbox *o)
 {
@@ -591,14 +610,35 @@ flush_outcomes(struct outbox *o)
 
 	if (o->noutcomes == 0)
 		return;
-	/* A failure here is not a loss: the rows stay pending and are sent
-	 * again after a restart (at least once). */
 	if (store_calls_update(o->store, o->outcomes, o->noutcomes, err,
-	    sizeof(err)) == -1)
-		log_err("outbox: %s", err);
+	    sizeof(err)) == -1) {
+		if (!o->outcomes_failing)
+			log_err("outbox: %s (the outcomes of %zu call(s) are "
+			    "kept and written again once the store takes "
+			    "them)", err, o->noutcomes);
+		o->outcomes_failing = true;
+		o->outcomes_by = now_ms() + OUTCOME_RETRY_MS;
+		return;
+	}
+	if (o->outcomes_failing)
+		log_notice("outbox: the store takes outcomes again: those of "
+		    "%zu call(s) written", o->noutcomes);
+	o->outcomes_failing = false;
 	for (size_t i = 0; i < o->noutcomes; i++)
 		free(o->outcome_errs[i]);
 	o->noutcomes = 0;
+}
+
+/* True if the row id is delivered or dead by an outcome not yet written:
+ * a lane read again from its start (the duty gained again) finds it
+ * still pending in the store. */
+static bool
+outcome_settled(const struct outbox *o, int64_t id)
+{
+	for (size_t i = 0; i < o->noutcomes; i++)
+		if (o->outcomes[i].id == id)
+			return o->outcomes[i].state != STORE_CALL_PENDING;
+	return false;
 }
 
 /* ---- sending ---- */
@@ -1203,6 +1243,8 @@ outcomes_due(const struct outbox *o, uint64_t now)
 
 	if (o->noutcomes == 0)
 		return false;
+	if (o->outcomes_failing)
+		return now >= o->outcomes_by;
 	if (o->noutcomes >= OUTCOME_BATCH || now >= o->outcomes_by ||
 	    atomic_load(&o->stopping))
 		return true;
@@ -1621,7 +1663,26 @@ outbox_batch_begin(struct outbox *o)
 	o->nbatch = 0;
 	o->batch_failed = false;
 	o->batch_err[0] = '\0';
+	o->batch_adds = o->batch_committed = 0;
 	atomic_store(&o->batching, true);
+}
+
+bool
+outbox_batch_open(struct outbox *o)
+{
+	return o != NULL && deferring(o);
+}
+
+uint64_t
+outbox_batch_mark(struct outbox *o)
+{
+	return outbox_batch_open(o) ? o->batch_adds : 0;
+}
+
+bool
+outbox_batch_durable(struct outbox *o, uint64_t mark)
+{
+	return o == NULL || mark <= o->batch_committed;
 }
 
 int
@@ -1638,6 +1699,7 @@ outbox_batch_flush(struct outbox *o)
 	if (store_calls_add_state(o->store, o->batch, n, NULL, NULL, &added,
 	    err, sizeof(err)) == 0) {
 		committed(o, o->batch, n, added);
+		o->batch_committed = o->batch_adds;
 	} else {
 		/* Nothing of it is in the store, so nothing of it is sent;
 		 * _end() says so to the caller. */
@@ -1759,6 +1821,7 @@ outbox_add_state(struct outbox *o, json_t *calls, size_t from,
 		}
 		memcpy(o->batch + at, rows, m * sizeof(*rows));
 		o->nbatch += m;
+		o->batch_adds++;
 		free(rows);
 		rows = o->batch + at;
 		refused = o->o.shared || atomic_load(&o->stored) +
@@ -1862,6 +1925,10 @@ outbox_stop(struct outbox *o, unsigned timeout_ms)
 	if (o->o.shared)
 		pthread_join(o->watcher, NULL);
 	flush_outcomes(o);
+	if (o->noutcomes > 0)
+		log_err("outbox: the outcomes of %zu call(s) could not be "
+		    "written before the stop: those delivered are sent again "
+		    "at the next start", o->noutcomes);
 	left = o->in_memory;
 	for (int l = 0; l < LANES; l++)
 		more = more || o->more_in_store[l];
@@ -1872,6 +1939,8 @@ outbox_stop(struct outbox *o, unsigned timeout_ms)
 	botapi_multi_free(o->api);
 	for (int l = 0; l < LANES; l++)
 		free(o->heaps[l].v);
+	for (size_t i = 0; i < o->noutcomes; i++)
+		free(o->outcome_errs[i]);
 	free(o->outcomes);
 	free(o->outcome_errs);
 	for (size_t i = 0; i < o->nbatch; i++)

@@ -103,14 +103,23 @@ int outbox_add_state(struct outbox *o, json_t *calls, size_t from,
  * own.  Flush before anything another thread does could overtake or read
  * them.  A failed commit drops them (nothing of them is sent) and is
  * remembered: from then on flush and outbox_batch_end() (which flushes
- * and ends the batch) return -1, _end() with err, and the caller treats
- * every update of the batch as not taken.  Other threads' adds are
+ * and ends the batch) return -1, _end() with err, and later adds fail;
+ * the caller treats the updates whose calls are not durable
+ * (outbox_batch_durable()) as not taken.  Other threads' adds are
  * unchanged.  A shared store is never batched: begin does nothing, and
  * flush and end return 0.
  */
 void outbox_batch_begin(struct outbox *o);
 int outbox_batch_flush(struct outbox *o);
 int outbox_batch_end(struct outbox *o, char *err, size_t errlen);
+/* True on the thread whose batch is open. */
+bool outbox_batch_open(struct outbox *o);
+/* Where this thread's batch stands: a mark taken after an update's adds
+ * is durable once every add up to it is committed (a failed commit never
+ * makes a later mark durable), as known until the next begin.  Outside a
+ * batch the mark is 0, which is always durable. */
+uint64_t outbox_batch_mark(struct outbox *o);
+bool outbox_batch_durable(struct outbox *o, uint64_t mark);
 /* 1 if a follow-up to chat (chat_id as text) is still unsent, so that a
  * later answer to it must queue behind; 0 if none; -1 with err when the
  * store cannot tell.  Answered from memory, without the store, while the

@@ -907,6 +907,30 @@ runner_start(struct runner *r, const struct handler *h, struct update *u,
 		free(body);
 		return RUNNER_BUSY;
 	}
+	/* A job runs on another thread, beside this thread's batch: what
+	 * the batch holds is committed first; a batch that cannot be takes
+	 * this update with it (answered busy, like the batch's, so that
+	 * the job cannot overtake them in its chat).  Clustered, there is
+	 * no batch. */
+	if (!cross && outbox_batch_open(r->outbox)) {
+		bool failed;
+
+		pthread_mutex_unlock(&r->mu);
+		failed = outbox_batch_flush(r->outbox) == -1;
+		pthread_mutex_lock(&r->mu);
+		if (failed) {
+			pthread_mutex_unlock(&r->mu);
+			log_warn("update %" PRId64 ": answering 503 so that "
+			    "Telegram retries later, with the earlier updates "
+			    "of its batch, whose calls cannot be committed",
+			    u->id);
+			update_free(u);
+			free(body);
+			return RUNNER_BUSY;
+		}
+		/* what ran meanwhile may have let go of the key */
+		c = key[0] != '\0' ? key_held(r, key) : NULL;
+	}
 	if (c != NULL && c->waiting >= r->chat_queue) {
 		pthread_mutex_unlock(&r->mu);
 		/* (c != NULL: not cross) */
@@ -934,9 +958,6 @@ runner_start(struct runner *r, const struct handler *h, struct update *u,
 	if (j->lease_busy)
 		log_debug("update %" PRId64 ": waits for another instance's "
 		    "update of %s", u->id, key_text(key, what, sizeof(what)));
-	/* A batch's calls so far are committed before this job, on another
-	 * thread, can queue its own (a failure is the batch's, at its end). */
-	(void)outbox_batch_flush(r->outbox);
 	*jobp = j;
 	return RUNNER_PENDING;
 busy:
@@ -960,6 +981,18 @@ int
 runner_batch_end(struct runner *r, char *err, size_t errlen)
 {
 	return outbox_batch_end(r->outbox, err, errlen);
+}
+
+uint64_t
+runner_batch_mark(struct runner *r)
+{
+	return outbox_batch_mark(r->outbox);
+}
+
+bool
+runner_batch_durable(struct runner *r, uint64_t mark)
+{
+	return outbox_batch_durable(r->outbox, mark);
 }
 
 void

@@ -96,11 +96,18 @@ enum runner_status runner_start(struct runner *r, const struct handler *h,
  * committed together (outbox_batch_begin()), before a job is handed to
  * another thread and before a conversation's waiting update runs.
  * runner_batch_end() commits the rest: 0, or -1 with err when a commit
- * failed (nothing of it is sent): then every update the batch answered
- * RUNNER_DONE must be treated as not taken.  Clustered, or without an
+ * failed (nothing of it is sent): then the updates the batch answered
+ * RUNNER_DONE whose calls are not durable (runner_batch_durable()) must
+ * be treated as not taken, and a job after the failure is not started
+ * (RUNNER_BUSY).  Clustered, or without an
  * outbox, the calls are committed update by update, as outside a batch. */
 void runner_batch_begin(struct runner *r);
 int runner_batch_end(struct runner *r, char *err, size_t errlen);
+/* outbox_batch_mark() and outbox_batch_durable(): whether what an update
+ * the batch answered RUNNER_DONE queued is committed, so that only the
+ * others are treated as not taken when a commit failed. */
+uint64_t runner_batch_mark(struct runner *r);
+bool runner_batch_durable(struct runner *r, uint64_t mark);
 /* Queues a pending job; ready(arg) is then called exactly once, from
  * another thread, when its answer is known.  Call it only once the caller
  * is ready to be told (a suspended connection). */

@@ -654,3 +654,130 @@ def test_a_batch_whose_commit_fails_is_answered_busy_whole():
         sent = all_sent(d, 3)
         assert sorted(c.params["chat_id"] for c in sent) == [101, 102, 103]
         assert "already handled" not in d.log()
+
+
+class StoreLocked:
+    """Holds the store's write lock (a transaction of the test's own),
+    so that every commit of the daemon waits for it and fails after its
+    busy timeout."""
+
+    def __init__(self, d):
+        self.db = sqlite3.connect(os.path.join(d.store, "tgwebhookd.db"),
+                                  isolation_level=None)
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def release(self):
+        self.db.execute("COMMIT")
+        self.db.close()
+
+
+SLOW_PLUGIN = r'''
+#include <unistd.h>
+#include <tgwebhookd.h>
+static int
+h(void *s, const struct tgw_update *u, struct tgw_reply *r)
+{
+	(void)s; (void)u;
+	usleep(1500 * 1000);
+	return tgw_reply_text(r, "slow done");
+}
+TGW_PLUGIN(0, 0, h, 0);
+'''
+
+
+def test_a_failed_batch_commit_keeps_what_was_committed_before_it():
+    """A batch holds a form's three steps (each committed at once, with
+    its state) and a quick update of another chat whose follow-up waits
+    for the batch's commit, which fails (the store locked past its busy
+    timeout). Only that last update is asked for again: the form's steps
+    are durable and are not run a second time against a later state."""
+    from harness import compile_plugin
+    from test_state import form_handlers
+    d = polling_daemon("", start=False)
+    with d:
+        so = compile_plugin(d, "slow", SLOW_PLUGIN)
+        with open(d.conf, "a") as f:
+            f.write("[handler.slow]\nplugin = %s\ncommands = /slow\n" % so)
+            f.write(form_handlers())
+        for i, text in enumerate(["/form", "Ann", "41"], 1):
+            d.emu.push_update(message(text, i))
+        d.emu.push_update(message("/slow", 4, chat_id=43, user_id=9))
+        d.start()
+        d.wait_log("update 3: message: handler ")
+        lock = StoreLocked(d)    # while the plugin runs
+        try:
+            d.wait_log("1 update(s) of a getUpdates batch are not taken",
+                       timeout=30)
+        finally:
+            lock.release()
+        assert eventually(lambda: offset(d) == 5, timeout=30)
+        sent = all_sent(d, 4)
+        assert [c.params["text"] for c in sent
+                if c.params["chat_id"] == 42] == [
+            "What is your name?", "Hello, Ann. How old are you?",
+            "Ann, 41: is that right? (yes/no)"]
+        assert [c.params["text"] for c in sent
+                if c.params["chat_id"] == 43] == ["slow done"]
+        log = d.log()
+        for i in (1, 2, 3):
+            assert log.count("update %d: message: handler" % i) == 1, log
+        assert "already handled" not in log
+
+
+def test_a_job_after_a_failed_batch_commit_waits_with_its_chat():
+    """A quick update's follow-up waits in the batch; the chat's next
+    update goes to a handler thread (exec), so the batch is committed
+    first, and that commit fails (the store locked). The job is not
+    started: both are asked for again and the chat's answers come in
+    their order."""
+    d = polling_daemon("", start=False)
+    with d:
+        sh = os.path.join(d.dir, "second.sh")
+        with open(sh, "w") as f:
+            f.write("#!/bin/sh\ncat >/dev/null\necho '{\"method\":"
+                    "\"sendMessage\",\"chat_id\":42,\"text\":\"second\"}'\n")
+        os.chmod(sh, 0o755)
+        with open(d.conf, "a") as f:
+            f.write("[handler.first]\ncommands = /first\nreply = first\n")
+            f.write("[handler.second]\ncommands = /second\nexec = %s\n" % sh)
+        d.start()
+        d.wait_log("polling getUpdates from offset")
+        assert eventually(lambda: d.emu.calls_of("getUpdates"))
+        lock = StoreLocked(d)
+        try:
+            d.emu.push_update(message("/first", 1))
+            d.emu.push_update(message("/second", 2))
+            d.wait_log("update 2: answering 503 so that Telegram retries "
+                       "later, with the earlier updates of its batch",
+                       timeout=30)
+        finally:
+            lock.release()
+        assert eventually(lambda: offset(d) == 3, timeout=30)
+        sent = all_sent(d, 2)
+        assert [c.params["text"] for c in sent] == ["first", "second"]
+
+
+def test_outcomes_the_store_refused_are_written_once_it_takes_them():
+    """Three follow-ups to one chat go a second apart (Telegram's limit
+    for a chat). The store is locked after the first is delivered, so the
+    marks of the next two cannot be written: they are kept and written
+    once the lock is gone. The store then says all three delivered (not
+    pending, to be sent again at the next start), and each went once."""
+    d = polling_daemon("", start=False)
+    with open(d.conf, "a") as f:
+        f.write("[handler.calls]\nexec = %s\n" % calls_script(d, 3))
+    with d:
+        d.start()
+        d.emu.push_update(message("x", 5))
+        d.emu.wait_calls("sendMessage", 1)
+        lock = StoreLocked(d)
+        try:
+            d.emu.wait_calls("sendMessage", 3, timeout=30)
+            d.wait_log("are kept and written again once the store takes "
+                       "them", timeout=30)
+        finally:
+            lock.release()
+        d.wait_log("outbox: the store takes outcomes again", timeout=30)
+        assert texts(d) == ["m5-1", "m5-2", "m5-3"]
+        assert all_sent(d, 3)
+        assert texts(d) == ["m5-1", "m5-2", "m5-3"]
