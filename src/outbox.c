@@ -1885,6 +1885,9 @@ outbox_full(struct outbox *o, char *why, size_t len)
 {
 	long n = atomic_load(&o->stored);
 
+	/* this thread's batch holds calls the store has not counted yet */
+	if (deferring(o))
+		n += (long)o->nbatch;
 	if (o->o.max_pending <= 0 || n < o->o.max_pending)
 		return false;
 	errf(why, len, "the outbox holds %ld pending call(s), [outbox] "

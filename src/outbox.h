@@ -143,8 +143,9 @@ const char *outbox_lane_name(enum store_lane lane);
  * Returns how many. */
 long outbox_limit_chats(struct store *s, struct store_call *rows, size_t n,
     long max_per_chat);
-/* True when the store holds max_pending calls or more (why says so):
- * take no update then (answer 503 with Retry-After).  Any thread. */
+/* True when the store holds max_pending calls or more, with those the
+ * calling thread's batch holds (why says so): take no update then
+ * (answer 503 with Retry-After).  Any thread. */
 bool outbox_full(struct outbox *o, char *why, size_t len);
 /* Delivers what it can for at most timeout_ms, then stops; whatever is
  * left stays in the store for the next start. */

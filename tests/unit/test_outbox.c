@@ -680,6 +680,37 @@ test_bounds(void **state)
 	teardown(f);
 }
 
+/* A batch's calls count toward max_pending before they are committed
+ * (the store does not hold them yet), so one getUpdates batch cannot
+ * take the outbox past its bound; a mark after an update's adds is
+ * durable once they are committed. */
+static void
+test_batch_counts_toward_max_pending(void **state)
+{
+	struct fixture *f = fixture_new();
+	struct outbox_opts o = opts_for(f);
+	char why[256] = "", err[256] = "";
+	uint64_t mark;
+
+	(void)state;
+	o.max_pending = 2;
+	o.chat_interval_ms = 60000;	/* chat 16's second call stays */
+	fixture_start(f, &o);
+	outbox_batch_begin(f->o);
+	assert_false(outbox_full(f->o, why, sizeof(why)));
+	add(f, 30, "[{\"method\":\"sendMessage\",\"chat_id\":16,\"text\":\"a\"},"
+	    "{\"method\":\"sendMessage\",\"chat_id\":16,\"text\":\"b\"}]");
+	mark = outbox_batch_mark(f->o);
+	assert_true(mark > 0);
+	assert_false(outbox_batch_durable(f->o, mark));
+	assert_int_equal(store_calls_count(f->s, STORE_CALL_PENDING, NULL), 0);
+	assert_true(outbox_full(f->o, why, sizeof(why)));
+	assert_non_null(strstr(why, "[outbox] max_pending is 2"));
+	assert_int_equal(outbox_batch_end(f->o, err, sizeof(err)), 0);
+	assert_true(outbox_batch_durable(f->o, mark));
+	teardown(f);
+}
+
 /* "tgw_lane": "bulk" puts a call in the bulk lane and is never sent;
  * another value is a dead letter saying what is allowed. */
 static void
@@ -907,6 +938,9 @@ test_batch_committed_at_its_end_or_not_at_all(void **state)
 	    SQLITE_OK);
 	sqlite3_close(db);
 	assert_int_equal(outbox_add(f->o, a, 0, 8, err, sizeof(err)), -1);
+	/* what the failed commit held is not durable; before it, nothing */
+	assert_false(outbox_batch_durable(f->o, outbox_batch_mark(f->o)));
+	assert_true(outbox_batch_durable(f->o, 0));
 	assert_int_equal(outbox_batch_end(f->o, err, sizeof(err)), -1);
 	assert_non_null(strstr(err, "queueing"));
 	assert_int_equal(store_calls_count(f->s, STORE_CALL_PENDING, NULL), 0);
@@ -930,6 +964,7 @@ main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_in_order_and_recorded),
 		cmocka_unit_test(test_batch_committed_at_its_end_or_not_at_all),
+		cmocka_unit_test(test_batch_counts_toward_max_pending),
 		cmocka_unit_test(test_refused_is_dead_and_429_waited_out),
 		cmocka_unit_test(test_group_migrated_to_supergroup),
 		cmocka_unit_test(test_left_at_stop_stays_in_the_store),
