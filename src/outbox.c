@@ -184,6 +184,7 @@ struct outbox {
 	size_t noutcomes, outcap;
 	uint64_t outcomes_by;	/* written by then (monotonic ms) */
 	bool outcomes_failing;	/* the store refused the last write */
+	size_t outcomes_logged;	/* how many outcomes its refusal's log named */
 
 	/* outbox_batch_begin(): rows of batch_thread's adds, not yet in
 	 * the store; only that thread touches them */
@@ -612,10 +613,13 @@ flush_outcomes(struct outbox *o)
 		return;
 	if (store_calls_update(o->store, o->outcomes, o->noutcomes, err,
 	    sizeof(err)) == -1) {
-		if (!o->outcomes_failing)
+		/* said again only for calls delivered since: each such
+		 * call may be sent again by the next holder of the duty */
+		if (!o->outcomes_failing || o->noutcomes > o->outcomes_logged)
 			log_err("outbox: %s (the outcomes of %zu call(s) are "
 			    "kept and written again once the store takes "
 			    "them)", err, o->noutcomes);
+		o->outcomes_logged = o->noutcomes;
 		o->outcomes_failing = true;
 		o->outcomes_by = now_ms() + OUTCOME_RETRY_MS;
 		return;
