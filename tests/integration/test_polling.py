@@ -523,10 +523,17 @@ def test_emulator_get_updates_as_telegram():
         emu.stop()
 
 
-def test_the_inline_call_goes_out_first_as_a_follow_up():
+def calls_polling_daemon(n):
+    """A polling daemon, not started, whose only handler (exec) makes n
+    sendMessage calls to the update's chat."""
     d = polling_daemon("", start=False)
     with open(d.conf, "a") as f:
-        f.write("[handler.calls]\nexec = %s\n" % calls_script(d, 3))
+        f.write("[handler.calls]\nexec = %s\n" % calls_script(d, n))
+    return d
+
+
+def test_the_inline_call_goes_out_first_as_a_follow_up():
+    d = calls_polling_daemon(3)
     with d:
         d.start()
         d.emu.push_update(message("x", 5))
@@ -761,11 +768,10 @@ def test_outcomes_the_store_refused_are_written_once_it_takes_them():
     """Three follow-ups to one chat go a second apart (Telegram's limit
     for a chat). The store is locked after the first is delivered, until
     the mark of a call delivered meanwhile cannot be written: it is kept
-    and written once the lock is gone. The store then says all three delivered (not
-    pending, to be sent again at the next start), and each went once."""
-    d = polling_daemon("", start=False)
-    with open(d.conf, "a") as f:
-        f.write("[handler.calls]\nexec = %s\n" % calls_script(d, 3))
+    and written once the lock is gone. The store then says all three
+    delivered (not pending, to be sent again at the next start), and each
+    went once."""
+    d = calls_polling_daemon(3)
     with d:
         d.start()
         d.emu.push_update(message("x", 5))
